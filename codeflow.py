@@ -1,0 +1,1828 @@
+"""codeflow: an OAuth 2.1 authorization server in one module.
+
+It implements the authorization code flow with PKCE and the grants around it:
+
+- RFC 6749 (OAuth 2.0) §4.1 authorization code, §4.4 client credentials, §6 refresh,
+  as tightened by OAuth 2.1 and RFC 9700 (security best current practice);
+- RFC 7636 (PKCE, S256 only), RFC 9207 (``iss`` in authorization responses),
+  RFC 8252 §7.3 (any port for loopback redirect URIs of native clients);
+- RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery).
+
+The module reads top to bottom in the order a request meets it: helpers, errors,
+records, storage, client authentication, PKCE, the authorization endpoint, login
+and consent, the token endpoint, introspection/revocation/discovery, the WSGI app
+(the only place that touches bottle), running it, and the CLI.
+
+Dependencies: bottle (HTTP), itsdangerous (signed cookies and forms); waitress is
+used for serving when it is installed. Copied alone into another project, this
+file runs on memory storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import html
+import json
+import logging
+import re
+import secrets
+import socketserver
+import sys
+import threading
+import time
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import bottle
+import itsdangerous
+
+__all__ = [
+    "AuthorizationCode",
+    "Client",
+    "MemoryStorage",
+    "OAuthError",
+    "Server",
+    "Storage",
+    "Token",
+    "User",
+    "hash_password",
+    "main",
+    "verify_password",
+]
+
+log = logging.getLogger("codeflow")
+
+CODE_LIFETIME = (
+    60  # RFC 6749 §4.1.2: "The authorization code MUST expire shortly after it is issued"
+)
+ACCESS_TOKEN_LIFETIME = 3600
+REFRESH_TOKEN_LIFETIME = 30 * 24 * 3600
+SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
+FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
+MAX_FAILED_LOGINS = 5  # per user and per client address, within LOGIN_WINDOW
+LOGIN_WINDOW = 5 * 60
+MAX_BODY = 64 * 1024  # no request of this protocol needs more
+MAX_PARAMS = 64
+MAX_PARAM_LENGTH = 4096
+DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
+DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
+
+# Endpoint paths are ours to choose; clients find them through discovery (RFC 8414 §2).
+AUTHORIZE_PATH = "/authorize"
+LOGIN_PATH = "/login"
+CONSENT_PATH = "/consent"
+TOKEN_PATH = "/token"  # noqa: S105 -- a path, not a password
+INTROSPECT_PATH = "/introspect"
+REVOKE_PATH = "/revoke"
+OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
+
+SCOPE_WORDS = {
+    "openid": "Confirm who you are",
+    "profile": "See your name and basic profile",
+    "email": "See your email address",
+    "address": "See your postal address",
+    "phone": "See your phone number",
+    "offline_access": "Stay signed in to this app while you are away (a refresh token)",
+}
+
+
+###############################################################################
+# Helpers #####################################################################
+###############################################################################
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (RFC 7636 Appendix A)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def new_secret() -> str:
+    """A 256-bit random string for codes and tokens (RFC 6749 §10.10)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(value: str) -> str:
+    """What storage keeps of a code or token: its SHA-256, never the value itself.
+
+    The values are 256-bit random strings, so a fast hash is enough; a stolen
+    database yields nothing that can be presented to the server.
+    """
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    """Hash a password or client secret with scrypt and a per-hash random salt."""
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64url(salt)}${b64url(key)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Check a password against hash_password's output, in constant time."""
+    try:
+        scheme, n, r, p, salt, key = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.urlsafe_b64decode(key + "==")
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.urlsafe_b64decode(salt + "=="),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # spends the same time on unknown users
+
+
+def split_scope(scope: str | None) -> tuple[str, ...]:
+    """RFC 6749 §3.3: a space-delimited list of case-sensitive strings, order irrelevant."""
+    seen: dict[str, None] = {}
+    for item in (scope or "").split(" "):
+        if item:
+            seen[item] = None
+    return tuple(seen)
+
+
+def parse_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """Parse application/x-www-form-urlencoded bytes (a query string or a form body).
+
+    RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they were
+    omitted from the request." Anything that is not UTF-8 is refused.
+    """
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_PARAMS,
+        )
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request is not valid UTF-8 form-urlencoded data.") from None
+    except ValueError:
+        raise InvalidRequest(f"The request has more than {MAX_PARAMS} parameters.") from None
+    for name, value in pairs:
+        if len(value) > MAX_PARAM_LENGTH or len(name) > MAX_PARAM_LENGTH:
+            raise InvalidRequest(f"The {name[:40]!r} parameter is too long.")
+    return [(name, value) for name, value in pairs if value != ""]
+
+
+def single_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once." """
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise InvalidRequest(f"The {name[:40]!r} parameter is repeated.")
+        params[name] = value
+    return params
+
+
+def add_query(uri: str, params: dict[str, str]) -> str:
+    """RFC 6749 §3.1.2: keep the URI's own query component when adding parameters."""
+    parts = urllib.parse.urlsplit(uri)
+    extra = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+
+
+def redirect_uri_matches(registered: str, given: str, *, native: bool) -> bool:
+    """Exact string match (RFC 9700 §2.1), except the port of a loopback IP URI.
+
+    RFC 8252 §7.3: "The authorization server MUST allow any port to be specified at
+    the time of the request for loopback IP redirect URIs, to accommodate clients
+    that obtain an available ephemeral port from the operating system."
+    """
+    if hmac.compare_digest(registered.encode(), given.encode()):
+        return True
+    if not native:
+        return False
+    try:
+        reg, got = urllib.parse.urlsplit(registered), urllib.parse.urlsplit(given)
+        got.port, reg.port  # noqa: B018 -- parse the ports: a malformed one raises ValueError
+    except ValueError:
+        return False
+    return (
+        reg.scheme == got.scheme == "http"
+        and reg.hostname in LOOPBACK_HOSTS
+        and reg.hostname == got.hostname
+        and not reg.username
+        and not got.username
+        and (reg.path, reg.query, reg.fragment) == (got.path, got.query, got.fragment)
+    )
+
+
+###############################################################################
+# Errors: RFC 6749 §4.1.2.1 (authorization), §5.2 (token) ####################
+###############################################################################
+
+
+class OAuthError(Exception):
+    """An OAuth error response: ``error`` is the wire code, ``status`` the HTTP status.
+
+    Errors raised before the client and its redirect_uri are trusted are rendered as
+    an HTML page and never redirect (RFC 6749 §4.1.2.1, RFC 9700 §4.11); every other
+    authorization error goes back to the client as a redirect.
+    """
+
+    error = "server_error"
+    status = 400
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+    def to_json(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    """RFC 6749 §5.2: client authentication failed; ``basic`` says whether the client
+    used HTTP Basic, which makes a 401 with ``WWW-Authenticate`` mandatory."""
+
+    error = "invalid_client"
+    status = 401
+
+    def __init__(self, description: str, *, basic: bool = False) -> None:
+        super().__init__(description)
+        self.basic = basic
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class AccessDenied(OAuthError):
+    error = "access_denied"
+
+
+class UnsupportedResponseType(OAuthError):
+    error = "unsupported_response_type"
+
+
+class RequestNotSupported(OAuthError):
+    error = "request_not_supported"  # OpenID Connect Core §6
+
+
+class RequestUriNotSupported(OAuthError):
+    error = "request_uri_not_supported"  # OpenID Connect Core §6
+
+
+class UntrustedRequest(OAuthError):
+    """The client or redirect_uri cannot be trusted: answer with a page, never a redirect."""
+
+    error = "invalid_request"
+
+
+class PayloadTooLarge(OAuthError):
+    error = "invalid_request"
+    status = 413
+
+
+###############################################################################
+# Records ######################################################################
+###############################################################################
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered client (RFC 6749 §2). ``secret_hash`` is None for a public client."""
+
+    client_id: str
+    redirect_uris: tuple[str, ...] = ()
+    secret_hash: str | None = None
+    name: str = ""
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
+    require_pkce: bool = True  # RFC 9700 §2.1.1: PKCE for every client unless it opts out
+
+    @property
+    def public(self) -> bool:
+        return self.secret_hash is None
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    claims: dict[str, Any] = field(default_factory=dict)
+    totp_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """An issued code (RFC 6749 §4.1.2), bound to everything the token request must repeat."""
+
+    code_hash: str
+    client_id: str
+    username: str
+    redirect_uri: str
+    redirect_uri_required: bool  # it was in the authorization request (RFC 6749 §4.1.3)
+    scope: tuple[str, ...]
+    code_challenge: str | None
+    nonce: str | None
+    auth_time: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access or refresh token, kept by hash. ``family_id`` groups every token of one
+    grant so that code replay or refresh-token reuse can revoke them together."""
+
+    token_hash: str
+    kind: str  # "access" or "refresh"
+    client_id: str
+    username: str | None  # None for client_credentials
+    scope: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    family_id: str
+    revoked: bool = False
+
+    def active(self, now: float) -> bool:
+        return not self.revoked and now < self.expires_at
+
+
+###############################################################################
+# Storage ######################################################################
+###############################################################################
+
+
+class Storage(Protocol):
+    """Where codeflow keeps its records. Records in, records out, no policy.
+
+    Secrets arrive here only as hashes. Methods whose names say ``consume`` or
+    ``rotate`` must be atomic across every thread and process sharing the store.
+    """
+
+    def add_client(self, client: Client) -> None: ...
+    def get_client(self, client_id: str) -> Client | None: ...
+    def add_user(self, user: User) -> None: ...
+    def get_user(self, username: str) -> User | None: ...
+    def save_code(self, code: AuthorizationCode) -> None: ...
+
+    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+        """Atomically take a code: of N concurrent callers, at most one gets it.
+
+        The store remembers that the code was used, so that a replay can revoke
+        the tokens it issued (``revoke_family(code_hash)``).
+        """
+        ...
+
+    def save_token(self, token: Token) -> None:
+        """Store a token; a token of a revoked family is stored as revoked."""
+        ...
+
+    def get_token(self, token_hash: str) -> Token | None: ...
+
+    def rotate_refresh_token(self, old_hash: str, new: Token) -> bool:
+        """Atomically revoke the active refresh token ``old_hash`` and save ``new``.
+
+        Returns False, saving nothing, when ``old_hash`` is unknown or already revoked:
+        of N concurrent rotations of one token, at most one succeeds.
+        """
+        ...
+
+    def revoke_token(self, token_hash: str) -> None: ...
+
+    def revoke_family(self, family_id: str) -> None:
+        """Revoke every token of a grant, including any saved after this call."""
+        ...
+
+    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
+    def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete expired codes and tokens; return how many records went."""
+        ...
+
+
+class MemoryStorage:
+    """A thread-safe Storage in this process's memory: for tests, demos and embedding."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}
+        self._users: dict[str, User] = {}
+        self._codes: dict[str, AuthorizationCode] = {}
+        self._used_codes: dict[str, float] = {}  # code_hash -> expiry, for replay detection
+        self._tokens: dict[str, Token] = {}
+        self._families: dict[str, set[str]] = {}
+        self._revoked_families: set[str] = set()
+        self._consents: dict[tuple[str, str], frozenset[str]] = {}
+
+    def add_client(self, client: Client) -> None:
+        with self._lock:
+            self._clients[client.client_id] = client
+
+    def get_client(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
+
+    def add_user(self, user: User) -> None:
+        with self._lock:
+            self._users[user.username] = user
+
+    def get_user(self, username: str) -> User | None:
+        return self._users.get(username)
+
+    def save_code(self, code: AuthorizationCode) -> None:
+        with self._lock:
+            self._codes[code.code_hash] = code
+
+    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+        with self._lock:
+            code = self._codes.pop(code_hash, None)
+            if code is not None:
+                self._used_codes[code_hash] = code.expires_at
+            return code
+
+    def save_token(self, token: Token) -> None:
+        with self._lock:
+            self._save_token(token)
+
+    def _save_token(self, token: Token) -> None:
+        if token.family_id in self._revoked_families:
+            token = replace(token, revoked=True)
+        self._tokens[token.token_hash] = token
+        self._families.setdefault(token.family_id, set()).add(token.token_hash)
+
+    def get_token(self, token_hash: str) -> Token | None:
+        return self._tokens.get(token_hash)
+
+    def rotate_refresh_token(self, old_hash: str, new: Token) -> bool:
+        with self._lock:
+            old = self._tokens.get(old_hash)
+            if old is None or old.revoked or old.kind != "refresh":
+                return False
+            self._tokens[old_hash] = replace(old, revoked=True)
+            self._save_token(new)
+            return True
+
+    def revoke_token(self, token_hash: str) -> None:
+        with self._lock:
+            token = self._tokens.get(token_hash)
+            if token is not None:
+                self._tokens[token_hash] = replace(token, revoked=True)
+
+    def revoke_family(self, family_id: str) -> None:
+        with self._lock:
+            # Only families that exist are remembered, so random codes cannot grow the set.
+            if family_id not in self._families and family_id not in self._used_codes:
+                return
+            self._revoked_families.add(family_id)
+            for h in self._families.get(family_id, ()):
+                self._tokens[h] = replace(self._tokens[h], revoked=True)
+
+    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None:
+        with self._lock:
+            key = (username, client_id)
+            self._consents[key] = self._consents.get(key, frozenset()) | frozenset(scopes)
+
+    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+        return self._consents.get((username, client_id), frozenset())
+
+    def purge_expired(self, now: float) -> int:
+        with self._lock:
+            codes = [h for h, c in self._codes.items() if c.expires_at <= now]
+            used = [h for h, exp in self._used_codes.items() if exp <= now]
+            tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
+            for h in codes:
+                del self._codes[h]
+            for h in used:
+                del self._used_codes[h]
+            for h in tokens:
+                family = self._tokens.pop(h).family_id
+                members = self._families[family]
+                members.discard(h)
+                if not members:
+                    del self._families[family]
+            self._revoked_families = {
+                f for f in self._revoked_families if f in self._families or f in self._used_codes
+            }
+            return len(codes) + len(used) + len(tokens)
+
+
+###############################################################################
+# Client authentication: RFC 6749 §2.3 #########################################
+###############################################################################
+
+
+def authenticate_client(srv: Server, params: dict[str, str], authorization: str | None) -> Client:
+    """Identify the client of a token, introspection or revocation request.
+
+    Methods: client_secret_basic (RFC 6749 §2.3.1, preferred), client_secret_post,
+    and none for public clients, which only name themselves with ``client_id``.
+    """
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+            raw_id, raw_secret = decoded.split(":", 1)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidClient("Malformed HTTP Basic credentials.", basic=True) from None
+        # RFC 6749 §2.3.1: the id and secret are form-urlencoded before Basic encoding.
+        client_id = urllib.parse.unquote_plus(raw_id)
+        secret: str | None = urllib.parse.unquote_plus(raw_secret)
+        # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method."
+        if "client_secret" in params:
+            raise InvalidRequest("Use either HTTP Basic or client_secret, not both.")
+        if params.get("client_id", client_id) != client_id:
+            raise InvalidClient("client_id does not match the Basic credentials.", basic=True)
+        basic = True
+    else:
+        if "client_id" not in params:
+            raise InvalidClient("Client authentication is required.")
+        client_id, secret, basic = params["client_id"], params.get("client_secret"), False
+
+    client = srv.storage.get_client(client_id)
+    if client is None:
+        raise InvalidClient("Unknown client.", basic=basic)
+    if client.public:
+        if secret is not None:
+            raise InvalidClient("A public client has no secret.", basic=basic)
+        return client
+    if secret is None or not srv.check_client_secret(client, secret):
+        raise InvalidClient("Client authentication failed.", basic=basic)
+    return client
+
+
+###############################################################################
+# PKCE: RFC 7636 §4 ############################################################
+###############################################################################
+
+# RFC 7636 §4.1: code_verifier = high-entropy cryptographic random STRING using the
+# unreserved characters [A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~", 43 to 128 long.
+CODE_VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+# RFC 7636 §4.2: S256 challenge = BASE64URL(SHA256(verifier)): always 43 characters.
+S256_CHALLENGE_RE = re.compile(r"[A-Za-z0-9_\-]{43}")
+
+
+def s256(code_verifier: str) -> str:
+    """RFC 7636 §4.2: code_challenge = BASE64URL-ENCODE(SHA256(ASCII(code_verifier)))."""
+    return b64url(hashlib.sha256(code_verifier.encode("ascii")).digest())
+
+
+def check_pkce(code: AuthorizationCode, code_verifier: str | None) -> None:
+    """RFC 7636 §4.6: compare the verifier with the challenge bound to the code."""
+    if code.code_challenge is None:
+        # OAuth 2.1 §7.5.1: a verifier for a code issued without a challenge is a downgrade.
+        if code_verifier is not None:
+            raise InvalidGrant("This code was issued without a code_challenge.")
+        return
+    if code_verifier is None:
+        raise InvalidGrant("code_verifier is required for this code.")
+    if not CODE_VERIFIER_RE.fullmatch(code_verifier):
+        raise InvalidGrant("code_verifier must be 43-128 unreserved characters (RFC 7636 §4.1).")
+    if not hmac.compare_digest(s256(code_verifier), code.code_challenge):
+        raise InvalidGrant("code_verifier does not match the code_challenge.")
+
+
+###############################################################################
+# Authorization endpoint: RFC 6749 §4.1.1, §4.1.2 ##############################
+###############################################################################
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """A validated authorization request; ``params`` is what the browser sent."""
+
+    client: Client
+    redirect_uri: str
+    redirect_uri_given: bool
+    scope: tuple[str, ...]
+    state: str | None
+    code_challenge: str | None
+    nonce: str | None
+    login_hint: str | None
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Redirect:
+    location: str
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    body: str
+    status: int = 200
+
+
+def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in pairs if k == name]
+    if len(values) > 1:
+        raise UntrustedRequest(f"The {name} parameter is repeated (RFC 6749 §3.1).")
+    return values[0] if values else None
+
+
+def trusted_redirect(srv: Server, pairs: list[tuple[str, str]]) -> tuple[Client, str, bool]:
+    """Find the client and the redirect_uri to answer to, or raise UntrustedRequest.
+
+    RFC 6749 §4.1.2.1: "If the request fails due to a missing, invalid, or mismatching
+    redirection URI, or if the client identifier is missing or invalid, the
+    authorization server SHOULD inform the resource owner of the error and MUST NOT
+    automatically redirect the user-agent to the invalid redirection URI."
+    """
+    client_id = _only(pairs, "client_id")
+    if client_id is None:
+        raise UntrustedRequest("The request has no client_id.")
+    client = srv.storage.get_client(client_id)
+    if client is None:
+        raise UntrustedRequest("The client_id is not a registered client.")
+    given = _only(pairs, "redirect_uri")
+    if given is None:
+        # RFC 6749 §3.1.2.3: may be omitted only when exactly one URI is registered.
+        if len(client.redirect_uris) != 1:
+            raise UntrustedRequest("The request has no redirect_uri.")
+        return client, client.redirect_uris[0], False
+    for registered in client.redirect_uris:
+        if redirect_uri_matches(registered, given, native=client.public):
+            return client, given, True
+    raise UntrustedRequest("The redirect_uri is not registered for this client.")
+
+
+def validate_authorization_request(
+    srv: Server, client: Client, redirect_uri: str, given: bool, params: dict[str, str]
+) -> AuthorizationRequest:
+    """RFC 6749 §4.1.1 with RFC 7636 §4.3: check everything after the redirect is trusted.
+
+    REQUIRED: response_type=code, client_id, code_challenge (+ code_challenge_method=S256)
+    unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state, nonce,
+    login_hint. Unrecognised parameters are ignored (RFC 6749 §3.1).
+    """
+    if "request" in params:
+        raise RequestNotSupported("Request objects are not supported.")
+    if "request_uri" in params:
+        raise RequestUriNotSupported("request_uri is not supported.")
+    response_type = params.get("response_type")
+    if response_type is None:
+        raise InvalidRequest("response_type is required.")
+    if response_type != "code":
+        # OAuth 2.1 §4.1.1 and RFC 9700 §2.1.2: no implicit grant.
+        raise UnsupportedResponseType("Only response_type=code is supported.")
+    if "authorization_code" not in client.grant_types:
+        raise UnauthorizedClient("This client may not use the authorization code grant.")
+
+    scope = split_scope(params.get("scope")) or client.scopes
+    unknown = [s for s in scope if s not in client.scopes]
+    if unknown:
+        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+
+    challenge = params.get("code_challenge")
+    method = params.get("code_challenge_method")
+    if challenge is None:
+        if method is not None:
+            raise InvalidRequest("code_challenge_method was sent without a code_challenge.")
+        # RFC 7636 §4.4.1 and RFC 9700 §2.1.1: PKCE is required of public clients, and
+        # of every client that has not opted out.
+        if client.public or client.require_pkce:
+            raise InvalidRequest("code_challenge is required (PKCE, RFC 7636).")
+    else:
+        # RFC 7636 §4.3: a missing method means "plain", which RFC 9700 §2.1.1 rules out.
+        if method != "S256":
+            raise InvalidRequest("code_challenge_method must be S256.")
+        if not S256_CHALLENGE_RE.fullmatch(challenge):
+            raise InvalidRequest("code_challenge must be 43 base64url characters (RFC 7636 §4.2).")
+
+    return AuthorizationRequest(
+        client=client,
+        redirect_uri=redirect_uri,
+        redirect_uri_given=given,
+        scope=scope,
+        state=params.get("state"),
+        code_challenge=challenge,
+        nonce=params.get("nonce"),
+        login_hint=params.get("login_hint"),
+        params=params,
+    )
+
+
+def authorization_response(srv: Server, redirect_uri: str, params: dict[str, str]) -> Redirect:
+    """RFC 9207 §2: "the authorization server MUST include the iss parameter" in every
+    authorization response, success or error."""
+    return Redirect(add_query(redirect_uri, {**params, "iss": srv.issuer}))
+
+
+def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAuthError) -> Redirect:
+    """RFC 6749 §4.1.2.1: error, error_description and the client's state, on the query."""
+    params = err.to_json()
+    if state is not None:
+        params["state"] = state
+    return authorization_response(srv, areq_redirect, params)
+
+
+def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time: int) -> Redirect:
+    """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request."""
+    code = new_secret()
+    srv.storage.save_code(
+        AuthorizationCode(
+            code_hash=token_hash(code),
+            client_id=areq.client.client_id,
+            username=username,
+            redirect_uri=areq.redirect_uri,
+            redirect_uri_required=areq.redirect_uri_given,
+            scope=areq.scope,
+            code_challenge=areq.code_challenge,
+            nonce=areq.nonce,
+            auth_time=auth_time,
+            expires_at=srv.clock() + srv.code_lifetime,
+        )
+    )
+    params = {"code": code}
+    if areq.state is not None:
+        params["state"] = areq.state  # RFC 6749 §4.1.2: REQUIRED if present in the request
+    return authorization_response(srv, areq.redirect_uri, params)
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who is logged in in this browser, from the signed session cookie."""
+
+    username: str
+    auth_time: int
+
+
+def authorize(
+    srv: Server, pairs: list[tuple[str, str]], session: Session | None
+) -> Redirect | Page:
+    """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
+
+    Answers with the login page, the consent page, or a redirect to the client
+    carrying a code or an error.
+    """
+    client, redirect_uri, given = trusted_redirect(srv, pairs)
+    state = _only(pairs, "state")
+    try:
+        params = single_params(pairs)
+        areq = validate_authorization_request(srv, client, redirect_uri, given, params)
+        return continue_authorization(srv, areq, session)
+    except OAuthError as err:
+        return error_redirect(srv, redirect_uri, state, err)
+
+
+def continue_authorization(
+    srv: Server, areq: AuthorizationRequest, session: Session | None
+) -> Redirect | Page:
+    """Decide the next step: log in, ask consent, or issue the code."""
+    if srv.auto_approve is not None:
+        hinted = areq.login_hint and srv.storage.get_user(areq.login_hint)
+        username = areq.login_hint if hinted else srv.auto_approve
+        return issue_code(srv, areq, username, int(srv.clock()))
+    if session is None or srv.storage.get_user(session.username) is None:
+        return login_page(srv, areq)
+    granted = srv.storage.get_consent(session.username, areq.client.client_id)
+    if set(areq.scope) <= granted:
+        return issue_code(srv, areq, session.username, session.auth_time)
+    return consent_page(srv, areq, session)
+
+
+###############################################################################
+# Login and consent pages ######################################################
+###############################################################################
+
+STYLE = """
+body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0}
+main{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:8px;
+box-shadow:0 1px 4px #0002}
+h1{font-size:1.4rem;margin-top:0}label{display:block;margin-top:1rem;font-weight:600}
+input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #8a93a6;
+border-radius:4px}button{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem;border-radius:4px;
+border:1px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer}
+button.secondary{background:#fff;color:#1f4fd1}.error{color:#a4161a;font-weight:600}
+code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;white-space:pre-wrap;
+word-break:break-all}
+""".strip()
+STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+
+# RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    (
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; frame-ancestors 'none'; "
+        "base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+esc = html.escape
+
+
+def client_label(client: Client) -> str:
+    return esc(client.name or client.client_id)
+
+
+def _hidden_fields(srv: Server, areq: AuthorizationRequest) -> str:
+    return (
+        f'<input type="hidden" name="csrf_token" value="{esc(srv.csrf_token())}">'
+        f'<input type="hidden" name="request" value="{esc(srv.sign_request(areq.params))}">'
+    )
+
+
+def login_page(
+    srv: Server, areq: AuthorizationRequest, message: str = "", status: int = 200
+) -> Page:
+    username = esc(areq.login_hint or "")
+    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
+    body = f"""<h1>Sign in</h1>
+<p><strong>{client_label(areq.client)}</strong> wants you to sign in.</p>{error}
+<form method="post" action="login">{_hidden_fields(srv, areq)}
+<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" required autofocus value="{username}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button></form>"""
+    return Page("Sign in", body, status)
+
+
+def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> Page:
+    items = "".join(
+        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
+    )
+    body = f"""<h1>Allow access?</h1>
+<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul>{items}</ul>
+<p>Signed in as <strong>{esc(session.username)}</strong>.</p>
+<form method="post" action="consent">{_hidden_fields(srv, areq)}
+<button type="submit" name="decision" value="approve">Allow</button>
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></form>"""
+    return Page("Allow access?", body)
+
+
+def error_page(err: OAuthError) -> Page:
+    body = f"""<h1>This request cannot be completed</h1>
+<p class="error">{esc(err.description)}</p>
+<p>Error code: <code>{esc(err.error)}</code>. You were not sent back to the application
+because it could not be verified. Go back and try again, or contact its developers.</p>"""
+    return Page("Error", body, err.status)
+
+
+def resume_request(
+    srv: Server, form: dict[str, str], csrf_cookie: str | None
+) -> AuthorizationRequest:
+    """Check a login or consent form's CSRF token and recover the authorization request."""
+    if not srv.check_csrf(form.get("csrf_token"), csrf_cookie):
+        raise UntrustedRequest(
+            "This form has expired or was not sent by this site. Start signing in again."
+        )
+    params = srv.unsign_request(form.get("request"))
+    if params is None:
+        raise UntrustedRequest("This form has expired. Start signing in again.")
+    pairs = list(params.items())
+    client, redirect_uri, given = trusted_redirect(srv, pairs)
+    return validate_authorization_request(srv, client, redirect_uri, given, params)
+
+
+def login(
+    srv: Server, form: dict[str, str], csrf_cookie: str | None, address: str
+) -> tuple[Redirect | Page, Session | None]:
+    """Check a username and password; on success, go back to the authorization endpoint."""
+    areq = resume_request(srv, form, csrf_cookie)
+    username, password = form.get("username", ""), form.get("password", "")
+    keys = (f"user:{username}", f"address:{address}")
+    if srv.login_limiter.blocked(keys):
+        return login_page(
+            srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
+        ), None
+    user = srv.storage.get_user(username)
+    if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
+        srv.login_limiter.fail(keys)
+        return login_page(srv, areq, "Wrong username or password."), None
+    srv.login_limiter.reset(keys[0])
+    session = Session(user.username, int(srv.clock()))
+    query = urllib.parse.urlencode(areq.params)
+    return Redirect(f"{srv.issuer}{AUTHORIZE_PATH}?{query}"), session
+
+
+def consent(
+    srv: Server, form: dict[str, str], csrf_cookie: str | None, session: Session | None
+) -> Redirect | Page:
+    """Record the user's decision and answer the client (RFC 6749 §4.1.2, §4.1.2.1)."""
+    areq = resume_request(srv, form, csrf_cookie)
+    if session is None:
+        return login_page(srv, areq, "Your sign-in has expired. Sign in again.")
+    decision = form.get("decision")
+    if decision == "deny":
+        return error_redirect(
+            srv, areq.redirect_uri, areq.state, AccessDenied("The user denied the request.")
+        )
+    if decision != "approve":
+        raise UntrustedRequest("The form's decision must be approve or deny.")
+    srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
+    return issue_code(srv, areq, session.username, session.auth_time)
+
+
+class LoginLimiter:
+    """Counts failed logins per key (user, client address) in a sliding window."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
+
+    def blocked(self, keys: Iterable[str]) -> bool:
+        now = self._clock()
+        with self._lock:
+            return any(len(self._recent(k, now)) >= MAX_FAILED_LOGINS for k in keys)
+
+    def fail(self, keys: Iterable[str]) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
+                self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
+            for key in keys:
+                self._failures[key] = [*self._recent(key, now), now]
+
+    def reset(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+###############################################################################
+# Token endpoint: RFC 6749 §4.1.3, §5, §6, §4.4 ################################
+###############################################################################
+
+
+def token_endpoint(srv: Server, params: dict[str, str], authorization: str | None) -> dict:
+    """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body."""
+    client = authenticate_client(srv, params, authorization)
+    grant_type = params.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required.")
+    handler = GRANTS.get(grant_type)
+    if handler is None:
+        raise UnsupportedGrantType(f"Unsupported grant_type: {grant_type[:40]}.")
+    if grant_type not in client.grant_types:
+        raise UnauthorizedClient(f"This client may not use the {grant_type} grant.")
+    return handler(srv, client, params)
+
+
+def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+    """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
+    challenge was sent; redirect_uri when it was in the authorization request."""
+    code_value = params.get("code")
+    if code_value is None:
+        raise InvalidRequest("code is required.")
+    # The code is consumed first and checked after: a code that fails a check stays burned.
+    code_hash = token_hash(code_value)
+    code = srv.storage.consume_code(code_hash)
+    if code is None:
+        # RFC 6749 §4.1.2: "If an authorization code is used more than once, the
+        # authorization server MUST deny the request and SHOULD revoke (when possible)
+        # all tokens previously issued based on that authorization code."
+        srv.storage.revoke_family(code_hash)
+        raise InvalidGrant("The code is invalid, expired or already used.")
+    if code.expires_at <= srv.clock():
+        raise InvalidGrant("The code has expired.")
+    # RFC 6749 §4.1.3: "ensure that the authorization code was issued to the
+    # authenticated confidential client, or if the client is public, ensure that the
+    # code was issued to "client_id" in the request"
+    if not hmac.compare_digest(code.client_id.encode(), client.client_id.encode()):
+        raise InvalidGrant("The code was issued to another client.")
+    # RFC 6749 §4.1.3: redirect_uri is required if it was in the authorization request,
+    # "and their values MUST be identical".
+    redirect_uri = params.get("redirect_uri")
+    if (
+        code.redirect_uri_required or redirect_uri is not None
+    ) and redirect_uri != code.redirect_uri:
+        raise InvalidGrant("redirect_uri does not match the authorization request.")
+    check_pkce(code, params.get("code_verifier"))
+    return issue_tokens(srv, client, code.username, code.scope, family_id=code_hash, refresh=True)
+
+
+def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+    """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
+    narrow the grant but never widen it."""
+    value = params.get("refresh_token")
+    if value is None:
+        raise InvalidRequest("refresh_token is required.")
+    old = srv.storage.get_token(token_hash(value))
+    if old is None or old.kind != "refresh" or old.client_id != client.client_id:
+        raise InvalidGrant("The refresh token is invalid.")
+    if old.revoked:
+        # RFC 9700 §4.14.2: reuse of a rotated refresh token means one of the two
+        # holders is an attacker; revoke the whole grant.
+        srv.storage.revoke_family(old.family_id)
+        raise InvalidGrant("The refresh token was already used; this grant is revoked.")
+    if not old.active(srv.clock()):
+        raise InvalidGrant("The refresh token has expired.")
+    scope = split_scope(params.get("scope")) or old.scope
+    # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
+    if not set(scope) <= set(old.scope):
+        raise InvalidScope("The requested scope exceeds the original grant.")
+    now = srv.clock()
+    new_value = new_secret()
+    # RFC 6749 §6: the new refresh token's scope MUST be identical to the old one's.
+    new = Token(
+        token_hash(new_value),
+        "refresh",
+        client.client_id,
+        old.username,
+        old.scope,
+        now,
+        now + srv.refresh_token_lifetime,
+        old.family_id,
+    )
+    if not srv.storage.rotate_refresh_token(old.token_hash, new):
+        srv.storage.revoke_family(old.family_id)  # lost a race with another use: reuse
+        raise InvalidGrant("The refresh token was already used; this grant is revoked.")
+    body = issue_tokens(srv, client, old.username, scope, family_id=old.family_id, refresh=False)
+    body["refresh_token"] = new_value
+    return body
+
+
+def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+    """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope."""
+    # RFC 6749 §4.4: "The client credentials grant type MUST only be used by
+    # confidential clients."
+    if client.public:
+        raise UnauthorizedClient("Public clients may not use client_credentials.")
+    scope = split_scope(params.get("scope")) or client.scopes
+    unknown = [s for s in scope if s not in client.scopes]
+    if unknown:
+        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+    # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
+    return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False)
+
+
+GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict]] = {
+    "authorization_code": authorization_code_grant,
+    "refresh_token": refresh_token_grant,
+    "client_credentials": client_credentials_grant,
+}
+
+
+def issue_tokens(
+    srv: Server,
+    client: Client,
+    username: str | None,
+    scope: tuple[str, ...],
+    *,
+    family_id: str,
+    refresh: bool,
+) -> dict:
+    """Mint an access token (and a refresh token) and build the RFC 6749 §5.1 response."""
+    now = srv.clock()
+    access = new_secret()
+    srv.storage.save_token(
+        Token(
+            token_hash(access),
+            "access",
+            client.client_id,
+            username,
+            scope,
+            now,
+            now + srv.access_token_lifetime,
+            family_id,
+        )
+    )
+    body: dict[str, Any] = {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": srv.access_token_lifetime,
+        "scope": " ".join(scope),
+    }
+    if refresh and "refresh_token" in client.grant_types:
+        value = new_secret()
+        srv.storage.save_token(
+            Token(
+                token_hash(value),
+                "refresh",
+                client.client_id,
+                username,
+                scope,
+                now,
+                now + srv.refresh_token_lifetime,
+                family_id,
+            )
+        )
+        body["refresh_token"] = value
+    return body
+
+
+###############################################################################
+# Introspection (RFC 7662), revocation (RFC 7009), discovery (RFC 8414) ########
+###############################################################################
+
+
+def introspect(srv: Server, params: dict[str, str], authorization: str | None) -> dict:
+    """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
+    we require a confidential client."""
+    client = authenticate_client(srv, params, authorization)
+    if client.public:
+        raise InvalidClient("Introspection needs a confidential client.")
+    value = params.get("token")
+    if value is None:
+        raise InvalidRequest("token is required.")
+    token = srv.storage.get_token(token_hash(value))
+    # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}.
+    if token is None or not token.active(srv.clock()):
+        return {"active": False}
+    body: dict[str, Any] = {
+        "active": True,
+        "scope": " ".join(token.scope),
+        "client_id": token.client_id,
+        "exp": int(token.expires_at),
+        "iat": int(token.issued_at),
+        "iss": srv.issuer,
+        "token_type": "Bearer" if token.kind == "access" else "refresh_token",
+    }
+    if token.username is not None:
+        body["sub"] = token.username
+        body["username"] = token.username
+    return body
+
+
+def revoke(srv: Server, params: dict[str, str], authorization: str | None) -> None:
+    """RFC 7009 §2.1. REQUIRED: token. OPTIONAL: token_type_hint (we find either kind)."""
+    client = authenticate_client(srv, params, authorization)
+    value = params.get("token")
+    if value is None:
+        raise InvalidRequest("token is required.")
+    token = srv.storage.get_token(token_hash(value))
+    # RFC 7009 §2.2: "invalid tokens do not cause an error response"; neither does a token
+    # of another client, which is left alone so that clients cannot revoke each other's.
+    if token is None or token.client_id != client.client_id:
+        return
+    if token.kind == "refresh":
+        # RFC 7009 §2.1: revoking a refresh token SHOULD revoke the grant's access tokens.
+        srv.storage.revoke_family(token.family_id)
+    else:
+        srv.storage.revoke_token(token.token_hash)
+
+
+def oauth_metadata(srv: Server) -> dict[str, Any]:
+    """RFC 8414 §2: what this server supports, and nothing it does not."""
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": srv.issuer,
+        "authorization_endpoint": srv.issuer + AUTHORIZE_PATH,
+        "token_endpoint": srv.issuer + TOKEN_PATH,
+        "introspection_endpoint": srv.issuer + INTROSPECT_PATH,
+        "revocation_endpoint": srv.issuer + REVOKE_PATH,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": list(GRANT_TYPES),
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+    }
+
+
+###############################################################################
+# The server and its WSGI app ##################################################
+###############################################################################
+
+
+class Server:
+    """An authorization server: configuration, storage, and ``.wsgi``, the WSGI app.
+
+    >>> srv = Server(issuer="http://127.0.0.1:8000")
+    >>> client = srv.add_client("app", redirect_uris=["http://127.0.0.1:9000/cb"])
+    >>> user = srv.add_user("alice", "wonderland")
+
+    ``auto_approve="alice"`` skips login and consent for tests: every authorization
+    request is approved at once as alice, or as the user named by ``login_hint``.
+    """
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        storage: Storage | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        auto_approve: str | None = None,
+        secret_key: str | bytes | None = None,
+        code_lifetime: int = CODE_LIFETIME,
+        access_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
+        refresh_token_lifetime: int = REFRESH_TOKEN_LIFETIME,
+        demo: bool = False,
+    ) -> None:
+        self._issuer_given = issuer is not None
+        self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.clock = clock
+        self.auto_approve = auto_approve
+        self.code_lifetime = code_lifetime
+        self.access_token_lifetime = access_token_lifetime
+        self.refresh_token_lifetime = refresh_token_lifetime
+        self.demo = demo
+        self.login_limiter = LoginLimiter(clock)
+        # One key signs cookies and forms; each use has its own salt (itsdangerous).
+        self._serializer = itsdangerous.URLSafeSerializer(secret_key or secrets.token_bytes(32))
+        self._secret_cache: dict[tuple[str, str], bytes] = {}
+        if auto_approve is not None:
+            log.warning(
+                "codeflow: auto-approve is on: every request is approved as %r", auto_approve
+            )
+        if demo:
+            add_demo(self)
+        self.wsgi: Callable[..., Iterable[bytes]] = _secure_headers(build_app(self))
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.issuer.startswith("https:")
+
+    # -- Registration -------------------------------------------------------
+
+    def add_client(
+        self,
+        client_id: str,
+        *,
+        client_secret: str | None = None,
+        redirect_uris: Iterable[str] = (),
+        name: str = "",
+        scopes: Iterable[str] = DEFAULT_SCOPES,
+        grant_types: Iterable[str] = DEFAULT_GRANT_TYPES,
+        require_pkce: bool = True,
+    ) -> Client:
+        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
+        uris = tuple(redirect_uris)
+        for uri in uris:
+            parts = urllib.parse.urlsplit(uri)
+            # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
+            # "MUST NOT include a fragment component."
+            if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+                raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
+        grants = tuple(grant_types)
+        unknown = set(grants) - set(GRANT_TYPES)
+        if unknown:
+            raise ValueError(f"unsupported grant types: {sorted(unknown)}")
+        if client_secret is None and not require_pkce:
+            raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+        client = Client(
+            client_id=client_id,
+            redirect_uris=uris,
+            secret_hash=hash_password(client_secret) if client_secret is not None else None,
+            name=name,
+            scopes=tuple(scopes),
+            grant_types=grants,
+            require_pkce=require_pkce,
+        )
+        self.storage.add_client(client)
+        return client
+
+    def add_user(
+        self, username: str, password: str | None = None, *, claims: dict[str, Any] | None = None
+    ) -> User:
+        """Register a user; without a password the user can only be auto-approved."""
+        secret = password if password is not None else secrets.token_urlsafe(32)
+        user = User(username, hash_password(secret), dict(claims or {}))
+        self.storage.add_user(user)
+        return user
+
+    def issue_tokens(
+        self,
+        user: User | str | None,
+        client: Client | str,
+        scope: str | Iterable[str] = (),
+        claims: dict[str, Any] | None = None,
+    ) -> dict:
+        """Mint tokens without a browser, as the token endpoint would (for API tests)."""
+        if isinstance(client, str):
+            found = self.storage.get_client(client)
+            if found is None:
+                raise ValueError(f"unknown client {client!r}")
+            client = found
+        username = user.username if isinstance(user, User) else user
+        scopes = split_scope(scope) if isinstance(scope, str) else tuple(scope)
+        return issue_tokens(
+            self,
+            client,
+            username,
+            scopes or client.scopes,
+            family_id=new_secret(),
+            refresh=username is not None,
+        )
+
+    def check_client_secret(self, client: Client, secret: str) -> bool:
+        """Verify a client secret against its scrypt hash.
+
+        A verified secret's SHA-256 is cached in this process, so a busy client pays
+        the memory-hard KDF once rather than on every token request.
+        """
+        if client.secret_hash is None:
+            return False
+        digest = hashlib.sha256(secret.encode("utf-8")).digest()
+        key = (client.client_id, client.secret_hash)
+        cached = self._secret_cache.get(key)
+        if cached is not None:
+            return hmac.compare_digest(cached, digest)
+        if not verify_password(secret, client.secret_hash):
+            return False
+        self._secret_cache[key] = digest
+        return True
+
+    # -- Signed cookies and forms ---------------------------------------------
+
+    def _dumps(self, payload: dict, salt: str, lifetime: int) -> str:
+        # Expiry is checked against our own clock, so tests that move time see it.
+        return self._serializer.dumps({**payload, "e": self.clock() + lifetime}, salt=salt)
+
+    def _loads(self, value: str | None, salt: str) -> dict | None:
+        if not value:
+            return None
+        try:
+            payload = self._serializer.loads(value, salt=salt)
+        except itsdangerous.BadData:
+            return None
+        if not isinstance(payload, dict) or payload.get("e", 0) <= self.clock():
+            return None
+        return payload
+
+    def session_cookie(self, session: Session) -> str:
+        return self._dumps(
+            {"u": session.username, "t": session.auth_time}, "session", SESSION_LIFETIME
+        )
+
+    def read_session(self, cookie: str | None) -> Session | None:
+        payload = self._loads(cookie, "session")
+        return Session(payload["u"], payload["t"]) if payload else None
+
+    def csrf_token(self) -> str:
+        """A form's CSRF token: the browser's CSRF cookie value, signed, with an expiry."""
+        return self._dumps({"c": _current_csrf_cookie()}, "csrf", FORM_LIFETIME)
+
+    def check_csrf(self, token: str | None, cookie: str | None) -> bool:
+        payload = self._loads(token, "csrf")
+        return bool(payload and cookie and hmac.compare_digest(str(payload.get("c")), cookie))
+
+    def sign_request(self, params: dict[str, str]) -> str:
+        return self._dumps({"p": params}, "authorize", FORM_LIFETIME)
+
+    def unsign_request(self, value: str | None) -> dict[str, str] | None:
+        payload = self._loads(value, "authorize")
+        return payload["p"] if payload else None
+
+    # -- Running ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve on a free loopback port in a thread; yield the base URL, then stop.
+
+        Unless an issuer was given, the issuer becomes that base URL.
+        """
+        httpd = make_server(host, port, self.wsgi, ThreadingWSGIServer, QuietHandler)
+        url = f"http://{host}:{httpd.server_port}"
+        if not self._issuer_given:
+            self.issuer = url
+            if self.demo:
+                add_demo(self)
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            yield url
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+
+
+# The CSRF cookie of the request being answered; set by the WSGI layer per request.
+_csrf_local = threading.local()
+
+
+def _current_csrf_cookie() -> str:
+    return _csrf_local.value
+
+
+SESSION_COOKIE = "codeflow_session"
+CSRF_COOKIE = "codeflow_csrf"
+
+
+def _secure_headers(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16)."""
+
+    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            extra = [h for h in SECURITY_HEADERS if h[0].lower() not in present]
+            return start_response(status, headers + extra, exc_info)
+
+        return app(environ, start)
+
+    return wsgi
+
+
+def build_app(srv: Server) -> bottle.Bottle:
+    """The HTTP layer: adapt requests to the protocol functions above and back."""
+    app = bottle.Bottle()
+    request = bottle.request
+
+    def read_body() -> bytes:
+        try:
+            length = int(request.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number.") from None
+        if length > MAX_BODY:
+            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY} bytes.")
+        return request.environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def form_pairs() -> list[tuple[str, str]]:
+        """RFC 6749 §4.1.3: POST bodies are application/x-www-form-urlencoded."""
+        ctype = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise InvalidRequest("Content-Type must be application/x-www-form-urlencoded.")
+        return parse_pairs(read_body())
+
+    def query_pairs() -> list[tuple[str, str]]:
+        # PEP 3333 hands the query string over as latin-1; these are the original bytes.
+        return parse_pairs(request.environ.get("QUERY_STRING", "").encode("latin-1"))
+
+    def json_response(
+        body: dict, status: int = 200, headers: dict | None = None
+    ) -> bottle.HTTPResponse:
+        # RFC 6749 §5.1: "Cache-Control: no-store" and "Pragma: no-cache" on token responses.
+        return bottle.HTTPResponse(
+            json.dumps(body),
+            status,
+            {
+                "Content-Type": "application/json",
+                "Cache-Control": "no-store",
+                "Pragma": "no-cache",
+                **(headers or {}),
+            },
+        )
+
+    def json_error(err: OAuthError) -> bottle.HTTPResponse:
+        headers = {}
+        if isinstance(err, InvalidClient) and err.basic:
+            # RFC 6749 §5.2: 401 and "MUST include the WWW-Authenticate response header"
+            headers["WWW-Authenticate"] = 'Basic realm="codeflow", charset="UTF-8"'
+        return json_response(err.to_json(), err.status, headers)
+
+    def api(handler: Callable[[dict[str, str], str | None], dict | None]) -> Callable:
+        """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
+
+        def endpoint() -> bottle.HTTPResponse:
+            try:
+                params = single_params(form_pairs())
+                body = handler(params, request.environ.get("HTTP_AUTHORIZATION"))
+            except OAuthError as err:
+                return json_error(err)
+            return json_response(body if body is not None else {})
+
+        return endpoint
+
+    def page_response(page: Page) -> bottle.HTTPResponse:
+        document = (
+            f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
+            f"<body><main>{page.body}</main></body></html>"
+        )
+        return bottle.HTTPResponse(
+            document,
+            page.status,
+            {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
+        )
+
+    def browser(
+        handler: Callable[[], Redirect | Page | tuple[Redirect | Page, Session | None]],
+    ) -> Callable:
+        """A browser-facing endpoint: pages, redirects, cookies; errors as an HTML page."""
+
+        def endpoint() -> bottle.HTTPResponse:
+            csrf = request.get_cookie(CSRF_COOKIE)
+            _csrf_local.value = csrf if csrf and len(csrf) == 22 else secrets.token_urlsafe(16)
+            session = None
+            try:
+                result = handler()
+            except OAuthError as err:
+                result = error_page(err)
+            if isinstance(result, tuple):
+                result, session = result
+            if isinstance(result, Redirect):
+                # RFC 9700 §4.12: answer a form POST with 303, so the browser drops the body.
+                status = 303 if request.method == "POST" else 302
+                response = bottle.HTTPResponse(status=status, Location=result.location)
+                response.set_header("Cache-Control", "no-store")
+            else:
+                response = page_response(result)
+            cookie = {
+                "httponly": True,
+                "samesite": "lax",
+                "secure": srv.secure_cookies,
+                "path": "/",
+            }
+            if _csrf_local.value != csrf:
+                response.set_cookie(CSRF_COOKIE, _csrf_local.value, **cookie)
+            if session is not None:
+                response.set_cookie(SESSION_COOKIE, srv.session_cookie(session), **cookie)
+            return response
+
+        return endpoint
+
+    def current_session() -> Session | None:
+        return srv.read_session(request.get_cookie(SESSION_COOKIE))
+
+    @app.route(AUTHORIZE_PATH, method=["GET", "POST"])
+    @browser
+    def authorization_endpoint() -> Redirect | Page:
+        # RFC 6749 §3.1: the endpoint MUST support GET and MAY support POST.
+        pairs = form_pairs() if request.method == "POST" else query_pairs()
+        return authorize(srv, pairs, current_session())
+
+    @app.post(LOGIN_PATH)
+    @browser
+    def login_endpoint() -> tuple[Redirect | Page, Session | None]:
+        form = single_params(form_pairs())
+        address = request.environ.get("REMOTE_ADDR", "")
+        return login(srv, form, request.get_cookie(CSRF_COOKIE), address)
+
+    @app.post(CONSENT_PATH)
+    @browser
+    def consent_endpoint() -> Redirect | Page:
+        form = single_params(form_pairs())
+        return consent(srv, form, request.get_cookie(CSRF_COOKIE), current_session())
+
+    app.post(TOKEN_PATH)(api(lambda p, a: token_endpoint(srv, p, a)))
+    app.post(INTROSPECT_PATH)(api(lambda p, a: introspect(srv, p, a)))
+    app.post(REVOKE_PATH)(api(lambda p, a: revoke(srv, p, a)))
+
+    @app.get(OAUTH_METADATA_PATH)
+    def metadata() -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(
+            json.dumps(oauth_metadata(srv)), 200, {"Content-Type": "application/json"}
+        )
+
+    @app.get("/")
+    @browser
+    def home() -> Page:
+        demo = (
+            f'<p>Try the flow: <a href="{DEMO_PATH}">the demo client</a>.</p>' if srv.demo else ""
+        )
+        return Page(
+            "codeflow",
+            f"<h1>codeflow</h1><p>An OAuth 2.1 authorization server. Issuer: "
+            f"<code>{esc(srv.issuer)}</code>.</p><p>Metadata: "
+            f'<a href="{OAUTH_METADATA_PATH}">{OAUTH_METADATA_PATH}</a></p>{demo}',
+        )
+
+    @app.get(DEMO_PATH)
+    @browser
+    def demo_start() -> Page | Redirect:
+        if not srv.demo:
+            raise bottle.HTTPError(404, "Not found")
+        return demo_page(srv)
+
+    @app.get(DEMO_CALLBACK_PATH)
+    @browser
+    def demo_callback() -> Page:
+        if not srv.demo:
+            raise bottle.HTTPError(404, "Not found")
+        return demo_finish(srv, single_params(query_pairs()), request.get_cookie(CSRF_COOKIE))
+
+    def plain_error(error: bottle.HTTPError) -> str:
+        # bottle's own errors (404, 405, a path that is not UTF-8): short, HTML-escaped.
+        bottle.response.set_header("Cache-Control", "no-store")
+        return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
+
+    app.default_error_handler = plain_error  # type: ignore[method-assign]
+    return app
+
+
+###############################################################################
+# The demo client: the whole flow in a browser ###############################
+###############################################################################
+
+DEMO_PATH = "/demo"
+DEMO_CALLBACK_PATH = "/demo/callback"
+DEMO_CLIENT_ID = "demo-app"
+DEMO_USER, DEMO_PASSWORD = "alice", "wonderland"
+
+
+def add_demo(srv: Server) -> None:
+    """Register the demo client (public, PKCE) at this issuer and the demo user."""
+    srv.add_client(
+        DEMO_CLIENT_ID,
+        redirect_uris=[srv.issuer + DEMO_CALLBACK_PATH],
+        name="codeflow demo app",
+        scopes=DEFAULT_SCOPES,
+    )
+    if srv.storage.get_user(DEMO_USER) is None:
+        srv.add_user(DEMO_USER, DEMO_PASSWORD, claims={"name": "Alice Liddell"})
+
+
+def _demo_verifier(srv: Server, csrf_cookie: str) -> str:
+    # The demo keeps no state: its verifier is derived from the browser's CSRF cookie.
+    return b64url(
+        hmac.new(srv._serializer.secret_keys[-1], csrf_cookie.encode(), "sha256").digest()
+    )
+
+
+def demo_page(srv: Server) -> Page:
+    """Step 1 of the flow, as a client app does it: build the authorization request."""
+    state = _current_csrf_cookie()
+    verifier = _demo_verifier(srv, state)
+    params = {
+        "response_type": "code",
+        "client_id": DEMO_CLIENT_ID,
+        "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
+        "scope": "openid profile offline_access",
+        "state": state,
+        "code_challenge": s256(verifier),
+        "code_challenge_method": "S256",
+    }
+    url = f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
+    body = f"""<h1>codeflow demo</h1>
+<p>This page plays a client app. It sends you to the authorization endpoint with this
+request (RFC 6749 §4.1.1, PKCE per RFC 7636):</p><pre>{esc(json.dumps(params, indent=1))}</pre>
+<p>Sign in as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>,
+then allow access.</p>
+<p><a href="{esc(url)}"><button type="button">Start the flow</button></a></p>"""
+    return Page("Demo", body)
+
+
+def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) -> Page:
+    """Steps 3 and 4: check state and iss, then exchange the code at the token endpoint."""
+    again = f'<p><a href="{DEMO_PATH}">Start again</a></p>'
+    if not csrf_cookie or params.get("state") != csrf_cookie:
+        return Page(
+            "Demo", f"<h1>State mismatch</h1><p>The callback's state is not ours.</p>{again}", 400
+        )
+    if params.get("iss") != srv.issuer:  # RFC 9207 §2.4
+        return Page("Demo", f"<h1>Wrong issuer</h1>{again}", 400)
+    if "error" in params:
+        return Page(
+            "Demo",
+            f"<h1>The authorization failed</h1>"
+            f"<pre>{esc(json.dumps(params, indent=1))}</pre>{again}",
+        )
+    request = {
+        "grant_type": "authorization_code",
+        "code": params.get("code", ""),
+        "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
+        "client_id": DEMO_CLIENT_ID,
+        "code_verifier": _demo_verifier(srv, csrf_cookie),
+    }
+    try:
+        result = token_endpoint(srv, request, None)
+    except OAuthError as err:
+        result = err.to_json()
+    body = f"""<h1>The token response</h1>
+<p>The callback received <code>code</code>, <code>state</code> and <code>iss</code>
+(RFC 9207). The demo checked the state and the issuer, then sent this to
+<code>{TOKEN_PATH}</code> (RFC 6749 §4.1.3):</p><pre>{esc(json.dumps(request, indent=1))}</pre>
+<p>and received (RFC 6749 §5.1):</p><pre>{esc(json.dumps(result, indent=1))}</pre>{again}"""
+    return Page("Demo", body)
+
+
+###############################################################################
+# Running it: servers ##########################################################
+###############################################################################
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The stdlib fallback: one thread per connection."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
+    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server."""
+    try:
+        import waitress
+    except ImportError:
+        httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
+        try:
+            httpd.serve_forever()
+        finally:
+            httpd.server_close()
+    else:
+        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
+
+
+###############################################################################
+# Configuration and CLI #######################################################
+###############################################################################
+
+
+def open_storage(url: str) -> Storage:
+    """``memory`` or ``sqlite:///path`` (the latter from the codeflow_storage package)."""
+    if url == "memory":
+        return MemoryStorage()
+    if url.startswith("sqlite:///"):
+        try:
+            from codeflow_storage.sqlite import SQLiteStorage
+        except ImportError:
+            raise SystemExit(
+                "sqlite storage needs codeflow_storage: pip install 'codeflow[sqlite]'"
+            ) from None
+        return SQLiteStorage(url.removeprefix("sqlite:///"))
+    raise SystemExit(f"unknown storage URL {url!r}: use 'memory' or 'sqlite:///path'")
+
+
+def load_config(srv: Server, config: dict[str, Any]) -> None:
+    """Register the ``[[clients]]`` and ``[[users]]`` of a TOML config file."""
+    for c in config.get("clients", []):
+        srv.add_client(
+            c["client_id"],
+            client_secret=c.get("client_secret"),
+            redirect_uris=c.get("redirect_uris", []),
+            name=c.get("name", ""),
+            scopes=c.get("scopes", DEFAULT_SCOPES),
+            grant_types=c.get("grant_types", DEFAULT_GRANT_TYPES),
+            require_pkce=c.get("require_pkce", True),
+        )
+    for u in config.get("users", []):
+        srv.add_user(u["username"], u.get("password"), claims=u.get("claims", {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``codeflow`` command."""
+    parser = argparse.ArgumentParser(prog="codeflow", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the authorization server")
+    serve_cmd.add_argument("--config", type=argparse.FileType("rb"), help="TOML config file")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--issuer", help="public base URL (default http://HOST:PORT)")
+    serve_cmd.add_argument("--storage", help="memory (default) or sqlite:///path/codeflow.db")
+    serve_cmd.add_argument("--demo", action="store_true", help="add a demo client and user")
+    serve_cmd.add_argument("--auto-approve", metavar="USER", help="approve every request as USER")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = tomllib.load(args.config) if args.config else {}
+    except tomllib.TOMLDecodeError as err:
+        parser.error(f"{args.config.name}: {err}")
+    host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
+    issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
+    storage = open_storage(args.storage or config.get("storage", "memory"))
+    srv = Server(issuer, storage, auto_approve=args.auto_approve, demo=args.demo)
+    try:
+        load_config(srv, config)
+    except (KeyError, TypeError, ValueError) as err:
+        parser.error(f"bad config: {err}")
+    print(f"codeflow: serving {srv.issuer} (metadata at {srv.issuer}{OAUTH_METADATA_PATH})")
+    if args.demo:
+        print(f"Demo: open {srv.issuer}{DEMO_PATH} in a browser, click 'Start the flow',")
+        print(f"      sign in as {DEMO_USER} / {DEMO_PASSWORD}, allow access, and see the tokens.")
+    if args.auto_approve:
+        print(f"WARNING: --auto-approve: every request is approved as {args.auto_approve!r}.")
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        serve(srv.wsgi, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        print(f"codeflow: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    print("codeflow: stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
