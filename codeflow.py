@@ -50,6 +50,7 @@ __all__ = [
     "MemoryStorage",
     "OAuthError",
     "Server",
+    "SigningKey",
     "Storage",
     "Token",
     "User",
@@ -380,6 +381,18 @@ class Token:
         return not self.revoked and now < self.expires_at
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    """A JWS signing key (RFC 7517). ``expires_at`` is None while the key signs; once a
+    newer key takes over, it stays published until every token it signed has expired."""
+
+    kid: str
+    alg: str  # "RS256" or "ES256"
+    private_pem: str
+    created_at: float
+    expires_at: float | None = None
+
+
 ###############################################################################
 # Storage ######################################################################
 ###############################################################################
@@ -392,10 +405,21 @@ class Storage(Protocol):
     ``rotate`` must be atomic across every thread and process sharing the store.
     """
 
-    def add_client(self, client: Client) -> None: ...
+    def add_client(self, client: Client) -> None:
+        """Add a client, or replace the one with the same client_id."""
+        ...
+
     def get_client(self, client_id: str) -> Client | None: ...
-    def add_user(self, user: User) -> None: ...
+    def list_clients(self) -> list[Client]: ...
+    def remove_client(self, client_id: str) -> bool: ...
+
+    def add_user(self, user: User) -> None:
+        """Add a user, or replace the one with the same username."""
+        ...
+
     def get_user(self, username: str) -> User | None: ...
+    def list_users(self) -> list[User]: ...
+    def remove_user(self, username: str) -> bool: ...
     def save_code(self, code: AuthorizationCode) -> None: ...
 
     def consume_code(self, code_hash: str) -> AuthorizationCode | None:
@@ -429,8 +453,26 @@ class Storage(Protocol):
     def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
     def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
 
+    def get_or_add_setting(self, name: str, candidate: str) -> str:
+        """Atomically return the stored value of ``name``, storing ``candidate`` if none:
+        processes sharing a store agree on one value (the cookie-signing key, say)."""
+        ...
+
+    def signing_keys(self) -> list[SigningKey]:
+        """Every stored signing key, newest first."""
+        ...
+
+    def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
+        """Atomically return the current key (``expires_at`` None) of ``candidate.alg``,
+        adding ``candidate`` if there is none."""
+        ...
+
+    def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
+        """Atomically add ``new`` and give the current key of its alg ``retire_until``."""
+        ...
+
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes and tokens; return how many records went."""
+        """Delete expired codes, tokens and signing keys; return how many went."""
         ...
 
 
@@ -447,6 +489,8 @@ class MemoryStorage:
         self._families: dict[str, set[str]] = {}
         self._revoked_families: set[str] = set()
         self._consents: dict[tuple[str, str], frozenset[str]] = {}
+        self._settings: dict[str, str] = {}
+        self._keys: list[SigningKey] = []  # newest first
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -455,12 +499,26 @@ class MemoryStorage:
     def get_client(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
 
+    def list_clients(self) -> list[Client]:
+        return sorted(self._clients.values(), key=lambda c: c.client_id)
+
+    def remove_client(self, client_id: str) -> bool:
+        with self._lock:
+            return self._clients.pop(client_id, None) is not None
+
     def add_user(self, user: User) -> None:
         with self._lock:
             self._users[user.username] = user
 
     def get_user(self, username: str) -> User | None:
         return self._users.get(username)
+
+    def list_users(self) -> list[User]:
+        return sorted(self._users.values(), key=lambda u: u.username)
+
+    def remove_user(self, username: str) -> bool:
+        with self._lock:
+            return self._users.pop(username, None) is not None
 
     def save_code(self, code: AuthorizationCode) -> None:
         with self._lock:
@@ -518,8 +576,34 @@ class MemoryStorage:
     def get_consent(self, username: str, client_id: str) -> frozenset[str]:
         return self._consents.get((username, client_id), frozenset())
 
+    def get_or_add_setting(self, name: str, candidate: str) -> str:
+        with self._lock:
+            return self._settings.setdefault(name, candidate)
+
+    def signing_keys(self) -> list[SigningKey]:
+        return list(self._keys)
+
+    def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
+        with self._lock:
+            for key in self._keys:
+                if key.alg == candidate.alg and key.expires_at is None:
+                    return key
+            self._keys.insert(0, candidate)
+            return candidate
+
+    def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
+        with self._lock:
+            self._keys = [new] + [
+                replace(k, expires_at=retire_until)
+                if k.alg == new.alg and k.expires_at is None
+                else k
+                for k in self._keys
+            ]
+
     def purge_expired(self, now: float) -> int:
         with self._lock:
+            keys = [k for k in self._keys if k.expires_at is not None and k.expires_at <= now]
+            self._keys = [k for k in self._keys if k not in keys]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -536,7 +620,7 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(codes) + len(used) + len(tokens)
+            return len(keys) + len(codes) + len(used) + len(tokens)
 
 
 ###############################################################################
@@ -788,7 +872,8 @@ def authorize(
     carrying a code or an error.
     """
     client, redirect_uri, given = trusted_redirect(srv, pairs)
-    state = _only(pairs, "state")
+    states = [value for name, value in pairs if name == "state"]
+    state = states[0] if len(states) == 1 else None  # a repeated state is not echoed
     try:
         params = single_params(pairs)
         areq = validate_authorization_request(srv, client, redirect_uri, given, params)
@@ -1253,7 +1338,9 @@ class Server:
         self.demo = demo
         self.login_limiter = LoginLimiter(clock)
         # One key signs cookies and forms; each use has its own salt (itsdangerous).
-        self._serializer = itsdangerous.URLSafeSerializer(secret_key or secrets.token_bytes(32))
+        # Kept in storage unless given, so that processes sharing a store share sessions.
+        key = secret_key or self.storage.get_or_add_setting("secret_key", secrets.token_hex(32))
+        self._serializer = itsdangerous.URLSafeSerializer(key)
         self._secret_cache: dict[tuple[str, str], bytes] = {}
         if auto_approve is not None:
             log.warning(
@@ -1608,6 +1695,10 @@ def build_app(srv: Server) -> bottle.Bottle:
     def demo_start() -> Page | Redirect:
         if not srv.demo:
             raise bottle.HTTPError(404, "Not found")
+        if request.urlparts.netloc != urllib.parse.urlsplit(srv.issuer).netloc:
+            # Opened as localhost instead of the issuer's 127.0.0.1, say: cookies would
+            # not follow the flow, so start over on the issuer's own host.
+            return Redirect(srv.issuer + DEMO_PATH)
         return demo_page(srv)
 
     @app.get(DEMO_CALLBACK_PATH)
@@ -1619,7 +1710,6 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     def plain_error(error: bottle.HTTPError) -> str:
         # bottle's own errors (404, 405, a path that is not UTF-8): short, HTML-escaped.
-        bottle.response.set_header("Cache-Control", "no-store")
         return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
 
     app.default_error_handler = plain_error  # type: ignore[method-assign]
@@ -1648,17 +1738,17 @@ def add_demo(srv: Server) -> None:
         srv.add_user(DEMO_USER, DEMO_PASSWORD, claims={"name": "Alice Liddell"})
 
 
-def _demo_verifier(srv: Server, csrf_cookie: str) -> str:
-    # The demo keeps no state: its verifier is derived from the browser's CSRF cookie.
-    return b64url(
-        hmac.new(srv._serializer.secret_keys[-1], csrf_cookie.encode(), "sha256").digest()
-    )
+def _demo_value(srv: Server, purpose: str, csrf_cookie: str) -> str:
+    # The demo client keeps no state of its own: its state and PKCE verifier are
+    # derived from the browser's CSRF cookie, so the callback can recompute them.
+    message = f"{purpose}:{csrf_cookie}".encode()
+    return b64url(hmac.new(srv._serializer.secret_keys[-1], message, "sha256").digest())
 
 
 def demo_page(srv: Server) -> Page:
     """Step 1 of the flow, as a client app does it: build the authorization request."""
-    state = _current_csrf_cookie()
-    verifier = _demo_verifier(srv, state)
+    cookie = _current_csrf_cookie()
+    state, verifier = _demo_value(srv, "state", cookie), _demo_value(srv, "verifier", cookie)
     params = {
         "response_type": "code",
         "client_id": DEMO_CLIENT_ID,
@@ -1681,7 +1771,7 @@ then allow access.</p>
 def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) -> Page:
     """Steps 3 and 4: check state and iss, then exchange the code at the token endpoint."""
     again = f'<p><a href="{DEMO_PATH}">Start again</a></p>'
-    if not csrf_cookie or params.get("state") != csrf_cookie:
+    if not csrf_cookie or params.get("state") != _demo_value(srv, "state", csrf_cookie):
         return Page(
             "Demo", f"<h1>State mismatch</h1><p>The callback's state is not ours.</p>{again}", 400
         )
@@ -1698,7 +1788,7 @@ def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) ->
         "code": params.get("code", ""),
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
         "client_id": DEMO_CLIENT_ID,
-        "code_verifier": _demo_verifier(srv, csrf_cookie),
+        "code_verifier": _demo_value(srv, "verifier", csrf_cookie),
     }
     try:
         result = token_endpoint(srv, request, None)
