@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import getpass
 import hashlib
 import hmac
 import html
@@ -1869,29 +1870,142 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
         srv.add_user(u["username"], u.get("password"), claims=u.get("claims", {}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``codeflow`` command."""
+PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
+
+
+def purge_forever(srv: Server, interval: float = PURGE_INTERVAL) -> threading.Thread:
+    """Start a daemon thread that purges expired codes, tokens and keys every interval."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                purged = srv.storage.purge_expired(srv.clock())
+                log.debug("codeflow: purged %d expired records", purged)
+            except Exception:  # the purge must never take the server down
+                log.exception("codeflow: purge failed")
+
+    thread = threading.Thread(target=loop, name="codeflow-purge", daemon=True)
+    thread.start()
+    return thread
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeflow", description=__doc__.splitlines()[0])
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--config", type=argparse.FileType("rb"), help="TOML config file")
+    store.add_argument("--storage", help="memory (default) or sqlite:///path/codeflow.db")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the authorization server")
-    serve_cmd.add_argument("--config", type=argparse.FileType("rb"), help="TOML config file")
+
+    serve_cmd = commands.add_parser("serve", parents=[store], help="run the authorization server")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--issuer", help="public base URL (default http://HOST:PORT)")
-    serve_cmd.add_argument("--storage", help="memory (default) or sqlite:///path/codeflow.db")
     serve_cmd.add_argument("--demo", action="store_true", help="add a demo client and user")
     serve_cmd.add_argument("--auto-approve", metavar="USER", help="approve every request as USER")
-    args = parser.parse_args(argv)
 
+    client = commands.add_parser("client", help="manage clients").add_subparsers(
+        dest="action", required=True
+    )
+    add = client.add_parser("add", parents=[store], help="register a client")
+    add.add_argument("client_id")
+    add.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
+    add.add_argument("--name", default="")
+    add.add_argument("--scope", action="append", dest="scopes", help="repeatable")
+    add.add_argument("--grant-type", action="append", dest="grant_types", help="repeatable")
+    add.add_argument("--public", action="store_true", help="no secret: a public client (PKCE)")
+    add.add_argument("--no-pkce", action="store_true", help="let a confidential client skip PKCE")
+    client.add_parser("list", parents=[store], help="list clients")
+    remove = client.add_parser("remove", parents=[store], help="remove a client")
+    remove.add_argument("client_id")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    for action in ("add", "passwd"):
+        cmd = user.add_parser(action, parents=[store], help=f"{action} a user's password")
+        cmd.add_argument("username")
+        cmd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+        if action == "add":
+            cmd.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE")
+    user.add_parser("list", parents=[store], help="list users")
+    remove = user.add_parser("remove", parents=[store], help="remove a user")
+    remove.add_argument("username")
+
+    commands.add_parser("purge", parents=[store], help="delete expired codes, tokens, keys")
+    return parser
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("Password: ")
+    if password != getpass.getpass("Again: "):
+        raise SystemExit("codeflow: the passwords differ")
+    return password
+
+
+def manage(srv: Server, args: argparse.Namespace) -> int:
+    """The management commands: each opens the store and calls one method."""
+    store = srv.storage
+    if (args.command, getattr(args, "action", None)) == ("client", "add"):
+        secret = None if args.public else secrets.token_urlsafe(32)
+        srv.add_client(
+            args.client_id,
+            client_secret=secret,
+            redirect_uris=args.redirect_uris,
+            name=args.name,
+            scopes=args.scopes or DEFAULT_SCOPES,
+            grant_types=args.grant_types or DEFAULT_GRANT_TYPES,
+            require_pkce=not args.no_pkce,
+        )
+        print(f"client_id: {args.client_id}")
+        if secret is not None:
+            print(f"client_secret: {secret}  (shown once; only its hash is stored)")
+    elif (args.command, args.action) == ("client", "list"):
+        for c in store.list_clients():
+            kind = "public" if c.public else "confidential"
+            print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
+    elif (args.command, args.action) == ("client", "remove"):
+        if not store.remove_client(args.client_id):
+            raise SystemExit(f"codeflow: no client {args.client_id!r}")
+    elif (args.command, args.action) == ("user", "add"):
+        claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
+        srv.add_user(args.username, _read_password(args), claims=claims)
+    elif (args.command, args.action) == ("user", "passwd"):
+        found = store.get_user(args.username)
+        if found is None:
+            raise SystemExit(f"codeflow: no user {args.username!r}")
+        store.add_user(replace(found, password_hash=hash_password(_read_password(args))))
+    elif (args.command, args.action) == ("user", "list"):
+        for u in store.list_users():
+            print(u.username)
+    elif (args.command, args.action) == ("user", "remove"):
+        if not store.remove_user(args.username):
+            raise SystemExit(f"codeflow: no user {args.username!r}")
+    elif args.command == "purge":
+        print(f"purged {store.purge_expired(srv.clock())} expired records")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``codeflow`` command: a thin layer over Server and its storage."""
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = tomllib.load(args.config) if args.config else {}
     except tomllib.TOMLDecodeError as err:
         parser.error(f"{args.config.name}: {err}")
+    storage_url = args.storage or config.get("storage", "memory")
+    if args.command != "serve":
+        if storage_url == "memory":
+            parser.error(f"{args.command} needs persistent storage: --storage sqlite:///PATH")
+        return manage(Server(config.get("issuer"), open_storage(storage_url)), args)
+
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
-    storage = open_storage(args.storage or config.get("storage", "memory"))
-    srv = Server(issuer, storage, auto_approve=args.auto_approve, demo=args.demo)
+    srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo)
     try:
         load_config(srv, config)
     except (KeyError, TypeError, ValueError) as err:
@@ -1903,6 +2017,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto_approve:
         print(f"WARNING: --auto-approve: every request is approved as {args.auto_approve!r}.")
     print("Press Ctrl-C to stop.", flush=True)
+    purge_forever(srv)
     try:
         serve(srv.wsgi, args.host, args.port)
     except KeyboardInterrupt:
