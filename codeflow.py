@@ -6,14 +6,17 @@ It implements the authorization code flow with PKCE and the grants around it:
   as tightened by OAuth 2.1 and RFC 9700 (security best current practice);
 - RFC 7636 (PKCE, S256 only), RFC 9207 (``iss`` in authorization responses),
   RFC 8252 §7.3 (any port for loopback redirect URIs of native clients);
-- RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery).
+- RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery);
+- OpenID Connect Core 1.0 (ID tokens, userinfo), Discovery 1.0, RP-Initiated Logout
+  1.0; RFC 7517 (JWKS, with key rotation) and RFC 9068 (JWT access tokens).
 
 The module reads top to bottom in the order a request meets it: helpers, errors,
 records, storage, client authentication, PKCE, the authorization endpoint, login
 and consent, the token endpoint, introspection/revocation/discovery, the WSGI app
 (the only place that touches bottle), running it, and the CLI.
 
-Dependencies: bottle (HTTP), itsdangerous (signed cookies and forms); waitress is
+Dependencies: bottle (HTTP), itsdangerous (signed cookies and forms), PyJWT with
+cryptography (JOSE: ID tokens, JWT access tokens, JWKS); waitress is
 used for serving when it is installed. Copied alone into another project, this
 file runs on memory storage.
 """
@@ -44,6 +47,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle
 import itsdangerous
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 __all__ = [
     "AuthorizationCode",
@@ -67,6 +73,7 @@ CODE_LIFETIME = (
 )
 ACCESS_TOKEN_LIFETIME = 3600
 REFRESH_TOKEN_LIFETIME = 30 * 24 * 3600
+ID_TOKEN_LIFETIME = 3600
 SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
 FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
 MAX_FAILED_LOGINS = 5  # per user and per client address, within LOGIN_WINDOW
@@ -86,7 +93,25 @@ CONSENT_PATH = "/consent"
 TOKEN_PATH = "/token"  # noqa: S105 -- a path, not a password
 INTROSPECT_PATH = "/introspect"
 REVOKE_PATH = "/revoke"
+USERINFO_PATH = "/userinfo"
+JWKS_PATH = "/jwks"
+LOGOUT_PATH = "/logout"
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
+OIDC_METADATA_PATH = "/.well-known/openid-configuration"
+SIGNING_ALGS = ("RS256", "ES256")  # RS256 is OIDC Core §15.1's mandatory default
+
+# OIDC Core §5.4: the claims each scope asks for.
+SCOPE_CLAIMS = {
+    "profile": (
+        "name", "family_name", "given_name", "middle_name", "nickname", "preferred_username",
+        "profile", "picture", "website", "gender", "birthdate", "zoneinfo", "locale",
+        "updated_at",
+    ),
+    "email": ("email", "email_verified"),
+    "address": ("address",),
+    "phone": ("phone_number", "phone_number_verified"),
+}
+PROMPT_VALUES = ("none", "login", "consent")
 
 SCOPE_WORDS = {
     "openid": "Confirm who you are",
@@ -306,6 +331,32 @@ class RequestUriNotSupported(OAuthError):
     error = "request_uri_not_supported"  # OpenID Connect Core §6
 
 
+class LoginRequired(OAuthError):
+    error = "login_required"  # OpenID Connect Core §3.1.2.6
+
+
+class ConsentRequired(OAuthError):
+    error = "consent_required"  # OpenID Connect Core §3.1.2.6
+
+
+class InvalidToken(OAuthError):
+    """RFC 6750 §3.1: the access token is expired, revoked, malformed or invalid."""
+
+    error = "invalid_token"
+    status = 401
+
+
+class InsufficientScope(OAuthError):
+    error = "insufficient_scope"  # RFC 6750 §3.1
+    status = 403
+
+
+class MissingToken(InvalidToken):
+    """RFC 6750 §3.1: "If the request lacks any authentication information ..., the
+    resource server SHOULD NOT include an error code or other error information."
+    """
+
+
 class UntrustedRequest(OAuthError):
     """The client or redirect_uri cannot be trusted: answer with a page, never a redirect."""
 
@@ -333,6 +384,9 @@ class Client:
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
     require_pkce: bool = True  # RFC 9700 §2.1.1: PKCE for every client unless it opts out
+    id_token_signed_response_alg: str = "RS256"  # noqa: S105 -- OIDC Registration §2
+    access_token_jwt: bool = False  # RFC 9068 JWT access tokens instead of opaque ones
+    post_logout_redirect_uris: tuple[str, ...] = ()  # OIDC RP-Initiated Logout §3.1
 
     @property
     def public(self) -> bool:
@@ -715,6 +769,8 @@ class AuthorizationRequest:
     code_challenge: str | None
     nonce: str | None
     login_hint: str | None
+    prompt: frozenset[str]
+    max_age: int | None
     params: dict[str, str]
 
 
@@ -769,8 +825,9 @@ def validate_authorization_request(
     """RFC 6749 §4.1.1 with RFC 7636 §4.3: check everything after the redirect is trusted.
 
     REQUIRED: response_type=code, client_id, code_challenge (+ code_challenge_method=S256)
-    unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state, nonce,
-    login_hint. Unrecognised parameters are ignored (RFC 6749 §3.1).
+    unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state; from
+    OIDC Core §3.1.2.1 nonce, prompt, max_age, login_hint, ui_locales (accepted; the
+    pages are in English). Unrecognised parameters are ignored (RFC 6749 §3.1).
     """
     if "request" in params:
         raise RequestNotSupported("Request objects are not supported.")
@@ -789,6 +846,15 @@ def validate_authorization_request(
     unknown = [s for s in scope if s not in client.scopes]
     if unknown:
         raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+
+    # OIDC Core §3.1.2.1: "If this parameter contains none with any other value, an
+    # error is returned."
+    prompt = frozenset(split_scope(params.get("prompt"))) & set(PROMPT_VALUES)
+    if "none" in prompt and len(split_scope(params.get("prompt"))) > 1:
+        raise InvalidRequest("prompt=none cannot be combined with other values.")
+    max_age = params.get("max_age")
+    if max_age is not None and not (max_age.isascii() and max_age.isdigit()):
+        raise InvalidRequest("max_age must be a non-negative integer of seconds.")
 
     challenge = params.get("code_challenge")
     method = params.get("code_challenge_method")
@@ -815,6 +881,8 @@ def validate_authorization_request(
         code_challenge=challenge,
         nonce=params.get("nonce"),
         login_hint=params.get("login_hint"),
+        prompt=prompt,
+        max_age=int(max_age) if max_age is not None else None,
         params=params,
     )
 
@@ -886,16 +954,35 @@ def authorize(
 def continue_authorization(
     srv: Server, areq: AuthorizationRequest, session: Session | None
 ) -> Redirect | Page:
-    """Decide the next step: log in, ask consent, or issue the code."""
+    """Decide the next step: log in, ask consent, or issue the code.
+
+    OIDC Core §3.1.2.1: with prompt=none "the Authorization Server MUST NOT display any
+    authentication or consent user interface pages"; it answers login_required or
+    consent_required instead.
+    """
     if srv.auto_approve is not None:
         hinted = areq.login_hint and srv.storage.get_user(areq.login_hint)
         username = areq.login_hint if hinted else srv.auto_approve
         return issue_code(srv, areq, username, int(srv.clock()))
-    if session is None or srv.storage.get_user(session.username) is None:
+    too_old = (
+        session is not None
+        and areq.max_age is not None
+        and srv.clock() - session.auth_time > areq.max_age  # OIDC Core §3.1.2.1 max_age
+    )
+    if (
+        session is None
+        or srv.storage.get_user(session.username) is None
+        or "login" in areq.prompt
+        or too_old
+    ):
+        if "none" in areq.prompt:
+            raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq)
     granted = srv.storage.get_consent(session.username, areq.client.client_id)
-    if set(areq.scope) <= granted:
+    if set(areq.scope) <= granted and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time)
+    if "none" in areq.prompt:
+        raise ConsentRequired("The user has not consented to this request.")
     return consent_page(srv, areq, session)
 
 
@@ -936,10 +1023,11 @@ def client_label(client: Client) -> str:
     return esc(client.name or client.client_id)
 
 
-def _hidden_fields(srv: Server, areq: AuthorizationRequest) -> str:
+def _hidden_fields(srv: Server, params: dict[str, str]) -> str:
+    """Every form carries a CSRF token and the signed request it continues."""
     return (
         f'<input type="hidden" name="csrf_token" value="{esc(srv.csrf_token())}">'
-        f'<input type="hidden" name="request" value="{esc(srv.sign_request(areq.params))}">'
+        f'<input type="hidden" name="request" value="{esc(srv.sign_request(params))}">'
     )
 
 
@@ -950,7 +1038,7 @@ def login_page(
     error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
     body = f"""<h1>Sign in</h1>
 <p><strong>{client_label(areq.client)}</strong> wants you to sign in.</p>{error}
-<form method="post" action="login">{_hidden_fields(srv, areq)}
+<form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <label for="username">Username</label>
 <input id="username" name="username" autocomplete="username" required autofocus value="{username}">
 <label for="password">Password</label>
@@ -966,7 +1054,7 @@ def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> P
     body = f"""<h1>Allow access?</h1>
 <p><strong>{client_label(areq.client)}</strong> asks to:</p><ul>{items}</ul>
 <p>Signed in as <strong>{esc(session.username)}</strong>.</p>
-<form method="post" action="consent">{_hidden_fields(srv, areq)}
+<form method="post" action="consent">{_hidden_fields(srv, areq.params)}
 <button type="submit" name="decision" value="approve">Allow</button>
 <button type="submit" name="decision" value="deny" class="secondary">Deny</button></form>"""
     return Page("Allow access?", body)
@@ -1013,7 +1101,12 @@ def login(
         return login_page(srv, areq, "Wrong username or password."), None
     srv.login_limiter.reset(keys[0])
     session = Session(user.username, int(srv.clock()))
-    query = urllib.parse.urlencode(areq.params)
+    # The user has just signed in: prompt=login is satisfied, and must not loop.
+    params = dict(areq.params)
+    prompt = " ".join(p for p in split_scope(params.pop("prompt", None)) if p != "login")
+    if prompt:
+        params["prompt"] = prompt
+    query = urllib.parse.urlencode(params)
     return Redirect(f"{srv.issuer}{AUTHORIZE_PATH}?{query}"), session
 
 
@@ -1113,7 +1206,10 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
-    return issue_tokens(srv, client, code.username, code.scope, family_id=code_hash, refresh=True)
+    return issue_tokens(
+        srv, client, code.username, code.scope, family_id=code_hash, refresh=True,
+        auth_time=code.auth_time, nonce=code.nonce,
+    )  # fmt: skip
 
 
 def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
@@ -1186,22 +1282,27 @@ def issue_tokens(
     *,
     family_id: str,
     refresh: bool,
+    auth_time: int | None = None,
+    nonce: str | None = None,
+    claims: dict[str, Any] | None = None,
 ) -> dict:
-    """Mint an access token (and a refresh token) and build the RFC 6749 §5.1 response."""
+    """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
+
+    An ID token is added where a user has just authenticated (``auth_time``) and the
+    scope has ``openid`` (OIDC Core §3.1.3.3).
+    """
     now = srv.clock()
-    access = new_secret()
+    access = (
+        jwt_access_token(srv, client, username, scope, auth_time)
+        if client.access_token_jwt
+        else new_secret()
+    )
     srv.storage.save_token(
         Token(
-            token_hash(access),
-            "access",
-            client.client_id,
-            username,
-            scope,
-            now,
-            now + srv.access_token_lifetime,
-            family_id,
+            token_hash(access), "access", client.client_id, username, scope,
+            issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
         )
-    )
+    )  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
@@ -1212,18 +1313,218 @@ def issue_tokens(
         value = new_secret()
         srv.storage.save_token(
             Token(
-                token_hash(value),
-                "refresh",
-                client.client_id,
-                username,
-                scope,
-                now,
-                now + srv.refresh_token_lifetime,
-                family_id,
+                token_hash(value), "refresh", client.client_id, username, scope,
+                issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
             )
-        )
+        )  # fmt: skip
         body["refresh_token"] = value
+    if "openid" in scope and username is not None and auth_time is not None:
+        body["id_token"] = id_token(srv, client, username, auth_time, nonce, access, claims)
     return body
+
+
+###############################################################################
+# OpenID Connect: signing keys, ID tokens, userinfo, logout #####################
+###############################################################################
+
+
+def new_signing_key(alg: str, now: float) -> SigningKey:
+    """A fresh key pair: RSA 2048 for RS256, P-256 for ES256 (RFC 7518 §3.3, §3.4)."""
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if alg == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    return SigningKey(kid=secrets.token_urlsafe(12), alg=alg, private_pem=pem, created_at=now)
+
+
+def sign(srv: Server, claims: dict[str, Any], alg: str, typ: str = "JWT") -> str:
+    """A JWS with the current key of ``alg``; RFC 7515 §4.1.4 ``kid`` in every header."""
+    key = srv.signing_key(alg)
+    return jwt.encode(
+        claims, srv.private_key(key), algorithm=alg, headers={"kid": key.kid, "typ": typ}
+    )
+
+
+def half_hash(value: str) -> str:
+    """OIDC Core §3.3.2.11 at_hash: the left half of the SHA-256 of the token, base64url.
+
+    SHA-256 is the hash of both RS256 and ES256."""
+    return b64url(hashlib.sha256(value.encode("ascii")).digest()[:16])
+
+
+def id_token(
+    srv: Server,
+    client: Client,
+    username: str,
+    auth_time: int,
+    nonce: str | None,
+    access_token: str,
+    claims: dict[str, Any] | None = None,
+) -> str:
+    """OIDC Core §2 and §3.1.3.6: the ID token of a code flow.
+
+    REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it, so max_age works,
+    §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
+    the nonce parameter sent in the Authentication Request"); at_hash (OPTIONAL in the
+    code flow, sent so that clients can bind the access token).
+    """
+    now = int(srv.clock())
+    body: dict[str, Any] = {
+        **(claims or {}),
+        "iss": srv.issuer,
+        "sub": username,  # OIDC Core §2: locally unique and never reassigned
+        "aud": client.client_id,
+        "exp": now + srv.id_token_lifetime,
+        "iat": now,
+        "auth_time": auth_time,
+        "at_hash": half_hash(access_token),
+    }
+    if nonce is not None:
+        body["nonce"] = nonce
+    return sign(srv, body, client.id_token_signed_response_alg)
+
+
+def jwt_access_token(
+    srv: Server,
+    client: Client,
+    username: str | None,
+    scope: tuple[str, ...],
+    auth_time: int | None,
+) -> str:
+    """RFC 9068 §2.2: a JWT access token. REQUIRED: iss, exp, aud, sub, client_id, iat,
+    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2)."""
+    now = int(srv.clock())
+    body: dict[str, Any] = {
+        "iss": srv.issuer,
+        "exp": now + srv.access_token_lifetime,
+        "aud": srv.access_token_audience,
+        "sub": username if username is not None else client.client_id,
+        "client_id": client.client_id,
+        "iat": now,
+        "jti": secrets.token_urlsafe(16),
+        "scope": " ".join(scope),
+    }
+    if auth_time is not None:
+        body["auth_time"] = auth_time
+    return sign(srv, body, "RS256", typ="at+jwt")
+
+
+def jwks(srv: Server) -> dict[str, Any]:
+    """RFC 7517 §5: every key that may still verify a live token, current ones first."""
+    keys = []
+    now = srv.clock()
+    for key in srv.storage.signing_keys():
+        if key.expires_at is not None and key.expires_at <= now:
+            continue
+        public = srv.private_key(key).public_key()
+        algorithms = jwt.algorithms
+        algorithm = algorithms.RSAAlgorithm if key.alg == "RS256" else algorithms.ECAlgorithm
+        jwk = json.loads(algorithm.to_jwk(public))
+        keys.append({**jwk, "kid": key.kid, "alg": key.alg, "use": "sig"})
+    return {"keys": keys}
+
+
+def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
+    """RFC 6750 §2.1 (Authorization header) or §2.2 (form body); one method only."""
+    header = None
+    if authorization is not None:
+        scheme, _, header = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not header.strip():
+            raise InvalidToken("Use the Authorization: Bearer scheme.")
+        header = header.strip()
+    body = (form or {}).get("access_token")
+    if header is not None and body is not None:
+        # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token"
+        raise InvalidRequest("Send the access token one way only.")
+    token = header or body
+    if token is None:
+        raise MissingToken("An access token is required.")
+    return token
+
+
+def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None) -> dict:
+    """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4)."""
+    token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+    if token is None or token.kind != "access" or not token.active(srv.clock()):
+        raise InvalidToken("The access token is invalid, expired or revoked.")
+    if token.username is None or "openid" not in token.scope:
+        raise InsufficientScope("The access token was not issued with the openid scope.")
+    user = srv.storage.get_user(token.username)
+    if user is None:
+        raise InvalidToken("The token's user no longer exists.")
+    allowed = {c for scope in token.scope for c in SCOPE_CLAIMS.get(scope, ())}
+    claims = {k: v for k, v in user.claims.items() if k in allowed}
+    # OIDC Core §5.3.2: "The sub Claim MUST always be returned in the UserInfo Response."
+    return {**claims, "sub": user.username}
+
+
+def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
+    """An ID token we issued, whatever its expiry (RP-Initiated Logout §2: "the OP need
+    not be the one to check ... expired" tokens are acceptable hints)."""
+    try:
+        kid = jwt.get_unverified_header(hint).get("kid")
+        key = next(k for k in srv.storage.signing_keys() if k.kid == kid)
+        return jwt.decode(
+            hint,
+            srv.private_key(key).public_key(),
+            algorithms=[key.alg],
+            issuer=srv.issuer,
+            options={"verify_exp": False, "verify_aud": False, "require": ["aud", "sub"]},
+        )
+    except (jwt.InvalidTokenError, StopIteration):
+        raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
+
+
+SIGNED_OUT = Session("", 0)  # tells the HTTP layer to delete the session cookie
+
+
+def end_session(
+    srv: Server,
+    params: dict[str, str],
+    session: Session | None,
+    confirmed: bool,
+) -> tuple[Redirect | Page, Session | None]:
+    """OpenID Connect RP-Initiated Logout 1.0 §2-§3: end the login session.
+
+    OPTIONAL: id_token_hint, client_id, post_logout_redirect_uri, state, ui_locales.
+    Without a valid id_token_hint the user confirms first (§2: "the OP SHOULD ask the
+    End-User whether to log out"), so that another site cannot sign the user out.
+    """
+    client_id = params.get("client_id")
+    hinted = None
+    if "id_token_hint" in params:
+        hinted = verify_id_token_hint(srv, params["id_token_hint"])
+        aud = hinted["aud"] if isinstance(hinted["aud"], str) else hinted["aud"][0]
+        if client_id is not None and client_id != aud:
+            raise UntrustedRequest("client_id does not match the id_token_hint.")
+        client_id = aud
+    client = srv.storage.get_client(client_id) if client_id else None
+    target = params.get("post_logout_redirect_uri")
+    # §3: the URI "MUST have been previously registered with the OP"; exact match.
+    if target is not None and (client is None or target not in client.post_logout_redirect_uris):
+        raise UntrustedRequest("post_logout_redirect_uri is not registered for this client.")
+    if session is not None and hinted is None and not confirmed:
+        return logout_page(srv, params, client), None
+    if target is not None:
+        state = params.get("state")
+        return Redirect(add_query(target, {"state": state} if state else {})), SIGNED_OUT
+    return Page("Signed out", "<h1>You are signed out</h1><p>You can close this page.</p>"), (
+        SIGNED_OUT
+    )
+
+
+def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> Page:
+    asker = f" from <strong>{client_label(client)}</strong>" if client else ""
+    body = f"""<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
+<form method="post" action="logout">{_hidden_fields(srv, params)}
+<button type="submit" name="confirm" value="yes">Sign out</button></form>"""
+    return Page("Sign out?", body)
 
 
 ###############################################################################
@@ -1278,25 +1579,36 @@ def revoke(srv: Server, params: dict[str, str], authorization: str | None) -> No
 
 
 def oauth_metadata(srv: Server) -> dict[str, Any]:
-    """RFC 8414 §2: what this server supports, and nothing it does not."""
+    """RFC 8414 §2 and OIDC Discovery 1.0 §3: what this server supports, and nothing it
+    does not. One document serves both well-known paths, so they cannot disagree."""
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]
     return {
         "issuer": srv.issuer,
         "authorization_endpoint": srv.issuer + AUTHORIZE_PATH,
         "token_endpoint": srv.issuer + TOKEN_PATH,
+        "userinfo_endpoint": srv.issuer + USERINFO_PATH,
+        "jwks_uri": srv.issuer + JWKS_PATH,
+        "end_session_endpoint": srv.issuer + LOGOUT_PATH,
         "introspection_endpoint": srv.issuer + INTROSPECT_PATH,
         "revocation_endpoint": srv.issuer + REVOKE_PATH,
+        "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
+                             *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": list(GRANT_TYPES),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods[:2],
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": list(PROMPT_VALUES),
         "authorization_response_iss_parameter_supported": True,
+        "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
-    }
+    }  # fmt: skip
 
 
 ###############################################################################
@@ -1326,6 +1638,8 @@ class Server:
         code_lifetime: int = CODE_LIFETIME,
         access_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
         refresh_token_lifetime: int = REFRESH_TOKEN_LIFETIME,
+        id_token_lifetime: int = ID_TOKEN_LIFETIME,
+        access_token_audience: str | None = None,
         demo: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
@@ -1336,6 +1650,10 @@ class Server:
         self.code_lifetime = code_lifetime
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
+        self.id_token_lifetime = id_token_lifetime
+        # RFC 9068 §3: without a resource indicator, "a default resource indicator".
+        self._audience = access_token_audience
+        self._private_keys: dict[str, Any] = {}  # kid -> parsed key, parsed once
         self.demo = demo
         self.login_limiter = LoginLimiter(clock)
         # One key signs cookies and forms; each use has its own salt (itsdangerous).
@@ -1367,6 +1685,9 @@ class Server:
         scopes: Iterable[str] = DEFAULT_SCOPES,
         grant_types: Iterable[str] = DEFAULT_GRANT_TYPES,
         require_pkce: bool = True,
+        id_token_signed_response_alg: str = "RS256",  # noqa: S107 -- an alg name
+        access_token_jwt: bool = False,
+        post_logout_redirect_uris: Iterable[str] = (),
     ) -> Client:
         """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
         uris = tuple(redirect_uris)
@@ -1380,6 +1701,8 @@ class Server:
         unknown = set(grants) - set(GRANT_TYPES)
         if unknown:
             raise ValueError(f"unsupported grant types: {sorted(unknown)}")
+        if id_token_signed_response_alg not in SIGNING_ALGS:
+            raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
         if client_secret is None and not require_pkce:
             raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
         client = Client(
@@ -1390,6 +1713,9 @@ class Server:
             scopes=tuple(scopes),
             grant_types=grants,
             require_pkce=require_pkce,
+            id_token_signed_response_alg=id_token_signed_response_alg,
+            access_token_jwt=access_token_jwt,
+            post_logout_redirect_uris=tuple(post_logout_redirect_uris),
         )
         self.storage.add_client(client)
         return client
@@ -1419,13 +1745,10 @@ class Server:
         username = user.username if isinstance(user, User) else user
         scopes = split_scope(scope) if isinstance(scope, str) else tuple(scope)
         return issue_tokens(
-            self,
-            client,
-            username,
-            scopes or client.scopes,
-            family_id=new_secret(),
-            refresh=username is not None,
-        )
+            self, client, username, scopes or client.scopes,
+            family_id=new_secret(), refresh=username is not None,
+            auth_time=int(self.clock()), claims=claims,
+        )  # fmt: skip
 
     def check_client_secret(self, client: Client, secret: str) -> bool:
         """Verify a client secret against its scrypt hash.
@@ -1444,6 +1767,37 @@ class Server:
             return False
         self._secret_cache[key] = digest
         return True
+
+    # -- Signing keys (RFC 7517) --------------------------------------------------
+
+    @property
+    def access_token_audience(self) -> str:
+        return self._audience or self.issuer
+
+    def signing_key(self, alg: str = "RS256") -> SigningKey:
+        """The key that signs now; made on first use and kept in storage, so that
+        processes sharing a store share keys."""
+        for key in self.storage.signing_keys():
+            if key.alg == alg and key.expires_at is None:
+                return key
+        return self.storage.get_or_add_signing_key(new_signing_key(alg, self.clock()))
+
+    def private_key(self, key: SigningKey) -> Any:
+        parsed = self._private_keys.get(key.kid)
+        if parsed is None:
+            parsed = serialization.load_pem_private_key(key.private_pem.encode(), password=None)
+            self._private_keys[key.kid] = parsed
+        return parsed
+
+    def rotate_keys(self) -> list[SigningKey]:
+        """Start signing with new keys at once. The old keys stay in the JWKS until the
+        longest-lived token they signed has expired, then purge_expired drops them."""
+        now = self.clock()
+        retire_until = now + max(self.id_token_lifetime, self.access_token_lifetime)
+        new = [new_signing_key(alg, now) for alg in SIGNING_ALGS]
+        for key in new:
+            self.storage.rotate_signing_key(key, retire_until)
+        return new
 
     # -- Signed cookies and forms ---------------------------------------------
 
@@ -1639,7 +1993,9 @@ def build_app(srv: Server) -> bottle.Bottle:
             }
             if _csrf_local.value != csrf:
                 response.set_cookie(CSRF_COOKIE, _csrf_local.value, **cookie)
-            if session is not None:
+            if session is SIGNED_OUT:
+                response.delete_cookie(SESSION_COOKIE, **cookie)
+            elif session is not None:
                 response.set_cookie(SESSION_COOKIE, srv.session_cookie(session), **cookie)
             return response
 
@@ -1673,10 +2029,46 @@ def build_app(srv: Server) -> bottle.Bottle:
     app.post(REVOKE_PATH)(api(lambda p, a: revoke(srv, p, a)))
 
     @app.get(OAUTH_METADATA_PATH)
+    @app.get(OIDC_METADATA_PATH)
     def metadata() -> bottle.HTTPResponse:
         return bottle.HTTPResponse(
             json.dumps(oauth_metadata(srv)), 200, {"Content-Type": "application/json"}
         )
+
+    @app.get(JWKS_PATH)
+    def jwks_endpoint() -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(
+            json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
+        )
+
+    @app.route(USERINFO_PATH, method=["GET", "POST"])
+    def userinfo_endpoint() -> bottle.HTTPResponse:
+        # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
+        # and HTTP POST methods".
+        try:
+            form = single_params(form_pairs()) if request.method == "POST" else None
+            body = userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form)
+        except OAuthError as err:
+            # RFC 6750 §3: every error carries WWW-Authenticate: Bearer.
+            challenge = 'Bearer realm="codeflow"'
+            if not isinstance(err, MissingToken):
+                challenge += f', error="{err.error}", error_description="{err.description}"'
+            return json_response(err.to_json(), err.status, {"WWW-Authenticate": challenge})
+        return json_response(body)
+
+    @app.route(LOGOUT_PATH, method=["GET", "POST"])
+    @browser
+    def logout_endpoint() -> tuple[Redirect | Page, Session | None]:
+        # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
+        if request.method == "GET":
+            return end_session(srv, single_params(query_pairs()), current_session(), False)
+        form = single_params(form_pairs())
+        if "csrf_token" not in form:  # the relying party POSTed its logout request
+            return end_session(srv, form, current_session(), False)
+        if not srv.check_csrf(form["csrf_token"], request.get_cookie(CSRF_COOKIE)):
+            raise UntrustedRequest("This form has expired. Sign out again.")
+        params = srv.unsign_request(form.get("request")) or {}
+        return end_session(srv, params, current_session(), form.get("confirm") == "yes")
 
     @app.get("/")
     @browser
