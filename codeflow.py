@@ -2257,6 +2257,9 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             scopes=c.get("scopes", DEFAULT_SCOPES),
             grant_types=c.get("grant_types", DEFAULT_GRANT_TYPES),
             require_pkce=c.get("require_pkce", True),
+            id_token_signed_response_alg=c.get("id_token_signed_response_alg", "RS256"),
+            access_token_jwt=c.get("access_token_jwt", False),
+            post_logout_redirect_uris=c.get("post_logout_redirect_uris", []),
         )
     for u in config.get("users", []):
         srv.add_user(u["username"], u.get("password"), claims=u.get("claims", {}))
@@ -2325,6 +2328,10 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("username")
 
     commands.add_parser("purge", parents=[store], help="delete expired codes, tokens, keys")
+    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("rotate", parents=[store], help="sign with new keys from now on")
     return parser
 
 
@@ -2340,7 +2347,8 @@ def _read_password(args: argparse.Namespace) -> str:
 def manage(srv: Server, args: argparse.Namespace) -> int:
     """The management commands: each opens the store and calls one method."""
     store = srv.storage
-    if (args.command, getattr(args, "action", None)) == ("client", "add"):
+    command = (args.command, getattr(args, "action", None))
+    if command == ("client", "add"):
         secret = None if args.public else secrets.token_urlsafe(32)
         srv.add_client(
             args.client_id,
@@ -2354,28 +2362,31 @@ def manage(srv: Server, args: argparse.Namespace) -> int:
         print(f"client_id: {args.client_id}")
         if secret is not None:
             print(f"client_secret: {secret}  (shown once; only its hash is stored)")
-    elif (args.command, args.action) == ("client", "list"):
+    elif command == ("client", "list"):
         for c in store.list_clients():
             kind = "public" if c.public else "confidential"
             print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
-    elif (args.command, args.action) == ("client", "remove"):
+    elif command == ("client", "remove"):
         if not store.remove_client(args.client_id):
             raise SystemExit(f"codeflow: no client {args.client_id!r}")
-    elif (args.command, args.action) == ("user", "add"):
+    elif command == ("user", "add"):
         claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
         srv.add_user(args.username, _read_password(args), claims=claims)
-    elif (args.command, args.action) == ("user", "passwd"):
+    elif command == ("user", "passwd"):
         found = store.get_user(args.username)
         if found is None:
             raise SystemExit(f"codeflow: no user {args.username!r}")
         store.add_user(replace(found, password_hash=hash_password(_read_password(args))))
-    elif (args.command, args.action) == ("user", "list"):
+    elif command == ("user", "list"):
         for u in store.list_users():
             print(u.username)
-    elif (args.command, args.action) == ("user", "remove"):
+    elif command == ("user", "remove"):
         if not store.remove_user(args.username):
             raise SystemExit(f"codeflow: no user {args.username!r}")
-    elif args.command == "purge":
+    elif command == ("keys", "rotate"):
+        for key in srv.rotate_keys():
+            print(f"new {key.alg} signing key: kid {key.kid}")
+    elif command == ("purge", None):
         print(f"purged {store.purge_expired(srv.clock())} expired records")
     return 0
 
