@@ -996,8 +996,9 @@ main{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius
 box-shadow:0 1px 4px #0002}
 h1{font-size:1.4rem;margin-top:0}label{display:block;margin-top:1rem;font-weight:600}
 input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #8a93a6;
-border-radius:4px}button{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem;border-radius:4px;
-border:1px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer}
+border-radius:4px}button,a.button{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem;
+border-radius:4px;border:1px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;
+display:inline-block;text-decoration:none}
 button.secondary{background:#fff;color:#1f4fd1}.error{color:#a4161a;font-weight:600}
 code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;white-space:pre-wrap;
 word-break:break-all}
@@ -2157,7 +2158,7 @@ def demo_page(srv: Server) -> Page:
 request (RFC 6749 §4.1.1, PKCE per RFC 7636):</p><pre>{esc(json.dumps(params, indent=1))}</pre>
 <p>Sign in as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>,
 then allow access.</p>
-<p><a href="{esc(url)}"><button type="button">Start the flow</button></a></p>"""
+<p><a class="button" href="{esc(url)}">Start the flow</a></p>"""
     return Page("Demo", body)
 
 
@@ -2187,11 +2188,18 @@ def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) ->
         result = token_endpoint(srv, request, None)
     except OAuthError as err:
         result = err.to_json()
+    claims = ""
+    if "id_token" in result:
+        # Straight from our own token endpoint, so reading it unverified is safe here;
+        # a real client validates it first (OIDC Core §3.1.3.7).
+        payload = jwt.decode(result["id_token"], options={"verify_signature": False})
+        claims = "<p>The ID token's claims (OIDC Core §2):</p>"
+        claims += f"<pre>{esc(json.dumps(payload, indent=1))}</pre>"
     body = f"""<h1>The token response</h1>
 <p>The callback received <code>code</code>, <code>state</code> and <code>iss</code>
 (RFC 9207). The demo checked the state and the issuer, then sent this to
 <code>{TOKEN_PATH}</code> (RFC 6749 §4.1.3):</p><pre>{esc(json.dumps(request, indent=1))}</pre>
-<p>and received (RFC 6749 §5.1):</p><pre>{esc(json.dumps(result, indent=1))}</pre>{again}"""
+<p>and received (RFC 6749 §5.1):</p><pre>{esc(json.dumps(result, indent=1))}</pre>{claims}{again}"""
     return Page("Demo", body)
 
 
