@@ -244,24 +244,30 @@ def redirect_uri_matches(registered: str, given: str, *, native: bool) -> bool:
         return True
     if not native:
         return False
+    reg, got = urllib.parse.urlsplit(registered), urllib.parse.urlsplit(given)
+    if reg.scheme != "http" or reg.hostname not in LOOPBACK_HOSTS:
+        return False
+    host = "[::1]" if reg.hostname == "::1" else reg.hostname
     try:
-        reg, got = urllib.parse.urlsplit(registered), urllib.parse.urlsplit(given)
-        got.port, reg.port  # noqa: B018 -- parse the ports: a malformed one raises ValueError
+        port = got.port
     except ValueError:
         return False
+    # Only the port may differ: the rest must be the registered string, character for
+    # character (urlsplit forgives whitespace and control characters; we do not).
     return (
-        reg.scheme == got.scheme == "http"
-        and reg.hostname in LOOPBACK_HOSTS
-        and reg.hostname == got.hostname
-        and not reg.username
-        and not got.username
-        and (reg.path, reg.query, reg.fragment) == (got.path, got.query, got.fragment)
+        urllib.parse.urlunsplit(got) == given
+        and got.netloc in (host, f"{host}:{port}")
+        and urllib.parse.urlunsplit(got._replace(netloc=host))
+        == urllib.parse.urlunsplit(reg._replace(netloc=host))
     )
 
 
 ###############################################################################
 # Errors: RFC 6749 §4.1.2.1 (authorization), §5.2 (token) ####################
 ###############################################################################
+
+
+ERROR_DESCRIPTION_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 class OAuthError(Exception):
@@ -276,6 +282,9 @@ class OAuthError(Exception):
     status = 400
 
     def __init__(self, description: str) -> None:
+        # RFC 6749 §4.1.2.1: error_description "MUST NOT include characters outside the
+        # set %x20-21 / %x23-5B / %x5D-7E"; descriptions may quote what a client sent.
+        description = ERROR_DESCRIPTION_UNSAFE.sub("?", description)
         super().__init__(description)
         self.description = description
 
@@ -747,7 +756,7 @@ def check_pkce(code: AuthorizationCode, code_verifier: str | None) -> None:
     if code_verifier is None:
         raise InvalidGrant("code_verifier is required for this code.")
     if not CODE_VERIFIER_RE.fullmatch(code_verifier):
-        raise InvalidGrant("code_verifier must be 43-128 unreserved characters (RFC 7636 §4.1).")
+        raise InvalidGrant("code_verifier must be 43-128 unreserved characters (RFC 7636 4.1).")
     if not hmac.compare_digest(s256(code_verifier), code.code_challenge):
         raise InvalidGrant("code_verifier does not match the code_challenge.")
 
@@ -789,7 +798,7 @@ class Page:
 def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
     values = [v for k, v in pairs if k == name]
     if len(values) > 1:
-        raise UntrustedRequest(f"The {name} parameter is repeated (RFC 6749 §3.1).")
+        raise UntrustedRequest(f"The {name} parameter is repeated (RFC 6749 section 3.1).")
     return values[0] if values else None
 
 
@@ -870,7 +879,7 @@ def validate_authorization_request(
         if method != "S256":
             raise InvalidRequest("code_challenge_method must be S256.")
         if not S256_CHALLENGE_RE.fullmatch(challenge):
-            raise InvalidRequest("code_challenge must be 43 base64url characters (RFC 7636 §4.2).")
+            raise InvalidRequest("code_challenge must be 43 base64url characters (RFC 7636 4.2).")
 
     return AuthorizationRequest(
         client=client,
@@ -1092,15 +1101,14 @@ def login(
     areq = resume_request(srv, form, csrf_cookie)
     username, password = form.get("username", ""), form.get("password", "")
     keys = (f"user:{username}", f"address:{address}")
-    if srv.login_limiter.blocked(keys):
+    if not srv.login_limiter.attempt(keys):
         return login_page(
             srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
         ), None
     user = srv.storage.get_user(username)
     if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
-        srv.login_limiter.fail(keys)
         return login_page(srv, areq, "Wrong username or password."), None
-    srv.login_limiter.reset(keys[0])
+    srv.login_limiter.succeeded(keys)
     session = Session(user.username, int(srv.clock()))
     # The user has just signed in: prompt=login is satisfied, and must not loop.
     params = dict(areq.params)
@@ -1140,22 +1148,27 @@ class LoginLimiter:
     def _recent(self, key: str, now: float) -> list[float]:
         return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
 
-    def blocked(self, keys: Iterable[str]) -> bool:
+    def attempt(self, keys: tuple[str, ...]) -> bool:
+        """Count an attempt as failed before the password is checked, in one step, so that
+        parallel guesses cannot all slip past the limit; False when a key is blocked."""
         now = self._clock()
         with self._lock:
-            return any(len(self._recent(k, now)) >= MAX_FAILED_LOGINS for k in keys)
-
-    def fail(self, keys: Iterable[str]) -> None:
-        now = self._clock()
-        with self._lock:
+            if any(len(self._recent(k, now)) >= MAX_FAILED_LOGINS for k in keys):
+                return False
             if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
                 self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
             for key in keys:
                 self._failures[key] = [*self._recent(key, now), now]
+            return True
 
-    def reset(self, key: str) -> None:
+    def succeeded(self, keys: tuple[str, ...]) -> None:
+        """The attempt was right: forget the user's failures, and this one attempt."""
+        user, *others = keys
         with self._lock:
-            self._failures.pop(key, None)
+            self._failures.pop(user, None)
+            for key in others:
+                if self._failures.get(key):
+                    self._failures[key].pop()
 
 
 ###############################################################################

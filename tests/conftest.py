@@ -24,6 +24,28 @@ NATIVE_REDIRECT = "http://127.0.0.1/native/callback"
 USERNAME, PASSWORD = "alice", "alice-password"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing() -> Iterator[None]:
+    """scrypt at its real cost (16 MiB, ~100 ms) would dominate the suite's time, so tests
+    hash with a cheaper N; the hash format records N, so verification is unchanged.
+    test_secure_defaults.py checks the real default."""
+    real = codeflow.SCRYPT_N
+    codeflow.SCRYPT_N = 2**8
+    yield
+    codeflow.SCRYPT_N = real
+
+
+# One key pair per algorithm for the whole session, as a test suite embedding codeflow
+# would share them: RSA key generation costs ~200 ms a server otherwise.
+SESSION_KEYS = [codeflow.new_signing_key(alg, 0.0) for alg in codeflow.SIGNING_ALGS]
+
+
+def share_session_keys(srv: codeflow.Server) -> codeflow.Server:
+    for key in SESSION_KEYS:
+        srv.storage.get_or_add_signing_key(key)
+    return srv
+
+
 class Clock:
     """A clock that only moves when a test moves it."""
 
@@ -43,7 +65,7 @@ def clock() -> Clock:
 
 
 def make_server(clock: Clock | None = None, **options) -> codeflow.Server:
-    srv = codeflow.Server(issuer=ISSUER, clock=clock or Clock(), **options)
+    srv = share_session_keys(codeflow.Server(issuer=ISSUER, clock=clock or Clock(), **options))
     srv.add_client(
         CONFIDENTIAL,
         client_secret=SECRET,
@@ -66,7 +88,7 @@ def server(clock: Clock) -> codeflow.Server:
 @pytest.fixture
 def live() -> Iterator[tuple[codeflow.Server, str]]:
     """A Server on a real socket on 127.0.0.1 (real clock); yields (server, base URL)."""
-    srv = codeflow.Server()
+    srv = share_session_keys(codeflow.Server())
     with srv.running() as url:
         srv.add_client(
             CONFIDENTIAL,

@@ -35,6 +35,7 @@ class Response:
     header_list: list[tuple[str, str]]
     cookies_set: list[str]
     body: bytes = b""
+    errors: str = ""  # what the app wrote to wsgi.errors (a traceback behind a 500, say)
     _text: str | None = field(default=None, repr=False)
 
     @property
@@ -136,6 +137,7 @@ class WSGIClient:
             "wsgi.url_scheme": self.scheme,
             "wsgi.input": io.BytesIO(body),
             "CONTENT_LENGTH": str(len(body)),
+            "wsgi.errors": io.StringIO(),
         }
         if body or content_type:
             env["CONTENT_TYPE"] = content_type or ""
@@ -178,7 +180,9 @@ class WSGIClient:
                 headers[name.lower()] = value
         for raw in cookies_set:
             self._store_cookie(raw)
-        return Response(int(code), reason, headers, header_list, cookies_set, body)
+        errors = env["wsgi.errors"]
+        text = errors.getvalue() if isinstance(errors, io.StringIO) else ""
+        return Response(int(code), reason, headers, header_list, cookies_set, body, errors=text)
 
     def _store_cookie(self, raw: str) -> None:
         jar: SimpleCookie = SimpleCookie()
