@@ -1687,6 +1687,9 @@ class Server:
     def secure_cookies(self) -> bool:
         return self.issuer.startswith("https:")
 
+    def cookie_name(self, name: str) -> str:
+        return HOST_PREFIX + name if self.secure_cookies else name
+
     # -- Registration -------------------------------------------------------
 
     def add_client(
@@ -1888,6 +1891,9 @@ def _current_csrf_cookie() -> str:
 
 SESSION_COOKIE = "codeflow_session"
 CSRF_COOKIE = "codeflow_csrf"
+# RFC 6265bis §4.1.3.2: a __Host- cookie is Secure, host-only and Path=/, so a sibling
+# subdomain cannot plant one; used whenever the issuer is https.
+HOST_PREFIX = "__Host-"
 
 
 def _secure_headers(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
@@ -1908,6 +1914,9 @@ def build_app(srv: Server) -> bottle.Bottle:
     """The HTTP layer: adapt requests to the protocol functions above and back."""
     app = bottle.Bottle()
     request = bottle.request
+
+    def get_cookie(name: str) -> str | None:
+        return request.get_cookie(srv.cookie_name(name))
 
     def read_body() -> bytes:
         try:
@@ -1983,7 +1992,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         """A browser-facing endpoint: pages, redirects, cookies; errors as an HTML page."""
 
         def endpoint() -> bottle.HTTPResponse:
-            csrf = request.get_cookie(CSRF_COOKIE)
+            csrf = get_cookie(CSRF_COOKIE)
             _csrf_local.value = csrf if csrf and len(csrf) == 22 else secrets.token_urlsafe(16)
             session = None
             try:
@@ -2006,17 +2015,18 @@ def build_app(srv: Server) -> bottle.Bottle:
                 "path": "/",
             }
             if _csrf_local.value != csrf:
-                response.set_cookie(CSRF_COOKIE, _csrf_local.value, **cookie)
+                response.set_cookie(srv.cookie_name(CSRF_COOKIE), _csrf_local.value, **cookie)
             if session is SIGNED_OUT:
-                response.delete_cookie(SESSION_COOKIE, **cookie)
+                response.delete_cookie(srv.cookie_name(SESSION_COOKIE), **cookie)
             elif session is not None:
-                response.set_cookie(SESSION_COOKIE, srv.session_cookie(session), **cookie)
+                value = srv.session_cookie(session)
+                response.set_cookie(srv.cookie_name(SESSION_COOKIE), value, **cookie)
             return response
 
         return endpoint
 
     def current_session() -> Session | None:
-        return srv.read_session(request.get_cookie(SESSION_COOKIE))
+        return srv.read_session(get_cookie(SESSION_COOKIE))
 
     @app.route(AUTHORIZE_PATH, method=["GET", "POST"])
     @browser
@@ -2030,13 +2040,13 @@ def build_app(srv: Server) -> bottle.Bottle:
     def login_endpoint() -> tuple[Redirect | Page, Session | None]:
         form = single_params(form_pairs())
         address = request.environ.get("REMOTE_ADDR", "")
-        return login(srv, form, request.get_cookie(CSRF_COOKIE), address)
+        return login(srv, form, get_cookie(CSRF_COOKIE), address)
 
     @app.post(CONSENT_PATH)
     @browser
     def consent_endpoint() -> Redirect | Page:
         form = single_params(form_pairs())
-        return consent(srv, form, request.get_cookie(CSRF_COOKIE), current_session())
+        return consent(srv, form, get_cookie(CSRF_COOKIE), current_session())
 
     app.post(TOKEN_PATH)(api(lambda p, a: token_endpoint(srv, p, a)))
     app.post(INTROSPECT_PATH)(api(lambda p, a: introspect(srv, p, a)))
@@ -2079,7 +2089,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         form = single_params(form_pairs())
         if "csrf_token" not in form:  # the relying party POSTed its logout request
             return end_session(srv, form, current_session(), False)
-        if not srv.check_csrf(form["csrf_token"], request.get_cookie(CSRF_COOKIE)):
+        if not srv.check_csrf(form["csrf_token"], get_cookie(CSRF_COOKIE)):
             raise UntrustedRequest("This form has expired. Sign out again.")
         params = srv.unsign_request(form.get("request")) or {}
         return end_session(srv, params, current_session(), form.get("confirm") == "yes")
@@ -2113,7 +2123,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     def demo_callback() -> Page:
         if not srv.demo:
             raise bottle.HTTPError(404, "Not found")
-        return demo_finish(srv, single_params(query_pairs()), request.get_cookie(CSRF_COOKIE))
+        return demo_finish(srv, single_params(query_pairs()), get_cookie(CSRF_COOKIE))
 
     def plain_error(error: bottle.HTTPError) -> str:
         # bottle's own errors (404, 405, a path that is not UTF-8): short, HTML-escaped.

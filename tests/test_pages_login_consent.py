@@ -344,12 +344,15 @@ def test_cookies_are_secure_when_the_issuer_is_https(clock):
     srv.add_user(USERNAME, PASSWORD)
     browser = WSGIClient(srv.wsgi, host="login.example.com", scheme="https")
     page = login_page(browser, client_id=PUBLIC)
-    csrf = cookie_attributes(set_cookie(page, CSRF_COOKIE))
+    # RFC 6265bis §4.1.3.2: the __Host- prefix pins them to this host, Secure and Path=/.
+    csrf = cookie_attributes(set_cookie(page, "__Host-" + CSRF_COOKIE))
     assert "secure" in csrf
+    assert csrf["path"] == "/"
+    assert "domain" not in csrf
     r = submit_login(browser, page)
     assert r.status == 303
     assert r.location.startswith("https://login.example.com/authorize?")
-    session = cookie_attributes(set_cookie(r, SESSION_COOKIE))
+    session = cookie_attributes(set_cookie(r, "__Host-" + SESSION_COOKIE))
     assert "secure" in session
     assert "httponly" in session
     assert session["samesite"].lower() == "lax"
