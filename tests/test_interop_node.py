@@ -2,16 +2,15 @@
 and oauth4webapi (v3), each run a whole code flow against a live codeflow on loopback.
 
 The drivers are tests/interop/openid_client_flow.mjs and tests/interop/oauth4webapi_flow.mjs
-(pinned in tests/interop/package.json and its lock file; .ci/run installs them with
-``npm ci --prefix tests/interop``). Each one discovers codeflow, builds the authorization
+(pinned in tests/interop/package.json and its lock file; the tests install them with
+``npm ci`` on first use). Each one discovers codeflow, builds the authorization
 request (PKCE S256, state, nonce), acts as the browser through the login and consent pages,
 then hands the callback URL to the library, which validates the authorization response,
 redeems the code, validates the ID token (claims and JWS signature against the JWKS),
 calls userinfo and refreshes. The driver prints one JSON line with what the library
 accepted; these tests check it.
 
-Without ``node`` on PATH the tests skip, saying so; with node but without the npm
-packages they fail, naming the command that installs them.
+Without ``node`` on PATH the tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,19 +57,32 @@ pytestmark = [
 ]
 
 
+_npm_lock = threading.Lock()
+
+
+def npm_packages() -> None:
+    """Install the pinned npm packages on first use, so that a bare `tox` runs these tests.
+
+    `npm ci` installs exactly the lock file's versions; it needs the npm registry."""
+    with _npm_lock:
+        modules = INTEROP / "node_modules"
+        if (modules / "openid-client").is_dir() and (modules / "oauth4webapi").is_dir():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("node is installed but npm is not: apt-get install npm")
+        subprocess.run(  # noqa: S603 -- npm from PATH, fixed arguments
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300,
+            capture_output=True,
+        )  # fmt: skip
+
+
 @pytest.fixture
 def live() -> Iterator[tuple[codeflow.Server, str]]:
     """A fresh codeflow on a real loopback socket, with the interop clients and user.
 
     Registered after ``running()`` has set the issuer to the URL with its port."""
-    if (
-        not (INTEROP / "node_modules" / "openid-client").is_dir()
-        or not (INTEROP / "node_modules" / "oauth4webapi").is_dir()
-    ):
-        pytest.fail(
-            "the npm packages are not installed: run "
-            "`npm ci --prefix tests/interop --no-audit --no-fund` (.ci/run does this)"
-        )
+    npm_packages()
     srv = codeflow.Server()
     with srv.running() as url:
         for client_id, options in CLIENTS.items():
