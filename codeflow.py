@@ -2236,6 +2236,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 resets connections of a burst of clients
 
 
 class QuietHandler(WSGIRequestHandler):
