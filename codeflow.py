@@ -517,6 +517,12 @@ class Storage(Protocol):
     def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
     def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
 
+    def end_session(self, sid: str, until: float) -> None:
+        """Remember until ``until`` that the login session ``sid`` has ended (logout)."""
+        ...
+
+    def session_ended(self, sid: str) -> bool: ...
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         """Atomically return the stored value of ``name``, storing ``candidate`` if none:
         processes sharing a store agree on one value (the cookie-signing key, say)."""
@@ -536,7 +542,8 @@ class Storage(Protocol):
         ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens and signing keys; return how many went."""
+        """Delete expired codes, tokens, signing keys and ended-session records; return
+        how many went."""
         ...
 
 
@@ -554,6 +561,7 @@ class MemoryStorage:
         self._revoked_families: set[str] = set()
         self._consents: dict[tuple[str, str], frozenset[str]] = {}
         self._settings: dict[str, str] = {}
+        self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._keys: list[SigningKey] = []  # newest first
 
     def add_client(self, client: Client) -> None:
@@ -640,6 +648,13 @@ class MemoryStorage:
     def get_consent(self, username: str, client_id: str) -> frozenset[str]:
         return self._consents.get((username, client_id), frozenset())
 
+    def end_session(self, sid: str, until: float) -> None:
+        with self._lock:
+            self._ended_sessions[sid] = until
+
+    def session_ended(self, sid: str) -> bool:
+        return sid in self._ended_sessions
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         with self._lock:
             return self._settings.setdefault(name, candidate)
@@ -668,6 +683,9 @@ class MemoryStorage:
         with self._lock:
             keys = [k for k in self._keys if k.expires_at is not None and k.expires_at <= now]
             self._keys = [k for k in self._keys if k not in keys]
+            sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
+            for sid in sessions:
+                del self._ended_sessions[sid]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -684,7 +702,7 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(codes) + len(used) + len(tokens)
+            return len(keys) + len(sessions) + len(codes) + len(used) + len(tokens)
 
 
 ###############################################################################
@@ -939,6 +957,7 @@ class Session:
 
     username: str
     auth_time: int
+    sid: str = ""  # names the session, so that logout can end it everywhere
 
 
 def authorize(
@@ -973,10 +992,11 @@ def continue_authorization(
         hinted = areq.login_hint and srv.storage.get_user(areq.login_hint)
         username = areq.login_hint if hinted else srv.auto_approve
         return issue_code(srv, areq, username, int(srv.clock()))
-    too_old = (
-        session is not None
-        and areq.max_age is not None
-        and srv.clock() - session.auth_time > areq.max_age  # OIDC Core §3.1.2.1 max_age
+    # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
+    # re-authenticate the End-User"; max_age=0 is equivalent to prompt=login.
+    too_old = areq.max_age is not None and (
+        areq.max_age == 0
+        or (session is not None and srv.clock() - session.auth_time > areq.max_age)
     )
     if (
         session is None
@@ -1109,9 +1129,11 @@ def login(
     if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
         return login_page(srv, areq, "Wrong username or password."), None
     srv.login_limiter.succeeded(keys)
-    session = Session(user.username, int(srv.clock()))
-    # The user has just signed in: prompt=login is satisfied, and must not loop.
+    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16))
+    # The user has just signed in: prompt=login and max_age are satisfied, and must not
+    # send the browser round again.
     params = dict(areq.params)
+    params.pop("max_age", None)
     prompt = " ".join(p for p in split_scope(params.pop("prompt", None)) if p != "login")
     if prompt:
         params["prompt"] = prompt
@@ -1220,8 +1242,11 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
+    # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
+    # the user must have granted with the offline_access scope.
+    offline = "openid" not in code.scope or "offline_access" in code.scope
     return issue_tokens(
-        srv, client, code.username, code.scope, family_id=code_hash, refresh=True,
+        srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce,
     )  # fmt: skip
 
@@ -1242,6 +1267,9 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if not old.active(srv.clock()):
         raise InvalidGrant("The refresh token has expired.")
+    if old.username is not None and srv.storage.get_user(old.username) is None:
+        srv.storage.revoke_family(old.family_id)
+        raise InvalidGrant("The user of this grant no longer exists.")
     scope = split_scope(params.get("scope")) or old.scope
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
@@ -1525,6 +1553,9 @@ def end_session(
         raise UntrustedRequest("post_logout_redirect_uri is not registered for this client.")
     if session is not None and hinted is None and not confirmed:
         return logout_page(srv, params, client), None
+    if session is not None:
+        # The cookie is deleted too, but a copy of it must not outlive the logout.
+        srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
     if target is not None:
         state = params.get("state")
         return Redirect(add_query(target, {"state": state} if state else {})), SIGNED_OUT
@@ -1834,13 +1865,14 @@ class Server:
         return payload
 
     def session_cookie(self, session: Session) -> str:
-        return self._dumps(
-            {"u": session.username, "t": session.auth_time}, "session", SESSION_LIFETIME
-        )
+        payload = {"u": session.username, "t": session.auth_time, "s": session.sid}
+        return self._dumps(payload, "session", SESSION_LIFETIME)
 
     def read_session(self, cookie: str | None) -> Session | None:
         payload = self._loads(cookie, "session")
-        return Session(payload["u"], payload["t"]) if payload else None
+        if not payload or self.storage.session_ended(payload["s"]):
+            return None
+        return Session(payload["u"], payload["t"], payload["s"])
 
     def csrf_token(self) -> str:
         """A form's CSRF token: the browser's CSRF cookie value, signed, with an expiry."""
@@ -1848,7 +1880,11 @@ class Server:
 
     def check_csrf(self, token: str | None, cookie: str | None) -> bool:
         payload = self._loads(token, "csrf")
-        return bool(payload and cookie and hmac.compare_digest(str(payload.get("c")), cookie))
+        if not payload or not cookie:
+            return False
+        # compare_digest takes str only when ASCII; cookies may be any latin-1 text.
+        expected = str(payload.get("c")).encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(expected, cookie.encode("utf-8", "surrogatepass"))
 
     def sign_request(self, params: dict[str, str]) -> str:
         return self._dumps({"p": params}, "authorize", FORM_LIFETIME)
@@ -1897,7 +1933,8 @@ HOST_PREFIX = "__Host-"
 
 
 def _secure_headers(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16)."""
+    """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16), and
+    refuse a path that is not UTF-8 (bottle would drop its bad bytes and serve the rest)."""
 
     def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
         def start(status: str, headers: list, exc_info: Any = None) -> Any:
@@ -1905,6 +1942,11 @@ def _secure_headers(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterab
             extra = [h for h in SECURITY_HEADERS if h[0].lower() not in present]
             return start_response(status, headers + extra, exc_info)
 
+        try:
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            start("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"The request path is not UTF-8."]
         return app(environ, start)
 
     return wsgi
@@ -2070,7 +2112,8 @@ def build_app(srv: Server) -> bottle.Bottle:
         # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
         # and HTTP POST methods".
         try:
-            form = single_params(form_pairs()) if request.method == "POST" else None
+            has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
+            form = single_params(form_pairs()) if has_body else None
             body = userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form)
         except OAuthError as err:
             # RFC 6750 §3: every error carries WWW-Authenticate: Bearer.

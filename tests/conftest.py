@@ -126,7 +126,7 @@ def new_flow(client_id: str = CONFIDENTIAL, **overrides: str) -> Flow:
         "response_type": "code",
         "client_id": client_id,
         "redirect_uri": REDIRECT,
-        "scope": "openid profile",
+        "scope": "openid profile offline_access",
         "state": secrets.token_urlsafe(8),
         "code_challenge": challenge,
         "code_challenge_method": "S256",
