@@ -7,6 +7,7 @@ It implements the authorization code flow with PKCE and the grants around it:
 - RFC 7636 (PKCE, S256 only), RFC 9207 (``iss`` in authorization responses),
   RFC 8252 §7.3 (any port for loopback redirect URIs of native clients);
 - RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery);
+- RFC 6238 (TOTP) as an optional second factor at login;
 - OpenID Connect Core 1.0 (ID tokens, userinfo), Discovery 1.0, RP-Initiated Logout
   1.0; RFC 7517 (JWKS, with key rotation) and RFC 9068 (JWT access tokens).
 
@@ -16,7 +17,7 @@ and consent, the token endpoint, introspection/revocation/discovery, the WSGI ap
 (the only place that touches bottle), running it, and the CLI.
 
 Dependencies: bottle (HTTP), itsdangerous (signed cookies and forms), PyJWT with
-cryptography (JOSE: ID tokens, JWT access tokens, JWKS); waitress is
+cryptography (JOSE: ID tokens, JWT access tokens, JWKS), pyotp (TOTP); waitress is
 used for serving when it is installed. Copied alone into another project, this
 file runs on memory storage.
 """
@@ -48,6 +49,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bottle
 import itsdangerous
 import jwt
+import pyotp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -76,6 +78,7 @@ REFRESH_TOKEN_LIFETIME = 30 * 24 * 3600
 ID_TOKEN_LIFETIME = 3600
 SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
 FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
+OTP_LIFETIME = 5 * 60  # how long the TOTP step may follow a right password
 MAX_FAILED_LOGINS = 5  # per user and per client address, within LOGIN_WINDOW
 LOGIN_WINDOW = 5 * 60
 MAX_BODY = 64 * 1024  # no request of this protocol needs more
@@ -517,6 +520,12 @@ class Storage(Protocol):
     def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
     def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
 
+    def record_totp_step(self, username: str, step: int) -> bool:
+        """Atomically remember that the user signed in with the TOTP code of time step
+        ``step``; False, remembering nothing, if that step or a later one was used before
+        (RFC 6238 §5.2: a code must not be accepted twice)."""
+        ...
+
     def end_session(self, sid: str, until: float) -> None:
         """Remember until ``until`` that the login session ``sid`` has ended (logout)."""
         ...
@@ -562,6 +571,7 @@ class MemoryStorage:
         self._consents: dict[tuple[str, str], frozenset[str]] = {}
         self._settings: dict[str, str] = {}
         self._ended_sessions: dict[str, float] = {}  # sid -> until
+        self._totp_steps: dict[str, int] = {}
         self._keys: list[SigningKey] = []  # newest first
 
     def add_client(self, client: Client) -> None:
@@ -647,6 +657,13 @@ class MemoryStorage:
 
     def get_consent(self, username: str, client_id: str) -> frozenset[str]:
         return self._consents.get((username, client_id), frozenset())
+
+    def record_totp_step(self, username: str, step: int) -> bool:
+        with self._lock:
+            if self._totp_steps.get(username, -1) >= step:
+                return False
+            self._totp_steps[username] = step
+            return True
 
     def end_session(self, sid: str, until: float) -> None:
         with self._lock:
@@ -1077,6 +1094,22 @@ def login_page(
     return Page("Sign in", body, status)
 
 
+def otp_page(
+    srv: Server, areq: AuthorizationRequest, username: str, message: str = "", status: int = 200
+) -> Page:
+    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
+    pending = esc(srv.sign_pending(username))
+    body = f"""<h1>Enter your code</h1>
+<p>Open your authenticator app and enter the code for <strong>{esc(username)}</strong>.</p>
+{error}<form method="post" action="login">{_hidden_fields(srv, areq.params)}
+<input type="hidden" name="pending" value="{pending}">
+<label for="otp">Authentication code</label>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ required autofocus>
+<button type="submit">Verify</button></form>"""
+    return Page("Enter your code", body, status)
+
+
 def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> Page:
     items = "".join(
         f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
@@ -1117,8 +1150,11 @@ def resume_request(
 def login(
     srv: Server, form: dict[str, str], csrf_cookie: str | None, address: str
 ) -> tuple[Redirect | Page, Session | None]:
-    """Check a username and password; on success, go back to the authorization endpoint."""
+    """Check a username and password, then a TOTP code for users who enrolled one; on
+    success, send the browser back to the authorization endpoint."""
     areq = resume_request(srv, form, csrf_cookie)
+    if "pending" in form:
+        return second_factor(srv, areq, form, address)
     username, password = form.get("username", ""), form.get("password", "")
     keys = (f"user:{username}", f"address:{address}")
     if not srv.login_limiter.attempt(keys):
@@ -1129,7 +1165,48 @@ def login(
     if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
         return login_page(srv, areq, "Wrong username or password."), None
     srv.login_limiter.succeeded(keys)
-    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16))
+    if user.totp_secret:
+        return otp_page(srv, areq, user.username), None
+    return signed_in(srv, areq, user.username)
+
+
+def second_factor(
+    srv: Server, areq: AuthorizationRequest, form: dict[str, str], address: str
+) -> tuple[Redirect | Page, Session | None]:
+    """RFC 6238: check the TOTP code of a user whose password was right a moment ago."""
+    pending = srv.unsign_pending(form.get("pending"))
+    user = srv.storage.get_user(pending) if pending else None
+    if user is None or not user.totp_secret:
+        raise UntrustedRequest("This sign-in has expired. Start signing in again.")
+    keys = (f"otp:{user.username}", f"address:{address}")
+    if not srv.login_limiter.attempt(keys):
+        message = "Too many wrong codes. Wait a few minutes."
+        return otp_page(srv, areq, user.username, message, 429), None
+    step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
+    if step is None:
+        return otp_page(srv, areq, user.username, "That code is not right. Try again."), None
+    if not srv.storage.record_totp_step(user.username, step):
+        message = "That code was already used. Wait for the next one."
+        return otp_page(srv, areq, user.username, message), None
+    srv.login_limiter.succeeded(keys)
+    return signed_in(srv, areq, user.username)
+
+
+def totp_step(secret: str, otp: str, now: float) -> int | None:
+    """The time step whose code ``otp`` is, allowing one step of clock drift either way
+    (RFC 6238 §5.2: "at most one time step is allowed as the network delay")."""
+    totp = pyotp.TOTP(secret)
+    otp = otp.replace(" ", "")
+    current = int(now) // totp.interval
+    for step in (current, current - 1, current + 1):
+        if hmac.compare_digest(totp.generate_otp(step).encode(), otp.encode()):
+            return step
+    return None
+
+
+def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> tuple[Redirect, Session]:
+    """Start the login session and go back to the authorization endpoint."""
+    session = Session(username, int(srv.clock()), secrets.token_urlsafe(16))
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -1769,11 +1846,21 @@ class Server:
         return client
 
     def add_user(
-        self, username: str, password: str | None = None, *, claims: dict[str, Any] | None = None
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        claims: dict[str, Any] | None = None,
+        totp_secret: str | None = None,
     ) -> User:
-        """Register a user; without a password the user can only be auto-approved."""
+        """Register a user; without a password the user can only be auto-approved.
+
+        With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
+        in with a TOTP code after the password (RFC 6238)."""
         secret = password if password is not None else secrets.token_urlsafe(32)
-        user = User(username, hash_password(secret), dict(claims or {}))
+        if totp_secret is not None:
+            pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
+        user = User(username, hash_password(secret), dict(claims or {}), totp_secret)
         self.storage.add_user(user)
         return user
 
@@ -1885,6 +1972,14 @@ class Server:
         # compare_digest takes str only when ASCII; cookies may be any latin-1 text.
         expected = str(payload.get("c")).encode("utf-8", "surrogatepass")
         return hmac.compare_digest(expected, cookie.encode("utf-8", "surrogatepass"))
+
+    def sign_pending(self, username: str) -> str:
+        """Who typed the right password, for the TOTP step that follows (RFC 6238)."""
+        return self._dumps({"u": username}, "otp", OTP_LIFETIME)
+
+    def unsign_pending(self, value: str | None) -> str | None:
+        payload = self._loads(value, "otp")
+        return payload["u"] if payload else None
 
     def sign_request(self, params: dict[str, str]) -> str:
         return self._dumps({"p": params}, "authorize", FORM_LIFETIME)
@@ -2337,7 +2432,10 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             post_logout_redirect_uris=c.get("post_logout_redirect_uris", []),
         )
     for u in config.get("users", []):
-        srv.add_user(u["username"], u.get("password"), claims=u.get("claims", {}))
+        srv.add_user(
+            u["username"], u.get("password"), claims=u.get("claims", {}),
+            totp_secret=u.get("totp_secret"),
+        )  # fmt: skip
 
 
 PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
@@ -2398,6 +2496,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
         if action == "add":
             cmd.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE")
+            cmd.add_argument("--totp", action="store_true", help="enrol a TOTP second factor")
+    totp = user.add_parser("totp", help="TOTP second factor").add_subparsers(
+        dest="totp_action", required=True
+    )
+    for action in ("enable", "disable"):
+        cmd = totp.add_parser(action, parents=[store], help=f"{action} a user's TOTP")
+        cmd.add_argument("username")
     user.add_parser("list", parents=[store], help="list users")
     remove = user.add_parser("remove", parents=[store], help="remove a user")
     remove.add_argument("username")
@@ -2417,6 +2522,19 @@ def _read_password(args: argparse.Namespace) -> str:
     if password != getpass.getpass("Again: "):
         raise SystemExit("codeflow: the passwords differ")
     return password
+
+
+def _print_totp(srv: Server, username: str, secret: str) -> None:
+    """Show the otpauth:// URI (Google Authenticator Key URI Format) to enrol an app."""
+    uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=srv.issuer)
+    print(f"TOTP for {username}: add this to an authenticator app (shown once):\n{uri}")
+    try:
+        import qrcode  # optional: a QR code when the library is there
+    except ImportError:
+        return
+    code = qrcode.QRCode(border=1)
+    code.add_data(uri)
+    code.print_ascii(invert=True)
 
 
 def manage(srv: Server, args: argparse.Namespace) -> int:
@@ -2446,7 +2564,18 @@ def manage(srv: Server, args: argparse.Namespace) -> int:
             raise SystemExit(f"codeflow: no client {args.client_id!r}")
     elif command == ("user", "add"):
         claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
-        srv.add_user(args.username, _read_password(args), claims=claims)
+        totp_secret = pyotp.random_base32() if args.totp else None
+        srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
+        if totp_secret:
+            _print_totp(srv, args.username, totp_secret)
+    elif command == ("user", "totp"):
+        found = store.get_user(args.username)
+        if found is None:
+            raise SystemExit(f"codeflow: no user {args.username!r}")
+        totp_secret = pyotp.random_base32() if args.totp_action == "enable" else None
+        store.add_user(replace(found, totp_secret=totp_secret))
+        if totp_secret:
+            _print_totp(srv, args.username, totp_secret)
     elif command == ("user", "passwd"):
         found = store.get_user(args.username)
         if found is None:
