@@ -1587,14 +1587,18 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
     """An ID token we issued, whatever its expiry (RP-Initiated Logout §2: "the OP need
     not be the one to check ... expired" tokens are acceptable hints)."""
     try:
-        kid = jwt.get_unverified_header(hint).get("kid")
-        key = next(k for k in srv.storage.signing_keys() if k.kid == kid)
+        header = jwt.get_unverified_header(hint)
+        if header.get("typ") != "JWT":  # an RFC 9068 access token (at+jwt) is no ID token
+            raise jwt.InvalidTokenError("not an ID token")
+        key = next(k for k in srv.storage.signing_keys() if k.kid == header.get("kid"))
+        # Time does not matter for a hint; PyJWT's iat check would use the wall clock.
+        options = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
         return jwt.decode(
             hint,
             srv.private_key(key).public_key(),
             algorithms=[key.alg],
             issuer=srv.issuer,
-            options={"verify_exp": False, "verify_aud": False, "require": ["aud", "sub"]},
+            options={**options, "verify_aud": False, "require": ["aud", "sub"]},
         )
     except (jwt.InvalidTokenError, StopIteration):
         raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
@@ -1628,7 +1632,9 @@ def end_session(
     # §3: the URI "MUST have been previously registered with the OP"; exact match.
     if target is not None and (client is None or target not in client.post_logout_redirect_uris):
         raise UntrustedRequest("post_logout_redirect_uri is not registered for this client.")
-    if session is not None and hinted is None and not confirmed:
+    # A hint for another user than the signed-in one proves nothing about this session.
+    vouched = hinted is not None and session is not None and hinted["sub"] == session.username
+    if session is not None and not vouched and not confirmed:
         return logout_page(srv, params, client), None
     if session is not None:
         # The cookie is deleted too, but a copy of it must not outlive the logout.
@@ -2637,4 +2643,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python codeflow.py`: let `import codeflow` (the storage package does it) find this
+    # module rather than load a second copy with its own classes.
+    sys.modules.setdefault("codeflow", sys.modules[__name__])
     sys.exit(main())

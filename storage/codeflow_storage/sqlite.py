@@ -1,0 +1,610 @@
+"""SQLite storage for codeflow, on sqlite-utils: one file that survives restarts and
+crashes, shared by every thread and process that opens it.
+
+- Schema: a list of migrations applied in order when the file is opened;
+  ``PRAGMA user_version`` counts those that have run, so a database made by an older
+  version upgrades itself, and one made by a newer version is refused.
+- Concurrency: WAL, so readers never wait for the writer; a busy timeout, so a writer
+  waits for another's lock instead of failing; and every read-then-write in one
+  ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock up front. That
+  lock, not a Python one, is what makes ``consume_code`` and ``rotate_refresh_token``
+  atomic across processes. Within a process, one connection serves every thread, one
+  thread at a time.
+- Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
+  kept. Tuples (scopes, redirect URIs, grant types) and claims are JSON text.
+
+Use: ``SQLiteStorage("/var/lib/codeflow/codeflow.db")``, or the storage URL
+``sqlite:///var/lib/codeflow/codeflow.db`` in the config file or ``codeflow serve --storage``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import typing
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from typing import Any
+
+import sqlite_utils
+
+from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+
+__all__ = ["MIGRATIONS", "SQLiteStorage"]
+
+BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's lock before "database is locked"
+MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING makes consume_code one statement
+
+
+###############################################################################
+# Schema migrations ############################################################
+###############################################################################
+
+# Each migration takes the database from version N to N + 1, inside the transaction
+# that sets ``PRAGMA user_version``. Append new ones; never edit one that has shipped.
+
+
+def _v1_tables(db: sqlite_utils.Database) -> None:
+    """One table per record of codeflow.py; primary keys index the lookups by hash or name."""
+    db["clients"].create(
+        {
+            "client_id": str,
+            "redirect_uris": str,
+            "secret_hash": str,
+            "name": str,
+            "scopes": str,
+            "grant_types": str,
+            "require_pkce": int,
+            "id_token_signed_response_alg": str,
+            "access_token_jwt": int,
+            "post_logout_redirect_uris": str,
+        },
+        pk="client_id",
+        not_null=[
+            "redirect_uris",
+            "name",
+            "scopes",
+            "grant_types",
+            "require_pkce",
+            "id_token_signed_response_alg",
+            "access_token_jwt",
+            "post_logout_redirect_uris",
+        ],
+    )
+    db["users"].create(
+        {"username": str, "password_hash": str, "claims": str, "totp_secret": str},
+        pk="username",
+        not_null=["password_hash", "claims"],
+    )
+    db["codes"].create(
+        {
+            "code_hash": str,
+            "client_id": str,
+            "username": str,
+            "redirect_uri": str,
+            "redirect_uri_required": int,
+            "scope": str,
+            "code_challenge": str,
+            "nonce": str,
+            "auth_time": int,
+            "expires_at": float,
+        },
+        pk="code_hash",
+        not_null=[
+            "client_id",
+            "username",
+            "redirect_uri",
+            "redirect_uri_required",
+            "scope",
+            "auth_time",
+            "expires_at",
+        ],
+    )
+    # A consumed code leaves a tombstone until it would have expired, so that a replay
+    # can revoke what it issued (RFC 6749 §4.1.2).
+    db["used_codes"].create(
+        {"code_hash": str, "expires_at": float}, pk="code_hash", not_null=["expires_at"]
+    )
+    db["tokens"].create(
+        {
+            "token_hash": str,
+            "kind": str,
+            "client_id": str,
+            "username": str,
+            "scope": str,
+            "issued_at": float,
+            "expires_at": float,
+            "family_id": str,
+            "revoked": int,
+        },
+        pk="token_hash",
+        not_null=[
+            "kind",
+            "client_id",
+            "scope",
+            "issued_at",
+            "expires_at",
+            "family_id",
+            "revoked",
+        ],
+    )
+    db["revoked_families"].create({"family_id": str}, pk="family_id")
+    db["consents"].create(
+        {"username": str, "client_id": str, "scopes": str},
+        pk=("username", "client_id"),
+        not_null=["scopes"],
+    )
+    db["settings"].create({"name": str, "value": str}, pk="name", not_null=["value"])
+    # seq (an alias of the rowid, stable under VACUUM) orders keys newest first.
+    db["signing_keys"].create(
+        {
+            "seq": int,
+            "kid": str,
+            "alg": str,
+            "private_pem": str,
+            "created_at": float,
+            "expires_at": float,
+        },
+        pk="seq",
+        not_null=["kid", "alg", "private_pem", "created_at"],
+    )
+    db["signing_keys"].create_index(["kid"], index_name="signing_keys_by_kid", unique=True)
+
+
+def _v2_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes for the lookups that are not by primary key: the tokens of a grant
+    (revoke_family), the current key of an alg, and expiry (purge_expired)."""
+    db["tokens"].create_index(["family_id"], index_name="tokens_by_family")
+    db["tokens"].create_index(["expires_at"], index_name="tokens_by_expiry")
+    db["codes"].create_index(["expires_at"], index_name="codes_by_expiry")
+    db["used_codes"].create_index(["expires_at"], index_name="used_codes_by_expiry")
+    db["signing_keys"].create_index(["alg", "expires_at"], index_name="signing_keys_by_alg")
+
+
+def _v3_sessions_and_totp(db: sqlite_utils.Database) -> None:
+    """Ended login sessions (logout) and the last TOTP time step each user signed in with."""
+    db["ended_sessions"].create({"sid": str, "until": float}, pk="sid", not_null=["until"])
+    db["ended_sessions"].create_index(["until"], index_name="ended_sessions_by_expiry")
+    db["totp_steps"].create({"username": str, "step": int}, pk="username", not_null=["step"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_tables,
+    _v2_indexes,
+    _v3_sessions_and_totp,
+]
+
+
+###############################################################################
+# Records as rows ##############################################################
+###############################################################################
+
+
+class _Rows:
+    """How one record type maps to a row: one column per dataclass field, same name and
+    order; tuples and dicts as JSON text, bools as 0/1.
+
+    A field added to a record in codeflow.py needs a migration adding its column;
+    ``missing_columns`` finds the ones that lack it when the file is opened.
+    """
+
+    def __init__(self, cls: type, table: str) -> None:
+        self.cls = cls
+        self.table = table
+        self.names = tuple(f.name for f in fields(cls))
+        self.columns = ", ".join(self.names)
+        # Only field and table names are spliced into SQL; values are always bound.
+        self.select = f"SELECT {self.columns} FROM {table}"  # noqa: S608
+        self.insert = (
+            f"INSERT OR REPLACE INTO {table} ({self.columns}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(self.names))})"
+        )
+        hints = typing.get_type_hints(cls)
+        kinds = [typing.get_origin(hints[name]) or hints[name] for name in self.names]
+        self._json = [i for i, kind in enumerate(kinds) if kind in (tuple, list, dict)]
+        self._bool = [i for i, kind in enumerate(kinds) if kind is bool]
+
+    def missing_columns(self, db: sqlite_utils.Database) -> list[str]:
+        columns = {column.name for column in db[self.table].columns}
+        return [name for name in self.names if name not in columns]
+
+    def encode(self, record: Any) -> list[Any]:
+        values = [getattr(record, name) for name in self.names]
+        for i in self._json:
+            values[i] = json.dumps(values[i], separators=(",", ":"), ensure_ascii=False)
+        for i in self._bool:
+            values[i] = int(values[i])
+        return values
+
+    def decode(self, row: Iterable[Any]) -> Any:
+        values = list(row)
+        for i in self._json:
+            value = json.loads(values[i])
+            values[i] = tuple(value) if isinstance(value, list) else value
+        for i in self._bool:
+            values[i] = bool(values[i])
+        return self.cls(*values)
+
+
+_CLIENTS = _Rows(Client, "clients")
+_USERS = _Rows(User, "users")
+_CODES = _Rows(AuthorizationCode, "codes")
+_TOKENS = _Rows(Token, "tokens")
+_KEYS = _Rows(SigningKey, "signing_keys")
+
+# A token joins its family revoked if the family was revoked first (revoke_family): the
+# check and the write are one statement, so no revocation can slip in between.
+_SAVE_TOKEN = "INSERT OR REPLACE INTO tokens ({}) VALUES ({})".format(  # noqa: S608
+    _TOKENS.columns,
+    ", ".join(
+        "(:revoked OR EXISTS (SELECT 1 FROM revoked_families WHERE family_id = :family_id))"
+        if name == "revoked"
+        else f":{name}"
+        for name in _TOKENS.names
+    ),
+)
+
+
+def _token_params(token: Token) -> dict[str, Any]:
+    return dict(zip(_TOKENS.names, _TOKENS.encode(token), strict=True))
+
+
+###############################################################################
+# The storage ##################################################################
+###############################################################################
+
+
+class SQLiteStorage:
+    """A ``codeflow.Storage`` in one SQLite file, safe to share between threads and
+    processes (each process opens its own ``SQLiteStorage`` on the same path).
+
+    The file is created if missing and migrated to the current schema. ``close()`` it
+    when done (or use it as a context manager).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(
+                f"codeflow_storage.sqlite needs SQLite >= 3.35 (DELETE ... RETURNING); "
+                f"this Python has {sqlite3.sqlite_version}"
+            )
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._db: sqlite_utils.Database | None = self._open()
+        # sqlite.org/howtocorrupt.html §2.6: a connection must not be used, or closed, in
+        # a child process after fork(). A forked child opens its own connection and keeps
+        # the inherited one alive so that it is never closed there.
+        self._inherited: list[sqlite_utils.Database] = []
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    # -- Connection, transactions, migrations --------------------------------
+
+    def _open(self) -> sqlite_utils.Database:
+        # isolation_level=None: the sqlite3 module opens no transactions of its own;
+        # a statement outside ``_write`` commits by itself.
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._enable_wal(db)
+            if db.journal_mode != "wal":
+                raise RuntimeError(f"{self.path}: SQLite could not switch to WAL journal mode")
+            # FULL: a token the server has handed out survives a power cut, not just a crash.
+            db.execute("PRAGMA synchronous = FULL")
+            self._migrate(db)
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS):
+                missing = rows.missing_columns(db)
+                if missing:
+                    raise RuntimeError(
+                        f"{self.path}: table {rows.table} has no column for "
+                        f"{rows.cls.__name__}.{', '.join(missing)}: this codeflow_storage "
+                        "lacks a migration for this version of codeflow"
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        return db
+
+    @staticmethod
+    def _enable_wal(db: sqlite_utils.Database) -> None:
+        # Switching a new file to WAL needs an exclusive lock. While another connection is
+        # writing (say, a process migrating the same new file), SQLite answers "database is
+        # locked" at once instead of calling the busy handler, so retry within the timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                db.enable_wal()
+                return
+            except sqlite3.OperationalError as err:
+                busy = err.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    @staticmethod
+    def _migrate(db: sqlite_utils.Database) -> None:
+        def version() -> int:
+            return db.execute("PRAGMA user_version").fetchone()[0]
+
+        if version() == len(MIGRATIONS):
+            return
+        # IMMEDIATE: of several processes opening an old file at once, one migrates and
+        # the others wait, then find nothing left to do.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = version()
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"database schema version {current} is newer than this codeflow_storage "
+                    f"understands ({len(MIGRATIONS)}): upgrade codeflow"
+                )
+            for migration in MIGRATIONS[current:]:
+                migration(db)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        except BaseException:
+            db.rollback()
+            raise
+        db.execute("COMMIT")
+
+    def _database(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError("this SQLiteStorage is closed")
+        return self._db
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._database().execute(sql, list(params)).fetchall()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One ``BEGIN IMMEDIATE`` transaction: the write lock is held from the first read
+        to COMMIT, so nothing read inside can change meanwhile, in any thread or process."""
+        with self._lock:
+            db = self._database()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                raise
+
+    def close(self) -> None:
+        """Close the connection; the last one to close checkpoints the WAL into the file."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> SQLiteStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- Clients and users -----------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        with self._lock:
+            self._database().execute(_CLIENTS.insert, _CLIENTS.encode(client))
+
+    def get_client(self, client_id: str) -> Client | None:
+        rows = self._read(_CLIENTS.select + " WHERE client_id = ?", [client_id])
+        return _CLIENTS.decode(rows[0]) if rows else None
+
+    def list_clients(self) -> list[Client]:
+        rows = self._read(_CLIENTS.select + " ORDER BY client_id")
+        return [_CLIENTS.decode(row) for row in rows]
+
+    def remove_client(self, client_id: str) -> bool:
+        with self._lock:
+            cursor = self._database().execute(
+                "DELETE FROM clients WHERE client_id = ?", [client_id]
+            )
+            return cursor.rowcount > 0
+
+    def add_user(self, user: User) -> None:
+        with self._lock:
+            self._database().execute(_USERS.insert, _USERS.encode(user))
+
+    def get_user(self, username: str) -> User | None:
+        rows = self._read(_USERS.select + " WHERE username = ?", [username])
+        return _USERS.decode(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        rows = self._read(_USERS.select + " ORDER BY username")
+        return [_USERS.decode(row) for row in rows]
+
+    def remove_user(self, username: str) -> bool:
+        with self._lock:
+            cursor = self._database().execute("DELETE FROM users WHERE username = ?", [username])
+            return cursor.rowcount > 0
+
+    # -- Codes -------------------------------------------------------------------
+
+    def save_code(self, code: AuthorizationCode) -> None:
+        with self._lock:
+            self._database().execute(_CODES.insert, _CODES.encode(code))
+
+    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+        """Take a code in one statement; of N concurrent callers in any processes, the
+        one whose DELETE finds the row gets it. The tombstone is written in the same
+        transaction, so a replay is recognised from the moment the code is gone."""
+        with self._write() as db:
+            rows = db.execute(
+                "DELETE FROM codes WHERE code_hash = ? RETURNING " + _CODES.columns,  # noqa: S608
+                [code_hash],
+            ).fetchall()
+            if not rows:
+                return None
+            code: AuthorizationCode = _CODES.decode(rows[0])
+            db.execute(
+                "INSERT OR REPLACE INTO used_codes (code_hash, expires_at) VALUES (?, ?)",
+                [code_hash, code.expires_at],
+            )
+            return code
+
+    # -- Tokens --------------------------------------------------------------------
+
+    def save_token(self, token: Token) -> None:
+        with self._lock:
+            self._database().execute(_SAVE_TOKEN, _token_params(token))
+
+    def get_token(self, token_hash: str) -> Token | None:
+        rows = self._read(_TOKENS.select + " WHERE token_hash = ?", [token_hash])
+        return _TOKENS.decode(rows[0]) if rows else None
+
+    def rotate_refresh_token(self, old_hash: str, new: Token) -> bool:
+        """Revoke ``old_hash`` only if it is an active refresh token, and save ``new`` in
+        the same transaction: of N concurrent rotations one UPDATE changes a row."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tokens SET revoked = 1 "
+                "WHERE token_hash = ? AND revoked = 0 AND kind = 'refresh'",
+                [old_hash],
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.execute(_SAVE_TOKEN, _token_params(new))
+            return True
+
+    def revoke_token(self, token_hash: str) -> None:
+        with self._lock:
+            self._database().execute(
+                "UPDATE tokens SET revoked = 1 WHERE token_hash = ?", [token_hash]
+            )
+
+    def revoke_family(self, family_id: str) -> None:
+        with self._write() as db:
+            # Only families that exist are remembered, so random codes cannot grow the table.
+            (known,) = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE family_id = ?) "
+                "OR EXISTS (SELECT 1 FROM used_codes WHERE code_hash = ?)",
+                [family_id, family_id],
+            ).fetchone()
+            if not known:
+                return
+            db.execute("INSERT OR IGNORE INTO revoked_families (family_id) VALUES (?)", [family_id])
+            db.execute(
+                "UPDATE tokens SET revoked = 1 WHERE family_id = ? AND revoked = 0", [family_id]
+            )
+
+    # -- Consent ---------------------------------------------------------------------
+
+    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
+                [username, client_id],
+            ).fetchone()
+            granted = set(json.loads(row[0])) if row else set()
+            granted.update(scopes)
+            db.execute(
+                "INSERT OR REPLACE INTO consents (username, client_id, scopes) VALUES (?, ?, ?)",
+                [username, client_id, json.dumps(sorted(granted), separators=(",", ":"))],
+            )
+
+    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+        rows = self._read(
+            "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
+            [username, client_id],
+        )
+        return frozenset(json.loads(rows[0][0])) if rows else frozenset()
+
+    # -- Login sessions and TOTP --------------------------------------------------------
+
+    def record_totp_step(self, username: str, step: int) -> bool:
+        with self._write() as db:
+            # One statement: insert, or raise the step only if this one is later.
+            cursor = db.execute(
+                "INSERT INTO totp_steps (username, step) VALUES (?, ?) "
+                "ON CONFLICT(username) DO UPDATE SET step = excluded.step "
+                "WHERE excluded.step > totp_steps.step",
+                [username, step],
+            )
+            return cursor.rowcount == 1
+
+    def end_session(self, sid: str, until: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO ended_sessions (sid, until) VALUES (?, ?)", [sid, until]
+            )
+
+    def session_ended(self, sid: str) -> bool:
+        return bool(self._read("SELECT 1 FROM ended_sessions WHERE sid = ?", [sid]))
+
+    # -- Settings and signing keys -----------------------------------------------------
+
+    def get_or_add_setting(self, name: str, candidate: str) -> str:
+        rows = self._read("SELECT value FROM settings WHERE name = ?", [name])
+        if rows:
+            return rows[0][0]
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [name, candidate]
+            )
+            return db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
+
+    def signing_keys(self) -> list[SigningKey]:
+        rows = self._read(_KEYS.select + " ORDER BY seq DESC")
+        return [_KEYS.decode(row) for row in rows]
+
+    def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
+        current = _KEYS.select + " WHERE alg = ? AND expires_at IS NULL ORDER BY seq DESC LIMIT 1"
+        with self._write() as db:
+            row = db.execute(current, [candidate.alg]).fetchone()
+            if row is not None:
+                return _KEYS.decode(row)
+            db.execute(_KEYS.insert, _KEYS.encode(candidate))
+            return candidate
+
+    def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE signing_keys SET expires_at = ? WHERE alg = ? AND expires_at IS NULL",
+                [retire_until, new.alg],
+            )
+            db.execute(_KEYS.insert, _KEYS.encode(new))
+
+    # -- Expiry ---------------------------------------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        with self._write() as db:
+            gone = 0
+            for sql in (
+                "DELETE FROM signing_keys WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                "DELETE FROM codes WHERE expires_at <= ?",
+                "DELETE FROM used_codes WHERE expires_at <= ?",
+                "DELETE FROM tokens WHERE expires_at <= ?",
+                "DELETE FROM ended_sessions WHERE until <= ?",
+            ):
+                gone += db.execute(sql, [now]).rowcount
+            # A revoked family is remembered while it has tokens or a used code.
+            db.execute(
+                "DELETE FROM revoked_families WHERE NOT EXISTS "
+                "(SELECT 1 FROM tokens WHERE tokens.family_id = revoked_families.family_id) "
+                "AND NOT EXISTS "
+                "(SELECT 1 FROM used_codes WHERE used_codes.code_hash = revoked_families.family_id)"
+            )
+            return gone
+
+    # -- Fork -----------------------------------------------------------------------------
+
+    def _reopen_in_child(self) -> None:
+        self._lock = threading.Lock()  # the parent's may have been held at fork()
+        if self._db is not None:
+            self._inherited.append(self._db)
+            self._db = self._open()
+
+
+def _after_fork(ref: weakref.ReferenceType[SQLiteStorage]) -> None:
+    storage = ref()
+    if storage is not None:
+        storage._reopen_in_child()

@@ -1,0 +1,474 @@
+"""The Storage contract (DESIGN.md "Storage contract"): one suite every backend runs.
+
+Records in, records out, no policy. The atomic operations (``consume_code``,
+``rotate_refresh_token``, ``get_or_add_setting``, ``get_or_add_signing_key``,
+``rotate_signing_key``) are raced by 16 threads released together.
+To add a backend, add one ``pytest.param`` to the ``storage`` fixture.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from codeflow_storage.sqlite import SQLiteStorage
+
+import codeflow
+from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+
+THREADS = 16
+NOW = 1_800_000_000.0
+
+BACKENDS = [
+    pytest.param(lambda tmp_path: codeflow.MemoryStorage(), id="memory"),
+    pytest.param(lambda tmp_path: SQLiteStorage(tmp_path / "codeflow.db"), id="sqlite"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[codeflow.Storage]:
+    """A fresh, empty store of each backend, closed after the test if it can be."""
+    store = request.param(tmp_path)
+    yield store
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+
+
+def a_code(
+    code_hash: str = "code-1", expires_at: float = NOW + 60, **fields: Any
+) -> AuthorizationCode:
+    values: dict[str, Any] = {
+        "code_hash": code_hash,
+        "client_id": "app",
+        "username": "alice",
+        "redirect_uri": "http://127.0.0.1:9000/callback",
+        "redirect_uri_required": True,
+        "scope": ("openid", "profile"),
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "nonce": "n-0S6_WzA2Mj",
+        "auth_time": int(NOW),
+        "expires_at": expires_at,
+        **fields,
+    }
+    return AuthorizationCode(**values)
+
+
+def a_token(
+    token_hash: str,
+    family_id: str = "family-1",
+    kind: str = "access",
+    expires_at: float = NOW + 3600,
+    **fields: Any,
+) -> Token:
+    values: dict[str, Any] = {
+        "token_hash": token_hash,
+        "kind": kind,
+        "client_id": "app",
+        "username": "alice",
+        "scope": ("openid", "api:read"),
+        "issued_at": NOW,
+        "expires_at": expires_at,
+        "family_id": family_id,
+        **fields,
+    }
+    return Token(**values)
+
+
+def a_key(kid: str, alg: str = "RS256", created_at: float = NOW, **fields: Any) -> SigningKey:
+    """A signing key record; storage keeps the PEM as given and never parses it."""
+    pem = f"-----BEGIN PRIVATE KEY-----\n{kid}\n-----END PRIVATE KEY-----\n"
+    return SigningKey(kid=kid, alg=alg, private_pem=pem, created_at=created_at, **fields)
+
+
+def current_keys(storage: codeflow.Storage, alg: str) -> list[SigningKey]:
+    return [k for k in storage.signing_keys() if k.alg == alg and k.expires_at is None]
+
+
+def revoked(storage: codeflow.Storage, token_hash: str) -> bool:
+    token = storage.get_token(token_hash)
+    assert token is not None, f"{token_hash} is not stored"
+    return token.revoked
+
+
+def race(call: Callable[[int], Any]) -> list[Any]:
+    """Call ``call(i)`` from THREADS threads released at once by a barrier."""
+    barrier = threading.Barrier(THREADS)
+    results: list[Any] = [None] * THREADS
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = call(i)
+        except BaseException as exc:  # re-raised in the test's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    return results
+
+
+class TestStorageContract:
+    """Every Storage backend: records round-trip, one-shot operations happen once."""
+
+    # -- clients and users ----------------------------------------------------
+
+    def test_add_and_get_client(self, storage: codeflow.Storage) -> None:
+        """DESIGN.md Storage contract: "Records in, records out"; a secret arrives as a hash."""
+        client = Client(
+            client_id="app",
+            redirect_uris=("http://127.0.0.1:9000/callback", "http://127.0.0.1/cb"),
+            secret_hash="scrypt$16384$8$1$c2FsdA$a2V5",
+            name="App",
+            scopes=("openid", "api:read"),
+            grant_types=("authorization_code", "client_credentials"),
+            require_pkce=False,
+        )
+        public = Client(client_id="public-app", redirect_uris=("http://127.0.0.1/cb",))
+        storage.add_client(client)
+        storage.add_client(public)
+        assert storage.get_client("app") == client
+        assert storage.get_client("public-app") == public
+        assert storage.get_client("public-app").public
+        assert storage.get_client("nobody") is None
+
+    def test_add_and_get_user(self, storage: codeflow.Storage) -> None:
+        """DESIGN.md Storage contract: "Records in, records out", claims included."""
+        user = User("alice", "scrypt$16384$8$1$c2FsdA$a2V5", {"name": "Alice", "email": "a@x"})
+        storage.add_user(user)
+        assert storage.get_user("alice") == user
+        assert storage.get_user("bob") is None
+
+    def test_add_client_replaces_the_same_client_id(self, storage: codeflow.Storage) -> None:
+        """Storage.add_client: "Add a client, or replace the one with the same client_id"."""
+        storage.add_client(Client(client_id="app", name="Old"))
+        storage.add_client(Client(client_id="app", name="New", scopes=("openid",)))
+        assert storage.get_client("app") == Client(client_id="app", name="New", scopes=("openid",))
+        assert [c.client_id for c in storage.list_clients()] == ["app"]
+
+    def test_list_and_remove_clients(self, storage: codeflow.Storage) -> None:
+        """Storage.list_clients and remove_client: every stored client; remove says whether
+        there was one to remove."""
+        assert storage.list_clients() == []
+        clients = [Client(client_id=f"app-{i}", name=f"App {i}") for i in (2, 0, 1)]
+        for client in clients:
+            storage.add_client(client)
+        listed = storage.list_clients()
+        assert sorted(listed, key=lambda c: c.client_id) == sorted(
+            clients, key=lambda c: c.client_id
+        )
+        assert storage.remove_client("app-0") is True
+        assert storage.remove_client("app-0") is False
+        assert storage.remove_client("never-added") is False
+        assert storage.get_client("app-0") is None
+        assert {c.client_id for c in storage.list_clients()} == {"app-1", "app-2"}
+
+    def test_add_user_replaces_the_same_username(self, storage: codeflow.Storage) -> None:
+        """Storage.add_user: "Add a user, or replace the one with the same username"."""
+        storage.add_user(User("alice", "old-hash"))
+        storage.add_user(User("alice", "new-hash", {"name": "Alice"}, totp_secret="JBSWY3DP"))
+        assert storage.get_user("alice") == User(
+            "alice", "new-hash", {"name": "Alice"}, totp_secret="JBSWY3DP"
+        )
+        assert [u.username for u in storage.list_users()] == ["alice"]
+
+    def test_list_and_remove_users(self, storage: codeflow.Storage) -> None:
+        """Storage.list_users and remove_user: every stored user; remove says whether there
+        was one to remove."""
+        assert storage.list_users() == []
+        users = [User(name, f"hash-{name}", {"name": name.title()}) for name in ("carol", "alice")]
+        for user in users:
+            storage.add_user(user)
+        listed = storage.list_users()
+        assert sorted(listed, key=lambda u: u.username) == sorted(users, key=lambda u: u.username)
+        assert storage.remove_user("alice") is True
+        assert storage.remove_user("alice") is False
+        assert storage.get_user("alice") is None
+        assert [u.username for u in storage.list_users()] == ["carol"]
+
+    # -- codes ------------------------------------------------------------------
+
+    def test_consume_code_returns_it_once(self, storage: codeflow.Storage) -> None:
+        """RFC 6749 §4.1.2: "The client MUST NOT use the authorization code more than once";
+        Storage.consume_code: "Atomically take a code"."""
+        code = a_code()
+        storage.save_code(code)
+        assert storage.consume_code("code-1") == code
+        assert storage.consume_code("code-1") is None
+
+    def test_consume_unknown_code_is_none(self, storage: codeflow.Storage) -> None:
+        """Storage.consume_code: a code that was never saved is not there to take."""
+        storage.save_code(a_code("code-1"))
+        assert storage.consume_code("code-2") is None
+        assert storage.consume_code("code-1") is not None
+
+    def test_consume_code_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """Storage.consume_code: "Atomically take a code: of N concurrent callers, at most one
+        gets it."""
+        code = a_code()
+        storage.save_code(code)
+        results = race(lambda i: storage.consume_code("code-1"))
+        assert [r for r in results if r is not None] == [code]
+
+    # -- tokens ----------------------------------------------------------------
+
+    def test_save_and_get_token(self, storage: codeflow.Storage) -> None:
+        """DESIGN.md Storage contract: tokens are kept by hash, records in, records out."""
+        access = a_token("a1")
+        machine = a_token("m1", family_id="family-2", username=None, scope=("api:read",))
+        storage.save_token(access)
+        storage.save_token(machine)
+        assert storage.get_token("a1") == access
+        assert storage.get_token("m1") == machine
+        assert storage.get_token("nothing") is None
+
+    def test_rotate_refresh_token_once(self, storage: codeflow.Storage) -> None:
+        """RFC 9700 §4.14.2: a rotated refresh token is invalidated; Storage.rotate_refresh_token
+        "Atomically revoke the active refresh token old_hash and save new"."""
+        storage.save_token(a_token("r1", kind="refresh"))
+        r2 = a_token("r2", kind="refresh", issued_at=NOW + 10)
+        assert storage.rotate_refresh_token("r1", r2) is True
+        assert revoked(storage, "r1")
+        assert storage.get_token("r2") == r2
+        assert storage.rotate_refresh_token("r1", a_token("r3", kind="refresh")) is False
+        assert storage.get_token("r3") is None
+        assert storage.rotate_refresh_token("r2", a_token("r3", kind="refresh")) is True
+
+    @pytest.mark.parametrize("old", ["unknown", "revoked"])
+    def test_rotate_unknown_or_revoked_saves_nothing(
+        self, storage: codeflow.Storage, old: str
+    ) -> None:
+        """Storage.rotate_refresh_token: "Returns False, saving nothing, when old_hash is
+        unknown or already revoked"."""
+        storage.save_token(a_token("revoked", kind="refresh", revoked=True))
+        new = a_token("new", kind="refresh")
+        assert storage.rotate_refresh_token(old, new) is False
+        assert storage.get_token("new") is None
+
+    def test_rotate_refresh_token_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """Storage.rotate_refresh_token: "of N concurrent rotations of one token, at most one
+        succeeds."""
+        storage.save_token(a_token("r1", kind="refresh"))
+        results = race(
+            lambda i: storage.rotate_refresh_token("r1", a_token(f"new-{i}", kind="refresh"))
+        )
+        assert results.count(True) == 1, results
+        assert results.count(False) == THREADS - 1, results
+        winner = results.index(True)
+        saved = [i for i in range(THREADS) if storage.get_token(f"new-{i}") is not None]
+        assert saved == [winner]
+        assert revoked(storage, "r1")
+
+    def test_revoke_token_revokes_that_token_only(self, storage: codeflow.Storage) -> None:
+        """RFC 7009 §2.1: revoking an access token; its grant's other tokens are untouched."""
+        storage.save_token(a_token("a1"))
+        storage.save_token(a_token("r1", kind="refresh"))
+        storage.revoke_token("a1")
+        assert revoked(storage, "a1")
+        assert not revoked(storage, "r1")
+        storage.revoke_token("unknown")  # nothing to revoke, and no error
+        assert storage.get_token("unknown") is None
+
+    # -- families --------------------------------------------------------------
+
+    def test_revoke_family_revokes_members_and_later_tokens(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.revoke_family: "Revoke every token of a grant, including any saved after this
+        call"; Storage.save_token: "a token of a revoked family is stored as revoked"."""
+        storage.save_token(a_token("a1"))
+        storage.save_token(a_token("r1", kind="refresh"))
+        storage.save_token(a_token("other", family_id="family-2"))
+
+        storage.revoke_family("family-1")
+
+        assert revoked(storage, "a1") and revoked(storage, "r1")
+        assert not revoked(storage, "other")
+        storage.save_token(a_token("a2"))
+        assert revoked(storage, "a2")
+        storage.save_token(a_token("other-2", family_id="family-2"))
+        assert not revoked(storage, "other-2")
+
+    def test_revoke_family_of_an_unknown_family_is_not_remembered(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.revoke_family: only grants that exist are revoked, so requests carrying
+        random codes cannot grow the store, nor pre-revoke a family id."""
+        storage.revoke_family("never-seen")
+        storage.save_token(a_token("a1", family_id="never-seen"))
+        assert not revoked(storage, "a1")
+
+    def test_revoke_family_of_a_consumed_code_revokes_tokens_saved_later(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 6749 §4.1.2: a replayed code SHOULD revoke "all tokens previously issued based on
+        that authorization code"; Storage.consume_code: "The store remembers that the code was
+        used, so that a replay can revoke the tokens it issued (revoke_family(code_hash))"."""
+        storage.save_code(a_code("code-1"))
+        assert storage.consume_code("code-1") is not None
+        storage.revoke_family("code-1")  # the replay wins the race with the first redemption
+        storage.save_token(a_token("a1", family_id="code-1"))
+        assert revoked(storage, "a1")
+
+    # -- consents --------------------------------------------------------------
+
+    def test_consents_accumulate_per_user_and_client(self, storage: codeflow.Storage) -> None:
+        """DESIGN.md: consent is remembered per user and client; new grants add to old ones."""
+        assert storage.get_consent("alice", "app") == frozenset()
+        storage.save_consent("alice", "app", ["openid", "profile"])
+        storage.save_consent("alice", "app", ("email", "openid"))
+        assert storage.get_consent("alice", "app") == frozenset({"openid", "profile", "email"})
+        assert storage.get_consent("alice", "other-app") == frozenset()
+        assert storage.get_consent("bob", "app") == frozenset()
+
+    # -- settings and signing keys ----------------------------------------------
+
+    def test_get_or_add_setting_keeps_the_first_value(self, storage: codeflow.Storage) -> None:
+        """Storage.get_or_add_setting: "return the stored value of name, storing candidate if
+        none: processes sharing a store agree on one value"."""
+        assert storage.get_or_add_setting("cookie_key", "first") == "first"
+        assert storage.get_or_add_setting("cookie_key", "second") == "first"
+        assert storage.get_or_add_setting("other", "third") == "third"
+
+    def test_get_or_add_setting_race_agrees_on_one_value(self, storage: codeflow.Storage) -> None:
+        """Storage.get_or_add_setting: "Atomically return the stored value of name, storing
+        candidate if none"."""
+        results = race(lambda i: storage.get_or_add_setting("cookie_key", f"candidate-{i}"))
+        assert len(set(results)) == 1, results
+        assert results[0] in {f"candidate-{i}" for i in range(THREADS)}
+        assert storage.get_or_add_setting("cookie_key", "late") == results[0]
+
+    def test_get_or_add_signing_key_keeps_one_current_key_per_alg(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.get_or_add_signing_key: "return the current key (expires_at None) of
+        candidate.alg, adding candidate if there is none"; signing_keys: "Every stored
+        signing key, newest first"."""
+        assert storage.signing_keys() == []
+        rs = a_key("rs-1", "RS256", NOW)
+        assert storage.get_or_add_signing_key(rs) == rs
+        assert storage.get_or_add_signing_key(a_key("rs-2", "RS256", NOW + 1)) == rs
+        es = a_key("es-1", "ES256", NOW + 2)
+        assert storage.get_or_add_signing_key(es) == es
+        assert storage.signing_keys() == [es, rs]
+
+    def test_get_or_add_signing_key_race_agrees_on_one_key(self, storage: codeflow.Storage) -> None:
+        """Storage.get_or_add_signing_key: "Atomically return the current key ... adding
+        candidate if there is none": processes sharing a store share one key."""
+        results = race(lambda i: storage.get_or_add_signing_key(a_key(f"rs-{i}")))
+        assert len({k.kid for k in results}) == 1, [k.kid for k in results]
+        assert storage.signing_keys() == [results[0]]
+
+    def test_rotate_signing_key_retires_the_current_key(self, storage: codeflow.Storage) -> None:
+        """Storage.rotate_signing_key: "Atomically add new and give the current key of its alg
+        retire_until"; keys of other algs are untouched."""
+        old_rs = storage.get_or_add_signing_key(a_key("rs-1", "RS256", NOW))
+        es = storage.get_or_add_signing_key(a_key("es-1", "ES256", NOW))
+        new_rs = a_key("rs-2", "RS256", NOW + 10)
+
+        storage.rotate_signing_key(new_rs, retire_until=NOW + 3600)
+
+        keys = storage.signing_keys()
+        assert keys[0] == new_rs
+        assert sorted(keys, key=lambda k: k.kid) == [
+            es,
+            replace(old_rs, expires_at=NOW + 3600),
+            new_rs,
+        ]
+        assert storage.get_or_add_signing_key(a_key("rs-3", "RS256")) == new_rs
+        assert current_keys(storage, "ES256") == [es]
+
+    def test_rotate_signing_key_race_leaves_one_current_key(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.rotate_signing_key is atomic: after N concurrent rotations every key but the
+        last one added is retired, so exactly one key of the alg is current."""
+        storage.get_or_add_signing_key(a_key("rs-0"))
+        race(lambda i: storage.rotate_signing_key(a_key(f"rs-{i + 1}"), NOW + 3600))
+        keys = storage.signing_keys()
+        assert len(keys) == THREADS + 1
+        current = current_keys(storage, "RS256")
+        assert len(current) == 1, current
+        assert keys[0] == current[0]
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def test_purge_expired_deletes_expired_records_and_counts_them(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.purge_expired: "Delete expired codes, tokens and signing keys; return how
+        many went."""
+        storage.save_code(a_code("old-code", expires_at=NOW))
+        storage.save_code(a_code("live-code", expires_at=NOW + 60))
+        storage.save_token(a_token("old-access", expires_at=NOW - 1))
+        storage.save_token(a_token("old-refresh", kind="refresh", expires_at=NOW))
+        storage.save_token(a_token("live-refresh", kind="refresh", expires_at=NOW + 1))
+
+        assert storage.purge_expired(NOW) == 3
+
+        assert storage.get_token("old-access") is None
+        assert storage.get_token("old-refresh") is None
+        assert storage.get_token("live-refresh") is not None
+        assert storage.consume_code("old-code") is None
+        assert storage.consume_code("live-code") is not None
+        assert storage.purge_expired(NOW) == 0
+
+    def test_purge_expired_drops_retired_signing_keys(self, storage: codeflow.Storage) -> None:
+        """Storage.purge_expired: "Delete expired codes, tokens and signing keys"; a current key
+        (expires_at None) never expires."""
+        storage.get_or_add_signing_key(a_key("rs-1", created_at=NOW - 10))
+        storage.rotate_signing_key(a_key("rs-2", created_at=NOW - 5), retire_until=NOW)
+        storage.rotate_signing_key(a_key("rs-3", created_at=NOW), retire_until=NOW + 60)
+
+        assert storage.purge_expired(NOW) == 1
+
+        assert [k.kid for k in storage.signing_keys()] == ["rs-3", "rs-2"]
+        assert storage.purge_expired(NOW + 60) == 1
+        assert [k.kid for k in storage.signing_keys()] == ["rs-3"]
+        assert storage.purge_expired(NOW + 10**9) == 0
+
+    def test_purge_keeps_a_revoked_family_revoked(self, storage: codeflow.Storage) -> None:
+        """Storage.revoke_family revokes tokens "saved after this call", also after a purge
+        removed the family's expired members."""
+        storage.save_token(a_token("old-access", expires_at=NOW))
+        storage.save_token(a_token("r1", kind="refresh", expires_at=NOW + 3600))
+        storage.revoke_family("family-1")
+        storage.purge_expired(NOW)
+        storage.save_token(a_token("a2"))
+        assert revoked(storage, "a2")
+
+    def test_record_totp_step_refuses_a_step_used_before(self, storage: codeflow.Storage) -> None:
+        """RFC 6238 §5.2: "the verifier MUST NOT accept the second attempt of the OTP after
+        the successful validation has been issued for the first OTP"."""
+        assert storage.record_totp_step("alice", 100)
+        assert not storage.record_totp_step("alice", 100)
+        assert not storage.record_totp_step("alice", 99)  # an earlier step is no better
+        assert storage.record_totp_step("alice", 101)
+        assert storage.record_totp_step("bob", 100)  # per user
+
+    def test_record_totp_step_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """Storage.record_totp_step: "Atomically remember" the step: of N logins with one
+        code at once, exactly one gets in."""
+        results = race(lambda i: storage.record_totp_step("alice", 500))
+        assert results.count(True) == 1, results
+
+    def test_ended_sessions_are_remembered_until_purged(self, storage: codeflow.Storage) -> None:
+        """OIDC RP-Initiated Logout §2: logout ends the session; Storage.end_session
+        remembers that "until" its time, and purge_expired forgets it after."""
+        assert not storage.session_ended("sid-1")
+        storage.end_session("sid-1", NOW + 60)
+        assert storage.session_ended("sid-1")
+        assert not storage.session_ended("sid-2")
+        assert storage.purge_expired(NOW) == 0
+        assert storage.session_ended("sid-1")
+        assert storage.purge_expired(NOW + 60) == 1
+        assert not storage.session_ended("sid-1")
