@@ -2532,7 +2532,8 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _print_totp(srv: Server, username: str, secret: str) -> None:
     """Show the otpauth:// URI (Google Authenticator Key URI Format) to enrol an app."""
-    uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=srv.issuer)
+    label = f"codeflow {urllib.parse.urlsplit(srv.issuer).netloc}"
+    uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=label)
     print(f"TOTP for {username}: add this to an authenticator app (shown once):\n{uri}")
     try:
         import qrcode  # optional: a QR code when the library is there
