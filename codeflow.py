@@ -1538,6 +1538,7 @@ def jwks(srv: Server) -> dict[str, Any]:
     """RFC 7517 §5: every key that may still verify a live token, current ones first."""
     keys = []
     now = srv.clock()
+    srv.signing_key("RS256")  # a fresh server publishes its key before it signs anything
     for key in srv.storage.signing_keys():
         if key.expires_at is not None and key.expires_at <= now:
             continue
@@ -1884,10 +1885,12 @@ class Server:
                 raise ValueError(f"unknown client {client!r}")
             client = found
         username = user.username if isinstance(user, User) else user
-        scopes = split_scope(scope) if isinstance(scope, str) else tuple(scope)
+        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
+        # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
+        offline = "openid" not in scopes or "offline_access" in scopes
         return issue_tokens(
-            self, client, username, scopes or client.scopes,
-            family_id=new_secret(), refresh=username is not None,
+            self, client, username, scopes,
+            family_id=new_secret(), refresh=username is not None and offline,
             auth_time=int(self.clock()), claims=claims,
         )  # fmt: skip
 
@@ -1963,7 +1966,7 @@ class Server:
 
     def read_session(self, cookie: str | None) -> Session | None:
         payload = self._loads(cookie, "session")
-        if not payload or self.storage.session_ended(payload["s"]):
+        if not payload or "s" not in payload or self.storage.session_ended(payload["s"]):
             return None
         return Session(payload["u"], payload["t"], payload["s"])
 
@@ -2062,10 +2065,10 @@ def build_app(srv: Server) -> bottle.Bottle:
         return request.get_cookie(srv.cookie_name(name))
 
     def read_body() -> bytes:
-        try:
-            length = int(request.environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
+        raw = request.environ.get("CONTENT_LENGTH") or "0"
+        if not (raw.isascii() and raw.isdigit()):  # RFC 9110 §8.6: Content-Length = 1*DIGIT
+            raise InvalidRequest("Content-Length is not a number.")
+        length = int(raw)
         if length > MAX_BODY:
             raise PayloadTooLarge(f"The request body is larger than {MAX_BODY} bytes.")
         return request.environ["wsgi.input"].read(length) if length > 0 else b""
@@ -2622,7 +2625,9 @@ def main(argv: list[str] | None = None) -> int:
     srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo)
     try:
         load_config(srv, config)
-    except (KeyError, TypeError, ValueError) as err:
+    except KeyError as err:
+        parser.error(f"bad config: a [[clients]] or [[users]] entry has no {err}")
+    except (TypeError, ValueError) as err:
         parser.error(f"bad config: {err}")
     print(f"codeflow: serving {srv.issuer} (metadata at {srv.issuer}{OAUTH_METADATA_PATH})")
     if args.demo:
