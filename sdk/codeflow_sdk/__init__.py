@@ -1,0 +1,64 @@
+"""codeflow_sdk: an OAuth 2.1 / OpenID Connect client and resource-server toolkit.
+
+It speaks only the wire protocol, so it works with any standards-compliant provider,
+codeflow or another: metadata from OIDC Discovery 1.0 (or RFC 8414), keys from the
+provider's RFC 7517 JWK Set. Dependencies: the standard library's HTTP client and PyJWT
+with cryptography (JOSE); the bottle plugin needs bottle.
+
+- ``Client``: the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636), the
+  authorization response's ``iss`` (RFC 9207), ID token validation (OIDC Core
+  §3.1.3.7), refresh (RFC 6749 §6), revocation (RFC 7009), userinfo (OIDC Core §5.3),
+  client credentials (RFC 6749 §4.4) and RP-initiated logout.
+- ``BearerValidator``: JWT access tokens (RFC 9068) checked locally, opaque ones
+  through introspection (RFC 7662); ``require_bearer`` (WSGI) and ``BottleBearer``
+  (bottle) answer as RFC 6750 §3 says.
+
+Every failure raises a subclass of ``OAuthError``, with ``error``, ``description`` and
+``status``.
+"""
+
+from .client import Client, LoginState, TokenSet
+from .errors import (
+    AuthorizationError,
+    DiscoveryError,
+    IDTokenError,
+    InsufficientScopeError,
+    InvalidRequestError,
+    InvalidTokenError,
+    IssuerMismatch,
+    OAuthError,
+    StateMismatch,
+    TokenError,
+    UserinfoError,
+)
+from .resource import (
+    ENVIRON_KEY,
+    AccessToken,
+    BearerValidator,
+    BottleBearer,
+    bearer_token,
+    require_bearer,
+)
+
+__all__ = [
+    "ENVIRON_KEY",
+    "AccessToken",
+    "AuthorizationError",
+    "BearerValidator",
+    "BottleBearer",
+    "Client",
+    "DiscoveryError",
+    "IDTokenError",
+    "InsufficientScopeError",
+    "InvalidRequestError",
+    "InvalidTokenError",
+    "IssuerMismatch",
+    "LoginState",
+    "OAuthError",
+    "StateMismatch",
+    "TokenError",
+    "TokenSet",
+    "UserinfoError",
+    "bearer_token",
+    "require_bearer",
+]

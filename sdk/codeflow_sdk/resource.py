@@ -1,0 +1,421 @@
+"""The resource server: accept only requests with a valid bearer access token.
+
+``BearerValidator`` checks RFC 9068 JWT access tokens locally (the provider's JWKS,
+iss, aud, exp, scope) and opaque ones through RFC 7662 introspection, with a short
+cache. ``require_bearer`` (WSGI middleware) and ``BottleBearer`` (a bottle plugin)
+put it in front of an application and answer failures as RFC 6750 §3 says: 401 with
+``WWW-Authenticate: Bearer``, 403 ``insufficient_scope``, 400 ``invalid_request``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from ._wire import (
+    JWKS_CACHE_SECONDS,
+    JWKS_REFETCH_INTERVAL,
+    LEEWAY,
+    TIMEOUT,
+    Provider,
+    audiences,
+    authenticate,
+    check_times,
+    error_from,
+    is_number,
+    request,
+    split_scope,
+)
+from .errors import (
+    InsufficientScopeError,
+    InvalidRequestError,
+    InvalidTokenError,
+    OAuthError,
+    TokenError,
+)
+
+__all__ = [
+    "ENVIRON_KEY",
+    "AccessToken",
+    "BearerValidator",
+    "BottleBearer",
+    "bearer_token",
+    "require_bearer",
+]
+
+log = logging.getLogger("codeflow_sdk")
+
+ENVIRON_KEY = "codeflow.token"  # where the middleware and the plugin put the AccessToken
+# RFC 9068 §4: resource servers "MUST verify that the typ header value is at+jwt or
+# application/at+jwt and reject tokens carrying any other type value".
+JWT_ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+INTROSPECTION_CACHE_SECONDS = 30  # how stale a revocation may go unnoticed
+MAX_CACHE_ENTRIES = 4096
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 §3: error_description and scope use %x20-21 / %x23-5B / %x5D-7E only.
+_NOT_QUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A validated access token: who it is for, which client holds it, what it allows."""
+
+    sub: str | None
+    client_id: str | None
+    scopes: tuple[str, ...]
+    claims: dict[str, Any] = field(repr=False)  # the JWT's claims or the introspection body
+    expires_at: float | None
+    source: str  # "jwt" (RFC 9068, checked locally) or "introspection" (RFC 7662)
+
+    def has_scopes(self, scopes: str | Iterable[str]) -> bool:
+        return set(split_scope(scopes)) <= set(self.scopes)
+
+
+class BearerValidator:
+    """Validate bearer access tokens issued by ``issuer`` for this resource server.
+
+    ``audience`` (the identifier the provider puts in ``aud`` for this API) turns on
+    local validation of JWT access tokens; ``introspection_client_id`` and
+    ``introspection_client_secret`` (a confidential client of the provider) turn on
+    introspection of opaque ones. At least one is needed. ``required_scopes`` apply to
+    every token; ``validate`` may ask for more.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | None = None,
+        introspection_client_id: str | None = None,
+        introspection_client_secret: str | None = None,
+        required_scopes: str | Iterable[str] = (),
+        cache_seconds: float = INTROSPECTION_CACHE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.time,
+        leeway: float = LEEWAY,
+        algorithms: Iterable[str] | None = None,
+        timeout: float = TIMEOUT,
+        jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
+        jwks_refetch_interval: float = JWKS_REFETCH_INTERVAL,
+    ) -> None:
+        if audience is None and introspection_client_id is None:
+            raise ValueError(
+                "BearerValidator needs audience= (to check JWT access tokens) or "
+                "introspection_client_id= (to introspect opaque ones), or both"
+            )
+        self.issuer = issuer
+        self.audience = audience
+        self.introspection_client_id = introspection_client_id
+        self.introspection_client_secret = introspection_client_secret
+        self.required_scopes = split_scope(required_scopes)
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self.leeway = leeway
+        self.algorithms = tuple(algorithms) if algorithms is not None else None
+        self.timeout = timeout
+        self.provider = Provider(
+            issuer,
+            clock=clock,
+            timeout=timeout,
+            jwks_cache_seconds=jwks_cache_seconds,
+            jwks_refetch_interval=jwks_refetch_interval,
+        )
+        self._cache: dict[str, tuple[float, AccessToken]] = {}
+        self._cache_lock = threading.Lock()
+
+    def validate(self, token: str, scopes: str | Iterable[str] = ()) -> AccessToken:
+        """Return the validated token, or raise InvalidTokenError (401) or
+        InsufficientScopeError (403). TokenError or DiscoveryError mean the provider
+        could not be asked, not that the token is bad."""
+        if not isinstance(token, str) or not _B64TOKEN.fullmatch(token):
+            raise InvalidTokenError("The access token is malformed.")
+        if self.audience is not None and _is_jws(token):
+            record = self._validate_jwt(token)
+        elif self.introspection_client_id is not None:
+            record = self._introspect(token)
+        else:
+            raise InvalidTokenError("The access token is not a JWT access token.")
+        needed = self.required_scopes + tuple(
+            s for s in split_scope(scopes) if s not in self.required_scopes
+        )
+        missing = [s for s in needed if s not in record.scopes]
+        if missing:
+            raise InsufficientScopeError(
+                f"The access token lacks the scope {' '.join(missing)}.", scope=" ".join(needed)
+            )
+        return record
+
+    # -- JWT access tokens: RFC 9068 §4 ----------------------------------------
+
+    def _validate_jwt(self, token: str) -> AccessToken:
+        algs = self.algorithms or self.provider.signing_algs()
+        _, claims = self.provider.verify(
+            token, InvalidTokenError, algorithms=algs, typs=JWT_ACCESS_TOKEN_TYPES
+        )
+        # RFC 9068 §4: "The issuer identifier for the authorization server ... MUST
+        # exactly match the value of the iss claim."
+        if claims.get("iss") != self.issuer:
+            raise InvalidTokenError("The access token was issued by another issuer.")
+        # RFC 9068 §4: "The resource server MUST validate that the aud claim contains a
+        # resource indicator value corresponding to an identifier the resource server
+        # expects for itself. The JWT access token MUST be rejected if aud does not
+        # contain a resource indicator of the current resource server as a valid audience."
+        if self.audience not in audiences(claims, InvalidTokenError):
+            raise InvalidTokenError("The access token is for another audience.")
+        # RFC 9068 §4: "The current time MUST be before the time represented by the exp
+        # claim."
+        check_times(claims, self.clock(), self.leeway, InvalidTokenError)
+        # RFC 9068 §2.2: sub and client_id are REQUIRED.
+        sub, client_id = claims.get("sub"), claims.get("client_id")
+        if not isinstance(sub, str) or not isinstance(client_id, str):
+            raise InvalidTokenError("The access token has no sub or client_id.")
+        scope = claims.get("scope", "")
+        return AccessToken(
+            sub=sub,
+            client_id=client_id,
+            scopes=split_scope(scope if isinstance(scope, str) else ""),
+            claims=claims,
+            expires_at=float(claims["exp"]),
+            source="jwt",
+        )
+
+    # -- Opaque tokens: RFC 7662 -------------------------------------------------
+
+    def _introspect(self, token: str) -> AccessToken:
+        key = hashlib.sha256(token.encode("ascii")).hexdigest()
+        now = self.clock()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        # RFC 7662 §2.1: token REQUIRED, token_type_hint OPTIONAL; the caller is
+        # authenticated (§2.1: "the endpoint MUST also require some form of authorization").
+        form = {"token": token, "token_type_hint": "access_token"}
+        headers: dict[str, str] = {}
+        authenticate(
+            self.provider.metadata(), "introspection_endpoint",
+            self.introspection_client_id or "", self.introspection_client_secret,
+            form, headers,
+        )  # fmt: skip
+        url = self.provider.endpoint("introspection_endpoint")
+        resp = request("POST", url, TokenError, form=form, headers=headers, timeout=self.timeout)
+        if resp.status != 200:
+            raise error_from(resp, TokenError, "introspection endpoint")
+        body = resp.json_object(TokenError, "introspection response")
+        # RFC 7662 §2.2: active is REQUIRED; false for an unknown, expired or revoked token.
+        if body.get("active") is not True:
+            raise InvalidTokenError("The access token is not active (expired or revoked).")
+        # RFC 7662 §2.2 token_type: a refresh token is not a bearer access token.
+        token_type = body.get("token_type")
+        if isinstance(token_type, str) and token_type.lower() not in ("bearer", "access_token"):
+            raise InvalidTokenError("The token is not an access token.")
+        if "iss" in body and body["iss"] != self.issuer:
+            raise InvalidTokenError("The access token was issued by another issuer.")
+        if self.audience is not None and "aud" in body:
+            if self.audience not in audiences(body, InvalidTokenError):
+                raise InvalidTokenError("The access token is for another audience.")
+        exp = body.get("exp")
+        if is_number(exp) and now >= exp + self.leeway:
+            raise InvalidTokenError("The access token has expired.")
+        scope, sub, client_id = body.get("scope"), body.get("sub"), body.get("client_id")
+        record = AccessToken(
+            sub=sub if isinstance(sub, str) else None,
+            client_id=client_id if isinstance(client_id, str) else None,
+            scopes=split_scope(scope if isinstance(scope, str) else ""),
+            claims=body,
+            expires_at=float(exp) if is_number(exp) else None,
+            source="introspection",
+        )
+        until = now + self.cache_seconds
+        if record.expires_at is not None:
+            until = min(until, record.expires_at)
+        with self._cache_lock:
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                self._cache = {k: v for k, v in self._cache.items() if now < v[0]}
+                while len(self._cache) >= MAX_CACHE_ENTRIES:
+                    del self._cache[next(iter(self._cache))]
+            self._cache[key] = (until, record)
+        return record
+
+
+def _is_jws(token: str) -> bool:
+    """RFC 7515 §7.1: three base64url parts, the first a JSON header with an alg."""
+    if token.count(".") != 2:
+        return False
+    try:
+        return "alg" in jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return False
+
+
+###############################################################################
+# RFC 6750: reading the token and answering failures ##########################
+###############################################################################
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """RFC 6750 §2.1: the token of an ``Authorization: Bearer <token>`` header, or None
+    when the request carries no bearer credentials at all."""
+    if not authorization:
+        return None
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = rest.strip()
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidRequestError("The Authorization header is not 'Bearer <token>'.")
+    return token
+
+
+def _quoted(value: str) -> str:
+    return '"' + _NOT_QUOTABLE.sub("", value) + '"'
+
+
+def challenge(err: OAuthError | None, realm: str) -> str:
+    """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent).
+
+    RFC 6750 §3.1: "If the request lacks any authentication information (e.g., the
+    client was unaware that authentication is necessary or attempted using an
+    unsupported authentication method), the resource server SHOULD NOT include an
+    error code or other error information."
+    """
+    parts = [f"realm={_quoted(realm)}"]
+    if err is not None:
+        parts.append(f"error={_quoted(err.error)}")
+        if err.description:
+            parts.append(f"error_description={_quoted(err.description)}")
+        if isinstance(err, InsufficientScopeError) and err.scope:
+            parts.append(f"scope={_quoted(err.scope)}")
+    return "Bearer " + ", ".join(parts)
+
+
+def error_response(err: OAuthError | None, realm: str) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, JSON body) for a refused request."""
+    if err is None:
+        status, body = 401, {"error_description": "A bearer access token is required."}
+    else:
+        status = err.status or 401
+        body = {"error": err.error, "error_description": err.description}
+    headers = {
+        "Content-Type": "application/json",
+        "Cache-Control": "no-store",
+        "WWW-Authenticate": challenge(err, realm),
+    }
+    return status, headers, json.dumps(body).encode()
+
+
+_UNAVAILABLE = (
+    503,
+    {"Content-Type": "application/json", "Cache-Control": "no-store", "Retry-After": "5"},
+    b'{"error": "temporarily_unavailable", '
+    b'"error_description": "The access token cannot be checked right now."}',
+)
+
+_BEARER_ERRORS = (InvalidRequestError, InvalidTokenError, InsufficientScopeError)
+
+
+def _check(
+    validator: BearerValidator, authorization: str | None, scopes: tuple[str, ...], realm: str
+) -> AccessToken | tuple[int, dict[str, str], bytes]:
+    """The validated token, or the response that refuses the request."""
+    try:
+        token = bearer_token(authorization)
+        if token is None:
+            return error_response(None, realm)
+        return validator.validate(token, scopes)
+    except _BEARER_ERRORS as err:
+        return error_response(err, realm)
+    except OAuthError:
+        # The provider could not be asked (introspection or JWKS): neither the token's
+        # fault nor a reason to let it through.
+        log.warning("codeflow_sdk: cannot validate the access token", exc_info=True)
+        return _UNAVAILABLE
+
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}
+
+
+def require_bearer(
+    app: Callable[..., Iterable[bytes]],
+    validator: BearerValidator,
+    scopes: str | Iterable[str] = (),
+    *,
+    realm: str = "api",
+) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware: pass only requests whose bearer token is valid and has ``scopes``;
+    the app finds the AccessToken at ``environ["codeflow.token"]``."""
+    needed = split_scope(scopes)
+
+    def middleware(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        result = _check(validator, environ.get("HTTP_AUTHORIZATION"), needed, realm)
+        if isinstance(result, AccessToken):
+            environ[ENVIRON_KEY] = result
+            return app(environ, start_response)
+        status, headers, body = result
+        headers = {**headers, "Content-Length": str(len(body))}
+        start_response(f"{status} {_REASONS[status]}", list(headers.items()))
+        return [body]
+
+    return middleware
+
+
+class BottleBearer:
+    """A bottle plugin (plugin API 2) that requires a valid bearer token on every route.
+
+    Routes add scopes with ``@app.get("/notes", scope="notes:read")`` and opt out with
+    ``bearer=False``. A callback with a parameter named ``token`` (``keyword``)
+    receives the AccessToken; it is also at ``bottle.request.environ["codeflow.token"]``.
+    """
+
+    name = "codeflow_bearer"
+    api = 2
+
+    def __init__(
+        self,
+        validator: BearerValidator,
+        scopes: str | Iterable[str] = (),
+        *,
+        realm: str = "api",
+        keyword: str = "token",
+    ) -> None:
+        self.validator = validator
+        self.scopes = split_scope(scopes)
+        self.realm = realm
+        self.keyword = keyword
+
+    def apply(self, callback: Callable, route: Any) -> Callable:
+        import bottle  # a dependency of the bottle helper only
+
+        if route.config.get("bearer", True) is False:
+            return callback
+        needed = self.scopes + split_scope(route.config.get("scope"))
+        # Not route.get_callback_args(): bottle 0.13's unwrapping loops forever on a
+        # closure whose cells hold no callable.
+        try:
+            inject = self.keyword in inspect.signature(route.callback).parameters
+        except (TypeError, ValueError):
+            inject = False
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authorization = bottle.request.environ.get("HTTP_AUTHORIZATION")
+            result = _check(self.validator, authorization, needed, self.realm)
+            if not isinstance(result, AccessToken):
+                status, headers, body = result
+                raise bottle.HTTPResponse(body, status, headers)
+            bottle.request.environ[ENVIRON_KEY] = result
+            if inject:
+                kwargs[self.keyword] = result
+            return callback(*args, **kwargs)
+
+        return functools.update_wrapper(wrapper, callback)
