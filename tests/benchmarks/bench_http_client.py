@@ -1,0 +1,52 @@
+"""Load for the HTTP rows, from a process of its own so that the client's threads do not
+share the server's GIL:
+
+    python bench_http_client.py URL THREADS SECONDS MAX_FLOWS
+
+runs the checked flow (bench_flow.run_flow) from THREADS threads, each on its own
+keep-alive connection, until MAX_FLOWS in all or SECONDS; prints JSON: the seconds of
+each flow and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from bench_flow import HTTPCaller, Target, run_flow
+
+
+def load(url: str, threads: int, seconds: float, max_flows: int) -> tuple[list[float], float]:
+    """Flows from ``threads`` threads; (seconds of each flow, wall seconds)."""
+    target = Target(url)
+    quota = max(1, max_flows // threads)
+    calls = [HTTPCaller(url) for _ in range(threads)]
+    try:
+        for call in calls:
+            run_flow(call, target)  # warm-up: connect, first request
+        deadline = time.perf_counter() + seconds
+
+        def client(call: HTTPCaller) -> list[float]:
+            times: list[float] = []
+            while len(times) < quota and time.perf_counter() < deadline:
+                start = time.perf_counter()
+                run_flow(call, target)
+                times.append(time.perf_counter() - start)
+            return times
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            per_thread = list(pool.map(client, calls))
+        wall = time.perf_counter() - started
+    finally:
+        for call in calls:
+            call.close()
+    return [t for times in per_thread for t in times], wall
+
+
+if __name__ == "__main__":
+    url, threads, seconds, max_flows = sys.argv[1:5]
+    times, wall = load(url, int(threads), float(seconds), int(max_flows))
+    json.dump({"times": times, "wall": wall}, sys.stdout)
