@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import getpass
 import hashlib
 import hmac
@@ -179,7 +180,14 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # spends the same time on unknown users
+@functools.cache
+def dummy_hash() -> str:
+    """A hash to check wrong usernames against, so they cost as much as wrong passwords.
+    Made on first use: importing codeflow stays cheap."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+NO_PASSWORD = "!"  # noqa: S105 -- the password_hash of a user who cannot sign in with a password
 
 
 def split_scope(scope: str | None) -> tuple[str, ...]:
@@ -497,14 +505,16 @@ class Storage(Protocol):
         """
         ...
 
-    def save_token(self, token: Token) -> None:
-        """Store a token; a token of a revoked family is stored as revoked."""
+    def save_token(self, *tokens: Token) -> None:
+        """Store tokens, in one transaction; a token of a revoked family is stored as
+        revoked."""
         ...
 
     def get_token(self, token_hash: str) -> Token | None: ...
 
-    def rotate_refresh_token(self, old_hash: str, new: Token) -> bool:
-        """Atomically revoke the active refresh token ``old_hash`` and save ``new``.
+    def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
+        """Atomically revoke the active refresh token ``old_hash`` and save the ``new``
+        tokens (its successor and the access token that comes with it).
 
         Returns False, saving nothing, when ``old_hash`` is unknown or already revoked:
         of N concurrent rotations of one token, at most one succeeds.
@@ -613,9 +623,10 @@ class MemoryStorage:
                 self._used_codes[code_hash] = code.expires_at
             return code
 
-    def save_token(self, token: Token) -> None:
+    def save_token(self, *tokens: Token) -> None:
         with self._lock:
-            self._save_token(token)
+            for token in tokens:
+                self._save_token(token)
 
     def _save_token(self, token: Token) -> None:
         if token.family_id in self._revoked_families:
@@ -626,13 +637,14 @@ class MemoryStorage:
     def get_token(self, token_hash: str) -> Token | None:
         return self._tokens.get(token_hash)
 
-    def rotate_refresh_token(self, old_hash: str, new: Token) -> bool:
+    def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         with self._lock:
             old = self._tokens.get(old_hash)
             if old is None or old.revoked or old.kind != "refresh":
                 return False
             self._tokens[old_hash] = replace(old, revoked=True)
-            self._save_token(new)
+            for token in new:
+                self._save_token(token)
             return True
 
     def revoke_token(self, token_hash: str) -> None:
@@ -1162,7 +1174,8 @@ def login(
             srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
         ), None
     user = srv.storage.get_user(username)
-    if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
+    stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
+    if not verify_password(password, stored or dummy_hash()) or stored is None:
         return login_page(srv, areq, "Wrong username or password."), None
     srv.login_limiter.succeeded(keys)
     if user.totp_secret:
@@ -1351,25 +1364,9 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
-    now = srv.clock()
-    new_value = new_secret()
-    # RFC 6749 §6: the new refresh token's scope MUST be identical to the old one's.
-    new = Token(
-        token_hash(new_value),
-        "refresh",
-        client.client_id,
-        old.username,
-        old.scope,
-        now,
-        now + srv.refresh_token_lifetime,
-        old.family_id,
+    return issue_tokens(
+        srv, client, old.username, scope, family_id=old.family_id, refresh=True, rotating=old
     )
-    if not srv.storage.rotate_refresh_token(old.token_hash, new):
-        srv.storage.revoke_family(old.family_id)  # lost a race with another use: reuse
-        raise InvalidGrant("The refresh token was already used; this grant is revoked.")
-    body = issue_tokens(srv, client, old.username, scope, family_id=old.family_id, refresh=False)
-    body["refresh_token"] = new_value
-    return body
 
 
 def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
@@ -1404,11 +1401,14 @@ def issue_tokens(
     auth_time: int | None = None,
     nonce: str | None = None,
     claims: dict[str, Any] | None = None,
+    rotating: Token | None = None,
 ) -> dict:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
-    An ID token is added where a user has just authenticated (``auth_time``) and the
-    scope has ``openid`` (OIDC Core §3.1.3.3).
+    With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
+    new access token are saved in the same atomic step that revokes it. An ID token is
+    added where a user has just authenticated (``auth_time``) and the scope has
+    ``openid`` (OIDC Core §3.1.3.3).
     """
     now = srv.clock()
     access = (
@@ -1416,12 +1416,12 @@ def issue_tokens(
         if client.access_token_jwt
         else new_secret()
     )
-    srv.storage.save_token(
+    tokens = [
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
         )
-    )  # fmt: skip
+    ]  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
@@ -1430,13 +1430,20 @@ def issue_tokens(
     }
     if refresh and "refresh_token" in client.grant_types:
         value = new_secret()
-        srv.storage.save_token(
+        # RFC 6749 §6: a new refresh token's scope "MUST be identical" to the old one's.
+        granted = rotating.scope if rotating is not None else scope
+        tokens.append(
             Token(
-                token_hash(value), "refresh", client.client_id, username, scope,
+                token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
             )
         )  # fmt: skip
         body["refresh_token"] = value
+    if rotating is None:
+        srv.storage.save_token(*tokens)
+    elif not srv.storage.rotate_refresh_token(rotating.token_hash, *tokens):
+        srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
+        raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if "openid" in scope and username is not None and auth_time is not None:
         body["id_token"] = id_token(srv, client, username, auth_time, nonce, access, claims)
     return body
@@ -1445,6 +1452,10 @@ def issue_tokens(
 ###############################################################################
 # OpenID Connect: signing keys, ID tokens, userinfo, logout #####################
 ###############################################################################
+
+
+# kid -> parsed private key, shared by every Server of the process (keys are immutable).
+_PARSED_KEYS: dict[str, Any] = {}
 
 
 def new_signing_key(alg: str, now: float) -> SigningKey:
@@ -1459,7 +1470,9 @@ def new_signing_key(alg: str, now: float) -> SigningKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode("ascii")
-    return SigningKey(kid=secrets.token_urlsafe(12), alg=alg, private_pem=pem, created_at=now)
+    key = SigningKey(kid=secrets.token_urlsafe(12), alg=alg, private_pem=pem, created_at=now)
+    _PARSED_KEYS[key.kid] = private
+    return key
 
 
 def sign(srv: Server, claims: dict[str, Any], alg: str, typ: str = "JWT") -> str:
@@ -1782,7 +1795,6 @@ class Server:
         self.id_token_lifetime = id_token_lifetime
         # RFC 9068 §3: without a resource indicator, "a default resource indicator".
         self._audience = access_token_audience
-        self._private_keys: dict[str, Any] = {}  # kid -> parsed key, parsed once
         self.demo = demo
         self.login_limiter = LoginLimiter(clock)
         # One key signs cookies and forms; each use has its own salt (itsdangerous).
@@ -1864,10 +1876,10 @@ class Server:
 
         With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
         in with a TOTP code after the password (RFC 6238)."""
-        secret = password if password is not None else secrets.token_urlsafe(32)
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
-        user = User(username, hash_password(secret), dict(claims or {}), totp_secret)
+        hashed = hash_password(password) if password is not None else NO_PASSWORD
+        user = User(username, hashed, dict(claims or {}), totp_secret)
         self.storage.add_user(user)
         return user
 
@@ -1927,10 +1939,14 @@ class Server:
         return self.storage.get_or_add_signing_key(new_signing_key(alg, self.clock()))
 
     def private_key(self, key: SigningKey) -> Any:
-        parsed = self._private_keys.get(key.kid)
+        """The parsed key, parsed once per process. Keys come from our own storage, so
+        cryptography's RSA consistency check (~60 ms a key) is skipped."""
+        parsed = _PARSED_KEYS.get(key.kid)
         if parsed is None:
-            parsed = serialization.load_pem_private_key(key.private_pem.encode(), password=None)
-            self._private_keys[key.kid] = parsed
+            parsed = serialization.load_pem_private_key(
+                key.private_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
+            )
+            _PARSED_KEYS[key.kid] = parsed
         return parsed
 
     def rotate_keys(self) -> list[SigningKey]:
@@ -2411,17 +2427,19 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
 
 
 def open_storage(url: str) -> Storage:
-    """``memory`` or ``sqlite:///path`` (the latter from the codeflow_storage package)."""
+    """``memory`` or ``sqlite:///path[?synchronous=full]`` (from codeflow_storage)."""
     if url == "memory":
         return MemoryStorage()
     if url.startswith("sqlite:///"):
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        options = dict(urllib.parse.parse_qsl(query))
         try:
             from codeflow_storage.sqlite import SQLiteStorage
         except ImportError:
             raise SystemExit(
                 "sqlite storage needs codeflow_storage: pip install 'codeflow[sqlite]'"
             ) from None
-        return SQLiteStorage(url.removeprefix("sqlite:///"))
+        return SQLiteStorage(path, synchronous=options.get("synchronous", "normal"))
     raise SystemExit(f"unknown storage URL {url!r}: use 'memory' or 'sqlite:///path'")
 
 

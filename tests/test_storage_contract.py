@@ -472,3 +472,19 @@ class TestStorageContract:
         assert storage.session_ended("sid-1")
         assert storage.purge_expired(NOW + 60) == 1
         assert not storage.session_ended("sid-1")
+
+    def test_save_token_stores_several_at_once(self, storage: codeflow.Storage) -> None:
+        """Storage.save_token: "Store tokens, in one transaction" (an access token and its
+        refresh token are written together)."""
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"))
+        assert storage.get_token("a1") == a_token("a1")
+        assert storage.get_token("r1") == a_token("r1", kind="refresh")
+
+    def test_rotate_refresh_token_saves_every_new_token(self, storage: codeflow.Storage) -> None:
+        """Storage.rotate_refresh_token: revoke the old refresh token "and save the new
+        tokens (its successor and the access token that comes with it)"."""
+        storage.save_token(a_token("r1", kind="refresh"))
+        assert storage.rotate_refresh_token("r1", a_token("r2", kind="refresh"), a_token("a2"))
+        assert revoked(storage, "r1")
+        assert storage.get_token("r2") == a_token("r2", kind="refresh")
+        assert storage.get_token("a2") == a_token("a2")
