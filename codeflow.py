@@ -36,6 +36,7 @@ import json
 import logging
 import re
 import secrets
+import signal
 import socketserver
 import sys
 import threading
@@ -2623,6 +2624,10 @@ def manage(srv: Server, args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``codeflow`` command: a thin layer over Server and its storage."""
     parser = _parser()
@@ -2654,6 +2659,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto_approve:
         print(f"WARNING: --auto-approve: every request is approved as {args.auto_approve!r}.")
     print("Press Ctrl-C to stop.", flush=True)
+    # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop)
     purge_forever(srv)
     try:
         serve(srv.wsgi, args.host, args.port)

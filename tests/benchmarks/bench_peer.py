@@ -11,8 +11,8 @@ Authlib's public API only, as its documentation and example OIDC server build on
 - the user is approved at once, as codeflow's ``auto_approve``.
 
 Two stores: plain dicts, and SQLAlchemy on a SQLite file with Authlib's own model mixins
-and helpers (``authlib.integrations.sqla_oauth2``), in WAL mode with synchronous=FULL
-like codeflow's SQLite backend. Where Authlib asks for a hook codeflow has no
+and helpers (``authlib.integrations.sqla_oauth2``), in WAL mode with synchronous=NORMAL
+like codeflow's SQLite backend by default. Where Authlib asks for a hook codeflow has no
 counterpart for (``exists_nonce``), the peer does the cheapest correct thing, so the
 comparison is with Authlib at its best.
 
@@ -260,7 +260,7 @@ class SQLStore:
         @event.listens_for(self.engine, "connect")
         def pragmas(conn: Any, record: Any) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA synchronous = NORMAL")
 
         Base.metadata.create_all(self.engine)
         self.session = scoped_session(sessionmaker(self.engine))
