@@ -2469,12 +2469,14 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
 PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
 
 
-def purge_forever(srv: Server, interval: float = PURGE_INTERVAL) -> threading.Thread:
-    """Start a daemon thread that purges expired codes, tokens and keys every interval."""
+def purge_forever(
+    srv: Server, interval: float = PURGE_INTERVAL, stop: threading.Event | None = None
+) -> threading.Thread:
+    """Start a daemon thread that purges expired records every interval, until ``stop``."""
+    stopped = stop or threading.Event()
 
     def loop() -> None:
-        while True:
-            time.sleep(interval)
+        while not stopped.wait(interval):
             try:
                 purged = srv.storage.purge_expired(srv.clock())
                 log.debug("codeflow: purged %d expired records", purged)
