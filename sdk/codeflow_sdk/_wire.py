@@ -23,7 +23,7 @@ from typing import Any
 
 import jwt
 
-from .errors import DiscoveryError, IssuerMismatch, OAuthError
+from .errors import DiscoveryError, IssuerMismatch, OAuthError, TokenError
 
 USER_AGENT = "codeflow-sdk"
 MAX_RESPONSE = 1024 * 1024  # no metadata, key set or token response needs more
@@ -161,6 +161,28 @@ def authenticate(
     # used as the username; the client password is encoded using the same algorithm".
     pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
     headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def post_authenticated(
+    provider: Provider,
+    endpoint: str,
+    client_id: str,
+    client_secret: str | None,
+    form: dict[str, str],
+    *,
+    timeout: float,
+    what: str,
+) -> Response:
+    """POST ``form`` to the provider's ``endpoint`` (a metadata name such as
+    ``"token_endpoint"``) with client authentication (``authenticate``). An answer other
+    than HTTP 200 raises the TokenError its body describes (``error_from``)."""
+    headers: dict[str, str] = {}
+    authenticate(provider.metadata(), endpoint, client_id, client_secret, form, headers)
+    url = provider.endpoint(endpoint)
+    resp = request("POST", url, TokenError, form=form, headers=headers, timeout=timeout)
+    if resp.status != 200:
+        raise error_from(resp, TokenError, what)
+    return resp
 
 
 ###############################################################################

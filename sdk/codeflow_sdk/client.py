@@ -30,10 +30,9 @@ from ._wire import (
     Provider,
     Response,
     audiences,
-    authenticate,
     check_times,
-    error_from,
     is_number,
+    post_authenticated,
     request,
     split_scope,
 )
@@ -396,18 +395,13 @@ class Client:
         form = {"token": token}
         if token_type_hint is not None:
             form["token_type_hint"] = token_type_hint
-        headers: dict[str, str] = {}
-        authenticate(
-            self.metadata, "revocation_endpoint", self.client_id, self.client_secret,
-            form, headers,
-        )  # fmt: skip
-        url = self.provider.endpoint("revocation_endpoint")
-        resp = request("POST", url, TokenError, form=form, headers=headers, timeout=self.timeout)
         # RFC 7009 §2.2: "The authorization server responds with HTTP status code 200 if
         # the token has been revoked successfully or if the client submitted an invalid
-        # token."
-        if resp.status != 200:
-            raise error_from(resp, TokenError, "revocation endpoint")
+        # token." Any other status raises.
+        post_authenticated(
+            self.provider, "revocation_endpoint", self.client_id, self.client_secret, form,
+            timeout=self.timeout, what="revocation endpoint",
+        )  # fmt: skip
 
     # -- UserInfo: OIDC Core §5.3 ------------------------------------------------
 
@@ -463,15 +457,11 @@ class Client:
     # -- The token endpoint: RFC 6749 §5 -----------------------------------------
 
     def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
-        headers: dict[str, str] = {}
-        authenticate(
-            self.metadata, "token_endpoint", self.client_id, self.client_secret, form, headers
-        )
-        url = self.provider.endpoint("token_endpoint")
-        resp = request("POST", url, TokenError, form=form, headers=headers, timeout=self.timeout)
-        if resp.status != 200:
-            # RFC 6749 §5.2: error, error_description, error_uri in a JSON body.
-            raise error_from(resp, TokenError, "token endpoint")
+        # A failure raises with RFC 6749 §5.2's error, error_description, error_uri.
+        resp = post_authenticated(
+            self.provider, "token_endpoint", self.client_id, self.client_secret, form,
+            timeout=self.timeout, what="token endpoint",
+        )  # fmt: skip
         return resp.json_object(TokenError, "token response")
 
     def _token_set(self, body: dict[str, Any], requested: tuple[str, ...]) -> TokenSet:

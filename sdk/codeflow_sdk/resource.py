@@ -30,11 +30,9 @@ from ._wire import (
     TIMEOUT,
     Provider,
     audiences,
-    authenticate,
     check_times,
-    error_from,
     is_number,
-    request,
+    post_authenticated,
     split_scope,
 )
 from .errors import (
@@ -202,16 +200,11 @@ class BearerValidator:
         # RFC 7662 §2.1: token REQUIRED, token_type_hint OPTIONAL; the caller is
         # authenticated (§2.1: "the endpoint MUST also require some form of authorization").
         form = {"token": token, "token_type_hint": "access_token"}
-        headers: dict[str, str] = {}
-        authenticate(
-            self.provider.metadata(), "introspection_endpoint",
-            self.introspection_client_id or "", self.introspection_client_secret,
-            form, headers,
+        resp = post_authenticated(
+            self.provider, "introspection_endpoint",
+            self.introspection_client_id or "", self.introspection_client_secret, form,
+            timeout=self.timeout, what="introspection endpoint",
         )  # fmt: skip
-        url = self.provider.endpoint("introspection_endpoint")
-        resp = request("POST", url, TokenError, form=form, headers=headers, timeout=self.timeout)
-        if resp.status != 200:
-            raise error_from(resp, TokenError, "introspection endpoint")
         body = resp.json_object(TokenError, "introspection response")
         # RFC 7662 §2.2: active is REQUIRED; false for an unknown, expired or revoked token.
         if body.get("active") is not True:
