@@ -168,3 +168,7 @@ def browser_authorize(
         r = s.post(base + "/consent", data=data, allow_redirects=False)
     assert r.status_code in (302, 303), r.text
     return query_of(r.headers["Location"])
+
+
+# The SDK tests' live-provider fixtures, defined with their helpers.
+from sdk_support import idp, provider  # noqa: E402, F401

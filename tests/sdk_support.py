@@ -20,6 +20,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -139,6 +140,22 @@ def running_idp() -> Iterator[IdP]:
         srv.add_user("alice", claims=ALICE_CLAIMS)
         srv.add_user("bob", claims={"name": "Bob"})
         yield IdP(srv, url, clock, wire)
+
+
+# The SDK test modules' fixtures (conftest.py makes them visible): each module gets its
+# own live codeflow (module scope), reset before each of its tests.
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[IdP]:
+    with running_idp() as idp:
+        yield idp
+
+
+@pytest.fixture
+def idp(provider: IdP) -> IdP:
+    provider.reset()
+    return provider
 
 
 def follow(authorization_url: str) -> str:

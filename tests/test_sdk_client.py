@@ -14,7 +14,6 @@ import hashlib
 import json
 import time
 import urllib.parse
-from collections.abc import Iterator
 
 import jwt
 import pytest
@@ -45,24 +44,11 @@ from sdk_support import (
     follow,
     free_port,
     rogue_key,
-    running_idp,
 )
 
 pytestmark = pytest.mark.http
 
 TOKEN, JWKS = "/token", "/jwks"
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[IdP]:
-    with running_idp() as idp:
-        yield idp
-
-
-@pytest.fixture
-def idp(provider: IdP) -> IdP:
-    provider.reset()
-    return provider
 
 
 @pytest.fixture

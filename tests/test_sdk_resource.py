@@ -14,7 +14,7 @@ import json
 import time
 import wsgiref.util
 import wsgiref.validate
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import bottle
@@ -43,24 +43,11 @@ from sdk_support import (
     IdP,
     free_port,
     rogue_key,
-    running_idp,
 )
 
 pytestmark = pytest.mark.http
 
 INTROSPECT, JWKS = "/introspect", "/jwks"
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[IdP]:
-    with running_idp() as idp:
-        yield idp
-
-
-@pytest.fixture
-def idp(provider: IdP) -> IdP:
-    provider.reset()
-    return provider
 
 
 def jwt_validator(idp: IdP, **options: Any) -> BearerValidator:
