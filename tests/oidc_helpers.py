@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import urllib.parse
 from typing import Any
 
 import jwt
@@ -22,15 +21,9 @@ from conftest import (
     new_flow,
     query_of,
 )
-from wsgi_client import Response, WSGIClient
+from wsgi_client import Response, WSGIClient, basic
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")  # RFC 7518 §6.2.2, §6.3.2, §6.4
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    """RFC 6749 §2.3.1 HTTP Basic credentials (form-urlencoded id and secret)."""
-    raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
 
 
 def bearer(token: str) -> dict[str, str]:

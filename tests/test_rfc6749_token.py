@@ -27,7 +27,7 @@ from conftest import (
     new_flow,
     query_of,
 )
-from wsgi_client import Response, WSGIClient
+from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
 
@@ -49,12 +49,6 @@ def srv(clock: Clock) -> codeflow.Server:
 @pytest.fixture
 def wc(srv: codeflow.Server) -> WSGIClient:
     return WSGIClient(srv.wsgi)
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined for HTTP Basic."""
-    raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
 
 
 def get_code(wc: WSGIClient, flow: Flow) -> str:

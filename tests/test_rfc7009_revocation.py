@@ -6,12 +6,9 @@ through the introspection endpoint (RFC 7662) and by using it at the token endpo
 
 from __future__ import annotations
 
-import base64
-import urllib.parse
-
 import pytest
 from conftest import CONFIDENTIAL, PUBLIC, SECRET, USERNAME
-from wsgi_client import Response, WSGIClient
+from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
 
@@ -19,12 +16,6 @@ import codeflow
 @pytest.fixture
 def wc(server: codeflow.Server) -> WSGIClient:
     return WSGIClient(server.wsgi)
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined for HTTP Basic."""
-    raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
 
 
 AUTH = basic(CONFIDENTIAL, SECRET)

@@ -30,7 +30,7 @@ from conftest import (
     pkce_pair,
     query_of,
 )
-from wsgi_client import Response, WSGIClient
+from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
 
@@ -84,12 +84,6 @@ def path_of(url: str) -> str:
     """The in-process path of an absolute endpoint URL at ISSUER."""
     assert url.startswith(ISSUER + "/"), url
     return url.removeprefix(ISSUER)
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined for HTTP Basic."""
-    raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
 
 
 def as_client(method: str) -> tuple[str, dict[str, str], dict[str, str] | None]:

@@ -10,6 +10,7 @@ is also checked against PEP 3333.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import urllib.parse
@@ -23,6 +24,12 @@ from wsgiref.validate import validator
 FORM = "application/x-www-form-urlencoded"
 
 Params = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined for HTTP Basic."""
+    raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
+    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
 
 
 @dataclass
