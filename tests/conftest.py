@@ -170,5 +170,27 @@ def browser_authorize(
     return query_of(r.headers["Location"])
 
 
+def redeem_over_http(
+    token_url: str,
+    code: str,
+    flow: Flow,
+    session: requests.Session | None = None,
+    timeout: float = 10,
+) -> requests.Response:
+    """RFC 6749 §4.1.3 over real HTTP: the confidential client (HTTP Basic) exchanges the
+    code from ``flow``'s callback at REDIRECT, with the flow's PKCE code_verifier."""
+    return (session or requests).post(
+        token_url,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": flow.verifier,
+        },
+        auth=(CONFIDENTIAL, SECRET),
+        timeout=timeout,
+    )
+
+
 # The SDK tests' live-provider fixtures, defined with their helpers.
 from sdk_support import idp, provider  # noqa: E402, F401

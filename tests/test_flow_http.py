@@ -33,6 +33,7 @@ from conftest import (
     form_fields,
     new_flow,
     query_of,
+    redeem_over_http,
     share_session_keys,
 )
 from wsgi_client import WSGIClient
@@ -378,17 +379,7 @@ def test_concurrent_flows_over_http(http_server: tuple[codeflow.Server, str]) ->
         with requests.Session() as browser:
             callback = browser_authorize(base, flow, session=browser)
         assert callback["state"] == flow.params["state"]
-        r = requests.post(
-            base + codeflow.TOKEN_PATH,
-            data={
-                "grant_type": "authorization_code",
-                "code": callback["code"],
-                "redirect_uri": REDIRECT,
-                "code_verifier": flow.verifier,
-            },
-            auth=(CONFIDENTIAL, SECRET),
-            timeout=TIMEOUT,
-        )
+        r = redeem_over_http(base + codeflow.TOKEN_PATH, callback["code"], flow, timeout=TIMEOUT)
         assert r.status_code == 200, r.text
         return r.json()["access_token"]
 

@@ -26,6 +26,7 @@ from conftest import (
     browser_authorize,
     new_flow,
     query_of,
+    redeem_over_http,
 )
 from oidc_helpers import (
     approve,
@@ -326,17 +327,7 @@ def test_full_flow_over_http_id_token_verified_with_pyjwkclient(live):
     flow = new_flow(nonce="wire-nonce")
     callback = browser_authorize(url, flow)
     assert callback["iss"] == url
-    r = requests.post(
-        url + "/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": callback["code"],
-            "redirect_uri": REDIRECT,
-            "code_verifier": flow.verifier,
-        },
-        auth=(CONFIDENTIAL, SECRET),
-        timeout=10,
-    )
+    r = redeem_over_http(url + "/token", callback["code"], flow, timeout=10)
     assert r.status_code == 200, r.text
     tokens = r.json()
     jwks_uri = requests.get(url + "/.well-known/openid-configuration", timeout=10).json()[

@@ -38,6 +38,7 @@ from conftest import (
     new_flow,
     pkce_pair,
     query_of,
+    redeem_over_http,
 )
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -894,16 +895,8 @@ def test_bad_input_over_http_gets_4xx_and_the_server_keeps_serving(live) -> None
         flow = new_flow()
         callback = browser_authorize(base, flow, session=http)
         assert callback["iss"] == srv.issuer
-        r = http.post(
-            metadata["token_endpoint"],
-            data={
-                "grant_type": "authorization_code",
-                "code": callback["code"],
-                "redirect_uri": REDIRECT,
-                "code_verifier": flow.verifier,
-            },
-            auth=(CONFIDENTIAL, SECRET),
-            timeout=TIMEOUT,
+        r = redeem_over_http(
+            metadata["token_endpoint"], callback["code"], flow, session=http, timeout=TIMEOUT
         )
         assert r.status_code == 200, r.text
         assert r.json()["token_type"] == "Bearer"
