@@ -30,42 +30,32 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
-from test_interop_node import impostor_jwks
+from test_interop_node import (
+    CLAIMS,
+    CLIENTS,
+    PASSWORD,
+    REDIRECT,
+    USERNAME,
+    impostor_jwks,
+    interop_server,
+)
 
 import codeflow
 
 pytestmark = pytest.mark.http
 
-REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens: the browser stops at the redirect
-USERNAME, PASSWORD = "alice", "alice-interop-password"
-CLAIMS = {"name": "Alice Liddell", "email": "alice@example.com", "email_verified": True}
+# The clients, user and REDIRECT (nothing listens there: the browser stops at the
+# redirect) are test_interop_node's, registered by its interop_server.
 SCOPE = "openid profile email offline_access"
-SECRET = "interop-client-secret"
-CLIENTS: dict[str, dict[str, Any]] = {
-    "confidential-basic": {"client_secret": SECRET},
-    "public-pkce": {},
-    "public-es256": {"id_token_signed_response_alg": "ES256"},
-}
 AUTH_METHOD = {"confidential-basic": "client_secret_basic"}  # the others: none
 
 
 @pytest.fixture
 def live() -> Iterator[tuple[codeflow.Server, str]]:
-    """A fresh codeflow on a real loopback socket, with the interop clients and user.
-
-    Registered after ``running()`` has set the issuer to the URL with its port."""
-    srv = codeflow.Server()
-    with srv.running() as url:
-        for client_id, options in CLIENTS.items():
-            srv.add_client(
-                client_id,
-                redirect_uris=[REDIRECT],
-                scopes=SCOPE.split(),
-                grant_types=["authorization_code", "refresh_token"],
-                **options,
-            )
-        srv.add_user(USERNAME, PASSWORD, claims=CLAIMS)
-        yield srv, url
+    """test_interop_node's interop_server: a fresh codeflow on a real loopback socket,
+    with the interop clients and user (no npm needed here)."""
+    with interop_server() as running:
+        yield running
 
 
 def discover(issuer: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Without ``node`` on PATH the tests skip, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -77,12 +78,11 @@ def npm_packages() -> None:
         )  # fmt: skip
 
 
-@pytest.fixture
-def live() -> Iterator[tuple[codeflow.Server, str]]:
+@contextlib.contextmanager
+def interop_server() -> Iterator[tuple[codeflow.Server, str]]:
     """A fresh codeflow on a real loopback socket, with the interop clients and user.
 
     Registered after ``running()`` has set the issuer to the URL with its port."""
-    npm_packages()
     srv = codeflow.Server()
     with srv.running() as url:
         for client_id, options in CLIENTS.items():
@@ -95,6 +95,14 @@ def live() -> Iterator[tuple[codeflow.Server, str]]:
             )
         srv.add_user(USERNAME, PASSWORD, claims=CLAIMS)
         yield srv, url
+
+
+@pytest.fixture
+def live() -> Iterator[tuple[codeflow.Server, str]]:
+    """The interop_server, once the pinned npm packages are installed."""
+    npm_packages()
+    with interop_server() as running:
+        yield running
 
 
 def run_driver(library: str, issuer: str, client_id: str) -> dict[str, Any]:
