@@ -81,7 +81,12 @@ ID_TOKEN_LIFETIME = 3600
 SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
 FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
 OTP_LIFETIME = 5 * 60  # how long the TOTP step may follow a right password
-MAX_FAILED_LOGINS = 5  # per user and per client address, within LOGIN_WINDOW
+# Failed sign-ins allowed within LOGIN_WINDOW: few per user from one address; more per
+# user from everywhere (slows distributed guessing without letting anyone lock an account
+# out for everybody: NIST SP 800-63B §5.2.2 allows up to 100); some per address.
+MAX_FAILED_LOGINS = 5
+MAX_FAILED_LOGINS_PER_USER = 100
+MAX_FAILED_LOGINS_PER_ADDRESS = 20
 LOGIN_WINDOW = 5 * 60
 MAX_BODY = 64 * 1024  # no request of this protocol needs more
 MAX_PARAMS = 64
@@ -256,14 +261,18 @@ def redirect_uri_matches(registered: str, given: str, *, native: bool) -> bool:
         return True
     if not native:
         return False
-    reg, got = urllib.parse.urlsplit(registered), urllib.parse.urlsplit(given)
+    try:
+        reg, got = urllib.parse.urlsplit(registered), urllib.parse.urlsplit(given)
+        port = got.port
+        # A registered loopback URI without a port is a native app's (RFC 8252 §7.3); one
+        # with a port (a web app on this machine, the demo) is matched exactly.
+        if reg.port is not None:
+            return False
+    except ValueError:  # "http://[" and other hosts urlsplit cannot parse
+        return False
     if reg.scheme != "http" or reg.hostname not in LOOPBACK_HOSTS:
         return False
     host = "[::1]" if reg.hostname == "::1" else reg.hostname
-    try:
-        port = got.port
-    except ValueError:
-        return False
     # Only the port may differ: the rest must be the registered string, character for
     # character (urlsplit forgives whitespace and control characters; we do not).
     return (
@@ -1083,11 +1092,12 @@ def client_label(client: Client) -> str:
     return esc(client.name or client.client_id)
 
 
-def _hidden_fields(srv: Server, params: dict[str, str]) -> str:
+def _hidden_fields(srv: Server, params: dict[str, str], purpose: str = "authorize") -> str:
     """Every form carries a CSRF token and the signed request it continues."""
+    request = srv.sign_request(params, purpose)
     return (
         f'<input type="hidden" name="csrf_token" value="{esc(srv.csrf_token())}">'
-        f'<input type="hidden" name="request" value="{esc(srv.sign_request(params))}">'
+        f'<input type="hidden" name="request" value="{esc(request)}">'
     )
 
 
@@ -1169,7 +1179,7 @@ def login(
     if "pending" in form:
         return second_factor(srv, areq, form, address)
     username, password = form.get("username", ""), form.get("password", "")
-    keys = (f"user:{username}", f"address:{address}")
+    keys = login_limits("user", username, address)
     if not srv.login_limiter.attempt(keys):
         return login_page(
             srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
@@ -1192,7 +1202,7 @@ def second_factor(
     user = srv.storage.get_user(pending) if pending else None
     if user is None or not user.totp_secret:
         raise UntrustedRequest("This sign-in has expired. Start signing in again.")
-    keys = (f"otp:{user.username}", f"address:{address}")
+    keys = login_limits("otp", user.username, address)
     if not srv.login_limiter.attempt(keys):
         message = "Too many wrong codes. Wait a few minutes."
         return otp_page(srv, areq, user.username, message, 429), None
@@ -1250,6 +1260,12 @@ def consent(
     return issue_code(srv, areq, session.username, session.auth_time)
 
 
+def credentials_fingerprint(user: User) -> str:
+    """Changes when the user's password or TOTP secret does, ending older sessions."""
+    material = f"{user.password_hash}\0{user.totp_secret or ''}".encode()
+    return hashlib.sha256(material).hexdigest()[:16]
+
+
 class LoginLimiter:
     """Counts failed logins per key (user, client address) in a sliding window."""
 
@@ -1261,27 +1277,35 @@ class LoginLimiter:
     def _recent(self, key: str, now: float) -> list[float]:
         return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
 
-    def attempt(self, keys: tuple[str, ...]) -> bool:
-        """Count an attempt as failed before the password is checked, in one step, so that
-        parallel guesses cannot all slip past the limit; False when a key is blocked."""
+    def attempt(self, limits: dict[str, int]) -> bool:
+        """Count an attempt as failed before the secret is checked, in one step, so that
+        parallel guesses cannot all slip past; False when a key has reached its limit."""
         now = self._clock()
         with self._lock:
-            if any(len(self._recent(k, now)) >= MAX_FAILED_LOGINS for k in keys):
+            if any(len(self._recent(k, now)) >= limit for k, limit in limits.items()):
                 return False
             if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
                 self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
-            for key in keys:
+            for key in limits:
                 self._failures[key] = [*self._recent(key, now), now]
             return True
 
-    def succeeded(self, keys: tuple[str, ...]) -> None:
-        """The attempt was right: forget the user's failures, and this one attempt."""
-        user, *others = keys
+    def succeeded(self, limits: dict[str, int]) -> None:
+        """The attempt was right: forget the first key's failures, and this one attempt."""
+        first, *others = limits
         with self._lock:
-            self._failures.pop(user, None)
+            self._failures.pop(first, None)
             for key in others:
                 if self._failures.get(key):
                     self._failures[key].pop()
+
+
+def login_limits(kind: str, username: str, address: str) -> dict[str, int]:
+    return {
+        f"{kind}:{username}@{address}": MAX_FAILED_LOGINS,
+        f"{kind}:{username}": MAX_FAILED_LOGINS_PER_USER,
+        f"address:{address}": MAX_FAILED_LOGINS_PER_ADDRESS,
+    }
 
 
 ###############################################################################
@@ -1333,6 +1357,8 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
+    if srv.storage.get_user(code.username) is None:
+        raise InvalidGrant("The user of this code no longer exists.")
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
     # the user must have granted with the offline_access scope.
     offline = "openid" not in code.scope or "offline_access" in code.scope
@@ -1665,7 +1691,7 @@ def end_session(
 def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> Page:
     asker = f" from <strong>{client_label(client)}</strong>" if client else ""
     body = f"""<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
-<form method="post" action="logout">{_hidden_fields(srv, params)}
+<form method="post" action="logout">{_hidden_fields(srv, params, "logout")}
 <button type="submit" name="confirm" value="yes">Sign out</button></form>"""
     return Page("Sign out?", body)
 
@@ -1685,8 +1711,17 @@ def introspect(srv: Server, params: dict[str, str], authorization: str | None) -
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
-    # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}.
-    if token is None or not token.active(srv.clock()):
+    # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}, and
+    # so is one the caller "is not allowed to introspect": another client's refresh
+    # token (only resource servers need access tokens), or a token whose user or client
+    # was removed.
+    if (
+        token is None
+        or not token.active(srv.clock())
+        or (token.kind == "refresh" and token.client_id != client.client_id)
+        or (token.username is not None and srv.storage.get_user(token.username) is None)
+        or srv.storage.get_client(token.client_id) is None
+    ):
         return {"active": False}
     body: dict[str, Any] = {
         "active": True,
@@ -1710,10 +1745,13 @@ def revoke(srv: Server, params: dict[str, str], authorization: str | None) -> No
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
-    # RFC 7009 §2.2: "invalid tokens do not cause an error response"; neither does a token
-    # of another client, which is left alone so that clients cannot revoke each other's.
-    if token is None or token.client_id != client.client_id:
+    # RFC 7009 §2.2: "invalid tokens do not cause an error response".
+    if token is None:
         return
+    # RFC 7009 §2.1: if the token was not issued to this client, "the request is refused
+    # and the client is informed of the error".
+    if token.client_id != client.client_id:
+        raise UnauthorizedClient("This token was not issued to this client.")
     if token.kind == "refresh":
         # RFC 7009 §2.1: revoking a refresh token SHOULD revoke the grant's access tokens.
         srv.storage.revoke_family(token.family_id)
@@ -1809,7 +1847,9 @@ class Server:
             )
         if demo:
             add_demo(self)
-        self.wsgi: Callable[..., Iterable[bytes]] = _secure_headers(build_app(self))
+        self.wsgi: Callable[..., Iterable[bytes]] = _secure_headers(
+            build_app(self), https=self.secure_cookies
+        )
 
     @property
     def secure_cookies(self) -> bool:
@@ -1978,12 +2018,23 @@ class Server:
         return payload
 
     def session_cookie(self, session: Session) -> str:
-        payload = {"u": session.username, "t": session.auth_time, "s": session.sid}
+        user = self.storage.get_user(session.username)
+        payload = {
+            "u": session.username,
+            "t": session.auth_time,
+            "s": session.sid,
+            "f": credentials_fingerprint(user) if user else "",
+        }
         return self._dumps(payload, "session", SESSION_LIFETIME)
 
     def read_session(self, cookie: str | None) -> Session | None:
+        """The signed-in user, unless the session was ended (logout), or the user was
+        removed or changed password or second factor since signing in."""
         payload = self._loads(cookie, "session")
         if not payload or "s" not in payload or self.storage.session_ended(payload["s"]):
+            return None
+        user = self.storage.get_user(payload["u"])
+        if user is None or payload.get("f") != credentials_fingerprint(user):
             return None
         return Session(payload["u"], payload["t"], payload["s"])
 
@@ -2000,18 +2051,25 @@ class Server:
         return hmac.compare_digest(expected, cookie.encode("utf-8", "surrogatepass"))
 
     def sign_pending(self, username: str) -> str:
-        """Who typed the right password, for the TOTP step that follows (RFC 6238)."""
-        return self._dumps({"u": username}, "otp", OTP_LIFETIME)
+        """Who typed the right password, for the TOTP step that follows (RFC 6238); bound
+        to this browser's CSRF cookie, so it is worth nothing in another browser."""
+        return self._dumps({"u": username, "c": _current_csrf_cookie()}, "otp", OTP_LIFETIME)
 
     def unsign_pending(self, value: str | None) -> str | None:
         payload = self._loads(value, "otp")
-        return payload["u"] if payload else None
+        if not payload or payload.get("c") != _current_csrf_cookie():
+            return None
+        return payload["u"]
 
-    def sign_request(self, params: dict[str, str]) -> str:
-        return self._dumps({"p": params}, "authorize", FORM_LIFETIME)
+    def sign_request(self, params: dict[str, str], purpose: str = "authorize") -> str:
+        """The request a form continues, signed for one ``purpose`` (salt): a logout
+        form's blob is no authorization request."""
+        return self._dumps({"p": params}, purpose, FORM_LIFETIME)
 
-    def unsign_request(self, value: str | None) -> dict[str, str] | None:
-        payload = self._loads(value, "authorize")
+    def unsign_request(
+        self, value: str | None, purpose: str = "authorize"
+    ) -> dict[str, str] | None:
+        payload = self._loads(value, purpose)
         return payload["p"] if payload else None
 
     # -- Running ---------------------------------------------------------------
@@ -2030,9 +2088,12 @@ class Server:
                 add_demo(self)
         thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
         thread.start()
+        stop_purging = threading.Event()
+        purge_forever(self, stop=stop_purging)
         try:
             yield url
         finally:
+            stop_purging.set()
             httpd.shutdown()
             httpd.server_close()
             thread.join()
@@ -2053,14 +2114,22 @@ CSRF_COOKIE = "codeflow_csrf"
 HOST_PREFIX = "__Host-"
 
 
-def _secure_headers(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+def _secure_headers(
+    app: Callable[..., Iterable[bytes]], https: bool = False
+) -> Callable[..., Iterable[bytes]]:
     """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16), and
-    refuse a path that is not UTF-8 (bottle would drop its bad bytes and serve the rest)."""
+    refuse a path that is not UTF-8 (bottle would drop its bad bytes and serve the rest).
+
+    On an https issuer, HSTS too (RFC 6797). CSP has no form-action: browsers apply it to
+    the redirect after the consent form, which goes to the client's own origin."""
+    secure_headers = SECURITY_HEADERS + (
+        (("Strict-Transport-Security", "max-age=31536000"),) if https else ()
+    )
 
     def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
         def start(status: str, headers: list, exc_info: Any = None) -> Any:
             present = {name.lower() for name, _ in headers}
-            extra = [h for h in SECURITY_HEADERS if h[0].lower() not in present]
+            extra = [h for h in secure_headers if h[0].lower() not in present]
             return start_response(status, headers + extra, exc_info)
 
         try:
@@ -2255,7 +2324,7 @@ def build_app(srv: Server) -> bottle.Bottle:
             return end_session(srv, form, current_session(), False)
         if not srv.check_csrf(form["csrf_token"], get_cookie(CSRF_COOKIE)):
             raise UntrustedRequest("This form has expired. Sign out again.")
-        params = srv.unsign_request(form.get("request")) or {}
+        params = srv.unsign_request(form.get("request"), "logout") or {}
         return end_session(srv, params, current_session(), form.get("confirm") == "yes")
 
     @app.get("/")
@@ -2404,6 +2473,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class QuietHandler(WSGIRequestHandler):
+    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 

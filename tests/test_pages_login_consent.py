@@ -174,14 +174,28 @@ def test_too_many_failures_for_a_user_blocks_even_the_right_password(browser):
 
 
 def test_user_limit_applies_from_every_address(server):
-    """RFC 6749 §10.10 spirit: guesses at one account from many addresses are still
-    counted against that account.
+    """RFC 6749 §10.10 spirit, NIST SP 800-63B §5.2.2: guesses at one account from many
+    addresses are counted against that account, up to MAX_FAILED_LOGINS_PER_USER.
     """
-    for i in range(codeflow.MAX_FAILED_LOGINS):
-        attacker = WSGIClient(server.wsgi, remote_addr=f"192.0.2.{i + 1}")
+    for i in range(codeflow.MAX_FAILED_LOGINS_PER_USER):
+        attacker = WSGIClient(server.wsgi, remote_addr=f"192.0.{i // 250}.{i % 250 + 1}")
         submit_login(attacker, login_page(attacker), password="guess")
     user = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
     assert submit_login(user, login_page(user)).status == 429
+
+
+def test_guesses_from_one_address_do_not_lock_the_user_out_elsewhere(server):
+    """NIST SP 800-63B §5.2.2 spirit: the tight limit is per user and address, so an
+    attacker's wrong guesses do not keep the real user from signing in from their own."""
+    attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.66")
+    page = login_page(attacker)
+    for _ in range(codeflow.MAX_FAILED_LOGINS):
+        assert submit_login(attacker, page, password="guess").status == 200
+    assert submit_login(attacker, page).status == 429
+    user = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
+    r = submit_login(user, login_page(user))
+    assert r.status == 303
+    assert set_cookie(r, SESSION_COOKIE) is not None
 
 
 def test_too_many_failures_from_one_address_blocks_that_address(server):
@@ -190,7 +204,7 @@ def test_too_many_failures_from_one_address_blocks_that_address(server):
     """
     attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.66")
     page = login_page(attacker)
-    for i in range(codeflow.MAX_FAILED_LOGINS):
+    for i in range(codeflow.MAX_FAILED_LOGINS_PER_ADDRESS):
         assert submit_login(attacker, page, username=f"user{i}", password="x").status == 200
     assert submit_login(attacker, page).status == 429
 

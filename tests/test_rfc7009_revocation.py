@@ -114,18 +114,19 @@ def test_revoking_twice_is_200(server: codeflow.Server, wc: WSGIClient) -> None:
     assert revoke(wc, issued["access_token"]).status == 200
 
 
-def test_token_of_another_client_is_200_and_stays_active(
+def test_token_of_another_client_is_refused_and_stays_active(
     server: codeflow.Server, wc: WSGIClient
 ) -> None:
     """RFC 7009 §2.1: the server "verifies whether the token was issued to the client making
-    the revocation request. If this validation fails, the request is refused". codeflow
-    refuses it silently: the token is left alone and the answer is the 200 of §2.2 ("invalid
-    tokens do not cause an error response"), which tells the caller nothing about the token."""
-    theirs = server.issue_tokens(USERNAME, PUBLIC, "profile")
+    the revocation request. If this validation fails, the request is refused and the client
+    is informed of the error": 400 unauthorized_client, and the token is left alone."""
+    theirs = server.issue_tokens(USERNAME, PUBLIC, "openid offline_access")
     for kind in ("access_token", "refresh_token"):
         r = revoke(wc, theirs[kind])
-        assert r.status == 200, r.text
-        assert active(wc, theirs[kind])
+        assert r.status == 400, r.text
+        assert r.json()["error"] == "unauthorized_client"
+        stored = server.storage.get_token(codeflow.token_hash(theirs[kind]))
+        assert stored is not None and not stored.revoked
 
 
 def test_missing_token_is_invalid_request(wc: WSGIClient) -> None:

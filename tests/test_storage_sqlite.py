@@ -362,3 +362,14 @@ def test_closed_storage_refuses_work(path: Path) -> None:
     storage.close()  # closing twice is harmless
     with pytest.raises(RuntimeError, match="closed"):
         storage.get_token("a1")
+
+
+def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """DESIGN "Secrets reach storage only as hashes" cannot hold for the cookie-signing key,
+    the private signing keys and TOTP secrets: the file and its WAL are mode 0600."""
+    path = tmp_path / "private.db"
+    with SQLiteStorage(path) as storage:
+        storage.get_or_add_setting("secret_key", "k")
+        for file in (path, Path(f"{path}-wal")):
+            assert file.exists()
+            assert file.stat().st_mode & 0o077 == 0, oct(file.stat().st_mode)

@@ -295,6 +295,11 @@ class SQLiteStorage:
     def _open(self) -> sqlite_utils.Database:
         # isolation_level=None: the sqlite3 module opens no transactions of its own;
         # a statement outside ``_write`` commits by itself.
+        # The file holds what cannot be hashed (the cookie-signing key, private signing
+        # keys, TOTP secrets): only its owner may read it. SQLite gives the -wal and -shm
+        # files the database's permissions.
+        if self.path != ":memory:":
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
