@@ -35,11 +35,14 @@ class LiveServer:
     every other attribute is the Server's (``add_user``, ``faults``, ``transcript``...)."""
 
     def __init__(self, server: codeflow.Server, url: str) -> None:
-        self.server = server
-        self.url = url
+        object.__setattr__(self, "server", server)
+        object.__setattr__(self, "url", url)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.server, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.server, name, value)  # live.auto_approve = "bob" sets the server's
 
     def __repr__(self) -> str:
         return f"<codeflow live server {self.url}>"

@@ -119,7 +119,8 @@ class HeadlessBrowser:
             }  # fmt: skip
             action = _ACTION.search(page)
             if status != 200 or action is None:
-                raise LoginError(f"the provider answered {status}: {_alert(page)}", page)
+                summary = _alert(page) or _summary(page)
+                raise LoginError(f"the provider answered {status}: {summary}", page)
             if form is not None and form.get("username") and _alert(page):
                 raise LoginError(f"sign-in failed: {_alert(page)}", page)
             url = urllib.parse.urljoin(url, html.unescape(action.group(1)))
@@ -165,9 +166,14 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def _alert(page: str) -> str:
+    """The page's error message, if it shows one."""
     found = _ALERT.search(page)
-    text = found.group(1) if found else re.sub(r"<[^>]+>", " ", page)[:200]
-    return html.unescape(" ".join(text.split()))
+    return html.unescape(" ".join(found.group(1).split())) if found else ""
+
+
+def _summary(page: str) -> str:
+    main = page.split("<main>", 1)[-1]
+    return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", main).split()))[:300]
 
 
 def _totp(secret: str | None, clock: Callable[[], float]) -> str:
