@@ -62,6 +62,7 @@ class _Factory:
         options.setdefault("clock", Clock())
         srv = codeflow.Server(**options)
         srv.storage.get_or_add_signing_key(self._key)
+        _share_parsed_key(srv, self._key)
         if not live:
             return srv
         url = self._stack.enter_context(srv.running())
@@ -69,6 +70,20 @@ class _Factory:
 
     def close(self) -> None:
         self._stack.close()
+
+
+_parsed: dict[str, Any] = {}  # kid -> the session key, parsed once per process
+
+
+def _share_parsed_key(srv: Any, key: Any) -> None:
+    """Parsing an RSA PEM (with its consistency checks) costs tens of milliseconds; hand
+    each server the parsed session key. Harmless if the server caches keys otherwise."""
+    cache = getattr(srv, "_private_keys", None)
+    if not isinstance(cache, dict):
+        return
+    if key.kid not in _parsed:
+        _parsed[key.kid] = srv.private_key(key)
+    cache.setdefault(key.kid, _parsed[key.kid])
 
 
 @pytest.fixture(scope="session")
