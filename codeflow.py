@@ -2780,7 +2780,10 @@ def _with_faults(srv: Server, app: WSGIApp) -> WSGIApp:
 
 
 def _answer(start_response: Callable, status: int, body: bytes, ctype: str, **extra: str) -> list:
-    reason = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))),
                ("Cache-Control", "no-store"), *extra.items()]  # fmt: skip
     start_response(f"{status} {reason}".strip(), [(k.replace("_", "-"), v) for k, v in headers])
@@ -2812,6 +2815,10 @@ def _inject(
                                "text/html; charset=utf-8")  # fmt: skip
             location = error_redirect(srv, redirect_uri, state, err).location
             return _answer(start_response, 302, b"", "text/plain", Location=location)
+        if fault.endpoint in ("login", "consent", "logout"):  # pages, as the browser expects
+            page = f"<!doctype html><title>Error</title><h1>{esc(err.error)}</h1>"
+            page += f"<p>{esc(err.description)}</p>"
+            return _answer(start_response, fault.status, page.encode(), "text/html; charset=utf-8")
         extra = {}
         if fault.endpoint == "userinfo":  # RFC 6750 §3
             extra["WWW_Authenticate"] = f'Bearer realm="codeflow", error="{err.error}"'

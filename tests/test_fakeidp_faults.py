@@ -196,3 +196,11 @@ def test_serve_test_mode_prints_a_warning_and_serves_the_control_surface() -> No
         assert requests.get(server.base + "/jwks", timeout=TIMEOUT).status_code == 200
         assert server.interrupt() == 0, server.stderr
     assert "WARNING: --test-mode" in server.stdout
+
+
+def test_an_oauth_error_on_a_page_is_a_page(idp) -> None:
+    """Browser-facing endpoints (login, consent, logout) answer an injected error as HTML."""
+    idp.faults.add(endpoint="logout", kind="oauth_error", error="temporarily_unavailable")
+    r = requests.get(idp.url + "/logout", timeout=TIMEOUT)
+    assert r.status_code == 400 and r.headers["Content-Type"].startswith("text/html")
+    assert "temporarily_unavailable" in r.text

@@ -68,3 +68,18 @@ def test_a_backend_on_the_internal_url_completes_the_flow(codeflow_factory) -> N
     })  # fmt: skip
     claims = jwt.decode(r.json()["id_token"], options={"verify_signature": False})
     assert claims["iss"] == public
+
+
+def test_serve_internal_url() -> None:
+    """CLI ``codeflow serve --issuer PUBLIC --internal-url INTERNAL``: discovery on the
+    internal host names the internal token endpoint and the public authorize endpoint."""
+    from test_cli import TIMEOUT, free_port, serving
+
+    port = free_port()
+    internal = f"http://127.0.0.1:{port}"
+    with serving("--issuer", f"http://localhost:{port}", "--internal-url", internal,
+                 port=port) as server:  # fmt: skip
+        meta = requests.get(internal + codeflow.OIDC_METADATA_PATH, timeout=TIMEOUT).json()
+        assert meta["token_endpoint"] == internal + "/token"
+        assert meta["authorization_endpoint"] == f"http://localhost:{port}/authorize"
+        assert server.interrupt() == 0, server.stderr
