@@ -43,15 +43,14 @@ def test_servers_share_the_session_signing_key(
         assert srv.signing_key("RS256").kid == codeflow_signing_key.kid
 
 
+SEEN: dict[str, str] = {}  # per process: each pytest-xdist worker has its own session
+
+
 @pytest.mark.parametrize("round_", [1, 2])
 def test_session_live_server_is_the_same_in_every_test(codeflow_session_live, round_) -> None:
     """DESIGN "session-scoped": the session's live server keeps its port across tests."""
-    url = codeflow_session_live.url
-    if round_ == 1:
-        pytest.session_live_url = url  # type: ignore[attr-defined]
-    else:
-        assert url == pytest.session_live_url  # type: ignore[attr-defined]
-    assert requests.get(url + "/jwks", timeout=5).status_code == 200
+    assert SEEN.setdefault("url", codeflow_session_live.url) == codeflow_session_live.url
+    assert requests.get(codeflow_session_live.url + "/jwks", timeout=5).status_code == 200
 
 
 def test_the_clock_fixture_moves_the_servers_time(codeflow_server, codeflow_clock) -> None:
