@@ -1765,6 +1765,9 @@ class Server:
 
     ``auto_approve="alice"`` skips login and consent for tests: every authorization
     request is approved at once as alice, or as the user named by ``login_hint``.
+    For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
+    exchange, ``test_mode=True`` also opens the HTTP control surface, and
+    ``internal_url`` is where back-channel clients reach the server by another name.
     """
 
     def __init__(
@@ -2494,6 +2497,7 @@ FAULT_ENDPOINTS = {
 # the checks a client must make; each of these fails exactly one of them).
 TOKEN_FAULTS = ("bad_signature", "wrong_iss", "wrong_aud", "expired", "unknown_kid")
 FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAULTS)
+MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
 
 
 @dataclass
@@ -2545,6 +2549,8 @@ class FaultPlan:
             raise ValueError(f"{kind} alters the ID token of the token endpoint only")
         if not isinstance(times, int) or times < 1:
             raise ValueError("times must be a positive integer")
+        if not isinstance(delay, int | float) or not 0 <= delay <= MAX_FAULT_DELAY:
+            raise ValueError(f"delay must be 0 to {MAX_FAULT_DELAY} seconds")
         if status is None:
             status = 401 if error in ("invalid_client", "invalid_token") else 400
         if not ERROR_CODE_RE.fullmatch(error) or not 400 <= status <= 599:

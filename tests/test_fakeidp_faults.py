@@ -143,6 +143,9 @@ def test_the_plan_refuses_what_it_cannot_do(codeflow_server) -> None:
         codeflow_server.faults.add(endpoint="jwks", kind="expired")
     with pytest.raises(ValueError, match="times"):
         codeflow_server.faults.add(endpoint="token", kind="http_500", times=0)
+    with pytest.raises(ValueError, match="delay"):
+        codeflow_server.faults.add(endpoint="token", kind="delay", delay=10**9)
+    assert codeflow_server.faults.pending == []
 
 
 def test_faults_over_http_in_test_mode(idp, client) -> None:
@@ -196,6 +199,14 @@ def test_serve_test_mode_prints_a_warning_and_serves_the_control_surface() -> No
         assert requests.get(server.base + "/jwks", timeout=TIMEOUT).status_code == 200
         assert server.interrupt() == 0, server.stderr
     assert "WARNING: --test-mode" in server.stdout
+
+
+def test_serve_help_names_the_fake_idp_options() -> None:
+    """CLI: ``codeflow serve --help`` lists --test-mode and --internal-url."""
+    from test_cli import run
+
+    result = run("serve", "--help")
+    assert "--test-mode" in result.stdout and "--internal-url" in result.stdout
 
 
 def test_an_oauth_error_on_a_page_is_a_page(idp) -> None:
