@@ -97,3 +97,17 @@ def test_auto_approve_needs_no_credentials(idp, client: Client) -> None:
     idp.auto_approve = "alice"
     url, record = client.start_login("openid")
     assert client.finish_login(headless_login(url), record).sub == "alice"
+
+
+def test_totp_follows_a_moved_server_clock(idp, client: Client, codeflow_clock) -> None:
+    """RFC 6238 §4: the code is for the server's time step; with the server's clock moved
+    an hour ahead, the helper computes the code on that clock (``clock=``)."""
+    secret = pyotp.random_base32()
+    idp.add_user("tom", "tom-password", totp_secret=secret)
+    codeflow_clock.advance(3600)
+    url, _ = client.start_login("openid")
+    with pytest.raises(LoginError, match="TOTP code was refused"):
+        headless_login(url, "tom", "tom-password", totp_secret=secret)
+    url, _ = client.start_login("openid")
+    callback = headless_login(url, "tom", "tom-password", totp_secret=secret, clock=codeflow_clock)
+    assert query(callback)["code"]
