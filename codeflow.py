@@ -32,6 +32,8 @@ import getpass
 import hashlib
 import hmac
 import html
+import http
+import io
 import json
 import logging
 import re
@@ -931,6 +933,7 @@ def validate_authorization_request(
         # of every client that has not opted out.
         if client.public or client.require_pkce:
             raise InvalidRequest("code_challenge is required (PKCE, RFC 7636).")
+        note_relaxation(srv, client, "require_pkce=False: an authorization request without PKCE")
     else:
         # RFC 7636 §4.3: a missing method means "plain", which RFC 9700 §2.1.1 rules out.
         if method != "S256":
@@ -1357,6 +1360,8 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
+    if code.code_challenge is None:
+        note_relaxation(srv, client, "require_pkce=False: a code redeemed without code_verifier")
     if srv.storage.get_user(code.username) is None:
         raise InvalidGrant("The user of this code no longer exists.")
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
@@ -1546,6 +1551,8 @@ def id_token(
     }
     if nonce is not None:
         body["nonce"] = nonce
+    if srv._next_claims:  # a test scripted this token's claims (Server.next_claims)
+        body.update(srv.take_next_claims(username))
     return sign(srv, body, client.id_token_signed_response_alg)
 
 
@@ -1759,19 +1766,23 @@ def revoke(srv: Server, params: dict[str, str], authorization: str | None) -> No
         srv.storage.revoke_token(token.token_hash)
 
 
-def oauth_metadata(srv: Server) -> dict[str, Any]:
+def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
     """RFC 8414 §2 and OIDC Discovery 1.0 §3: what this server supports, and nothing it
-    does not. One document serves both well-known paths, so they cannot disagree."""
+    does not. One document serves both well-known paths, so they cannot disagree.
+
+    ``internal``: the document was asked for on ``srv.internal_url``, so the back-channel
+    endpoints are listed there; the browser-facing ones and the issuer stay public."""
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    back = srv.internal_url if internal and srv.internal_url else srv.issuer
     return {
         "issuer": srv.issuer,
         "authorization_endpoint": srv.issuer + AUTHORIZE_PATH,
-        "token_endpoint": srv.issuer + TOKEN_PATH,
-        "userinfo_endpoint": srv.issuer + USERINFO_PATH,
-        "jwks_uri": srv.issuer + JWKS_PATH,
+        "token_endpoint": back + TOKEN_PATH,
+        "userinfo_endpoint": back + USERINFO_PATH,
+        "jwks_uri": back + JWKS_PATH,
         "end_session_endpoint": srv.issuer + LOGOUT_PATH,
-        "introspection_endpoint": srv.issuer + INTROSPECT_PATH,
-        "revocation_endpoint": srv.issuer + REVOKE_PATH,
+        "introspection_endpoint": back + INTROSPECT_PATH,
+        "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
@@ -1806,6 +1817,9 @@ class Server:
 
     ``auto_approve="alice"`` skips login and consent for tests: every authorization
     request is approved at once as alice, or as the user named by ``login_hint``.
+    For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
+    exchange, ``test_mode=True`` also opens the HTTP control surface, and
+    ``internal_url`` is where back-channel clients reach the server by another name.
     """
 
     def __init__(
@@ -1822,12 +1836,14 @@ class Server:
         id_token_lifetime: int = ID_TOKEN_LIFETIME,
         access_token_audience: str | None = None,
         demo: bool = False,
+        test_mode: bool = False,
+        transcript: bool = False,
+        internal_url: str | None = None,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.clock = clock
-        self.auto_approve = auto_approve
         self.code_lifetime = code_lifetime
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
@@ -1841,15 +1857,44 @@ class Server:
         key = secret_key or self.storage.get_or_add_setting("secret_key", secrets.token_hex(32))
         self._serializer = itsdangerous.URLSafeSerializer(key)
         self._secret_cache: dict[tuple[str, str], bytes] = {}
-        if auto_approve is not None:
-            log.warning(
-                "codeflow: auto-approve is on: every request is approved as %r", auto_approve
-            )
+        self.auto_approve = auto_approve
         if demo:
             add_demo(self)
         self.wsgi: Callable[..., Iterable[bytes]] = _secure_headers(
             build_app(self), https=self.secure_cookies
         )
+        # A fake IdP for test suites (see its section): back-channel endpoints on another
+        # base URL, scripted claims, a fault plan, and a transcript when asked for.
+        self.internal_url = internal_url.rstrip("/") if internal_url else None
+        self.test_mode = test_mode
+        self.faults = FaultPlan()
+        self.transcript = Transcript(enabled=transcript or test_mode)
+        self._next_claims: list[tuple[str | None, dict[str, Any]]] = []
+        self._claims_lock = threading.Lock()
+        self.wsgi = _with_faults(self, self.wsgi)
+        if self.transcript.enabled:
+            self.wsgi = _recording(self, self.wsgi)
+        if test_mode:
+            log.warning(
+                "codeflow: TEST MODE: faults can be injected over HTTP at %sfaults and every "
+                "request is recorded; never run this in production", CONTROL_PREFIX
+            )
+
+    @property
+    def auto_approve(self) -> str | None:
+        """The user every authorization request is approved as, at once; None: ask."""
+        return self._auto_approve
+
+    @auto_approve.setter
+    def auto_approve(self, username: str | None) -> None:
+        self._auto_approve = username
+        if username is None:
+            return
+        log.warning("codeflow: auto-approve is on: every request is approved as %r", username)
+        if self.storage.get_user(username) is None:
+            # A real user (without a password), so that its codes, userinfo and
+            # introspection behave as any user's.
+            self.add_user(username)
 
     @property
     def secure_cookies(self) -> bool:
@@ -1946,6 +1991,30 @@ class Server:
             family_id=new_secret(), refresh=username is not None and offline,
             auth_time=int(self.clock()), claims=claims,
         )  # fmt: skip
+
+    def set_claims(self, username: str, claims: dict[str, Any], *, merge: bool = True) -> User:
+        """Set a user's claims (what userinfo answers, OIDC Core §5.3), merged into the
+        current ones unless ``merge=False``."""
+        user = self.storage.get_user(username)
+        if user is None:
+            raise ValueError(f"unknown user {username!r}")
+        user = replace(user, claims={**(user.claims if merge else {}), **claims})
+        self.storage.add_user(user)
+        return user
+
+    def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
+        """Put ``claims`` into the next ID token issued (for ``username`` only, if given),
+        over the ones it would carry; used once. Queued calls apply in order."""
+        with self._claims_lock:
+            self._next_claims.append((username, dict(claims)))
+
+    def take_next_claims(self, username: str) -> dict[str, Any]:
+        with self._claims_lock:
+            for i, (who, claims) in enumerate(self._next_claims):
+                if who is None or who == username:
+                    del self._next_claims[i]
+                    return claims
+        return {}
 
     def check_client_secret(self, client: Client, secret: str) -> bool:
         """Verify a client secret against its scrypt hash.
@@ -2287,8 +2356,11 @@ def build_app(srv: Server) -> bottle.Bottle:
     @app.get(OAUTH_METADATA_PATH)
     @app.get(OIDC_METADATA_PATH)
     def metadata() -> bottle.HTTPResponse:
+        internal = bool(srv.internal_url) and (
+            request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
+        )
         return bottle.HTTPResponse(
-            json.dumps(oauth_metadata(srv)), 200, {"Content-Type": "application/json"}
+            json.dumps(oauth_metadata(srv, internal)), 200, {"Content-Type": "application/json"}
         )
 
     @app.get(JWKS_PATH)
@@ -2493,6 +2565,461 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
 
 
 ###############################################################################
+# A fake IdP for test suites: scripted claims, fault plan, transcript #########
+###############################################################################
+
+# Test conveniences are explicit opt-ins that announce themselves (DESIGN "Defaults"):
+# the fault plan acts only when a test fills it, the transcript records only when
+# asked, and the HTTP control surface exists only in test mode.
+WSGIApp = Callable[..., Iterable[bytes]]
+CONTROL_PREFIX = "/_codeflow/"
+REDACTED = "[redacted]"
+# Parameters and JSON members whose values are secrets, never written to a transcript.
+SECRET_NAMES = frozenset({
+    "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
+    "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
+})  # fmt: skip
+SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
+FAULT_ENDPOINTS = {
+    "authorize": (AUTHORIZE_PATH,),
+    "login": (LOGIN_PATH,),
+    "consent": (CONSENT_PATH,),
+    "token": (TOKEN_PATH,),
+    "introspect": (INTROSPECT_PATH,),
+    "revoke": (REVOKE_PATH,),
+    "userinfo": (USERINFO_PATH,),
+    "jwks": (JWKS_PATH,),
+    "logout": (LOGOUT_PATH,),
+    "discovery": (OAUTH_METADATA_PATH, OIDC_METADATA_PATH),
+}
+# The ID token of the token response, wrong in one way each (OIDC Core §3.1.3.7 lists
+# the checks a client must make; each of these fails exactly one of them).
+TOKEN_FAULTS = ("bad_signature", "wrong_iss", "wrong_aud", "expired", "unknown_kid")
+FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAULTS)
+MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
+
+
+@dataclass
+class Fault:
+    """One entry of a fault plan: the next ``times`` calls of ``endpoint`` go wrong."""
+
+    endpoint: str
+    kind: str
+    times: int = 1
+    error: str = "server_error"  # for oauth_error: the RFC 6749 §5.2 / §4.1.2.1 code
+    status: int = 400  # for oauth_error
+    description: str = "Injected by the codeflow fault plan."
+    delay: float = 1.0  # seconds, for delay
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class FaultPlan:
+    """What goes wrong next: ``srv.faults.add(endpoint="token", kind="http_500")``.
+
+    Kinds: ``oauth_error`` (an OAuth error response with ``error`` and ``status``;
+    at the authorization endpoint a redirect to the client, RFC 6749 §4.1.2.1),
+    ``http_500``, ``delay`` (``delay`` seconds, then the real answer),
+    ``malformed_json``, and for the token endpoint an ID token wrong in one way:
+    ``bad_signature``, ``wrong_iss``, ``wrong_aud``, ``expired``, ``unknown_kid``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(
+        self,
+        endpoint: str,
+        kind: str = "oauth_error",
+        times: int = 1,
+        *,
+        error: str = "server_error",
+        status: int | None = None,
+        description: str = "Injected by the codeflow fault plan.",
+        delay: float = 1.0,
+    ) -> Fault:
+        if endpoint not in FAULT_ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {sorted(FAULT_ENDPOINTS)}")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {FAULT_KINDS}")
+        if kind in TOKEN_FAULTS and endpoint != "token":
+            raise ValueError(f"{kind} alters the ID token of the token endpoint only")
+        if not isinstance(times, int) or times < 1:
+            raise ValueError("times must be a positive integer")
+        if not isinstance(delay, int | float) or not 0 <= delay <= MAX_FAULT_DELAY:
+            raise ValueError(f"delay must be 0 to {MAX_FAULT_DELAY} seconds")
+        if status is None:
+            status = 401 if error in ("invalid_client", "invalid_token") else 400
+        if not ERROR_CODE_RE.fullmatch(error) or not 400 <= status <= 599:
+            raise ValueError("error must be an RFC 6749 error code and status 4xx or 5xx")
+        fault = Fault(endpoint, kind, times, error, status, description, float(delay))
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def take(self, endpoint: str) -> Fault | None:
+        """The fault for this call of ``endpoint``, counted down, or None."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.endpoint == endpoint:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self._faults.remove(fault)
+                    return replace(fault, times=1)
+        return None
+
+    @property
+    def pending(self) -> list[Fault]:
+        with self._lock:
+            return [replace(f) for f in self._faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._faults)
+
+
+# RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E ); we keep to the usual codes.
+ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
+
+
+@dataclass
+class Exchange:
+    """One request and its response, as a transcript keeps it (secrets redacted)."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    request_headers: dict[str, str]
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    relaxations: list[str] = field(default_factory=list)
+    fault: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_exchange_local = threading.local()  # the Exchange being recorded on this thread
+
+
+class Transcript:
+    """Every request the server handled and its response, secrets redacted.
+
+    Recorded only when the server was made with ``transcript=True`` or
+    ``test_mode=True``; a list of Exchange for assertions, ``dump(path)`` for a file.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._exchanges: list[Exchange] = []
+
+    def record(self, exchange: Exchange) -> None:
+        with self._lock:
+            self._exchanges.append(exchange)
+
+    def __iter__(self) -> Iterator[Exchange]:
+        return iter(list(self._exchanges))
+
+    def __len__(self) -> int:
+        return len(self._exchanges)
+
+    def __getitem__(self, index: int) -> Exchange:
+        return self._exchanges[index]
+
+    def find(self, path: str | None = None, method: str | None = None) -> list[Exchange]:
+        """The exchanges of a path (and method), oldest first."""
+        return [
+            e for e in self
+            if (path is None or e.path == path) and (method is None or e.method == method)
+        ]  # fmt: skip
+
+    @property
+    def relaxations(self) -> list[str]:
+        """Every relaxation of the strict defaults that a request used, in order."""
+        return [r for e in self for r in e.relaxations]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._exchanges.clear()
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self]
+
+    def dump(self, path: str) -> None:
+        """Write the transcript as a JSON array of exchanges."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+
+def note_relaxation(srv: Server, client: Client, what: str) -> None:
+    """Name, in the transcript, a relaxation of the strict defaults that a client's
+    registration allowed and a request just used."""
+    exchange = getattr(_exchange_local, "exchange", None)
+    if exchange is not None:
+        exchange.relaxations.append(f"client {client.client_id!r}: {what}")
+    log.info("codeflow: client %r used a relaxation: %s", client.client_id, what)
+
+
+def _redact_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {k: REDACTED if k in SECRET_NAMES else v for k, v in pairs}
+
+
+def _redact_location(location: str) -> str:
+    parts = urllib.parse.urlsplit(location)
+    if not parts.query:
+        return location
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = urllib.parse.urlencode(_redact_pairs(pairs))
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+_HIDDEN_SECRET_RE = re.compile(r'(name="(?:csrf_token|pending)" value=")[^"]*')
+
+
+def _redacted_body(body: bytes, content_type: str) -> Any:
+    text = body.decode("utf-8", "replace")
+    if content_type.startswith("application/json") or content_type.endswith("+json"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(value, dict):
+            return {k: REDACTED if k in SECRET_NAMES else v for k, v in value.items()}
+        return value
+    return _HIDDEN_SECRET_RE.sub(r"\1" + REDACTED, text)
+
+
+def _start_exchange(environ: dict) -> Exchange:
+    """Read what the request carries, leaving its body readable for the app."""
+    query = environ.get("QUERY_STRING", "")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace")
+    raw = environ.get("CONTENT_LENGTH") or "0"
+    ctype = environ.get("CONTENT_TYPE", "")
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_BODY:
+        body = environ["wsgi.input"].read(int(raw))
+        environ["wsgi.input"] = io.BytesIO(body)
+        if ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            text = body.decode("latin-1")
+            pairs += urllib.parse.parse_qsl(text, keep_blank_values=True, errors="replace")
+    headers = {
+        name[5:].replace("_", "-").title(): value
+        for name, value in environ.items()
+        if name.startswith("HTTP_")
+    }
+    if ctype:
+        headers["Content-Type"] = ctype
+    headers = {k: REDACTED if k.lower() in SECRET_HEADERS else v for k, v in headers.items()}
+    return Exchange(
+        environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""),
+        _redact_pairs(pairs), headers,
+    )  # fmt: skip
+
+
+def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
+    """Record every exchange in ``srv.transcript``; the answer itself is untouched."""
+
+    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+            return app(environ, start_response)
+        exchange = _start_exchange(environ)
+        answered: list[Any] = []
+
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            answered[:] = [status, headers]
+            return start_response(status, headers, exc_info)
+
+        _exchange_local.exchange = exchange
+        try:
+            result = app(environ, start)
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            _exchange_local.exchange = None
+        status, headers = answered or ["0", []]
+        exchange.status = int(status.split(" ", 1)[0])
+        exchange.headers = {
+            name: REDACTED if name.lower() in SECRET_HEADERS
+            else _redact_location(value) if name.lower() == "location" else value
+            for name, value in headers
+        }  # fmt: skip
+        ctype = next((v for n, v in headers if n.lower() == "content-type"), "")
+        exchange.body = _redacted_body(body, ctype.lower())
+        srv.transcript.record(exchange)
+        return [body]
+
+    return wsgi
+
+
+def _with_faults(srv: Server, app: WSGIApp) -> WSGIApp:
+    """Answer the next calls of an endpoint as ``srv.faults`` plans; in test mode, also
+    serve the HTTP control surface under /_codeflow/."""
+    endpoints = {path: name for name, paths in FAULT_ENDPOINTS.items() for path in paths}
+
+    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if srv.test_mode and path.startswith(CONTROL_PREFIX):
+            return _control(srv, environ, start_response)
+        if not srv.faults or path not in endpoints:
+            return app(environ, start_response)
+        fault = srv.faults.take(endpoints[path])
+        if fault is None:
+            return app(environ, start_response)
+        exchange = getattr(_exchange_local, "exchange", None)
+        if exchange is not None:
+            exchange.fault = fault.kind
+        log.info("codeflow: injecting fault %s at %s", fault.kind, path)
+        return _inject(srv, fault, app, environ, start_response)
+
+    return wsgi
+
+
+def _answer(start_response: Callable, status: int, body: bytes, ctype: str, **extra: str) -> list:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(body))),
+               ("Cache-Control", "no-store"), *extra.items()]  # fmt: skip
+    start_response(f"{status} {reason}".strip(), [(k.replace("_", "-"), v) for k, v in headers])
+    return [body]
+
+
+def _inject(
+    srv: Server, fault: Fault, app: Callable, environ: dict, start_response: Callable
+) -> Iterable[bytes]:
+    if fault.kind == "delay":
+        time.sleep(fault.delay)  # real time: the client's own timeouts are under test
+        return app(environ, start_response)
+    if fault.kind == "http_500":
+        return _answer(start_response, 500, b"Internal Server Error (injected)", "text/plain")
+    if fault.kind == "malformed_json":
+        return _answer(start_response, 200, b'{"access_token": "2YotnF', "application/json")
+    if fault.kind == "oauth_error":
+        err = OAuthError(fault.description)
+        err.error, err.status = fault.error, fault.status
+        if fault.endpoint == "authorize":
+            # RFC 6749 §4.1.2.1: the error goes back to a trusted redirect_uri.
+            raw = environ.get("QUERY_STRING", "").encode("latin-1")
+            try:
+                pairs = parse_pairs(raw)
+                _, redirect_uri, _ = trusted_redirect(srv, pairs)
+                state = _only(pairs, "state")
+            except OAuthError:
+                return _answer(start_response, fault.status, esc(err.description).encode(),
+                               "text/html; charset=utf-8")  # fmt: skip
+            location = error_redirect(srv, redirect_uri, state, err).location
+            return _answer(start_response, 302, b"", "text/plain", Location=location)
+        if fault.endpoint in ("login", "consent", "logout"):  # pages, as the browser expects
+            page = f"<!doctype html><title>Error</title><h1>{esc(err.error)}</h1>"
+            page += f"<p>{esc(err.description)}</p>"
+            return _answer(start_response, fault.status, page.encode(), "text/html; charset=utf-8")
+        extra = {}
+        if fault.endpoint == "userinfo":  # RFC 6750 §3
+            extra["WWW_Authenticate"] = f'Bearer realm="codeflow", error="{err.error}"'
+        body = json.dumps(err.to_json()).encode()
+        return _answer(start_response, err.status, body, "application/json", **extra)
+    return _wrong_id_token(srv, fault, app, environ, start_response)
+
+
+def _wrong_id_token(
+    srv: Server, fault: Fault, app: Callable, environ: dict, start_response: Callable
+) -> Iterable[bytes]:
+    """Let the token endpoint answer, then alter its ID token in the one chosen way."""
+    answered: list[Any] = []
+
+    def start(status: str, headers: list, exc_info: Any = None) -> Any:
+        answered[:] = [status, headers]
+        return lambda data: None
+
+    result = app(environ, start)
+    try:
+        body = b"".join(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    status, headers = answered
+    try:
+        tokens = json.loads(body)
+    except ValueError:
+        tokens = None
+    if isinstance(tokens, dict) and "id_token" in tokens:
+        tokens["id_token"] = alter_id_token(srv, tokens["id_token"], fault.kind)
+        body = json.dumps(tokens).encode()
+    headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def alter_id_token(srv: Server, token: str, kind: str) -> str:
+    """An ID token issued here, made wrong in one way (one of TOKEN_FAULTS)."""
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    alg, kid = header["alg"], header["kid"]
+    now = int(srv.clock())
+    if kind == "bad_signature":
+        head, payload, signature = token.split(".")
+        raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+        raw[len(raw) // 2] ^= 0x01
+        return f"{head}.{payload}.{b64url(bytes(raw))}"
+    if kind == "wrong_iss":
+        claims["iss"] = srv.issuer + "/not-the-issuer"
+    elif kind == "wrong_aud":
+        claims["aud"] = "not-" + str(claims["aud"])
+    elif kind == "expired":
+        # Well past the usual minutes of clock-skew leeway.
+        claims["exp"] = now - 3600
+        claims["iat"] = claims["auth_time"] = now - 3600 - srv.id_token_lifetime
+    elif kind == "unknown_kid":
+        kid = "unknown-" + secrets.token_urlsafe(8)
+    key = next(k for k in srv.storage.signing_keys() if k.kid == header["kid"])
+    return jwt.encode(
+        claims, srv.private_key(key), algorithm=alg, headers={"kid": kid, "typ": "JWT"}
+    )
+
+
+def _control(srv: Server, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    """The test-mode control surface: POST/GET/DELETE /_codeflow/faults (a JSON fault:
+    ``{"endpoint": "token", "kind": "http_500", "times": 1}``), GET /_codeflow/transcript."""
+    path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+
+    def reply(status: int, value: Any) -> list:
+        return _answer(start_response, status, json.dumps(value).encode(), "application/json")
+
+    if path == CONTROL_PREFIX + "faults":
+        if method == "GET":
+            return reply(200, [f.to_json() for f in srv.faults.pending])
+        if method == "DELETE":
+            srv.faults.clear()
+            return reply(200, [])
+        if method == "POST":
+            raw = environ.get("CONTENT_LENGTH") or "0"
+            length = int(raw) if raw.isascii() and raw.isdigit() else 0
+            try:
+                spec = json.loads(environ["wsgi.input"].read(min(length, MAX_BODY)) or b"{}")
+                if not isinstance(spec, dict):
+                    raise TypeError("a fault is a JSON object")
+                fault = srv.faults.add(**spec)
+            except (ValueError, TypeError) as err:
+                return reply(400, {"error": "invalid_request", "error_description": str(err)})
+            return reply(201, fault.to_json())
+        return reply(405, {"error": "invalid_request", "error_description": "GET, POST, DELETE"})
+    if path == CONTROL_PREFIX + "transcript" and method == "GET":
+        return reply(200, srv.transcript.to_json())
+    return reply(404, {"error": "invalid_request", "error_description": "Not found."})
+
+
+###############################################################################
 # Configuration and CLI #######################################################
 ###############################################################################
 
@@ -2571,6 +3098,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--issuer", help="public base URL (default http://HOST:PORT)")
     serve_cmd.add_argument("--demo", action="store_true", help="add a demo client and user")
     serve_cmd.add_argument("--auto-approve", metavar="USER", help="approve every request as USER")
+    serve_cmd.add_argument(
+        "--test-mode", action="store_true",
+        help="fake IdP for tests: faults over HTTP, a transcript (never in production)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--internal-url", help="base URL of the back-channel endpoints (discovery asked there)"
+    )
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -2717,7 +3251,8 @@ def main(argv: list[str] | None = None) -> int:
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
-    srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo)
+    srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo,
+                 test_mode=args.test_mode, internal_url=args.internal_url)  # fmt: skip
     try:
         load_config(srv, config)
     except KeyError as err:
@@ -2730,6 +3265,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      sign in as {DEMO_USER} / {DEMO_PASSWORD}, allow access, and see the tokens.")
     if args.auto_approve:
         print(f"WARNING: --auto-approve: every request is approved as {args.auto_approve!r}.")
+    if args.test_mode:
+        print(f"WARNING: --test-mode: faults can be injected at {srv.issuer}{CONTROL_PREFIX}faults"
+              " and every request is recorded. Never use this in production.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():

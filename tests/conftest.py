@@ -24,6 +24,15 @@ NATIVE_REDIRECT = "http://127.0.0.1/native/callback"
 USERNAME, PASSWORD = "alice", "alice-password"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The fake-IdP fixtures come from codeflow_sdk's pytest plugin, which an installed
+    codeflow registers (entry point pytest11); from a source tree, register it here."""
+    if not config.pluginmanager.has_plugin("codeflow"):
+        from codeflow_sdk import pytest_plugin
+
+        config.pluginmanager.register(pytest_plugin, "codeflow")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fast_password_hashing() -> Iterator[None]:
     """scrypt at its real cost (16 MiB, ~100 ms) would dominate the suite's time, so tests

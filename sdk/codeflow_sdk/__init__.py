@@ -15,6 +15,12 @@ with cryptography (JOSE); the bottle plugin needs bottle.
 
 Every failure raises a subclass of ``OAuthError``, with ``error``, ``description`` and
 ``status``.
+
+For test suites: ``codeflow_sdk.testing`` (a ``Clock`` tests move, and a headless login
+helper that plays the user on the provider's forms over HTTP) and
+``codeflow_sdk.pytest_plugin``, the fixtures that run codeflow as a fake identity
+provider (registered by the ``pytest11`` entry point; the one part of the SDK that
+imports codeflow, inside its fixtures).
 """
 
 from .client import Client, LoginState, TokenSet
