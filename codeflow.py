@@ -1037,18 +1037,37 @@ def continue_authorization(
 ###############################################################################
 
 STYLE = """
-body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0}
-main{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:8px;
-box-shadow:0 1px 4px #0002}
-h1{font-size:1.4rem;margin-top:0}label{display:block;margin-top:1rem;font-weight:600}
-input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #8a93a6;
-border-radius:4px}button,a.button{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem;
-border-radius:4px;border:1px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;
-display:inline-block;text-decoration:none}
-button.secondary{background:#fff;color:#1f4fd1}.error{color:#a4161a;font-weight:600}
-code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;white-space:pre-wrap;
-word-break:break-all}
+*{box-sizing:border-box}
+body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;padding:1rem}
+main{max-width:27rem;margin:2rem auto;background:#fff;padding:2rem;border-radius:8px;
+box-shadow:0 1px 4px #0002}main:has(.wide){max-width:52rem}
+.brand{margin:0 0 1rem;font-size:.9rem;font-weight:700;letter-spacing:.04em;color:#4a5468}
+h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}h2{font-size:1.15rem;margin:1.5rem 0 .5rem}
+a{color:#1f4fd1}label{display:block;margin-top:1rem;font-weight:600}
+input{width:100%;padding:.6rem;font:inherit;border:1px solid #8a93a6;border-radius:4px;
+margin-top:.25rem}input[aria-invalid=true]{border-color:#a4161a}
+.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.5rem;align-items:center}
+button,a.button{padding:.6rem 1.2rem;font:inherit;font-weight:600;border-radius:4px;
+border:2px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;display:inline-block;
+text-decoration:none;min-height:2.75rem}button:hover,a.button:hover{background:#173ea6}
+button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hover{background:#eef2fd}
+:focus-visible{outline:3px solid #1d2330;outline-offset:2px}
+.error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
+font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
+ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}
+code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em}
+pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywhere}
+table{border-collapse:collapse;width:100%;font-size:.95rem}th,td{text-align:left;
+vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #d5d9e2}
+td code{word-break:break-all}.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
+nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1rem;padding-left:1.2rem}
+.step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
+.steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
+.steps-panel:has(.step:target) .step:not(:target){display:none}
+@media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
+padding:1.25rem;min-height:100vh}.actions>*{flex:1 1 100%;text-align:center}}
 """.strip()
+
 STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 
 # RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
@@ -1064,6 +1083,16 @@ SECURITY_HEADERS = (
 )
 
 esc = html.escape
+BRAND = '<p class="brand">codeflow</p>'
+
+
+class FormExpired(UntrustedRequest):
+    """A form whose CSRF token or signed request is no longer good: too old, or sent
+    from another browser. ``restart`` is a safe place to begin again, if one is known."""
+
+    def __init__(self, description: str, restart: str | None = None) -> None:
+        super().__init__(description)
+        self.restart = restart
 
 
 def client_label(client: Client) -> str:
@@ -1078,35 +1107,57 @@ def _hidden_fields(srv: Server, params: dict[str, str]) -> str:
     )
 
 
+def _alert(message: str) -> str:
+    return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
+
+
+def authorize_url(srv: Server, params: dict[str, str]) -> str:
+    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
+
+
 def login_page(
-    srv: Server, areq: AuthorizationRequest, message: str = "", status: int = 200
+    srv: Server,
+    areq: AuthorizationRequest,
+    message: str = "",
+    status: int = 200,
+    username: str | None = None,
 ) -> Page:
-    username = esc(areq.login_hint or "")
-    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
-    body = f"""<h1>Sign in</h1>
-<p><strong>{client_label(areq.client)}</strong> wants you to sign in.</p>{error}
+    typed = username if username is not None else areq.login_hint or ""
+    # After an error the alert describes both fields; with a known username, the
+    # cursor starts in the password field.
+    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
+    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    body = f"""{BRAND}<h1>Sign in</h1>
+<p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
 <form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" required autofocus value="{username}">
+<input id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
 <label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password" required>
-<button type="submit">Sign in</button></form>"""
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required{password_focus}{invalid}>
+<div class="actions"><button type="submit">Sign in</button></div></form>"""
     return Page("Sign in", body, status)
 
 
 def otp_page(
     srv: Server, areq: AuthorizationRequest, username: str, message: str = "", status: int = 200
 ) -> Page:
-    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
     pending = esc(srv.sign_pending(username))
-    body = f"""<h1>Enter your code</h1>
-<p>Open your authenticator app and enter the code for <strong>{esc(username)}</strong>.</p>
-{error}<form method="post" action="login">{_hidden_fields(srv, areq.params)}
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    body = f"""{BRAND}<h1>Enter your code</h1>
+<p>Signing in as <strong>{esc(username)}</strong> to continue to
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
+<form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <input type="hidden" name="pending" value="{pending}">
 <label for="otp">Authentication code</label>
+<p class="muted" id="otp-help">The 6-digit code your authenticator app shows now.</p>
 <input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
- required autofocus>
-<button type="submit">Verify</button></form>"""
+ maxlength="8" required autofocus{invalid}>
+<div class="actions"><button type="submit">Verify</button>
+<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
     return Page("Enter your code", body, status)
 
 
@@ -1114,21 +1165,61 @@ def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> P
     items = "".join(
         f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
     )
-    body = f"""<h1>Allow access?</h1>
-<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul>{items}</ul>
-<p>Signed in as <strong>{esc(session.username)}</strong>.</p>
+    # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
+    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
+    back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
+    body = f"""{BRAND}<h1>Allow access?</h1>
+<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
+<p>Signed in as <strong>{esc(session.username)}</strong>.
+<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
 <form method="post" action="consent">{_hidden_fields(srv, areq.params)}
+<div class="actions">
 <button type="submit" name="decision" value="approve">Allow</button>
-<button type="submit" name="decision" value="deny" class="secondary">Deny</button></form>"""
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
+<p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
     return Page("Allow access?", body)
 
 
 def error_page(err: OAuthError) -> Page:
-    body = f"""<h1>This request cannot be completed</h1>
-<p class="error">{esc(err.description)}</p>
-<p>Error code: <code>{esc(err.error)}</code>. You were not sent back to the application
-because it could not be verified. Go back and try again, or contact its developers.</p>"""
+    if isinstance(err, FormExpired):
+        again = (
+            f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
+            "</div>"
+            if err.restart
+            else "<p>Go back to the application you came from and start again there.</p>"
+        )
+        body = f"""{BRAND}<h1>This form has expired</h1>
+<p class="error" role="alert">This form has expired, or it was opened in another browser
+window. Nothing was sent.</p>
+<p>For your safety, forms here only work for {FORM_LIFETIME // 60} minutes, in the browser
+that opened them. {esc(err.description)}</p>{again}"""
+        return Page("Form expired", body, err.status)
+    body = f"""{BRAND}<h1>This request cannot be completed</h1>
+<p class="error" role="alert">{esc(err.description)}</p>
+<p>For your safety you were not sent back to the application. Go back to it and try
+again; if this keeps happening, tell its developers this error code:
+<code>{esc(err.error)}</code>.</p>"""
     return Page("Error", body, err.status)
+
+
+def _restart(srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH) -> str | None:
+    """Where an expired form's request began, if the form still carries one we signed:
+    that first request is safe to make again, since it is checked anew."""
+    try:
+        payload = srv._serializer.loads(form.get("request") or "", salt="authorize")
+    except itsdangerous.BadData:
+        return None
+    params = payload.get("p") if isinstance(payload, dict) else None
+    if not isinstance(params, dict) or not params:
+        return None
+    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}"
+
+
+def signed_out_page() -> Page:
+    body = f"""{BRAND}<h1>You are signed out</h1>
+<p role="status">You are no longer signed in here. Applications you used may keep you
+signed in until you sign out of them too.</p><p>You can close this page.</p>"""
+    return Page("Signed out", body)
 
 
 def resume_request(
@@ -1136,12 +1227,10 @@ def resume_request(
 ) -> AuthorizationRequest:
     """Check a login or consent form's CSRF token and recover the authorization request."""
     if not srv.check_csrf(form.get("csrf_token"), csrf_cookie):
-        raise UntrustedRequest(
-            "This form has expired or was not sent by this site. Start signing in again."
-        )
+        raise FormExpired("Start signing in again.", _restart(srv, form))
     params = srv.unsign_request(form.get("request"))
     if params is None:
-        raise UntrustedRequest("This form has expired. Start signing in again.")
+        raise FormExpired("Start signing in again.", _restart(srv, form))
     pairs = list(params.items())
     client, redirect_uri, given = trusted_redirect(srv, pairs)
     return validate_authorization_request(srv, client, redirect_uri, given, params)
@@ -1158,12 +1247,15 @@ def login(
     username, password = form.get("username", ""), form.get("password", "")
     keys = (f"user:{username}", f"address:{address}")
     if not srv.login_limiter.attempt(keys):
-        return login_page(
-            srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
-        ), None
+        message = (
+            "Too many failed sign-in attempts. For your safety, signing in is paused: "
+            f"wait {LOGIN_WINDOW // 60} minutes, then try again."
+        )
+        return login_page(srv, areq, message, 429, username), None
     user = srv.storage.get_user(username)
     if not verify_password(password, user.password_hash if user else _DUMMY_HASH) or not user:
-        return login_page(srv, areq, "Wrong username or password."), None
+        message = "Wrong username or password. Check both and try again."
+        return login_page(srv, areq, message, username=username), None
     srv.login_limiter.succeeded(keys)
     if user.totp_secret:
         return otp_page(srv, areq, user.username), None
@@ -1177,10 +1269,13 @@ def second_factor(
     pending = srv.unsign_pending(form.get("pending"))
     user = srv.storage.get_user(pending) if pending else None
     if user is None or not user.totp_secret:
-        raise UntrustedRequest("This sign-in has expired. Start signing in again.")
+        raise FormExpired(
+            "This sign-in has expired. Start signing in again.",
+            authorize_url(srv, areq.params),
+        )
     keys = (f"otp:{user.username}", f"address:{address}")
     if not srv.login_limiter.attempt(keys):
-        message = "Too many wrong codes. Wait a few minutes."
+        message = f"Too many wrong codes. Wait {LOGIN_WINDOW // 60} minutes, then try again."
         return otp_page(srv, areq, user.username, message, 429), None
     step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
     if step is None:
@@ -1643,16 +1738,15 @@ def end_session(
     if target is not None:
         state = params.get("state")
         return Redirect(add_query(target, {"state": state} if state else {})), SIGNED_OUT
-    return Page("Signed out", "<h1>You are signed out</h1><p>You can close this page.</p>"), (
-        SIGNED_OUT
-    )
+    return signed_out_page(), SIGNED_OUT
 
 
 def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> Page:
     asker = f" from <strong>{client_label(client)}</strong>" if client else ""
-    body = f"""<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
+    body = f"""{BRAND}<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
 <form method="post" action="logout">{_hidden_fields(srv, params)}
-<button type="submit" name="confirm" value="yes">Sign out</button></form>"""
+<div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
+</form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
     return Page("Sign out?", body)
 
 
@@ -2237,7 +2331,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         if "csrf_token" not in form:  # the relying party POSTed its logout request
             return end_session(srv, form, current_session(), False)
         if not srv.check_csrf(form["csrf_token"], get_cookie(CSRF_COOKIE)):
-            raise UntrustedRequest("This form has expired. Sign out again.")
+            raise FormExpired("Sign out again.", _restart(srv, form, LOGOUT_PATH))
         params = srv.unsign_request(form.get("request")) or {}
         return end_session(srv, params, current_session(), form.get("confirm") == "yes")
 

@@ -7,6 +7,7 @@ In-process through the WSGI app (wsgiref.validate), plus one flow on a real sock
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -245,13 +246,20 @@ def test_login_with_a_csrf_token_from_another_browser_is_refused(server, browser
 
 def test_expired_login_form_is_refused(browser, clock):
     """RFC 6749 §10.12 and RFC 9700 §4.7: the form's CSRF token and signed request are
-    short-lived: after FORM_LIFETIME they are no longer accepted.
+    short-lived: after FORM_LIFETIME they are no longer accepted. The page says so plainly
+    and offers the way back: the same authorization request, made (and checked) anew.
     """
-    page = login_page(browser)
+    flow = new_flow()
+    page = browser.get("/authorize", params=flow.params)
     clock.advance(codeflow.FORM_LIFETIME + 1)
     r = submit_login(browser, page)
     assert_error_page(r)
-    assert "expired" in r.text
+    assert "<h1>This form has expired</h1>" in r.text and 'role="alert"' in r.text
+    restart = re.search(r'<a class="button" href="([^"]+)">Start again</a>', r.text)
+    assert restart, r.text
+    again = html.unescape(restart.group(1))
+    assert again.startswith(ISSUER + "/authorize?") and query_of(again) == flow.params
+    assert 'action="login"' in browser.get(again).text
 
 
 def test_tampered_request_field_is_refused(browser):
