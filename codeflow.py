@@ -1055,12 +1055,12 @@ button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hove
 .error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
 font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
 ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}
-code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em}
+code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
+overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
+dl.params dd{margin:.2rem 0 0 1rem}
 pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywhere}
-table{border-collapse:collapse;width:100%;font-size:.95rem}th,td{text-align:left;
-vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #d5d9e2}
-td code{word-break:break-all}.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
-nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1rem;padding-left:1.2rem}
+.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
+nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
 .step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
 .steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
 .steps-panel:has(.step:target) .step:not(:target){display:none}
@@ -2382,6 +2382,13 @@ DEMO_PATH = "/demo"
 DEMO_CALLBACK_PATH = "/demo/callback"
 DEMO_CLIENT_ID = "demo-app"
 DEMO_USER, DEMO_PASSWORD = "alice", "wonderland"
+DEMO_SCOPE = "openid profile offline_access"
+
+RFC6749 = "https://www.rfc-editor.org/rfc/rfc6749"
+RFC7636 = "https://www.rfc-editor.org/rfc/rfc7636"
+RFC9207 = "https://www.rfc-editor.org/rfc/rfc9207"
+RFC6750 = "https://www.rfc-editor.org/rfc/rfc6750"
+OIDC_CORE = "https://openid.net/specs/openid-connect-core-1_0.html"
 
 
 def add_demo(srv: Server) -> None:
@@ -2403,68 +2410,281 @@ def _demo_value(srv: Server, purpose: str, csrf_cookie: str) -> str:
     return b64url(hmac.new(srv._serializer.secret_keys[-1], message, "sha256").digest())
 
 
+def _spec(*refs: tuple[str, str]) -> str:
+    """Links to the sections a step follows: (label, URL) pairs."""
+    links = ", ".join(f'<a href="{esc(url)}">{esc(label)}</a>' for label, url in refs)
+    return f'<p class="spec">Spec: {links}</p>'
+
+
+def _json(value: Any) -> str:
+    return f"<pre>{esc(json.dumps(value, indent=2))}</pre>"
+
+
+def _params(rows: Iterable[tuple[str, str, str]]) -> str:
+    """Parameters as a list that reads on a phone too: name, value, what it is for."""
+    items = "".join(
+        f'<dt><code>{esc(k)}</code></dt><dd><code>{esc(v)}</code><br><span class="muted">'
+        f"{esc(why)}</span></dd>"
+        for k, v, why in rows
+    )
+    return f'<dl class="params">{items}</dl>'
+
+
+def _check(ok: bool, what: str) -> str:
+    mark = '<span class="ok">✓ passed</span>' if ok else '<span class="bad">✗ failed</span>'
+    return f"<li>{mark}: {what}</li>"
+
+
+DEMO_STEPS = (
+    ("request", "1. Authorization request"),
+    ("signin", "2. Sign in and consent"),
+    ("callback", "3. Callback"),
+    ("token-request", "4. Token request"),
+    ("token-response", "5. Token response"),
+    ("id-token", "6. ID token"),
+    ("userinfo", "7. UserInfo"),
+)
+
+
+def _steps_nav(current: str | None = None) -> str:
+    items = "".join(
+        f'<li><a href="#{anchor}"{" aria-current=step" if anchor == current else ""}>'
+        f"{esc(label)}</a></li>"
+        if anchor != "request" and anchor != "signin"
+        else f"<li>{esc(label)}</li>"
+        for anchor, label in DEMO_STEPS
+    )
+    return f'<nav class="steps" aria-label="Steps of the flow"><ol>{items}</ol></nav>'
+
+
+def _step(anchor: str, title: str, content: str, next_anchor: str | None) -> str:
+    following = dict(DEMO_STEPS).get(next_anchor or "", "")
+    forward = (
+        f'<div class="actions"><a class="button" href="#{next_anchor}">Next: '
+        f"{esc(following.split('. ', 1)[1])}</a></div>"
+        if next_anchor
+        else ""
+    )
+    return (
+        f'<section class="step" id="{anchor}" aria-labelledby="{anchor}-h">'
+        f'<h2 id="{anchor}-h">{esc(title)}</h2>{content}{forward}</section>'
+    )
+
+
 def demo_page(srv: Server) -> Page:
     """Step 1 of the flow, as a client app does it: build the authorization request."""
     cookie = _current_csrf_cookie()
     state, verifier = _demo_value(srv, "state", cookie), _demo_value(srv, "verifier", cookie)
+    nonce = _demo_value(srv, "nonce", cookie)
     params = {
         "response_type": "code",
         "client_id": DEMO_CLIENT_ID,
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
-        "scope": "openid profile offline_access",
+        "scope": DEMO_SCOPE,
         "state": state,
+        "nonce": nonce,
         "code_challenge": s256(verifier),
         "code_challenge_method": "S256",
     }
-    url = f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
-    body = f"""<h1>codeflow demo</h1>
-<p>This page plays a client app. It sends you to the authorization endpoint with this
-request (RFC 6749 §4.1.1, PKCE per RFC 7636):</p><pre>{esc(json.dumps(params, indent=1))}</pre>
-<p>Sign in as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>,
-then allow access.</p>
-<p><a class="button" href="{esc(url)}">Start the flow</a></p>"""
-    return Page("Demo", body)
+    why = {
+        "response_type": "code: ask for an authorization code",
+        "client_id": "who asks: the demo app, a public client (no secret)",
+        "redirect_uri": "where to send the answer; must match a registered URI exactly",
+        "scope": "what the app asks for: an ID token, the profile, a refresh token",
+        "state": "a random value the callback must see again: stops forged callbacks",
+        "nonce": "a random value the ID token must carry: ties the token to this request",
+        "code_challenge": "SHA-256 of a secret verifier; only this app can redeem the code",
+        "code_challenge_method": "S256: the challenge is BASE64URL(SHA256(verifier))",
+    }
+    url = authorize_url(srv, params)
+    body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
+<p>This page plays a client app, the <em>codeflow demo app</em>. Follow the flow as it
+happens: each step shows what goes over the wire and links to the section of the
+specification it follows.</p>{_steps_nav()}
+<section class="step" aria-labelledby="request-h"><h2 id="request-h">1. The authorization
+request</h2>
+<p>The app sends your browser to the authorization endpoint <code>{AUTHORIZE_PATH}</code>
+with these query parameters:</p>{_params((k, v, why[k]) for k, v in params.items())}
+<p>The PKCE <code>code_verifier</code> stays with the app (shown here so you can check
+the challenge): <code>{esc(verifier)}</code></p>
+<p>The whole URL:</p><pre>{esc(url)}</pre>
+{_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
+       ("RFC 7636 §4.1-4.3 (PKCE)", f"{RFC7636}#section-4.1"),
+       ("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}</section>
+<section class="step" aria-labelledby="signin-h"><h2 id="signin-h">2. Sign in and
+consent</h2>
+<p>At the authorization endpoint you sign in, as <code>{DEMO_USER}</code> with password
+<code>{DEMO_PASSWORD}</code>, and allow the app what it asks. The app never sees your
+password.</p>
+{_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
+       ("OIDC Core §3.1.2.3", f"{OIDC_CORE}#Authenticates"),
+       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}
+<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div></section>
+</div>"""
+    return Page("Demo: the authorization request", body)
 
 
 def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) -> Page:
-    """Steps 3 and 4: check state and iss, then exchange the code at the token endpoint."""
-    again = f'<p><a href="{DEMO_PATH}">Start again</a></p>'
-    if not csrf_cookie or params.get("state") != _demo_value(srv, "state", csrf_cookie):
-        return Page(
-            "Demo", f"<h1>State mismatch</h1><p>The callback's state is not ours.</p>{again}", 400
-        )
-    if params.get("iss") != srv.issuer:  # RFC 9207 §2.4
-        return Page("Demo", f"<h1>Wrong issuer</h1>{again}", 400)
-    if "error" in params:
-        return Page(
-            "Demo",
-            f"<h1>The authorization failed</h1>"
-            f"<pre>{esc(json.dumps(params, indent=1))}</pre>{again}",
-        )
+    """Steps 3 to 7, as the app's server does them when the browser comes back: check
+    the callback, redeem the code, read the ID token, ask the userinfo endpoint."""
+    again = f'<div class="actions"><a class="button" href="{DEMO_PATH}">Start again</a></div>'
+    callback_spec = _spec(
+        ("RFC 6749 §4.1.2", f"{RFC6749}#section-4.1.2"),
+        ("RFC 6749 §10.12 (state)", f"{RFC6749}#section-10.12"),
+        ("RFC 9207 §2.4 (iss)", f"{RFC9207}#section-2.4"),
+    )
+    received = _json(params)
+    state_ok = bool(csrf_cookie) and params.get("state") == _demo_value(
+        srv, "state", csrf_cookie or ""
+    )
+    iss_ok = params.get("iss") == srv.issuer
+    checks = (
+        "<ul>"
+        + _check(state_ok, "<code>state</code> is the one this browser's request carried")
+        + _check(iss_ok, f"<code>iss</code> is this issuer, <code>{esc(srv.issuer)}</code>")
+        + "</ul>"
+    )
+    if not (state_ok and iss_ok) or "error" in params:
+        if "error" in params and state_ok and iss_ok:
+            title, what = "The authorization failed", (
+                "The authorization server answered with an error instead of a code "
+                f'(<a href="{RFC6749}#section-4.1.2.1">RFC 6749 §4.1.2.1</a>):'
+            )
+            status = 200
+        else:
+            title, what = (
+                ("State mismatch", "The callback's state is not ours: the demo stops here.")
+                if not state_ok
+                else ("Wrong issuer", "The callback's iss is not this issuer: the demo stops.")
+            )
+            status = 400
+        body = f"""{BRAND}<div class="wide"><h1>{esc(title)}</h1>{_steps_nav("callback")}
+<p>{what}</p>{received}{checks}{callback_spec}{again}</div>"""
+        return Page(f"Demo: {title}", body, status)
+
     request = {
         "grant_type": "authorization_code",
         "code": params.get("code", ""),
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
         "client_id": DEMO_CLIENT_ID,
-        "code_verifier": _demo_value(srv, "verifier", csrf_cookie),
+        "code_verifier": _demo_value(srv, "verifier", csrf_cookie or ""),
     }
     try:
         result = token_endpoint(srv, request, None)
     except OAuthError as err:
         result = err.to_json()
-    claims = ""
-    if "id_token" in result:
-        # Straight from our own token endpoint, so reading it unverified is safe here;
-        # a real client validates it first (OIDC Core §3.1.3.7).
-        payload = jwt.decode(result["id_token"], options={"verify_signature": False})
-        claims = "<p>The ID token's claims (OIDC Core §2):</p>"
-        claims += f"<pre>{esc(json.dumps(payload, indent=1))}</pre>"
-    body = f"""<h1>The token response</h1>
-<p>The callback received <code>code</code>, <code>state</code> and <code>iss</code>
-(RFC 9207). The demo checked the state and the issuer, then sent this to
-<code>{TOKEN_PATH}</code> (RFC 6749 §4.1.3):</p><pre>{esc(json.dumps(request, indent=1))}</pre>
-<p>and received (RFC 6749 §5.1):</p><pre>{esc(json.dumps(result, indent=1))}</pre>{claims}{again}"""
-    return Page("Demo", body)
+    wire = (
+        f"POST {TOKEN_PATH} HTTP/1.1\nHost: {urllib.parse.urlsplit(srv.issuer).netloc}\n"
+        "Content-Type: application/x-www-form-urlencoded\n\n"
+        + urllib.parse.urlencode(request).replace("&", "\n&")
+    )
+    steps = [
+        _step(
+            "callback",
+            "3. The callback",
+            f"""<p>After you allowed access, the authorization server sent your browser back
+to the app's <code>redirect_uri</code> with these query parameters:</p>{received}
+<p>Before using the code, the app checks:</p>{checks}{callback_spec}""",
+            "token-request",
+        ),
+        _step(
+            "token-request",
+            "4. The token request",
+            f"""<p>The app's server, not your browser, redeems the code at the token
+endpoint. It proves it is the app that started the flow with the PKCE
+<code>code_verifier</code>; the token endpoint checks that its SHA-256 is the
+<code>code_challenge</code> of step 1.</p><pre>{esc(wire)}</pre>
+{_spec(("RFC 6749 §4.1.3", f"{RFC6749}#section-4.1.3"),
+       ("RFC 7636 §4.5-4.6", f"{RFC7636}#section-4.5"),
+       ("OIDC Core §3.1.3.1", f"{OIDC_CORE}#TokenRequest"))}""",
+            "token-response",
+        ),
+    ]
+    if "error" in result:
+        steps.append(_step(
+            "token-response",
+            "5. The token response: an error",
+            f"""<p>The token endpoint refused the code. A code works once: reloading the
+callback sends it again, and the server then also revokes what the code issued.</p>
+{_json(result)}{_spec(("RFC 6749 §5.2", f"{RFC6749}#section-5.2"),
+                      ("RFC 6749 §4.1.2", f"{RFC6749}#section-4.1.2"))}{again}""",
+            None,
+        ))  # fmt: skip
+    else:
+        steps.extend(_token_steps(srv, result, csrf_cookie or "", again))
+    body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
+{_steps_nav()}<div class="steps-panel">{"".join(steps)}</div></div>"""
+    return Page("Demo: the flow, step by step", body)
+
+
+def _token_steps(srv: Server, result: dict, csrf_cookie: str, again: str) -> list[str]:
+    """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
+    id_token = result.get("id_token", "")
+    # Straight from our own token endpoint, so reading it unverified is safe here;
+    # a real client validates it first (OIDC Core §3.1.3.7).
+    header = jwt.get_unverified_header(id_token)
+    claims = jwt.decode(id_token, options={"verify_signature": False})
+    aud = claims.get("aud")
+    now = srv.clock()
+    checks = (
+        "<ul>"
+        + _check(claims.get("iss") == srv.issuer, "<code>iss</code> is the issuer")
+        + _check(
+            aud == DEMO_CLIENT_ID or (isinstance(aud, list) and DEMO_CLIENT_ID in aud),
+            "<code>aud</code> names this app",
+        )
+        + _check(claims.get("exp", 0) > now, "<code>exp</code> is in the future")
+        + _check(
+            claims.get("nonce") == _demo_value(srv, "nonce", csrf_cookie),
+            "<code>nonce</code> is the one step 1 sent",
+        )
+        + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
+        f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
+        "itself, so the demo skips this check; a real app must not.</li></ul>"
+    )
+    try:
+        info: dict = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
+    except OAuthError as err:
+        info = err.to_json()
+    host = urllib.parse.urlsplit(srv.issuer).netloc
+    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
+    shown = {**result, "id_token": id_token[:24] + "…" if id_token else id_token}
+    return [
+        _step(
+            "token-response",
+            "5. The token response",
+            f"""<p>The token endpoint answers with JSON, never cached
+(<code>Cache-Control: no-store</code>): an access token for APIs, a refresh token
+(the app asked for <code>offline_access</code>) and an ID token (shortened here; step 6
+decodes it).</p>{_json(shown)}
+{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
+       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
+            "id-token",
+        ),
+        _step(
+            "id-token",
+            "6. The ID token",
+            f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
+when. Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
+<p>The app validates it before trusting it:</p>{checks}
+{_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
+       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}""",
+            "userinfo",
+        ),
+        _step(
+            "userinfo",
+            "7. The UserInfo answer",
+            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
+its scopes allow (here <code>profile</code>):</p>
+<pre>{esc(wire)}…</pre>
+<p>and receives:</p>{_json(info)}
+{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
+       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
+<p>That is the whole flow. The app would now start its own session for
+<strong>{esc(str(info.get("sub", "")))}</strong>.</p>{again}""",
+            None,
+        ),
+    ]
 
 
 ###############################################################################
