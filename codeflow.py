@@ -2417,7 +2417,7 @@ def _spec(*refs: tuple[str, str]) -> str:
 
 
 def _json(value: Any) -> str:
-    return f"<pre>{esc(json.dumps(value, indent=2))}</pre>"
+    return f"<pre>{esc(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
 
 
 def _params(rows: Iterable[tuple[str, str, str]]) -> str:
@@ -2428,6 +2428,10 @@ def _params(rows: Iterable[tuple[str, str, str]]) -> str:
         for k, v, why in rows
     )
     return f'<dl class="params">{items}</dl>'
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _check(ok: bool, what: str) -> str:
@@ -2446,11 +2450,11 @@ DEMO_STEPS = (
 )
 
 
-def _steps_nav(current: str | None = None) -> str:
+def _steps_nav(linked: bool) -> str:
+    """The steps, as links once the callback page holds them all (from step 3 on)."""
     items = "".join(
-        f'<li><a href="#{anchor}"{" aria-current=step" if anchor == current else ""}>'
-        f"{esc(label)}</a></li>"
-        if anchor != "request" and anchor != "signin"
+        f'<li><a href="#{anchor}">{esc(label)}</a></li>'
+        if linked and anchor not in ("request", "signin")
         else f"<li>{esc(label)}</li>"
         for anchor, label in DEMO_STEPS
     )
@@ -2458,16 +2462,23 @@ def _steps_nav(current: str | None = None) -> str:
 
 
 def _step(anchor: str, title: str, content: str, next_anchor: str | None) -> str:
-    following = dict(DEMO_STEPS).get(next_anchor or "", "")
+    names = {a: label.split(". ", 1)[1] for a, label in DEMO_STEPS}
+    anchors = [a for a, _ in DEMO_STEPS]
+    previous = anchors[anchors.index(anchor) - 1]
+    back = (
+        f'<a href="#{previous}">Back: {esc(names[previous])}</a>'
+        if previous not in ("request", "signin")
+        else ""
+    )
     forward = (
-        f'<div class="actions"><a class="button" href="#{next_anchor}">Next: '
-        f"{esc(following.split('. ', 1)[1])}</a></div>"
+        f'<a class="button" href="#{next_anchor}">Next: {esc(names[next_anchor])}</a>'
         if next_anchor
         else ""
     )
+    actions = f'<div class="actions">{forward}{back}</div>' if forward or back else ""
     return (
         f'<section class="step" id="{anchor}" aria-labelledby="{anchor}-h">'
-        f'<h2 id="{anchor}-h">{esc(title)}</h2>{content}{forward}</section>'
+        f'<h2 id="{anchor}-h">{esc(title)}</h2>{content}{actions}</section>'
     )
 
 
@@ -2500,7 +2511,7 @@ def demo_page(srv: Server) -> Page:
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
 <p>This page plays a client app, the <em>codeflow demo app</em>. Follow the flow as it
 happens: each step shows what goes over the wire and links to the section of the
-specification it follows.</p>{_steps_nav()}
+specification it follows.</p>{_steps_nav(False)}
 <section class="step" aria-labelledby="request-h"><h2 id="request-h">1. The authorization
 request</h2>
 <p>The app sends your browser to the authorization endpoint <code>{AUTHORIZE_PATH}</code>
@@ -2558,7 +2569,7 @@ def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) ->
                 else ("Wrong issuer", "The callback's iss is not this issuer: the demo stops.")
             )
             status = 400
-        body = f"""{BRAND}<div class="wide"><h1>{esc(title)}</h1>{_steps_nav("callback")}
+        body = f"""{BRAND}<div class="wide"><h1>{esc(title)}</h1>{_steps_nav(False)}
 <p>{what}</p>{received}{checks}{callback_spec}{again}</div>"""
         return Page(f"Demo: {title}", body, status)
 
@@ -2613,7 +2624,7 @@ callback sends it again, and the server then also revokes what the code issued.<
     else:
         steps.extend(_token_steps(srv, result, csrf_cookie or "", again))
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
-{_steps_nav()}<div class="steps-panel">{"".join(steps)}</div></div>"""
+{_steps_nav(True)}<div class="steps-panel">{"".join(steps)}</div></div>"""
     return Page("Demo: the flow, step by step", body)
 
 
@@ -2633,7 +2644,10 @@ def _token_steps(srv: Server, result: dict, csrf_cookie: str, again: str) -> lis
             aud == DEMO_CLIENT_ID or (isinstance(aud, list) and DEMO_CLIENT_ID in aud),
             "<code>aud</code> names this app",
         )
-        + _check(claims.get("exp", 0) > now, "<code>exp</code> is in the future")
+        + _check(
+            claims.get("exp", 0) > now,
+            f"<code>exp</code> is in the future: {_utc(claims.get('exp', 0))}",
+        )
         + _check(
             claims.get("nonce") == _demo_value(srv, "nonce", csrf_cookie),
             "<code>nonce</code> is the one step 1 sent",
@@ -2665,7 +2679,8 @@ decodes it).</p>{_json(shown)}
             "id-token",
             "6. The ID token",
             f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
-when. Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
+when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
+<pre>{esc(id_token)}</pre><p>Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
 <p>The app validates it before trusting it:</p>{checks}
 {_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
        ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}""",

@@ -340,6 +340,7 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
         assert "code_challenge" in request.inner_text() and "nonce" in request.inner_text()
         links = page.eval_on_selector_all("a[href^='https://']", "as => as.map(a => a.href)")
         assert "https://www.rfc-editor.org/rfc/rfc6749#section-4.1.1" in links
+        assert page.locator("a[href^='#']").count() == 0  # no step to jump to yet
         screenshot(tab, "12-demo-1-request")
 
         page.get_by_role("link", name="Start the flow").click()
@@ -375,6 +376,8 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
             if step != "userinfo":
                 section.get_by_role("link", name=re.compile("^Next")).click()
         assert '"sub": "alice"' in page.locator("#userinfo").inner_text()
+        page.locator("#userinfo").get_by_role("link", name="Back: ID token").click()
+        assert page.locator("#id-token").is_visible() and not page.locator("#userinfo").is_visible()
         assert tab.errors == []
 
 
