@@ -105,9 +105,34 @@ def screenshot(tab: Tab, name: str, *, phone: bool = True) -> None:
         page.set_viewport_size(DESKTOP)
 
 
+# WCAG 2.1 §1.4.3: text contrast at least 4.5:1 (3:1 for large text) against the colour
+# behind it, found by walking up to the first element with an opaque background.
+CONTRAST_FAILURES = """() => {
+  const rgb = c => c.match(/[\\d.]+/g).map(Number);
+  const lum = c => { const [r, g, b] = rgb(c).slice(0, 3).map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const background = e => { for (; e; e = e.parentElement) {
+    const c = getComputedStyle(e).backgroundColor; if (rgb(c)[3] !== 0) return c; }
+    return 'rgb(255,255,255)'; };
+  const failures = [];
+  for (const e of document.body.querySelectorAll('*')) {
+    const text = [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.data).join('').trim();
+    if (!text || !e.getClientRects().length) continue;
+    const s = getComputedStyle(e), size = parseFloat(s.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+    const [a, b] = [lum(s.color), lum(background(e))].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    if (ratio < (large ? 3 : 4.5)) failures.push(`${text.slice(0, 30)}: ${ratio.toFixed(2)}`);
+  }
+  return failures;
+}"""
+
+
 def assert_accessible(tab: Tab, title: str) -> None:
     """What each page owes its users: English lang, one h1 naming the page, every field
-    labelled, no script, our style applied (CSP by hash), no console errors."""
+    labelled, no script, our style applied (CSP by hash), text contrast (WCAG 2.1 §1.4.3),
+    no console errors."""
     page = tab.page
     assert page.get_attribute("html", "lang") == "en"
     assert page.locator("h1").count() == 1
@@ -120,6 +145,7 @@ def assert_accessible(tab: Tab, title: str) -> None:
     assert unlabelled == []
     assert page.evaluate("getComputedStyle(document.querySelector('main')).maxWidth") != "none"
     assert page.evaluate("document.querySelector('meta[name=viewport]') !== null")
+    assert page.evaluate(CONTRAST_FAILURES) == []
     assert tab.errors == []
 
 
