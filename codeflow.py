@@ -2339,12 +2339,15 @@ def build_app(srv: Server) -> bottle.Bottle:
     @browser
     def home() -> Page:
         demo = (
-            f'<p>Try the flow: <a href="{DEMO_PATH}">the demo client</a>.</p>' if srv.demo else ""
+            "<p>New to the flow? The demo client walks you through it, step by step.</p>"
+            f'<div class="actions"><a class="button" href="{DEMO_PATH}">Try the demo</a></div>'
+            if srv.demo
+            else ""
         )
         return Page(
             "codeflow",
-            f"<h1>codeflow</h1><p>An OAuth 2.1 authorization server. Issuer: "
-            f"<code>{esc(srv.issuer)}</code>.</p><p>Metadata: "
+            f"{BRAND}<h1>An OAuth 2.1 and OpenID Connect server</h1><p>Issuer: "
+            f"<code>{esc(srv.issuer)}</code></p><p>Metadata: "
             f'<a href="{OAUTH_METADATA_PATH}">{OAUTH_METADATA_PATH}</a></p>{demo}',
         )
 
@@ -2498,7 +2501,7 @@ def demo_page(srv: Server) -> Page:
         "code_challenge_method": "S256",
     }
     why = {
-        "response_type": "code: ask for an authorization code",
+        "response_type": "ask for an authorization code (the only response type here)",
         "client_id": "who asks: the demo app, a public client (no secret)",
         "redirect_uri": "where to send the answer; must match a registered URI exactly",
         "scope": "what the app asks for: an ID token, the profile, a refresh token",

@@ -56,6 +56,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pages
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -360,14 +361,18 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
     srv = codeflow.Server(demo=True)
     with srv.running() as issuer:
         page = tab.page
-        page.goto(issuer + codeflow.DEMO_PATH)
+        page.goto(issuer + "/")
+        assert_accessible(tab, "OpenID Connect")
+        screenshot(tab, "12-home", phone=False)
+        page.get_by_role("link", name="Try the demo").click()
+        page.wait_for_url(issuer + codeflow.DEMO_PATH)
         assert_accessible(tab, "step by step")
         request = page.locator("#request-h").locator("..")
         assert "code_challenge" in request.inner_text() and "nonce" in request.inner_text()
         links = page.eval_on_selector_all("a[href^='https://']", "as => as.map(a => a.href)")
         assert "https://www.rfc-editor.org/rfc/rfc6749#section-4.1.1" in links
         assert page.locator("a[href^='#']").count() == 0  # no step to jump to yet
-        screenshot(tab, "12-demo-1-request")
+        screenshot(tab, "13-demo-1-request")
 
         page.get_by_role("link", name="Start the flow").click()
         page.get_by_label("Username").fill(codeflow.DEMO_USER)
@@ -398,7 +403,7 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
             assert section.locator(f'a[href="{spec}"]').count() == 1
             assert text in section.inner_text()
             assert "✗" not in section.inner_text()
-            screenshot(tab, f"{10 + number}-demo-{number}-{step}", phone=step == "id-token")
+            screenshot(tab, f"{11 + number}-demo-{number}-{step}", phone=step == "id-token")
             if step != "userinfo":
                 section.get_by_role("link", name=re.compile("^Next")).click()
         assert '"sub": "alice"' in page.locator("#userinfo").inner_text()
