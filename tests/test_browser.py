@@ -357,7 +357,8 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
     (RFC 6749 §4.1.1, RFC 7636), then after login and consent one step at a time: the
     callback (§4.1.2, RFC 9207), the token request (§4.1.3) and response (§5.1), the
     decoded ID token (OIDC Core §2, every check passing) and the userinfo answer (OIDC
-    Core §5.3), each linked to its section."""
+    Core §5.3), each linked to its section; reloading the callback shows the replayed
+    code refused (RFC 6749 §4.1.2)."""
     srv = codeflow.Server(demo=True)
     with srv.running() as issuer:
         page = tab.page
@@ -409,6 +410,11 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
         assert '"sub": "alice"' in page.locator("#userinfo").inner_text()
         page.locator("#userinfo").get_by_role("link", name="Back: ID token").click()
         assert page.locator("#id-token").is_visible() and not page.locator("#userinfo").is_visible()
+
+        # RFC 6749 §4.1.2: a code works once; reloading the callback replays it.
+        page.reload()
+        refused = page.locator("#token-response").text_content() or ""
+        assert "invalid_grant" in refused and "works once" in refused
         assert tab.errors == []
 
 
