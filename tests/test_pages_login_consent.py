@@ -146,6 +146,9 @@ def test_wrong_password_shows_the_page_again_without_a_session(browser):
     assert 'action="login"' in r.text
     assert set_cookie(r, SESSION_COOKIE) is None
     assert SESSION_COOKIE not in browser.cookies
+    # The page keeps the username typed, marks both fields, and starts in the password.
+    assert re.search(r'<input id="username"[^>]* aria-invalid="true"[^>]* value="alice"', r.text)
+    assert re.search(r'<input id="password"[^>]* autofocus aria-invalid="true"', r.text)
 
 
 def test_unknown_user_gets_the_same_answer_as_a_wrong_password(browser):
@@ -383,6 +386,19 @@ def test_consent_page_lists_the_requested_scopes(browser):
     assert "Confidential App" in r.text
     assert 'name="decision" value="approve"' in r.text
     assert 'name="decision" value="deny"' in r.text
+
+
+def test_consent_page_offers_to_sign_in_as_someone_else(browser):
+    """OIDC Core §3.1.2.1 prompt=login: "Not you?" makes the same request again with
+    prompt=login, which asks for a fresh sign-in even though a session exists.
+    """
+    flow = new_flow()
+    r = consent_page(browser, **{k: v for k, v in flow.params.items() if k != "client_id"})
+    link = re.search(r'<a href="([^"]+)">Not you\? Sign in as someone else</a>', r.text)
+    assert link, r.text
+    again = html.unescape(link.group(1))
+    assert query_of(again) == {**flow.params, "prompt": "login"}
+    assert 'action="login"' in browser.get(again).text
 
 
 def test_deny_redirects_with_access_denied_state_and_iss(browser):
