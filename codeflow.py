@@ -1066,6 +1066,16 @@ nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padd
 .steps-panel:has(.step:target) .step:not(:target){display:none}
 @media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
 padding:1.25rem;min-height:100vh}.actions>*{flex:1 1 100%;text-align:center}}
+:root{color-scheme:light dark}
+@media (prefers-color-scheme:dark){body{background:#14171f;color:#e6e8ee}
+main{background:#1d212b;box-shadow:0 1px 4px #0006}.brand,.muted{color:#b4bac8}a{color:#8fb0ff}
+input{background:#14171f;color:#e6e8ee;border-color:#7d869b}
+input[aria-invalid=true]{border-color:#ff8a80}button,a.button{background:#2f5bd8;border-color:#2f5bd8;color:#fff}
+button:hover,a.button:hover{background:#2449b5}
+button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
+button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
+.error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
+.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
 """.strip()
 
 STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()

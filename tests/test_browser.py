@@ -69,8 +69,10 @@ class Tab:
     """One browser context and page, recording console errors (a CSP violation shows up
     there: a page whose style was blocked would look broken)."""
 
-    def __init__(self, browser: Browser, viewport: dict[str, int] = DESKTOP) -> None:
-        self.context = browser.new_context(viewport=viewport)
+    def __init__(
+        self, browser: Browser, viewport: dict[str, int] = DESKTOP, color_scheme: str = "light"
+    ) -> None:
+        self.context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
         self.page = self.context.new_page()
         self.page.set_default_timeout(15_000)
         self.errors: list[str] = []
@@ -428,5 +430,30 @@ def test_pages_on_a_phone(chromium: Browser) -> None:
             box = t.page.get_by_role("button", name="Sign in").bounding_box()
             assert box is not None and box["height"] >= 44 and box["width"] > PHONE["width"] / 2
             assert t.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        finally:
+            t.close()
+
+
+def test_pages_in_dark_mode(chromium: Browser) -> None:
+    """With the system in dark mode (prefers-color-scheme) the pages turn dark and keep
+    their contrast: the login page with its error, and the consent page."""
+    with webapp_with_provider() as (_, url):
+        t = Tab(chromium, color_scheme="dark")
+        try:
+            page = t.page
+            page.goto(url + "/login")
+            assert page.evaluate("getComputedStyle(document.body).backgroundColor") == (
+                "rgb(20, 23, 31)"
+            )
+            page.get_by_label("Username").fill("alice")
+            page.get_by_label("Password").fill("nope")
+            submit(page, "Sign in")
+            assert_accessible(t, "Sign in")
+            screenshot(t, "19-dark-login-wrong-password", phone=False)
+            page.get_by_label("Password").fill("wonderland")
+            submit(page, "Sign in")
+            page.get_by_role("button", name="Deny").focus()
+            assert_accessible(t, "Allow access?")
+            screenshot(t, "20-dark-consent", phone=False)
         finally:
             t.close()
