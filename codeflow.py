@@ -1098,11 +1098,15 @@ BRAND = '<p class="brand">codeflow</p>'
 
 class FormExpired(UntrustedRequest):
     """A form whose CSRF token or signed request is no longer good: too old, or sent
-    from another browser. ``restart`` is a safe place to begin again, if one is known."""
+    from another browser. ``restart`` is a safe place to begin again, if one is known;
+    ``lifetime`` how long such a form lasts, in seconds."""
 
-    def __init__(self, description: str, restart: str | None = None) -> None:
+    def __init__(
+        self, description: str, restart: str | None = None, lifetime: int = FORM_LIFETIME
+    ) -> None:
         super().__init__(description)
         self.restart = restart
+        self.lifetime = lifetime
 
 
 def client_label(client: Client) -> str:
@@ -1199,10 +1203,10 @@ def error_page(err: OAuthError) -> Page:
             else "<p>Go back to the application you came from and start again there.</p>"
         )
         body = f"""{BRAND}<h1>This form has expired</h1>
-<p class="error" role="alert">This form has expired, or it was opened in another browser
-window. Nothing was sent.</p>
-<p>For your safety, forms here only work for {FORM_LIFETIME // 60} minutes, in the browser
-that opened them. {esc(err.description)}</p>{again}"""
+<p class="error" role="alert">This form has expired, or it came from another browser.
+Nothing was changed.</p>
+<p>For your safety, this form only works for {err.lifetime // 60} minutes, in the browser
+that opened it. {esc(err.description)}</p>{again}"""
         return Page("Form expired", body, err.status)
     body = f"""{BRAND}<h1>This request cannot be completed</h1>
 <p class="error" role="alert">{esc(err.description)}</p>
@@ -1282,6 +1286,7 @@ def second_factor(
         raise FormExpired(
             "This sign-in has expired. Start signing in again.",
             authorize_url(srv, areq.params),
+            OTP_LIFETIME,
         )
     keys = (f"otp:{user.username}", f"address:{address}")
     if not srv.login_limiter.attempt(keys):

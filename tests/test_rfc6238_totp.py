@@ -107,5 +107,6 @@ def test_a_pending_sign_in_expires_with_a_way_back(browser, clock):
     r = send_code(browser, page, code_at(clock))
     assert r.status == 400 and "location" not in r.headers
     assert "<h1>This form has expired</h1>" in r.text and "sign-in has expired" in r.text
+    assert f"only works for {codeflow.OTP_LIFETIME // 60} minutes" in r.text
     restart = re.search(r'<a class="button" href="([^"]+)">Start again</a>', r.text)
     assert restart and html.unescape(restart.group(1)).startswith(ISSUER + "/authorize?")
