@@ -1054,7 +1054,7 @@ button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hove
 :focus-visible{outline:3px solid #1d2330;outline-offset:2px}
 .error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
 font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
-ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}
+ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
 code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
 overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
 dl.params dd{margin:.2rem 0 0 1rem}
@@ -1167,7 +1167,7 @@ def otp_page(
 <form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <input type="hidden" name="pending" value="{pending}">
 <label for="otp">Authentication code</label>
-<p class="muted" id="otp-help">The 6-digit code your authenticator app shows now.</p>
+<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
 <input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
  maxlength="8" required autofocus{invalid}>
 <div class="actions"><button type="submit">Verify</button>
