@@ -1062,18 +1062,47 @@ def continue_authorization(
 ###############################################################################
 
 STYLE = """
-body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0}
-main{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:8px;
-box-shadow:0 1px 4px #0002}
-h1{font-size:1.4rem;margin-top:0}label{display:block;margin-top:1rem;font-weight:600}
-input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #8a93a6;
-border-radius:4px}button,a.button{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem;
-border-radius:4px;border:1px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;
-display:inline-block;text-decoration:none}
-button.secondary{background:#fff;color:#1f4fd1}.error{color:#a4161a;font-weight:600}
-code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;white-space:pre-wrap;
-word-break:break-all}
+*{box-sizing:border-box}
+body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;padding:1rem}
+main{max-width:27rem;margin:2rem auto;background:#fff;padding:2rem;border-radius:8px;
+box-shadow:0 1px 4px #0002}main:has(.wide){max-width:52rem}
+.brand{margin:0 0 1rem;font-size:.9rem;font-weight:700;letter-spacing:.04em;color:#4a5468}
+h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}h2{font-size:1.15rem;margin:1.5rem 0 .5rem}
+a{color:#1f4fd1}label{display:block;margin-top:1rem;font-weight:600}
+input{width:100%;padding:.6rem;font:inherit;border:1px solid #8a93a6;border-radius:4px;
+margin-top:.25rem}input[aria-invalid=true]{border-color:#a4161a}
+.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.5rem;align-items:center}
+button,a.button{padding:.6rem 1.2rem;font:inherit;font-weight:600;border-radius:4px;
+border:2px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;display:inline-block;
+text-decoration:none;min-height:2.75rem}button:hover,a.button:hover{background:#173ea6}
+button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hover{background:#eef2fd}
+:focus-visible{outline:3px solid #1d2330;outline-offset:2px}
+.error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
+font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
+ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
+code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
+overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
+dl.params dd{margin:.2rem 0 0 1rem}
+pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywhere}
+.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
+nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
+.step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
+.steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
+.steps-panel:has(.step:target) .step:not(:target){display:none}
+@media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
+padding:1.25rem;min-height:100vh}.actions>*{flex:1 1 100%;text-align:center}}
+:root{color-scheme:light dark}
+@media (prefers-color-scheme:dark){body{background:#14171f;color:#e6e8ee}
+main{background:#1d212b;box-shadow:0 1px 4px #0006}.brand,.muted{color:#b4bac8}a{color:#8fb0ff}
+input{background:#14171f;color:#e6e8ee;border-color:#7d869b}
+input[aria-invalid=true]{border-color:#ff8a80}button,a.button{background:#2f5bd8;border-color:#2f5bd8;color:#fff}
+button:hover,a.button:hover{background:#2449b5}
+button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
+button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
+.error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
+.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
 """.strip()
+
 STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 
 # RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
@@ -1089,6 +1118,20 @@ SECURITY_HEADERS = (
 )
 
 esc = html.escape
+BRAND = '<p class="brand">codeflow</p>'
+
+
+class FormExpired(UntrustedRequest):
+    """A form whose CSRF token or signed request is no longer good: too old, or sent
+    from another browser. ``restart`` is a safe place to begin again, if one is known;
+    ``lifetime`` how long such a form lasts, in seconds."""
+
+    def __init__(
+        self, description: str, restart: str | None = None, lifetime: int = FORM_LIFETIME
+    ) -> None:
+        super().__init__(description)
+        self.restart = restart
+        self.lifetime = lifetime
 
 
 def client_label(client: Client) -> str:
@@ -1104,35 +1147,57 @@ def _hidden_fields(srv: Server, params: dict[str, str], purpose: str = "authoriz
     )
 
 
+def _alert(message: str) -> str:
+    return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
+
+
+def authorize_url(srv: Server, params: dict[str, str]) -> str:
+    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
+
+
 def login_page(
-    srv: Server, areq: AuthorizationRequest, message: str = "", status: int = 200
+    srv: Server,
+    areq: AuthorizationRequest,
+    message: str = "",
+    status: int = 200,
+    username: str | None = None,
 ) -> Page:
-    username = esc(areq.login_hint or "")
-    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
-    body = f"""<h1>Sign in</h1>
-<p><strong>{client_label(areq.client)}</strong> wants you to sign in.</p>{error}
+    typed = username if username is not None else areq.login_hint or ""
+    # After an error the alert describes both fields; with a known username, the
+    # cursor starts in the password field.
+    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
+    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    body = f"""{BRAND}<h1>Sign in</h1>
+<p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
 <form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" required autofocus value="{username}">
+<input id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
 <label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password" required>
-<button type="submit">Sign in</button></form>"""
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required{password_focus}{invalid}>
+<div class="actions"><button type="submit">Sign in</button></div></form>"""
     return Page("Sign in", body, status)
 
 
 def otp_page(
     srv: Server, areq: AuthorizationRequest, username: str, message: str = "", status: int = 200
 ) -> Page:
-    error = f'<p class="error" role="alert">{esc(message)}</p>' if message else ""
     pending = esc(srv.sign_pending(username))
-    body = f"""<h1>Enter your code</h1>
-<p>Open your authenticator app and enter the code for <strong>{esc(username)}</strong>.</p>
-{error}<form method="post" action="login">{_hidden_fields(srv, areq.params)}
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    body = f"""{BRAND}<h1>Enter your code</h1>
+<p>Signing in as <strong>{esc(username)}</strong> to continue to
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
+<form method="post" action="login">{_hidden_fields(srv, areq.params)}
 <input type="hidden" name="pending" value="{pending}">
 <label for="otp">Authentication code</label>
+<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
 <input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
- required autofocus>
-<button type="submit">Verify</button></form>"""
+ maxlength="8" required autofocus{invalid}>
+<div class="actions"><button type="submit">Verify</button>
+<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
     return Page("Enter your code", body, status)
 
 
@@ -1140,21 +1205,63 @@ def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> P
     items = "".join(
         f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
     )
-    body = f"""<h1>Allow access?</h1>
-<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul>{items}</ul>
-<p>Signed in as <strong>{esc(session.username)}</strong>.</p>
+    # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
+    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
+    back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
+    body = f"""{BRAND}<h1>Allow access?</h1>
+<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
+<p>Signed in as <strong>{esc(session.username)}</strong>.
+<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
 <form method="post" action="consent">{_hidden_fields(srv, areq.params)}
+<div class="actions">
 <button type="submit" name="decision" value="approve">Allow</button>
-<button type="submit" name="decision" value="deny" class="secondary">Deny</button></form>"""
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
+<p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
     return Page("Allow access?", body)
 
 
 def error_page(err: OAuthError) -> Page:
-    body = f"""<h1>This request cannot be completed</h1>
-<p class="error">{esc(err.description)}</p>
-<p>Error code: <code>{esc(err.error)}</code>. You were not sent back to the application
-because it could not be verified. Go back and try again, or contact its developers.</p>"""
+    if isinstance(err, FormExpired):
+        again = (
+            f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
+            "</div>"
+            if err.restart
+            else "<p>Go back to the application you came from and start again there.</p>"
+        )
+        body = f"""{BRAND}<h1>This form has expired</h1>
+<p class="error" role="alert">This form has expired, or it came from another browser.
+Nothing was changed.</p>
+<p>For your safety, this form only works for {err.lifetime // 60} minutes, in the browser
+that opened it. {esc(err.description)}</p>{again}"""
+        return Page("Form expired", body, err.status)
+    body = f"""{BRAND}<h1>This request cannot be completed</h1>
+<p class="error" role="alert">{esc(err.description)}</p>
+<p>For your safety you were not sent back to the application. Go back to it and try
+again; if this keeps happening, tell its developers this error code:
+<code>{esc(err.error)}</code>.</p>"""
     return Page("Error", body, err.status)
+
+
+def _restart(
+    srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH, purpose: str = "authorize"
+) -> str | None:
+    """Where an expired form's request began, if the form still carries one we signed:
+    that first request is safe to make again, since it is checked anew."""
+    try:
+        payload = srv._serializer.loads(form.get("request") or "", salt=purpose)
+    except itsdangerous.BadData:
+        return None
+    params = payload.get("p") if isinstance(payload, dict) else None
+    if not isinstance(params, dict) or not params:
+        return None
+    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}"
+
+
+def signed_out_page() -> Page:
+    body = f"""{BRAND}<h1>You are signed out</h1>
+<p role="status">You are no longer signed in here. Applications you used may keep you
+signed in until you sign out of them too.</p><p>You can close this page.</p>"""
+    return Page("Signed out", body)
 
 
 def resume_request(
@@ -1162,12 +1269,10 @@ def resume_request(
 ) -> AuthorizationRequest:
     """Check a login or consent form's CSRF token and recover the authorization request."""
     if not srv.check_csrf(form.get("csrf_token"), csrf_cookie):
-        raise UntrustedRequest(
-            "This form has expired or was not sent by this site. Start signing in again."
-        )
+        raise FormExpired("Start signing in again.", _restart(srv, form))
     params = srv.unsign_request(form.get("request"))
     if params is None:
-        raise UntrustedRequest("This form has expired. Start signing in again.")
+        raise FormExpired("Start signing in again.", _restart(srv, form))
     pairs = list(params.items())
     client, redirect_uri, given = trusted_redirect(srv, pairs)
     return validate_authorization_request(srv, client, redirect_uri, given, params)
@@ -1184,13 +1289,16 @@ def login(
     username, password = form.get("username", ""), form.get("password", "")
     keys = login_limits("user", username, address)
     if not srv.login_limiter.attempt(keys):
-        return login_page(
-            srv, areq, "Too many failed sign-in attempts. Wait a few minutes.", 429
-        ), None
+        message = (
+            "Too many failed sign-in attempts. For your safety, signing in is paused: "
+            f"wait {LOGIN_WINDOW // 60} minutes, then try again."
+        )
+        return login_page(srv, areq, message, 429, username), None
     user = srv.storage.get_user(username)
     stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
-    if not verify_password(password, stored or dummy_hash()) or stored is None:
-        return login_page(srv, areq, "Wrong username or password."), None
+    if not verify_password(password, stored or dummy_hash()) or stored is None or not user:
+        message = "Wrong username or password. Check both and try again."
+        return login_page(srv, areq, message, username=username), None
     srv.login_limiter.succeeded(keys)
     if user.totp_secret:
         return otp_page(srv, areq, user.username), None
@@ -1204,10 +1312,14 @@ def second_factor(
     pending = srv.unsign_pending(form.get("pending"))
     user = srv.storage.get_user(pending) if pending else None
     if user is None or not user.totp_secret:
-        raise UntrustedRequest("This sign-in has expired. Start signing in again.")
+        raise FormExpired(
+            "This sign-in has expired. Start signing in again.",
+            authorize_url(srv, areq.params),
+            OTP_LIFETIME,
+        )
     keys = login_limits("otp", user.username, address)
     if not srv.login_limiter.attempt(keys):
-        message = "Too many wrong codes. Wait a few minutes."
+        message = f"Too many wrong codes. Wait {LOGIN_WINDOW // 60} minutes, then try again."
         return otp_page(srv, areq, user.username, message, 429), None
     step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
     if step is None:
@@ -1690,16 +1802,15 @@ def end_session(
     if target is not None:
         state = params.get("state")
         return Redirect(add_query(target, {"state": state} if state else {})), SIGNED_OUT
-    return Page("Signed out", "<h1>You are signed out</h1><p>You can close this page.</p>"), (
-        SIGNED_OUT
-    )
+    return signed_out_page(), SIGNED_OUT
 
 
 def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> Page:
     asker = f" from <strong>{client_label(client)}</strong>" if client else ""
-    body = f"""<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
+    body = f"""{BRAND}<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
 <form method="post" action="logout">{_hidden_fields(srv, params, "logout")}
-<button type="submit" name="confirm" value="yes">Sign out</button></form>"""
+<div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
+</form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
     return Page("Sign out?", body)
 
 
@@ -2395,7 +2506,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         if "csrf_token" not in form:  # the relying party POSTed its logout request
             return end_session(srv, form, current_session(), False)
         if not srv.check_csrf(form["csrf_token"], get_cookie(CSRF_COOKIE)):
-            raise UntrustedRequest("This form has expired. Sign out again.")
+            raise FormExpired("Sign out again.", _restart(srv, form, LOGOUT_PATH, "logout"))
         params = srv.unsign_request(form.get("request"), "logout") or {}
         return end_session(srv, params, current_session(), form.get("confirm") == "yes")
 
@@ -2403,12 +2514,15 @@ def build_app(srv: Server) -> bottle.Bottle:
     @browser
     def home() -> Page:
         demo = (
-            f'<p>Try the flow: <a href="{DEMO_PATH}">the demo client</a>.</p>' if srv.demo else ""
+            "<p>New to the flow? The demo client walks you through it, step by step.</p>"
+            f'<div class="actions"><a class="button" href="{DEMO_PATH}">Try the demo</a></div>'
+            if srv.demo
+            else ""
         )
         return Page(
             "codeflow",
-            f"<h1>codeflow</h1><p>An OAuth 2.1 authorization server. Issuer: "
-            f"<code>{esc(srv.issuer)}</code>.</p><p>Metadata: "
+            f"{BRAND}<h1>An OAuth 2.1 and OpenID Connect server</h1><p>Issuer: "
+            f"<code>{esc(srv.issuer)}</code></p><p>Metadata: "
             f'<a href="{OAUTH_METADATA_PATH}">{OAUTH_METADATA_PATH}</a></p>{demo}',
         )
 
@@ -2446,6 +2560,13 @@ DEMO_PATH = "/demo"
 DEMO_CALLBACK_PATH = "/demo/callback"
 DEMO_CLIENT_ID = "demo-app"
 DEMO_USER, DEMO_PASSWORD = "alice", "wonderland"
+DEMO_SCOPE = "openid profile offline_access"
+
+RFC6749 = "https://www.rfc-editor.org/rfc/rfc6749"
+RFC7636 = "https://www.rfc-editor.org/rfc/rfc7636"
+RFC9207 = "https://www.rfc-editor.org/rfc/rfc9207"
+RFC6750 = "https://www.rfc-editor.org/rfc/rfc6750"
+OIDC_CORE = "https://openid.net/specs/openid-connect-core-1_0.html"
 
 
 def add_demo(srv: Server) -> None:
@@ -2467,68 +2588,296 @@ def _demo_value(srv: Server, purpose: str, csrf_cookie: str) -> str:
     return b64url(hmac.new(srv._serializer.secret_keys[-1], message, "sha256").digest())
 
 
+def _spec(*refs: tuple[str, str]) -> str:
+    """Links to the sections a step follows: (label, URL) pairs."""
+    links = ", ".join(f'<a href="{esc(url)}">{esc(label)}</a>' for label, url in refs)
+    return f'<p class="spec">Spec: {links}</p>'
+
+
+def _json(value: Any) -> str:
+    return f"<pre>{esc(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
+
+
+def _params(rows: Iterable[tuple[str, str, str]]) -> str:
+    """Parameters as a list that reads on a phone too: name, value, what it is for."""
+    items = "".join(
+        f'<dt><code>{esc(k)}</code></dt><dd><code>{esc(v)}</code><br><span class="muted">'
+        f"{esc(why)}</span></dd>"
+        for k, v, why in rows
+    )
+    return f'<dl class="params">{items}</dl>'
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def _check(ok: bool, what: str) -> str:
+    mark = '<span class="ok">✓ passed</span>' if ok else '<span class="bad">✗ failed</span>'
+    return f"<li>{mark}: {what}</li>"
+
+
+DEMO_STEPS = (
+    ("request", "1. Authorization request"),
+    ("signin", "2. Sign in and consent"),
+    ("callback", "3. Callback"),
+    ("token-request", "4. Token request"),
+    ("token-response", "5. Token response"),
+    ("id-token", "6. ID token"),
+    ("userinfo", "7. UserInfo"),
+)
+
+
+def _steps_nav(linked: bool) -> str:
+    """The steps, as links once the callback page holds them all (from step 3 on)."""
+    items = "".join(
+        f'<li><a href="#{anchor}">{esc(label)}</a></li>'
+        if linked and anchor not in ("request", "signin")
+        else f"<li>{esc(label)}</li>"
+        for anchor, label in DEMO_STEPS
+    )
+    return f'<nav class="steps" aria-label="Steps of the flow"><ol>{items}</ol></nav>'
+
+
+def _step(anchor: str, title: str, content: str, next_anchor: str | None) -> str:
+    names = {a: label.split(". ", 1)[1] for a, label in DEMO_STEPS}
+    anchors = [a for a, _ in DEMO_STEPS]
+    previous = anchors[anchors.index(anchor) - 1]
+    back = (
+        f'<a href="#{previous}">Back: {esc(names[previous])}</a>'
+        if previous not in ("request", "signin")
+        else ""
+    )
+    forward = (
+        f'<a class="button" href="#{next_anchor}">Next: {esc(names[next_anchor])}</a>'
+        if next_anchor
+        else ""
+    )
+    actions = f'<div class="actions">{forward}{back}</div>' if forward or back else ""
+    return (
+        f'<section class="step" id="{anchor}" aria-labelledby="{anchor}-h">'
+        f'<h2 id="{anchor}-h">{esc(title)}</h2>{content}{actions}</section>'
+    )
+
+
 def demo_page(srv: Server) -> Page:
     """Step 1 of the flow, as a client app does it: build the authorization request."""
     cookie = _current_csrf_cookie()
     state, verifier = _demo_value(srv, "state", cookie), _demo_value(srv, "verifier", cookie)
+    nonce = _demo_value(srv, "nonce", cookie)
     params = {
         "response_type": "code",
         "client_id": DEMO_CLIENT_ID,
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
-        "scope": "openid profile offline_access",
+        "scope": DEMO_SCOPE,
         "state": state,
+        "nonce": nonce,
         "code_challenge": s256(verifier),
         "code_challenge_method": "S256",
     }
-    url = f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
-    body = f"""<h1>codeflow demo</h1>
-<p>This page plays a client app. It sends you to the authorization endpoint with this
-request (RFC 6749 §4.1.1, PKCE per RFC 7636):</p><pre>{esc(json.dumps(params, indent=1))}</pre>
-<p>Sign in as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>,
-then allow access.</p>
-<p><a class="button" href="{esc(url)}">Start the flow</a></p>"""
-    return Page("Demo", body)
+    why = {
+        "response_type": "ask for an authorization code (the only response type here)",
+        "client_id": "who asks: the demo app, a public client (no secret)",
+        "redirect_uri": "where to send the answer; must match a registered URI exactly",
+        "scope": "what the app asks for: an ID token, the profile, a refresh token",
+        "state": "a random value the callback must see again: stops forged callbacks",
+        "nonce": "a random value the ID token must carry: ties the token to this request",
+        "code_challenge": "SHA-256 of a secret verifier; only this app can redeem the code",
+        "code_challenge_method": "S256: the challenge is BASE64URL(SHA256(verifier))",
+    }
+    url = authorize_url(srv, params)
+    body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
+<p>This page plays a client app, the <em>codeflow demo app</em>. Follow the flow as it
+happens: each step shows what goes over the wire and links to the section of the
+specification it follows.</p>{_steps_nav(False)}
+<section class="step" aria-labelledby="request-h"><h2 id="request-h">1. The authorization
+request</h2>
+<p>The app sends your browser to the authorization endpoint <code>{AUTHORIZE_PATH}</code>
+with these query parameters:</p>{_params((k, v, why[k]) for k, v in params.items())}
+<p>The PKCE <code>code_verifier</code> stays with the app (shown here so you can check
+the challenge): <code>{esc(verifier)}</code></p>
+<p>The whole URL:</p><pre>{esc(url)}</pre>
+{_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
+       ("RFC 7636 §4.1-4.3 (PKCE)", f"{RFC7636}#section-4.1"),
+       ("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}</section>
+<section class="step" aria-labelledby="signin-h"><h2 id="signin-h">2. Sign in and
+consent</h2>
+<p>At the authorization endpoint you sign in, as <code>{DEMO_USER}</code> with password
+<code>{DEMO_PASSWORD}</code>, and allow the app what it asks. The app never sees your
+password.</p>
+{_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
+       ("OIDC Core §3.1.2.3", f"{OIDC_CORE}#Authenticates"),
+       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}
+<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div></section>
+</div>"""
+    return Page("Demo: the authorization request", body)
 
 
 def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) -> Page:
-    """Steps 3 and 4: check state and iss, then exchange the code at the token endpoint."""
-    again = f'<p><a href="{DEMO_PATH}">Start again</a></p>'
-    if not csrf_cookie or params.get("state") != _demo_value(srv, "state", csrf_cookie):
-        return Page(
-            "Demo", f"<h1>State mismatch</h1><p>The callback's state is not ours.</p>{again}", 400
-        )
-    if params.get("iss") != srv.issuer:  # RFC 9207 §2.4
-        return Page("Demo", f"<h1>Wrong issuer</h1>{again}", 400)
-    if "error" in params:
-        return Page(
-            "Demo",
-            f"<h1>The authorization failed</h1>"
-            f"<pre>{esc(json.dumps(params, indent=1))}</pre>{again}",
-        )
+    """Steps 3 to 7, as the app's server does them when the browser comes back: check
+    the callback, redeem the code, read the ID token, ask the userinfo endpoint."""
+    again = f'<div class="actions"><a class="button" href="{DEMO_PATH}">Start again</a></div>'
+    callback_spec = _spec(
+        ("RFC 6749 §4.1.2", f"{RFC6749}#section-4.1.2"),
+        ("RFC 6749 §10.12 (state)", f"{RFC6749}#section-10.12"),
+        ("RFC 9207 §2.4 (iss)", f"{RFC9207}#section-2.4"),
+    )
+    received = _json(params)
+    state_ok = bool(csrf_cookie) and params.get("state") == _demo_value(
+        srv, "state", csrf_cookie or ""
+    )
+    iss_ok = params.get("iss") == srv.issuer
+    checks = (
+        "<ul>"
+        + _check(state_ok, "<code>state</code> is the one this browser's request carried")
+        + _check(iss_ok, f"<code>iss</code> is this issuer, <code>{esc(srv.issuer)}</code>")
+        + "</ul>"
+    )
+    if not (state_ok and iss_ok) or "error" in params:
+        if "error" in params and state_ok and iss_ok:
+            title, what = "The authorization failed", (
+                "The authorization server answered with an error instead of a code "
+                f'(<a href="{RFC6749}#section-4.1.2.1">RFC 6749 §4.1.2.1</a>):'
+            )
+            status = 200
+        else:
+            title, what = (
+                ("State mismatch", "The callback's state is not ours: the demo stops here.")
+                if not state_ok
+                else ("Wrong issuer", "The callback's iss is not this issuer: the demo stops.")
+            )
+            status = 400
+        body = f"""{BRAND}<div class="wide"><h1>{esc(title)}</h1>{_steps_nav(False)}
+<p>{what}</p>{received}{checks}{callback_spec}{again}</div>"""
+        return Page(f"Demo: {title}", body, status)
+
     request = {
         "grant_type": "authorization_code",
         "code": params.get("code", ""),
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
         "client_id": DEMO_CLIENT_ID,
-        "code_verifier": _demo_value(srv, "verifier", csrf_cookie),
+        "code_verifier": _demo_value(srv, "verifier", csrf_cookie or ""),
     }
     try:
         result = token_endpoint(srv, request, None)
     except OAuthError as err:
         result = err.to_json()
-    claims = ""
-    if "id_token" in result:
-        # Straight from our own token endpoint, so reading it unverified is safe here;
-        # a real client validates it first (OIDC Core §3.1.3.7).
-        payload = jwt.decode(result["id_token"], options={"verify_signature": False})
-        claims = "<p>The ID token's claims (OIDC Core §2):</p>"
-        claims += f"<pre>{esc(json.dumps(payload, indent=1))}</pre>"
-    body = f"""<h1>The token response</h1>
-<p>The callback received <code>code</code>, <code>state</code> and <code>iss</code>
-(RFC 9207). The demo checked the state and the issuer, then sent this to
-<code>{TOKEN_PATH}</code> (RFC 6749 §4.1.3):</p><pre>{esc(json.dumps(request, indent=1))}</pre>
-<p>and received (RFC 6749 §5.1):</p><pre>{esc(json.dumps(result, indent=1))}</pre>{claims}{again}"""
-    return Page("Demo", body)
+    wire = (
+        f"POST {TOKEN_PATH} HTTP/1.1\nHost: {urllib.parse.urlsplit(srv.issuer).netloc}\n"
+        "Content-Type: application/x-www-form-urlencoded\n\n"
+        + urllib.parse.urlencode(request).replace("&", "\n&")
+    )
+    steps = [
+        _step(
+            "callback",
+            "3. The callback",
+            f"""<p>After you allowed access, the authorization server sent your browser back
+to the app's <code>redirect_uri</code> with these query parameters:</p>{received}
+<p>Before using the code, the app checks:</p>{checks}{callback_spec}""",
+            "token-request",
+        ),
+        _step(
+            "token-request",
+            "4. The token request",
+            f"""<p>The app's server, not your browser, redeems the code at the token
+endpoint. It proves it is the app that started the flow with the PKCE
+<code>code_verifier</code>; the token endpoint checks that its SHA-256 is the
+<code>code_challenge</code> of step 1.</p><pre>{esc(wire)}</pre>
+{_spec(("RFC 6749 §4.1.3", f"{RFC6749}#section-4.1.3"),
+       ("RFC 7636 §4.5-4.6", f"{RFC7636}#section-4.5"),
+       ("OIDC Core §3.1.3.1", f"{OIDC_CORE}#TokenRequest"))}""",
+            "token-response",
+        ),
+    ]
+    if "error" in result:
+        steps.append(_step(
+            "token-response",
+            "5. The token response: an error",
+            f"""<p>The token endpoint refused the code. A code works once: reloading the
+callback sends it again, and the server then also revokes what the code issued.</p>
+{_json(result)}{_spec(("RFC 6749 §5.2", f"{RFC6749}#section-5.2"),
+                      ("RFC 6749 §4.1.2", f"{RFC6749}#section-4.1.2"))}{again}""",
+            None,
+        ))  # fmt: skip
+    else:
+        steps.extend(_token_steps(srv, result, csrf_cookie or "", again))
+    body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
+{_steps_nav(True)}<div class="steps-panel">{"".join(steps)}</div></div>"""
+    return Page("Demo: the flow, step by step", body)
+
+
+def _token_steps(srv: Server, result: dict, csrf_cookie: str, again: str) -> list[str]:
+    """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
+    id_token = result.get("id_token", "")
+    # Straight from our own token endpoint, so reading it unverified is safe here;
+    # a real client validates it first (OIDC Core §3.1.3.7).
+    header = jwt.get_unverified_header(id_token)
+    claims = jwt.decode(id_token, options={"verify_signature": False})
+    aud = claims.get("aud")
+    now = srv.clock()
+    checks = (
+        "<ul>"
+        + _check(claims.get("iss") == srv.issuer, "<code>iss</code> is the issuer")
+        + _check(
+            aud == DEMO_CLIENT_ID or (isinstance(aud, list) and DEMO_CLIENT_ID in aud),
+            "<code>aud</code> names this app",
+        )
+        + _check(
+            claims.get("exp", 0) > now,
+            f"<code>exp</code> is in the future: {_utc(claims.get('exp', 0))}",
+        )
+        + _check(
+            claims.get("nonce") == _demo_value(srv, "nonce", csrf_cookie),
+            "<code>nonce</code> is the one step 1 sent",
+        )
+        + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
+        f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
+        "itself, so the demo skips this check; a real app must not.</li></ul>"
+    )
+    try:
+        info: dict = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
+    except OAuthError as err:
+        info = err.to_json()
+    host = urllib.parse.urlsplit(srv.issuer).netloc
+    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
+    shown = {**result, "id_token": id_token[:24] + "…" if id_token else id_token}
+    return [
+        _step(
+            "token-response",
+            "5. The token response",
+            f"""<p>The token endpoint answers with JSON, never cached
+(<code>Cache-Control: no-store</code>): an access token for APIs, a refresh token
+(the app asked for <code>offline_access</code>) and an ID token (shortened here; step 6
+decodes it).</p>{_json(shown)}
+{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
+       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
+            "id-token",
+        ),
+        _step(
+            "id-token",
+            "6. The ID token",
+            f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
+when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
+<pre>{esc(id_token)}</pre><p>Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
+<p>The app validates it before trusting it:</p>{checks}
+{_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
+       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}""",
+            "userinfo",
+        ),
+        _step(
+            "userinfo",
+            "7. The UserInfo answer",
+            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
+its scopes allow (here <code>profile</code>):</p>
+<pre>{esc(wire)}…</pre>
+<p>and receives:</p>{_json(info)}
+{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
+       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
+<p>That is the whole flow. The app would now start its own session for
+<strong>{esc(str(info.get("sub", "")))}</strong>.</p>{again}""",
+            None,
+        ),
+    ]
 
 
 ###############################################################################

@@ -7,6 +7,7 @@ In-process through the WSGI app (wsgiref.validate), plus one flow on a real sock
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -145,6 +146,9 @@ def test_wrong_password_shows_the_page_again_without_a_session(browser):
     assert 'action="login"' in r.text
     assert set_cookie(r, SESSION_COOKIE) is None
     assert SESSION_COOKIE not in browser.cookies
+    # The page keeps the username typed, marks both fields, and starts in the password.
+    assert re.search(r'<input id="username"[^>]* aria-invalid="true"[^>]* value="alice"', r.text)
+    assert re.search(r'<input id="password"[^>]* autofocus aria-invalid="true"', r.text)
 
 
 def test_unknown_user_gets_the_same_answer_as_a_wrong_password(browser):
@@ -259,13 +263,20 @@ def test_login_with_a_csrf_token_from_another_browser_is_refused(server, browser
 
 def test_expired_login_form_is_refused(browser, clock):
     """RFC 6749 §10.12 and RFC 9700 §4.7: the form's CSRF token and signed request are
-    short-lived: after FORM_LIFETIME they are no longer accepted.
+    short-lived: after FORM_LIFETIME they are no longer accepted. The page says so plainly
+    and offers the way back: the same authorization request, made (and checked) anew.
     """
-    page = login_page(browser)
+    flow = new_flow()
+    page = browser.get("/authorize", params=flow.params)
     clock.advance(codeflow.FORM_LIFETIME + 1)
     r = submit_login(browser, page)
     assert_error_page(r)
-    assert "expired" in r.text
+    assert "<h1>This form has expired</h1>" in r.text and 'role="alert"' in r.text
+    restart = re.search(r'<a class="button" href="([^"]+)">Start again</a>', r.text)
+    assert restart, r.text
+    again = html.unescape(restart.group(1))
+    assert again.startswith(ISSUER + "/authorize?") and query_of(again) == flow.params
+    assert 'action="login"' in browser.get(again).text
 
 
 def test_tampered_request_field_is_refused(browser):
@@ -389,6 +400,19 @@ def test_consent_page_lists_the_requested_scopes(browser):
     assert "Confidential App" in r.text
     assert 'name="decision" value="approve"' in r.text
     assert 'name="decision" value="deny"' in r.text
+
+
+def test_consent_page_offers_to_sign_in_as_someone_else(browser):
+    """OIDC Core §3.1.2.1 prompt=login: "Not you?" makes the same request again with
+    prompt=login, which asks for a fresh sign-in even though a session exists.
+    """
+    flow = new_flow()
+    r = consent_page(browser, **{k: v for k, v in flow.params.items() if k != "client_id"})
+    link = re.search(r'<a href="([^"]+)">Not you\? Sign in as someone else</a>', r.text)
+    assert link, r.text
+    again = html.unescape(link.group(1))
+    assert query_of(again) == {**flow.params, "prompt": "login"}
+    assert 'action="login"' in browser.get(again).text
 
 
 def test_deny_redirects_with_access_denied_state_and_iss(browser):

@@ -580,7 +580,10 @@ def assert_html_error_page(answer: Answer, status: int = 400) -> None:
     assert answer.status == status, answer.text
     assert answer.headers["content-type"].startswith("text/html")
     assert "location" not in answer.headers
-    assert "This request cannot be completed" in answer.text
+    # An expired or foreign form gets its own plain heading; every other error the generic one.
+    headings = ("<h1>This request cannot be completed</h1>", "<h1>This form has expired</h1>")
+    assert any(h in answer.text for h in headings), answer.text
+    assert 'role="alert"' in answer.text
 
 
 def assert_json_error(answer: Answer, status: int, error: str) -> None:
