@@ -1838,7 +1838,7 @@ def introspect(srv: Server, params: dict[str, str], authorization: str | None) -
         or not token.active(srv.clock())
         or (token.kind == "refresh" and token.client_id != client.client_id)
         or (token.username is not None and srv.storage.get_user(token.username) is None)
-        or srv.storage.get_client(token.client_id) is None
+        or (token.client_id != client.client_id and srv.storage.get_client(token.client_id) is None)
     ):
         return {"active": False}
     body: dict[str, Any] = {
