@@ -751,7 +751,9 @@ class MemoryStorage:
 ###############################################################################
 
 
-def authenticate_client(srv: Server, params: dict[str, str], authorization: str | None) -> Client:
+def authenticate_client(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> Client:
     """Identify the client of a token, introspection or revocation request.
 
     Methods: client_secret_basic (RFC 6749 §2.3.1, preferred), client_secret_post,
@@ -784,8 +786,15 @@ def authenticate_client(srv: Server, params: dict[str, str], authorization: str 
         if secret is not None:
             raise InvalidClient("A public client has no secret.", basic=basic)
         return client
-    if secret is None or not srv.check_client_secret(client, secret):
+    if secret is None:
         raise InvalidClient("Client authentication failed.", basic=basic)
+    # Wrong secrets are limited like wrong passwords: each may cost a memory-hard hash.
+    limits = login_limits("client", client_id, address)
+    if not srv.login_limiter.attempt(limits):
+        raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
+    if not srv.check_client_secret(client, secret):
+        raise InvalidClient("Client authentication failed.", basic=basic)
+    srv.login_limiter.succeeded(limits)
     return client
 
 
@@ -1428,9 +1437,11 @@ def login_limits(kind: str, username: str, address: str) -> dict[str, int]:
 ###############################################################################
 
 
-def token_endpoint(srv: Server, params: dict[str, str], authorization: str | None) -> dict:
+def token_endpoint(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict:
     """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body."""
-    client = authenticate_client(srv, params, authorization)
+    client = authenticate_client(srv, params, authorization, address)
     grant_type = params.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required.")
@@ -1819,10 +1830,12 @@ def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> P
 ###############################################################################
 
 
-def introspect(srv: Server, params: dict[str, str], authorization: str | None) -> dict:
+def introspect(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict:
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
     we require a confidential client."""
-    client = authenticate_client(srv, params, authorization)
+    client = authenticate_client(srv, params, authorization, address)
     if client.public:
         raise InvalidClient("Introspection needs a confidential client.")
     value = params.get("token")
@@ -1856,9 +1869,11 @@ def introspect(srv: Server, params: dict[str, str], authorization: str | None) -
     return body
 
 
-def revoke(srv: Server, params: dict[str, str], authorization: str | None) -> None:
+def revoke(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> None:
     """RFC 7009 §2.1. REQUIRED: token. OPTIONAL: token_type_hint (we find either kind)."""
-    client = authenticate_client(srv, params, authorization)
+    client = authenticate_client(srv, params, authorization, address)
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required.")
@@ -2372,13 +2387,17 @@ def build_app(srv: Server) -> bottle.Bottle:
             headers["WWW-Authenticate"] = 'Basic realm="codeflow", charset="UTF-8"'
         return json_response(err.to_json(), err.status, headers)
 
-    def api(handler: Callable[[dict[str, str], str | None], dict | None]) -> Callable:
+    def api(handler: Callable[[dict[str, str], str | None, str], dict | None]) -> Callable:
         """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
 
         def endpoint() -> bottle.HTTPResponse:
             try:
                 params = single_params(form_pairs())
-                body = handler(params, request.environ.get("HTTP_AUTHORIZATION"))
+                body = handler(
+                    params,
+                    request.environ.get("HTTP_AUTHORIZATION"),
+                    request.environ.get("REMOTE_ADDR", ""),
+                )
             except OAuthError as err:
                 return json_error(err)
             return json_response(body if body is not None else {})
@@ -2460,9 +2479,9 @@ def build_app(srv: Server) -> bottle.Bottle:
         form = single_params(form_pairs())
         return consent(srv, form, get_cookie(CSRF_COOKIE), current_session())
 
-    app.post(TOKEN_PATH)(api(lambda p, a: token_endpoint(srv, p, a)))
-    app.post(INTROSPECT_PATH)(api(lambda p, a: introspect(srv, p, a)))
-    app.post(REVOKE_PATH)(api(lambda p, a: revoke(srv, p, a)))
+    app.post(TOKEN_PATH)(api(lambda p, a, r: token_endpoint(srv, p, a, r)))
+    app.post(INTROSPECT_PATH)(api(lambda p, a, r: introspect(srv, p, a, r)))
+    app.post(REVOKE_PATH)(api(lambda p, a, r: revoke(srv, p, a, r)))
 
     @app.get(OAUTH_METADATA_PATH)
     @app.get(OIDC_METADATA_PATH)

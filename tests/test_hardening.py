@@ -171,3 +171,19 @@ def test_the_stdlib_server_times_out_a_stalled_request() -> None:
     """A client that stops sending mid-request must not hold a thread for ever: the
     fallback server's handler has a socket timeout."""
     assert 0 < codeflow.QuietHandler.timeout <= 60
+
+
+def test_wrong_client_secrets_are_rate_limited(server: codeflow.Server) -> None:
+    """RFC 6749 §10.10 spirit, as for passwords: after MAX_FAILED_LOGINS wrong secrets from
+    one address, the client's next attempt there is refused (401 invalid_client) without
+    another memory-hard hash; the right secret from elsewhere still works."""
+    attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.9")
+    data = {"grant_type": "client_credentials"}
+    for _ in range(codeflow.MAX_FAILED_LOGINS):
+        r = attacker.post("/token", data, headers=basic(CONFIDENTIAL, "wrong"))
+        assert r.status == 401
+    r = attacker.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
+    assert r.status == 401
+    assert "Too many" in r.json()["error_description"]
+    elsewhere = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
+    assert elsewhere.post("/token", data, headers=basic(CONFIDENTIAL, SECRET)).status == 200
