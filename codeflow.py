@@ -1049,12 +1049,9 @@ def continue_authorization(
         areq.max_age == 0
         or (session is not None and srv.clock() - session.auth_time > areq.max_age)
     )
-    if (
-        session is None
-        or srv.storage.get_user(session.username) is None
-        or "login" in areq.prompt
-        or too_old
-    ):
+    # A session exists only for a user who still exists with the same credentials
+    # (Server.read_session checks that).
+    if session is None or "login" in areq.prompt or too_old:
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq)
