@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlite_utils
-from codeflow_storage.sqlite import MIGRATIONS, SQLiteStorage
+from codeflow_storage.sqlite import MIGRATIONS, SQLiteStorage, from_url
 
 import codeflow
 from codeflow import AuthorizationCode, Client, SigningKey, Token, User
@@ -373,3 +373,50 @@ def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None
         for file in (path, Path(f"{path}-wal")):
             assert file.exists()
             assert file.stat().st_mode & 0o077 == 0, oct(file.stat().st_mode)
+
+
+# -- Storage URL -----------------------------------------------------------------------
+
+
+def test_from_url_opens_the_file_after_the_scheme(path: Path) -> None:
+    """DESIGN "Storage contract": "Backends are found by URL scheme
+    (`codeflow_storage.<scheme>`)": ``sqlite:///path`` opens the file at path."""
+    assert path.is_absolute()
+    with from_url(f"sqlite:///{path}") as storage:
+        storage.get_or_add_setting("secret_key", "k")
+        assert storage.path == str(path)
+        # a per-connection setting: asked on the storage's own connection
+        assert storage._read("PRAGMA synchronous") == [(1,)]  # NORMAL, the default
+    assert query(path, "SELECT value FROM settings WHERE name = 'secret_key'") == [("k",)]
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("normal", 1), ("full", 2), ("FULL", 2), ("extra", 3)]
+)
+def test_from_url_synchronous_option(path: Path, value: str, level: int) -> None:
+    """``?synchronous=`` sets PRAGMA synchronous on the storage's own connection
+    (https://sqlite.org/pragma.html#pragma_synchronous: 1 NORMAL, 2 FULL, 3 EXTRA)."""
+    with from_url(f"sqlite:///{path}?synchronous={value}") as storage:
+        assert storage._read("PRAGMA synchronous") == [(level,)]
+
+
+@pytest.mark.parametrize(
+    ("query_string", "message"),
+    [
+        ("synchronus=full", "unknown option 'synchronus'"),
+        ("synchronous=off", "synchronous='off'"),
+        ("synchronous=", "synchronous=''"),
+        ("synchronous=full&synchronous=normal", "given twice"),
+    ],
+)
+def test_from_url_refuses_a_bad_option(path: Path, query_string: str, message: str) -> None:
+    """A typo in the URL is an error, not a silently weaker durability."""
+    with pytest.raises(ValueError, match=message):
+        from_url(f"sqlite:///{path}?{query_string}")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://host/db", "postgresql://db", "memory"])
+def test_from_url_refuses_what_is_not_a_sqlite_url(url: str) -> None:
+    with pytest.raises(ValueError, match="storage URL"):
+        from_url(url)

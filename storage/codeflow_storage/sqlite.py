@@ -14,7 +14,8 @@ crashes, shared by every thread and process that opens it.
   kept. Tuples (scopes, redirect URIs, grant types) and claims are JSON text.
 
 Use: ``SQLiteStorage("/var/lib/codeflow/codeflow.db")``, or the storage URL
-``sqlite:///var/lib/codeflow/codeflow.db`` in the config file or ``codeflow serve --storage``.
+``sqlite:///var/lib/codeflow/codeflow.db`` in the config file or ``codeflow serve --storage``,
+which codeflow turns into a storage through this module's ``from_url``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sqlite3
 import threading
 import time
 import typing
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
@@ -35,8 +37,10 @@ import sqlite_utils
 
 from codeflow import AuthorizationCode, Client, SigningKey, Token, User
 
-__all__ = ["MIGRATIONS", "SQLiteStorage"]
+__all__ = ["MIGRATIONS", "SQLiteStorage", "from_url"]
 
+URL_PREFIX = "sqlite:///"
+SYNCHRONOUS = ("normal", "full", "extra")  # the values of PRAGMA synchronous we accept
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's lock before "database is locked"
 MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING makes consume_code one statement
 
@@ -272,7 +276,7 @@ class SQLiteStorage:
         the default, loses nothing when the process crashes or is killed; an OS crash or
         power cut may roll back the last commits, never corrupting the file (WAL).
         "full" keeps those too, at one fsync per commit (~15x slower token issuance)."""
-        if synchronous.lower() not in ("normal", "full", "extra"):
+        if synchronous.lower() not in SYNCHRONOUS:
             raise ValueError("synchronous must be normal, full or extra")
         self._synchronous = synchronous.upper()
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -621,3 +625,36 @@ def _after_fork(ref: weakref.ReferenceType[SQLiteStorage]) -> None:
     storage = ref()
     if storage is not None:
         storage._reopen_in_child()
+
+
+###############################################################################
+# Storage URL ##################################################################
+###############################################################################
+
+
+def from_url(url: str) -> SQLiteStorage:
+    """The storage of a ``sqlite:///path[?synchronous=full]`` URL, as codeflow's
+    ``open_storage`` asks each backend module (``codeflow_storage.<scheme>``) for one.
+
+    The path is everything between ``sqlite:///`` and ``?``, taken as it is (no
+    percent-decoding); options come from the query. ``synchronous`` is "normal" unless
+    given (see ``SQLiteStorage``). An unknown, repeated or empty option raises
+    ``ValueError`` rather than being ignored: a typo must not silently weaken durability.
+    """
+    if not url.startswith(URL_PREFIX):
+        raise ValueError(f"storage URL {url!r}: expected {URL_PREFIX}path[?synchronous=full]")
+    path, _, query = url.removeprefix(URL_PREFIX).partition("?")
+    if not path:
+        raise ValueError(f"storage URL {url!r}: no database path after {URL_PREFIX}")
+    options: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name != "synchronous":
+            raise ValueError(f"storage URL {url!r}: unknown option {name!r} (known: synchronous)")
+        if name in options:
+            raise ValueError(f"storage URL {url!r}: option {name!r} given twice")
+        if value.lower() not in SYNCHRONOUS:
+            raise ValueError(
+                f"storage URL {url!r}: synchronous={value!r}: use one of {', '.join(SYNCHRONOUS)}"
+            )
+        options[name] = value
+    return SQLiteStorage(path, synchronous=options.get("synchronous", "normal"))
