@@ -9,7 +9,11 @@ token exactly once. Secrets reach storage only as hashes."
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -362,6 +366,48 @@ def test_closed_storage_refuses_work(path: Path) -> None:
     storage.close()  # closing twice is harmless
     with pytest.raises(RuntimeError, match="closed"):
         storage.get_token("a1")
+
+
+# A run that wrote in WAL mode and died without closing: its -wal and -shm stay behind.
+_CRASHED_RUN = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode = wal")
+conn.execute("CREATE TABLE leftover (x)")
+conn.execute("INSERT INTO leftover VALUES (1)")
+os._exit(0)
+"""
+
+
+def test_a_world_readable_database_is_made_owner_only(tmp_path: Path) -> None:
+    """The file holds the cookie-signing key, private signing keys and TOTP secrets: a
+    database file (and the -wal and -shm a previous run left) created 0644 by hand or by
+    an older version is tightened to 0600 when opened, before anything is written."""
+    path = tmp_path / "shared.db"
+    subprocess.run([sys.executable, "-c", _CRASHED_RUN, str(path)], check=True)  # noqa: S603
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    for file in files:
+        assert file.exists(), file
+        file.chmod(0o644)
+
+    with SQLiteStorage(path) as storage:
+        storage.get_or_add_setting("secret_key", "k")
+        assert query(path, "SELECT x FROM leftover") == [(1,)]  # the previous run's write
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, (file, oct(file.stat().st_mode))
+
+
+def test_a_new_database_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 0, a new database and its -wal and -shm are still 0600."""
+    path = tmp_path / "new.db"
+    previous = os.umask(0)
+    try:
+        with SQLiteStorage(path) as storage:
+            storage.get_or_add_setting("secret_key", "k")
+            for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                assert stat.S_IMODE(file.stat().st_mode) == 0o600, (file, oct(file.stat().st_mode))
+    finally:
+        os.umask(previous)
 
 
 def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:

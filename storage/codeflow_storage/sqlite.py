@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import typing
@@ -299,11 +300,8 @@ class SQLiteStorage:
     def _open(self) -> sqlite_utils.Database:
         # isolation_level=None: the sqlite3 module opens no transactions of its own;
         # a statement outside ``_write`` commits by itself.
-        # The file holds what cannot be hashed (the cookie-signing key, private signing
-        # keys, TOTP secrets): only its owner may read it. SQLite gives the -wal and -shm
-        # files the database's permissions.
         if self.path != ":memory:":
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            _owner_only(self.path)
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
@@ -312,6 +310,10 @@ class SQLiteStorage:
             self._enable_wal(db)
             if db.journal_mode != "wal":
                 raise RuntimeError(f"{self.path}: SQLite could not switch to WAL journal mode")
+            if self.path != ":memory:":
+                # The -wal and -shm exist now: check their mode rather than rely on the
+                # VFS copying the database's to the ones it creates.
+                _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
             for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS):
@@ -619,6 +621,38 @@ class SQLiteStorage:
         if self._db is not None:
             self._inherited.append(self._db)
             self._db = self._open()
+
+
+def _owner_only(path: str) -> None:
+    """Create the database file 0600 if missing (an explicit mode, whatever the umask),
+    and take group and other permissions off an existing one and its -wal and -shm.
+
+    The file holds what cannot be hashed: the private signing keys, the cookie-signing
+    key and TOTP secrets, so only its owner may read it. A file made by hand, or by an
+    older version under umask 022, was 0644; tightening it on open, before anything is
+    written, keeps those secrets from other local users. SQLite gives the -wal and -shm
+    it creates the database's permissions, so those follow once the file is 0600.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
+    _owner_only_journals(path)
+
+
+def _owner_only_journals(path: str) -> None:
+    """Take group and other permissions off the -wal and -shm files that exist: ones a
+    previous run left behind keep the mode they were made with (see ``_owner_only``)."""
+    for journal in (f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(journal).st_mode)
+            if mode & 0o077:
+                os.chmod(journal, mode & 0o700)
+        except FileNotFoundError:
+            continue  # not made yet, or checkpointed away by another process's close
 
 
 def _after_fork(ref: weakref.ReferenceType[SQLiteStorage]) -> None:
