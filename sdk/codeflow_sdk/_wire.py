@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 
@@ -108,7 +108,7 @@ def request(
 
 
 def _read(resp: Any, url: str, failure: type[OAuthError]) -> bytes:
-    body = resp.read(MAX_RESPONSE + 1)
+    body: bytes = resp.read(MAX_RESPONSE + 1)
     if len(body) > MAX_RESPONSE:
         raise failure(f"The response from {url} is larger than {MAX_RESPONSE} bytes.")
     return body
@@ -190,7 +190,7 @@ def post_authenticated(
 ###############################################################################
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -105,7 +105,8 @@ def codeflow_server(codeflow_factory: Callable[..., Any], codeflow_clock: Clock)
 @pytest.fixture
 def codeflow_live(codeflow_factory: Callable[..., Any], codeflow_clock: Clock) -> LiveServer:
     """A codeflow server on a free 127.0.0.1 port for this test; ``.url`` is the issuer."""
-    return codeflow_factory(live=True, clock=codeflow_clock)
+    live: LiveServer = codeflow_factory(live=True, clock=codeflow_clock)
+    return live
 
 
 @pytest.fixture(scope="session")
@@ -124,4 +125,5 @@ def codeflow_session_server(_codeflow_session_factory: Callable[..., Any]) -> An
 @pytest.fixture(scope="session")
 def codeflow_session_live(_codeflow_session_factory: Callable[..., Any]) -> LiveServer:
     """A codeflow server on a free 127.0.0.1 port shared by the whole session."""
-    return _codeflow_session_factory(live=True)
+    live: LiveServer = _codeflow_session_factory(live=True)
+    return live

@@ -350,7 +350,9 @@ def require_bearer(
     the app finds the AccessToken at ``environ["codeflow.token"]``."""
     needed = split_scope(scopes)
 
-    def middleware(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+    def middleware(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         result = _check(validator, environ.get("HTTP_AUTHORIZATION"), needed, realm)
         if isinstance(result, AccessToken):
             environ[ENVIRON_KEY] = result
@@ -387,7 +389,7 @@ class BottleBearer:
         self.realm = realm
         self.keyword = keyword
 
-    def apply(self, callback: Callable, route: Any) -> Callable:
+    def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
         import bottle  # a dependency of the bottle helper only
 
         if route.config.get("bearer", True) is False:

@@ -157,7 +157,8 @@ def headless_login(
 
 
 def _text(response: Any) -> str:
-    return response.read(1024 * 1024).decode("utf-8", "replace")
+    body: bytes = response.read(1024 * 1024)
+    return body.decode("utf-8", "replace")
 
 
 def _origin(url: str) -> tuple[str, str]:

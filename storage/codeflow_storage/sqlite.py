@@ -32,11 +32,14 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
 from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["MIGRATIONS", "SQLiteStorage", "from_url"]
 
@@ -56,7 +59,7 @@ MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING makes consume_code one statement
 
 def _v1_tables(db: sqlite_utils.Database) -> None:
     """One table per record of codeflow.py; primary keys index the lookups by hash or name."""
-    db["clients"].create(
+    db.table("clients").create(
         {
             "client_id": str,
             "redirect_uris": str,
@@ -81,12 +84,12 @@ def _v1_tables(db: sqlite_utils.Database) -> None:
             "post_logout_redirect_uris",
         ],
     )
-    db["users"].create(
+    db.table("users").create(
         {"username": str, "password_hash": str, "claims": str, "totp_secret": str},
         pk="username",
         not_null=["password_hash", "claims"],
     )
-    db["codes"].create(
+    db.table("codes").create(
         {
             "code_hash": str,
             "client_id": str,
@@ -112,10 +115,10 @@ def _v1_tables(db: sqlite_utils.Database) -> None:
     )
     # A consumed code leaves a tombstone until it would have expired, so that a replay
     # can revoke what it issued (RFC 6749 §4.1.2).
-    db["used_codes"].create(
+    db.table("used_codes").create(
         {"code_hash": str, "expires_at": float}, pk="code_hash", not_null=["expires_at"]
     )
-    db["tokens"].create(
+    db.table("tokens").create(
         {
             "token_hash": str,
             "kind": str,
@@ -138,15 +141,15 @@ def _v1_tables(db: sqlite_utils.Database) -> None:
             "revoked",
         ],
     )
-    db["revoked_families"].create({"family_id": str}, pk="family_id")
-    db["consents"].create(
+    db.table("revoked_families").create({"family_id": str}, pk="family_id")
+    db.table("consents").create(
         {"username": str, "client_id": str, "scopes": str},
         pk=("username", "client_id"),
         not_null=["scopes"],
     )
-    db["settings"].create({"name": str, "value": str}, pk="name", not_null=["value"])
+    db.table("settings").create({"name": str, "value": str}, pk="name", not_null=["value"])
     # seq (an alias of the rowid, stable under VACUUM) orders keys newest first.
-    db["signing_keys"].create(
+    db.table("signing_keys").create(
         {
             "seq": int,
             "kid": str,
@@ -158,24 +161,24 @@ def _v1_tables(db: sqlite_utils.Database) -> None:
         pk="seq",
         not_null=["kid", "alg", "private_pem", "created_at"],
     )
-    db["signing_keys"].create_index(["kid"], index_name="signing_keys_by_kid", unique=True)
+    db.table("signing_keys").create_index(["kid"], index_name="signing_keys_by_kid", unique=True)
 
 
 def _v2_indexes(db: sqlite_utils.Database) -> None:
     """Indexes for the lookups that are not by primary key: the tokens of a grant
     (revoke_family), the current key of an alg, and expiry (purge_expired)."""
-    db["tokens"].create_index(["family_id"], index_name="tokens_by_family")
-    db["tokens"].create_index(["expires_at"], index_name="tokens_by_expiry")
-    db["codes"].create_index(["expires_at"], index_name="codes_by_expiry")
-    db["used_codes"].create_index(["expires_at"], index_name="used_codes_by_expiry")
-    db["signing_keys"].create_index(["alg", "expires_at"], index_name="signing_keys_by_alg")
+    db.table("tokens").create_index(["family_id"], index_name="tokens_by_family")
+    db.table("tokens").create_index(["expires_at"], index_name="tokens_by_expiry")
+    db.table("codes").create_index(["expires_at"], index_name="codes_by_expiry")
+    db.table("used_codes").create_index(["expires_at"], index_name="used_codes_by_expiry")
+    db.table("signing_keys").create_index(["alg", "expires_at"], index_name="signing_keys_by_alg")
 
 
 def _v3_sessions_and_totp(db: sqlite_utils.Database) -> None:
     """Ended login sessions (logout) and the last TOTP time step each user signed in with."""
-    db["ended_sessions"].create({"sid": str, "until": float}, pk="sid", not_null=["until"])
-    db["ended_sessions"].create_index(["until"], index_name="ended_sessions_by_expiry")
-    db["totp_steps"].create({"username": str, "step": int}, pk="username", not_null=["step"])
+    db.table("ended_sessions").create({"sid": str, "until": float}, pk="sid", not_null=["until"])
+    db.table("ended_sessions").create_index(["until"], index_name="ended_sessions_by_expiry")
+    db.table("totp_steps").create({"username": str, "step": int}, pk="username", not_null=["step"])
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -190,7 +193,10 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ###############################################################################
 
 
-class _Rows:
+R = TypeVar("R", bound="DataclassInstance")  # a record dataclass of codeflow.py
+
+
+class _Rows(Generic[R]):
     """How one record type maps to a row: one column per dataclass field, same name and
     order; tuples and dicts as JSON text, bools as 0/1.
 
@@ -198,7 +204,7 @@ class _Rows:
     ``missing_columns`` finds the ones that lack it when the file is opened.
     """
 
-    def __init__(self, cls: type, table: str) -> None:
+    def __init__(self, cls: type[R], table: str) -> None:
         self.cls = cls
         self.table = table
         self.names = tuple(f.name for f in fields(cls))
@@ -218,7 +224,7 @@ class _Rows:
         columns = {column.name for column in db[self.table].columns}
         return [name for name in self.names if name not in columns]
 
-    def encode(self, record: Any) -> list[Any]:
+    def encode(self, record: R) -> list[Any]:
         values = [getattr(record, name) for name in self.names]
         for i in self._json:
             values[i] = json.dumps(values[i], separators=(",", ":"), ensure_ascii=False)
@@ -226,7 +232,7 @@ class _Rows:
             values[i] = int(values[i])
         return values
 
-    def decode(self, row: Iterable[Any]) -> Any:
+    def decode(self, row: Iterable[Any]) -> R:
         values = list(row)
         for i in self._json:
             value = json.loads(values[i])
@@ -348,7 +354,8 @@ class SQLiteStorage:
     @staticmethod
     def _migrate(db: sqlite_utils.Database) -> None:
         def version() -> int:
-            return db.execute("PRAGMA user_version").fetchone()[0]
+            user_version: int = db.execute("PRAGMA user_version").fetchone()[0]
+            return user_version
 
         if version() == len(MIGRATIONS):
             return
@@ -375,7 +382,7 @@ class SQLiteStorage:
             raise RuntimeError("this SQLiteStorage is closed")
         return self._db
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._database().execute(sql, list(params)).fetchall()
 
@@ -461,7 +468,7 @@ class SQLiteStorage:
             ).fetchall()
             if not rows:
                 return None
-            code: AuthorizationCode = _CODES.decode(rows[0])
+            code = _CODES.decode(rows[0])
             db.execute(
                 "INSERT OR REPLACE INTO used_codes (code_hash, expires_at) VALUES (?, ?)",
                 [code_hash, code.expires_at],
@@ -564,12 +571,14 @@ class SQLiteStorage:
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         rows = self._read("SELECT value FROM settings WHERE name = ?", [name])
         if rows:
-            return rows[0][0]
+            value: str = rows[0][0]
+            return value
         with self._write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [name, candidate]
             )
-            return db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
+            value = db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
+            return value
 
     def signing_keys(self) -> list[SigningKey]:
         rows = self._read(_KEYS.select + " ORDER BY seq DESC")
