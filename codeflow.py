@@ -32,7 +32,8 @@ import getpass
 import hashlib
 import hmac
 import html
-import http
+import importlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -47,7 +48,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle
@@ -304,12 +305,18 @@ class OAuthError(Exception):
     error = "server_error"
     status = 400
 
-    def __init__(self, description: str) -> None:
+    def __init__(
+        self, description: str, *, error: str | None = None, status: int | None = None
+    ) -> None:
         # RFC 6749 §4.1.2.1: error_description "MUST NOT include characters outside the
         # set %x20-21 / %x23-5B / %x5D-7E"; descriptions may quote what a client sent.
         description = ERROR_DESCRIPTION_UNSAFE.sub("?", description)
         super().__init__(description)
         self.description = description
+        if error is not None:
+            self.error = error
+        if status is not None:
+            self.status = status
 
     def to_json(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -398,6 +405,19 @@ class UntrustedRequest(OAuthError):
 class PayloadTooLarge(OAuthError):
     error = "invalid_request"
     status = 413
+
+
+class FormExpired(UntrustedRequest):
+    """A form whose CSRF token or signed request is no longer good: too old, or sent
+    from another browser. ``restart`` is a safe place to begin again, if one is known;
+    ``lifetime`` how long such a form lasts, in seconds."""
+
+    def __init__(
+        self, description: str, restart: str | None = None, lifetime: int = FORM_LIFETIME
+    ) -> None:
+        super().__init__(description)
+        self.restart = restart
+        self.lifetime = lifetime
 
 
 ###############################################################################
@@ -747,6 +767,481 @@ class MemoryStorage:
 
 
 ###############################################################################
+# The server: configuration and registration ##################################
+###############################################################################
+
+
+class Server:
+    """An authorization server: configuration, storage, and ``.wsgi``, the WSGI app.
+
+    >>> srv = Server(issuer="http://127.0.0.1:8000")
+    >>> client = srv.add_client("app", redirect_uris=["http://127.0.0.1:9000/cb"])
+    >>> user = srv.add_user("alice", "wonderland")
+
+    ``auto_approve="alice"`` skips login and consent for tests: every authorization
+    request is approved at once as alice, or as the user named by ``login_hint``.
+    For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
+    exchange, ``test_mode=True`` also opens the HTTP control surface, and
+    ``internal_url`` is where back-channel clients reach the server by another name.
+
+    The protocol below is plain functions of a Server and the request's parameters;
+    this class holds only what they share: configuration, storage, the signer of
+    cookies and forms, the failed-sign-in counters, and the test-suite conveniences.
+    """
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        storage: Storage | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        auto_approve: str | None = None,
+        secret_key: str | bytes | None = None,
+        code_lifetime: int = CODE_LIFETIME,
+        access_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
+        refresh_token_lifetime: int = REFRESH_TOKEN_LIFETIME,
+        id_token_lifetime: int = ID_TOKEN_LIFETIME,
+        access_token_audience: str | None = None,
+        demo: bool = False,
+        test_mode: bool = False,
+        transcript: bool = False,
+        internal_url: str | None = None,
+    ) -> None:
+        self._issuer_given = issuer is not None
+        self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.clock = clock
+        self.code_lifetime = code_lifetime
+        self.access_token_lifetime = access_token_lifetime
+        self.refresh_token_lifetime = refresh_token_lifetime
+        self.id_token_lifetime = id_token_lifetime
+        # RFC 9068 §3: without a resource indicator, "a default resource indicator".
+        self._audience = access_token_audience
+        self.demo = demo
+        self.login_limiter = LoginLimiter(clock)
+        # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
+        self.verified_secrets: dict[tuple[str, str], bytes] = {}
+        # One key signs cookies and forms; each use has its own salt (itsdangerous).
+        # Kept in storage unless given, so that processes sharing a store share sessions.
+        key = secret_key or self.storage.get_or_add_setting("secret_key", secrets.token_hex(32))
+        self.signer = Signer(key, clock)
+        # A fake IdP for test suites (see its section): back-channel endpoints on another
+        # base URL, scripted claims, a fault plan, and a transcript when asked for.
+        self.internal_url = internal_url.rstrip("/") if internal_url else None
+        self.test_mode = test_mode
+        self.faults = FaultPlan()
+        self.transcript = Transcript(enabled=transcript or test_mode)
+        self.scripted_claims = ScriptedClaims()
+        self.auto_approve = auto_approve
+        if demo:
+            add_demo(self)
+        self.wsgi: WSGIApp = build_wsgi(self)
+        if test_mode:
+            log.warning(
+                "codeflow: TEST MODE: faults can be injected over HTTP at %sfaults and every "
+                "request is recorded; never run this in production", CONTROL_PREFIX
+            )
+
+    @property
+    def auto_approve(self) -> str | None:
+        """The user every authorization request is approved as, at once; None: ask."""
+        return self._auto_approve
+
+    @auto_approve.setter
+    def auto_approve(self, username: str | None) -> None:
+        self._auto_approve = username
+        if username is None:
+            return
+        log.warning("codeflow: auto-approve is on: every request is approved as %r", username)
+        if self.storage.get_user(username) is None:
+            # A real user (without a password), so that its codes, userinfo and
+            # introspection behave as any user's.
+            self.add_user(username)
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.issuer.startswith("https:")
+
+    @property
+    def access_token_audience(self) -> str:
+        return self._audience or self.issuer
+
+    # -- Clients (RFC 6749 §2) ---------------------------------------------------
+
+    def add_client(
+        self,
+        client_id: str,
+        *,
+        client_secret: str | None = None,
+        redirect_uris: Iterable[str] = (),
+        name: str = "",
+        scopes: Iterable[str] = DEFAULT_SCOPES,
+        grant_types: Iterable[str] = DEFAULT_GRANT_TYPES,
+        require_pkce: bool = True,
+        id_token_signed_response_alg: str = "RS256",  # noqa: S107 -- an alg name
+        access_token_jwt: bool = False,
+        post_logout_redirect_uris: Iterable[str] = (),
+    ) -> Client:
+        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
+        uris = tuple(redirect_uris)
+        for uri in uris:
+            parts = urllib.parse.urlsplit(uri)
+            # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
+            # "MUST NOT include a fragment component."
+            if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+                raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
+        grants = tuple(grant_types)
+        unknown = set(grants) - set(GRANT_TYPES)
+        if unknown:
+            raise ValueError(f"unsupported grant types: {sorted(unknown)}")
+        if id_token_signed_response_alg not in SIGNING_ALGS:
+            raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
+        if client_secret is None and not require_pkce:
+            raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+        client = Client(
+            client_id=client_id,
+            redirect_uris=uris,
+            secret_hash=hash_password(client_secret) if client_secret is not None else None,
+            name=name,
+            scopes=tuple(scopes),
+            grant_types=grants,
+            require_pkce=require_pkce,
+            id_token_signed_response_alg=id_token_signed_response_alg,
+            access_token_jwt=access_token_jwt,
+            post_logout_redirect_uris=tuple(post_logout_redirect_uris),
+        )
+        self.storage.add_client(client)
+        return client
+
+    def remove_client(self, client_id: str) -> bool:
+        """Remove a client; False if there was none."""
+        return self.storage.remove_client(client_id)
+
+    # -- Users ---------------------------------------------------------------------
+
+    def add_user(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        claims: dict[str, Any] | None = None,
+        totp_secret: str | None = None,
+    ) -> User:
+        """Register a user; without a password the user can only be auto-approved.
+
+        With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
+        in with a TOTP code after the password (RFC 6238)."""
+        if totp_secret is not None:
+            pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
+        hashed = hash_password(password) if password is not None else NO_PASSWORD
+        user = User(username, hashed, dict(claims or {}), totp_secret)
+        self.storage.add_user(user)
+        return user
+
+    def _user(self, username: str) -> User:
+        user = self.storage.get_user(username)
+        if user is None:
+            raise ValueError(f"unknown user {username!r}")
+        return user
+
+    def set_claims(self, username: str, claims: dict[str, Any], *, merge: bool = True) -> User:
+        """Set a user's claims (what userinfo answers, OIDC Core §5.3), merged into the
+        current ones unless ``merge=False``."""
+        user = self._user(username)
+        user = replace(user, claims={**(user.claims if merge else {}), **claims})
+        self.storage.add_user(user)
+        return user
+
+    def set_password(self, username: str, password: str) -> User:
+        """Change a user's password; the user's sessions end (credentials_fingerprint)."""
+        user = replace(self._user(username), password_hash=hash_password(password))
+        self.storage.add_user(user)
+        return user
+
+    def set_totp(self, username: str, totp_secret: str | None) -> User:
+        """Enrol a TOTP second factor (RFC 6238), or remove it with None."""
+        if totp_secret is not None:
+            pyotp.TOTP(totp_secret).now()
+        user = replace(self._user(username), totp_secret=totp_secret)
+        self.storage.add_user(user)
+        return user
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user; False if there was none."""
+        return self.storage.remove_user(username)
+
+    # -- Tokens and keys --------------------------------------------------------
+
+    def issue_tokens(
+        self,
+        user: User | str | None,
+        client: Client | str,
+        scope: str | Iterable[str] = (),
+        claims: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Mint tokens without a browser, as the token endpoint would (for API tests)."""
+        if isinstance(client, str):
+            found = self.storage.get_client(client)
+            if found is None:
+                raise ValueError(f"unknown client {client!r}")
+            client = found
+        username = user.username if isinstance(user, User) else user
+        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
+        # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
+        offline = "openid" not in scopes or "offline_access" in scopes
+        return issue_tokens(
+            self, client, username, scopes,
+            family_id=new_secret(), refresh=username is not None and offline,
+            auth_time=int(self.clock()), claims=claims,
+        )  # fmt: skip
+
+    def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
+        """Put ``claims`` into the next ID token issued (for ``username`` only, if given),
+        over the ones it would carry; used once. Queued calls apply in order."""
+        self.scripted_claims.add(claims, username)
+
+    def rotate_keys(self) -> list[SigningKey]:
+        """Start signing with new keys at once (see rotate_signing_keys)."""
+        return rotate_signing_keys(self)
+
+    def purge(self) -> int:
+        """Delete expired codes, tokens, keys and ended sessions; return how many went."""
+        return self.storage.purge_expired(self.clock())
+
+    # -- Running ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve on a free loopback port in a thread; yield the base URL, then stop.
+
+        Unless an issuer was given, the issuer becomes that base URL.
+        """
+        httpd = make_server(host, port, self.wsgi, ThreadingWSGIServer, QuietHandler)
+        url = f"http://{host}:{httpd.server_port}"
+        if not self._issuer_given:
+            self.issuer = url
+            if self.demo:
+                add_demo(self)
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        stop_purging = threading.Event()
+        purge_forever(self, stop=stop_purging)
+        try:
+            yield url
+        finally:
+            stop_purging.set()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+
+
+###############################################################################
+# Browser state: sessions, signed forms, CSRF #################################
+###############################################################################
+
+# What the server knows of a browser lives in two cookies: the signed login session and
+# the CSRF cookie that every form's token is bound to. The protocol functions get it as
+# one explicit Browser value and answer with a Redirect or a Page that says how it
+# changes; only the WSGI layer reads and writes the cookies themselves.
+
+SESSION_COOKIE = "codeflow_session"
+CSRF_COOKIE = "codeflow_csrf"
+# RFC 6265bis §4.1.3.2: a __Host- cookie is Secure, host-only and Path=/, so a sibling
+# subdomain cannot plant one; used whenever the issuer is https.
+HOST_PREFIX = "__Host-"
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who is logged in in this browser, from the signed session cookie."""
+
+    username: str
+    auth_time: int
+    sid: str = ""  # names the session, so that logout can end it everywhere
+
+
+@dataclass(frozen=True)
+class Browser:
+    """The browser making a request: ``csrf`` is its CSRF cookie (a new one when it sent
+    none), ``session`` its login session, ``address`` the client address that failed
+    sign-ins are counted against."""
+
+    csrf: str
+    session: Session | None = None
+    address: str = ""
+
+    @classmethod
+    def new(cls, session: Session | None = None, address: str = "") -> Browser:
+        """A browser seen for the first time: a fresh CSRF cookie."""
+        return cls(secrets.token_urlsafe(16), session, address)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Send the browser to ``location``; ``session`` starts a login session there,
+    ``signed_out`` ends the one it has."""
+
+    location: str
+    session: Session | None = None
+    signed_out: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """An HTML page (see "Pages"); ``signed_out`` ends the browser's login session."""
+
+    title: str
+    body: str
+    status: int = 200
+    signed_out: bool = False
+
+
+class Signer:
+    """Signed values with an expiry for cookies and forms (itsdangerous): one key, and a
+    salt per purpose, so that a value signed for one use is worth nothing in another."""
+
+    def __init__(self, key: str | bytes, clock: Callable[[], float]) -> None:
+        self._serializer = itsdangerous.URLSafeSerializer(key)
+        self._clock = clock
+
+    def dumps(self, payload: dict[str, Any], purpose: str, lifetime: int) -> str:
+        # Expiry is checked against our own clock, so tests that move time see it.
+        return self._serializer.dumps({**payload, "e": self._clock() + lifetime}, salt=purpose)
+
+    def loads(
+        self, value: str | None, purpose: str, *, expired: bool = False
+    ) -> dict[str, Any] | None:
+        """The payload of a value signed for ``purpose``; None if forged or expired (an
+        expired one too with ``expired=True``)."""
+        if not value:
+            return None
+        try:
+            payload = self._serializer.loads(value, salt=purpose)
+        except itsdangerous.BadData:
+            return None
+        if not isinstance(payload, dict):
+            return None
+        if not expired and payload.get("e", 0) <= self._clock():
+            return None
+        return payload
+
+    def mac(self, message: str) -> str:
+        """An HMAC-SHA256 of ``message`` under the signing key, base64url."""
+        key = self._serializer.secret_keys[-1]
+        return b64url(hmac.new(key, message.encode(), "sha256").digest())
+
+    def csrf_token(self, browser: Browser) -> str:
+        """A form's CSRF token: the browser's CSRF cookie value, signed, with an expiry."""
+        return self.dumps({"c": browser.csrf}, "csrf", FORM_LIFETIME)
+
+    def check_csrf(self, token: str | None, browser: Browser) -> bool:
+        payload = self.loads(token, "csrf")
+        if not payload:
+            return False
+        # compare_digest takes str only when ASCII; cookies may be any latin-1 text.
+        expected = str(payload.get("c")).encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(expected, browser.csrf.encode("utf-8", "surrogatepass"))
+
+    def request(self, params: dict[str, str], purpose: str = "authorize") -> str:
+        """The request a form continues, signed for one ``purpose`` (salt): a logout
+        form's blob is no authorization request."""
+        return self.dumps({"p": params}, purpose, FORM_LIFETIME)
+
+    def request_params(
+        self, value: str | None, purpose: str = "authorize", *, expired: bool = False
+    ) -> dict[str, str] | None:
+        payload = self.loads(value, purpose, expired=expired)
+        params = payload.get("p") if payload else None
+        return params if isinstance(params, dict) and params else None
+
+    def pending(self, username: str, browser: Browser) -> str:
+        """Who typed the right password, for the TOTP step that follows (RFC 6238); bound
+        to this browser's CSRF cookie, so it is worth nothing in another browser."""
+        return self.dumps({"u": username, "c": browser.csrf}, "otp", OTP_LIFETIME)
+
+    def pending_user(self, value: str | None, browser: Browser) -> str | None:
+        payload = self.loads(value, "otp")
+        if not payload or payload.get("c") != browser.csrf:
+            return None
+        return str(payload["u"])
+
+    def session_cookie(self, session: Session, fingerprint: str) -> str:
+        payload = {"u": session.username, "t": session.auth_time, "s": session.sid,
+                   "f": fingerprint}  # fmt: skip
+        return self.dumps(payload, "session", SESSION_LIFETIME)
+
+
+def credentials_fingerprint(user: User) -> str:
+    """Changes when the user's password or TOTP secret does, ending older sessions."""
+    material = f"{user.password_hash}\0{user.totp_secret or ''}".encode()
+    return hashlib.sha256(material).hexdigest()[:16]
+
+
+def session_cookie(srv: Server, session: Session) -> str:
+    user = srv.storage.get_user(session.username)
+    return srv.signer.session_cookie(session, credentials_fingerprint(user) if user else "")
+
+
+def read_session(srv: Server, cookie: str | None) -> Session | None:
+    """The signed-in user, unless the session was ended (logout), or the user was
+    removed or changed password or second factor since signing in."""
+    payload = srv.signer.loads(cookie, "session")
+    if not payload or "s" not in payload or srv.storage.session_ended(payload["s"]):
+        return None
+    user = srv.storage.get_user(payload["u"])
+    if user is None or payload.get("f") != credentials_fingerprint(user):
+        return None
+    return Session(payload["u"], payload["t"], payload["s"])
+
+
+###############################################################################
+# Throttling failed sign-ins (NIST SP 800-63B §5.2.2) ########################
+###############################################################################
+
+
+class LoginLimiter:
+    """Counts failed logins per key (user, client address) in a sliding window."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
+
+    def attempt(self, limits: dict[str, int]) -> bool:
+        """Count an attempt as failed before the secret is checked, in one step, so that
+        parallel guesses cannot all slip past; False when a key has reached its limit."""
+        now = self._clock()
+        with self._lock:
+            if any(len(self._recent(k, now)) >= limit for k, limit in limits.items()):
+                return False
+            if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
+                self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
+            for key in limits:
+                self._failures[key] = [*self._recent(key, now), now]
+            return True
+
+    def succeeded(self, limits: dict[str, int]) -> None:
+        """The attempt was right: forget the first key's failures, and this one attempt."""
+        first, *others = limits
+        with self._lock:
+            self._failures.pop(first, None)
+            for key in others:
+                if self._failures.get(key):
+                    self._failures[key].pop()
+
+
+def login_limits(kind: str, username: str, address: str) -> dict[str, int]:
+    return {
+        f"{kind}:{username}@{address}": MAX_FAILED_LOGINS,
+        f"{kind}:{username}": MAX_FAILED_LOGINS_PER_USER,
+        f"address:{address}": MAX_FAILED_LOGINS_PER_ADDRESS,
+    }
+
+
+###############################################################################
 # Client authentication: RFC 6749 §2.3 #########################################
 ###############################################################################
 
@@ -792,10 +1287,29 @@ def authenticate_client(
     limits = login_limits("client", client_id, address)
     if not srv.login_limiter.attempt(limits):
         raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
-    if not srv.check_client_secret(client, secret):
+    if not check_client_secret(srv, client, secret):
         raise InvalidClient("Client authentication failed.", basic=basic)
     srv.login_limiter.succeeded(limits)
     return client
+
+
+def check_client_secret(srv: Server, client: Client, secret: str) -> bool:
+    """Verify a client secret against its scrypt hash.
+
+    A verified secret's SHA-256 is cached in this process, so a busy client pays
+    the memory-hard KDF once rather than on every token request.
+    """
+    if client.secret_hash is None:
+        return False
+    digest = hashlib.sha256(secret.encode("utf-8")).digest()
+    key = (client.client_id, client.secret_hash)
+    cached = srv.verified_secrets.get(key)
+    if cached is not None:
+        return hmac.compare_digest(cached, digest)
+    if not verify_password(secret, client.secret_hash):
+        return False
+    srv.verified_secrets[key] = digest
+    return True
 
 
 ###############################################################################
@@ -849,18 +1363,6 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Redirect:
-    location: str
-
-
-@dataclass(frozen=True)
-class Page:
-    title: str
-    body: str
-    status: int = 200
 
 
 def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -942,7 +1444,9 @@ def validate_authorization_request(
         # of every client that has not opted out.
         if client.public or client.require_pkce:
             raise InvalidRequest("code_challenge is required (PKCE, RFC 7636).")
-        note_relaxation(srv, client, "require_pkce=False: an authorization request without PKCE")
+        srv.transcript.note_relaxation(
+            client.client_id, "require_pkce=False: an authorization request without PKCE"
+        )
     else:
         # RFC 7636 §4.3: a missing method means "plain", which RFC 9700 §2.1.1 rules out.
         if method != "S256":
@@ -1002,18 +1506,8 @@ def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time
     return authorization_response(srv, areq.redirect_uri, params)
 
 
-@dataclass(frozen=True)
-class Session:
-    """Who is logged in in this browser, from the signed session cookie."""
 
-    username: str
-    auth_time: int
-    sid: str = ""  # names the session, so that logout can end it everywhere
-
-
-def authorize(
-    srv: Server, pairs: list[tuple[str, str]], session: Session | None
-) -> Redirect | Page:
+def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
     """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
 
     Answers with the login page, the consent page, or a redirect to the client
@@ -1025,13 +1519,13 @@ def authorize(
     try:
         params = single_params(pairs)
         areq = validate_authorization_request(srv, client, redirect_uri, given, params)
-        return continue_authorization(srv, areq, session)
+        return continue_authorization(srv, areq, browser)
     except OAuthError as err:
         return error_redirect(srv, redirect_uri, state, err)
 
 
 def continue_authorization(
-    srv: Server, areq: AuthorizationRequest, session: Session | None
+    srv: Server, areq: AuthorizationRequest, browser: Browser
 ) -> Redirect | Page:
     """Decide the next step: log in, ask consent, or issue the code.
 
@@ -1043,6 +1537,7 @@ def continue_authorization(
         hinted = areq.login_hint and srv.storage.get_user(areq.login_hint)
         username = areq.login_hint if hinted else srv.auto_approve
         return issue_code(srv, areq, username, int(srv.clock()))
+    session = browser.session
     # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
     # re-authenticate the End-User"; max_age=0 is equivalent to prompt=login.
     too_old = areq.max_age is not None and (
@@ -1050,272 +1545,75 @@ def continue_authorization(
         or (session is not None and srv.clock() - session.auth_time > areq.max_age)
     )
     # A session exists only for a user who still exists with the same credentials
-    # (Server.read_session checks that).
+    # (read_session checks that).
     if session is None or "login" in areq.prompt or too_old:
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
-        return login_page(srv, areq)
+        return login_page(srv, areq, browser)
     granted = srv.storage.get_consent(session.username, areq.client.client_id)
     if set(areq.scope) <= granted and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
-    return consent_page(srv, areq, session)
+    return consent_page(srv, areq, browser)
 
 
 ###############################################################################
-# Login and consent pages ######################################################
+# Login and consent ##########################################################
 ###############################################################################
 
-STYLE = """
-*{box-sizing:border-box}
-body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;padding:1rem}
-main{max-width:27rem;margin:2rem auto;background:#fff;padding:2rem;border-radius:8px;
-box-shadow:0 1px 4px #0002}main:has(.wide){max-width:52rem}
-.brand{margin:0 0 1rem;font-size:.9rem;font-weight:700;letter-spacing:.04em;color:#4a5468}
-h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}h2{font-size:1.15rem;margin:1.5rem 0 .5rem}
-a{color:#1f4fd1}label{display:block;margin-top:1rem;font-weight:600}
-input{width:100%;padding:.6rem;font:inherit;border:1px solid #8a93a6;border-radius:4px;
-margin-top:.25rem}input[aria-invalid=true]{border-color:#a4161a}
-.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.5rem;align-items:center}
-button,a.button{padding:.6rem 1.2rem;font:inherit;font-weight:600;border-radius:4px;
-border:2px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;display:inline-block;
-text-decoration:none;min-height:2.75rem}button:hover,a.button:hover{background:#173ea6}
-button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hover{background:#eef2fd}
-:focus-visible{outline:3px solid #1d2330;outline-offset:2px}
-.error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
-font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
-ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
-code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
-overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
-dl.params dd{margin:.2rem 0 0 1rem}
-pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywhere}
-.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
-nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
-.step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
-.steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
-.steps-panel:has(.step:target) .step:not(:target){display:none}
-@media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
-padding:1.25rem;min-height:100vh}.actions>*{flex:1 1 100%;text-align:center}}
-:root{color-scheme:light dark}
-@media (prefers-color-scheme:dark){body{background:#14171f;color:#e6e8ee}
-main{background:#1d212b;box-shadow:0 1px 4px #0006}.brand,.muted{color:#b4bac8}a{color:#8fb0ff}
-input{background:#14171f;color:#e6e8ee;border-color:#7d869b}
-input[aria-invalid=true]{border-color:#ff8a80}button,a.button{background:#2f5bd8;border-color:#2f5bd8;color:#fff}
-button:hover,a.button:hover{background:#2449b5}
-button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
-button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
-.error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
-.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
-""".strip()
 
-STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
-
-# RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
-SECURITY_HEADERS = (
-    ("X-Frame-Options", "DENY"),
-    (
-        "Content-Security-Policy",
-        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; frame-ancestors 'none'; "
-        "base-uri 'none'",
-    ),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-)
-
-esc = html.escape
-BRAND = '<p class="brand">codeflow</p>'
-
-
-class FormExpired(UntrustedRequest):
-    """A form whose CSRF token or signed request is no longer good: too old, or sent
-    from another browser. ``restart`` is a safe place to begin again, if one is known;
-    ``lifetime`` how long such a form lasts, in seconds."""
-
-    def __init__(
-        self, description: str, restart: str | None = None, lifetime: int = FORM_LIFETIME
-    ) -> None:
-        super().__init__(description)
-        self.restart = restart
-        self.lifetime = lifetime
-
-
-def client_label(client: Client) -> str:
-    return esc(client.name or client.client_id)
-
-
-def _hidden_fields(srv: Server, params: dict[str, str], purpose: str = "authorize") -> str:
-    """Every form carries a CSRF token and the signed request it continues."""
-    request = srv.sign_request(params, purpose)
-    return (
-        f'<input type="hidden" name="csrf_token" value="{esc(srv.csrf_token())}">'
-        f'<input type="hidden" name="request" value="{esc(request)}">'
-    )
-
-
-def _alert(message: str) -> str:
-    return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
-
-
-def authorize_url(srv: Server, params: dict[str, str]) -> str:
-    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
-
-
-def login_page(
-    srv: Server,
-    areq: AuthorizationRequest,
-    message: str = "",
-    status: int = 200,
-    username: str | None = None,
-) -> Page:
-    typed = username if username is not None else areq.login_hint or ""
-    # After an error the alert describes both fields; with a known username, the
-    # cursor starts in the password field.
-    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
-    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
-    body = f"""{BRAND}<h1>Sign in</h1>
-<p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, areq.params)}
-<label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" autocapitalize="none"
- spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password"
- required{password_focus}{invalid}>
-<div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
-
-
-def otp_page(
-    srv: Server, areq: AuthorizationRequest, username: str, message: str = "", status: int = 200
-) -> Page:
-    pending = esc(srv.sign_pending(username))
-    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
-        ' aria-describedby="otp-help"'
-    )
-    body = f"""{BRAND}<h1>Enter your code</h1>
-<p>Signing in as <strong>{esc(username)}</strong> to continue to
-<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, areq.params)}
-<input type="hidden" name="pending" value="{pending}">
-<label for="otp">Authentication code</label>
-<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
-<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
- maxlength="8" required autofocus{invalid}>
-<div class="actions"><button type="submit">Verify</button>
-<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
-    return Page("Enter your code", body, status)
-
-
-def consent_page(srv: Server, areq: AuthorizationRequest, session: Session) -> Page:
-    items = "".join(
-        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
-    )
-    # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
-    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
-    back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
-    body = f"""{BRAND}<h1>Allow access?</h1>
-<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
-<p>Signed in as <strong>{esc(session.username)}</strong>.
-<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
-<form method="post" action="consent">{_hidden_fields(srv, areq.params)}
-<div class="actions">
-<button type="submit" name="decision" value="approve">Allow</button>
-<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
-<p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
-    return Page("Allow access?", body)
-
-
-def error_page(err: OAuthError) -> Page:
-    if isinstance(err, FormExpired):
-        again = (
-            f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
-            "</div>"
-            if err.restart
-            else "<p>Go back to the application you came from and start again there.</p>"
-        )
-        body = f"""{BRAND}<h1>This form has expired</h1>
-<p class="error" role="alert">This form has expired, or it came from another browser.
-Nothing was changed.</p>
-<p>For your safety, this form only works for {err.lifetime // 60} minutes, in the browser
-that opened it. {esc(err.description)}</p>{again}"""
-        return Page("Form expired", body, err.status)
-    body = f"""{BRAND}<h1>This request cannot be completed</h1>
-<p class="error" role="alert">{esc(err.description)}</p>
-<p>For your safety you were not sent back to the application. Go back to it and try
-again; if this keeps happening, tell its developers this error code:
-<code>{esc(err.error)}</code>.</p>"""
-    return Page("Error", body, err.status)
-
-
-def _restart(
-    srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH, purpose: str = "authorize"
-) -> str | None:
-    """Where an expired form's request began, if the form still carries one we signed:
-    that first request is safe to make again, since it is checked anew."""
-    try:
-        payload = srv._serializer.loads(form.get("request") or "", salt=purpose)
-    except itsdangerous.BadData:
-        return None
-    params = payload.get("p") if isinstance(payload, dict) else None
-    if not isinstance(params, dict) or not params:
-        return None
-    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}"
-
-
-def signed_out_page() -> Page:
-    body = f"""{BRAND}<h1>You are signed out</h1>
-<p role="status">You are no longer signed in here. Applications you used may keep you
-signed in until you sign out of them too.</p><p>You can close this page.</p>"""
-    return Page("Signed out", body)
-
-
-def resume_request(
-    srv: Server, form: dict[str, str], csrf_cookie: str | None
-) -> AuthorizationRequest:
+def resume_request(srv: Server, form: dict[str, str], browser: Browser) -> AuthorizationRequest:
     """Check a login or consent form's CSRF token and recover the authorization request."""
-    if not srv.check_csrf(form.get("csrf_token"), csrf_cookie):
-        raise FormExpired("Start signing in again.", _restart(srv, form))
-    params = srv.unsign_request(form.get("request"))
+    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+        raise FormExpired("Start signing in again.", restart_url(srv, form))
+    params = srv.signer.request_params(form.get("request"))
     if params is None:
-        raise FormExpired("Start signing in again.", _restart(srv, form))
+        raise FormExpired("Start signing in again.", restart_url(srv, form))
     pairs = list(params.items())
     client, redirect_uri, given = trusted_redirect(srv, pairs)
     return validate_authorization_request(srv, client, redirect_uri, given, params)
 
 
-def login(
-    srv: Server, form: dict[str, str], csrf_cookie: str | None, address: str
-) -> tuple[Redirect | Page, Session | None]:
+def restart_url(
+    srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH, purpose: str = "authorize"
+) -> str | None:
+    """Where an expired form's request began, if the form still carries one we signed:
+    that first request is safe to make again, since it is checked anew."""
+    params = srv.signer.request_params(form.get("request"), purpose, expired=True)
+    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}" if params else None
+
+
+def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
     """Check a username and password, then a TOTP code for users who enrolled one; on
     success, send the browser back to the authorization endpoint."""
-    areq = resume_request(srv, form, csrf_cookie)
+    areq = resume_request(srv, form, browser)
     if "pending" in form:
-        return second_factor(srv, areq, form, address)
+        return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
-    keys = login_limits("user", username, address)
+    keys = login_limits("user", username, browser.address)
     if not srv.login_limiter.attempt(keys):
         message = (
             "Too many failed sign-in attempts. For your safety, signing in is paused: "
             f"wait {LOGIN_WINDOW // 60} minutes, then try again."
         )
-        return login_page(srv, areq, message, 429, username), None
+        return login_page(srv, areq, browser, message, 429, username)
     user = srv.storage.get_user(username)
     stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
     if not verify_password(password, stored or dummy_hash()) or stored is None or not user:
         message = "Wrong username or password. Check both and try again."
-        return login_page(srv, areq, message, username=username), None
+        return login_page(srv, areq, browser, message, username=username)
     srv.login_limiter.succeeded(keys)
     if user.totp_secret:
-        return otp_page(srv, areq, user.username), None
+        return otp_page(srv, areq, browser, user.username)
     return signed_in(srv, areq, user.username)
 
 
 def second_factor(
-    srv: Server, areq: AuthorizationRequest, form: dict[str, str], address: str
-) -> tuple[Redirect | Page, Session | None]:
+    srv: Server, areq: AuthorizationRequest, form: dict[str, str], browser: Browser
+) -> Redirect | Page:
     """RFC 6238: check the TOTP code of a user whose password was right a moment ago."""
-    pending = srv.unsign_pending(form.get("pending"))
+    pending = srv.signer.pending_user(form.get("pending"), browser)
     user = srv.storage.get_user(pending) if pending else None
     if user is None or not user.totp_secret:
         raise FormExpired(
@@ -1323,16 +1621,16 @@ def second_factor(
             authorize_url(srv, areq.params),
             OTP_LIFETIME,
         )
-    keys = login_limits("otp", user.username, address)
+    keys = login_limits("otp", user.username, browser.address)
     if not srv.login_limiter.attempt(keys):
         message = f"Too many wrong codes. Wait {LOGIN_WINDOW // 60} minutes, then try again."
-        return otp_page(srv, areq, user.username, message, 429), None
+        return otp_page(srv, areq, browser, user.username, message, 429)
     step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
     if step is None:
-        return otp_page(srv, areq, user.username, "That code is not right. Try again."), None
+        return otp_page(srv, areq, browser, user.username, "That code is not right. Try again.")
     if not srv.storage.record_totp_step(user.username, step):
         message = "That code was already used. Wait for the next one."
-        return otp_page(srv, areq, user.username, message), None
+        return otp_page(srv, areq, browser, user.username, message)
     srv.login_limiter.succeeded(keys)
     return signed_in(srv, areq, user.username)
 
@@ -1349,7 +1647,7 @@ def totp_step(secret: str, otp: str, now: float) -> int | None:
     return None
 
 
-def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> tuple[Redirect, Session]:
+def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> Redirect:
     """Start the login session and go back to the authorization endpoint."""
     session = Session(username, int(srv.clock()), secrets.token_urlsafe(16))
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
@@ -1359,17 +1657,15 @@ def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> tuple[R
     prompt = " ".join(p for p in split_scope(params.pop("prompt", None)) if p != "login")
     if prompt:
         params["prompt"] = prompt
-    query = urllib.parse.urlencode(params)
-    return Redirect(f"{srv.issuer}{AUTHORIZE_PATH}?{query}"), session
+    return Redirect(authorize_url(srv, params), session=session)
 
 
-def consent(
-    srv: Server, form: dict[str, str], csrf_cookie: str | None, session: Session | None
-) -> Redirect | Page:
+def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
     """Record the user's decision and answer the client (RFC 6749 §4.1.2, §4.1.2.1)."""
-    areq = resume_request(srv, form, csrf_cookie)
+    areq = resume_request(srv, form, browser)
+    session = browser.session
     if session is None:
-        return login_page(srv, areq, "Your sign-in has expired. Sign in again.")
+        return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
     decision = form.get("decision")
     if decision == "deny":
         return error_redirect(
@@ -1381,52 +1677,8 @@ def consent(
     return issue_code(srv, areq, session.username, session.auth_time)
 
 
-def credentials_fingerprint(user: User) -> str:
-    """Changes when the user's password or TOTP secret does, ending older sessions."""
-    material = f"{user.password_hash}\0{user.totp_secret or ''}".encode()
-    return hashlib.sha256(material).hexdigest()[:16]
-
-
-class LoginLimiter:
-    """Counts failed logins per key (user, client address) in a sliding window."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
-
-    def attempt(self, limits: dict[str, int]) -> bool:
-        """Count an attempt as failed before the secret is checked, in one step, so that
-        parallel guesses cannot all slip past; False when a key has reached its limit."""
-        now = self._clock()
-        with self._lock:
-            if any(len(self._recent(k, now)) >= limit for k, limit in limits.items()):
-                return False
-            if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
-                self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
-            for key in limits:
-                self._failures[key] = [*self._recent(key, now), now]
-            return True
-
-    def succeeded(self, limits: dict[str, int]) -> None:
-        """The attempt was right: forget the first key's failures, and this one attempt."""
-        first, *others = limits
-        with self._lock:
-            self._failures.pop(first, None)
-            for key in others:
-                if self._failures.get(key):
-                    self._failures[key].pop()
-
-
-def login_limits(kind: str, username: str, address: str) -> dict[str, int]:
-    return {
-        f"{kind}:{username}@{address}": MAX_FAILED_LOGINS,
-        f"{kind}:{username}": MAX_FAILED_LOGINS_PER_USER,
-        f"address:{address}": MAX_FAILED_LOGINS_PER_ADDRESS,
-    }
+def authorize_url(srv: Server, params: dict[str, str]) -> str:
+    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
 
 
 ###############################################################################
@@ -1481,7 +1733,9 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
     if code.code_challenge is None:
-        note_relaxation(srv, client, "require_pkce=False: a code redeemed without code_verifier")
+        srv.transcript.note_relaxation(
+            client.client_id, "require_pkce=False: a code redeemed without code_verifier"
+        )
     if srv.storage.get_user(code.username) is None:
         raise InvalidGrant("The user of this code no longer exists.")
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
@@ -1627,11 +1881,43 @@ def new_signing_key(alg: str, now: float) -> SigningKey:
     return key
 
 
+def signing_key(srv: Server, alg: str = "RS256") -> SigningKey:
+    """The key that signs now; made on first use and kept in storage, so that
+    processes sharing a store share keys."""
+    for key in srv.storage.signing_keys():
+        if key.alg == alg and key.expires_at is None:
+            return key
+    return srv.storage.get_or_add_signing_key(new_signing_key(alg, srv.clock()))
+
+
+def private_key(key: SigningKey) -> Any:
+    """The parsed key, parsed once per process. Keys come from our own storage, so
+    cryptography's RSA consistency check (~60 ms a key) is skipped."""
+    parsed = _PARSED_KEYS.get(key.kid)
+    if parsed is None:
+        parsed = serialization.load_pem_private_key(
+            key.private_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
+        )
+        _PARSED_KEYS[key.kid] = parsed
+    return parsed
+
+
+def rotate_signing_keys(srv: Server) -> list[SigningKey]:
+    """Start signing with new keys at once. The old keys stay in the JWKS until the
+    longest-lived token they signed has expired, then purge_expired drops them."""
+    now = srv.clock()
+    retire_until = now + max(srv.id_token_lifetime, srv.access_token_lifetime)
+    new = [new_signing_key(alg, now) for alg in SIGNING_ALGS]
+    for key in new:
+        srv.storage.rotate_signing_key(key, retire_until)
+    return new
+
+
 def sign(srv: Server, claims: dict[str, Any], alg: str, typ: str = "JWT") -> str:
     """A JWS with the current key of ``alg``; RFC 7515 §4.1.4 ``kid`` in every header."""
-    key = srv.signing_key(alg)
+    key = signing_key(srv, alg)
     return jwt.encode(
-        claims, srv.private_key(key), algorithm=alg, headers={"kid": key.kid, "typ": typ}
+        claims, private_key(key), algorithm=alg, headers={"kid": key.kid, "typ": typ}
     )
 
 
@@ -1671,8 +1957,8 @@ def id_token(
     }
     if nonce is not None:
         body["nonce"] = nonce
-    if srv._next_claims:  # a test scripted this token's claims (Server.next_claims)
-        body.update(srv.take_next_claims(username))
+    # A test may have scripted this token's claims (Server.next_claims).
+    body.update(srv.scripted_claims.take(username))
     return sign(srv, body, client.id_token_signed_response_alg)
 
 
@@ -1705,11 +1991,11 @@ def jwks(srv: Server) -> dict[str, Any]:
     """RFC 7517 §5: every key that may still verify a live token, current ones first."""
     keys = []
     now = srv.clock()
-    srv.signing_key("RS256")  # a fresh server publishes its key before it signs anything
+    signing_key(srv, "RS256")  # a fresh server publishes its key before it signs anything
     for key in srv.storage.signing_keys():
         if key.expires_at is not None and key.expires_at <= now:
             continue
-        public = srv.private_key(key).public_key()
+        public = private_key(key).public_key()
         algorithms = jwt.algorithms
         algorithm = algorithms.RSAAlgorithm if key.alg == "RS256" else algorithms.ECAlgorithm
         jwk = json.loads(algorithm.to_jwk(public))
@@ -1763,7 +2049,7 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
         options = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
         return jwt.decode(
             hint,
-            srv.private_key(key).public_key(),
+            private_key(key).public_key(),
             algorithms=[key.alg],
             issuer=srv.issuer,
             options={**options, "verify_aud": False, "require": ["aud", "sub"]},
@@ -1772,21 +2058,16 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
         raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
 
 
-SIGNED_OUT = Session("", 0)  # tells the HTTP layer to delete the session cookie
-
-
 def end_session(
-    srv: Server,
-    params: dict[str, str],
-    session: Session | None,
-    confirmed: bool,
-) -> tuple[Redirect | Page, Session | None]:
+    srv: Server, params: dict[str, str], browser: Browser, *, confirmed: bool
+) -> Redirect | Page:
     """OpenID Connect RP-Initiated Logout 1.0 §2-§3: end the login session.
 
     OPTIONAL: id_token_hint, client_id, post_logout_redirect_uri, state, ui_locales.
     Without a valid id_token_hint the user confirms first (§2: "the OP SHOULD ask the
     End-User whether to log out"), so that another site cannot sign the user out.
     """
+    session = browser.session
     client_id = params.get("client_id")
     hinted = None
     if "id_token_hint" in params:
@@ -1803,23 +2084,25 @@ def end_session(
     # A hint for another user than the signed-in one proves nothing about this session.
     vouched = hinted is not None and session is not None and hinted["sub"] == session.username
     if session is not None and not vouched and not confirmed:
-        return logout_page(srv, params, client), None
+        return logout_page(srv, params, client, browser)
     if session is not None:
         # The cookie is deleted too, but a copy of it must not outlive the logout.
         srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
     if target is not None:
         state = params.get("state")
-        return Redirect(add_query(target, {"state": state} if state else {})), SIGNED_OUT
-    return signed_out_page(), SIGNED_OUT
+        return Redirect(add_query(target, {"state": state} if state else {}), signed_out=True)
+    return signed_out_page()
 
 
-def logout_page(srv: Server, params: dict[str, str], client: Client | None) -> Page:
-    asker = f" from <strong>{client_label(client)}</strong>" if client else ""
-    body = f"""{BRAND}<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
-<form method="post" action="logout">{_hidden_fields(srv, params, "logout")}
-<div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
-</form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
-    return Page("Sign out?", body)
+def logout(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """A POST to the logout endpoint: the relying party's logout request (RP-Initiated
+    Logout §2), or the user confirming the logout page's form."""
+    if "csrf_token" not in form:
+        return end_session(srv, form, browser, confirmed=False)
+    if not srv.signer.check_csrf(form["csrf_token"], browser):
+        raise FormExpired("Sign out again.", restart_url(srv, form, LOGOUT_PATH, "logout"))
+    params = srv.signer.request_params(form.get("request"), "logout") or {}
+    return end_session(srv, params, browser, confirmed=form.get("confirm") == "yes")
 
 
 ###############################################################################
@@ -1927,645 +2210,224 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
 
 
 ###############################################################################
-# The server and its WSGI app ##################################################
+# Pages: every HTML the server renders #######################################
 ###############################################################################
 
 
-class Server:
-    """An authorization server: configuration, storage, and ``.wsgi``, the WSGI app.
+STYLE = """
+*{box-sizing:border-box}
+body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;padding:1rem}
+main{max-width:27rem;margin:2rem auto;background:#fff;padding:2rem;border-radius:8px;
+box-shadow:0 1px 4px #0002}main:has(.wide){max-width:52rem}
+.brand{margin:0 0 1rem;font-size:.9rem;font-weight:700;letter-spacing:.04em;color:#4a5468}
+h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}h2{font-size:1.15rem;margin:1.5rem 0 .5rem}
+a{color:#1f4fd1}label{display:block;margin-top:1rem;font-weight:600}
+input{width:100%;padding:.6rem;font:inherit;border:1px solid #8a93a6;border-radius:4px;
+margin-top:.25rem}input[aria-invalid=true]{border-color:#a4161a}
+.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.5rem;align-items:center}
+button,a.button{padding:.6rem 1.2rem;font:inherit;font-weight:600;border-radius:4px;
+border:2px solid #1f4fd1;background:#1f4fd1;color:#fff;cursor:pointer;display:inline-block;
+text-decoration:none;min-height:2.75rem}button:hover,a.button:hover{background:#173ea6}
+button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hover{background:#eef2fd}
+:focus-visible{outline:3px solid #1d2330;outline-offset:2px}
+.error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
+font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
+ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
+code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
+overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
+dl.params dd{margin:.2rem 0 0 1rem}
+pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywhere}
+.ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
+nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
+.step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
+.steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
+.steps-panel:has(.step:target) .step:not(:target){display:none}
+@media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
+padding:1.25rem;min-height:100vh}.actions>*{flex:1 1 100%;text-align:center}}
+:root{color-scheme:light dark}
+@media (prefers-color-scheme:dark){body{background:#14171f;color:#e6e8ee}
+main{background:#1d212b;box-shadow:0 1px 4px #0006}.brand,.muted{color:#b4bac8}a{color:#8fb0ff}
+input{background:#14171f;color:#e6e8ee;border-color:#7d869b}
+input[aria-invalid=true]{border-color:#ff8a80}button,a.button{background:#2f5bd8;border-color:#2f5bd8;color:#fff}
+button:hover,a.button:hover{background:#2449b5}
+button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
+button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
+.error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
+.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
+""".strip()
 
-    >>> srv = Server(issuer="http://127.0.0.1:8000")
-    >>> client = srv.add_client("app", redirect_uris=["http://127.0.0.1:9000/cb"])
-    >>> user = srv.add_user("alice", "wonderland")
+STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 
-    ``auto_approve="alice"`` skips login and consent for tests: every authorization
-    request is approved at once as alice, or as the user named by ``login_hint``.
-    For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
-    exchange, ``test_mode=True`` also opens the HTTP control surface, and
-    ``internal_url`` is where back-channel clients reach the server by another name.
-    """
+# RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    (
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; frame-ancestors 'none'; "
+        "base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
-    def __init__(
-        self,
-        issuer: str | None = None,
-        storage: Storage | None = None,
-        clock: Callable[[], float] = time.time,
-        *,
-        auto_approve: str | None = None,
-        secret_key: str | bytes | None = None,
-        code_lifetime: int = CODE_LIFETIME,
-        access_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
-        refresh_token_lifetime: int = REFRESH_TOKEN_LIFETIME,
-        id_token_lifetime: int = ID_TOKEN_LIFETIME,
-        access_token_audience: str | None = None,
-        demo: bool = False,
-        test_mode: bool = False,
-        transcript: bool = False,
-        internal_url: str | None = None,
-    ) -> None:
-        self._issuer_given = issuer is not None
-        self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
-        self.storage: Storage = storage if storage is not None else MemoryStorage()
-        self.clock = clock
-        self.code_lifetime = code_lifetime
-        self.access_token_lifetime = access_token_lifetime
-        self.refresh_token_lifetime = refresh_token_lifetime
-        self.id_token_lifetime = id_token_lifetime
-        # RFC 9068 §3: without a resource indicator, "a default resource indicator".
-        self._audience = access_token_audience
-        self.demo = demo
-        self.login_limiter = LoginLimiter(clock)
-        # One key signs cookies and forms; each use has its own salt (itsdangerous).
-        # Kept in storage unless given, so that processes sharing a store share sessions.
-        key = secret_key or self.storage.get_or_add_setting("secret_key", secrets.token_hex(32))
-        self._serializer = itsdangerous.URLSafeSerializer(key)
-        self._secret_cache: dict[tuple[str, str], bytes] = {}
-        self.auto_approve = auto_approve
-        if demo:
-            add_demo(self)
-        self.wsgi: Callable[..., Iterable[bytes]] = _secure_headers(
-            build_app(self), https=self.secure_cookies
-        )
-        # A fake IdP for test suites (see its section): back-channel endpoints on another
-        # base URL, scripted claims, a fault plan, and a transcript when asked for.
-        self.internal_url = internal_url.rstrip("/") if internal_url else None
-        self.test_mode = test_mode
-        self.faults = FaultPlan()
-        self.transcript = Transcript(enabled=transcript or test_mode)
-        self._next_claims: list[tuple[str | None, dict[str, Any]]] = []
-        self._claims_lock = threading.Lock()
-        self.wsgi = _with_faults(self, self.wsgi)
-        if self.transcript.enabled:
-            self.wsgi = _recording(self, self.wsgi)
-        if test_mode:
-            log.warning(
-                "codeflow: TEST MODE: faults can be injected over HTTP at %sfaults and every "
-                "request is recorded; never run this in production", CONTROL_PREFIX
-            )
-
-    @property
-    def auto_approve(self) -> str | None:
-        """The user every authorization request is approved as, at once; None: ask."""
-        return self._auto_approve
-
-    @auto_approve.setter
-    def auto_approve(self, username: str | None) -> None:
-        self._auto_approve = username
-        if username is None:
-            return
-        log.warning("codeflow: auto-approve is on: every request is approved as %r", username)
-        if self.storage.get_user(username) is None:
-            # A real user (without a password), so that its codes, userinfo and
-            # introspection behave as any user's.
-            self.add_user(username)
-
-    @property
-    def secure_cookies(self) -> bool:
-        return self.issuer.startswith("https:")
-
-    def cookie_name(self, name: str) -> str:
-        return HOST_PREFIX + name if self.secure_cookies else name
-
-    # -- Registration -------------------------------------------------------
-
-    def add_client(
-        self,
-        client_id: str,
-        *,
-        client_secret: str | None = None,
-        redirect_uris: Iterable[str] = (),
-        name: str = "",
-        scopes: Iterable[str] = DEFAULT_SCOPES,
-        grant_types: Iterable[str] = DEFAULT_GRANT_TYPES,
-        require_pkce: bool = True,
-        id_token_signed_response_alg: str = "RS256",  # noqa: S107 -- an alg name
-        access_token_jwt: bool = False,
-        post_logout_redirect_uris: Iterable[str] = (),
-    ) -> Client:
-        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
-        uris = tuple(redirect_uris)
-        for uri in uris:
-            parts = urllib.parse.urlsplit(uri)
-            # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
-            # "MUST NOT include a fragment component."
-            if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
-                raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
-        grants = tuple(grant_types)
-        unknown = set(grants) - set(GRANT_TYPES)
-        if unknown:
-            raise ValueError(f"unsupported grant types: {sorted(unknown)}")
-        if id_token_signed_response_alg not in SIGNING_ALGS:
-            raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
-        if client_secret is None and not require_pkce:
-            raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
-        client = Client(
-            client_id=client_id,
-            redirect_uris=uris,
-            secret_hash=hash_password(client_secret) if client_secret is not None else None,
-            name=name,
-            scopes=tuple(scopes),
-            grant_types=grants,
-            require_pkce=require_pkce,
-            id_token_signed_response_alg=id_token_signed_response_alg,
-            access_token_jwt=access_token_jwt,
-            post_logout_redirect_uris=tuple(post_logout_redirect_uris),
-        )
-        self.storage.add_client(client)
-        return client
-
-    def add_user(
-        self,
-        username: str,
-        password: str | None = None,
-        *,
-        claims: dict[str, Any] | None = None,
-        totp_secret: str | None = None,
-    ) -> User:
-        """Register a user; without a password the user can only be auto-approved.
-
-        With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
-        in with a TOTP code after the password (RFC 6238)."""
-        if totp_secret is not None:
-            pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
-        hashed = hash_password(password) if password is not None else NO_PASSWORD
-        user = User(username, hashed, dict(claims or {}), totp_secret)
-        self.storage.add_user(user)
-        return user
-
-    def issue_tokens(
-        self,
-        user: User | str | None,
-        client: Client | str,
-        scope: str | Iterable[str] = (),
-        claims: dict[str, Any] | None = None,
-    ) -> dict:
-        """Mint tokens without a browser, as the token endpoint would (for API tests)."""
-        if isinstance(client, str):
-            found = self.storage.get_client(client)
-            if found is None:
-                raise ValueError(f"unknown client {client!r}")
-            client = found
-        username = user.username if isinstance(user, User) else user
-        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
-        # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
-        offline = "openid" not in scopes or "offline_access" in scopes
-        return issue_tokens(
-            self, client, username, scopes,
-            family_id=new_secret(), refresh=username is not None and offline,
-            auth_time=int(self.clock()), claims=claims,
-        )  # fmt: skip
-
-    def set_claims(self, username: str, claims: dict[str, Any], *, merge: bool = True) -> User:
-        """Set a user's claims (what userinfo answers, OIDC Core §5.3), merged into the
-        current ones unless ``merge=False``."""
-        user = self.storage.get_user(username)
-        if user is None:
-            raise ValueError(f"unknown user {username!r}")
-        user = replace(user, claims={**(user.claims if merge else {}), **claims})
-        self.storage.add_user(user)
-        return user
-
-    def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
-        """Put ``claims`` into the next ID token issued (for ``username`` only, if given),
-        over the ones it would carry; used once. Queued calls apply in order."""
-        with self._claims_lock:
-            self._next_claims.append((username, dict(claims)))
-
-    def take_next_claims(self, username: str) -> dict[str, Any]:
-        with self._claims_lock:
-            for i, (who, claims) in enumerate(self._next_claims):
-                if who is None or who == username:
-                    del self._next_claims[i]
-                    return claims
-        return {}
-
-    def check_client_secret(self, client: Client, secret: str) -> bool:
-        """Verify a client secret against its scrypt hash.
-
-        A verified secret's SHA-256 is cached in this process, so a busy client pays
-        the memory-hard KDF once rather than on every token request.
-        """
-        if client.secret_hash is None:
-            return False
-        digest = hashlib.sha256(secret.encode("utf-8")).digest()
-        key = (client.client_id, client.secret_hash)
-        cached = self._secret_cache.get(key)
-        if cached is not None:
-            return hmac.compare_digest(cached, digest)
-        if not verify_password(secret, client.secret_hash):
-            return False
-        self._secret_cache[key] = digest
-        return True
-
-    # -- Signing keys (RFC 7517) --------------------------------------------------
-
-    @property
-    def access_token_audience(self) -> str:
-        return self._audience or self.issuer
-
-    def signing_key(self, alg: str = "RS256") -> SigningKey:
-        """The key that signs now; made on first use and kept in storage, so that
-        processes sharing a store share keys."""
-        for key in self.storage.signing_keys():
-            if key.alg == alg and key.expires_at is None:
-                return key
-        return self.storage.get_or_add_signing_key(new_signing_key(alg, self.clock()))
-
-    def private_key(self, key: SigningKey) -> Any:
-        """The parsed key, parsed once per process. Keys come from our own storage, so
-        cryptography's RSA consistency check (~60 ms a key) is skipped."""
-        parsed = _PARSED_KEYS.get(key.kid)
-        if parsed is None:
-            parsed = serialization.load_pem_private_key(
-                key.private_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
-            )
-            _PARSED_KEYS[key.kid] = parsed
-        return parsed
-
-    def rotate_keys(self) -> list[SigningKey]:
-        """Start signing with new keys at once. The old keys stay in the JWKS until the
-        longest-lived token they signed has expired, then purge_expired drops them."""
-        now = self.clock()
-        retire_until = now + max(self.id_token_lifetime, self.access_token_lifetime)
-        new = [new_signing_key(alg, now) for alg in SIGNING_ALGS]
-        for key in new:
-            self.storage.rotate_signing_key(key, retire_until)
-        return new
-
-    # -- Signed cookies and forms ---------------------------------------------
-
-    def _dumps(self, payload: dict, salt: str, lifetime: int) -> str:
-        # Expiry is checked against our own clock, so tests that move time see it.
-        return self._serializer.dumps({**payload, "e": self.clock() + lifetime}, salt=salt)
-
-    def _loads(self, value: str | None, salt: str) -> dict | None:
-        if not value:
-            return None
-        try:
-            payload = self._serializer.loads(value, salt=salt)
-        except itsdangerous.BadData:
-            return None
-        if not isinstance(payload, dict) or payload.get("e", 0) <= self.clock():
-            return None
-        return payload
-
-    def session_cookie(self, session: Session) -> str:
-        user = self.storage.get_user(session.username)
-        payload = {
-            "u": session.username,
-            "t": session.auth_time,
-            "s": session.sid,
-            "f": credentials_fingerprint(user) if user else "",
-        }
-        return self._dumps(payload, "session", SESSION_LIFETIME)
-
-    def read_session(self, cookie: str | None) -> Session | None:
-        """The signed-in user, unless the session was ended (logout), or the user was
-        removed or changed password or second factor since signing in."""
-        payload = self._loads(cookie, "session")
-        if not payload or "s" not in payload or self.storage.session_ended(payload["s"]):
-            return None
-        user = self.storage.get_user(payload["u"])
-        if user is None or payload.get("f") != credentials_fingerprint(user):
-            return None
-        return Session(payload["u"], payload["t"], payload["s"])
-
-    def csrf_token(self) -> str:
-        """A form's CSRF token: the browser's CSRF cookie value, signed, with an expiry."""
-        return self._dumps({"c": _current_csrf_cookie()}, "csrf", FORM_LIFETIME)
-
-    def check_csrf(self, token: str | None, cookie: str | None) -> bool:
-        payload = self._loads(token, "csrf")
-        if not payload or not cookie:
-            return False
-        # compare_digest takes str only when ASCII; cookies may be any latin-1 text.
-        expected = str(payload.get("c")).encode("utf-8", "surrogatepass")
-        return hmac.compare_digest(expected, cookie.encode("utf-8", "surrogatepass"))
-
-    def sign_pending(self, username: str) -> str:
-        """Who typed the right password, for the TOTP step that follows (RFC 6238); bound
-        to this browser's CSRF cookie, so it is worth nothing in another browser."""
-        return self._dumps({"u": username, "c": _current_csrf_cookie()}, "otp", OTP_LIFETIME)
-
-    def unsign_pending(self, value: str | None) -> str | None:
-        payload = self._loads(value, "otp")
-        if not payload or payload.get("c") != _current_csrf_cookie():
-            return None
-        return payload["u"]
-
-    def sign_request(self, params: dict[str, str], purpose: str = "authorize") -> str:
-        """The request a form continues, signed for one ``purpose`` (salt): a logout
-        form's blob is no authorization request."""
-        return self._dumps({"p": params}, purpose, FORM_LIFETIME)
-
-    def unsign_request(
-        self, value: str | None, purpose: str = "authorize"
-    ) -> dict[str, str] | None:
-        payload = self._loads(value, purpose)
-        return payload["p"] if payload else None
-
-    # -- Running ---------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-        """Serve on a free loopback port in a thread; yield the base URL, then stop.
-
-        Unless an issuer was given, the issuer becomes that base URL.
-        """
-        httpd = make_server(host, port, self.wsgi, ThreadingWSGIServer, QuietHandler)
-        url = f"http://{host}:{httpd.server_port}"
-        if not self._issuer_given:
-            self.issuer = url
-            if self.demo:
-                add_demo(self)
-        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        stop_purging = threading.Event()
-        purge_forever(self, stop=stop_purging)
-        try:
-            yield url
-        finally:
-            stop_purging.set()
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join()
+esc = html.escape
+BRAND = '<p class="brand">codeflow</p>'
 
 
-# The CSRF cookie of the request being answered; set by the WSGI layer per request.
-_csrf_local = threading.local()
+def client_label(client: Client) -> str:
+    return esc(client.name or client.client_id)
 
 
-def _current_csrf_cookie() -> str:
-    return _csrf_local.value
-
-
-SESSION_COOKIE = "codeflow_session"
-CSRF_COOKIE = "codeflow_csrf"
-# RFC 6265bis §4.1.3.2: a __Host- cookie is Secure, host-only and Path=/, so a sibling
-# subdomain cannot plant one; used whenever the issuer is https.
-HOST_PREFIX = "__Host-"
-
-
-def _secure_headers(
-    app: Callable[..., Iterable[bytes]], https: bool = False
-) -> Callable[..., Iterable[bytes]]:
-    """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16), and
-    refuse a path that is not UTF-8 (bottle would drop its bad bytes and serve the rest).
-
-    On an https issuer, HSTS too (RFC 6797). CSP has no form-action: browsers apply it to
-    the redirect after the consent form, which goes to the client's own origin."""
-    secure_headers = SECURITY_HEADERS + (
-        (("Strict-Transport-Security", "max-age=31536000"),) if https else ()
+def _hidden_fields(
+    srv: Server, browser: Browser, params: dict[str, str], purpose: str = "authorize"
+) -> str:
+    """Every form carries a CSRF token and the signed request it continues."""
+    request = srv.signer.request(params, purpose)
+    return (
+        f'<input type="hidden" name="csrf_token" value="{esc(srv.signer.csrf_token(browser))}">'
+        f'<input type="hidden" name="request" value="{esc(request)}">'
     )
 
-    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        def start(status: str, headers: list, exc_info: Any = None) -> Any:
-            present = {name.lower() for name, _ in headers}
-            extra = [h for h in secure_headers if h[0].lower() not in present]
-            return start_response(status, headers + extra, exc_info)
 
-        try:
-            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            start("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"The request path is not UTF-8."]
-        return app(environ, start)
-
-    return wsgi
+def _alert(message: str) -> str:
+    return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
 
 
-def build_app(srv: Server) -> bottle.Bottle:
-    """The HTTP layer: adapt requests to the protocol functions above and back."""
-    app = bottle.Bottle()
-    request = bottle.request
+def login_page(
+    srv: Server,
+    areq: AuthorizationRequest,
+    browser: Browser,
+    message: str = "",
+    status: int = 200,
+    username: str | None = None,
+) -> Page:
+    typed = username if username is not None else areq.login_hint or ""
+    # After an error the alert describes both fields; with a known username, the
+    # cursor starts in the password field.
+    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
+    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    body = f"""{BRAND}<h1>Sign in</h1>
+<p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required{password_focus}{invalid}>
+<div class="actions"><button type="submit">Sign in</button></div></form>"""
+    return Page("Sign in", body, status)
 
-    def get_cookie(name: str) -> str | None:
-        return request.get_cookie(srv.cookie_name(name))
 
-    def read_body() -> bytes:
-        raw = request.environ.get("CONTENT_LENGTH") or "0"
-        if not (raw.isascii() and raw.isdigit()):  # RFC 9110 §8.6: Content-Length = 1*DIGIT
-            raise InvalidRequest("Content-Length is not a number.")
-        length = int(raw)
-        if length > MAX_BODY:
-            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY} bytes.")
-        return request.environ["wsgi.input"].read(length) if length > 0 else b""
+def otp_page(
+    srv: Server,
+    areq: AuthorizationRequest,
+    browser: Browser,
+    username: str,
+    message: str = "",
+    status: int = 200,
+) -> Page:
+    pending = esc(srv.signer.pending(username, browser))
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    body = f"""{BRAND}<h1>Enter your code</h1>
+<p>Signing in as <strong>{esc(username)}</strong> to continue to
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<input type="hidden" name="pending" value="{pending}">
+<label for="otp">Authentication code</label>
+<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ maxlength="8" required autofocus{invalid}>
+<div class="actions"><button type="submit">Verify</button>
+<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
+    return Page("Enter your code", body, status)
 
-    def form_pairs() -> list[tuple[str, str]]:
-        """RFC 6749 §4.1.3: POST bodies are application/x-www-form-urlencoded."""
-        ctype = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise InvalidRequest("Content-Type must be application/x-www-form-urlencoded.")
-        return parse_pairs(read_body())
 
-    def query_pairs() -> list[tuple[str, str]]:
-        # PEP 3333 hands the query string over as latin-1; these are the original bytes.
-        return parse_pairs(request.environ.get("QUERY_STRING", "").encode("latin-1"))
+def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    items = "".join(
+        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
+    )
+    # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
+    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
+    back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
+    username = browser.session.username if browser.session else ""
+    body = f"""{BRAND}<h1>Allow access?</h1>
+<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
+<p>Signed in as <strong>{esc(username)}</strong>.
+<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
+<form method="post" action="consent">{_hidden_fields(srv, browser, areq.params)}
+<div class="actions">
+<button type="submit" name="decision" value="approve">Allow</button>
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
+<p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
+    return Page("Allow access?", body)
 
-    def json_response(
-        body: dict, status: int = 200, headers: dict | None = None
-    ) -> bottle.HTTPResponse:
-        # RFC 6749 §5.1: "Cache-Control: no-store" and "Pragma: no-cache" on token responses.
-        return bottle.HTTPResponse(
-            json.dumps(body),
-            status,
-            {
-                "Content-Type": "application/json",
-                "Cache-Control": "no-store",
-                "Pragma": "no-cache",
-                **(headers or {}),
-            },
+
+def error_page(err: OAuthError) -> Page:
+    if isinstance(err, FormExpired):
+        again = (
+            f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
+            "</div>"
+            if err.restart
+            else "<p>Go back to the application you came from and start again there.</p>"
         )
+        body = f"""{BRAND}<h1>This form has expired</h1>
+<p class="error" role="alert">This form has expired, or it came from another browser.
+Nothing was changed.</p>
+<p>For your safety, this form only works for {err.lifetime // 60} minutes, in the browser
+that opened it. {esc(err.description)}</p>{again}"""
+        return Page("Form expired", body, err.status)
+    body = f"""{BRAND}<h1>This request cannot be completed</h1>
+<p class="error" role="alert">{esc(err.description)}</p>
+<p>For your safety you were not sent back to the application. Go back to it and try
+again; if this keeps happening, tell its developers this error code:
+<code>{esc(err.error)}</code>.</p>"""
+    return Page("Error", body, err.status)
 
-    def json_error(err: OAuthError) -> bottle.HTTPResponse:
-        headers = {}
-        if isinstance(err, InvalidClient) and err.basic:
-            # RFC 6749 §5.2: 401 and "MUST include the WWW-Authenticate response header"
-            headers["WWW-Authenticate"] = 'Basic realm="codeflow", charset="UTF-8"'
-        return json_response(err.to_json(), err.status, headers)
 
-    def api(handler: Callable[[dict[str, str], str | None, str], dict | None]) -> Callable:
-        """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
+def signed_out_page() -> Page:
+    body = f"""{BRAND}<h1>You are signed out</h1>
+<p role="status">You are no longer signed in here. Applications you used may keep you
+signed in until you sign out of them too.</p><p>You can close this page.</p>"""
+    return Page("Signed out", body, signed_out=True)
 
-        def endpoint() -> bottle.HTTPResponse:
-            try:
-                params = single_params(form_pairs())
-                body = handler(
-                    params,
-                    request.environ.get("HTTP_AUTHORIZATION"),
-                    request.environ.get("REMOTE_ADDR", ""),
-                )
-            except OAuthError as err:
-                return json_error(err)
-            return json_response(body if body is not None else {})
 
-        return endpoint
+def logout_page(
+    srv: Server, params: dict[str, str], client: Client | None, browser: Browser
+) -> Page:
+    asker = f" from <strong>{client_label(client)}</strong>" if client else ""
+    body = f"""{BRAND}<h1>Sign out?</h1><p>A request{asker} asks to sign you out.</p>
+<form method="post" action="logout">{_hidden_fields(srv, browser, params, "logout")}
+<div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
+</form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
+    return Page("Sign out?", body)
 
-    def page_response(page: Page) -> bottle.HTTPResponse:
-        document = (
-            f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
-            f"<body><main>{page.body}</main></body></html>"
-        )
-        return bottle.HTTPResponse(
-            document,
-            page.status,
-            {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
-        )
 
-    def browser(
-        handler: Callable[[], Redirect | Page | tuple[Redirect | Page, Session | None]],
-    ) -> Callable:
-        """A browser-facing endpoint: pages, redirects, cookies; errors as an HTML page."""
+def home_page(srv: Server) -> Page:
+    demo = (
+        "<p>New to the flow? The demo client walks you through it, step by step.</p>"
+        f'<div class="actions"><a class="button" href="{DEMO_PATH}">Try the demo</a></div>'
+        if srv.demo
+        else ""
+    )
+    return Page(
+        "codeflow",
+        f"{BRAND}<h1>An OAuth 2.1 and OpenID Connect server</h1><p>Issuer: "
+        f"<code>{esc(srv.issuer)}</code></p><p>Metadata: "
+        f'<a href="{OAUTH_METADATA_PATH}">{OAUTH_METADATA_PATH}</a></p>{demo}',
+    )
 
-        def endpoint() -> bottle.HTTPResponse:
-            csrf = get_cookie(CSRF_COOKIE)
-            _csrf_local.value = csrf if csrf and len(csrf) == 22 else secrets.token_urlsafe(16)
-            session = None
-            try:
-                result = handler()
-            except OAuthError as err:
-                result = error_page(err)
-            if isinstance(result, tuple):
-                result, session = result
-            if isinstance(result, Redirect):
-                # RFC 9700 §4.12: answer a form POST with 303, so the browser drops the body.
-                status = 303 if request.method == "POST" else 302
-                response = bottle.HTTPResponse(status=status, Location=result.location)
-                response.set_header("Cache-Control", "no-store")
-            else:
-                response = page_response(result)
-            cookie = {
-                "httponly": True,
-                "samesite": "lax",
-                "secure": srv.secure_cookies,
-                "path": "/",
-            }
-            if _csrf_local.value != csrf:
-                response.set_cookie(srv.cookie_name(CSRF_COOKIE), _csrf_local.value, **cookie)
-            if session is SIGNED_OUT:
-                response.delete_cookie(srv.cookie_name(SESSION_COOKIE), **cookie)
-            elif session is not None:
-                value = srv.session_cookie(session)
-                response.set_cookie(srv.cookie_name(SESSION_COOKIE), value, **cookie)
-            return response
 
-        return endpoint
-
-    def current_session() -> Session | None:
-        return srv.read_session(get_cookie(SESSION_COOKIE))
-
-    @app.route(AUTHORIZE_PATH, method=["GET", "POST"])
-    @browser
-    def authorization_endpoint() -> Redirect | Page:
-        # RFC 6749 §3.1: the endpoint MUST support GET and MAY support POST.
-        pairs = form_pairs() if request.method == "POST" else query_pairs()
-        return authorize(srv, pairs, current_session())
-
-    @app.post(LOGIN_PATH)
-    @browser
-    def login_endpoint() -> tuple[Redirect | Page, Session | None]:
-        form = single_params(form_pairs())
-        address = request.environ.get("REMOTE_ADDR", "")
-        return login(srv, form, get_cookie(CSRF_COOKIE), address)
-
-    @app.post(CONSENT_PATH)
-    @browser
-    def consent_endpoint() -> Redirect | Page:
-        form = single_params(form_pairs())
-        return consent(srv, form, get_cookie(CSRF_COOKIE), current_session())
-
-    app.post(TOKEN_PATH)(api(lambda p, a, r: token_endpoint(srv, p, a, r)))
-    app.post(INTROSPECT_PATH)(api(lambda p, a, r: introspect(srv, p, a, r)))
-    app.post(REVOKE_PATH)(api(lambda p, a, r: revoke(srv, p, a, r)))
-
-    @app.get(OAUTH_METADATA_PATH)
-    @app.get(OIDC_METADATA_PATH)
-    def metadata() -> bottle.HTTPResponse:
-        internal = bool(srv.internal_url) and (
-            request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
-        )
-        return bottle.HTTPResponse(
-            json.dumps(oauth_metadata(srv, internal)), 200, {"Content-Type": "application/json"}
-        )
-
-    @app.get(JWKS_PATH)
-    def jwks_endpoint() -> bottle.HTTPResponse:
-        return bottle.HTTPResponse(
-            json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
-        )
-
-    @app.route(USERINFO_PATH, method=["GET", "POST"])
-    def userinfo_endpoint() -> bottle.HTTPResponse:
-        # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
-        # and HTTP POST methods".
-        try:
-            has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
-            form = single_params(form_pairs()) if has_body else None
-            body = userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form)
-        except OAuthError as err:
-            # RFC 6750 §3: every error carries WWW-Authenticate: Bearer.
-            challenge = 'Bearer realm="codeflow"'
-            if not isinstance(err, MissingToken):
-                challenge += f', error="{err.error}", error_description="{err.description}"'
-            return json_response(err.to_json(), err.status, {"WWW-Authenticate": challenge})
-        return json_response(body)
-
-    @app.route(LOGOUT_PATH, method=["GET", "POST"])
-    @browser
-    def logout_endpoint() -> tuple[Redirect | Page, Session | None]:
-        # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
-        if request.method == "GET":
-            return end_session(srv, single_params(query_pairs()), current_session(), False)
-        form = single_params(form_pairs())
-        if "csrf_token" not in form:  # the relying party POSTed its logout request
-            return end_session(srv, form, current_session(), False)
-        if not srv.check_csrf(form["csrf_token"], get_cookie(CSRF_COOKIE)):
-            raise FormExpired("Sign out again.", _restart(srv, form, LOGOUT_PATH, "logout"))
-        params = srv.unsign_request(form.get("request"), "logout") or {}
-        return end_session(srv, params, current_session(), form.get("confirm") == "yes")
-
-    @app.get("/")
-    @browser
-    def home() -> Page:
-        demo = (
-            "<p>New to the flow? The demo client walks you through it, step by step.</p>"
-            f'<div class="actions"><a class="button" href="{DEMO_PATH}">Try the demo</a></div>'
-            if srv.demo
-            else ""
-        )
-        return Page(
-            "codeflow",
-            f"{BRAND}<h1>An OAuth 2.1 and OpenID Connect server</h1><p>Issuer: "
-            f"<code>{esc(srv.issuer)}</code></p><p>Metadata: "
-            f'<a href="{OAUTH_METADATA_PATH}">{OAUTH_METADATA_PATH}</a></p>{demo}',
-        )
-
-    @app.get(DEMO_PATH)
-    @browser
-    def demo_start() -> Page | Redirect:
-        if not srv.demo:
-            raise bottle.HTTPError(404, "Not found")
-        if request.urlparts.netloc != urllib.parse.urlsplit(srv.issuer).netloc:
-            # Opened as localhost instead of the issuer's 127.0.0.1, say: cookies would
-            # not follow the flow, so start over on the issuer's own host.
-            return Redirect(srv.issuer + DEMO_PATH)
-        return demo_page(srv)
-
-    @app.get(DEMO_CALLBACK_PATH)
-    @browser
-    def demo_callback() -> Page:
-        if not srv.demo:
-            raise bottle.HTTPError(404, "Not found")
-        return demo_finish(srv, single_params(query_pairs()), get_cookie(CSRF_COOKIE))
-
-    def plain_error(error: bottle.HTTPError) -> str:
-        # bottle's own errors (404, 405, a path that is not UTF-8): short, HTML-escaped.
-        return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
-
-    app.default_error_handler = plain_error  # type: ignore[method-assign]
-    return app
+def page_document(page: Page) -> str:
+    """The whole HTML document of a page, in the one style every page shares."""
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
+        f"<body><main>{page.body}</main></body></html>"
+    )
 
 
 ###############################################################################
@@ -2597,11 +2459,10 @@ def add_demo(srv: Server) -> None:
         srv.add_user(DEMO_USER, DEMO_PASSWORD, claims={"name": "Alice Liddell"})
 
 
-def _demo_value(srv: Server, purpose: str, csrf_cookie: str) -> str:
+def _demo_value(srv: Server, purpose: str, browser: Browser) -> str:
     # The demo client keeps no state of its own: its state and PKCE verifier are
     # derived from the browser's CSRF cookie, so the callback can recompute them.
-    message = f"{purpose}:{csrf_cookie}".encode()
-    return b64url(hmac.new(srv._serializer.secret_keys[-1], message, "sha256").digest())
+    return srv.signer.mac(f"{purpose}:{browser.csrf}")
 
 
 def _spec(*refs: tuple[str, str]) -> str:
@@ -2676,11 +2537,10 @@ def _step(anchor: str, title: str, content: str, next_anchor: str | None) -> str
     )
 
 
-def demo_page(srv: Server) -> Page:
+def demo_page(srv: Server, browser: Browser) -> Page:
     """Step 1 of the flow, as a client app does it: build the authorization request."""
-    cookie = _current_csrf_cookie()
-    state, verifier = _demo_value(srv, "state", cookie), _demo_value(srv, "verifier", cookie)
-    nonce = _demo_value(srv, "nonce", cookie)
+    state, verifier = _demo_value(srv, "state", browser), _demo_value(srv, "verifier", browser)
+    nonce = _demo_value(srv, "nonce", browser)
     params = {
         "response_type": "code",
         "client_id": DEMO_CLIENT_ID,
@@ -2729,7 +2589,7 @@ password.</p>
     return Page("Demo: the authorization request", body)
 
 
-def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) -> Page:
+def demo_finish(srv: Server, params: dict[str, str], browser: Browser) -> Page:
     """Steps 3 to 7, as the app's server does them when the browser comes back: check
     the callback, redeem the code, read the ID token, ask the userinfo endpoint."""
     again = f'<div class="actions"><a class="button" href="{DEMO_PATH}">Start again</a></div>'
@@ -2739,9 +2599,7 @@ def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) ->
         ("RFC 9207 §2.4 (iss)", f"{RFC9207}#section-2.4"),
     )
     received = _json(params)
-    state_ok = bool(csrf_cookie) and params.get("state") == _demo_value(
-        srv, "state", csrf_cookie or ""
-    )
+    state_ok = params.get("state") == _demo_value(srv, "state", browser)
     iss_ok = params.get("iss") == srv.issuer
     checks = (
         "<ul>"
@@ -2772,7 +2630,7 @@ def demo_finish(srv: Server, params: dict[str, str], csrf_cookie: str | None) ->
         "code": params.get("code", ""),
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
         "client_id": DEMO_CLIENT_ID,
-        "code_verifier": _demo_value(srv, "verifier", csrf_cookie or ""),
+        "code_verifier": _demo_value(srv, "verifier", browser),
     }
     try:
         result = token_endpoint(srv, request, None)
@@ -2816,13 +2674,15 @@ callback sends it again, and the server then also revokes what the code issued.<
             None,
         ))  # fmt: skip
     else:
-        steps.extend(_token_steps(srv, result, csrf_cookie or "", again))
+        steps.extend(_token_steps(srv, result, browser, again))
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
 {_steps_nav(True)}<div class="steps-panel">{"".join(steps)}</div></div>"""
     return Page("Demo: the flow, step by step", body)
 
 
-def _token_steps(srv: Server, result: dict, csrf_cookie: str, again: str) -> list[str]:
+def _token_steps(
+    srv: Server, result: dict[str, Any], browser: Browser, again: str
+) -> list[str]:
     """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
     id_token = result.get("id_token", "")
     # Straight from our own token endpoint, so reading it unverified is safe here;
@@ -2843,7 +2703,7 @@ def _token_steps(srv: Server, result: dict, csrf_cookie: str, again: str) -> lis
             f"<code>exp</code> is in the future: {_utc(claims.get('exp', 0))}",
         )
         + _check(
-            claims.get("nonce") == _demo_value(srv, "nonce", csrf_cookie),
+            claims.get("nonce") == _demo_value(srv, "nonce", browser),
             "<code>nonce</code> is the one step 1 sent",
         )
         + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
@@ -2897,36 +2757,307 @@ its scopes allow (here <code>profile</code>):</p>
 
 
 ###############################################################################
-# Running it: servers ##########################################################
+# The WSGI app: the only place that touches bottle ############################
 ###############################################################################
 
+# Each route adapts one HTTP request to one protocol function above and turns what it
+# returns (a Redirect, a Page, a JSON body) or raises (an OAuthError) into a response.
 
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The stdlib fallback: one thread per connection."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # socketserver's 5 resets connections of a burst of clients
-
-
-class QuietHandler(WSGIRequestHandler):
-    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+WSGIApp = Callable[..., Iterable[bytes]]
+Request = bottle.BaseRequest
+ErrorKind = Literal["page", "redirect", "json", "bearer"]
 
 
-def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
-    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server."""
+def build_wsgi(srv: Server) -> WSGIApp:
+    """The app and its layers, outermost first: the transcript (when recording), the fault
+    plan and test-mode control surface (see "A fake IdP"), security headers, the routes."""
+    app = _with_faults(srv, _secure_headers(build_app(srv), https=srv.secure_cookies))
+    return _recording(srv, app) if srv.transcript.enabled else app
+
+
+def build_app(srv: Server) -> bottle.Bottle:
+    """The routes: paths and methods to the endpoint functions below."""
+    app = bottle.Bottle()
+
+    def browser(path: str, methods: list[str], step: BrowserStep) -> None:
+        app.route(path, methods, lambda: browser_response(srv, bottle.request, step))
+
+    def api(path: str, handler: ApiHandler) -> None:
+        app.post(path)(lambda: api_response(srv, bottle.request, handler))
+
+    def get(path: str, handler: Callable[[Server, Request], bottle.HTTPResponse]) -> None:
+        app.get(path)(lambda: handler(srv, bottle.request))
+
+    browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
+    browser(LOGIN_PATH, ["POST"], login_endpoint)
+    browser(CONSENT_PATH, ["POST"], consent_endpoint)
+    api(TOKEN_PATH, token_endpoint)
+    api(INTROSPECT_PATH, introspect)
+    api(REVOKE_PATH, revoke)
+    get(OAUTH_METADATA_PATH, metadata_endpoint)
+    get(OIDC_METADATA_PATH, metadata_endpoint)
+    get(JWKS_PATH, jwks_endpoint)
+    app.route(USERINFO_PATH, ["GET", "POST"], lambda: userinfo_endpoint(srv, bottle.request))
+    browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
+    browser("/", ["GET"], home_endpoint)
+    browser(DEMO_PATH, ["GET"], demo_endpoint)
+    browser(DEMO_CALLBACK_PATH, ["GET"], demo_callback_endpoint)
+    app.default_error_handler = plain_error  # type: ignore[method-assign]
+    return app
+
+
+# -- Reading requests -----------------------------------------------------------
+
+
+def read_body(request: Request) -> bytes:
+    raw = request.environ.get("CONTENT_LENGTH") or "0"
+    if not (raw.isascii() and raw.isdigit()):  # RFC 9110 §8.6: Content-Length = 1*DIGIT
+        raise InvalidRequest("Content-Length is not a number.")
+    length = int(raw)
+    if length > MAX_BODY:
+        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY} bytes.")
+    return request.environ["wsgi.input"].read(length) if length > 0 else b""
+
+
+def form_pairs(request: Request) -> list[tuple[str, str]]:
+    """RFC 6749 §4.1.3: POST bodies are application/x-www-form-urlencoded."""
+    ctype = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("Content-Type must be application/x-www-form-urlencoded.")
+    return parse_pairs(read_body(request))
+
+
+def query_pairs(request: Request) -> list[tuple[str, str]]:
+    # PEP 3333 hands the query string over as latin-1; these are the original bytes.
+    return parse_pairs(request.environ.get("QUERY_STRING", "").encode("latin-1"))
+
+
+def cookie_name(srv: Server, name: str) -> str:
+    return HOST_PREFIX + name if srv.secure_cookies else name
+
+
+def read_browser(srv: Server, request: Request) -> Browser:
+    """The Browser of a request, from its cookies; a new CSRF cookie if it has none."""
+    csrf = request.get_cookie(cookie_name(srv, CSRF_COOKIE))
+    session = read_session(srv, request.get_cookie(cookie_name(srv, SESSION_COOKIE)))
+    address = request.environ.get("REMOTE_ADDR", "")
+    if csrf and len(csrf) == 22:
+        return Browser(csrf, session, address)
+    return Browser.new(session, address)
+
+
+# -- Writing responses ----------------------------------------------------------
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> bottle.HTTPResponse:
+    # RFC 6749 §5.1: "Cache-Control: no-store" and "Pragma: no-cache" on token responses.
+    return bottle.HTTPResponse(
+        json.dumps(body),
+        status,
+        {
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            "Pragma": "no-cache",
+            **(headers or {}),
+        },
+    )
+
+
+def page_response(page: Page) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        page_document(page),
+        page.status,
+        {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
+    )
+
+
+def redirect_response(redirect: Redirect, method: str = "GET") -> bottle.HTTPResponse:
+    # RFC 9700 §4.12: answer a form POST with 303, so the browser drops the body.
+    status = 303 if method == "POST" else 302
+    return bottle.HTTPResponse(
+        status=status, Location=redirect.location, **{"Cache-Control": "no-store"}
+    )
+
+
+def error_response(
+    srv: Server,
+    err: OAuthError,
+    kind: ErrorKind,
+    redirect: tuple[str, str | None] | None = None,
+) -> bottle.HTTPResponse:
+    """The one place an OAuthError becomes a response, in the form its endpoint owes:
+
+    - ``page``: an HTML page, never a redirect: the client or redirect_uri is not
+      trusted (RFC 6749 §4.1.2.1), or the request came from a page of ours;
+    - ``redirect``: back to the client's trusted ``redirect`` (redirect_uri, state),
+      with error, error_description, state and iss (RFC 6749 §4.1.2.1, RFC 9207);
+    - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
+    - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
+    """
+    if kind == "page":
+        return page_response(error_page(err))
+    if kind == "redirect" and redirect is not None:
+        return redirect_response(error_redirect(srv, redirect[0], redirect[1], err))
+    headers = {}
+    if kind == "bearer":
+        challenge = 'Bearer realm="codeflow"'
+        if not isinstance(err, MissingToken):
+            challenge += f', error="{err.error}", error_description="{err.description}"'
+        headers["WWW-Authenticate"] = challenge
+    elif isinstance(err, InvalidClient) and err.basic:
+        # RFC 6749 §5.2: 401 and "MUST include the WWW-Authenticate response header"
+        headers["WWW-Authenticate"] = 'Basic realm="codeflow", charset="UTF-8"'
+    return json_response(err.to_json(), err.status, headers)
+
+
+def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle.HTTPResponse:
+    """A browser-facing endpoint: its Page or Redirect, with the cookies it changes; an
+    error is a page (the protocol already turned trusted-redirect errors into Redirects)."""
+    browser = read_browser(srv, request)
     try:
-        import waitress
-    except ImportError:
-        httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
-        try:
-            httpd.serve_forever()
-        finally:
-            httpd.server_close()
+        result = step(srv, request, browser)
+    except OAuthError as err:
+        result = error_page(err)
+    if isinstance(result, Redirect):
+        response = redirect_response(result, request.method)
     else:
-        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
+        response = page_response(result)
+    cookie = {"httponly": True, "samesite": "lax", "secure": srv.secure_cookies, "path": "/"}
+    if browser.csrf != request.get_cookie(cookie_name(srv, CSRF_COOKIE)):
+        response.set_cookie(cookie_name(srv, CSRF_COOKIE), browser.csrf, **cookie)
+    if result.signed_out:
+        response.delete_cookie(cookie_name(srv, SESSION_COOKIE), **cookie)
+    elif isinstance(result, Redirect) and result.session is not None:
+        value = session_cookie(srv, result.session)
+        response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
+    return response
+
+
+def api_response(srv: Server, request: Request, handler: ApiHandler) -> bottle.HTTPResponse:
+    """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
+    try:
+        params = single_params(form_pairs(request))
+        body = handler(
+            srv, params, request.environ.get("HTTP_AUTHORIZATION"),
+            request.environ.get("REMOTE_ADDR", ""),
+        )  # fmt: skip
+    except OAuthError as err:
+        return error_response(srv, err, "json")
+    return json_response(body if body is not None else {})
+
+
+def plain_error(error: bottle.HTTPError) -> str:
+    # bottle's own errors (404, 405): short, HTML-escaped.
+    return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
+
+
+def _secure_headers(app: WSGIApp, https: bool = False) -> WSGIApp:
+    """Add the anti-framing and no-sniff headers to every response (RFC 9700 §4.16), and
+    refuse a path that is not UTF-8 (bottle would drop its bad bytes and serve the rest).
+
+    On an https issuer, HSTS too (RFC 6797). CSP has no form-action: browsers apply it to
+    the redirect after the consent form, which goes to the client's own origin."""
+    secure_headers = SECURITY_HEADERS + (
+        (("Strict-Transport-Security", "max-age=31536000"),) if https else ()
+    )
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            extra = [h for h in secure_headers if h[0].lower() not in present]
+            return start_response(status, headers + extra, exc_info)
+
+        try:
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            start("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"The request path is not UTF-8."]
+        return app(environ, start)
+
+    return wsgi
+
+
+def send(response: bottle.HTTPResponse, start_response: Callable[..., Any]) -> list[bytes]:
+    """Answer with ``response`` from a WSGI layer outside bottle (faults, control)."""
+    body = response.body if isinstance(response.body, bytes) else str(response.body).encode()
+    headers = [(k, v) for k, v in response.headerlist if k.lower() != "content-length"]
+    start_response(response.status_line, [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# -- The endpoints ----------------------------------------------------------------
+
+BrowserStep = Callable[[Server, Request, Browser], "Redirect | Page"]
+ApiHandler = Callable[[Server, dict[str, str], str | None, str], "dict[str, Any] | None"]
+
+
+def authorization_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    # RFC 6749 §3.1: the endpoint MUST support GET and MAY support POST.
+    pairs = form_pairs(request) if request.method == "POST" else query_pairs(request)
+    return authorize(srv, pairs, browser)
+
+
+def login_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    return login(srv, single_params(form_pairs(request)), browser)
+
+
+def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    return consent(srv, single_params(form_pairs(request)), browser)
+
+
+def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
+    if request.method == "GET":
+        return end_session(srv, single_params(query_pairs(request)), browser, confirmed=False)
+    return logout(srv, single_params(form_pairs(request)), browser)
+
+
+def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    internal = bool(srv.internal_url) and (
+        request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
+    )
+    return bottle.HTTPResponse(
+        json.dumps(oauth_metadata(srv, internal)), 200, {"Content-Type": "application/json"}
+    )
+
+
+def jwks_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
+    )
+
+
+def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
+    # and HTTP POST methods".
+    try:
+        has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
+        form = single_params(form_pairs(request)) if has_body else None
+        return json_response(userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form))
+    except OAuthError as err:
+        return error_response(srv, err, "bearer")
+
+
+def home_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
+    return home_page(srv)
+
+
+def demo_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    if not srv.demo:
+        raise bottle.HTTPError(404, "Not found")
+    if request.urlparts.netloc != urllib.parse.urlsplit(srv.issuer).netloc:
+        # Opened as localhost instead of the issuer's 127.0.0.1, say: cookies would
+        # not follow the flow, so start over on the issuer's own host.
+        return Redirect(srv.issuer + DEMO_PATH)
+    return demo_page(srv, browser)
+
+
+def demo_callback_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
+    if not srv.demo:
+        raise bottle.HTTPError(404, "Not found")
+    return demo_finish(srv, single_params(query_pairs(request)), browser)
 
 
 ###############################################################################
@@ -2935,8 +3066,10 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
 
 # Test conveniences are explicit opt-ins that announce themselves (DESIGN "Defaults"):
 # the fault plan acts only when a test fills it, the transcript records only when
-# asked, and the HTTP control surface exists only in test mode.
-WSGIApp = Callable[..., Iterable[bytes]]
+# asked, and the HTTP control surface exists only in test mode. They live in this module,
+# not in codeflow_sdk, so that `codeflow serve --test-mode` and this file copied alone
+# have them, and the SDK keeps speaking only the wire protocol. The protocol asks them
+# through two narrow doors: ScriptedClaims.take (id_token) and Transcript.note_relaxation.
 CONTROL_PREFIX = "/_codeflow/"
 REDACTED = "[redacted]"
 # Parameters and JSON members whose values are secrets, never written to a transcript.
@@ -2962,6 +3095,29 @@ FAULT_ENDPOINTS = {
 TOKEN_FAULTS = ("bad_signature", "wrong_iss", "wrong_aud", "expired", "unknown_kid")
 FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAULTS)
 MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
+
+
+class ScriptedClaims:
+    """Claims a test put into the next ID tokens (Server.next_claims), used once each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str | None, dict[str, Any]]] = []
+
+    def add(self, claims: dict[str, Any], username: str | None = None) -> None:
+        with self._lock:
+            self._queue.append((username, dict(claims)))
+
+    def take(self, username: str) -> dict[str, Any]:
+        """The first claims queued for ``username`` or for anyone, removed; else none."""
+        if not self._queue:
+            return {}
+        with self._lock:
+            for i, (who, claims) in enumerate(self._queue):
+                if who is None or who == username:
+                    del self._queue[i]
+                    return claims
+        return {}
 
 
 @dataclass
@@ -3070,9 +3226,6 @@ class Exchange:
         return dict(self.__dict__)
 
 
-_exchange_local = threading.local()  # the Exchange being recorded on this thread
-
-
 class Transcript:
     """Every request the server handled and its response, secrets redacted.
 
@@ -3084,6 +3237,23 @@ class Transcript:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._exchanges: list[Exchange] = []
+        self._local = threading.local()  # the Exchange being recorded on this thread
+
+    @property
+    def current(self) -> Exchange | None:
+        """The exchange of the request this thread is answering, while it is recorded."""
+        return getattr(self._local, "exchange", None)
+
+    @current.setter
+    def current(self, exchange: Exchange | None) -> None:
+        self._local.exchange = exchange
+
+    def note_relaxation(self, client_id: str, what: str) -> None:
+        """Name a relaxation of the strict defaults that a client's registration allowed
+        and the current request just used (logged even when nothing is recorded)."""
+        if self.current is not None:
+            self.current.relaxations.append(f"client {client_id!r}: {what}")
+        log.info("codeflow: client %r used a relaxation: %s", client_id, what)
 
     def record(self, exchange: Exchange) -> None:
         with self._lock:
@@ -3121,15 +3291,6 @@ class Transcript:
         """Write the transcript as a JSON array of exchanges."""
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_json(), f, indent=1)
-
-
-def note_relaxation(srv: Server, client: Client, what: str) -> None:
-    """Name, in the transcript, a relaxation of the strict defaults that a client's
-    registration allowed and a request just used."""
-    exchange = getattr(_exchange_local, "exchange", None)
-    if exchange is not None:
-        exchange.relaxations.append(f"client {client.client_id!r}: {what}")
-    log.info("codeflow: client %r used a relaxation: %s", client.client_id, what)
 
 
 def _redact_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -3200,7 +3361,7 @@ def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
             answered[:] = [status, headers]
             return start_response(status, headers, exc_info)
 
-        _exchange_local.exchange = exchange
+        srv.transcript.current = exchange
         try:
             result = app(environ, start)
             try:
@@ -3210,7 +3371,7 @@ def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
                 if close is not None:
                     close()
         finally:
-            _exchange_local.exchange = None
+            srv.transcript.current = None
         status, headers = answered or ["0", []]
         exchange.status = int(status.split(" ", 1)[0])
         exchange.headers = {
@@ -3240,61 +3401,47 @@ def _with_faults(srv: Server, app: WSGIApp) -> WSGIApp:
         fault = srv.faults.take(endpoints[path])
         if fault is None:
             return app(environ, start_response)
-        exchange = getattr(_exchange_local, "exchange", None)
-        if exchange is not None:
-            exchange.fault = fault.kind
+        if srv.transcript.current is not None:
+            srv.transcript.current.fault = fault.kind
         log.info("codeflow: injecting fault %s at %s", fault.kind, path)
         return _inject(srv, fault, app, environ, start_response)
 
     return wsgi
 
 
-def _answer(start_response: Callable, status: int, body: bytes, ctype: str, **extra: str) -> list:
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Error"
-    headers = [("Content-Type", ctype), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-store"), *extra.items()]  # fmt: skip
-    start_response(f"{status} {reason}".strip(), [(k.replace("_", "-"), v) for k, v in headers])
-    return [body]
-
-
 def _inject(
-    srv: Server, fault: Fault, app: Callable, environ: dict, start_response: Callable
+    srv: Server,
+    fault: Fault,
+    app: WSGIApp,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
 ) -> Iterable[bytes]:
     if fault.kind == "delay":
         time.sleep(fault.delay)  # real time: the client's own timeouts are under test
         return app(environ, start_response)
     if fault.kind == "http_500":
-        return _answer(start_response, 500, b"Internal Server Error (injected)", "text/plain")
+        body, status, ctype = b"Internal Server Error (injected)", 500, "text/plain"
+        return send(bottle.HTTPResponse(body, status, {"Content-Type": ctype}), start_response)
     if fault.kind == "malformed_json":
-        return _answer(start_response, 200, b'{"access_token": "2YotnF', "application/json")
-    if fault.kind == "oauth_error":
-        err = OAuthError(fault.description)
-        err.error, err.status = fault.error, fault.status
-        if fault.endpoint == "authorize":
-            # RFC 6749 §4.1.2.1: the error goes back to a trusted redirect_uri.
-            raw = environ.get("QUERY_STRING", "").encode("latin-1")
-            try:
-                pairs = parse_pairs(raw)
-                _, redirect_uri, _ = trusted_redirect(srv, pairs)
-                state = _only(pairs, "state")
-            except OAuthError:
-                return _answer(start_response, fault.status, esc(err.description).encode(),
-                               "text/html; charset=utf-8")  # fmt: skip
-            location = error_redirect(srv, redirect_uri, state, err).location
-            return _answer(start_response, 302, b"", "text/plain", Location=location)
-        if fault.endpoint in ("login", "consent", "logout"):  # pages, as the browser expects
-            page = f"<!doctype html><title>Error</title><h1>{esc(err.error)}</h1>"
-            page += f"<p>{esc(err.description)}</p>"
-            return _answer(start_response, fault.status, page.encode(), "text/html; charset=utf-8")
-        extra = {}
-        if fault.endpoint == "userinfo":  # RFC 6750 §3
-            extra["WWW_Authenticate"] = f'Bearer realm="codeflow", error="{err.error}"'
-        body = json.dumps(err.to_json()).encode()
-        return _answer(start_response, err.status, body, "application/json", **extra)
-    return _wrong_id_token(srv, fault, app, environ, start_response)
+        body, ctype = b'{"access_token": "2YotnF', "application/json"
+        return send(bottle.HTTPResponse(body, 200, {"Content-Type": ctype}), start_response)
+    if fault.kind != "oauth_error":
+        return _wrong_id_token(srv, fault, app, environ, start_response)
+    err = OAuthError(fault.description, error=fault.error, status=fault.status)
+    if fault.endpoint in ("login", "consent", "logout"):  # pages, as the browser expects
+        return send(error_response(srv, err, "page"), start_response)
+    if fault.endpoint == "userinfo":
+        return send(error_response(srv, err, "bearer"), start_response)
+    if fault.endpoint != "authorize":
+        return send(error_response(srv, err, "json"), start_response)
+    # RFC 6749 §4.1.2.1: the error goes back to a trusted redirect_uri, else a page.
+    try:
+        pairs = parse_pairs(environ.get("QUERY_STRING", "").encode("latin-1"))
+        _, redirect_uri, _ = trusted_redirect(srv, pairs)
+        state = _only(pairs, "state")
+    except OAuthError:
+        return send(error_response(srv, err, "page"), start_response)
+    return send(error_response(srv, err, "redirect", (redirect_uri, state)), start_response)
 
 
 def _wrong_id_token(
@@ -3349,39 +3496,80 @@ def alter_id_token(srv: Server, token: str, kind: str) -> str:
         kid = "unknown-" + secrets.token_urlsafe(8)
     key = next(k for k in srv.storage.signing_keys() if k.kid == header["kid"])
     return jwt.encode(
-        claims, srv.private_key(key), algorithm=alg, headers={"kid": kid, "typ": "JWT"}
+        claims, private_key(key), algorithm=alg, headers={"kid": kid, "typ": "JWT"}
     )
 
 
-def _control(srv: Server, environ: dict, start_response: Callable) -> Iterable[bytes]:
+def _control(
+    srv: Server, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
     """The test-mode control surface: POST/GET/DELETE /_codeflow/faults (a JSON fault:
     ``{"endpoint": "token", "kind": "http_500", "times": 1}``), GET /_codeflow/transcript."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+    try:
+        status, value = _control_answer(srv, path, method, environ)
+    except OAuthError as err:
+        return send(error_response(srv, err, "json"), start_response)
+    return send(json_response(value, status), start_response)
 
-    def reply(status: int, value: Any) -> list:
-        return _answer(start_response, status, json.dumps(value).encode(), "application/json")
 
-    if path == CONTROL_PREFIX + "faults":
-        if method == "GET":
-            return reply(200, [f.to_json() for f in srv.faults.pending])
-        if method == "DELETE":
-            srv.faults.clear()
-            return reply(200, [])
-        if method == "POST":
-            raw = environ.get("CONTENT_LENGTH") or "0"
-            length = int(raw) if raw.isascii() and raw.isdigit() else 0
-            try:
-                spec = json.loads(environ["wsgi.input"].read(min(length, MAX_BODY)) or b"{}")
-                if not isinstance(spec, dict):
-                    raise TypeError("a fault is a JSON object")
-                fault = srv.faults.add(**spec)
-            except (ValueError, TypeError) as err:
-                return reply(400, {"error": "invalid_request", "error_description": str(err)})
-            return reply(201, fault.to_json())
-        return reply(405, {"error": "invalid_request", "error_description": "GET, POST, DELETE"})
+def _control_answer(
+    srv: Server, path: str, method: str, environ: dict[str, Any]
+) -> tuple[int, Any]:
     if path == CONTROL_PREFIX + "transcript" and method == "GET":
-        return reply(200, srv.transcript.to_json())
-    return reply(404, {"error": "invalid_request", "error_description": "Not found."})
+        return 200, srv.transcript.to_json()
+    if path != CONTROL_PREFIX + "faults":
+        raise InvalidRequest("Not found.", status=404)
+    if method == "GET":
+        return 200, [f.to_json() for f in srv.faults.pending]
+    if method == "DELETE":
+        srv.faults.clear()
+        return 200, []
+    if method != "POST":
+        raise InvalidRequest("GET, POST, DELETE", status=405)
+    raw = environ.get("CONTENT_LENGTH") or "0"
+    length = int(raw) if raw.isascii() and raw.isdigit() else 0
+    try:
+        spec = json.loads(environ["wsgi.input"].read(min(length, MAX_BODY)) or b"{}")
+        if not isinstance(spec, dict):
+            raise TypeError("a fault is a JSON object")
+        fault = srv.faults.add(**spec)
+    except (ValueError, TypeError) as err:
+        raise InvalidRequest(str(err)) from None
+    return 201, fault.to_json()
+
+
+###############################################################################
+# Running it: servers ##########################################################
+###############################################################################
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The stdlib fallback: one thread per connection."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 resets connections of a burst of clients
+
+
+class QuietHandler(WSGIRequestHandler):
+    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
+    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server."""
+    try:
+        import waitress
+    except ImportError:
+        httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
+        try:
+            httpd.serve_forever()
+        finally:
+            httpd.server_close()
+    else:
+        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
 
 
 ###############################################################################
@@ -3390,20 +3578,31 @@ def _control(srv: Server, environ: dict, start_response: Callable) -> Iterable[b
 
 
 def open_storage(url: str) -> Storage:
-    """``memory`` or ``sqlite:///path[?synchronous=full]`` (from codeflow_storage)."""
+    """The storage a URL names: ``memory``, or ``SCHEME://...``, opened by the backend
+    module ``codeflow_storage.SCHEME`` (or one registered under the entry-point group
+    ``codeflow.storage``), whose ``from_url(url)`` parses the URL's own options.
+    codeflow imports no backend: a new one needs no edit here."""
     if url == "memory":
         return MemoryStorage()
-    if url.startswith("sqlite:///"):
-        path, _, query = url.removeprefix("sqlite:///").partition("?")
-        options = dict(urllib.parse.parse_qsl(query))
-        try:
-            from codeflow_storage.sqlite import SQLiteStorage
-        except ImportError:
-            raise SystemExit(
-                "sqlite storage needs codeflow_storage: pip install 'codeflow[sqlite]'"
-            ) from None
-        return SQLiteStorage(path, synchronous=options.get("synchronous", "normal"))
-    raise SystemExit(f"unknown storage URL {url!r}: use 'memory' or 'sqlite:///path'")
+    scheme, sep, _ = url.partition("://")
+    if not sep or not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise SystemExit(f"unknown storage URL {url!r}: use 'memory' or 'sqlite:///path'")
+    module = scheme.replace("+", "_").replace(".", "_").replace("-", "_")
+    found = importlib.metadata.entry_points(group="codeflow.storage", name=scheme)
+    try:
+        backend = next(iter(found)).load() if found else importlib.import_module(
+            f"codeflow_storage.{module}"
+        )
+    except ModuleNotFoundError as err:
+        if err.name in ("codeflow_storage", f"codeflow_storage.{module}"):
+            raise SystemExit(f"no storage backend for {scheme}:// URLs") from None
+        raise SystemExit(
+            f"{scheme} storage needs {err.name}: pip install 'codeflow[{scheme}]'"
+        ) from None
+    try:
+        return cast(Storage, backend.from_url(url))
+    except ValueError as err:
+        raise SystemExit(f"storage URL {url!r}: {err}") from None
 
 
 def load_config(srv: Server, config: dict[str, Any]) -> None:
@@ -3457,6 +3656,11 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("--storage", help="memory (default) or sqlite:///path/codeflow.db")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def command(group: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        cmd: argparse.ArgumentParser = group.add_parser(name, parents=[store], help=help)
+        cmd.set_defaults(run=run)
+        return cmd
+
     serve_cmd = commands.add_parser("serve", parents=[store], help="run the authorization server")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
@@ -3474,7 +3678,7 @@ def _parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
     )
-    add = client.add_parser("add", parents=[store], help="register a client")
+    add = command(client, "add", client_add, "register a client")
     add.add_argument("client_id")
     add.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
     add.add_argument("--name", default="")
@@ -3482,36 +3686,114 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--grant-type", action="append", dest="grant_types", help="repeatable")
     add.add_argument("--public", action="store_true", help="no secret: a public client (PKCE)")
     add.add_argument("--no-pkce", action="store_true", help="let a confidential client skip PKCE")
-    client.add_parser("list", parents=[store], help="list clients")
-    remove = client.add_parser("remove", parents=[store], help="remove a client")
-    remove.add_argument("client_id")
+    command(client, "list", client_list, "list clients")
+    command(client, "remove", client_remove, "remove a client").add_argument("client_id")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
     )
-    for action in ("add", "passwd"):
-        cmd = user.add_parser(action, parents=[store], help=f"{action} a user's password")
-        cmd.add_argument("username")
-        cmd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-        if action == "add":
-            cmd.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE")
-            cmd.add_argument("--totp", action="store_true", help="enrol a TOTP second factor")
+    add = command(user, "add", user_add, "add a user")
+    add.add_argument("username")
+    add.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    add.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE")
+    add.add_argument("--totp", action="store_true", help="enrol a TOTP second factor")
+    passwd = command(user, "passwd", user_passwd, "change a user's password")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
     totp = user.add_parser("totp", help="TOTP second factor").add_subparsers(
         dest="totp_action", required=True
     )
-    for action in ("enable", "disable"):
-        cmd = totp.add_parser(action, parents=[store], help=f"{action} a user's TOTP")
-        cmd.add_argument("username")
-    user.add_parser("list", parents=[store], help="list users")
-    remove = user.add_parser("remove", parents=[store], help="remove a user")
-    remove.add_argument("username")
+    command(totp, "enable", user_totp_enable, "enable a user's TOTP").add_argument("username")
+    command(totp, "disable", user_totp_disable, "disable a user's TOTP").add_argument("username")
+    command(user, "list", user_list, "list users")
+    command(user, "remove", user_remove, "remove a user").add_argument("username")
 
-    commands.add_parser("purge", parents=[store], help="delete expired codes, tokens, keys")
+    command(commands, "purge", purge, "delete expired codes, tokens, keys")
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
         dest="action", required=True
     )
-    keys.add_parser("rotate", parents=[store], help="sign with new keys from now on")
+    command(keys, "rotate", keys_rotate, "sign with new keys from now on")
     return parser
+
+
+# The management commands: each opens the store (main does) and calls one Server method.
+Command = Callable[["Server", argparse.Namespace], None]
+
+
+def client_add(srv: Server, args: argparse.Namespace) -> None:
+    secret = None if args.public else secrets.token_urlsafe(32)
+    srv.add_client(
+        args.client_id,
+        client_secret=secret,
+        redirect_uris=args.redirect_uris,
+        name=args.name,
+        scopes=args.scopes or DEFAULT_SCOPES,
+        grant_types=args.grant_types or DEFAULT_GRANT_TYPES,
+        require_pkce=not args.no_pkce,
+    )
+    print(f"client_id: {args.client_id}")
+    if secret is not None:
+        print(f"client_secret: {secret}  (shown once; only its hash is stored)")
+
+
+def client_list(srv: Server, args: argparse.Namespace) -> None:
+    for c in srv.storage.list_clients():
+        kind = "public" if c.public else "confidential"
+        print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
+
+
+def client_remove(srv: Server, args: argparse.Namespace) -> None:
+    if not srv.remove_client(args.client_id):
+        raise SystemExit(f"codeflow: no client {args.client_id!r}")
+
+
+def user_add(srv: Server, args: argparse.Namespace) -> None:
+    claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
+    totp_secret = pyotp.random_base32() if args.totp else None
+    srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
+    if totp_secret:
+        _print_totp(srv, args.username, totp_secret)
+
+
+def user_passwd(srv: Server, args: argparse.Namespace) -> None:
+    _existing_user(srv, args.username)
+    srv.set_password(args.username, _read_password(args))
+
+
+def user_totp_enable(srv: Server, args: argparse.Namespace) -> None:
+    _existing_user(srv, args.username)
+    totp_secret = pyotp.random_base32()
+    srv.set_totp(args.username, totp_secret)
+    _print_totp(srv, args.username, totp_secret)
+
+
+def user_totp_disable(srv: Server, args: argparse.Namespace) -> None:
+    _existing_user(srv, args.username)
+    srv.set_totp(args.username, None)
+
+
+def user_list(srv: Server, args: argparse.Namespace) -> None:
+    for u in srv.storage.list_users():
+        print(u.username)
+
+
+def user_remove(srv: Server, args: argparse.Namespace) -> None:
+    if not srv.remove_user(args.username):
+        raise SystemExit(f"codeflow: no user {args.username!r}")
+
+
+def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
+    for key in srv.rotate_keys():
+        print(f"new {key.alg} signing key: kid {key.kid}")
+
+
+def purge(srv: Server, args: argparse.Namespace) -> None:
+    print(f"purged {srv.purge()} expired records")
+
+
+def _existing_user(srv: Server, username: str) -> None:
+    if srv.storage.get_user(username) is None:
+        raise SystemExit(f"codeflow: no user {username!r}")
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -3537,64 +3819,6 @@ def _print_totp(srv: Server, username: str, secret: str) -> None:
     code.print_ascii(invert=True)
 
 
-def manage(srv: Server, args: argparse.Namespace) -> int:
-    """The management commands: each opens the store and calls one method."""
-    store = srv.storage
-    command = (args.command, getattr(args, "action", None))
-    if command == ("client", "add"):
-        secret = None if args.public else secrets.token_urlsafe(32)
-        srv.add_client(
-            args.client_id,
-            client_secret=secret,
-            redirect_uris=args.redirect_uris,
-            name=args.name,
-            scopes=args.scopes or DEFAULT_SCOPES,
-            grant_types=args.grant_types or DEFAULT_GRANT_TYPES,
-            require_pkce=not args.no_pkce,
-        )
-        print(f"client_id: {args.client_id}")
-        if secret is not None:
-            print(f"client_secret: {secret}  (shown once; only its hash is stored)")
-    elif command == ("client", "list"):
-        for c in store.list_clients():
-            kind = "public" if c.public else "confidential"
-            print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
-    elif command == ("client", "remove"):
-        if not store.remove_client(args.client_id):
-            raise SystemExit(f"codeflow: no client {args.client_id!r}")
-    elif command == ("user", "add"):
-        claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
-        totp_secret = pyotp.random_base32() if args.totp else None
-        srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
-        if totp_secret:
-            _print_totp(srv, args.username, totp_secret)
-    elif command == ("user", "totp"):
-        found = store.get_user(args.username)
-        if found is None:
-            raise SystemExit(f"codeflow: no user {args.username!r}")
-        totp_secret = pyotp.random_base32() if args.totp_action == "enable" else None
-        store.add_user(replace(found, totp_secret=totp_secret))
-        if totp_secret:
-            _print_totp(srv, args.username, totp_secret)
-    elif command == ("user", "passwd"):
-        found = store.get_user(args.username)
-        if found is None:
-            raise SystemExit(f"codeflow: no user {args.username!r}")
-        store.add_user(replace(found, password_hash=hash_password(_read_password(args))))
-    elif command == ("user", "list"):
-        for u in store.list_users():
-            print(u.username)
-    elif command == ("user", "remove"):
-        if not store.remove_user(args.username):
-            raise SystemExit(f"codeflow: no user {args.username!r}")
-    elif command == ("keys", "rotate"):
-        for key in srv.rotate_keys():
-            print(f"new {key.alg} signing key: kid {key.kid}")
-    elif command == ("purge", None):
-        print(f"purged {store.purge_expired(srv.clock())} expired records")
-    return 0
-
-
 def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -3612,7 +3836,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         if storage_url == "memory":
             parser.error(f"{args.command} needs persistent storage: --storage sqlite:///PATH")
-        return manage(Server(config.get("issuer"), open_storage(storage_url)), args)
+        args.run(Server(config.get("issuer"), open_storage(storage_url)), args)
+        return 0
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
@@ -3655,3 +3880,4 @@ if __name__ == "__main__":
     # module rather than load a second copy with its own classes.
     sys.modules.setdefault("codeflow", sys.modules[__name__])
     sys.exit(main())
+

@@ -107,9 +107,9 @@ class IdP:
     ) -> str:
         """A JWS signed with the provider's current key: a token with any claims we like,
         which only claim checks (not the signature check) can reject."""
-        key = self.srv.signing_key(alg)
+        key = codeflow.signing_key(self.srv, alg)
         headers = {"kid": key.kid, "typ": typ, **header}
-        return jwt.encode(claims, self.srv.private_key(key), algorithm=alg, headers=headers)
+        return jwt.encode(claims, codeflow.private_key(key), algorithm=alg, headers=headers)
 
 
 @contextlib.contextmanager

@@ -59,8 +59,8 @@ def test_a_wrong_id_token_is_refused_by_a_correct_client(idp, client, kind, mess
 def test_each_wrong_id_token_is_otherwise_valid(idp) -> None:
     """Only the chosen property is wrong: the others still verify (RFC 7519 §7.2)."""
     idp.add_client("raw", client_secret="raw-secret", redirect_uris=[REDIRECT])
-    key = idp.signing_key("RS256")
-    public = idp.private_key(key).public_key()
+    key = codeflow.signing_key(idp.server, "RS256")
+    public = codeflow.private_key(key).public_key()
     good = idp.issue_tokens("alice", "raw", "openid")["id_token"]
     checks = {"iss": idp.issuer, "aud": "raw"}
     for kind, broken in [("wrong_iss", "iss"), ("wrong_aud", "aud")]:

@@ -40,7 +40,7 @@ def test_servers_share_the_session_signing_key(
 ) -> None:
     """DESIGN "a server ready in milliseconds": every server signs with the session's key."""
     for srv in (codeflow_server, codeflow_live.server, codeflow_session_server):
-        assert srv.signing_key("RS256").kid == codeflow_signing_key.kid
+        assert codeflow.signing_key(srv, "RS256").kid == codeflow_signing_key.kid
 
 
 SEEN: dict[str, str] = {}  # per process: each pytest-xdist worker has its own session

@@ -119,7 +119,7 @@ def test_clock_class_frozen_and_following(server: codeflow.Server) -> None:
     clock.set(2_000_000.0)
     assert clock() == 2_000_000.0
     srv = codeflow.Server(clock=clock)
-    srv.storage.get_or_add_signing_key(server.signing_key())
+    srv.storage.get_or_add_signing_key(codeflow.signing_key(server))
     srv.add_client("c", client_secret="s", redirect_uris=[REDIRECT])
     assert claims_of(srv.issue_tokens("u", "c", "openid")["id_token"])["iat"] == 2_000_000
 

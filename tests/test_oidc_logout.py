@@ -277,7 +277,7 @@ def _forged_hints(server: codeflow.Server, clock: Clock, genuine: str) -> dict[s
     head, _, signature = genuine.split(".")
     attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = (
-        server.private_key(server.signing_key("RS256"))
+        codeflow.private_key(codeflow.signing_key(server, "RS256"))
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

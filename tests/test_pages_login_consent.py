@@ -297,7 +297,7 @@ def test_request_signed_by_another_server_is_refused(browser):
     other = make_server(secret_key="another key")
     data = {
         **form_fields(page.text),
-        "request": other.sign_request(new_flow(scope="openid email").params),
+        "request": other.signer.request(new_flow(scope="openid email").params),
         "username": USERNAME,
         "password": PASSWORD,
     }

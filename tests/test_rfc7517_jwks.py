@@ -152,7 +152,7 @@ def test_concurrent_first_use_makes_one_key(clock):
 
     def sign(srv: codeflow.Server) -> None:
         barrier.wait()
-        kids.append(srv.signing_key("RS256").kid)
+        kids.append(codeflow.signing_key(srv, "RS256").kid)
 
     threads = [threading.Thread(target=sign, args=(servers[i % 4],)) for i in range(8)]
     for t in threads:

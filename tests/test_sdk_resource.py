@@ -45,6 +45,8 @@ from sdk_support import (
     rogue_key,
 )
 
+import codeflow
+
 pytestmark = pytest.mark.http
 
 INTROSPECT, JWKS = "/introspect", "/jwks"
@@ -150,9 +152,9 @@ def test_typ_must_be_at_jwt(idp: IdP, typ: str | None, ok: bool) -> None:
     """RFC 9068 §4: resource servers "MUST verify that the typ header value is at+jwt or
     application/at+jwt and reject tokens carrying any other type value" (media types are
     case-insensitive, RFC 7515 §4.1.9)."""
-    key = idp.srv.signing_key("RS256")
+    key = codeflow.signing_key(idp.srv, "RS256")
     header = {"kid": key.kid, "typ": typ}  # typ None: PyJWT leaves the header out
-    token = jwt.encode(at_claims(idp), idp.srv.private_key(key), algorithm="RS256", headers=header)
+    token = jwt.encode(at_claims(idp), codeflow.private_key(key), algorithm="RS256", headers=header)
     if ok:
         assert jwt_validator(idp).validate(token).sub == "alice"
     else:

@@ -244,7 +244,7 @@ def measure_http(url: str, threads: int, own_process: bool) -> tuple[list[float]
 def measure_floor(key: codeflow.SigningKey) -> dict[str, list[float]]:
     """Row 5: one RS256 signature (PyJWT, codeflow's path; joserfc, Authlib's path) on a
     2048-bit key, and a hello-world request in-process through the same caller."""
-    private = codeflow.Server().private_key(key)
+    private = codeflow.private_key(key)
     peer_key = RSAKey.import_key(key.private_pem)
     claims = {"iss": ISSUER, "sub": USERNAME, "aud": CLIENT_ID, "iat": 0, "exp": 1}
     payload = json.dumps(claims).encode()
