@@ -11,10 +11,18 @@ It implements the authorization code flow with PKCE and the grants around it:
 - OpenID Connect Core 1.0 (ID tokens, userinfo), Discovery 1.0, RP-Initiated Logout
   1.0; RFC 7517 (JWKS, with key rotation) and RFC 9068 (JWT access tokens).
 
-The module reads top to bottom in the order a request meets it: helpers, errors,
-records, storage, client authentication, PKCE, the authorization endpoint, login
-and consent, the token endpoint, introspection/revocation/discovery, the WSGI app
-(the only place that touches bottle), running it, and the CLI.
+The module reads top to bottom in the order a request meets it, one banner a section:
+helpers, errors, records, storage, the server (configuration and registration), browser
+state (sessions, signed forms, CSRF), throttling failed sign-ins, client authentication,
+PKCE, the authorization endpoint, login and consent, the token endpoint, OpenID Connect
+(keys, ID tokens, userinfo, logout), introspection/revocation/discovery; then the pages
+(all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
+IdP for test suites, running it, and configuration and the CLI.
+
+The protocol is plain functions of a Server and the request's parameters (and, for
+browser-facing steps, an explicit Browser value) that return a Redirect, a Page or a
+JSON body, or raise an OAuthError: ``authorize(srv, pairs, Browser.new())`` and
+``token_endpoint(srv, params, authorization)`` work without any HTTP.
 
 Dependencies: bottle (HTTP), itsdangerous (signed cookies and forms), PyJWT with
 cryptography (JOSE: ID tokens, JWT access tokens, JWKS), pyotp (TOTP); waitress is
@@ -48,7 +56,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeAlias, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle
@@ -60,6 +68,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 __all__ = [
     "AuthorizationCode",
+    "Browser",
     "Client",
     "MemoryStorage",
     "OAuthError",
@@ -68,8 +77,12 @@ __all__ = [
     "Storage",
     "Token",
     "User",
+    "authorize",
     "hash_password",
     "main",
+    "new_signing_key",
+    "open_storage",
+    "token_endpoint",
     "verify_password",
 ]
 
@@ -469,13 +482,16 @@ class AuthorizationCode:
     expires_at: float
 
 
+TokenKind = Literal["access", "refresh"]
+
+
 @dataclass(frozen=True)
 class Token:
     """An access or refresh token, kept by hash. ``family_id`` groups every token of one
     grant so that code replay or refresh-token reuse can revoke them together."""
 
     token_hash: str
-    kind: str  # "access" or "refresh"
+    kind: TokenKind
     client_id: str
     username: str | None  # None for client_credentials
     scope: tuple[str, ...]
@@ -1365,6 +1381,23 @@ class AuthorizationRequest:
     params: dict[str, str]
 
 
+def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
+    """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
+
+    Answers with the login page, the consent page, or a redirect to the client
+    carrying a code or an error.
+    """
+    client, redirect_uri, given = trusted_redirect(srv, pairs)
+    states = [value for name, value in pairs if name == "state"]
+    state = states[0] if len(states) == 1 else None  # a repeated state is not echoed
+    try:
+        params = single_params(pairs)
+        areq = validate_authorization_request(srv, client, redirect_uri, given, params)
+        return continue_authorization(srv, areq, browser)
+    except OAuthError as err:
+        return error_redirect(srv, redirect_uri, state, err)
+
+
 def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
     values = [v for k, v in pairs if k == name]
     if len(values) > 1:
@@ -1469,18 +1502,39 @@ def validate_authorization_request(
     )
 
 
-def authorization_response(srv: Server, redirect_uri: str, params: dict[str, str]) -> Redirect:
-    """RFC 9207 §2: "the authorization server MUST include the iss parameter" in every
-    authorization response, success or error."""
-    return Redirect(add_query(redirect_uri, {**params, "iss": srv.issuer}))
+def continue_authorization(
+    srv: Server, areq: AuthorizationRequest, browser: Browser
+) -> Redirect | Page:
+    """Decide the next step: log in, ask consent, or issue the code.
 
-
-def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAuthError) -> Redirect:
-    """RFC 6749 §4.1.2.1: error, error_description and the client's state, on the query."""
-    params = err.to_json()
-    if state is not None:
-        params["state"] = state
-    return authorization_response(srv, areq_redirect, params)
+    OIDC Core §3.1.2.1: with prompt=none "the Authorization Server MUST NOT display any
+    authentication or consent user interface pages"; it answers login_required or
+    consent_required instead.
+    """
+    approve_as = srv.auto_approve
+    if approve_as is not None:
+        if areq.login_hint and srv.storage.get_user(areq.login_hint):
+            approve_as = areq.login_hint
+        return issue_code(srv, areq, approve_as, int(srv.clock()))
+    session = browser.session
+    # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
+    # re-authenticate the End-User"; max_age=0 is equivalent to prompt=login.
+    too_old = areq.max_age is not None and (
+        areq.max_age == 0
+        or (session is not None and srv.clock() - session.auth_time > areq.max_age)
+    )
+    # A session exists only for a user who still exists with the same credentials
+    # (read_session checks that).
+    if session is None or "login" in areq.prompt or too_old:
+        if "none" in areq.prompt:
+            raise LoginRequired("The user is not signed in.")
+        return login_page(srv, areq, browser)
+    granted = srv.storage.get_consent(session.username, areq.client.client_id)
+    if set(areq.scope) <= granted and "consent" not in areq.prompt:
+        return issue_code(srv, areq, session.username, session.auth_time)
+    if "none" in areq.prompt:
+        raise ConsentRequired("The user has not consented to this request.")
+    return consent_page(srv, areq, browser)
 
 
 def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time: int) -> Redirect:
@@ -1507,55 +1561,18 @@ def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time
 
 
 
-def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
-    """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
-
-    Answers with the login page, the consent page, or a redirect to the client
-    carrying a code or an error.
-    """
-    client, redirect_uri, given = trusted_redirect(srv, pairs)
-    states = [value for name, value in pairs if name == "state"]
-    state = states[0] if len(states) == 1 else None  # a repeated state is not echoed
-    try:
-        params = single_params(pairs)
-        areq = validate_authorization_request(srv, client, redirect_uri, given, params)
-        return continue_authorization(srv, areq, browser)
-    except OAuthError as err:
-        return error_redirect(srv, redirect_uri, state, err)
+def authorization_response(srv: Server, redirect_uri: str, params: dict[str, str]) -> Redirect:
+    """RFC 9207 §2: "the authorization server MUST include the iss parameter" in every
+    authorization response, success or error."""
+    return Redirect(add_query(redirect_uri, {**params, "iss": srv.issuer}))
 
 
-def continue_authorization(
-    srv: Server, areq: AuthorizationRequest, browser: Browser
-) -> Redirect | Page:
-    """Decide the next step: log in, ask consent, or issue the code.
-
-    OIDC Core §3.1.2.1: with prompt=none "the Authorization Server MUST NOT display any
-    authentication or consent user interface pages"; it answers login_required or
-    consent_required instead.
-    """
-    if srv.auto_approve is not None:
-        hinted = areq.login_hint and srv.storage.get_user(areq.login_hint)
-        username = areq.login_hint if hinted else srv.auto_approve
-        return issue_code(srv, areq, username, int(srv.clock()))
-    session = browser.session
-    # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
-    # re-authenticate the End-User"; max_age=0 is equivalent to prompt=login.
-    too_old = areq.max_age is not None and (
-        areq.max_age == 0
-        or (session is not None and srv.clock() - session.auth_time > areq.max_age)
-    )
-    # A session exists only for a user who still exists with the same credentials
-    # (read_session checks that).
-    if session is None or "login" in areq.prompt or too_old:
-        if "none" in areq.prompt:
-            raise LoginRequired("The user is not signed in.")
-        return login_page(srv, areq, browser)
-    granted = srv.storage.get_consent(session.username, areq.client.client_id)
-    if set(areq.scope) <= granted and "consent" not in areq.prompt:
-        return issue_code(srv, areq, session.username, session.auth_time)
-    if "none" in areq.prompt:
-        raise ConsentRequired("The user has not consented to this request.")
-    return consent_page(srv, areq, browser)
+def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAuthError) -> Redirect:
+    """RFC 6749 §4.1.2.1: error, error_description and the client's state, on the query."""
+    params = err.to_json()
+    if state is not None:
+        params["state"] = state
+    return authorization_response(srv, areq_redirect, params)
 
 
 ###############################################################################
@@ -1688,7 +1705,7 @@ def authorize_url(srv: Server, params: dict[str, str]) -> str:
 
 def token_endpoint(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
-) -> dict:
+) -> dict[str, Any]:
     """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body."""
     client = authenticate_client(srv, params, authorization, address)
     grant_type = params.get("grant_type")
@@ -1702,7 +1719,7 @@ def token_endpoint(
     return handler(srv, client, params)
 
 
-def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
     challenge was sent; redirect_uri when it was in the authorization request."""
     code_value = params.get("code")
@@ -1747,7 +1764,7 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     )  # fmt: skip
 
 
-def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
     narrow the grant but never widen it."""
     value = params.get("refresh_token")
@@ -1775,7 +1792,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     )
 
 
-def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict:
+def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope."""
     # RFC 6749 §4.4: "The client credentials grant type MUST only be used by
     # confidential clients."
@@ -1789,7 +1806,7 @@ def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]
     return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False)
 
 
-GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict]] = {
+GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = {
     "authorization_code": authorization_code_grant,
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
@@ -1808,7 +1825,7 @@ def issue_tokens(
     nonce: str | None = None,
     claims: dict[str, Any] | None = None,
     rotating: Token | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
@@ -2021,7 +2038,7 @@ def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
     return token
 
 
-def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None) -> dict:
+def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None) -> dict[str, Any]:
     """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4)."""
     token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
     if token is None or token.kind != "access" or not token.active(srv.clock()):
@@ -2046,14 +2063,14 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
             raise jwt.InvalidTokenError("not an ID token")
         key = next(k for k in srv.storage.signing_keys() if k.kid == header.get("kid"))
         # Time does not matter for a hint; PyJWT's iat check would use the wall clock.
-        options = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
         return jwt.decode(
             hint,
             private_key(key).public_key(),
             algorithms=[key.alg],
             issuer=srv.issuer,
-            options={**options, "verify_aud": False, "require": ["aud", "sub"]},
-        )
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                     "verify_aud": False, "require": ["aud", "sub"]},
+        )  # fmt: skip
     except (jwt.InvalidTokenError, StopIteration):
         raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
 
@@ -2112,7 +2129,7 @@ def logout(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pa
 
 def introspect(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
-) -> dict:
+) -> dict[str, Any]:
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
     we require a confidential client."""
     client = authenticate_client(srv, params, authorization, address)
@@ -2711,7 +2728,7 @@ def _token_steps(
         "itself, so the demo skips this check; a real app must not.</li></ul>"
     )
     try:
-        info: dict = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
+        info: dict[str, Any] = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
     except OAuthError as err:
         info = err.to_json()
     host = urllib.parse.urlsplit(srv.issuer).netloc
@@ -2764,7 +2781,7 @@ its scopes allow (here <code>profile</code>):</p>
 # returns (a Redirect, a Page, a JSON body) or raises (an OAuthError) into a response.
 
 WSGIApp = Callable[..., Iterable[bytes]]
-Request = bottle.BaseRequest
+Request: TypeAlias = Any  # bottle.BaseRequest; bottle has no annotations to check against
 ErrorKind = Literal["page", "redirect", "json", "bearer"]
 
 
@@ -2802,7 +2819,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
     browser(DEMO_CALLBACK_PATH, ["GET"], demo_callback_endpoint)
-    app.default_error_handler = plain_error  # type: ignore[method-assign]
+    app.default_error_handler = plain_error
     return app
 
 
@@ -3322,7 +3339,7 @@ def _redacted_body(body: bytes, content_type: str) -> Any:
     return _HIDDEN_SECRET_RE.sub(r"\1" + REDACTED, text)
 
 
-def _start_exchange(environ: dict) -> Exchange:
+def _start_exchange(environ: dict[str, Any]) -> Exchange:
     """Read what the request carries, leaving its body readable for the app."""
     query = environ.get("QUERY_STRING", "")
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace")
@@ -3351,13 +3368,13 @@ def _start_exchange(environ: dict) -> Exchange:
 def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
     """Record every exchange in ``srv.transcript``; the answer itself is untouched."""
 
-    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
             return app(environ, start_response)
         exchange = _start_exchange(environ)
         answered: list[Any] = []
 
-        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             answered[:] = [status, headers]
             return start_response(status, headers, exc_info)
 
@@ -3392,7 +3409,7 @@ def _with_faults(srv: Server, app: WSGIApp) -> WSGIApp:
     serve the HTTP control surface under /_codeflow/."""
     endpoints = {path: name for name, paths in FAULT_ENDPOINTS.items() for path in paths}
 
-    def wsgi(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if srv.test_mode and path.startswith(CONTROL_PREFIX):
             return _control(srv, environ, start_response)
@@ -3445,12 +3462,16 @@ def _inject(
 
 
 def _wrong_id_token(
-    srv: Server, fault: Fault, app: Callable, environ: dict, start_response: Callable
+    srv: Server,
+    fault: Fault,
+    app: WSGIApp,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
 ) -> Iterable[bytes]:
     """Let the token endpoint answer, then alter its ID token in the one chosen way."""
     answered: list[Any] = []
 
-    def start(status: str, headers: list, exc_info: Any = None) -> Any:
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         answered[:] = [status, headers]
         return lambda data: None
 
