@@ -97,6 +97,7 @@ ID_TOKEN_LIFETIME = 3600
 SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
 FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
 OTP_LIFETIME = 5 * 60  # how long the TOTP step may follow a right password
+BROWSER_ID_LIFETIME = 7 * 24 * 3600  # a browser's signed id (the CSRF cookie), renewed at login
 # Failed sign-ins allowed within LOGIN_WINDOW: few per user from one address; more per
 # user from everywhere (slows distributed guessing without letting anyone lock an account
 # out for everybody: NIST SP 800-63B §5.2.2 allows up to 100); some per address.
@@ -413,6 +414,12 @@ class UntrustedRequest(OAuthError):
     """The client or redirect_uri cannot be trusted: answer with a page, never a redirect."""
 
     error = "invalid_request"
+
+
+class CrossSiteRequest(UntrustedRequest):
+    """A form of ours posted from another site (RFC 9700 §4.4): answered with a page."""
+
+    status = 403
 
 
 class PayloadTooLarge(OAuthError):
@@ -1056,9 +1063,20 @@ class Server:
 ###############################################################################
 
 # What the server knows of a browser lives in two cookies: the signed login session and
-# the CSRF cookie that every form's token is bound to. The protocol functions get it as
-# one explicit Browser value and answer with a Redirect or a Page that says how it
-# changes; only the WSGI layer reads and writes the cookies themselves.
+# the CSRF cookie, a signed browser id that every form's token is bound to. The protocol
+# functions get it as one explicit Browser value and answer with a Redirect or a Page
+# that says how it changes; only the WSGI layer reads and writes the cookies themselves.
+#
+# Why a page on a sibling origin cannot forge a form (RFC 6749 §10.12, RFC 9700 §4.4):
+# cookies ignore ports, and a sibling subdomain can set cookies for its parent, so the
+# attacker may plant a CSRF cookie of its choice (on http there is no __Host- prefix to
+# stop it; on https there is). Three things defeat that. (1) The browser id is one the
+# server signed and set; the server issues a new one when the user signs in, so a value
+# planted before sign-in is gone after it. (2) A form's token is bound to the browser id
+# *and* to the login session it was shown in: a token the attacker fetched for itself
+# names no session or the attacker's, never the victim's, which an attacker cannot read.
+# (3) A form is accepted only from our own origin (Fetch Metadata ``Sec-Fetch-Site``, or
+# ``Origin`` where a browser sends no metadata; see refuse_cross_site).
 
 SESSION_COOKIE = "codeflow_session"
 CSRF_COOKIE = "codeflow_csrf"
@@ -1110,6 +1128,7 @@ class Page:
     body: str
     status: int = 200
     signed_out: bool = False
+    cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
 
 
 class Signer:
@@ -1146,17 +1165,30 @@ class Signer:
         key = self._serializer.secret_keys[-1]
         return b64url(hmac.new(key, message.encode(), "sha256").digest())
 
+    def browser_id(self) -> str:
+        """A new browser id for the CSRF cookie: random, and signed, so that the server
+        accepts only ids it issued itself."""
+        return self.dumps({"b": secrets.token_urlsafe(16)}, "browser", BROWSER_ID_LIFETIME)
+
     def csrf_token(self, browser: Browser) -> str:
-        """A form's CSRF token: the browser's CSRF cookie value, signed, with an expiry."""
-        return self.dumps({"c": browser.csrf}, "csrf", FORM_LIFETIME)
+        """A form's CSRF token: the browser's id and its login session, signed, with an
+        expiry (RFC 6749 §10.12: "bind the request to the user-agent's authenticated
+        state")."""
+        sid = browser.session.sid if browser.session else ""
+        return self.dumps({"c": browser.csrf, "s": sid}, "csrf", FORM_LIFETIME)
 
     def check_csrf(self, token: str | None, browser: Browser) -> bool:
+        """The token was made for this browser and, if it has a login session, for that
+        session. A browser whose session is gone may go on: the step asks it to sign in."""
         payload = self.loads(token, "csrf")
         if not payload:
             return False
         # compare_digest takes str only when ASCII; cookies may be any latin-1 text.
         expected = str(payload.get("c")).encode("utf-8", "surrogatepass")
-        return hmac.compare_digest(expected, browser.csrf.encode("utf-8", "surrogatepass"))
+        if not hmac.compare_digest(expected, browser.csrf.encode("utf-8", "surrogatepass")):
+            return False
+        sid = str(payload.get("s", ""))
+        return browser.session is None or hmac.compare_digest(sid, browser.session.sid)
 
     def request(self, params: dict[str, str], purpose: str = "authorize") -> str:
         """The request a form continues, signed for one ``purpose`` (salt): a logout
@@ -2284,7 +2316,10 @@ SECURITY_HEADERS = (
         "base-uri 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    # same-origin, not no-referrer: a browser sends "Origin: null" on a POST from a page
+    # with no-referrer, and refuse_cross_site needs the real one from browsers that send
+    # no Fetch Metadata; other origins still get no Referer, so no URL of ours leaks.
+    ("Referrer-Policy", "same-origin"),
 )
 
 esc = html.escape
@@ -2456,6 +2491,7 @@ DEMO_CALLBACK_PATH = "/demo/callback"
 DEMO_CLIENT_ID = "demo-app"
 DEMO_USER, DEMO_PASSWORD = "alice", "wonderland"
 DEMO_SCOPE = "openid profile offline_access"
+DEMO_COOKIE = "codeflow_demo"  # the demo client's own: a random id its values derive from
 
 RFC6749 = "https://www.rfc-editor.org/rfc/rfc6749"
 RFC7636 = "https://www.rfc-editor.org/rfc/rfc7636"
@@ -2476,10 +2512,10 @@ def add_demo(srv: Server) -> None:
         srv.add_user(DEMO_USER, DEMO_PASSWORD, claims={"name": "Alice Liddell"})
 
 
-def _demo_value(srv: Server, purpose: str, browser: Browser) -> str:
-    # The demo client keeps no state of its own: its state and PKCE verifier are
-    # derived from the browser's CSRF cookie, so the callback can recompute them.
-    return srv.signer.mac(f"{purpose}:{browser.csrf}")
+def _demo_value(srv: Server, purpose: str, demo_id: str) -> str:
+    # The demo client keeps no server-side state: its state, nonce and PKCE verifier are
+    # derived from its own cookie (DEMO_COOKIE), so the callback can recompute them.
+    return srv.signer.mac(f"{purpose}:{demo_id}")
 
 
 def _spec(*refs: tuple[str, str]) -> str:
@@ -2554,10 +2590,10 @@ def _step(anchor: str, title: str, content: str, next_anchor: str | None) -> str
     )
 
 
-def demo_page(srv: Server, browser: Browser) -> Page:
+def demo_page(srv: Server, demo_id: str) -> Page:
     """Step 1 of the flow, as a client app does it: build the authorization request."""
-    state, verifier = _demo_value(srv, "state", browser), _demo_value(srv, "verifier", browser)
-    nonce = _demo_value(srv, "nonce", browser)
+    state, verifier = _demo_value(srv, "state", demo_id), _demo_value(srv, "verifier", demo_id)
+    nonce = _demo_value(srv, "nonce", demo_id)
     params = {
         "response_type": "code",
         "client_id": DEMO_CLIENT_ID,
@@ -2603,10 +2639,10 @@ password.</p>
        ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}
 <div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div></section>
 </div>"""
-    return Page("Demo: the authorization request", body)
+    return Page("Demo: the authorization request", body, cookies=((DEMO_COOKIE, demo_id),))
 
 
-def demo_finish(srv: Server, params: dict[str, str], browser: Browser) -> Page:
+def demo_finish(srv: Server, params: dict[str, str], demo_id: str) -> Page:
     """Steps 3 to 7, as the app's server does them when the browser comes back: check
     the callback, redeem the code, read the ID token, ask the userinfo endpoint."""
     again = f'<div class="actions"><a class="button" href="{DEMO_PATH}">Start again</a></div>'
@@ -2616,7 +2652,7 @@ def demo_finish(srv: Server, params: dict[str, str], browser: Browser) -> Page:
         ("RFC 9207 §2.4 (iss)", f"{RFC9207}#section-2.4"),
     )
     received = _json(params)
-    state_ok = params.get("state") == _demo_value(srv, "state", browser)
+    state_ok = params.get("state") == _demo_value(srv, "state", demo_id)
     iss_ok = params.get("iss") == srv.issuer
     checks = (
         "<ul>"
@@ -2647,7 +2683,7 @@ def demo_finish(srv: Server, params: dict[str, str], browser: Browser) -> Page:
         "code": params.get("code", ""),
         "redirect_uri": srv.issuer + DEMO_CALLBACK_PATH,
         "client_id": DEMO_CLIENT_ID,
-        "code_verifier": _demo_value(srv, "verifier", browser),
+        "code_verifier": _demo_value(srv, "verifier", demo_id),
     }
     try:
         result = token_endpoint(srv, request, None)
@@ -2691,14 +2727,14 @@ callback sends it again, and the server then also revokes what the code issued.<
             None,
         ))  # fmt: skip
     else:
-        steps.extend(_token_steps(srv, result, browser, again))
+        steps.extend(_token_steps(srv, result, demo_id, again))
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
 {_steps_nav(True)}<div class="steps-panel">{"".join(steps)}</div></div>"""
     return Page("Demo: the flow, step by step", body)
 
 
 def _token_steps(
-    srv: Server, result: dict[str, Any], browser: Browser, again: str
+    srv: Server, result: dict[str, Any], demo_id: str, again: str
 ) -> list[str]:
     """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
     id_token = result.get("id_token", "")
@@ -2720,7 +2756,7 @@ def _token_steps(
             f"<code>exp</code> is in the future: {_utc(claims.get('exp', 0))}",
         )
         + _check(
-            claims.get("nonce") == _demo_value(srv, "nonce", browser),
+            claims.get("nonce") == _demo_value(srv, "nonce", demo_id),
             "<code>nonce</code> is the one step 1 sent",
         )
         + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
@@ -2854,13 +2890,32 @@ def cookie_name(srv: Server, name: str) -> str:
 
 
 def read_browser(srv: Server, request: Request) -> Browser:
-    """The Browser of a request, from its cookies; a new CSRF cookie if it has none."""
+    """The Browser of a request, from its cookies: a new browser id (CSRF cookie) unless
+    it has one the server signed."""
     csrf = request.get_cookie(cookie_name(srv, CSRF_COOKIE))
     session = read_session(srv, request.get_cookie(cookie_name(srv, SESSION_COOKIE)))
     address = request.environ.get("REMOTE_ADDR", "")
-    if csrf and len(csrf) == 22:
-        return Browser(csrf, session, address)
-    return Browser.new(session, address)
+    if not (csrf and srv.signer.loads(csrf, "browser")):
+        csrf = srv.signer.browser_id()
+    return Browser(csrf, session, address)
+
+
+def refuse_cross_site(srv: Server, request: Request) -> None:
+    """A form of ours is posted from our own origin (RFC 9700 §4.4; Fetch Metadata).
+
+    ``Sec-Fetch-Site`` must be ``same-origin`` (``none``: the user's own action). It is
+    ``same-site`` for a page on another port or a sibling subdomain, which is refused
+    too. A browser that sends no Fetch Metadata sends ``Origin`` on a POST: it must be
+    the issuer's. A request with neither is no browser's cross-site form (non-browser
+    clients, such as codeflow_sdk's headless login, send neither), so it may go on."""
+    site = request.environ.get("HTTP_SEC_FETCH_SITE")
+    origin = request.environ.get("HTTP_ORIGIN")
+    own = urllib.parse.urlsplit(srv.issuer)
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            raise CrossSiteRequest(f"This form was sent from another site ({site[:20]}).")
+    elif origin is not None and origin != f"{own.scheme}://{own.netloc}":
+        raise CrossSiteRequest("This form was sent from another origin.")
 
 
 # -- Writing responses ----------------------------------------------------------
@@ -2942,13 +2997,17 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     else:
         response = page_response(result)
     cookie = {"httponly": True, "samesite": "lax", "secure": srv.secure_cookies, "path": "/"}
-    if browser.csrf != request.get_cookie(cookie_name(srv, CSRF_COOKIE)):
-        response.set_cookie(cookie_name(srv, CSRF_COOKIE), browser.csrf, **cookie)
+    csrf = browser.csrf
     if result.signed_out:
         response.delete_cookie(cookie_name(srv, SESSION_COOKIE), **cookie)
     elif isinstance(result, Redirect) and result.session is not None:
         value = session_cookie(srv, result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
+        csrf = srv.signer.browser_id()  # a new browser id at sign-in: see "Browser state"
+    if csrf != request.get_cookie(cookie_name(srv, CSRF_COOKIE)):
+        response.set_cookie(cookie_name(srv, CSRF_COOKIE), csrf, **cookie)
+    for name, value in result.cookies if isinstance(result, Page) else ():
+        response.set_cookie(cookie_name(srv, name), value, **cookie)
     return response
 
 
@@ -3017,10 +3076,12 @@ def authorization_endpoint(srv: Server, request: Request, browser: Browser) -> R
 
 
 def login_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    refuse_cross_site(srv, request)
     return login(srv, single_params(form_pairs(request)), browser)
 
 
 def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    refuse_cross_site(srv, request)
     return consent(srv, single_params(form_pairs(request)), browser)
 
 
@@ -3028,7 +3089,10 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
     # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
     if request.method == "GET":
         return end_session(srv, single_params(query_pairs(request)), browser, confirmed=False)
-    return logout(srv, single_params(form_pairs(request)), browser)
+    form = single_params(form_pairs(request))
+    if "csrf_token" in form:  # our confirmation form, not a relying party's request
+        refuse_cross_site(srv, request)
+    return logout(srv, form, browser)
 
 
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
@@ -3068,13 +3132,15 @@ def demo_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect |
         # Opened as localhost instead of the issuer's 127.0.0.1, say: cookies would
         # not follow the flow, so start over on the issuer's own host.
         return Redirect(srv.issuer + DEMO_PATH)
-    return demo_page(srv, browser)
+    demo_id = request.get_cookie(cookie_name(srv, DEMO_COOKIE)) or ""
+    return demo_page(srv, demo_id if 16 <= len(demo_id) <= 64 else secrets.token_urlsafe(16))
 
 
 def demo_callback_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
     if not srv.demo:
         raise bottle.HTTPError(404, "Not found")
-    return demo_finish(srv, single_params(query_pairs(request)), browser)
+    demo_id = request.get_cookie(cookie_name(srv, DEMO_COOKIE)) or ""
+    return demo_finish(srv, single_params(query_pairs(request)), demo_id)
 
 
 ###############################################################################

@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pyotp
 import pytest
@@ -457,3 +458,83 @@ def test_pages_in_dark_mode(chromium: Browser) -> None:
             screenshot(t, "20-dark-consent", phone=False)
         finally:
             t.close()
+
+
+def test_a_page_on_another_port_cannot_plant_the_csrf_cookie_and_consent(tab: Tab) -> None:
+    """RFC 6749 §10.12: the server "MUST implement CSRF protection"; RFC 9700 §4.4, by
+    cookie tossing: a page on another port of the same host shares the provider's cookies
+    (cookies ignore ports). Before the victim ever visits the provider, it plants a CSRF
+    cookie that the attacker got from the provider; the victim signs in; then the page
+    posts the attacker's consent form and signed request (offline_access, for the
+    attacker's client) from the victim's signed-in browser. The provider refuses it, and
+    the attacker's client never receives a code."""
+    import requests
+    from conftest import form_fields
+
+    received: list[str] = []
+
+    def attacker_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/cb":
+            received.append(environ.get("QUERY_STRING", ""))
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"callback"]
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [ATTACK_PAGE.encode()]
+
+    srv = codeflow.Server()
+    with srv.running() as issuer, serving(attacker_app) as evil:
+        srv.add_client("notes", redirect_uris=["http://127.0.0.1:9/cb"], name="Notes")
+        srv.add_client("evil", redirect_uris=[evil + "/cb"], name="Notes (evil)")
+        srv.add_user("alice", "wonderland")
+        # The attacker gets a CSRF cookie, a form token and a signed request of its own.
+        attacker = requests.Session()
+        params = pkce_request("evil", evil + "/cb", scope="openid offline_access")
+        login = attacker.get(f"{issuer}/authorize", params=params, timeout=10)
+        fields = form_fields(login.text)
+        cookie = attacker.cookies.get(codeflow.CSRF_COOKIE)
+        assert cookie and fields["csrf_token"] and fields["request"]
+        attack = urlencode({"cookie": cookie, "action": f"{issuer}/consent", **fields})
+        page = tab.page
+        page.goto(f"{evil}/plant#{attack}")
+        # The victim signs in at the provider: a session, then the consent page for Notes.
+        page.goto(f"{issuer}/authorize?" + urlencode(pkce_request("notes", "http://127.0.0.1:9/cb")))
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill("wonderland")
+        submit(page, "Sign in")
+        assert "Allow access?" in page.locator("main").inner_text()
+        page.goto(f"{evil}/post#{attack}")
+        page.wait_for_load_state("networkidle")
+        assert received == [], f"the attacker's client got a code: {received}"
+        assert page.url.startswith(issuer), page.url
+        assert not srv.storage.get_consent("alice", "evil")
+
+
+ATTACK_PAGE = """<!doctype html><body><form method="post" id="f"></form><script>
+const p = new URLSearchParams(location.hash.slice(1));
+if (location.pathname === "/plant") {
+  document.cookie = "codeflow_csrf=" + p.get("cookie") + "; path=/";
+} else {
+  const f = document.getElementById("f");
+  f.action = p.get("action");
+  for (const [name, value] of [["csrf_token", p.get("csrf_token")],
+                               ["request", p.get("request")], ["decision", "approve"]]) {
+    const i = document.createElement("input");
+    i.type = "hidden"; i.name = name; i.value = value; f.appendChild(i);
+  }
+  f.submit();
+}
+</script></body>"""
+
+
+def pkce_request(client_id: str, redirect_uri: str, scope: str = "openid") -> dict[str, str]:
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return {
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
+        "scope": scope, "state": "s", "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+    }  # fmt: skip
