@@ -45,6 +45,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -86,6 +87,8 @@ __all__ = [
     "verify_password",
 ]
 
+__version__ = "0.1.0"
+
 log = logging.getLogger("codeflow")
 
 CODE_LIFETIME = (
@@ -125,6 +128,7 @@ JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
+HEALTH_PATH = "/healthz"
 SIGNING_ALGS = ("RS256", "ES256")  # RS256 is OIDC Core §15.1's mandatory default
 
 # OIDC Core §5.4: the claims each scope asks for.
@@ -905,36 +909,52 @@ class Server:
         access_token_jwt: bool = False,
         post_logout_redirect_uris: Iterable[str] = (),
     ) -> Client:
-        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
-        uris = tuple(redirect_uris)
-        for uri in uris:
-            parts = urllib.parse.urlsplit(uri)
-            # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
-            # "MUST NOT include a fragment component."
-            if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
-                raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
-        grants = tuple(grant_types)
-        unknown = set(grants) - set(GRANT_TYPES)
-        if unknown:
-            raise ValueError(f"unsupported grant types: {sorted(unknown)}")
-        if id_token_signed_response_alg not in SIGNING_ALGS:
-            raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
-        if client_secret is None and not require_pkce:
-            raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+        """Register a client, or replace the one with that client_id; without
+        ``client_secret`` it is public (RFC 6749 §2.1)."""
         client = Client(
             client_id=client_id,
-            redirect_uris=uris,
-            secret_hash=hash_password(client_secret) if client_secret is not None else None,
+            redirect_uris=tuple(redirect_uris),
+            secret_hash=None,
             name=name,
             scopes=tuple(scopes),
-            grant_types=grants,
+            grant_types=tuple(grant_types),
             require_pkce=require_pkce,
             id_token_signed_response_alg=id_token_signed_response_alg,
             access_token_jwt=access_token_jwt,
             post_logout_redirect_uris=tuple(post_logout_redirect_uris),
         )
+        check_client(client, public=client_secret is None)
+        if client_secret is not None:
+            client = replace(client, secret_hash=hash_password(client_secret))
         self.storage.add_client(client)
         return client
+
+    def update_client(self, client_id: str, **changes: Any) -> Client:
+        """Change some of a client's settings (``redirect_uris``, ``name``, ``scopes``,
+        ``access_token_jwt``, ...: the fields of Client); the rest, its secret too, stays."""
+        client = self.storage.get_client(client_id)
+        if client is None:
+            raise ValueError(f"no client {client_id!r}")
+        if {"client_id", "secret_hash"} & set(changes):
+            raise ValueError("client_id and the secret cannot be updated (rotate_client_secret)")
+        tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris")
+        changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
+        client = replace(client, **changes)
+        check_client(client, public=client.public)
+        self.storage.add_client(client)
+        return client
+
+    def rotate_client_secret(self, client_id: str) -> str:
+        """Give a confidential client a new secret, returned once; the old one stops
+        working at once (only the new one's hash is kept)."""
+        client = self.storage.get_client(client_id)
+        if client is None:
+            raise ValueError(f"no client {client_id!r}")
+        if client.public:
+            raise ValueError(f"{client_id!r} is a public client: it has no secret")
+        secret = new_secret()
+        self.storage.add_client(replace(client, secret_hash=hash_password(secret)))
+        return secret
 
     def remove_client(self, client_id: str) -> bool:
         """Remove a client; False if there was none."""
@@ -1056,6 +1076,23 @@ class Server:
             httpd.shutdown()
             httpd.server_close()
             thread.join()
+
+
+def check_client(client: Client, *, public: bool) -> None:
+    """A client registration that makes sense, else ValueError naming what does not."""
+    for uri in (*client.redirect_uris, *client.post_logout_redirect_uris):
+        parts = urllib.parse.urlsplit(uri)
+        # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
+        # "MUST NOT include a fragment component."
+        if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+            raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
+    unknown = set(client.grant_types) - set(GRANT_TYPES)
+    if unknown:
+        raise ValueError(f"unsupported grant types: {sorted(unknown)}")
+    if client.id_token_signed_response_alg not in SIGNING_ALGS:
+        raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
+    if public and not client.require_pkce:
+        raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
 
 
 ###############################################################################
@@ -2850,6 +2887,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     get(OAUTH_METADATA_PATH, metadata_endpoint)
     get(OIDC_METADATA_PATH, metadata_endpoint)
     get(JWKS_PATH, jwks_endpoint)
+    get(HEALTH_PATH, health_endpoint)
     app.route(USERINFO_PATH, ["GET", "POST"], lambda: userinfo_endpoint(srv, bottle.request))
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
     browser("/", ["GET"], home_endpoint)
@@ -3108,6 +3146,16 @@ def jwks_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
         json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
     )
+
+
+def health_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    """For load balancers and monitoring: 200 when storage answers a read, else 503."""
+    try:
+        srv.storage.get_client("")
+    except Exception:  # whatever the backend raises, the answer is "not healthy"
+        log.exception("codeflow: health check: storage does not answer")
+        return json_response({"status": "unavailable"}, 503)
+    return json_response({"status": "ok"})
 
 
 def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
@@ -3668,12 +3716,15 @@ def open_storage(url: str) -> Storage:
     """The storage a URL names: ``memory``, or ``SCHEME://...``, opened by the backend
     module ``codeflow_storage.SCHEME`` (or one registered under the entry-point group
     ``codeflow.storage``), whose ``from_url(url)`` parses the URL's own options.
-    codeflow imports no backend: a new one needs no edit here."""
+    codeflow imports no backend: a new one needs no edit here. A plain path is a SQLite
+    file. ValueError says what is wrong with a URL."""
     if url == "memory":
         return MemoryStorage()
-    scheme, sep, _ = url.partition("://")
-    if not sep or not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
-        raise SystemExit(f"unknown storage URL {url!r}: use 'memory' or 'sqlite:///path'")
+    if "://" not in url:  # a plain file path: the SQLite file there
+        url = "sqlite:///" + os.path.expanduser(url)
+    scheme = url.partition("://")[0]
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise ValueError(f"unknown storage URL {url!r}: use memory, sqlite:///path or a path")
     module = scheme.replace("+", "_").replace(".", "_").replace("-", "_")
     found = importlib.metadata.entry_points(group="codeflow.storage", name=scheme)
     try:
@@ -3682,14 +3733,11 @@ def open_storage(url: str) -> Storage:
         )
     except ModuleNotFoundError as err:
         if err.name in ("codeflow_storage", f"codeflow_storage.{module}"):
-            raise SystemExit(f"no storage backend for {scheme}:// URLs") from None
-        raise SystemExit(
+            raise ValueError(f"no storage backend for {scheme}:// URLs") from None
+        raise ValueError(
             f"{scheme} storage needs {err.name}: pip install 'codeflow[{scheme}]'"
         ) from None
-    try:
-        return cast(Storage, backend.from_url(url))
-    except ValueError as err:
-        raise SystemExit(f"storage URL {url!r}: {err}") from None
+    return cast(Storage, backend.from_url(url))
 
 
 def load_config(srv: Server, config: dict[str, Any]) -> None:
@@ -3738,9 +3786,13 @@ def purge_forever(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"codeflow {__version__}")
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--config", type=argparse.FileType("rb"), help="TOML config file")
-    store.add_argument("--storage", help="memory (default) or sqlite:///path/codeflow.db")
+    store.add_argument(
+        "--storage", help="memory (serve's default), sqlite:////abs/path.db or a file path"
+    )
+    store.add_argument("--issuer", help="public base URL (serve: default http://HOST:PORT)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(group: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
@@ -3748,10 +3800,16 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=run)
         return cmd
 
+    def password(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of stdin")  # fmt: skip
+
+    def replace_flag(cmd: argparse.ArgumentParser, what: str) -> None:
+        cmd.add_argument("--replace", action="store_true", help=f"replace an existing {what}")
+
     serve_cmd = commands.add_parser("serve", parents=[store], help="run the authorization server")
-    serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--port", type=int, default=8000)
-    serve_cmd.add_argument("--issuer", help="public base URL (default http://HOST:PORT)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve_cmd.add_argument("--demo", action="store_true", help="add a demo client and user")
     serve_cmd.add_argument("--auto-approve", metavar="USER", help="approve every request as USER")
     serve_cmd.add_argument(
@@ -3767,12 +3825,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = command(client, "add", client_add, "register a client")
     add.add_argument("client_id")
-    add.add_argument("--redirect-uri", action="append", default=[], dest="redirect_uris")
-    add.add_argument("--name", default="")
-    add.add_argument("--scope", action="append", dest="scopes", help="repeatable")
-    add.add_argument("--grant-type", action="append", dest="grant_types", help="repeatable")
     add.add_argument("--public", action="store_true", help="no secret: a public client (PKCE)")
     add.add_argument("--no-pkce", action="store_true", help="let a confidential client skip PKCE")
+    replace_flag(add, "client (and print a new secret)")
+    update = command(client, "update", client_update, "change a client's settings")
+    update.add_argument("client_id")
+    for cmd in (add, update):
+        cmd.add_argument("--redirect-uri", action="append", dest="redirect_uris",
+                         help="a redirect URI (repeatable; update: replaces the list)")
+        cmd.add_argument("--post-logout-redirect-uri", action="append",
+                         dest="post_logout_redirect_uris",
+                         help="where logout may return (repeatable)")
+        cmd.add_argument("--name", help="the name users see on the consent page")
+        cmd.add_argument("--scope", action="append", dest="scopes",
+                         help="a scope it may ask for (repeatable)")
+        cmd.add_argument("--grant-type", action="append", dest="grant_types",
+                         help=f"a grant it may use (repeatable): {', '.join(GRANT_TYPES)}")
+        cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
+                         help="RFC 9068 JWT access tokens instead of opaque ones")  # fmt: skip
+    update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
+                        help="require PKCE (--no-pkce: a confidential client may skip it)")
+    command(client, "rotate-secret", client_rotate_secret,
+            "give a confidential client a new secret").add_argument("client_id")  # fmt: skip
     command(client, "list", client_list, "list clients")
     command(client, "remove", client_remove, "remove a client").add_argument("client_id")
 
@@ -3781,17 +3855,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = command(user, "add", user_add, "add a user")
     add.add_argument("username")
-    add.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-    add.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE")
+    password(add)
     add.add_argument("--totp", action="store_true", help="enrol a TOTP second factor")
+    replace_flag(add, "user (claims, password and TOTP)")
+    update = command(user, "update", user_update, "change a user's claims")
+    update.add_argument("username")
+    update.add_argument("--unset-claim", action="append", default=[], metavar="NAME",
+                        help="remove a claim (repeatable)")  # fmt: skip
+    for cmd in (add, update):
+        cmd.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE",
+                         help="a claim, such as name=Alice (repeatable)")  # fmt: skip
     passwd = command(user, "passwd", user_passwd, "change a user's password")
     passwd.add_argument("username")
-    passwd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    password(passwd)
     totp = user.add_parser("totp", help="TOTP second factor").add_subparsers(
         dest="totp_action", required=True
     )
-    command(totp, "enable", user_totp_enable, "enable a user's TOTP").add_argument("username")
-    command(totp, "disable", user_totp_disable, "disable a user's TOTP").add_argument("username")
+    enable = command(totp, "enable", user_totp_enable, "enrol a user's TOTP (RFC 6238)")
+    enable.add_argument("username")
+    replace_flag(enable, "TOTP secret")
+    command(totp, "disable", user_totp_disable, "remove a user's TOTP").add_argument("username")
     command(user, "list", user_list, "list users")
     command(user, "remove", user_remove, "remove a user").add_argument("username")
 
@@ -3804,23 +3887,57 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # The management commands: each opens the store (main does) and calls one Server method.
+# A ValueError is the operator's mistake: main prints it on one line and exits with 2.
 Command = Callable[["Server", argparse.Namespace], None]
 
 
 def client_add(srv: Server, args: argparse.Namespace) -> None:
+    if srv.storage.get_client(args.client_id) and not args.replace:
+        raise ValueError(
+            f"client {args.client_id!r} already exists; use `codeflow client update` or "
+            "`client rotate-secret`, or add --replace"
+        )
+    grants = args.grant_types or DEFAULT_GRANT_TYPES
+    if "authorization_code" in grants and not args.redirect_uris:
+        raise ValueError("an authorization-code client needs at least one --redirect-uri")
     secret = None if args.public else secrets.token_urlsafe(32)
     srv.add_client(
         args.client_id,
         client_secret=secret,
-        redirect_uris=args.redirect_uris,
-        name=args.name,
+        redirect_uris=args.redirect_uris or (),
+        post_logout_redirect_uris=args.post_logout_redirect_uris or (),
+        name=args.name or "",
         scopes=args.scopes or DEFAULT_SCOPES,
-        grant_types=args.grant_types or DEFAULT_GRANT_TYPES,
+        grant_types=grants,
         require_pkce=not args.no_pkce,
+        access_token_jwt=bool(args.jwt_access_tokens),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
         print(f"client_secret: {secret}  (shown once; only its hash is stored)")
+
+
+def client_update(srv: Server, args: argparse.Namespace) -> None:
+    _existing_client(srv, args.client_id)
+    given = {
+        "redirect_uris": args.redirect_uris,
+        "post_logout_redirect_uris": args.post_logout_redirect_uris,
+        "name": args.name,
+        "scopes": args.scopes,
+        "grant_types": args.grant_types,
+        "access_token_jwt": args.jwt_access_tokens,
+        "require_pkce": args.pkce,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+    if not changes:
+        raise ValueError("nothing to change: see `codeflow client update --help`")
+    srv.update_client(args.client_id, **changes)
+
+
+def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
+    _existing_client(srv, args.client_id)
+    secret = srv.rotate_client_secret(args.client_id)
+    print(f"client_secret: {secret}  (shown once; the old secret no longer works)")
 
 
 def client_list(srv: Server, args: argparse.Namespace) -> None:
@@ -3831,15 +3948,30 @@ def client_list(srv: Server, args: argparse.Namespace) -> None:
 
 def client_remove(srv: Server, args: argparse.Namespace) -> None:
     if not srv.remove_client(args.client_id):
-        raise SystemExit(f"codeflow: no client {args.client_id!r}")
+        raise ValueError(f"no client {args.client_id!r}")
 
 
 def user_add(srv: Server, args: argparse.Namespace) -> None:
-    claims = dict(c.split("=", 1) for c in args.claim if "=" in c)
+    if srv.storage.get_user(args.username) and not args.replace:
+        raise ValueError(
+            f"user {args.username!r} already exists; use `codeflow user update`, "
+            "`user passwd` or `user totp`, or add --replace"
+        )
+    claims = _claims(args.claim)
     totp_secret = pyotp.random_base32() if args.totp else None
     srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
     if totp_secret:
         _print_totp(srv, args.username, totp_secret)
+
+
+def user_update(srv: Server, args: argparse.Namespace) -> None:
+    _existing_user(srv, args.username)
+    claims = _claims(args.claim)
+    if not claims and not args.unset_claim:
+        raise ValueError("nothing to change: see `codeflow user update --help`")
+    user = srv.set_claims(args.username, claims)
+    kept = {k: v for k, v in user.claims.items() if k not in args.unset_claim}
+    srv.set_claims(args.username, kept, merge=False)
 
 
 def user_passwd(srv: Server, args: argparse.Namespace) -> None:
@@ -3848,7 +3980,11 @@ def user_passwd(srv: Server, args: argparse.Namespace) -> None:
 
 
 def user_totp_enable(srv: Server, args: argparse.Namespace) -> None:
-    _existing_user(srv, args.username)
+    user = _existing_user(srv, args.username)
+    if user.totp_secret and not args.replace:
+        raise ValueError(
+            f"{args.username!r} already has a TOTP authenticator; add --replace for a new one"
+        )
     totp_secret = pyotp.random_base32()
     srv.set_totp(args.username, totp_secret)
     _print_totp(srv, args.username, totp_secret)
@@ -3866,7 +4002,7 @@ def user_list(srv: Server, args: argparse.Namespace) -> None:
 
 def user_remove(srv: Server, args: argparse.Namespace) -> None:
     if not srv.remove_user(args.username):
-        raise SystemExit(f"codeflow: no user {args.username!r}")
+        raise ValueError(f"no user {args.username!r}")
 
 
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
@@ -3878,17 +4014,35 @@ def purge(srv: Server, args: argparse.Namespace) -> None:
     print(f"purged {srv.purge()} expired records")
 
 
-def _existing_user(srv: Server, username: str) -> None:
-    if srv.storage.get_user(username) is None:
-        raise SystemExit(f"codeflow: no user {username!r}")
+def _existing_client(srv: Server, client_id: str) -> Client:
+    client = srv.storage.get_client(client_id)
+    if client is None:
+        raise ValueError(f"no client {client_id!r}")
+    return client
+
+
+def _claims(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+    if bad:
+        raise ValueError(f"--claim takes NAME=VALUE, not {bad[0]!r}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def _existing_user(srv: Server, username: str) -> User:
+    user = srv.storage.get_user(username)
+    if user is None:
+        raise ValueError(f"no user {username!r}")
+    return user
 
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password on: use --password-stdin")
     password = getpass.getpass("Password: ")
     if password != getpass.getpass("Again: "):
-        raise SystemExit("codeflow: the passwords differ")
+        raise ValueError("the passwords differ")
     return password
 
 
@@ -3922,13 +4076,21 @@ def main(argv: list[str] | None = None) -> int:
     storage_url = args.storage or config.get("storage", "memory")
     if args.command != "serve":
         if storage_url == "memory":
-            parser.error(f"{args.command} needs persistent storage: --storage sqlite:///PATH")
-        args.run(Server(config.get("issuer"), open_storage(storage_url)), args)
+            parser.exit(2, f"codeflow: error: {args.command} needs persistent storage: "
+                           "--storage PATH (or storage in --config)\n")  # fmt: skip
+        try:
+            args.run(Server(args.issuer or config.get("issuer"), open_storage(storage_url)), args)
+        except ValueError as err:
+            parser.exit(2, f"codeflow: error: {err}\n")
         return 0
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
-    srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo,
+    try:
+        storage = open_storage(storage_url)
+    except ValueError as err:
+        parser.exit(2, f"codeflow: error: {err}\n")
+    srv = Server(issuer, storage, auto_approve=args.auto_approve, demo=args.demo,
                  test_mode=args.test_mode, internal_url=args.internal_url)  # fmt: skip
     try:
         load_config(srv, config)

@@ -119,13 +119,13 @@ def test_open_storage_sqlite_url_is_the_sqlite_backend(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("nosuch://x", "no storage backend for nosuch://"), ("not a url", "unknown storage URL"),
+    [("nosuch://x", "no storage backend for nosuch://"), ("Not A://url", "unknown storage URL"),
      ("sqlite:///x.db?synchronous=sometimes", "synchronous")],
 )  # fmt: skip
 def test_open_storage_refuses_what_it_cannot_open(url: str, message: str) -> None:
-    """A storage URL no backend serves, or with a bad option, stops with a clear message
-    (SystemExit, which the CLI prints), never a traceback."""
-    with pytest.raises(SystemExit) as caught:
+    """A storage URL no backend serves, or with a bad option, is a ValueError with a clear
+    message (which the CLI prints on one line)."""
+    with pytest.raises(ValueError) as caught:
         codeflow.open_storage(url)
     assert message in str(caught.value)
 

@@ -292,6 +292,8 @@ class SQLiteStorage:
                 f"this Python has {sqlite3.sqlite_version}"
             )
         self.path = os.fspath(path)
+        if self.path != ":memory:":
+            _make_folder(self.path)
         self._lock = threading.Lock()
         self._db: sqlite_utils.Database | None = self._open()
         # sqlite.org/howtocorrupt.html §2.6: a connection must not be used, or closed, in
@@ -673,6 +675,25 @@ def _after_fork(ref: weakref.ReferenceType[SQLiteStorage]) -> None:
 ###############################################################################
 # Storage URL ##################################################################
 ###############################################################################
+
+
+def _make_folder(path: str) -> None:
+    """Create the database's folder if it is missing (owner-only: it will hold the file's
+    secrets) but not a whole tree: a missing parent too usually means a mistaken path,
+    such as ``sqlite:///var/lib/...``, which is relative (``sqlite:////var/lib/...`` is
+    absolute, as in SQLAlchemy)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return
+    if not os.path.isdir(os.path.dirname(folder)):
+        raise ValueError(
+            f"no folder {folder} for the database {path!r}; an absolute path is "
+            "sqlite:////path (four slashes)"
+        )
+    try:
+        os.mkdir(folder, 0o700)
+    except OSError as err:
+        raise ValueError(f"cannot create the folder {folder}: {err.strerror}") from None
 
 
 def from_url(url: str) -> SQLiteStorage:

@@ -1,0 +1,261 @@
+"""The management commands as an on-prem operator runs them (DESIGN "CLI `codeflow`";
+issue "Safe to run on-prem"): ``python codeflow.py client|user|keys|purge ...`` on a real
+SQLite file, in a subprocess. Nothing is replaced silently, every error is one line with
+exit status 2 and no traceback, and storage URLs mean what they look like.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import codeflow_storage.sqlite
+import pyotp
+import pytest
+from test_cli import codeflow_command
+
+pytestmark = pytest.mark.http
+
+
+def cli(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 -- our own command line
+        codeflow_command(*args), capture_output=True, text=True, timeout=30, check=False,
+        input=stdin, cwd=cwd,
+    )  # fmt: skip
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit status 2, one line on stderr that says what went wrong, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'codeflow.db'}"
+
+
+def add_alice(db: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cli("user", "add", "alice", "--password-stdin", "--storage", db, *extra,
+               stdin="wonderland\n")  # fmt: skip
+
+
+# -- Adding what exists ------------------------------------------------------------------
+
+
+def test_user_add_refuses_an_existing_user(db: str) -> None:
+    """Adding a user that exists would wipe her claims and second factor: refused."""
+    assert add_alice(db, "--claim", "name=Alice", "--totp").returncode == 0
+    one_line_error(add_alice(db), "already exists", "user update")
+    user = storage_of(db).get_user("alice")
+    assert user is not None and user.totp_secret and user.claims == {"name": "Alice"}
+
+
+def test_client_add_refuses_an_existing_client(db: str) -> None:
+    """A second `client add` would print a new secret and break the live app: refused,
+    and the first secret still works."""
+    first = cli("client", "add", "app", "--redirect-uri", "https://app.example/cb", "--storage", db)
+    assert first.returncode == 0
+    one_line_error(
+        cli("client", "add", "app", "--redirect-uri", "https://app.example/cb", "--storage", db),
+        "already exists", "client update",
+    )
+    secret = first.stdout.split("client_secret: ")[1].split()[0]
+    client = storage_of(db).get_client("app")
+    assert client is not None and client.secret_hash is not None
+    assert codeflow_storage.sqlite  # the backend the URL names
+    from codeflow import verify_password
+
+    assert verify_password(secret, client.secret_hash)
+
+
+def test_totp_enable_refuses_a_user_who_has_one(db: str) -> None:
+    """RFC 6238: re-enrolling silently would break the user's authenticator: refused
+    without --replace, and with --replace a new secret is printed."""
+    assert add_alice(db, "--totp").returncode == 0
+    before = storage_of(db).get_user("alice")
+    one_line_error(cli("user", "totp", "enable", "alice", "--storage", db), "already", "--replace")
+    assert storage_of(db).get_user("alice") == before
+    replaced = cli("user", "totp", "enable", "alice", "--replace", "--storage", db)
+    assert replaced.returncode == 0 and "otpauth://" in replaced.stdout
+
+
+def test_user_update_changes_claims_only(db: str) -> None:
+    """`user update` changes what it is told and keeps the rest (password, TOTP)."""
+    assert add_alice(db, "--claim", "name=Alice", "--claim", "email=a@example.org",
+                     "--totp").returncode == 0  # fmt: skip
+    before = storage_of(db).get_user("alice")
+    result = cli("user", "update", "alice", "--claim", "name=Alice Liddell",
+                 "--unset-claim", "email", "--storage", db)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    after = storage_of(db).get_user("alice")
+    assert after is not None and before is not None
+    assert after.claims == {"name": "Alice Liddell"}
+    assert (after.password_hash, after.totp_secret) == (before.password_hash, before.totp_secret)
+
+
+def test_client_update_and_rotate_secret(db: str) -> None:
+    """`client update` changes the settings named; `client rotate-secret` prints a new
+    secret once and the old one stops working."""
+    first = cli("client", "add", "app", "--redirect-uri", "https://app.example/cb", "--storage", db)
+    old = first.stdout.split("client_secret: ")[1].split()[0]
+    result = cli("client", "update", "app", "--redirect-uri", "https://app.example/new",
+                 "--post-logout-redirect-uri", "https://app.example/", "--name", "App",
+                 "--jwt-access-tokens", "--storage", db)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    client = storage_of(db).get_client("app")
+    assert client is not None
+    assert client.redirect_uris == ("https://app.example/new",)
+    assert client.post_logout_redirect_uris == ("https://app.example/",)
+    assert client.name == "App" and client.access_token_jwt
+    rotated = cli("client", "rotate-secret", "app", "--storage", db)
+    assert rotated.returncode == 0
+    new = rotated.stdout.split("client_secret: ")[1].split()[0]
+    from codeflow import verify_password
+
+    client = storage_of(db).get_client("app")
+    assert client is not None and client.secret_hash is not None
+    assert verify_password(new, client.secret_hash) and not verify_password(old, client.secret_hash)
+
+
+# -- Errors: one line, exit 2 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["client", "add", "app", "--redirect-uri", "not-a-url"], ["redirect_uri", "absolute"]),
+        (["client", "add", "app"], ["--redirect-uri"]),
+        (["user", "add", "bob", "--claim", "badclaim"], ["NAME=VALUE"]),
+        (["user", "passwd", "nobody", "--password-stdin"], ["no user"]),
+        (["user", "remove", "nobody"], ["no user"]),
+        (["client", "remove", "nobody"], ["no client"]),
+        (["client", "update", "nobody", "--name", "x"], ["no client"]),
+        (["client", "rotate-secret", "nobody"], ["no client"]),
+        (["user", "update", "nobody", "--claim", "a=b"], ["no user"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in ("client", "user") else "",
+)
+def test_bad_input_is_one_line_and_exit_2(db: str, args: list[str], words: list[str]) -> None:
+    one_line_error(cli(*args, "--storage", db, stdin="pw\n"), *words)
+
+
+def test_user_add_without_a_terminal_says_to_use_password_stdin(db: str) -> None:
+    """No terminal to ask a password on (a script, CI): a one-line error that names
+    --password-stdin, not an EOFError traceback."""
+    result = subprocess.run(  # noqa: S603
+        codeflow_command("user", "add", "bob", "--storage", db), capture_output=True,
+        text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    one_line_error(result, "--password-stdin")
+
+
+def test_totp_label_names_the_issuer(db: str) -> None:
+    """Google Authenticator Key URI Format: the issuer label names the real server when
+    the management command is given --issuer."""
+    result = add_alice(db, "--totp", "--issuer", "https://id.example.org")
+    assert result.returncode == 0
+    uri = result.stdout.split("\n")[1]
+    assert pyotp.parse_uri(uri).issuer == "codeflow id.example.org"
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("codeflow ")
+
+
+def test_every_option_has_help() -> None:
+    """Every option of every command says what it is for in --help."""
+    import argparse
+
+    import codeflow
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = [f"{path} {a.option_strings}" for a in parser._actions
+                   if a.option_strings and not a.help]  # fmt: skip
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    missing += walk(sub, f"{path} {name}")
+        return missing
+
+    assert walk(codeflow._parser(), "codeflow") == []
+
+
+# -- Storage URLs ------------------------------------------------------------------------
+
+
+def test_four_slashes_is_an_absolute_path_and_its_folder_is_made(tmp_path: Path) -> None:
+    """As in SQLAlchemy: sqlite:////abs/path is the absolute /abs/path; a missing last
+    folder is created, readable by its owner only."""
+    target = tmp_path / "lib" / "codeflow" / "codeflow.db"
+    (tmp_path / "lib").mkdir()
+    url = f"sqlite:///{target}"  # tmp_path is absolute: this has four slashes
+    assert url.startswith("sqlite:////")
+    assert add_alice(url).returncode == 0
+    assert target.exists()
+    assert stat.S_IMODE(os.stat(target.parent).st_mode) == 0o700
+
+
+def test_a_plain_path_is_a_sqlite_file(tmp_path: Path) -> None:
+    """--storage /path/to/codeflow.db is the SQLite file there, the same as its URL."""
+    target = tmp_path / "codeflow.db"
+    assert add_alice(str(target)).returncode == 0
+    listed = cli("user", "list", "--storage", f"sqlite:///{target}")
+    assert listed.stdout.split() == ["alice"]
+
+
+def test_three_slashes_is_relative_to_the_working_folder(tmp_path: Path) -> None:
+    """sqlite:///rel/path is relative to where the command runs (SQLAlchemy's rule)."""
+    (tmp_path / "data").mkdir()
+    result = cli("user", "add", "alice", "--password-stdin", "--storage",
+                 "sqlite:///data/codeflow.db", stdin="pw\n", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "codeflow.db").exists()
+
+
+def test_a_path_whose_folders_are_missing_is_one_line(tmp_path: Path) -> None:
+    """A path under folders that do not exist: a one-line error naming it, no traceback
+    (the README's old example, sqlite:///var/lib/..., read as a relative path)."""
+    result = cli("user", "list", "--storage", "sqlite:///var/lib/codeflow/codeflow.db",
+                 cwd=tmp_path)  # fmt: skip
+    one_line_error(result, "var/lib/codeflow")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "nosuch://x", "sqlite:///x.db?synchronous=often"])
+def test_bad_storage_urls_are_one_line(tmp_path: Path, url: str) -> None:
+    one_line_error(cli("user", "list", "--storage", url, cwd=tmp_path))
+
+
+def storage_of(url: str) -> codeflow_storage.sqlite.SQLiteStorage:
+    return codeflow_storage.sqlite.from_url(url)
+
+
+
+
+# -- Health ------------------------------------------------------------------------------
+
+
+def test_healthz_is_200_while_storage_answers_and_503_after(tmp_path: Path) -> None:
+    """DESIGN "health": `/healthz` answers 200 when storage answers, else 503 (for load
+    balancers and monitoring)."""
+    from wsgi_client import WSGIClient
+
+    import codeflow
+
+    storage = codeflow_storage.sqlite.SQLiteStorage(tmp_path / "codeflow.db")
+    srv = codeflow.Server("http://127.0.0.1:8000", storage)
+    client = WSGIClient(srv.wsgi)
+    r = client.get("/healthz")
+    assert r.status == 200 and r.json() == {"status": "ok"}
+    assert r.headers["cache-control"] == "no-store"
+    storage.close()
+    r = client.get("/healthz")
+    assert r.status == 503 and r.json() == {"status": "unavailable"}
