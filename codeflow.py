@@ -3883,6 +3883,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     command(keys, "rotate", keys_rotate, "sign with new keys from now on")
+    command(keys, "list", keys_list, "list the signing keys (kid, alg, state)")
+    backup = command(commands, "backup", backup_storage, "copy the live database to a file")
+    backup.add_argument("file", help="the copy to write (it must not exist)")
     return parser
 
 
@@ -4008,6 +4011,25 @@ def user_remove(srv: Server, args: argparse.Namespace) -> None:
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
     for key in srv.rotate_keys():
         print(f"new {key.alg} signing key: kid {key.kid}")
+
+
+def keys_list(srv: Server, args: argparse.Namespace) -> None:
+    for key in srv.storage.signing_keys():  # newest first
+        made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at))
+        state = (
+            "signing" if key.expires_at is None
+            else "published until " + time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                    time.gmtime(key.expires_at))
+        )  # fmt: skip
+        print(f"{key.kid}\t{key.alg}\t{made}\t{state}")
+
+
+def backup_storage(srv: Server, args: argparse.Namespace) -> None:
+    backup = getattr(srv.storage, "backup", None)
+    if backup is None:
+        raise ValueError("this storage has no backup: back up its database with its own tools")
+    backup(args.file)
+    print(f"backed up to {args.file}")
 
 
 def purge(srv: Server, args: argparse.Namespace) -> None:

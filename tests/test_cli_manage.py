@@ -259,3 +259,43 @@ def test_healthz_is_200_while_storage_answers_and_503_after(tmp_path: Path) -> N
     storage.close()
     r = client.get("/healthz")
     assert r.status == 503 and r.json() == {"status": "unavailable"}
+
+
+# -- Keys and backups --------------------------------------------------------------------
+
+
+def test_keys_list_shows_current_and_retiring_keys(db: str) -> None:
+    """RFC 7517: the signing keys an operator can see (kid, alg, and until when a retired
+    key stays published); never the private key."""
+    assert cli("keys", "rotate", "--storage", db).returncode == 0
+    assert cli("keys", "rotate", "--storage", db).returncode == 0
+    listed = cli("keys", "list", "--storage", db)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.strip().splitlines()]
+    keys = storage_of(db).signing_keys()
+    assert [row[0] for row in rows] == [k.kid for k in keys]
+    assert {row[1] for row in rows} == {"RS256", "ES256"}
+    assert sum("signing" in row[3] for row in rows) == 2  # one current key per alg
+    assert "PRIVATE" not in listed.stdout
+
+
+def test_backup_then_restore_keeps_everything(db: str, tmp_path: Path) -> None:
+    """`codeflow backup FILE` copies a live database with SQLite's online backup API; the
+    copy, put in place, is the same server: users, clients and signing keys."""
+    assert add_alice(db, "--totp", "--claim", "name=Alice").returncode == 0
+    assert cli("client", "add", "app", "--redirect-uri", "https://a.example/cb",
+               "--storage", db).returncode == 0  # fmt: skip
+    assert cli("keys", "rotate", "--storage", db).returncode == 0
+    copy = tmp_path / "backup" / "codeflow-backup.db"
+    copy.parent.mkdir()
+    result = cli("backup", str(copy), "--storage", db)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600
+    original, restored = storage_of(db), storage_of(f"sqlite:///{copy}")
+    assert restored.get_user("alice") == original.get_user("alice")
+    assert restored.get_client("app") == original.get_client("app")
+    assert restored.signing_keys() == original.signing_keys()
+    assert restored.get_or_add_setting("secret_key", "x") == original.get_or_add_setting(
+        "secret_key", "y"
+    )
+    one_line_error(cli("backup", str(copy), "--storage", db), "exists")

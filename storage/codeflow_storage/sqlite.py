@@ -409,6 +409,18 @@ class SQLiteStorage:
                 self._db.close()
                 self._db = None
 
+    def backup(self, target: str | os.PathLike[str]) -> None:
+        """Copy the whole database, consistent, into a new file at ``target`` with SQLite's
+        online backup API (https://sqlite.org/backup.html): other threads and processes
+        go on writing meanwhile. The copy is owner-only, as the database is; restore by
+        putting it in place of the file while no codeflow has it open."""
+        path = os.fspath(target)
+        if os.path.exists(path):
+            raise ValueError(f"{path} exists: a backup never overwrites a file")
+        _owner_only(path)
+        with self._lock, contextlib.closing(sqlite3.connect(path)) as copy:
+            self._database().conn.backup(copy)
+
     def __enter__(self) -> SQLiteStorage:
         return self
 
