@@ -447,10 +447,16 @@ class Client:
 
 @dataclass(frozen=True)
 class User:
+    """A user. ``record_id`` is random and new with every record made (``replace`` keeps
+    it): a user removed and added again under the same name is another person (OIDC Core
+    §2: a sub is "never reassigned"), and since a session cookie's fingerprint covers it
+    (``credentials_fingerprint``), no session carries over to the new one."""
+
     username: str
     password_hash: str
     claims: dict[str, Any] = field(default_factory=dict)
     totp_secret: str | None = None
+    record_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
 @dataclass(frozen=True)
@@ -518,7 +524,14 @@ class Storage(Protocol):
 
     def get_client(self, client_id: str) -> Client | None: ...
     def list_clients(self) -> list[Client]: ...
-    def remove_client(self, client_id: str) -> bool: ...
+
+    def remove_client(self, client_id: str) -> bool:
+        """Remove a client and, in the same transaction, every grant to it: its tokens,
+        its unredeemed codes and the consents users gave it, so that nothing passes to a
+        client registered later under the same client_id. The grants go even when the
+        client is already gone (a token request that raced the removal may have saved
+        one). True if there was a client to remove."""
+        ...
 
     def add_user(self, user: User) -> None:
         """Add a user, or replace the one with the same username."""
@@ -526,7 +539,24 @@ class Storage(Protocol):
 
     def get_user(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
-    def remove_user(self, username: str) -> bool: ...
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user and, in the same transaction, everything of the user's: tokens,
+        unredeemed codes, consents and the TOTP steps used, so that nothing passes to a
+        user added later under the same name (OIDC Core §2: a sub is "never reassigned").
+        Login sessions live in signed cookies whose fingerprint covers ``User.record_id``,
+        which a new user of that name does not share, so they end too. The grants go even
+        when the user is already gone. True if there was a user to remove."""
+        ...
+
+    def change_credentials(self, user: User) -> bool:
+        """Atomically replace the stored user of ``user.username`` with ``user`` (whose
+        password or second factor changed), revoke every refresh token the user holds and
+        delete the user's unredeemed codes (RFC 9700 §4.14.2: a security event ends the
+        grants made under the old credentials). False, changing nothing, if there is no
+        such user."""
+        ...
+
     def save_code(self, code: AuthorizationCode) -> None: ...
 
     def consume_code(self, code_hash: str) -> AuthorizationCode | None:
@@ -628,6 +658,9 @@ class MemoryStorage:
 
     def remove_client(self, client_id: str) -> bool:
         with self._lock:
+            self._drop_tokens([h for h, t in self._tokens.items() if t.client_id == client_id])
+            self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
+            self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
             return self._clients.pop(client_id, None) is not None
 
     def add_user(self, user: User) -> None:
@@ -642,7 +675,31 @@ class MemoryStorage:
 
     def remove_user(self, username: str) -> bool:
         with self._lock:
+            self._drop_tokens([h for h, t in self._tokens.items() if t.username == username])
+            self._codes = {h: c for h, c in self._codes.items() if c.username != username}
+            self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
+            self._totp_steps.pop(username, None)
             return self._users.pop(username, None) is not None
+
+    def change_credentials(self, user: User) -> bool:
+        with self._lock:
+            if user.username not in self._users:
+                return False
+            self._users[user.username] = user
+            refresh = [t for t in self._tokens.values()
+                       if t.username == user.username and t.kind == "refresh"]  # fmt: skip
+            for token in refresh:
+                self._tokens[token.token_hash] = replace(token, revoked=True)
+            self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
+            return True
+
+    def _drop_tokens(self, hashes: list[str]) -> None:
+        for h in hashes:
+            family = self._tokens.pop(h).family_id
+            members = self._families[family]
+            members.discard(h)
+            if not members:
+                del self._families[family]
 
     def save_code(self, code: AuthorizationCode) -> None:
         with self._lock:
@@ -914,7 +971,7 @@ class Server:
         return client
 
     def remove_client(self, client_id: str) -> bool:
-        """Remove a client; False if there was none."""
+        """Remove a client with its tokens, codes and consents; False if there was none."""
         return self.storage.remove_client(client_id)
 
     # -- Users ---------------------------------------------------------------------
@@ -953,21 +1010,32 @@ class Server:
         return user
 
     def set_password(self, username: str, password: str) -> User:
-        """Change a user's password; the user's sessions end (credentials_fingerprint)."""
+        """Change a user's password. The user's sessions end (credentials_fingerprint), and
+        so do the refresh tokens and codes issued under the old one (see
+        ``Storage.change_credentials``); access tokens run out within their lifetime."""
         user = replace(self._user(username), password_hash=hash_password(password))
-        self.storage.add_user(user)
-        return user
+        return self._change_credentials(user)
 
     def set_totp(self, username: str, totp_secret: str | None) -> User:
-        """Enrol a TOTP second factor (RFC 6238), or remove it with None."""
+        """Enrol a TOTP second factor (RFC 6238), or remove it with None; as with
+        ``set_password``, the user's sessions, refresh tokens and codes end."""
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()
         user = replace(self._user(username), totp_secret=totp_secret)
-        self.storage.add_user(user)
+        return self._change_credentials(user)
+
+    def _change_credentials(self, user: User) -> User:
+        # RFC 9700 §4.14.2: "Authorization servers MAY revoke refresh tokens automatically in
+        # case of a security event, such as: password change". Whoever knew the old password
+        # or second factor may hold one; the new credentials and the revocation are one step
+        # in storage, so no crash between them leaves such a grant alive.
+        if not self.storage.change_credentials(user):
+            raise ValueError(f"unknown user {user.username!r}")
         return user
 
     def remove_user(self, username: str) -> bool:
-        """Remove a user; False if there was none."""
+        """Remove a user with the user's tokens, codes, consents and sessions; False if there
+        was none."""
         return self.storage.remove_user(username)
 
     # -- Tokens and keys --------------------------------------------------------
@@ -1172,8 +1240,11 @@ class Signer:
 
 
 def credentials_fingerprint(user: User) -> str:
-    """Changes when the user's password or TOTP secret does, ending older sessions."""
-    material = f"{user.password_hash}\0{user.totp_secret or ''}".encode()
+    """Changes when the user's password or TOTP secret does, ending older sessions; and
+    differs between a removed user and a new one of the same name (``User.record_id``),
+    even where the password hash alone would not tell them apart: the same hash restored,
+    or no password at all."""
+    material = f"{user.password_hash}\0{user.totp_secret or ''}\0{user.record_id}".encode()
     return hashlib.sha256(material).hexdigest()[:16]
 
 
@@ -2026,6 +2097,10 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
     token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
     if token is None or token.kind != "access" or not token.active(srv.clock()):
         raise InvalidToken("The access token is invalid, expired or revoked.")
+    # Removing a client deletes its tokens; this also refuses one that a token request
+    # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
+    if srv.storage.get_client(token.client_id) is None:
+        raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)
