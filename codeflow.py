@@ -828,6 +828,29 @@ class MemoryStorage:
 ###############################################################################
 
 
+def refuse_shared_subject(storage: Storage, name: str, *, user: bool = False) -> None:
+    """Raise ValueError if ``name``, a new client_id (or username, with ``user``), is
+    already the name of a user (or client).
+
+    RFC 9700 §4.15.1: "Authorization servers SHOULD NOT allow clients to influence their
+    client_id or any claim that could cause confusion with a genuine resource owner if a
+    common namespace for client IDs and user identifiers exists". Ours is common: the sub of
+    a client_credentials access token is its client_id (RFC 9068 §2.2), that of a user's
+    token the username, with the same iss, aud and typ either way. Giving clients subjects
+    of their own (a prefix, say) would change the sub that resource servers already see
+    for every client; refusing the one name that would be ambiguous, at registration and
+    both ways, changes nothing for anyone else. (Names registered before this check are
+    not revisited.)
+    """
+    taken = storage.get_client(name) if user else storage.get_user(name)
+    if taken is not None:
+        this, other = ("username", "client") if user else ("client_id", "user")
+        raise ValueError(
+            f"cannot use {name!r} as a {this}: there is a {other} named {name!r}, and the "
+            f"tokens of both would carry sub {name!r} (RFC 9700 §4.15)"
+        )
+
+
 class Server:
     """An authorization server: configuration, storage, and ``.wsgi``, the WSGI app.
 
@@ -939,7 +962,10 @@ class Server:
         access_token_jwt: bool = False,
         post_logout_redirect_uris: Iterable[str] = (),
     ) -> Client:
-        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1)."""
+        """Register a client; without ``client_secret`` it is public (RFC 6749 §2.1).
+
+        A client_id may not be a username (see ``refuse_shared_subject``)."""
+        refuse_shared_subject(self.storage, client_id)
         uris = tuple(redirect_uris)
         for uri in uris:
             parts = urllib.parse.urlsplit(uri)
@@ -987,7 +1013,9 @@ class Server:
         """Register a user; without a password the user can only be auto-approved.
 
         With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
-        in with a TOTP code after the password (RFC 6238)."""
+        in with a TOTP code after the password (RFC 6238). A username may not be a
+        client_id (see ``refuse_shared_subject``)."""
+        refuse_shared_subject(self.storage, username, user=True)
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         hashed = hash_password(password) if password is not None else NO_PASSWORD
@@ -3911,7 +3939,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         if storage_url == "memory":
             parser.error(f"{args.command} needs persistent storage: --storage sqlite:///PATH")
-        args.run(Server(config.get("issuer"), open_storage(storage_url)), args)
+        try:
+            args.run(Server(config.get("issuer"), open_storage(storage_url)), args)
+        except ValueError as err:  # what Server's methods refuse, said plainly
+            raise SystemExit(f"codeflow: {err}") from None
         return 0
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104

@@ -1,5 +1,6 @@
-"""Users and clients as principals (issue 12, item 6): the grants of a user or client end
-with it; a password or second-factor change ends the user's refresh tokens.
+"""Users and clients as principals (issue 12, items 6 and 10): the grants of a user or
+client end with it; a password or second-factor change ends the user's refresh tokens; a
+``sub`` names one principal only.
 
 The administrator's side runs as users run it: the ``codeflow`` command in another process,
 on the SQLite file the server uses. The server's side is asked on the wire, in-process.
@@ -274,4 +275,50 @@ def test_a_credential_change_revokes_the_users_refresh_tokens(
     r = refresh(app, alices["refresh_token"])
     assert (r.status, r.json()["error"]) == (400, "invalid_grant"), r.text
     assert refresh(app, bobs["refresh_token"]).status == 200
+
+
+###############################################################################
+# One sub, one principal: RFC 9700 §4.15, RFC 9068 §5 #########################
+###############################################################################
+
+
+def test_a_client_may_not_be_named_after_a_user(db: Path) -> None:
+    """RFC 9700 §4.15.1: "Authorization servers SHOULD NOT allow clients to influence their
+    client_id or any claim that could cause confusion with a genuine resource owner if a
+    common namespace for client IDs and user identifiers exists". A client_credentials
+    token's sub is the client_id (RFC 9068 §2.2), a user's token's the username:
+    ``codeflow client add alice`` is refused with a clear message while user alice exists."""
+    ok(cli(db, "user", "add", USERNAME, "--password-stdin", stdin=PASSWORD + "\n"))
+    r = cli(db, "client", "add", USERNAME, "--grant-type", "client_credentials")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert f"user named {USERNAME!r}" in r.stderr, r.stderr
+    assert "client_secret" not in r.stdout
+    assert USERNAME not in ok(cli(db, "client", "list")).stdout
+
+
+def test_a_user_may_not_be_named_after_a_client(db: Path) -> None:
+    """RFC 9068 §5: "Authorization servers should prevent scenarios where clients can affect
+    the value of the sub claim in ways that could confuse resource servers"; the other way
+    round, ``codeflow user add`` refuses a name a client has."""
+    ok(cli(db, "client", "add", "reports", "--grant-type", "client_credentials"))
+    r = cli(db, "user", "add", "reports", "--password-stdin", stdin="a password\n")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "client named 'reports'" in r.stderr, r.stderr
+    assert "reports" not in ok(cli(db, "user", "list")).stdout
+
+
+def test_server_add_client_and_add_user_refuse_a_shared_name(server: codeflow.Server) -> None:
+    """RFC 9700 §4.15.1, through the embedding API: Server.add_client and Server.add_user
+    raise ValueError on a name the other kind of principal has, and store nothing."""
+    with pytest.raises(ValueError, match="user named"):
+        server.add_client(USERNAME, client_secret="s", grant_types=["client_credentials"])
+    assert server.storage.get_client(USERNAME) is None
+    with pytest.raises(ValueError, match="client named"):
+        server.add_user(CONFIDENTIAL, "a password")
+    assert server.storage.get_user(CONFIDENTIAL) is None
+    # Registering the same client or user again is no collision.
+    server.add_client(PUBLIC, redirect_uris=[REDIRECT])
+    server.add_user(USERNAME, PASSWORD)
 
