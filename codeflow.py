@@ -1374,19 +1374,22 @@ def authenticate_client(
         client_id, secret, basic = params["client_id"], params.get("client_secret"), False
 
     client = srv.storage.get_client(client_id)
-    if client is None:
-        raise InvalidClient("Unknown client.", basic=basic)
-    if client.public:
+    if client is not None and client.public:
         if secret is not None:
             raise InvalidClient("A public client has no secret.", basic=basic)
         return client
+    # From here on an unknown client_id is answered exactly as a confidential client's
+    # missing or wrong secret, throttling included, so that the answers do not list the
+    # client_ids that exist (RFC 6749 §5.2 names both "invalid_client"). Timing is not made
+    # equal: a client_id is not a secret (RFC 6749 §2.2), and hashing a secret for every
+    # unknown client_id would let anyone make the server burn memory-hard hashes.
     if secret is None:
         raise InvalidClient("Client authentication failed.", basic=basic)
     # Wrong secrets are limited like wrong passwords: each may cost a memory-hard hash.
     limits = login_limits("client", client_id, address)
     if not srv.login_limiter.attempt(limits):
         raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
-    if not check_client_secret(srv, client, secret):
+    if client is None or not check_client_secret(srv, client, secret):
         raise InvalidClient("Client authentication failed.", basic=basic)
     srv.login_limiter.succeeded(limits)
     return client
@@ -2217,7 +2220,16 @@ def introspect(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
 ) -> dict:
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
-    we require a confidential client."""
+    we require a confidential client.
+
+    Any confidential client may introspect any access token, and its own refresh tokens.
+    RFC 7662 §4 says the server "SHOULD require protected resources to be specifically
+    authorized to call the introspection endpoint"; but resource servers are not yet
+    registrations of their own (RFC 8707 resources will be), only confidential clients
+    like any other, so no narrower rule would keep today's resource servers working. The
+    caller must hold a client secret, and what it learns of a token it presents (scope,
+    client, user) is what a resource server needs.
+    """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
         raise InvalidClient("Introspection needs a confidential client.")

@@ -1,6 +1,7 @@
-"""Users and clients as principals (issue 12, items 6 and 10): the grants of a user or
+"""Users and clients as principals (issue 12, items 6, 10 and 11): the grants of a user or
 client end with it; a password or second-factor change ends the user's refresh tokens; a
-``sub`` names one principal only.
+``sub`` names one principal only; client authentication answers an unknown client_id as it
+answers a wrong secret.
 
 The administrator's side runs as users run it: the ``codeflow`` command in another process,
 on the SQLite file the server uses. The server's side is asked on the wire, in-process.
@@ -322,3 +323,50 @@ def test_server_add_client_and_add_user_refuse_a_shared_name(server: codeflow.Se
     server.add_client(PUBLIC, redirect_uris=[REDIRECT])
     server.add_user(USERNAME, PASSWORD)
 
+
+###############################################################################
+# Unknown client or wrong secret, one answer: RFC 6749 §5.2 ###################
+###############################################################################
+
+
+AUTHENTICATED_ENDPOINTS = {
+    "/token": {"grant_type": "client_credentials"},
+    "/introspect": {"token": "some-token"},
+    "/revoke": {"token": "some-token"},
+}
+
+
+@pytest.mark.parametrize("path", AUTHENTICATED_ENDPOINTS)
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post", "no secret"])
+def test_an_unknown_client_id_is_answered_as_a_wrong_secret(
+    server: codeflow.Server, path: str, method: str
+) -> None:
+    """RFC 6749 §5.2: invalid_client, "Client authentication failed (e.g., unknown client, no
+    client authentication included, or unsupported authentication method)". The answer to an
+    unknown client_id (status, error, error_description, WWW-Authenticate) is the answer to
+    a confidential client's wrong secret, attempt after attempt from one address, so that
+    neither tells which client_ids exist."""
+
+    def attempt(wc: WSGIClient, client_id: str) -> tuple:
+        data = dict(AUTHENTICATED_ENDPOINTS[path])
+        headers = None
+        if method == "client_secret_basic":
+            headers = basic(client_id, "not-the-secret")
+        else:
+            data["client_id"] = client_id
+            if method == "client_secret_post":
+                data["client_secret"] = "not-the-secret"
+        r = wc.post(path, data, headers=headers)
+        body = r.json()
+        return r.status, body.get("error"), body.get("error_description"), \
+            r.headers.get("www-authenticate")  # fmt: skip
+
+    known = WSGIClient(server.wsgi, remote_addr="192.0.2.1")
+    unknown = WSGIClient(server.wsgi, remote_addr="192.0.2.2")
+    answers = [
+        (attempt(known, CONFIDENTIAL), attempt(unknown, "no-such-client"))
+        for _ in range(codeflow.MAX_FAILED_LOGINS + 1)
+    ]
+    for wrong_secret, unknown_client in answers:
+        assert wrong_secret[:2] == (401, "invalid_client")
+        assert unknown_client == wrong_secret
