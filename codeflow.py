@@ -471,10 +471,16 @@ class Client:
 
 @dataclass(frozen=True)
 class User:
+    """A user. ``record_id`` is random and new with every record made (``replace`` keeps
+    it): a user removed and added again under the same name is another person (OIDC Core
+    §2: a sub is "never reassigned"), and since a session cookie's fingerprint covers it
+    (``credentials_fingerprint``), no session carries over to the new one."""
+
     username: str
     password_hash: str
     claims: dict[str, Any] = field(default_factory=dict)
     totp_secret: str | None = None
+    record_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
 @dataclass(frozen=True)
@@ -545,7 +551,14 @@ class Storage(Protocol):
 
     def get_client(self, client_id: str) -> Client | None: ...
     def list_clients(self) -> list[Client]: ...
-    def remove_client(self, client_id: str) -> bool: ...
+
+    def remove_client(self, client_id: str) -> bool:
+        """Remove a client and, in the same transaction, every grant to it: its tokens,
+        its unredeemed codes and the consents users gave it, so that nothing passes to a
+        client registered later under the same client_id. The grants go even when the
+        client is already gone (a token request that raced the removal may have saved
+        one). True if there was a client to remove."""
+        ...
 
     def add_user(self, user: User) -> None:
         """Add a user, or replace the one with the same username."""
@@ -553,7 +566,24 @@ class Storage(Protocol):
 
     def get_user(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
-    def remove_user(self, username: str) -> bool: ...
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user and, in the same transaction, everything of the user's: tokens,
+        unredeemed codes, consents and the TOTP steps used, so that nothing passes to a
+        user added later under the same name (OIDC Core §2: a sub is "never reassigned").
+        Login sessions live in signed cookies whose fingerprint covers ``User.record_id``,
+        which a new user of that name does not share, so they end too. The grants go even
+        when the user is already gone. True if there was a user to remove."""
+        ...
+
+    def change_credentials(self, user: User) -> bool:
+        """Atomically replace the stored user of ``user.username`` with ``user`` (whose
+        password or second factor changed), revoke every refresh token the user holds and
+        delete the user's unredeemed codes (RFC 9700 §4.14.2: a security event ends the
+        grants made under the old credentials). False, changing nothing, if there is no
+        such user."""
+        ...
+
     def save_code(self, code: AuthorizationCode) -> None: ...
 
     def consume_code(self, code_hash: str) -> AuthorizationCode | None:
@@ -655,6 +685,9 @@ class MemoryStorage:
 
     def remove_client(self, client_id: str) -> bool:
         with self._lock:
+            self._drop_tokens([h for h, t in self._tokens.items() if t.client_id == client_id])
+            self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
+            self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
             return self._clients.pop(client_id, None) is not None
 
     def add_user(self, user: User) -> None:
@@ -669,7 +702,31 @@ class MemoryStorage:
 
     def remove_user(self, username: str) -> bool:
         with self._lock:
+            self._drop_tokens([h for h, t in self._tokens.items() if t.username == username])
+            self._codes = {h: c for h, c in self._codes.items() if c.username != username}
+            self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
+            self._totp_steps.pop(username, None)
             return self._users.pop(username, None) is not None
+
+    def change_credentials(self, user: User) -> bool:
+        with self._lock:
+            if user.username not in self._users:
+                return False
+            self._users[user.username] = user
+            refresh = [t for t in self._tokens.values()
+                       if t.username == user.username and t.kind == "refresh"]  # fmt: skip
+            for token in refresh:
+                self._tokens[token.token_hash] = replace(token, revoked=True)
+            self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
+            return True
+
+    def _drop_tokens(self, hashes: list[str]) -> None:
+        for h in hashes:
+            family = self._tokens.pop(h).family_id
+            members = self._families[family]
+            members.discard(h)
+            if not members:
+                del self._families[family]
 
     def save_code(self, code: AuthorizationCode) -> None:
         with self._lock:
@@ -798,6 +855,29 @@ class MemoryStorage:
 ###############################################################################
 
 
+def refuse_shared_subject(storage: Storage, name: str, *, user: bool = False) -> None:
+    """Raise ValueError if ``name``, a new client_id (or username, with ``user``), is
+    already the name of a user (or client).
+
+    RFC 9700 §4.15.1: "Authorization servers SHOULD NOT allow clients to influence their
+    client_id or any claim that could cause confusion with a genuine resource owner if a
+    common namespace for client IDs and user identifiers exists". Ours is common: the sub of
+    a client_credentials access token is its client_id (RFC 9068 §2.2), that of a user's
+    token the username, with the same iss, aud and typ either way. Giving clients subjects
+    of their own (a prefix, say) would change the sub that resource servers already see
+    for every client; refusing the one name that would be ambiguous, at registration and
+    both ways, changes nothing for anyone else. (Names registered before this check are
+    not revisited.)
+    """
+    taken = storage.get_client(name) if user else storage.get_user(name)
+    if taken is not None:
+        this, other = ("username", "client") if user else ("client_id", "user")
+        raise ValueError(
+            f"cannot use {name!r} as a {this}: there is a {other} named {name!r}, and the "
+            f"tokens of both would carry sub {name!r} (RFC 9700 §4.15)"
+        )
+
+
 class Server:
     """An authorization server: configuration, storage, and ``.wsgi``, the WSGI app.
 
@@ -910,7 +990,9 @@ class Server:
         post_logout_redirect_uris: Iterable[str] = (),
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
-        ``client_secret`` it is public (RFC 6749 §2.1)."""
+        ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
+        (see ``refuse_shared_subject``)."""
+        refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
             redirect_uris=tuple(redirect_uris),
@@ -957,7 +1039,7 @@ class Server:
         return secret
 
     def remove_client(self, client_id: str) -> bool:
-        """Remove a client; False if there was none."""
+        """Remove a client with its tokens, codes and consents; False if there was none."""
         return self.storage.remove_client(client_id)
 
     # -- Users ---------------------------------------------------------------------
@@ -973,7 +1055,9 @@ class Server:
         """Register a user; without a password the user can only be auto-approved.
 
         With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
-        in with a TOTP code after the password (RFC 6238)."""
+        in with a TOTP code after the password (RFC 6238). A username may not be a
+        client_id (see ``refuse_shared_subject``)."""
+        refuse_shared_subject(self.storage, username, user=True)
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         hashed = hash_password(password) if password is not None else NO_PASSWORD
@@ -996,21 +1080,32 @@ class Server:
         return user
 
     def set_password(self, username: str, password: str) -> User:
-        """Change a user's password; the user's sessions end (credentials_fingerprint)."""
+        """Change a user's password. The user's sessions end (credentials_fingerprint), and
+        so do the refresh tokens and codes issued under the old one (see
+        ``Storage.change_credentials``); access tokens run out within their lifetime."""
         user = replace(self._user(username), password_hash=hash_password(password))
-        self.storage.add_user(user)
-        return user
+        return self._change_credentials(user)
 
     def set_totp(self, username: str, totp_secret: str | None) -> User:
-        """Enrol a TOTP second factor (RFC 6238), or remove it with None."""
+        """Enrol a TOTP second factor (RFC 6238), or remove it with None; as with
+        ``set_password``, the user's sessions, refresh tokens and codes end."""
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()
         user = replace(self._user(username), totp_secret=totp_secret)
-        self.storage.add_user(user)
+        return self._change_credentials(user)
+
+    def _change_credentials(self, user: User) -> User:
+        # RFC 9700 §4.14.2: "Authorization servers MAY revoke refresh tokens automatically in
+        # case of a security event, such as: password change". Whoever knew the old password
+        # or second factor may hold one; the new credentials and the revocation are one step
+        # in storage, so no crash between them leaves such a grant alive.
+        if not self.storage.change_credentials(user):
+            raise ValueError(f"unknown user {user.username!r}")
         return user
 
     def remove_user(self, username: str) -> bool:
-        """Remove a user; False if there was none."""
+        """Remove a user with the user's tokens, codes, consents and sessions; False if there
+        was none."""
         return self.storage.remove_user(username)
 
     # -- Tokens and keys --------------------------------------------------------
@@ -1257,8 +1352,11 @@ class Signer:
 
 
 def credentials_fingerprint(user: User) -> str:
-    """Changes when the user's password or TOTP secret does, ending older sessions."""
-    material = f"{user.password_hash}\0{user.totp_secret or ''}".encode()
+    """Changes when the user's password or TOTP secret does, ending older sessions; and
+    differs between a removed user and a new one of the same name (``User.record_id``),
+    even where the password hash alone would not tell them apart: the same hash restored,
+    or no password at all."""
+    material = f"{user.password_hash}\0{user.totp_secret or ''}\0{user.record_id}".encode()
     return hashlib.sha256(material).hexdigest()[:16]
 
 
@@ -1360,19 +1458,22 @@ def authenticate_client(
         client_id, secret, basic = params["client_id"], params.get("client_secret"), False
 
     client = srv.storage.get_client(client_id)
-    if client is None:
-        raise InvalidClient("Unknown client.", basic=basic)
-    if client.public:
+    if client is not None and client.public:
         if secret is not None:
             raise InvalidClient("A public client has no secret.", basic=basic)
         return client
+    # From here on an unknown client_id is answered exactly as a confidential client's
+    # missing or wrong secret, throttling included, so that the answers do not list the
+    # client_ids that exist (RFC 6749 §5.2 names both "invalid_client"). Timing is not made
+    # equal: a client_id is not a secret (RFC 6749 §2.2), and hashing a secret for every
+    # unknown client_id would let anyone make the server burn memory-hard hashes.
     if secret is None:
         raise InvalidClient("Client authentication failed.", basic=basic)
     # Wrong secrets are limited like wrong passwords: each may cost a memory-hard hash.
     limits = login_limits("client", client_id, address)
     if not srv.login_limiter.attempt(limits):
         raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
-    if not check_client_secret(srv, client, secret):
+    if client is None or not check_client_secret(srv, client, secret):
         raise InvalidClient("Client authentication failed.", basic=basic)
     srv.login_limiter.succeeded(limits)
     return client
@@ -2112,6 +2213,10 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
     token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
     if token is None or token.kind != "access" or not token.active(srv.clock()):
         raise InvalidToken("The access token is invalid, expired or revoked.")
+    # Removing a client deletes its tokens; this also refuses one that a token request
+    # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
+    if srv.storage.get_client(token.client_id) is None:
+        raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)
@@ -2200,7 +2305,16 @@ def introspect(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
 ) -> dict[str, Any]:
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
-    we require a confidential client."""
+    we require a confidential client.
+
+    Any confidential client may introspect any access token, and its own refresh tokens.
+    RFC 7662 §4 says the server "SHOULD require protected resources to be specifically
+    authorized to call the introspection endpoint"; but resource servers are not yet
+    registrations of their own (RFC 8707 resources will be), only confidential clients
+    like any other, so no narrower rule would keep today's resource servers working. The
+    caller must hold a client secret, and what it learns of a token it presents (scope,
+    client, user) is what a resource server needs.
+    """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
         raise InvalidClient("Introspection needs a confidential client.")

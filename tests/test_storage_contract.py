@@ -175,10 +175,9 @@ class TestStorageContract:
     def test_add_user_replaces_the_same_username(self, storage: codeflow.Storage) -> None:
         """Storage.add_user: "Add a user, or replace the one with the same username"."""
         storage.add_user(User("alice", "old-hash"))
-        storage.add_user(User("alice", "new-hash", {"name": "Alice"}, totp_secret="JBSWY3DP"))
-        assert storage.get_user("alice") == User(
-            "alice", "new-hash", {"name": "Alice"}, totp_secret="JBSWY3DP"
-        )
+        new = User("alice", "new-hash", {"name": "Alice"}, totp_secret="JBSWY3DP")
+        storage.add_user(new)
+        assert storage.get_user("alice") == new
         assert [u.username for u in storage.list_users()] == ["alice"]
 
     def test_list_and_remove_users(self, storage: codeflow.Storage) -> None:
@@ -194,6 +193,110 @@ class TestStorageContract:
         assert storage.remove_user("alice") is False
         assert storage.get_user("alice") is None
         assert [u.username for u in storage.list_users()] == ["carol"]
+
+    # -- removing a principal removes its grants ---------------------------------
+
+    def test_remove_user_deletes_the_users_grants_in_one_step(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """DESIGN.md Storage contract: "Removing a user or client removes its grants in the
+        same transaction"; OIDC Core §2: a sub is "never reassigned", so nothing of a removed
+        user passes to a user added later under the same name. Other users keep theirs."""
+        storage.add_user(User("alice", "hash-a"))
+        storage.add_user(User("bob", "hash-b"))
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"))
+        bobs = a_token("b1", family_id="family-2", username="bob")
+        storage.save_token(bobs)
+        storage.save_code(a_code("code-a"))
+        storage.save_code(a_code("code-b", username="bob"))
+        storage.save_consent("alice", "app", ["openid"])
+        storage.save_consent("bob", "app", ["openid"])
+        assert storage.record_totp_step("alice", 100)
+
+        assert storage.remove_user("alice") is True
+
+        assert storage.get_user("alice") is None
+        assert storage.get_token("a1") is None and storage.get_token("r1") is None
+        assert storage.consume_code("code-a") is None
+        assert storage.get_consent("alice", "app") == frozenset()
+        assert storage.record_totp_step("alice", 1)  # nothing of the old alice is left
+        assert storage.get_token("b1") == bobs
+        assert storage.consume_code("code-b") is not None
+        assert storage.get_consent("bob", "app") == frozenset({"openid"})
+
+    def test_remove_client_deletes_the_clients_grants_in_one_step(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """DESIGN.md Storage contract: "Removing a user or client removes its grants in the
+        same transaction": tokens (client_credentials ones too), codes and consents given to
+        it, so that a client registered later under its client_id inherits none."""
+        storage.add_client(Client(client_id="app"))
+        storage.add_client(Client(client_id="other"))
+        machine = a_token("m1", family_id="family-3", username=None)
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"), machine)
+        others = a_token("o1", family_id="family-2", client_id="other")
+        storage.save_token(others)
+        storage.save_code(a_code("code-app"))
+        storage.save_code(a_code("code-other", client_id="other"))
+        storage.save_consent("alice", "app", ["openid"])
+        storage.save_consent("alice", "other", ["openid"])
+
+        assert storage.remove_client("app") is True
+
+        assert storage.get_client("app") is None
+        assert [storage.get_token(h) for h in ("a1", "r1", "m1")] == [None, None, None]
+        assert storage.consume_code("code-app") is None
+        assert storage.get_consent("alice", "app") == frozenset()
+        assert storage.get_token("o1") == others
+        assert storage.consume_code("code-other") is not None
+        assert storage.get_consent("alice", "other") == frozenset({"openid"})
+
+    def test_removing_an_absent_principal_still_deletes_grants_left_behind(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.remove_user and remove_client: "The grants go even when the user is already
+        gone" (a token request that raced the removal may have saved one); the answer is
+        still False, there was no one to remove."""
+        storage.save_token(a_token("a1"), a_token("a2", family_id="family-2", username="bob"))
+        assert storage.remove_user("alice") is False
+        assert storage.get_token("a1") is None
+        assert storage.remove_client("app") is False
+        assert storage.get_token("a2") is None
+
+    def test_change_credentials_revokes_the_users_refresh_tokens(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9700 §4.14.2: "Authorization servers MAY revoke refresh tokens automatically in
+        case of a security event, such as: password change"; Storage.change_credentials
+        replaces the user and, in the same step, revokes every refresh token of the user and
+        deletes the user's unredeemed codes. Access tokens and other users' tokens stay."""
+        alice = User("alice", "old-hash")
+        storage.add_user(alice)
+        storage.add_user(User("bob", "hash-b"))
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"))
+        storage.save_token(a_token("r2", family_id="family-2", kind="refresh"))
+        storage.save_token(a_token("rb", family_id="family-3", kind="refresh", username="bob"))
+        storage.save_code(a_code("code-a"))
+        storage.save_code(a_code("code-b", username="bob"))
+        changed = replace(alice, password_hash="new-hash", totp_secret="JBSWY3DP")
+
+        assert storage.change_credentials(changed) is True
+
+        assert storage.get_user("alice") == changed
+        assert revoked(storage, "r1") and revoked(storage, "r2")
+        assert not revoked(storage, "a1")
+        assert not revoked(storage, "rb")
+        assert storage.consume_code("code-a") is None
+        assert storage.consume_code("code-b") is not None
+
+    def test_change_credentials_of_an_unknown_user_changes_nothing(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.change_credentials: "False, changing nothing, if there is no such user"."""
+        storage.save_token(a_token("r1", kind="refresh"))
+        assert storage.change_credentials(User("alice", "new-hash")) is False
+        assert storage.get_user("alice") is None
+        assert not revoked(storage, "r1")
 
     # -- codes ------------------------------------------------------------------
 

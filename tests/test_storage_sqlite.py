@@ -99,6 +99,22 @@ def test_database_of_an_older_version_upgrades_itself(path: Path) -> None:
     assert {"tokens_by_family", "tokens_by_expiry", "codes_by_expiry"} <= names
 
 
+def test_users_of_a_version_3_database_get_a_record_id(path: Path) -> None:
+    """Migration 4 adds ``User.record_id``: a user stored by version 3 opens with "" (every
+    new record gets a random one), and a removed user's grants can be found by index."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:3]:
+            migration(db)
+        db.execute("PRAGMA user_version = 3")
+        db.execute(
+            "INSERT INTO users (username, password_hash, claims) VALUES ('alice', 'h', '{}')"
+        )
+    with SQLiteStorage(path) as store:
+        assert store.get_user("alice") == User("alice", "h", {}, None, record_id="")
+    names = {name for (name,) in query(path, "SELECT name FROM sqlite_master")}
+    assert {"tokens_by_username", "tokens_by_client", "consents_by_client"} <= names
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()
@@ -144,6 +160,15 @@ LOOKUPS = {
     "user": "SELECT * FROM users WHERE username = 'u'",
     "setting": "SELECT value FROM settings WHERE name = 'n'",
     "current key": "SELECT * FROM signing_keys WHERE alg = 'RS256' AND expires_at IS NULL",
+    "tokens of a user": "DELETE FROM tokens WHERE username = 'u'",
+    "tokens of a client": "DELETE FROM tokens WHERE client_id = 'c'",
+    "codes of a user": "DELETE FROM codes WHERE username = 'u'",
+    "codes of a client": "DELETE FROM codes WHERE client_id = 'c'",
+    "consents of a user": "DELETE FROM consents WHERE username = 'u'",
+    "consents of a client": "DELETE FROM consents WHERE client_id = 'c'",
+    "refresh tokens of a user": (
+        "UPDATE tokens SET revoked = 1 WHERE username = 'u' AND kind = 'refresh' AND revoked = 0"
+    ),
 }
 
 

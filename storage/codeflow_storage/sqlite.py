@@ -181,10 +181,23 @@ def _v3_sessions_and_totp(db: sqlite_utils.Database) -> None:
     db.table("totp_steps").create({"username": str, "step": int}, pk="username", not_null=["step"])
 
 
+def _v4_principals(db: sqlite_utils.Database) -> None:
+    """``User.record_id`` (users already stored get "", and a new random one when added
+    again), and indexes for deleting a user's or client's grants with it and for revoking a
+    user's refresh tokens (remove_user, remove_client, change_credentials)."""
+    db.table("users").add_column("record_id", str, not_null_default="")
+    db.table("tokens").create_index(["username"], index_name="tokens_by_username")
+    db.table("tokens").create_index(["client_id"], index_name="tokens_by_client")
+    db.table("codes").create_index(["username"], index_name="codes_by_username")
+    db.table("codes").create_index(["client_id"], index_name="codes_by_client")
+    db.table("consents").create_index(["client_id"], index_name="consents_by_client")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
     _v3_sessions_and_totp,
+    _v4_principals,
 ]
 
 
@@ -442,10 +455,10 @@ class SQLiteStorage:
         return [_CLIENTS.decode(row) for row in rows]
 
     def remove_client(self, client_id: str) -> bool:
-        with self._lock:
-            cursor = self._database().execute(
-                "DELETE FROM clients WHERE client_id = ?", [client_id]
-            )
+        with self._write() as db:
+            for table in ("tokens", "codes", "consents"):
+                db.execute(f"DELETE FROM {table} WHERE client_id = ?", [client_id])  # noqa: S608
+            cursor = db.execute("DELETE FROM clients WHERE client_id = ?", [client_id])
             return cursor.rowcount > 0
 
     def add_user(self, user: User) -> None:
@@ -461,9 +474,25 @@ class SQLiteStorage:
         return [_USERS.decode(row) for row in rows]
 
     def remove_user(self, username: str) -> bool:
-        with self._lock:
-            cursor = self._database().execute("DELETE FROM users WHERE username = ?", [username])
+        with self._write() as db:
+            for table in ("tokens", "codes", "consents", "totp_steps"):
+                db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
+            cursor = db.execute("DELETE FROM users WHERE username = ?", [username])
             return cursor.rowcount > 0
+
+    def change_credentials(self, user: User) -> bool:
+        with self._write() as db:
+            known = db.execute("SELECT 1 FROM users WHERE username = ?", [user.username])
+            if known.fetchone() is None:
+                return False
+            db.execute(_USERS.insert, _USERS.encode(user))
+            db.execute(
+                "UPDATE tokens SET revoked = 1 "
+                "WHERE username = ? AND kind = 'refresh' AND revoked = 0",
+                [user.username],
+            )
+            db.execute("DELETE FROM codes WHERE username = ?", [user.username])
+            return True
 
     # -- Codes -------------------------------------------------------------------
 
