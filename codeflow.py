@@ -463,6 +463,7 @@ class Client:
     id_token_signed_response_alg: str = "RS256"  # noqa: S105 -- OIDC Registration §2
     access_token_jwt: bool = False  # RFC 9068 JWT access tokens instead of opaque ones
     post_logout_redirect_uris: tuple[str, ...] = ()  # OIDC RP-Initiated Logout §3.1
+    declared: str = ""  # the config file's entry, hashed, if it declares this client
 
     @property
     def public(self) -> bool:
@@ -481,6 +482,7 @@ class User:
     claims: dict[str, Any] = field(default_factory=dict)
     totp_secret: str | None = None
     record_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    declared: str = ""  # the config file's entry, hashed, if it declares this user
 
 
 @dataclass(frozen=True)
@@ -3854,26 +3856,89 @@ def open_storage(url: str) -> Storage:
     return cast(Storage, backend.from_url(url))
 
 
+# The config file and storage (README "Config file and storage"): the config file declares
+# clients and users, storage keeps everything else. A record remembers the declaration that
+# made it (``declared``: the entry, hashed like a password, since it holds one), so that a
+# restart applies an entry only when it is new or was edited. What changed in storage
+# since (a second factor a user enrolled, say) is never rewritten by a restart; the CLI
+# refuses to edit declared records; and every replacement is logged.
+
+
 def load_config(srv: Server, config: dict[str, Any]) -> None:
-    """Register the ``[[clients]]`` and ``[[users]]`` of a TOML config file."""
-    for c in config.get("clients", []):
-        srv.add_client(
-            c["client_id"],
-            client_secret=c.get("client_secret"),
-            redirect_uris=c.get("redirect_uris", []),
-            name=c.get("name", ""),
-            scopes=c.get("scopes", DEFAULT_SCOPES),
-            grant_types=c.get("grant_types", DEFAULT_GRANT_TYPES),
-            require_pkce=c.get("require_pkce", True),
-            id_token_signed_response_alg=c.get("id_token_signed_response_alg", "RS256"),
-            access_token_jwt=c.get("access_token_jwt", False),
-            post_logout_redirect_uris=c.get("post_logout_redirect_uris", []),
+    """Apply the ``[[clients]]`` and ``[[users]]`` of a TOML config file to storage."""
+    clients = {c["client_id"]: c for c in config.get("clients", [])}
+    users = {u["username"]: u for u in config.get("users", [])}
+    for client_id, entry in clients.items():
+        stored_client = srv.storage.get_client(client_id)
+        if _declaration_is_current(entry, stored_client, "client", client_id):
+            continue
+        client = srv.add_client(
+            client_id,
+            client_secret=entry.get("client_secret"),
+            redirect_uris=entry.get("redirect_uris", []),
+            name=entry.get("name", ""),
+            scopes=entry.get("scopes", DEFAULT_SCOPES),
+            grant_types=entry.get("grant_types", DEFAULT_GRANT_TYPES),
+            require_pkce=entry.get("require_pkce", True),
+            id_token_signed_response_alg=entry.get("id_token_signed_response_alg", "RS256"),
+            access_token_jwt=entry.get("access_token_jwt", False),
+            post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
         )
-    for u in config.get("users", []):
-        srv.add_user(
-            u["username"], u.get("password"), claims=u.get("claims", {}),
-            totp_secret=u.get("totp_secret"),
+        srv.storage.add_client(replace(client, declared=_declaration(entry)))
+    for username, entry in users.items():
+        stored_user = srv.storage.get_user(username)
+        if _declaration_is_current(entry, stored_user, "user", username):
+            continue
+        user = srv.add_user(
+            username, entry.get("password"), claims=entry.get("claims", {}),
+            totp_secret=entry.get("totp_secret"),
         )  # fmt: skip
+        srv.storage.add_user(replace(user, declared=_declaration(entry)))
+    # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
+    for c in srv.storage.list_clients():
+        if c.declared and c.client_id not in clients:
+            log.warning("codeflow: client %r is no longer in the config file: it stays in "
+                        "storage, managed with the CLI from now on", c.client_id)  # fmt: skip
+            srv.storage.add_client(replace(c, declared=""))
+    for u in srv.storage.list_users():
+        if u.declared and u.username not in users:
+            log.warning("codeflow: user %r is no longer in the config file: it stays in "
+                        "storage, managed with the CLI from now on", u.username)  # fmt: skip
+            srv.storage.add_user(replace(u, declared=""))
+
+
+def _declaration(entry: dict[str, Any]) -> str:
+    return hash_password(json.dumps(entry, sort_keys=True, default=str))
+
+
+def _declaration_is_current(
+    entry: dict[str, Any], record: Client | User | None, kind: str, name: str
+) -> bool:
+    """True when ``record`` was made from this very entry: leave storage as it is."""
+    if record is None:
+        return False
+    if not record.declared:
+        log.warning("codeflow: %s %r was made outside the config file and is now declared in the "
+                    "config file: the config file's entry replaces it", kind, name)  # fmt: skip
+        return False
+    if verify_password(json.dumps(entry, sort_keys=True, default=str), record.declared):
+        return True
+    log.warning("codeflow: %s %r changed in the config file: applying its new entry", kind, name)
+    return False
+
+
+def refuse_declared(record: Client | User) -> None:
+    """The CLI edits no record the config file declares (a restart would undo the edit,
+    or the edit would silently override the file): ValueError saying where to change it."""
+    if record.declared:
+        kind, name = (
+            ("client", record.client_id) if isinstance(record, Client)
+            else ("user", record.username)
+        )  # fmt: skip
+        raise ValueError(
+            f"{kind} {name!r} is declared in the config file: change it there, or take it "
+            "out of the config file to manage it here"
+        )
 
 
 PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
@@ -4009,11 +4074,14 @@ Command = Callable[["Server", argparse.Namespace], None]
 
 
 def client_add(srv: Server, args: argparse.Namespace) -> None:
-    if srv.storage.get_client(args.client_id) and not args.replace:
+    existing = srv.storage.get_client(args.client_id)
+    if existing and not args.replace:
         raise ValueError(
             f"client {args.client_id!r} already exists; use `codeflow client update` or "
             "`client rotate-secret`, or add --replace"
         )
+    if existing:
+        refuse_declared(existing)
     grants = args.grant_types or DEFAULT_GRANT_TYPES
     if "authorization_code" in grants and not args.redirect_uris:
         raise ValueError("an authorization-code client needs at least one --redirect-uri")
@@ -4064,16 +4132,20 @@ def client_list(srv: Server, args: argparse.Namespace) -> None:
 
 
 def client_remove(srv: Server, args: argparse.Namespace) -> None:
+    _existing_client(srv, args.client_id)
     if not srv.remove_client(args.client_id):
         raise ValueError(f"no client {args.client_id!r}")
 
 
 def user_add(srv: Server, args: argparse.Namespace) -> None:
-    if srv.storage.get_user(args.username) and not args.replace:
+    existing = srv.storage.get_user(args.username)
+    if existing and not args.replace:
         raise ValueError(
             f"user {args.username!r} already exists; use `codeflow user update`, "
             "`user passwd` or `user totp`, or add --replace"
         )
+    if existing:
+        refuse_declared(existing)
     claims = _claims(args.claim)
     totp_secret = pyotp.random_base32() if args.totp else None
     srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
@@ -4118,6 +4190,7 @@ def user_list(srv: Server, args: argparse.Namespace) -> None:
 
 
 def user_remove(srv: Server, args: argparse.Namespace) -> None:
+    _existing_user(srv, args.username)
     if not srv.remove_user(args.username):
         raise ValueError(f"no user {args.username!r}")
 
@@ -4151,9 +4224,11 @@ def purge(srv: Server, args: argparse.Namespace) -> None:
 
 
 def _existing_client(srv: Server, client_id: str) -> Client:
+    """The client a command is to change: it exists, and the config file does not own it."""
     client = srv.storage.get_client(client_id)
     if client is None:
         raise ValueError(f"no client {client_id!r}")
+    refuse_declared(client)
     return client
 
 
@@ -4165,9 +4240,11 @@ def _claims(pairs: list[str]) -> dict[str, str]:
 
 
 def _existing_user(srv: Server, username: str) -> User:
+    """The user a command is to change: it exists, and the config file does not own it."""
     user = srv.storage.get_user(username)
     if user is None:
         raise ValueError(f"no user {username!r}")
+    refuse_declared(user)
     return user
 
 

@@ -193,11 +193,19 @@ def _v4_principals(db: sqlite_utils.Database) -> None:
     db.table("consents").create_index(["client_id"], index_name="consents_by_client")
 
 
+def _v5_declared(db: sqlite_utils.Database) -> None:
+    """``Client.declared`` and ``User.declared``: the config file's entry that made the
+    record, hashed ("" for records made otherwise, as every older one was)."""
+    db.table("clients").add_column("declared", str, not_null_default="")
+    db.table("users").add_column("declared", str, not_null_default="")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
     _v3_sessions_and_totp,
     _v4_principals,
+    _v5_declared,
 ]
 
 

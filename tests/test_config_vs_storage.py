@@ -1,0 +1,110 @@
+"""The config file and storage together, as an operator restarts `codeflow serve`
+(issue "Safe to run on-prem", item 1): the config file *declares* clients and users;
+storage keeps everything else. A restart applies a declaration only when it is new or was
+edited, so it never rewrites what changed in storage since; the CLI refuses to edit what
+the config declares; nothing is replaced or dropped without a line in the log.
+
+Real `codeflow serve` processes on a real SQLite file, stopped with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import codeflow_storage.sqlite
+import pyotp
+import pytest
+from test_cli import serving
+from test_cli_manage import cli, one_line_error
+
+import codeflow
+
+pytestmark = pytest.mark.http
+
+
+def config(tmp_path: Path, *users: tuple[str, str]) -> Path:
+    path = tmp_path / "codeflow.toml"
+    path.write_text("".join(
+        f'[[users]]\nusername = "{name}"\npassword = "{password}"\n'
+        f'claims = {{ name = "{name.title()}" }}\n'
+        for name, password in users
+    ))  # fmt: skip
+    return path
+
+
+def restart(db: str, conf: Path) -> str:
+    """Start `codeflow serve --config` on the database, stop it; return what it logged."""
+    with serving("--config", str(conf), "--storage", db) as server:
+        assert server.interrupt() == 0, server.stderr
+    return server.stderr
+
+
+def stored(db: str, username: str) -> codeflow.User:
+    with codeflow_storage.sqlite.from_url(db) as storage:
+        user = storage.get_user(username)
+    assert user is not None
+    return user
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'codeflow.db'}"
+
+
+def test_the_cli_refuses_to_edit_what_the_config_declares(tmp_path: Path, db: str) -> None:
+    """Declared, then changed with the CLI: refused (exit 2, one line), so a restart has
+    nothing of the CLI's to undo."""
+    restart(db, config(tmp_path, ("alice", "one")))
+    for args in (["user", "totp", "enable", "alice"], ["user", "passwd", "alice"],
+                 ["user", "remove", "alice"], ["user", "update", "alice", "--claim", "a=b"]):
+        one_line_error(cli(*args, "--password-stdin", "--storage", db, stdin="two\n")
+                       if "passwd" in args else cli(*args, "--storage", db),
+                       "declared in the config file")  # fmt: skip
+    user = stored(db, "alice")
+    assert codeflow.verify_password("one", user.password_hash) and user.totp_secret is None
+
+
+def test_a_restart_keeps_what_changed_in_storage_since(tmp_path: Path, db: str) -> None:
+    """A second factor enrolled in storage since the declaration (as the account pages
+    will) survives a restart with the same config file: alice keeps her TOTP, and her
+    sessions (credentials_fingerprint) are not ended by the restart."""
+    conf = config(tmp_path, ("alice", "one"))
+    restart(db, conf)
+    with codeflow_storage.sqlite.from_url(db) as storage:
+        codeflow.Server(storage=storage).set_totp("alice", pyotp.random_base32())
+    before = stored(db, "alice")
+    restart(db, conf)
+    after = stored(db, "alice")
+    assert after.totp_secret == before.totp_secret is not None
+    assert codeflow.credentials_fingerprint(after) == codeflow.credentials_fingerprint(before)
+
+
+def test_an_edited_declaration_is_applied_and_logged(tmp_path: Path, db: str) -> None:
+    """The operator changed alice's password in the config file: the restart applies it,
+    and says so."""
+    restart(db, config(tmp_path, ("alice", "one")))
+    log = restart(db, config(tmp_path, ("alice", "two")))
+    assert codeflow.verify_password("two", stored(db, "alice").password_hash)
+    assert "alice" in log and "changed in the config file" in log
+
+
+def test_a_cli_user_newly_declared_is_taken_over_with_a_warning(tmp_path: Path, db: str) -> None:
+    """Added with the CLI, then declared in the config file: the declaration wins, and the
+    log says that it replaced what storage held."""
+    assert cli("user", "add", "bob", "--password-stdin", "--storage", db,
+               stdin="from-cli\n").returncode == 0  # fmt: skip
+    log = restart(db, config(tmp_path, ("bob", "from-config")))
+    assert codeflow.verify_password("from-config", stored(db, "bob").password_hash)
+    assert "bob" in log and "now declared in the config file" in log
+
+
+def test_an_entry_taken_out_of_the_config_stays_and_is_the_clis(
+    tmp_path: Path, db: str
+) -> None:
+    """Removed from the config file: alice stays in storage (nobody is deleted by an
+    edit of a file), the log says so, and the CLI may now manage her."""
+    restart(db, config(tmp_path, ("alice", "one"), ("bob", "b")))
+    log = restart(db, config(tmp_path, ("bob", "b")))
+    assert codeflow.verify_password("one", stored(db, "alice").password_hash)
+    assert "alice" in log and "no longer in the config file" in log
+    assert cli("user", "totp", "enable", "alice", "--storage", db).returncode == 0
