@@ -304,6 +304,28 @@ def redirect_uri_matches(registered: str, given: str, *, native: bool) -> bool:
     )
 
 
+audit_log = logging.getLogger("codeflow.audit")
+access_log = logging.getLogger("codeflow.access")
+
+# Audit events, by stable name, for operators to keep and alert on (README "Logs"). Their
+# fields name who and what (user, client, address, scope, kid), never a secret.
+AUDIT_EVENTS = (
+    "login.succeeded", "login.failed", "login.throttled", "second_factor.failed",
+    "consent.granted", "consent.denied", "code.issued", "code.redeemed", "code.replayed",
+    "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
+    "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
+    "client.changed", "client.removed",
+)  # fmt: skip
+
+
+def audit(event: str, **fields: str | int | None) -> None:
+    """Log the audit event ``event`` (one of AUDIT_EVENTS) with its fields."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    if audit_log.isEnabledFor(logging.INFO):
+        text = " ".join(f"{name}={value!r}" for name, value in given.items())
+        audit_log.info("%s %s", event, text, extra={"event": event, "fields": given})
+
+
 ###############################################################################
 # Errors: RFC 6749 §4.1.2.1 (authorization), §5.2 (token) ####################
 ###############################################################################
@@ -614,8 +636,10 @@ class Storage(Protocol):
 
     def revoke_token(self, token_hash: str) -> None: ...
 
-    def revoke_family(self, family_id: str) -> None:
-        """Revoke every token of a grant, including any saved after this call."""
+    def revoke_family(self, family_id: str) -> bool:
+        """Revoke every token of a grant, including any saved after this call. False,
+        remembering nothing, if the family is unknown (no token of it, no used code of that
+        hash): a random code cannot grow the store, and a replay is told from a guess."""
         ...
 
     def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
@@ -771,14 +795,15 @@ class MemoryStorage:
             if token is not None:
                 self._tokens[token_hash] = replace(token, revoked=True)
 
-    def revoke_family(self, family_id: str) -> None:
+    def revoke_family(self, family_id: str) -> bool:
         with self._lock:
             # Only families that exist are remembered, so random codes cannot grow the set.
             if family_id not in self._families and family_id not in self._used_codes:
-                return
+                return False
             self._revoked_families.add(family_id)
             for h in self._families.get(family_id, ()):
                 self._tokens[h] = replace(self._tokens[h], revoked=True)
+            return True
 
     def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None:
         with self._lock:
@@ -1011,6 +1036,7 @@ class Server:
         if client_secret is not None:
             client = replace(client, secret_hash=hash_password(client_secret))
         self.storage.add_client(client)
+        audit("client.added", client=client_id, public=int(client.public))
         return client
 
     def update_client(self, client_id: str, **changes: Any) -> Client:
@@ -1026,6 +1052,7 @@ class Server:
         client = replace(client, **changes)
         check_client(client, public=client.public)
         self.storage.add_client(client)
+        audit("client.changed", client=client_id, changed=" ".join(sorted(changes)))
         return client
 
     def rotate_client_secret(self, client_id: str) -> str:
@@ -1038,11 +1065,15 @@ class Server:
             raise ValueError(f"{client_id!r} is a public client: it has no secret")
         secret = new_secret()
         self.storage.add_client(replace(client, secret_hash=hash_password(secret)))
+        audit("client.changed", client=client_id, changed="secret")
         return secret
 
     def remove_client(self, client_id: str) -> bool:
         """Remove a client with its tokens, codes and consents; False if there was none."""
-        return self.storage.remove_client(client_id)
+        removed = self.storage.remove_client(client_id)
+        if removed:
+            audit("client.removed", client=client_id)
+        return removed
 
     # -- Users ---------------------------------------------------------------------
 
@@ -1065,6 +1096,7 @@ class Server:
         hashed = hash_password(password) if password is not None else NO_PASSWORD
         user = User(username, hashed, dict(claims or {}), totp_secret)
         self.storage.add_user(user)
+        audit("user.added", user=username, totp=int(totp_secret is not None))
         return user
 
     def _user(self, username: str) -> User:
@@ -1079,6 +1111,7 @@ class Server:
         user = self._user(username)
         user = replace(user, claims={**(user.claims if merge else {}), **claims})
         self.storage.add_user(user)
+        audit("user.changed", user=username, changed="claims")
         return user
 
     def set_password(self, username: str, password: str) -> User:
@@ -1103,12 +1136,16 @@ class Server:
         # in storage, so no crash between them leaves such a grant alive.
         if not self.storage.change_credentials(user):
             raise ValueError(f"unknown user {user.username!r}")
+        audit("user.changed", user=user.username, changed="credentials")
         return user
 
     def remove_user(self, username: str) -> bool:
         """Remove a user with the user's tokens, codes, consents and sessions; False if there
         was none."""
-        return self.storage.remove_user(username)
+        removed = self.storage.remove_user(username)
+        if removed:
+            audit("user.removed", user=username)
+        return removed
 
     # -- Tokens and keys --------------------------------------------------------
 
@@ -1470,12 +1507,15 @@ def authenticate_client(
     # equal: a client_id is not a secret (RFC 6749 §2.2), and hashing a secret for every
     # unknown client_id would let anyone make the server burn memory-hard hashes.
     if secret is None:
+        audit("client_auth.failed", client=client_id, address=address, reason="no secret")
         raise InvalidClient("Client authentication failed.", basic=basic)
     # Wrong secrets are limited like wrong passwords: each may cost a memory-hard hash.
     limits = login_limits("client", client_id, address)
     if not srv.login_limiter.attempt(limits):
+        audit("client_auth.failed", client=client_id, address=address, reason="throttled")
         raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
     if client is None or not check_client_secret(srv, client, secret):
+        audit("client_auth.failed", client=client_id, address=address, reason="wrong secret")
         raise InvalidClient("Client authentication failed.", basic=basic)
     srv.login_limiter.succeeded(limits)
     return client
@@ -1729,6 +1769,7 @@ def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time
     params = {"code": code}
     if areq.state is not None:
         params["state"] = areq.state  # RFC 6749 §4.1.2: REQUIRED if present in the request
+    audit("code.issued", user=username, client=areq.client.client_id)
     return authorization_response(srv, areq.redirect_uri, params)
 
 
@@ -1781,7 +1822,9 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
     keys = login_limits("user", username, browser.address)
+    who = {"user": username, "client": areq.client.client_id, "address": browser.address}
     if not srv.login_limiter.attempt(keys):
+        audit("login.throttled", **who)
         message = (
             "Too many failed sign-in attempts. For your safety, signing in is paused: "
             f"wait {LOGIN_WINDOW // 60} minutes, then try again."
@@ -1790,9 +1833,11 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     user = srv.storage.get_user(username)
     stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
     if not verify_password(password, stored or dummy_hash()) or stored is None or not user:
+        audit("login.failed", **who)
         message = "Wrong username or password. Check both and try again."
         return login_page(srv, areq, browser, message, username=username)
     srv.login_limiter.succeeded(keys)
+    audit("login.succeeded", **who, second_factor="totp" if user.totp_secret else None)
     if user.totp_secret:
         return otp_page(srv, areq, browser, user.username)
     return signed_in(srv, areq, user.username)
@@ -1816,6 +1861,8 @@ def second_factor(
         return otp_page(srv, areq, browser, user.username, message, 429)
     step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
     if step is None:
+        audit("second_factor.failed", user=user.username, client=areq.client.client_id,
+              address=browser.address)  # fmt: skip
         return otp_page(srv, areq, browser, user.username, "That code is not right. Try again.")
     if not srv.storage.record_totp_step(user.username, step):
         message = "That code was already used. Wait for the next one."
@@ -1857,12 +1904,15 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
     decision = form.get("decision")
     if decision == "deny":
+        audit("consent.denied", user=session.username, client=areq.client.client_id)
         return error_redirect(
             srv, areq.redirect_uri, areq.state, AccessDenied("The user denied the request.")
         )
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
     srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
+    audit("consent.granted", user=session.username, client=areq.client.client_id,
+          scope=" ".join(areq.scope))  # fmt: skip
     return issue_code(srv, areq, session.username, session.auth_time)
 
 
@@ -1904,7 +1954,8 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
         # RFC 6749 §4.1.2: "If an authorization code is used more than once, the
         # authorization server MUST deny the request and SHOULD revoke (when possible)
         # all tokens previously issued based on that authorization code."
-        srv.storage.revoke_family(code_hash)
+        if srv.storage.revoke_family(code_hash):
+            audit("code.replayed", client=client.client_id)
         raise InvalidGrant("The code is invalid, expired or already used.")
     if code.expires_at <= srv.clock():
         raise InvalidGrant("The code has expired.")
@@ -1930,10 +1981,12 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
     # the user must have granted with the offline_access scope.
     offline = "openid" not in code.scope or "offline_access" in code.scope
-    return issue_tokens(
+    body = issue_tokens(
         srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce,
     )  # fmt: skip
+    audit("code.redeemed", user=code.username, client=client.client_id)
+    return body
 
 
 def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
@@ -1949,6 +2002,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         # RFC 9700 §4.14.2: reuse of a rotated refresh token means one of the two
         # holders is an attacker; revoke the whole grant.
         srv.storage.revoke_family(old.family_id)
+        audit("refresh.reuse_detected", user=old.username, client=client.client_id)
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if not old.active(srv.clock()):
         raise InvalidGrant("The refresh token has expired.")
@@ -1959,9 +2013,11 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
-    return issue_tokens(
+    body = issue_tokens(
         srv, client, old.username, scope, family_id=old.family_id, refresh=True, rotating=old
     )
+    audit("refresh.rotated", user=old.username, client=client.client_id)
+    return body
 
 
 def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
@@ -2038,6 +2094,7 @@ def issue_tokens(
         srv.storage.save_token(*tokens)
     elif not srv.storage.rotate_refresh_token(rotating.token_hash, *tokens):
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
+        audit("refresh.reuse_detected", user=username, client=client.client_id)
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if "openid" in scope and username is not None and auth_time is not None:
         body["id_token"] = id_token(srv, client, username, auth_time, nonce, access, claims)
@@ -2099,6 +2156,7 @@ def rotate_signing_keys(srv: Server) -> list[SigningKey]:
     new = [new_signing_key(alg, now) for alg in SIGNING_ALGS]
     for key in new:
         srv.storage.rotate_signing_key(key, retire_until)
+        audit("key.rotated", kid=key.kid, alg=key.alg)
     return new
 
 
@@ -2372,6 +2430,7 @@ def revoke(
         srv.storage.revoke_family(token.family_id)
     else:
         srv.storage.revoke_token(token.token_hash)
+    audit("token.revoked", client=client.client_id, user=token.username, kind=token.kind)
 
 
 def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
@@ -2975,10 +3034,11 @@ ErrorKind = Literal["page", "redirect", "json", "bearer"]
 
 
 def build_wsgi(srv: Server) -> WSGIApp:
-    """The app and its layers, outermost first: the transcript (when recording), the fault
-    plan and test-mode control surface (see "A fake IdP"), security headers, the routes."""
+    """The app and its layers, outermost first: the access log, the transcript (when
+    recording), the fault plan and test-mode control surface (see "A fake IdP"), security
+    headers, the routes."""
     app = _with_faults(srv, _secure_headers(build_app(srv), https=srv.secure_cookies))
-    return _recording(srv, app) if srv.transcript.enabled else app
+    return _access_log(_recording(srv, app) if srv.transcript.enabled else app)
 
 
 def build_app(srv: Server) -> bottle.Bottle:
@@ -3205,6 +3265,37 @@ def _secure_headers(app: WSGIApp, https: bool = False) -> WSGIApp:
             start("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"The request path is not UTF-8."]
         return app(environ, start)
+
+    return wsgi
+
+
+def _access_log(app: WSGIApp) -> WSGIApp:
+    """One line per request on the ``codeflow.access`` logger: method, path (never the
+    query, which may carry a code), status, duration and client address."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not access_log.isEnabledFor(logging.INFO):
+            return app(environ, start_response)
+        started = time.perf_counter()
+        statuses: list[str] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            return app(environ, start)
+        finally:
+            line = {
+                "method": environ.get("REQUEST_METHOD", ""),
+                # Printable only, so that a path cannot forge a line of its own.
+                "path": re.sub(r"[^\x21-\x7e]", "?", environ.get("PATH_INFO", "")[:200]),
+                "status": int(statuses[-1].split(" ", 1)[0]) if statuses else 500,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "address": environ.get("REMOTE_ADDR", ""),
+            }
+            access_log.info("%(method)s %(path)s %(status)s %(duration_ms)sms %(address)s",
+                            line, extra=line)  # fmt: skip
 
     return wsgi
 
@@ -3941,6 +4032,36 @@ def refuse_declared(record: Client | User) -> None:
         )
 
 
+class JsonLogFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object a line, with the time, level, logger and
+    message, and an audit event's name and fields or an access line's."""
+
+    ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "address")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if hasattr(record, "event"):
+            line.update({"event": record.event, **getattr(record, "fields", {})})
+        line.update({k: getattr(record, k) for k in self.ACCESS_FIELDS if hasattr(record, k)})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str = "INFO", form: str = "text") -> None:
+    """Log to stderr (where systemd's journal and container runtimes collect it)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonLogFormatter() if form == "json" else logging.Formatter("%(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
 
 
@@ -3972,6 +4093,10 @@ def _parser() -> argparse.ArgumentParser:
         "--storage", help="memory (serve's default), sqlite:////abs/path.db or a file path"
     )
     store.add_argument("--issuer", help="public base URL (serve: default http://HOST:PORT)")
+    store.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="log lines as text or as JSON objects")  # fmt: skip
+    store.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       default="info", help="the least severe level logged")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(group: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
@@ -4281,7 +4406,7 @@ def main(argv: list[str] | None = None) -> int:
     """The ``codeflow`` command: a thin layer over Server and its storage."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         config = tomllib.load(args.config) if args.config else {}
     except tomllib.TOMLDecodeError as err:

@@ -558,7 +558,7 @@ class SQLiteStorage:
                 "UPDATE tokens SET revoked = 1 WHERE token_hash = ?", [token_hash]
             )
 
-    def revoke_family(self, family_id: str) -> None:
+    def revoke_family(self, family_id: str) -> bool:
         with self._write() as db:
             # Only families that exist are remembered, so random codes cannot grow the table.
             (known,) = db.execute(
@@ -567,11 +567,12 @@ class SQLiteStorage:
                 [family_id, family_id],
             ).fetchone()
             if not known:
-                return
+                return False
             db.execute("INSERT OR IGNORE INTO revoked_families (family_id) VALUES (?)", [family_id])
             db.execute(
                 "UPDATE tokens SET revoked = 1 WHERE family_id = ? AND revoked = 0", [family_id]
             )
+            return True
 
     # -- Consent ---------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""Logs for operators (issue "Safe to run on-prem", item 4): one access-log line per request
+and audit events with stable names, through the standard logging module, and never a
+secret: not a password, client secret, code, verifier, token, CSRF token or cookie.
+
+A whole flow in-process through the WSGI app (login, consent, code, refresh, reuse,
+revocation, a replayed code, a wrong password, a wrong client secret), with every log
+record of the "codeflow" loggers captured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from conftest import (
+    CONFIDENTIAL,
+    PASSWORD,
+    REDIRECT,
+    SECRET,
+    USERNAME,
+    form_fields,
+    make_server,
+    new_flow,
+    query_of,
+)
+from wsgi_client import WSGIClient, basic
+
+import codeflow
+
+
+def events(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.event for r in caplog.records if r.name == "codeflow.audit"]  # type: ignore[attr-defined]
+
+
+def whole_flow(srv: codeflow.Server) -> list[str]:
+    """Run the flow; return every secret it handled, to look for in the logs."""
+    browser = WSGIClient(srv.wsgi)
+    flow = new_flow(scope="openid profile offline_access")
+    page = browser.get("/authorize", params=flow.params)
+    fields = form_fields(page.text)
+    browser.post("/login", {**fields, "username": USERNAME, "password": "not-" + PASSWORD})
+    r = browser.post("/login", {**fields, "username": USERNAME, "password": PASSWORD})
+    consent = browser.get(r.location)
+    consent_fields = form_fields(consent.text)
+    r = browser.post("/consent", {**consent_fields, "decision": "approve"})
+    code = query_of(r.location)["code"]
+    api = WSGIClient(srv.wsgi)
+    grant = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+             "code_verifier": flow.verifier}  # fmt: skip
+    tokens = api.post("/token", grant, headers=basic(CONFIDENTIAL, SECRET)).json()
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    rotated = api.post("/token", refresh, headers=basic(CONFIDENTIAL, SECRET)).json()
+    api.post("/revoke", {"token": rotated["access_token"]}, headers=basic(CONFIDENTIAL, SECRET))
+    api.post("/token", refresh, headers=basic(CONFIDENTIAL, SECRET))  # reuse: family revoked
+    api.post("/token", refresh, headers=basic(CONFIDENTIAL, "wrong-secret"))
+    assert api.post("/token", grant, headers=basic(CONFIDENTIAL, SECRET)).status == 400
+    return [
+        PASSWORD, SECRET, code, flow.verifier, tokens["access_token"], tokens["refresh_token"],
+        tokens["id_token"], rotated["access_token"], rotated["refresh_token"],
+        fields["csrf_token"], fields["request"], consent_fields["csrf_token"],
+        *browser.cookies.values(),
+    ]
+
+
+def test_audit_events_of_a_whole_flow(caplog: pytest.LogCaptureFixture) -> None:
+    """Each security-relevant step of the flow is one audit event, with a stable name."""
+    caplog.set_level(logging.DEBUG, logger="codeflow")
+    srv = make_server()
+    whole_flow(srv)
+    seen = events(caplog)
+    for event in ("user.added", "client.added", "login.failed", "login.succeeded",
+                  "consent.granted", "code.issued", "code.redeemed", "code.replayed",
+                  "refresh.rotated", "refresh.reuse_detected", "client_auth.failed",
+                  "token.revoked"):  # fmt: skip
+        assert event in seen, (event, seen)
+    assert set(seen) <= set(codeflow.AUDIT_EVENTS)
+    login = next(r for r in caplog.records if getattr(r, "event", "") == "login.succeeded")
+    assert login.fields["user"] == USERNAME and login.fields["client"] == CONFIDENTIAL  # type: ignore[attr-defined]
+
+
+def test_one_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    """An access-log line per request: method, path without its query, status, duration
+    and the client address."""
+    caplog.set_level(logging.INFO, logger="codeflow")
+    srv = make_server()
+    browser = WSGIClient(srv.wsgi)
+    flow = new_flow()
+    browser.get("/authorize", params=flow.params, REMOTE_ADDR="192.0.2.7")
+    browser.get("/nowhere", REMOTE_ADDR="192.0.2.7")
+    lines = [r for r in caplog.records if r.name == "codeflow.access"]
+    assert [(r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", "/authorize", 200), ("GET", "/nowhere", 404)
+    ]
+    assert all(r.address == "192.0.2.7" and r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
+    assert flow.params["code_challenge"] not in caplog.text
+
+
+def test_no_secret_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Not a password, secret, code, verifier, token, CSRF token or cookie in any log
+    record of a whole flow, in text or in the JSON format."""
+    caplog.set_level(logging.DEBUG, logger="codeflow")
+    srv = make_server()
+    secrets_seen = whole_flow(srv)
+    formatter = codeflow.JsonLogFormatter()
+    text = caplog.text + "\n".join(formatter.format(r) for r in caplog.records)
+    for secret in secrets_seen:
+        assert secret and secret not in text, f"a secret is in the logs: {secret[:12]}..."
+
+
+def test_json_log_lines_are_json_with_the_event_fields(caplog: pytest.LogCaptureFixture) -> None:
+    """--log-format json: one JSON object per line, with the event's name and fields."""
+    caplog.set_level(logging.INFO, logger="codeflow")
+    make_server()
+    record = next(r for r in caplog.records if getattr(r, "event", "") == "user.added")
+    line = json.loads(codeflow.JsonLogFormatter().format(record))
+    assert line["event"] == "user.added" and line["user"] == USERNAME
+    assert line["level"] == "INFO" and "time" in line
