@@ -805,6 +805,9 @@ class Server:
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
     exchange, ``test_mode=True`` also opens the HTTP control surface, and
     ``internal_url`` is where back-channel clients reach the server by another name.
+    Behind reverse proxies, ``trusted_proxies`` lists their addresses or CIDR networks:
+    from them, and only from them, X-Forwarded-For or Forwarded (RFC 7239) give the
+    client's address and scheme (see "The WSGI app").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -828,6 +831,7 @@ class Server:
         test_mode: bool = False,
         transcript: bool = False,
         internal_url: str | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -840,6 +844,8 @@ class Server:
         # RFC 9068 §3: without a resource indicator, "a default resource indicator".
         self._audience = access_token_audience
         self.demo = demo
+        # Reverse proxies whose forwarding headers give the client's address and scheme.
+        self.trusted_proxies = proxy_networks(trusted_proxies)
         self.login_limiter = LoginLimiter(clock)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
@@ -3126,8 +3132,11 @@ ErrorKind = Literal["page", "redirect", "json", "bearer"]
 
 def build_wsgi(srv: Server) -> WSGIApp:
     """The app and its layers, outermost first: the transcript (when recording), the fault
-    plan and test-mode control surface (see "A fake IdP"), security headers, the routes."""
-    app = _with_faults(srv, _secure_headers(build_app(srv), https=srv.secure_cookies))
+    plan and test-mode control surface (see "A fake IdP"), security headers, the client
+    address behind proxies, the routes."""
+    app = _with_faults(
+        srv, _secure_headers(_behind_proxies(srv, build_app(srv)), https=srv.secure_cookies)
+    )
     return _recording(srv, app) if srv.transcript.enabled else app
 
 
@@ -3200,6 +3209,106 @@ def read_browser(srv: Server, request: Request) -> Browser:
     if csrf and len(csrf) == 22:
         return Browser(csrf, session, address)
     return Browser.new(session, address)
+
+
+# -- The client behind reverse proxies (RFC 7239) ------------------------------------
+#
+# Behind a reverse proxy every request comes from the proxy's address, and the client's
+# is in a header the proxy adds: Forwarded (RFC 7239) or X-Forwarded-For. Anyone can send
+# those headers too (RFC 7239 §8.1), so they count only from a proxy the operator named
+# in ``trusted_proxies``; from anyone else they are dropped. Each proxy appends the
+# address it saw (RFC 7239 §4), so the client is the right-most address that is not
+# itself a trusted proxy: whatever a client writes to the left of it is never read.
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The forwarding headers bottle or this module would believe (bottle reads X-Forwarded-
+# Proto and -Host from anyone), as PEP 3333 environ keys.
+FORWARDED_HEADERS = (
+    "HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"
+)  # fmt: skip
+# RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string (RFC 7230).
+TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+FORWARDED_PAIR = re.compile(rf'[ \t]*({TCHARS})=({TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(;|,|$)')
+
+
+def proxy_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+    """The ``trusted_proxies`` setting: addresses or CIDR networks, checked at once."""
+    networks = []
+    for cidr in [cidrs] if isinstance(cidrs, str) else cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"trusted_proxies: {cidr!r} is not an IP address or CIDR network"
+            ) from None
+    return tuple(networks)
+
+
+def is_trusted_proxy(srv: Server, address: str) -> bool:
+    ip = ip_address(address) if srv.trusted_proxies else None
+    return ip is not None and any(ip in network for network in srv.trusted_proxies)
+
+
+def forwarded_elements(value: str) -> list[dict[str, str]] | None:
+    """RFC 7239 §4: ``Forwarded = 1#forwarded-element``, each element ``;``-separated
+    pairs, names case-insensitive; None if the header does not parse."""
+    elements: list[dict[str, str]] = [{}]
+    pos = 0
+    while pos < len(value):
+        match = FORWARDED_PAIR.match(value, pos)
+        if match is None:
+            return None
+        name, raw, separator = match.groups()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        elements[-1][name.lower()] = raw
+        if separator == ",":
+            elements.append({})
+        pos = match.end()
+    return elements
+
+
+def node_address(node: str) -> str:
+    """RFC 7239 §6: ``node = nodename [ ":" node-port ]``: an IP address without its port
+    (IPv6 in brackets), in its normal form; "unknown" or an obfuscated name as sent."""
+    host = node
+    if node.startswith("["):
+        host = node[1:].partition("]")[0]
+    elif node.count(":") == 1:
+        host = node.partition(":")[0]
+    ip = ip_address(host)
+    return str(ip) if ip is not None else node
+
+
+def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
+    """The client's address and scheme: from a trusted proxy, RFC 7239 §5.2's ``for`` and
+    §5.4's ``proto`` of the right-most Forwarded element whose address is not a trusted
+    proxy (or X-Forwarded-For, with the right-most X-Forwarded-Proto); else the peer's."""
+    peer, scheme = environ.get("REMOTE_ADDR", ""), environ.get("wsgi.url_scheme", "http")
+    if not is_trusted_proxy(srv, peer):
+        return peer, scheme
+    forwarded, x_forwarded_for = environ.get("HTTP_FORWARDED"), environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded and x_forwarded_for:
+        # A proxy writes one of them and passes the other on from the client; which is
+        # which cannot be told, so neither is believed: the proxy's own address counts.
+        return peer, scheme
+    if forwarded:
+        hops = forwarded_elements(forwarded) or []
+    else:
+        proto = environ.get("HTTP_X_FORWARDED_PROTO", "").rpartition(",")[2].strip()
+        nodes = (x_forwarded_for or "").split(",")
+        hops = [{"for": node.strip(), "proto": proto} for node in nodes]
+    client = None
+    for hop in reversed(hops):
+        client = hop
+        if not hop.get("for"):
+            return peer, scheme  # an element without an address: nothing to go on
+        if not is_trusted_proxy(srv, node_address(hop["for"])):
+            break
+    if client is None:
+        return peer, scheme
+    proto = client.get("proto", "").lower()
+    return node_address(client["for"]), proto if proto in ("http", "https") else scheme
 
 
 # -- Writing responses ----------------------------------------------------------
@@ -3308,6 +3417,24 @@ def api_response(srv: Server, request: Request, handler: ApiHandler) -> bottle.H
 def plain_error(error: bottle.HTTPError) -> str:
     # bottle's own errors (404, 405): short, HTML-escaped.
     return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
+
+
+def _behind_proxies(srv: Server, app: WSGIApp) -> WSGIApp:
+    """Put the client's own address and scheme in REMOTE_ADDR and wsgi.url_scheme: from a
+    trusted proxy, the ones it forwards (forwarded_client); from anyone else, drop the
+    forwarding headers, so that nothing behind this layer (bottle included) believes them.
+    """
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if is_trusted_proxy(srv, environ.get("REMOTE_ADDR", "")):
+            address, scheme = forwarded_client(srv, environ)
+            environ = {**environ, "REMOTE_ADDR": address, "wsgi.url_scheme": scheme}
+            environ.pop("HTTP_X_FORWARDED_PROTO", None)  # bottle would prefer it
+        elif any(name in environ for name in FORWARDED_HEADERS):
+            environ = {k: v for k, v in environ.items() if k not in FORWARDED_HEADERS}
+        return app(environ, start_response)
+
+    return wsgi
 
 
 def _secure_headers(app: WSGIApp, https: bool = False) -> WSGIApp:
@@ -3926,7 +4053,10 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
         finally:
             httpd.server_close()
     else:
-        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
+        # Forwarding headers are believed from trusted proxies only, by _behind_proxies;
+        # waitress must pass them on for it to read (its own clearing knows no CIDRs).
+        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True,
+                       clear_untrusted_proxy_headers=False)  # fmt: skip
 
 
 ###############################################################################
@@ -4031,6 +4161,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--internal-url", help="base URL of the back-channel endpoints (discovery asked there)"
     )
+    serve_cmd.add_argument(
+        "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
+        help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -4198,8 +4332,15 @@ def main(argv: list[str] | None = None) -> int:
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
-    srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve, demo=args.demo,
-                 test_mode=args.test_mode, internal_url=args.internal_url)  # fmt: skip
+    proxies = args.trusted_proxies or config.get("trusted_proxies", [])
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    try:
+        srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
+                     demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
+                     trusted_proxies=proxies)  # fmt: skip
+    except ValueError as err:
+        parser.error(str(err))
     try:
         load_config(srv, config)
     except KeyError as err:
