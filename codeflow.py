@@ -43,8 +43,10 @@ import html
 import importlib
 import importlib.metadata
 import io
+import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -101,13 +103,20 @@ SESSION_LIFETIME = 8 * 3600  # how long a login lasts in the browser
 FORM_LIFETIME = 30 * 60  # how long a login or consent form may sit open before it expires
 OTP_LIFETIME = 5 * 60  # how long the TOTP step may follow a right password
 BROWSER_ID_LIFETIME = 7 * 24 * 3600  # a browser's signed id (the CSRF cookie), renewed at login
-# Failed sign-ins allowed within LOGIN_WINDOW: few per user from one address; more per
-# user from everywhere (slows distributed guessing without letting anyone lock an account
-# out for everybody: NIST SP 800-63B §5.2.2 allows up to 100); some per address.
-MAX_FAILED_LOGINS = 5
-MAX_FAILED_LOGINS_PER_USER = 100
-MAX_FAILED_LOGINS_PER_ADDRESS = 20
-LOGIN_WINDOW = 5 * 60
+# Throttling failed sign-ins (NIST SP 800-63B §5.2.2); the policy and its arithmetic are
+# in the section "Throttling failed sign-ins".
+FAILURES_BEFORE_DELAY = 5  # consecutive failures from one address on one account
+FIRST_DELAY = 30  # then a wait, doubling: NIST SP 800-63B §5.2.2 "30 seconds up to an hour"
+MAX_DELAY = 3600
+ACCOUNT_FAILURES_BEFORE_DELAY = 10  # consecutive failures on one account, from anywhere
+MAX_ACCOUNT_DELAY = 15 * 60  # the gentle per-account wait never grows past this
+KNOWN_ADDRESSES = 4  # addresses remembered per account for having signed in there
+FORGET_FAILURES = 24 * 3600  # a count with no failure for this long starts again
+THROTTLE_ENTRIES = 50_000  # accounts, and (account, address) pairs, kept at most
+CHECK_WAIT = 10  # seconds a request may wait for the checks under way on its account
+SECRET_CHECK_BURST = 10  # scrypt runs for one client from one address, then
+SECRET_CHECK_INTERVAL = 1  # one more each this many seconds
+SECRET_CHECKS_AT_ONCE = 2  # and no more than this many at once
 MAX_BODY = 64 * 1024  # no request of this protocol needs more
 MAX_PARAMS = 64
 MAX_PARAM_LENGTH = 4096
@@ -451,6 +460,19 @@ class CrossSiteRequest(UntrustedRequest):
 class PayloadTooLarge(OAuthError):
     error = "invalid_request"
     status = 413
+
+
+class TooManyAttempts(OAuthError):
+    """RFC 6585 §4: 429 Too Many Requests, with Retry-After (RFC 9110 §10.2.3) saying when
+    to try again. The code is RFC 6749 §4.1.2.1's temporarily_unavailable: the request
+    was not checked now, which says nothing about its credentials."""
+
+    error = "temporarily_unavailable"
+    status = 429
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
 
 
 class FormExpired(UntrustedRequest):
@@ -917,6 +939,9 @@ class Server:
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
     exchange, ``test_mode=True`` also opens the HTTP control surface, and
     ``internal_url`` is where back-channel clients reach the server by another name.
+    Behind reverse proxies, ``trusted_proxies`` lists their addresses or CIDR networks:
+    from them, and only from them, X-Forwarded-For or Forwarded (RFC 7239) give the
+    client's address and scheme (see "The WSGI app").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -940,6 +965,7 @@ class Server:
         test_mode: bool = False,
         transcript: bool = False,
         internal_url: str | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -952,7 +978,10 @@ class Server:
         # RFC 9068 §3: without a resource indicator, "a default resource indicator".
         self._audience = access_token_audience
         self.demo = demo
+        # Reverse proxies whose forwarding headers give the client's address and scheme.
+        self.trusted_proxies = proxy_networks(trusted_proxies)
         self.login_limiter = LoginLimiter(clock)
+        self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
         self.verified_secrets: dict[tuple[str, str], bytes] = {}
         # One key signs cookies and forms; each use has its own salt (itsdangerous).
@@ -1300,6 +1329,7 @@ class Page:
     status: int = 200
     signed_out: bool = False
     cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
+    retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429)
 
 
 class Signer:
@@ -1421,46 +1451,360 @@ def read_session(srv: Server, cookie: str | None) -> Session | None:
 ###############################################################################
 
 
+# NIST SP 800-63B §5.2.2: "the verifier SHALL implement controls to protect against
+# online guessing attacks", and it lists ways "to reduce the likelihood that an attacker
+# will lock the legitimate claimant out as a result of rate limiting". Here nothing is a
+# lock: every refusal is a wait that ends on its own, and no wait caused from other
+# addresses applies to an address the user has signed in from. Passwords and TOTP codes
+# are throttled alike, each kind with its own counts ("password:alice", "otp:alice"); a
+# success resets its own kind only.
+#
+# 1. Per (account, address): after FAILURES_BEFORE_DELAY consecutive failures from one
+#    address, each further failure there makes that address wait FIRST_DELAY, doubling up
+#    to MAX_DELAY. It concerns that address alone.
+# 2. Per account: consecutive failures from anywhere, until a success. From
+#    ACCOUNT_FAILURES_BEFORE_DELAY on, each failure shuts a gate for FIRST_DELAY, doubling
+#    up to MAX_ACCOUNT_DELAY (gentle: a quarter of (1)'s cap). Which gate depends on the
+#    address, and none is a lock:
+#    - an address the account signed in from (the last KNOWN_ADDRESSES; §5.2.2 suggests
+#      "accepting only authentication requests that come from a white list of IP addresses
+#      from which the subscriber has been successfully authenticated before") passes no
+#      gate: only its own (1) applies, so alice signs in from home at once while an
+#      attacker elsewhere is kept waiting on her account;
+#    - an address that has failed on the account waits at the "suspect" gate;
+#    - any other address waits at the "new" gate, which only new addresses' failures
+#      shut: an attacker whose addresses have all failed cannot keep a new one out, and
+#      holding it shut costs a fresh address every MAX_ACCOUNT_DELAY. Unless that is paid,
+#      a user on a new address waits MAX_ACCOUNT_DELAY at most.
+# A refused request is answered at once with Retry-After, without checking the secret (no
+# scrypt, no TOTP); only checks that ran and failed are counted. Not locking is a choice
+# against §5.2.2's "no more than 100" consecutive failures: (2) spreads 100 of them over
+# hours, and a lock is exactly what an attacker would use.
+#
+# The day's guessing budget N on one account, for an attacker with any number of addresses:
+#   the gates: 10 checks before they shut, then each admits one per wait: 5 while the wait
+#     grows (30, 60, 120, 240, 480 s), then one per 900 s, 96 a day: 10 + 2 * (5 + 96) = 212;
+#   addresses the user signed in from, should the attacker share them (KNOWN_ADDRESSES = 4):
+#     each 5 + 7 while its wait grows (30 s to 1920 s) + 23 at one an hour = 35, so 140;
+#   N ≤ 352 checks a day.
+# A TOTP code is one of 10^6, and 3 are accepted per check (one step of drift either way,
+# RFC 6238 §5.2), so N checks a day succeed with probability at most N * 3 / 10^6 =
+# 352 * 3 / 10^6 ≈ 0.11%, well under 1% (which needs N < 3,334). A password faces the same
+# N; each success of the real user resets the count and gives back at most 10 + 2 * 5.
+#
+# Checks run concurrently. One under way is not yet a failure, so a burst of right answers
+# is never refused for it; but a request that would be refused were the checks under way
+# on its keys to fail waits for them first (up to CHECK_WAIT s), so that guesses sent in
+# parallel get no more checks than guesses sent one after another.
+#
+# The state lives in this process (a later change moves it into storage) and is bounded
+# under a spray of names: at most THROTTLE_ENTRIES accounts and as many (account, address)
+# pairs, a count forgotten a day after its last failure. When a table is full, what goes
+# first is what holds no wait (a sprayed name's single failure), then accounts' known
+# addresses, and a wait in force last, so a spray cannot wash out the waits it is under.
+# IPv6 addresses are counted per /64: the low 64 bits are the host's own to choose
+# (RFC 4291 §2.5.1), so rotating through them gains nothing.
+
+
+@dataclass
+class Attempt:
+    """One sign-in attempt under the throttle: ``wait`` > 0 says it was refused, unchecked,
+    and for how many seconds; otherwise the caller checks the secret and sets ``ok``."""
+
+    wait: int = 0
+    ok: bool | None = None
+
+
+@dataclass
+class Failures:
+    """Consecutive failed checks of one key: no check before ``until``; ``last`` failure;
+    ``running`` checks under way."""
+
+    count: int = 0
+    until: float = 0.0
+    last: float = 0.0
+    running: int = 0
+
+    def worth(self, now: float) -> int:
+        """How much keeping this entry matters, for LoginLimiter._entry: 0 nothing (no
+        failure for a day), 1 little (no wait in force), 3 a wait in force."""
+        if self.until > now:
+            return 3
+        return 0 if self.last <= now - FORGET_FAILURES else 1
+
+
+@dataclass
+class AccountFailures(Failures):
+    """An account's consecutive failures from anywhere, its two gates (see above), and the
+    addresses it signed in from, most recent last."""
+
+    gates: dict[str, Failures] = field(
+        default_factory=lambda: {"new": Failures(), "suspect": Failures()}
+    )
+    known: list[str] = field(default_factory=list)
+
+    def worth(self, now: float) -> int:
+        """As Failures.worth; 2 for the known addresses of an account with no wait."""
+        if any(gate.until > now for gate in self.gates.values()):
+            return 3
+        return 2 if self.known else super().worth(now)
+
+
+def address_delay(failures: int) -> int:
+    """(1): the wait after ``failures`` consecutive ones from one address on one account."""
+    return backoff(failures - FAILURES_BEFORE_DELAY, MAX_DELAY)
+
+
+def account_delay(failures: int) -> int:
+    """(2): how long a gate shuts after the account's ``failures``-th consecutive one."""
+    return backoff(failures - ACCOUNT_FAILURES_BEFORE_DELAY, MAX_ACCOUNT_DELAY)
+
+
+def backoff(excess: int, cap: int) -> int:
+    """No wait before the allowance is used up, then FIRST_DELAY doubling, up to ``cap``."""
+    return 0 if excess < 0 else min(FIRST_DELAY * 2 ** min(excess, 20), cap)
+
+
+def throttle_key(value: str) -> str:
+    """A bounded key: a long username costs no more memory than a short one."""
+    if len(value) <= 64:
+        return value
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+
+
+def address_group(address: str) -> str:
+    """The address failures are counted against: an IPv6 client's /64, else the address."""
+    ip = ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return throttle_key(address)
+
+
 class LoginLimiter:
-    """Counts failed logins per key (user, client address) in a sliding window."""
+    """Failed sign-ins per account and per (account, address), in this process: the waits
+    that slow guessing without locking anyone out (see the section's comment)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._pairs: dict[tuple[str, str], Failures] = {}
+        self._accounts: dict[str, AccountFailures] = {}
+
+    def size(self) -> int:
+        """How many counts are kept (bounded by 2 * THROTTLE_ENTRIES)."""
+        with self._changed:
+            return len(self._pairs) + len(self._accounts)
+
+    @contextlib.contextmanager
+    def attempt(self, account: str, address: str) -> Iterator[Attempt]:
+        """Admit one check of ``account``'s secret from ``address``, or refuse it
+        (``wait``). The check counts as failed only if the caller sets ``ok = False``."""
+        account, address = throttle_key(account), address_group(address)
+        attempt = Attempt()
+        with self._changed:
+            gate = self._admit(account, address, attempt)
+        if attempt.wait:
+            yield attempt
+            return
+        try:
+            yield attempt
+        finally:
+            with self._changed:
+                self._settle(account, address, gate, attempt.ok)
+                self._changed.notify_all()
+
+    def _admit(self, account: str, address: str, attempt: Attempt) -> str | None:
+        """Wait until the check may run and register it, returning the gate it passes; or
+        set ``attempt.wait``. Called with the lock held."""
+        deadline = time.monotonic() + CHECK_WAIT
+        while True:
+            now = self._clock()
+            pair = self._current(self._pairs.get((account, address)), now)
+            acct = self._current(self._accounts.get(account), now)
+            known = isinstance(acct, AccountFailures) and address in acct.known
+            gate_name = None if known else ("suspect" if pair.count else "new")
+            gates = acct.gates if isinstance(acct, AccountFailures) else {}
+            gate = gates.get(gate_name) if gate_name else None
+            wait = max(pair.until, gate.until if gate else 0.0) - now
+            if wait > 0:
+                attempt.wait = math.ceil(wait)
+                return None
+            # Would this attempt be refused if the checks under way failed? Then wait
+            # for them rather than run it now.
+            if not (
+                (pair.running and address_delay(pair.count + pair.running))
+                or (gate and gate.running and account_delay(acct.count + acct.running))
+            ):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                attempt.wait = 1
+                return None
+            self._changed.wait(remaining)
+        pair = self._entry(self._pairs, (account, address), Failures, now)
+        acct = self._entry(self._accounts, account, AccountFailures, now)
+        pair.running += 1
+        acct.running += 1
+        if gate_name:
+            acct.gates[gate_name].running += 1
+        return gate_name
+
+    def _settle(self, account: str, address: str, gate_name: str | None, ok: bool | None) -> None:
+        """Count the check's outcome (None: it did not finish, so it counts for nothing)."""
+        now = self._clock()
+        pair, acct = self._pairs[(account, address)], self._accounts[account]
+        pair.running -= 1
+        acct.running -= 1
+        gate = acct.gates[gate_name] if gate_name else None
+        if gate:
+            gate.running -= 1
+        if ok:
+            pair.count, pair.until = 0, 0.0
+            acct.count, acct.last = 0, now
+            for each in acct.gates.values():
+                each.until = 0.0
+            acct.known = [*(a for a in acct.known if a != address), address][-KNOWN_ADDRESSES:]
+            self._accounts[account] = self._accounts.pop(account)
+        elif ok is not None:
+            pair.count, pair.last = pair.count + 1, now
+            pair.until = now + address_delay(pair.count)
+            acct.count, acct.last = acct.count + 1, now
+            if gate:
+                gate.until = now + account_delay(acct.count)
+            # The tables are in the order of the last failure, for _entry to drop the oldest.
+            self._pairs[(account, address)] = self._pairs.pop((account, address))
+            self._accounts[account] = self._accounts.pop(account)
+        if not pair.count and not pair.running:
+            del self._pairs[(account, address)]
+        if not acct.count and not acct.running and not acct.known:
+            del self._accounts[account]
+
+    def _current(self, entry: Failures | None, now: float) -> Failures:
+        """``entry`` as it stands now: its failures forgotten a day after the last."""
+        if entry is None:
+            return Failures()
+        if entry.count and entry.last <= now - FORGET_FAILURES and not entry.running:
+            entry.count, entry.until = 0, 0.0
+        return entry
+
+    def _entry(self, table: dict[Any, Any], key: Any, new: Callable[[], Any], now: float) -> Any:
+        """The entry of ``key``, made if need be. When the table is full, a tenth of it
+        goes: the least worth keeping first (Failures.worth), among equals the least
+        recently failed; never one with a check under way."""
+        entry = table.get(key)
+        if entry is not None:
+            return entry
+        if len(table) >= THROTTLE_ENTRIES:
+            by_worth: list[list[Any]] = [[], [], [], []]
+            for k, e in table.items():  # in the order of the last failure
+                if not e.running:
+                    by_worth[e.worth(now)].append(k)
+            excess = len(table) - THROTTLE_ENTRIES * 9 // 10
+            for k in [k for keys in by_worth for k in keys][:excess]:
+                del table[k]
+        entry = table[key] = new()
+        return entry
+
+
+class SecretChecks:
+    """The scrypt runs that client secrets cost, bounded per client and address.
+
+    A client secret is high-entropy (RFC 6749 §10.10: guessing credentials not meant for
+    end-users "MUST be less than or equal to 2^(-128)"; ``client add`` makes 256-bit
+    ones), so guessing it online is hopeless and wrong ones are not counted against the
+    client: that would let anyone lock a client out. What needs bounding is the cost,
+    16 MiB and ~100 ms of scrypt per unverified secret: from one address, for one client,
+    SECRET_CHECK_BURST runs, then one per SECRET_CHECK_INTERVAL, and no more than
+    SECRET_CHECKS_AT_ONCE at a time. A verified secret is cached (check_client_secret),
+    so the client itself pays one run per process and afterwards none: wrong secrets are
+    then turned away without a run. Concurrent checks of the same secret share one run.
+    """
+
+    @dataclass
+    class Budget:
+        tokens: float
+        updated: float
+        running: int = 0
+        last: float = 0.0  # for _make_room: when the budget was last spent
+
+    @dataclass
+    class Flight:
+        done: threading.Event = field(default_factory=threading.Event)
+        ok: bool = False
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
+        self._budgets: dict[tuple[str, str], SecretChecks.Budget] = {}
+        self._flights: dict[tuple[str, str, bytes], SecretChecks.Flight] = {}
 
-    def _recent(self, key: str, now: float) -> list[float]:
-        return [t for t in self._failures.get(key, ()) if t > now - LOGIN_WINDOW]
+    def run(
+        self, client: Client, address: str, digest: bytes, verify: Callable[[], bool]
+    ) -> bool:
+        """``verify()`` within the budget of ``client`` at ``address``, once for all the
+        concurrent checks of the same secret (``digest``); raise TooManyAttempts beyond."""
+        key = (throttle_key(client.client_id), address_group(address))
+        flight_key = (client.client_id, client.secret_hash or "", digest)
+        with self._lock:
+            flight = self._flights.get(flight_key)
+            leader = flight is None
+            if flight is None:
+                wait = self._spend(key)
+                if wait:
+                    raise TooManyAttempts(
+                        f"Too many client authentication attempts. Try again in {wait} s.", wait
+                    )
+                flight = self._flights[flight_key] = SecretChecks.Flight()
+        if not leader:
+            if not flight.done.wait(CHECK_WAIT):
+                raise TooManyAttempts("Client authentication is busy. Try again.", 1)
+            return flight.ok
+        try:
+            flight.ok = verify()
+        finally:
+            with self._lock:
+                del self._flights[flight_key]
+                self._budgets[key].running -= 1
+            flight.done.set()
+        return flight.ok
 
-    def attempt(self, limits: dict[str, int]) -> bool:
-        """Count an attempt as failed before the secret is checked, in one step, so that
-        parallel guesses cannot all slip past; False when a key has reached its limit."""
+    def _spend(self, key: tuple[str, str]) -> int:
+        """Take one run from the budget of ``key``: 0, or the seconds until one is left."""
         now = self._clock()
-        with self._lock:
-            if any(len(self._recent(k, now)) >= limit for k, limit in limits.items()):
-                return False
-            if len(self._failures) > 10_000:  # keep memory bounded under a spray of names
-                self._failures = {k: v for k in self._failures if (v := self._recent(k, now))}
-            for key in limits:
-                self._failures[key] = [*self._recent(key, now), now]
-            return True
+        budget = self._budgets.get(key)
+        if budget is None:
+            self._make_room(now)
+            budget = self._budgets[key] = SecretChecks.Budget(SECRET_CHECK_BURST, now)
+        refill = max(now - budget.updated, 0.0) / SECRET_CHECK_INTERVAL
+        budget.tokens, budget.updated = min(budget.tokens + refill, SECRET_CHECK_BURST), now
+        if budget.running >= SECRET_CHECKS_AT_ONCE:
+            return 1
+        if budget.tokens < 1:
+            return math.ceil((1 - budget.tokens) * SECRET_CHECK_INTERVAL)
+        budget.tokens -= 1
+        budget.running += 1
+        budget.last = now
+        return 0
 
-    def succeeded(self, limits: dict[str, int]) -> None:
-        """The attempt was right: forget the first key's failures, and this one attempt."""
-        first, *others = limits
-        with self._lock:
-            self._failures.pop(first, None)
-            for key in others:
-                if self._failures.get(key):
-                    self._failures[key].pop()
-
-
-def login_limits(kind: str, username: str, address: str) -> dict[str, int]:
-    return {
-        f"{kind}:{username}@{address}": MAX_FAILED_LOGINS,
-        f"{kind}:{username}": MAX_FAILED_LOGINS_PER_USER,
-        f"address:{address}": MAX_FAILED_LOGINS_PER_ADDRESS,
-    }
+    def _make_room(self, now: float) -> None:
+        if len(self._budgets) < THROTTLE_ENTRIES:
+            return
+        # A full budget is as good as none; then the least recently spent go.
+        refilled = SECRET_CHECK_BURST * SECRET_CHECK_INTERVAL
+        idle = sorted((b.last, k) for k, b in self._budgets.items() if not b.running)
+        full = [k for last, k in idle if last <= now - refilled]
+        rest = [k for last, k in idle if last > now - refilled]
+        for k in [*full, *rest][: len(self._budgets) - THROTTLE_ENTRIES * 9 // 10]:
+            del self._budgets[k]
 
 
 ###############################################################################
@@ -1509,35 +1853,41 @@ def authenticate_client(
     if secret is None:
         audit("client_auth.failed", client=client_id, address=address, reason="no secret")
         raise InvalidClient("Client authentication failed.", basic=basic)
-    # Wrong secrets are limited like wrong passwords: each may cost a memory-hard hash.
-    limits = login_limits("client", client_id, address)
-    if not srv.login_limiter.attempt(limits):
-        audit("client_auth.failed", client=client_id, address=address, reason="throttled")
-        raise InvalidClient("Too many failed attempts. Wait a few minutes.", basic=basic)
-    if client is None or not check_client_secret(srv, client, secret):
+    # Wrong secrets are not counted against the client (that would let anyone lock it
+    # out); only the scrypt runs they cost are bounded (SecretChecks).
+    # An unknown client_id spends the same budget of secret checks as a wrong secret, and
+    # runs no scrypt (its stand-in's hash is no scrypt hash).
+    standin = client or Client(client_id, secret_hash=NO_PASSWORD)
+    if not check_client_secret(srv, standin, secret, address) or client is None:
         audit("client_auth.failed", client=client_id, address=address, reason="wrong secret")
         raise InvalidClient("Client authentication failed.", basic=basic)
-    srv.login_limiter.succeeded(limits)
     return client
 
 
-def check_client_secret(srv: Server, client: Client, secret: str) -> bool:
-    """Verify a client secret against its scrypt hash.
+def check_client_secret(srv: Server, client: Client, secret: str, address: str = "") -> bool:
+    """Verify a client secret against its scrypt hash, within the budget of scrypt runs
+    of this client at ``address`` (SecretChecks; TooManyAttempts beyond it).
 
     A verified secret's SHA-256 is cached in this process, so a busy client pays
-    the memory-hard KDF once rather than on every token request.
+    the memory-hard KDF once rather than on every token request, and a wrong secret
+    sent after it costs no KDF at all.
     """
-    if client.secret_hash is None:
+    stored = client.secret_hash
+    if stored is None:
         return False
     digest = hashlib.sha256(secret.encode("utf-8")).digest()
-    key = (client.client_id, client.secret_hash)
+    key = (client.client_id, stored)
     cached = srv.verified_secrets.get(key)
     if cached is not None:
         return hmac.compare_digest(cached, digest)
-    if not verify_password(secret, client.secret_hash):
-        return False
-    srv.verified_secrets[key] = digest
-    return True
+
+    def verify() -> bool:
+        if not verify_password(secret, stored):
+            return False
+        srv.verified_secrets[key] = digest
+        return True
+
+    return srv.secret_checks.run(client, address, digest, verify)
 
 
 ###############################################################################
@@ -1821,22 +2171,25 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
-    keys = login_limits("user", username, browser.address)
     who = {"user": username, "client": areq.client.client_id, "address": browser.address}
-    if not srv.login_limiter.attempt(keys):
-        audit("login.throttled", **who)
-        message = (
-            "Too many failed sign-in attempts. For your safety, signing in is paused: "
-            f"wait {LOGIN_WINDOW // 60} minutes, then try again."
-        )
-        return login_page(srv, areq, browser, message, 429, username)
-    user = srv.storage.get_user(username)
-    stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
-    if not verify_password(password, stored or dummy_hash()) or stored is None or not user:
+    # NIST SP 800-63B §5.2.2: throttled per account and address (see "Throttling"); an
+    # unknown username alike, so that the answers do not tell which names exist.
+    with srv.login_limiter.attempt(f"password:{username}", browser.address) as attempt:
+        if attempt.wait:
+            audit("login.throttled", **who)
+            message = (
+                "Too many failed sign-in attempts. For your safety, signing in is paused: "
+                f"try again in {in_words(attempt.wait)}."
+            )
+            page = login_page(srv, areq, browser, message, 429, username)
+            return replace(page, retry_after=attempt.wait)
+        user = srv.storage.get_user(username)
+        stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
+        attempt.ok = verify_password(password, stored or dummy_hash()) and stored is not None
+    if not attempt.ok or user is None:
         audit("login.failed", **who)
         message = "Wrong username or password. Check both and try again."
         return login_page(srv, areq, browser, message, username=username)
-    srv.login_limiter.succeeded(keys)
     audit("login.succeeded", **who, second_factor="totp" if user.totp_secret else None)
     if user.totp_secret:
         return otp_page(srv, areq, browser, user.username)
@@ -1855,20 +2208,31 @@ def second_factor(
             authorize_url(srv, areq.params),
             OTP_LIFETIME,
         )
-    keys = login_limits("otp", user.username, browser.address)
-    if not srv.login_limiter.attempt(keys):
-        message = f"Too many wrong codes. Wait {LOGIN_WINDOW // 60} minutes, then try again."
-        return otp_page(srv, areq, browser, user.username, message, 429)
-    step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
+    # The guessing budget of "Throttling": well under 1% a day for a 6-digit code.
+    with srv.login_limiter.attempt(f"otp:{user.username}", browser.address) as attempt:
+        if attempt.wait:
+            message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
+            page = otp_page(srv, areq, browser, user.username, message, 429)
+            return replace(page, retry_after=attempt.wait)
+        step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
+        # A code used once is a failure too (RFC 6238 §5.2).
+        attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
     if step is None:
         audit("second_factor.failed", user=user.username, client=areq.client.client_id,
               address=browser.address)  # fmt: skip
         return otp_page(srv, areq, browser, user.username, "That code is not right. Try again.")
-    if not srv.storage.record_totp_step(user.username, step):
+    if not attempt.ok:
         message = "That code was already used. Wait for the next one."
         return otp_page(srv, areq, browser, user.username, message)
-    srv.login_limiter.succeeded(keys)
     return signed_in(srv, areq, user.username)
+
+
+def in_words(seconds: int) -> str:
+    """A wait as a person reads it: "30 seconds", "2 minutes" (rounded up)."""
+    if seconds < 60:
+        return f"{seconds} second{'s' * (seconds != 1)}"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' * (minutes != 1)}"
 
 
 def totp_step(secret: str, otp: str, now: float) -> int | None:
@@ -3034,11 +3398,12 @@ ErrorKind = Literal["page", "redirect", "json", "bearer"]
 
 
 def build_wsgi(srv: Server) -> WSGIApp:
-    """The app and its layers, outermost first: the access log, the transcript (when
-    recording), the fault plan and test-mode control surface (see "A fake IdP"), security
-    headers, the routes."""
+    """The app and its layers, outermost first: the client address behind proxies, the
+    access log, the transcript (when recording), the fault plan and test-mode control
+    surface (see "A fake IdP"), security headers, the routes."""
     app = _with_faults(srv, _secure_headers(build_app(srv), https=srv.secure_cookies))
-    return _access_log(_recording(srv, app) if srv.transcript.enabled else app)
+    app = _recording(srv, app) if srv.transcript.enabled else app
+    return _behind_proxies(srv, _access_log(app))
 
 
 def build_app(srv: Server) -> bottle.Bottle:
@@ -3132,6 +3497,106 @@ def refuse_cross_site(srv: Server, request: Request) -> None:
         raise CrossSiteRequest("This form was sent from another origin.")
 
 
+# -- The client behind reverse proxies (RFC 7239) ------------------------------------
+#
+# Behind a reverse proxy every request comes from the proxy's address, and the client's
+# is in a header the proxy adds: Forwarded (RFC 7239) or X-Forwarded-For. Anyone can send
+# those headers too (RFC 7239 §8.1), so they count only from a proxy the operator named
+# in ``trusted_proxies``; from anyone else they are dropped. Each proxy appends the
+# address it saw (RFC 7239 §4), so the client is the right-most address that is not
+# itself a trusted proxy: whatever a client writes to the left of it is never read.
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The forwarding headers bottle or this module would believe (bottle reads X-Forwarded-
+# Proto and -Host from anyone), as PEP 3333 environ keys.
+FORWARDED_HEADERS = (
+    "HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST"
+)  # fmt: skip
+# RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string (RFC 7230).
+TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+FORWARDED_PAIR = re.compile(rf'[ \t]*({TCHARS})=({TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(;|,|$)')
+
+
+def proxy_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+    """The ``trusted_proxies`` setting: addresses or CIDR networks, checked at once."""
+    networks = []
+    for cidr in [cidrs] if isinstance(cidrs, str) else cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"trusted_proxies: {cidr!r} is not an IP address or CIDR network"
+            ) from None
+    return tuple(networks)
+
+
+def is_trusted_proxy(srv: Server, address: str) -> bool:
+    ip = ip_address(address) if srv.trusted_proxies else None
+    return ip is not None and any(ip in network for network in srv.trusted_proxies)
+
+
+def forwarded_elements(value: str) -> list[dict[str, str]] | None:
+    """RFC 7239 §4: ``Forwarded = 1#forwarded-element``, each element ``;``-separated
+    pairs, names case-insensitive; None if the header does not parse."""
+    elements: list[dict[str, str]] = [{}]
+    pos = 0
+    while pos < len(value):
+        match = FORWARDED_PAIR.match(value, pos)
+        if match is None:
+            return None
+        name, raw, separator = match.groups()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        elements[-1][name.lower()] = raw
+        if separator == ",":
+            elements.append({})
+        pos = match.end()
+    return elements
+
+
+def node_address(node: str) -> str:
+    """RFC 7239 §6: ``node = nodename [ ":" node-port ]``: an IP address without its port
+    (IPv6 in brackets), in its normal form; "unknown" or an obfuscated name as sent."""
+    host = node
+    if node.startswith("["):
+        host = node[1:].partition("]")[0]
+    elif node.count(":") == 1:
+        host = node.partition(":")[0]
+    ip = ip_address(host)
+    return str(ip) if ip is not None else node
+
+
+def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
+    """The client's address and scheme: from a trusted proxy, RFC 7239 §5.2's ``for`` and
+    §5.4's ``proto`` of the right-most Forwarded element whose address is not a trusted
+    proxy (or X-Forwarded-For, with the right-most X-Forwarded-Proto); else the peer's."""
+    peer, scheme = environ.get("REMOTE_ADDR", ""), environ.get("wsgi.url_scheme", "http")
+    if not is_trusted_proxy(srv, peer):
+        return peer, scheme
+    forwarded, x_forwarded_for = environ.get("HTTP_FORWARDED"), environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded and x_forwarded_for:
+        # A proxy writes one of them and passes the other on from the client; which is
+        # which cannot be told, so neither is believed: the proxy's own address counts.
+        return peer, scheme
+    if forwarded:
+        hops = forwarded_elements(forwarded) or []
+    else:
+        proto = environ.get("HTTP_X_FORWARDED_PROTO", "").rpartition(",")[2].strip()
+        nodes = (x_forwarded_for or "").split(",")
+        hops = [{"for": node.strip(), "proto": proto} for node in nodes]
+    client = None
+    for hop in reversed(hops):
+        client = hop
+        if not hop.get("for"):
+            return peer, scheme  # an element without an address: nothing to go on
+        if not is_trusted_proxy(srv, node_address(hop["for"])):
+            break
+    if client is None:
+        return peer, scheme
+    proto = client.get("proto", "").lower()
+    return node_address(client["for"]), proto if proto in ("http", "https") else scheme
+
+
 # -- Writing responses ----------------------------------------------------------
 
 
@@ -3152,11 +3617,10 @@ def json_response(
 
 
 def page_response(page: Page) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(
-        page_document(page),
-        page.status,
-        {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
-    )
+    headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+    if page.retry_after:
+        headers["Retry-After"] = str(page.retry_after)
+    return bottle.HTTPResponse(page_document(page), page.status, headers)
 
 
 def redirect_response(redirect: Redirect, method: str = "GET") -> bottle.HTTPResponse:
@@ -3195,6 +3659,8 @@ def error_response(
     elif isinstance(err, InvalidClient) and err.basic:
         # RFC 6749 §5.2: 401 and "MUST include the WWW-Authenticate response header"
         headers["WWW-Authenticate"] = 'Basic realm="codeflow", charset="UTF-8"'
+    elif isinstance(err, TooManyAttempts):
+        headers["Retry-After"] = str(err.retry_after)
     return json_response(err.to_json(), err.status, headers)
 
 
@@ -3241,6 +3707,24 @@ def api_response(srv: Server, request: Request, handler: ApiHandler) -> bottle.H
 def plain_error(error: bottle.HTTPError) -> str:
     # bottle's own errors (404, 405): short, HTML-escaped.
     return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
+
+
+def _behind_proxies(srv: Server, app: WSGIApp) -> WSGIApp:
+    """Put the client's own address and scheme in REMOTE_ADDR and wsgi.url_scheme: from a
+    trusted proxy, the ones it forwards (forwarded_client); from anyone else, drop the
+    forwarding headers, so that nothing behind this layer (bottle included) believes them.
+    """
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if is_trusted_proxy(srv, environ.get("REMOTE_ADDR", "")):
+            address, scheme = forwarded_client(srv, environ)
+            environ = {**environ, "REMOTE_ADDR": address, "wsgi.url_scheme": scheme}
+            environ.pop("HTTP_X_FORWARDED_PROTO", None)  # bottle would prefer it
+        elif any(name in environ for name in FORWARDED_HEADERS):
+            environ = {k: v for k, v in environ.items() if k not in FORWARDED_HEADERS}
+        return app(environ, start_response)
+
+    return wsgi
 
 
 def _secure_headers(app: WSGIApp, https: bool = False) -> WSGIApp:
@@ -3911,7 +4395,10 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
         finally:
             httpd.server_close()
     else:
-        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
+        # Forwarding headers are believed from trusted proxies only, by _behind_proxies;
+        # waitress must pass them on for it to read (its own clearing knows no CIDRs).
+        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True,
+                       clear_untrusted_proxy_headers=False)  # fmt: skip
 
 
 ###############################################################################
@@ -4123,6 +4610,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--internal-url", help="base URL of the back-channel endpoints (discovery asked there)"
     )
+    serve_cmd.add_argument(
+        "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
+        help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -4424,12 +4915,15 @@ def main(argv: list[str] | None = None) -> int:
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
+    proxies = args.trusted_proxies or config.get("trusted_proxies", [])
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        parser.error("bad config: trusted_proxies must be a list of CIDR strings")
     try:
-        storage = open_storage(storage_url)
+        srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
+                     demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
+                     trusted_proxies=proxies)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
-    srv = Server(issuer, storage, auto_approve=args.auto_approve, demo=args.demo,
-                 test_mode=args.test_mode, internal_url=args.internal_url)  # fmt: skip
     try:
         load_config(srv, config)
     except KeyError as err:

@@ -208,6 +208,45 @@ def test_serve_config_registers_clients_and_users(tmp_path: Path) -> None:
         assert server.interrupt() == 0, server.stderr
 
 
+def sign_in_from(base: str, password: str, address: str) -> int:
+    """Bob's sign-in, sent as if a proxy forwarded it from ``address``: the status."""
+    forwarded = {"X-Forwarded-For": address}
+    with requests.Session() as browser:
+        r = browser.get(
+            base + codeflow.AUTHORIZE_PATH, params=new_flow("cli-tool").params,
+            headers=forwarded, timeout=TIMEOUT,
+        )  # fmt: skip
+        data = {**form_fields(r.text), "username": "bob", "password": password}
+        r = browser.post(
+            base + codeflow.LOGIN_PATH, data=data, headers=forwarded, allow_redirects=False,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+        return r.status_code
+
+
+@pytest.mark.parametrize("where", ["option", "config", "nowhere"])
+def test_serve_trusted_proxy_counts_failures_at_the_forwarded_address(
+    tmp_path: Path, where: str
+) -> None:
+    """RFC 7239 §5.2, NIST SP 800-63B §5.2.2: with `serve --trusted-proxy CIDR` (or the
+    config key trusted_proxies) naming the proxy, failed sign-ins count against the address
+    it forwards, so the attacker's wait is not the user's; from a proxy nobody named,
+    X-Forwarded-For is ignored and both are one address."""
+    port = free_port()
+    config = tmp_path / "codeflow.toml"
+    text = TOML_CONFIG.format(issuer=f"http://127.0.0.1:{port}", redirect=REDIRECT)
+    trusted = '\ntrusted_proxies = ["127.0.0.0/8"]\n' if where == "config" else ""
+    config.write_text(trusted + text)
+    option = ["--trusted-proxy", "127.0.0.1/32"] if where == "option" else []
+    with serving("--config", str(config), *option, port=port) as server:
+        for _ in range(codeflow.FAILURES_BEFORE_DELAY):
+            assert sign_in_from(server.base, "guess", "192.0.2.66") == 200
+        assert sign_in_from(server.base, "bob-password", "192.0.2.66") == 429
+        status = sign_in_from(server.base, "bob-password", "198.51.100.7")
+        assert status == (429 if where == "nowhere" else 303)
+        assert server.interrupt() == 0, server.stderr
+
+
 def test_serve_auto_approve_warns_and_answers_authorize_with_a_code(tmp_path: Path) -> None:
     """DESIGN "Auto-approve: CLI --auto-approve alice ... announce themselves": the server
     prints a WARNING, and /authorize answers at once with a redirect carrying a code
@@ -255,8 +294,11 @@ def test_serve_auto_approve_warns_and_answers_authorize_with_a_code(tmp_path: Pa
         ('[[clients]]\nclient_id = "a"\ngrant_types = ["password"]\n', "password"),
         ('[[clients]]\nclient_id = "a"\nredirect_uris = ["/relative"]\n', "redirect_uri"),
         ('[[users]]\npassword = "x"\n', "username"),
+        ('trusted_proxies = ["proxy.example"]\n', "trusted_proxies"),
+        ('trusted_proxies = "10.0.0.0/8"\n', "trusted_proxies"),
     ],
-    ids=["not-toml", "no-client-id", "unknown-grant", "relative-redirect", "no-username"],
+    ids=["not-toml", "no-client-id", "unknown-grant", "relative-redirect", "no-username",
+         "proxy-not-a-network", "proxies-not-a-list"],
 )
 def test_serve_with_a_bad_config_exits_with_a_clear_message(
     tmp_path: Path, content: str, message: str
@@ -309,6 +351,7 @@ def test_help_lists_the_commands_and_the_serve_options() -> None:
     for option in ("--config", "--host", "--port", "--issuer", "--storage", "--demo"):
         assert option in result.stdout
     assert "--auto-approve USER" in result.stdout
+    assert "--trusted-proxy CIDR" in result.stdout
 
 
 def test_python_dash_m_codeflow_is_the_same_command() -> None:

@@ -14,6 +14,7 @@ from conftest import (
     REDIRECT,
     SECRET,
     USERNAME,
+    Clock,
     form_fields,
     make_server,
     new_flow,
@@ -173,17 +174,20 @@ def test_the_stdlib_server_times_out_a_stalled_request() -> None:
     assert 0 < codeflow.QuietHandler.timeout <= 60
 
 
-def test_wrong_client_secrets_are_rate_limited(server: codeflow.Server) -> None:
-    """RFC 6749 §10.10 spirit, as for passwords: after MAX_FAILED_LOGINS wrong secrets from
-    one address, the client's next attempt there is refused (401 invalid_client) without
-    another memory-hard hash; the right secret from elsewhere still works."""
+def test_wrong_client_secrets_are_rate_limited(server: codeflow.Server, clock: Clock) -> None:
+    """RFC 6749 §10.10 spirit: each unverified secret costs a memory-hard hash, so after
+    SECRET_CHECK_BURST of them from one address the next attempt there waits (429 with
+    Retry-After) without another hash; the right secret from elsewhere still works, and
+    there too after the wait: wrong secrets never lock the client out (issue 12)."""
     attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.9")
     data = {"grant_type": "client_credentials"}
-    for _ in range(codeflow.MAX_FAILED_LOGINS):
+    for _ in range(codeflow.SECRET_CHECK_BURST):
         r = attacker.post("/token", data, headers=basic(CONFIDENTIAL, "wrong"))
         assert r.status == 401
     r = attacker.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
-    assert r.status == 401
+    assert r.status == 429
     assert "Too many" in r.json()["error_description"]
     elsewhere = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
     assert elsewhere.post("/token", data, headers=basic(CONFIDENTIAL, SECRET)).status == 200
+    clock.advance(int(r.headers["retry-after"]))
+    assert attacker.post("/token", data, headers=basic(CONFIDENTIAL, SECRET)).status == 200

@@ -165,27 +165,35 @@ def test_unknown_user_gets_the_same_answer_as_a_wrong_password(browser):
 
 
 def test_too_many_failures_for_a_user_blocks_even_the_right_password(browser):
-    """RFC 6749 §10.10 / RFC 9700 §2.4 spirit: the server limits password guessing. After
-    MAX_FAILED_LOGINS failures within LOGIN_WINDOW the next attempt is refused with 429.
+    """RFC 6749 §10.10 / RFC 9700 §2.4 spirit, NIST SP 800-63B §5.2.2: the server limits
+    password guessing. After FAILURES_BEFORE_DELAY failures from one address the next
+    attempt there is refused with 429, unchecked, saying when to try again.
     """
     page = login_page(browser)
-    for _ in range(codeflow.MAX_FAILED_LOGINS):
+    for _ in range(codeflow.FAILURES_BEFORE_DELAY):
         assert submit_login(browser, page, password="guess").status == 200
     r = submit_login(browser, page)
     assert r.status == 429
-    assert "Too many failed sign-in attempts" in r.text
+    assert r.headers["retry-after"] == str(codeflow.FIRST_DELAY)
+    assert "Too many failed sign-in attempts" in r.text and "try again in 30 seconds" in r.text
     assert set_cookie(r, SESSION_COOKIE) is None
 
 
-def test_user_limit_applies_from_every_address(server):
-    """RFC 6749 §10.10 spirit, NIST SP 800-63B §5.2.2: guesses at one account from many
-    addresses are counted against that account, up to MAX_FAILED_LOGINS_PER_USER.
+def test_guesses_from_every_address_count_against_the_account(server, clock):
+    """NIST SP 800-63B §5.2.2: guesses at one account from many addresses are counted
+    against that account: after 100, a new address waits (at most MAX_ACCOUNT_DELAY, a
+    wait and not a lock: issue 12 item 2b), then signs in.
     """
-    for i in range(codeflow.MAX_FAILED_LOGINS_PER_USER):
+    for i in range(100):
         attacker = WSGIClient(server.wsgi, remote_addr=f"192.0.{i // 250}.{i % 250 + 1}")
         submit_login(attacker, login_page(attacker), password="guess")
     user = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
-    assert submit_login(user, login_page(user)).status == 429
+    r = submit_login(user, login_page(user))
+    assert r.status == 429
+    wait = int(r.headers["retry-after"])
+    assert 0 < wait <= codeflow.MAX_ACCOUNT_DELAY
+    clock.advance(wait)
+    assert submit_login(user, login_page(user)).status == 303
 
 
 def test_guesses_from_one_address_do_not_lock_the_user_out_elsewhere(server):
@@ -193,7 +201,7 @@ def test_guesses_from_one_address_do_not_lock_the_user_out_elsewhere(server):
     attacker's wrong guesses do not keep the real user from signing in from their own."""
     attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.66")
     page = login_page(attacker)
-    for _ in range(codeflow.MAX_FAILED_LOGINS):
+    for _ in range(codeflow.FAILURES_BEFORE_DELAY):
         assert submit_login(attacker, page, password="guess").status == 200
     assert submit_login(attacker, page).status == 429
     user = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
@@ -202,30 +210,28 @@ def test_guesses_from_one_address_do_not_lock_the_user_out_elsewhere(server):
     assert set_cookie(r, SESSION_COOKIE) is not None
 
 
-def test_too_many_failures_from_one_address_blocks_that_address(server):
-    """RFC 6749 §10.10 spirit: one client address spraying many usernames is limited too;
-    the same user from another address is not.
+def test_failures_under_other_names_do_not_delay_an_address(server):
+    """NIST SP 800-63B §5.2.2: limits apply to "a single account". An address that sprays
+    many usernames is delayed on each of them, but the same address (a proxy or NAT many
+    users share) still signs alice in: issue 12 item 2a, which this test once encoded
+    the other way round.
     """
-    attacker = WSGIClient(server.wsgi, remote_addr="192.0.2.66")
-    page = login_page(attacker)
-    for i in range(codeflow.MAX_FAILED_LOGINS_PER_ADDRESS):
-        assert submit_login(attacker, page, username=f"user{i}", password="x").status == 200
-    assert submit_login(attacker, page).status == 429
-
-    elsewhere = WSGIClient(server.wsgi, remote_addr="198.51.100.7")
-    r = submit_login(elsewhere, login_page(elsewhere))
-    assert r.status == 303
+    shared = WSGIClient(server.wsgi, remote_addr="192.0.2.66")
+    page = login_page(shared)
+    for i in range(20):
+        assert submit_login(shared, page, username=f"user{i}", password="x").status == 200
+    assert submit_login(shared, page).status == 303
 
 
-def test_the_limit_lifts_when_the_window_passes(browser, clock):
-    """RFC 6749 §10.10 spirit: the limit is a sliding window of LOGIN_WINDOW seconds, not a
-    permanent lockout.
+def test_the_wait_lifts_when_it_is_over(browser, clock):
+    """NIST SP 800-63B §5.2.2: a wait after failed attempts, not a permanent lockout: the
+    right password is refused until Retry-After has passed, then accepted.
     """
     page = login_page(browser)
-    for _ in range(codeflow.MAX_FAILED_LOGINS):
+    for _ in range(codeflow.FAILURES_BEFORE_DELAY):
         submit_login(browser, page, password="guess")
     assert submit_login(browser, page).status == 429
-    clock.advance(codeflow.LOGIN_WINDOW - 1)
+    clock.advance(codeflow.FIRST_DELAY - 1)
     assert submit_login(browser, page).status == 429
     clock.advance(1)
     r = submit_login(browser, page)
@@ -545,7 +551,7 @@ def pages() -> dict[str, Response]:
     )
     limited = WSGIClient(server.wsgi, remote_addr="192.0.2.9")
     page = login_page(limited)
-    for _ in range(codeflow.MAX_FAILED_LOGINS):
+    for _ in range(codeflow.FAILURES_BEFORE_DELAY):
         submit_login(limited, page, password="x")
     pages["rate limited"] = submit_login(limited, page)
     pages["redirect"] = decide(b, pages["consent"], "approve")
