@@ -1524,6 +1524,22 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
         return error_redirect(srv, redirect_uri, state, err)
 
 
+def client_identified(client: Client, redirect_uri: str) -> bool:
+    """Whether the redirect URI of a request proves which client asks, so that a consent
+    given before may answer it without a page.
+
+    RFC 8252 §8.6: "Authorization servers SHOULD NOT process authorization requests
+    automatically without user consent or interaction, except when the identity of the
+    client can be assured", previous approvals included (RFC 6819 §4.2.3, §5.2.3.5). A
+    confidential client proves itself when it redeems the code (RFC 6749 §4.1.3), and
+    only the host of an https redirect URI receives the code. A public client's loopback
+    URI (any port, RFC 8252 §7.3; a fixed port is free whenever the app is not running)
+    or private-use scheme (§7.1) can be answered by any process on the device, with a
+    PKCE pair of its own: such consent is neither stored nor reused.
+    """
+    return not client.public or urllib.parse.urlsplit(redirect_uri).scheme == "https"
+
+
 def continue_authorization(
     srv: Server, areq: AuthorizationRequest, browser: Browser
 ) -> Redirect | Page:
@@ -1550,8 +1566,10 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq, browser)
-    granted = srv.storage.get_consent(session.username, areq.client.client_id)
-    if set(areq.scope) <= granted and "consent" not in areq.prompt:
+    remembered = client_identified(areq.client, areq.redirect_uri) and set(areq.scope) <= (
+        srv.storage.get_consent(session.username, areq.client.client_id)
+    )
+    if remembered and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
@@ -1673,7 +1691,8 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         )
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
-    srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
+    if client_identified(areq.client, areq.redirect_uri):
+        srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
     return issue_code(srv, areq, session.username, session.auth_time)
 
 
