@@ -3563,22 +3563,93 @@ def _control_answer(
 ###############################################################################
 
 
+# Limits for serving: this protocol's requests are small and sent in one go, so a client
+# that holds a connection without sending is gone or an attacker (slowloris). Beyond them,
+# a server facing the internet belongs behind a reverse proxy (README "Secure defaults").
+MAX_HEADER = 32 * 1024  # request line and headers: an authorization URL with room to spare
+IDLE_TIMEOUT = 10  # seconds a connection may send nothing (mid-request or between requests)
+CLEANUP_INTERVAL = 2  # seconds between waitress's sweeps for idle connections
+MAX_CONNECTIONS = 1000  # open connections under waitress, which reads them without a thread
+MAX_THREADS = 200  # open connections under the stdlib fallback, a thread each
+SERVER_THREADS = 8  # waitress's threads that run requests once they are fully read
+FILE_RESERVE = 64  # file descriptors kept for storage, logs and the listening socket
+
+
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The stdlib fallback: one thread per connection."""
+    """The stdlib fallback: a thread per connection, at most MAX_THREADS at once."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # socketserver's 5 resets connections of a burst of clients
 
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        handler: Callable[..., socketserver.BaseRequestHandler],
+        bind_and_activate: bool = True,
+    ) -> None:
+        super().__init__(server_address, handler, bind_and_activate)
+        self._slots = threading.BoundedSemaphore(MAX_THREADS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # At the limit a new connection waits for a slot, as under waitress's
+        # connection_limit; IDLE_TIMEOUT frees the slots of clients that send nothing.
+        if not self._slots.acquire(timeout=IDLE_TIMEOUT + 1):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class QuietHandler(WSGIRequestHandler):
-    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
+    timeout = IDLE_TIMEOUT  # a client that stops sending mid-request frees its thread
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        size = len(self.raw_requestline) + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > MAX_HEADER:
+            # RFC 6585 §5: 431 Request Header Fields Too Large, as waitress answers.
+            self.send_error(431, f"The request line and headers exceed {MAX_HEADER} bytes.")
+            return False
+        return True
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer where the process may not open that many files (raising
+    its soft limit first): waitress stops accepting at its limit, but at the file limit
+    it would fail every accept instead."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return MAX_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + FILE_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FILE_RESERVE))
+
+
 def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
-    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server."""
+    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server;
+    either way within the limits above."""
     try:
         import waitress
     except ImportError:
@@ -3588,7 +3659,19 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
         finally:
             httpd.server_close()
     else:
-        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True)
+        waitress.serve(
+            app, host=host, port=port, threads=SERVER_THREADS, ident="codeflow", _quiet=True,
+            # waitress allows a 1 GiB body, read (and spooled to disk) before the app sees
+            # it; at MAX_BODY it answers 413 as soon as Content-Length says more.
+            max_request_body_size=MAX_BODY,
+            max_request_header_size=MAX_HEADER,
+            # Its defaults (100 connections, closed after 120 s idle) let 100 half-sent
+            # requests keep every other client out for minutes.
+            connection_limit=connection_limit(),
+            channel_timeout=IDLE_TIMEOUT,
+            cleanup_interval=CLEANUP_INTERVAL,
+            asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
+        )  # fmt: skip
 
 
 ###############################################################################
