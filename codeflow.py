@@ -286,6 +286,23 @@ def redirect_uri_matches(registered: str, given: str, *, native: bool) -> bool:
     )
 
 
+def check_claims(claims: Any, owner: str) -> dict[str, Any]:
+    """``claims`` as userinfo and ID tokens carry them: a JSON object (OIDC Core §5.3.2,
+    RFC 8259), else ValueError naming the claim. Checked when claims are given, so that a
+    value JSON cannot carry (a TOML date, NaN) fails there, not in every answer after."""
+    if not isinstance(claims, dict) or not all(isinstance(name, str) for name in claims):
+        raise ValueError(f"{owner}: claims must be a table of claim names to values")
+    for name, value in claims.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{owner}: claim {name!r} is not a JSON value: {repr(value)[:60]} (write a "
+                'date as a string, "2000-01-31", or as seconds since 1970, OIDC Core §5.1)'
+            ) from None
+    return dict(claims)
+
+
 ###############################################################################
 # Errors: RFC 6749 §4.1.2.1 (authorization), §5.2 (token) ####################
 ###############################################################################
@@ -933,8 +950,9 @@ class Server:
         in with a TOTP code after the password (RFC 6238)."""
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
+        claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
         hashed = hash_password(password) if password is not None else NO_PASSWORD
-        user = User(username, hashed, dict(claims or {}), totp_secret)
+        user = User(username, hashed, claims, totp_secret)
         self.storage.add_user(user)
         return user
 
@@ -947,6 +965,7 @@ class Server:
     def set_claims(self, username: str, claims: dict[str, Any], *, merge: bool = True) -> User:
         """Set a user's claims (what userinfo answers, OIDC Core §5.3), merged into the
         current ones unless ``merge=False``."""
+        claims = check_claims(claims, f"user {username!r}")
         user = self._user(username)
         user = replace(user, claims={**(user.claims if merge else {}), **claims})
         self.storage.add_user(user)
@@ -986,6 +1005,7 @@ class Server:
                 raise ValueError(f"unknown client {client!r}")
             client = found
         username = user.username if isinstance(user, User) else user
+        claims = check_claims(claims, "issue_tokens") if claims is not None else None
         scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
         # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
         offline = "openid" not in scopes or "offline_access" in scopes
@@ -998,7 +1018,7 @@ class Server:
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
         """Put ``claims`` into the next ID token issued (for ``username`` only, if given),
         over the ones it would carry; used once. Queued calls apply in order."""
-        self.scripted_claims.add(claims, username)
+        self.scripted_claims.add(check_claims(claims, "next_claims"), username)
 
     def rotate_keys(self) -> list[SigningKey]:
         """Start signing with new keys at once (see rotate_signing_keys)."""
@@ -2704,6 +2724,60 @@ def _token_steps(
 ) -> list[str]:
     """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
     id_token = result.get("id_token", "")
+    try:
+        info: dict = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
+    except OAuthError as err:
+        info = err.to_json()
+    host = urllib.parse.urlsplit(srv.issuer).netloc
+    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
+    shown = {**result, "id_token": id_token[:24] + "…"} if id_token else result
+    # A user may edit the request of step 1: without offline_access there is no refresh
+    # token, and without openid no ID token (OIDC Core §3.1.2.1) and no userinfo.
+    carries = ["an access token for APIs"]
+    if "refresh_token" in result:
+        carries.append("a refresh token (the app asked for <code>offline_access</code>)")
+    if id_token:
+        carries.append("an ID token (shortened here; step 6 decodes it)")
+    listed = " and ".join([", ".join(carries[:-1]), carries[-1]] if carries[1:] else carries)
+    ending = (
+        "That is the whole flow. The app would now start its own session for "
+        f"<strong>{esc(str(info['sub']))}</strong>."
+        if "sub" in info
+        else "Without an ID token or userinfo, the app has not learnt who signed in."
+    )
+    return [
+        _step(
+            "token-response",
+            "5. The token response",
+            f"""<p>The token endpoint answers with JSON, never cached
+(<code>Cache-Control: no-store</code>): {listed}.</p>{_json(shown)}
+{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
+       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
+            "id-token",
+        ),
+        _step("id-token", "6. The ID token", _id_token_step(srv, id_token, browser), "userinfo"),
+        _step(
+            "userinfo",
+            "7. The UserInfo answer",
+            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
+its scopes allow (here <code>profile</code>):</p>
+<pre>{esc(wire)}…</pre>
+<p>and receives:</p>{_json(info)}
+{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
+       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
+<p>{ending}</p>{again}""",
+            None,
+        ),
+    ]
+
+
+def _id_token_step(srv: Server, id_token: str, browser: Browser) -> str:
+    """Step 6: the ID token decoded and checked, or why there is none."""
+    if not id_token:
+        return f"""<p>The token response has no ID token: the request's scope did not include
+<code>openid</code>, so this was a plain OAuth flow, not an OpenID Connect sign-in, and
+the app learns nothing from it about who signed in.</p>
+{_spec(("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}"""
     # Straight from our own token endpoint, so reading it unverified is safe here;
     # a real client validates it first (OIDC Core §3.1.3.7).
     header = jwt.get_unverified_header(id_token)
@@ -2729,50 +2803,12 @@ def _token_steps(
         f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
         "itself, so the demo skips this check; a real app must not.</li></ul>"
     )
-    try:
-        info: dict = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
-    except OAuthError as err:
-        info = err.to_json()
-    host = urllib.parse.urlsplit(srv.issuer).netloc
-    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
-    shown = {**result, "id_token": id_token[:24] + "…" if id_token else id_token}
-    return [
-        _step(
-            "token-response",
-            "5. The token response",
-            f"""<p>The token endpoint answers with JSON, never cached
-(<code>Cache-Control: no-store</code>): an access token for APIs, a refresh token
-(the app asked for <code>offline_access</code>) and an ID token (shortened here; step 6
-decodes it).</p>{_json(shown)}
-{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
-       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
-            "id-token",
-        ),
-        _step(
-            "id-token",
-            "6. The ID token",
-            f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
+    return f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
 when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
 <pre>{esc(id_token)}</pre><p>Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
 <p>The app validates it before trusting it:</p>{checks}
 {_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
-       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}""",
-            "userinfo",
-        ),
-        _step(
-            "userinfo",
-            "7. The UserInfo answer",
-            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
-its scopes allow (here <code>profile</code>):</p>
-<pre>{esc(wire)}…</pre>
-<p>and receives:</p>{_json(info)}
-{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
-       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
-<p>That is the whole flow. The app would now start its own session for
-<strong>{esc(str(info.get("sub", "")))}</strong>.</p>{again}""",
-            None,
-        ),
-    ]
+       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}"""
 
 
 ###############################################################################
@@ -3180,20 +3216,28 @@ class FaultPlan:
         description: str = "Injected by the codeflow fault plan.",
         delay: float = 1.0,
     ) -> Fault:
-        if endpoint not in FAULT_ENDPOINTS:
+        # Every field is checked here, types included (JSON over HTTP may send any): a
+        # fault that could not be answered as planned would be a 500 when it fires.
+        if not isinstance(endpoint, str) or endpoint not in FAULT_ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(FAULT_ENDPOINTS)}")
-        if kind not in FAULT_KINDS:
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {FAULT_KINDS}")
         if kind in TOKEN_FAULTS and endpoint != "token":
             raise ValueError(f"{kind} alters the ID token of the token endpoint only")
-        if not isinstance(times, int) or times < 1:
+        if not _is_int(times) or times < 1:
             raise ValueError("times must be a positive integer")
-        if not isinstance(delay, int | float) or not 0 <= delay <= MAX_FAULT_DELAY:
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise ValueError(f"delay must be a number of seconds, 0 to {MAX_FAULT_DELAY}")
+        if not 0 <= delay <= MAX_FAULT_DELAY:
             raise ValueError(f"delay must be 0 to {MAX_FAULT_DELAY} seconds")
+        if not isinstance(error, str) or not ERROR_CODE_RE.fullmatch(error):
+            raise ValueError("error must be an RFC 6749 error code, such as invalid_grant")
         if status is None:
             status = 401 if error in ("invalid_client", "invalid_token") else 400
-        if not ERROR_CODE_RE.fullmatch(error) or not 400 <= status <= 599:
-            raise ValueError("error must be an RFC 6749 error code and status 4xx or 5xx")
+        if not _is_int(status) or not 400 <= status <= 599:
+            raise ValueError("status must be an integer HTTP status, 400 to 599")
+        if not isinstance(description, str):
+            raise ValueError("description must be a string")
         fault = Fault(endpoint, kind, times, error, status, description, float(delay))
         with self._lock:
             self._faults.append(fault)
@@ -3225,6 +3269,11 @@ class FaultPlan:
 
 # RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E ); we keep to the usual codes.
 ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, and not a bool (which Python counts as one, and JSON does not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -3707,9 +3756,46 @@ def open_storage(url: str) -> Storage:
         raise SystemExit(f"storage URL {url!r}: {err}") from None
 
 
+# The types of the config file's keys: TOML has numbers, dates and booleans where a
+# string belongs, and a wrong one must stop `serve` at once, not make a 500 later.
+CLIENT_KEYS: dict[str, type] = {
+    "client_id": str, "client_secret": str, "redirect_uris": list, "name": str,
+    "scopes": list, "grant_types": list, "require_pkce": bool,
+    "id_token_signed_response_alg": str, "access_token_jwt": bool,
+    "post_logout_redirect_uris": list,
+}  # fmt: skip
+USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
+                              "totp_secret": str}  # fmt: skip
+
+
+def config_entries(config: dict[str, Any], table: str, types: dict[str, type]) -> list[dict]:
+    """The ``[[table]]`` entries of a config file, each key of the type ``types`` names
+    (lists of strings for lists); else ValueError naming the entry and the key."""
+    entries = config.get(table, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{table} must be an array of tables: [[{table}]]")
+    for i, entry in enumerate(entries, 1):
+        for key, value in entry.items():
+            expected = types.get(key)
+            if expected is None:
+                continue
+            if isinstance(value, expected) and (
+                expected is not list or all(isinstance(v, str) for v in value)
+            ):
+                continue
+            what = "a list of strings" if expected is list else f"a {expected.__name__}"
+            if expected is dict:
+                what = "a table"
+            got = repr(value)[:60]
+            raise ValueError(f"[[{table}]] entry {i}: {key} must be {what}, not {got}")
+    return entries
+
+
 def load_config(srv: Server, config: dict[str, Any]) -> None:
     """Register the ``[[clients]]`` and ``[[users]]`` of a TOML config file."""
-    for c in config.get("clients", []):
+    clients = config_entries(config, "clients", CLIENT_KEYS)
+    users = config_entries(config, "users", USER_KEYS)
+    for c in clients:
         srv.add_client(
             c["client_id"],
             client_secret=c.get("client_secret"),
@@ -3722,7 +3808,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             access_token_jwt=c.get("access_token_jwt", False),
             post_logout_redirect_uris=c.get("post_logout_redirect_uris", []),
         )
-    for u in config.get("users", []):
+    for u in users:
         srv.add_user(
             u["username"], u.get("password"), claims=u.get("claims", {}),
             totp_secret=u.get("totp_secret"),
