@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import functools
 import getpass
@@ -98,6 +99,7 @@ DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
+TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
 
 # Endpoint paths are ours to choose; clients find them through discovery (RFC 8414 §2).
 AUTHORIZE_PATH = "/authorize"
@@ -798,7 +800,8 @@ class Server:
     ``auto_approve="alice"`` skips login and consent for tests: every authorization
     request is approved at once as alice, or as the user named by ``login_hint``.
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
-    exchange, ``test_mode=True`` also opens the HTTP control surface, and
+    exchange (the last ``transcript_limit``), ``test_mode=True`` also opens the HTTP
+    control surface, and
     ``internal_url`` is where back-channel clients reach the server by another name.
 
     The protocol below is plain functions of a Server and the request's parameters;
@@ -822,6 +825,7 @@ class Server:
         demo: bool = False,
         test_mode: bool = False,
         transcript: bool = False,
+        transcript_limit: int = TRANSCRIPT_LIMIT,
         internal_url: str | None = None,
     ) -> None:
         self._issuer_given = issuer is not None
@@ -847,7 +851,7 @@ class Server:
         self.internal_url = internal_url.rstrip("/") if internal_url else None
         self.test_mode = test_mode
         self.faults = FaultPlan()
-        self.transcript = Transcript(enabled=transcript or test_mode)
+        self.transcript = Transcript(enabled=transcript or test_mode, limit=transcript_limit)
         self.scripted_claims = ScriptedClaims()
         self.auto_approve = auto_approve
         if demo:
@@ -3150,6 +3154,11 @@ FAULT_ENDPOINTS = {
 TOKEN_FAULTS = ("bad_signature", "wrong_iss", "wrong_aud", "expired", "unknown_kid")
 FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAULTS)
 MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
+MAX_PENDING_FAULTS = 100  # a plan longer than any test needs cannot grow without bound
+# The demo's pages show, as text, secrets of the flow they play: its PKCE verifier (/demo),
+# and the code, token request and tokens (/demo/callback). They are recorded without
+# their body, so that nothing the demo shows, now or after an edit, reaches a transcript.
+UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH)
 
 
 class ScriptedClaims:
@@ -3240,6 +3249,11 @@ class FaultPlan:
             raise ValueError("description must be a string")
         fault = Fault(endpoint, kind, times, error, status, description, float(delay))
         with self._lock:
+            if len(self._faults) >= MAX_PENDING_FAULTS:
+                raise ValueError(
+                    f"the fault plan holds at most {MAX_PENDING_FAULTS} pending faults: let "
+                    "them fire, or clear the plan (faults.clear(), DELETE /_codeflow/faults)"
+                )
             self._faults.append(fault)
         return fault
 
@@ -3299,12 +3313,18 @@ class Transcript:
 
     Recorded only when the server was made with ``transcript=True`` or
     ``test_mode=True``; a list of Exchange for assertions, ``dump(path)`` for a file.
+    It keeps the last ``limit`` exchanges (a ring buffer: a server left running in test
+    mode must not grow for ever); ``dropped`` counts the older ones it let go.
     """
 
-    def __init__(self, enabled: bool = False) -> None:
+    def __init__(self, enabled: bool = False, limit: int = TRANSCRIPT_LIMIT) -> None:
+        if not _is_int(limit) or limit < 1:
+            raise ValueError("transcript_limit must be a positive integer")
         self.enabled = enabled
+        self.limit = limit
+        self.dropped = 0
         self._lock = threading.Lock()
-        self._exchanges: list[Exchange] = []
+        self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=limit)
         self._local = threading.local()  # the Exchange being recorded on this thread
 
     @property
@@ -3325,16 +3345,22 @@ class Transcript:
 
     def record(self, exchange: Exchange) -> None:
         with self._lock:
+            if len(self._exchanges) == self.limit:
+                self.dropped += 1
             self._exchanges.append(exchange)
 
+    def _list(self) -> list[Exchange]:
+        with self._lock:
+            return list(self._exchanges)
+
     def __iter__(self) -> Iterator[Exchange]:
-        return iter(list(self._exchanges))
+        return iter(self._list())
 
     def __len__(self) -> int:
         return len(self._exchanges)
 
     def __getitem__(self, index: int) -> Exchange:
-        return self._exchanges[index]
+        return self._list()[index]
 
     def find(self, path: str | None = None, method: str | None = None) -> list[Exchange]:
         """The exchanges of a path (and method), oldest first."""
@@ -3351,6 +3377,7 @@ class Transcript:
     def clear(self) -> None:
         with self._lock:
             self._exchanges.clear()
+            self.dropped = 0
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self]
@@ -3448,7 +3475,11 @@ def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
             for name, value in headers
         }  # fmt: skip
         ctype = next((v for n, v in headers if n.lower() == "content-type"), "")
-        exchange.body = _redacted_body(body, ctype.lower())
+        exchange.body = (
+            REDACTED
+            if exchange.path in UNRECORDED_BODIES
+            else _redacted_body(body, ctype.lower())
+        )
         srv.transcript.record(exchange)
         return [body]
 
@@ -3575,10 +3606,40 @@ def _control(
     ``{"endpoint": "token", "kind": "http_500", "times": 1}``), GET /_codeflow/transcript."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
     try:
+        _check_control_request(srv, environ, method)
         status, value = _control_answer(srv, path, method, environ)
     except OAuthError as err:
         return send(error_response(srv, err, "json"), start_response)
     return send(json_response(value, status), start_response)
+
+
+def _origin(url: str) -> str:
+    """RFC 6454 §6.2: an origin as the Origin header serializes it."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _check_control_request(srv: Server, environ: dict[str, Any], method: str) -> None:
+    """Refuse what a web page can send, so that a page open in the developer's browser
+    cannot plan faults (a 300 s delay on every token call), clear them, or read the
+    transcript: it is a request from a script, or from the server's own origin.
+
+    A page may POST text/plain or a form to any origin with no CORS preflight (Fetch
+    "CORS-safelisted request-header"); a JSON body needs one, and nothing here answers
+    it. Browsers also name the page: Origin (RFC 6454 §7.2, sent with every cross-origin
+    request but a simple GET) and Sec-Fetch-Site (Fetch Metadata); another port of the
+    same host is "same-site" yet another origin, so only "same-origin" and "none" (typed
+    by the user) pass.
+    """
+    own = {_origin(srv.issuer)} | ({_origin(srv.internal_url)} if srv.internal_url else set())
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and origin.strip().lower() not in own:
+        raise InvalidRequest(f"Control requests from {origin[:80]!r} are refused.", status=403)
+    if environ.get("HTTP_SEC_FETCH_SITE", "none") not in ("same-origin", "none"):
+        raise InvalidRequest("Control requests from another site are refused.", status=403)
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if method == "POST" and ctype != "application/json":
+        raise InvalidRequest("A fault is sent as Content-Type: application/json.", status=415)
 
 
 def _control_answer(
