@@ -800,9 +800,9 @@ class Server:
     ``auto_approve="alice"`` skips login and consent for tests: every authorization
     request is approved at once as alice, or as the user named by ``login_hint``.
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
-    exchange (the last ``transcript_limit``), ``test_mode=True`` also opens the HTTP
-    control surface, and
-    ``internal_url`` is where back-channel clients reach the server by another name.
+    exchange (the last ``transcript_limit`` of them), ``test_mode=True`` also opens the
+    HTTP control surface, and ``internal_url`` is where back-channel clients reach the
+    server by another name.
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -2742,7 +2742,7 @@ def _token_steps(
         carries.append("a refresh token (the app asked for <code>offline_access</code>)")
     if id_token:
         carries.append("an ID token (shortened here; step 6 decodes it)")
-    listed = " and ".join([", ".join(carries[:-1]), carries[-1]] if carries[1:] else carries)
+    listed = ", ".join(carries[:-1]) + " and " + carries[-1] if len(carries) > 1 else carries[0]
     ending = (
         "That is the whole flow. The app would now start its own session for "
         f"<strong>{esc(str(info['sub']))}</strong>."
@@ -3827,6 +3827,7 @@ CLIENT_KEYS: dict[str, type] = {
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
+TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table"}
 
 
 def config_entries(config: dict[str, Any], table: str, types: dict[str, type]) -> list[dict]:
@@ -3844,11 +3845,10 @@ def config_entries(config: dict[str, Any], table: str, types: dict[str, type]) -
                 expected is not list or all(isinstance(v, str) for v in value)
             ):
                 continue
-            what = "a list of strings" if expected is list else f"a {expected.__name__}"
-            if expected is dict:
-                what = "a table"
             got = repr(value)[:60]
-            raise ValueError(f"[[{table}]] entry {i}: {key} must be {what}, not {got}")
+            raise ValueError(
+                f"[[{table}]] entry {i}: {key} must be {TYPE_NAMES[expected]}, not {got}"
+            )
     return entries
 
 
