@@ -51,7 +51,8 @@ def test_a_fault_that_is_not_json_is_415(codeflow_server, control, content_type)
 
 
 def test_a_json_fault_is_planned(codeflow_server, control) -> None:
-    """The control surface as documented: a JSON fault (charset parameter allowed) is 201."""
+    """Issue 6 "set from Python and over HTTP": a JSON fault (with or without a charset
+    parameter) is planned, 201."""
     r = control.post("/_codeflow/faults", body=FAULT, content_type=JSON + "; charset=utf-8")
     assert r.status == 201, r.text
     assert [f.kind for f in codeflow_server.faults.pending] == ["delay"]
@@ -72,10 +73,12 @@ CROSS_SITE = {
     [("POST", "faults"), ("GET", "faults"), ("DELETE", "faults"), ("GET", "transcript")],
 )
 def test_cross_site_control_requests_are_403(codeflow_server, headers, method, path) -> None:
-    """RFC 6454 §7.2: the user agent sends Origin naming the page that made a request; Fetch
-    Metadata sends Sec-Fetch-Site. A control request from any page but the server's own
-    origin (another port on the same host is same-site, not same-origin) is refused, so
-    a page can neither plan faults nor clear them, nor read the transcript."""
+    """RFC 6454 §7.2: "the user agent MUST send the value "null" in the Origin header
+    field" from a privacy-sensitive context, and otherwise names the page's origin (Fetch
+    sends it with every POST and cross-origin request, and Sec-Fetch-Site with it). A
+    control request from any page but the server's own origin (another port on the same
+    host is same-site, not same-origin) is refused, so a page can neither plan faults nor
+    clear them, nor read the transcript."""
     codeflow_server.faults.add(endpoint="jwks", kind="http_500")
     r = WSGIClient(codeflow_server.wsgi).request(
         method, f"/_codeflow/{path}", headers=headers,
@@ -91,8 +94,9 @@ def test_cross_site_control_requests_are_403(codeflow_server, headers, method, p
     ids=["own-origin", "fetch-same-origin", "fetch-none", "no-headers"],
 )
 def test_same_origin_and_non_browser_control_requests_are_served(clock, headers) -> None:
-    """RFC 6454 §5: the server's own origin (its issuer), a request the user typed
-    (Sec-Fetch-Site: none), and clients that are not browsers (no Origin) are served."""
+    """RFC 6454 §5: "Two origins are "the same" if, and only if, they are identical." The
+    server's own origin (its issuer's), a request the user typed (Sec-Fetch-Site: none),
+    and clients that are not browsers (no Origin) are served."""
     srv = share_session_keys(codeflow.Server(issuer=ISSUER, clock=clock, test_mode=True))
     r = WSGIClient(srv.wsgi).post(
         "/_codeflow/faults", body=FAULT, content_type=JSON, headers=headers
@@ -101,8 +105,10 @@ def test_same_origin_and_non_browser_control_requests_are_served(clock, headers)
 
 
 def test_over_http_a_text_plain_fault_is_refused(codeflow_live) -> None:
-    """On the wire, the request a page's <form enctype="text/plain"> or fetch(no-cors)
-    sends: 415, and the token endpoint stays fast."""
+    """Fetch "CORS-safelisted request-header": a page may send text/plain to any origin
+    without a preflight, as a <form enctype="text/plain"> or fetch(mode: "no-cors") does.
+    On the wire, such a fault is refused (403 for its Origin, 415 for its type) and none is
+    planned."""
     control = codeflow_live.url + "/_codeflow/faults"
     r = requests.post(control, data=FAULT, headers={"Content-Type": "text/plain",
                       "Origin": "http://evil.example"}, timeout=TIMEOUT)  # fmt: skip
@@ -119,8 +125,8 @@ def test_over_http_a_text_plain_fault_is_refused(codeflow_live) -> None:
 
 
 def test_the_transcript_keeps_the_latest_exchanges(clock) -> None:
-    """A ring buffer of ``transcript_limit`` exchanges: the oldest go first, and
-    ``dropped`` counts them."""
+    """Issue 12 item 8: "bounded transcript (ring buffer, size configurable)": the last
+    ``transcript_limit`` exchanges, in order; ``dropped`` counts the older ones."""
     srv = share_session_keys(
         codeflow.Server(issuer=ISSUER, clock=clock, transcript=True, transcript_limit=3)
     )
@@ -137,7 +143,8 @@ def test_the_transcript_keeps_the_latest_exchanges(clock) -> None:
 
 
 def test_the_transcript_is_bounded_by_default(clock) -> None:
-    """Without transcript_limit, TRANSCRIPT_LIMIT exchanges (test mode included)."""
+    """Issue 12 item 8: "the transcript and fault plan are unbounded" no more: without
+    transcript_limit, a test-mode server keeps TRANSCRIPT_LIMIT exchanges."""
     srv = share_session_keys(codeflow.Server(issuer=ISSUER, clock=clock, test_mode=True))
     client = WSGIClient(srv.wsgi)
     for _ in range(codeflow.TRANSCRIPT_LIMIT + 10):
@@ -148,13 +155,16 @@ def test_the_transcript_is_bounded_by_default(clock) -> None:
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True, "10"])
 def test_a_transcript_limit_must_be_a_positive_integer(limit) -> None:
+    """Issue 12 item 8 "size configurable": a limit that is no positive integer is refused
+    when the server is made."""
     with pytest.raises(ValueError, match="transcript_limit"):
         codeflow.Server(issuer=ISSUER, transcript=True, transcript_limit=limit)
 
 
 def test_the_fault_plan_is_bounded(codeflow_server, control) -> None:
-    """At most MAX_PENDING_FAULTS faults wait at once: one more is refused with a clear
-    error (a 400 over HTTP), and clearing the plan makes room again."""
+    """Issue 12 item 8 "a bounded fault plan": at most MAX_PENDING_FAULTS faults wait at
+    once; one more is refused with a clear error (a 400 over HTTP), and clearing the plan
+    makes room again."""
     for _ in range(codeflow.MAX_PENDING_FAULTS):
         codeflow_server.faults.add(endpoint="jwks", kind="http_500")
     with pytest.raises(ValueError, match=f"at most {codeflow.MAX_PENDING_FAULTS}"):
@@ -172,8 +182,9 @@ def test_the_fault_plan_is_bounded(codeflow_server, control) -> None:
 
 
 def test_the_demo_pages_are_recorded_without_their_secrets() -> None:
-    """The transcript redacts every secret (passwords, codes, verifiers, tokens); the demo's
-    pages show them as text (its PKCE verifier, and on the callback the code, the token
+    """Issue 12 item 8: "the demo's pages redacted like every other exchange". The transcript
+    redacts every secret (passwords, codes, verifiers, tokens); the demo's pages show them
+    as text (its PKCE verifier, and on the callback the code, the token
     request and the tokens), so their bodies are recorded as "[redacted]"."""
     srv = share_session_keys(
         codeflow.Server(issuer=ISSUER, clock=Clock(), demo=True, transcript=True)

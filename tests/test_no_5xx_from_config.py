@@ -164,8 +164,9 @@ BAD_FAULTS = {
 
 @pytest.mark.parametrize("spec", BAD_FAULTS.values(), ids=BAD_FAULTS.keys())
 def test_a_fault_of_the_wrong_types_is_refused_when_added(codeflow_server, spec) -> None:
-    """A fault plan entry is checked when it is made: one that would fail as it fires (a
-    500 where an OAuth error was planned) is refused with a ValueError naming the field."""
+    """Issue 12 item 7: "a test-mode fault with a non-string description or a float status
+    is accepted and then answers 500 when it fires". A fault plan entry is checked when it
+    is made, types included: a ValueError naming the field."""
     fields = {"endpoint": "token", "kind": "oauth_error", **spec}
     name = next(iter(spec.keys() - {"kind"}))
     with pytest.raises(ValueError, match=name):

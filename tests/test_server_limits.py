@@ -109,8 +109,10 @@ def test_headers_over_the_limit_are_refused(server) -> None:
 
 
 def test_idle_half_sent_requests_do_not_keep_a_real_client_out(server) -> None:
-    """Slowloris: IDLE_CONNECTIONS clients each send half a request and then nothing. A
-    real client that comes next is still answered at once."""
+    """RFC 9112 §9.5: "Servers will usually have some timeout value beyond which they will
+    no longer maintain an inactive connection." Slowloris: IDLE_CONNECTIONS clients each
+    send half a request and then nothing; a real client that comes next is still
+    answered at once."""
     host, port = server
     idle = []
     try:
@@ -128,8 +130,10 @@ def test_idle_half_sent_requests_do_not_keep_a_real_client_out(server) -> None:
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
-    """A connection that sends nothing for IDLE_TIMEOUT seconds is closed by the server (a
-    little later with waitress, which looks every CLEANUP_INTERVAL): so connections held
+    """RFC 9112 §9.5: "Servers will usually have some timeout value beyond which they will
+    no longer maintain an inactive connection." A connection that sends nothing for
+    IDLE_TIMEOUT seconds is closed by the server (a little later with waitress, which
+    looks every CLEANUP_INTERVAL): so connections held
     open by an attacker free their place within a bounded time. Both servers at once, so
     that the test waits the timeout only once."""
     bound = codeflow.IDLE_TIMEOUT + codeflow.CLEANUP_INTERVAL + ANSWER_WITHIN
