@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import functools
 import getpass
@@ -124,6 +125,7 @@ DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
+TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
 
 # Endpoint paths are ours to choose; clients find them through discovery (RFC 8414 §2).
 AUTHORIZE_PATH = "/authorize"
@@ -333,6 +335,23 @@ def audit(event: str, **fields: str | int | None) -> None:
     if audit_log.isEnabledFor(logging.INFO):
         text = " ".join(f"{name}={value!r}" for name, value in given.items())
         audit_log.info("%s %s", event, text, extra={"event": event, "fields": given})
+
+
+def check_claims(claims: Any, owner: str) -> dict[str, Any]:
+    """``claims`` as userinfo and ID tokens carry them: a JSON object (OIDC Core §5.3.2,
+    RFC 8259), else ValueError naming the claim. Checked when claims are given, so that a
+    value JSON cannot carry (a TOML date, NaN) fails there, not in every answer after."""
+    if not isinstance(claims, dict) or not all(isinstance(name, str) for name in claims):
+        raise ValueError(f"{owner}: claims must be a table of claim names to values")
+    for name, value in claims.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{owner}: claim {name!r} is not a JSON value: {repr(value)[:60]} (write a "
+                'date as a string, "2000-01-31", or as seconds since 1970, OIDC Core §5.1)'
+            ) from None
+    return dict(claims)
 
 
 ###############################################################################
@@ -937,11 +956,11 @@ class Server:
     ``auto_approve="alice"`` skips login and consent for tests: every authorization
     request is approved at once as alice, or as the user named by ``login_hint``.
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
-    exchange, ``test_mode=True`` also opens the HTTP control surface, and
-    ``internal_url`` is where back-channel clients reach the server by another name.
-    Behind reverse proxies, ``trusted_proxies`` lists their addresses or CIDR networks:
-    from them, and only from them, X-Forwarded-For or Forwarded (RFC 7239) give the
-    client's address and scheme (see "The WSGI app").
+    exchange (the last ``transcript_limit`` of them), ``test_mode=True`` also opens the
+    HTTP control surface, and ``internal_url`` is where back-channel clients reach the
+    server by another name. Behind reverse proxies, ``trusted_proxies`` lists their
+    addresses or CIDR networks: from them, and only from them, X-Forwarded-For or
+    Forwarded (RFC 7239) give the client's address and scheme (see "The WSGI app").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -964,6 +983,7 @@ class Server:
         demo: bool = False,
         test_mode: bool = False,
         transcript: bool = False,
+        transcript_limit: int = TRANSCRIPT_LIMIT,
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
     ) -> None:
@@ -993,7 +1013,7 @@ class Server:
         self.internal_url = internal_url.rstrip("/") if internal_url else None
         self.test_mode = test_mode
         self.faults = FaultPlan()
-        self.transcript = Transcript(enabled=transcript or test_mode)
+        self.transcript = Transcript(enabled=transcript or test_mode, limit=transcript_limit)
         self.scripted_claims = ScriptedClaims()
         self.auto_approve = auto_approve
         if demo:
@@ -1122,8 +1142,9 @@ class Server:
         refuse_shared_subject(self.storage, username, user=True)
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
+        claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
         hashed = hash_password(password) if password is not None else NO_PASSWORD
-        user = User(username, hashed, dict(claims or {}), totp_secret)
+        user = User(username, hashed, claims, totp_secret)
         self.storage.add_user(user)
         audit("user.added", user=username, totp=int(totp_secret is not None))
         return user
@@ -1137,6 +1158,7 @@ class Server:
     def set_claims(self, username: str, claims: dict[str, Any], *, merge: bool = True) -> User:
         """Set a user's claims (what userinfo answers, OIDC Core §5.3), merged into the
         current ones unless ``merge=False``."""
+        claims = check_claims(claims, f"user {username!r}")
         user = self._user(username)
         user = replace(user, claims={**(user.claims if merge else {}), **claims})
         self.storage.add_user(user)
@@ -1192,6 +1214,7 @@ class Server:
                 raise ValueError(f"unknown client {client!r}")
             client = found
         username = user.username if isinstance(user, User) else user
+        claims = check_claims(claims, "issue_tokens") if claims is not None else None
         scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
         # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
         offline = "openid" not in scopes or "offline_access" in scopes
@@ -1204,7 +1227,7 @@ class Server:
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
         """Put ``claims`` into the next ID token issued (for ``username`` only, if given),
         over the ones it would carry; used once. Queued calls apply in order."""
-        self.scripted_claims.add(claims, username)
+        self.scripted_claims.add(check_claims(claims, "next_claims"), username)
 
     def rotate_keys(self) -> list[SigningKey]:
         """Start signing with new keys at once (see rotate_signing_keys)."""
@@ -2091,8 +2114,10 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq, browser)
-    granted = srv.storage.get_consent(session.username, areq.client.client_id)
-    if set(areq.scope) <= granted and "consent" not in areq.prompt:
+    remembered = client_identified(areq.client, areq.redirect_uri) and set(areq.scope) <= (
+        srv.storage.get_consent(session.username, areq.client.client_id)
+    )
+    if remembered and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
@@ -2136,6 +2161,22 @@ def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAut
     if state is not None:
         params["state"] = state
     return authorization_response(srv, areq_redirect, params)
+
+
+def client_identified(client: Client, redirect_uri: str) -> bool:
+    """Whether the redirect URI of a request proves which client asks, so that a consent
+    given before may answer it without a page.
+
+    RFC 8252 §8.6: "Authorization servers SHOULD NOT process authorization requests
+    automatically without user consent or interaction, except when the identity of the
+    client can be assured", previous approvals included (RFC 6819 §4.2.3, §5.2.3.5). A
+    confidential client proves itself when it redeems the code (RFC 6749 §4.1.3), and
+    only the host of an https redirect URI receives the code. A public client's loopback
+    URI (any port, RFC 8252 §7.3; a fixed port is free whenever the app is not running)
+    or private-use scheme (§7.1) can be answered by any process on the device, with a
+    PKCE pair of its own: such consent is neither stored nor reused.
+    """
+    return not client.public or urllib.parse.urlsplit(redirect_uri).scheme == "https"
 
 
 ###############################################################################
@@ -2274,7 +2315,8 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         )
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
-    srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
+    if client_identified(areq.client, areq.redirect_uri):
+        srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
     return issue_code(srv, areq, session.username, session.auth_time)
@@ -3314,6 +3356,60 @@ def _token_steps(
 ) -> list[str]:
     """Steps 5 to 7: the token response, the ID token it carries, the userinfo answer."""
     id_token = result.get("id_token", "")
+    try:
+        info: dict[str, Any] = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
+    except OAuthError as err:
+        info = err.to_json()
+    host = urllib.parse.urlsplit(srv.issuer).netloc
+    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
+    shown = {**result, "id_token": id_token[:24] + "…"} if id_token else result
+    # A user may edit the request of step 1: without offline_access there is no refresh
+    # token, and without openid no ID token (OIDC Core §3.1.2.1) and no userinfo.
+    carries = ["an access token for APIs"]
+    if "refresh_token" in result:
+        carries.append("a refresh token (the app asked for <code>offline_access</code>)")
+    if id_token:
+        carries.append("an ID token (shortened here; step 6 decodes it)")
+    listed = ", ".join(carries[:-1]) + " and " + carries[-1] if len(carries) > 1 else carries[0]
+    ending = (
+        "That is the whole flow. The app would now start its own session for "
+        f"<strong>{esc(str(info['sub']))}</strong>."
+        if "sub" in info
+        else "Without an ID token or userinfo, the app has not learnt who signed in."
+    )
+    return [
+        _step(
+            "token-response",
+            "5. The token response",
+            f"""<p>The token endpoint answers with JSON, never cached
+(<code>Cache-Control: no-store</code>): {listed}.</p>{_json(shown)}
+{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
+       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
+            "id-token",
+        ),
+        _step("id-token", "6. The ID token", _id_token_step(srv, id_token, demo_id), "userinfo"),
+        _step(
+            "userinfo",
+            "7. The UserInfo answer",
+            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
+its scopes allow (here <code>profile</code>):</p>
+<pre>{esc(wire)}…</pre>
+<p>and receives:</p>{_json(info)}
+{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
+       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
+<p>{ending}</p>{again}""",
+            None,
+        ),
+    ]
+
+
+def _id_token_step(srv: Server, id_token: str, demo_id: str) -> str:
+    """Step 6: the ID token decoded and checked, or why there is none."""
+    if not id_token:
+        return f"""<p>The token response has no ID token: the request's scope did not include
+<code>openid</code>, so this was a plain OAuth flow, not an OpenID Connect sign-in, and
+the app learns nothing from it about who signed in.</p>
+{_spec(("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}"""
     # Straight from our own token endpoint, so reading it unverified is safe here;
     # a real client validates it first (OIDC Core §3.1.3.7).
     header = jwt.get_unverified_header(id_token)
@@ -3339,50 +3435,12 @@ def _token_steps(
         f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
         "itself, so the demo skips this check; a real app must not.</li></ul>"
     )
-    try:
-        info: dict[str, Any] = userinfo(srv, "Bearer " + result.get("access_token", ""), None)
-    except OAuthError as err:
-        info = err.to_json()
-    host = urllib.parse.urlsplit(srv.issuer).netloc
-    wire = f"GET {USERINFO_PATH} HTTP/1.1\nHost: {host}\nAuthorization: Bearer "
-    shown = {**result, "id_token": id_token[:24] + "…" if id_token else id_token}
-    return [
-        _step(
-            "token-response",
-            "5. The token response",
-            f"""<p>The token endpoint answers with JSON, never cached
-(<code>Cache-Control: no-store</code>): an access token for APIs, a refresh token
-(the app asked for <code>offline_access</code>) and an ID token (shortened here; step 6
-decodes it).</p>{_json(shown)}
-{_spec(("RFC 6749 §5.1", f"{RFC6749}#section-5.1"),
-       ("OIDC Core §3.1.3.3", f"{OIDC_CORE}#TokenResponse"))}""",
-            "id-token",
-        ),
-        _step(
-            "id-token",
-            "6. The ID token",
-            f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
+    return f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
 when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
 <pre>{esc(id_token)}</pre><p>Its header:</p>{_json(header)}<p>Its claims:</p>{_json(claims)}
 <p>The app validates it before trusting it:</p>{checks}
 {_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
-       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}""",
-            "userinfo",
-        ),
-        _step(
-            "userinfo",
-            "7. The UserInfo answer",
-            f"""<p>With the access token, the app asks the userinfo endpoint for the claims
-its scopes allow (here <code>profile</code>):</p>
-<pre>{esc(wire)}…</pre>
-<p>and receives:</p>{_json(info)}
-{_spec(("OIDC Core §5.3", f"{OIDC_CORE}#UserInfo"),
-       ("RFC 6750 §2.1", f"{RFC6750}#section-2.1"))}
-<p>That is the whole flow. The app would now start its own session for
-<strong>{esc(str(info.get("sub", "")))}</strong>.</p>{again}""",
-            None,
-        ),
-    ]
+       ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}"""
 
 
 ###############################################################################
@@ -3917,6 +3975,11 @@ FAULT_ENDPOINTS = {
 TOKEN_FAULTS = ("bad_signature", "wrong_iss", "wrong_aud", "expired", "unknown_kid")
 FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAULTS)
 MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
+MAX_PENDING_FAULTS = 100  # a plan longer than any test needs cannot grow without bound
+# The demo's pages show, as text, secrets of the flow they play: its PKCE verifier (/demo),
+# and the code, token request and tokens (/demo/callback). They are recorded without
+# their body, so that nothing the demo shows, now or after an edit, reaches a transcript.
+UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH)
 
 
 class ScriptedClaims:
@@ -3983,22 +4046,35 @@ class FaultPlan:
         description: str = "Injected by the codeflow fault plan.",
         delay: float = 1.0,
     ) -> Fault:
-        if endpoint not in FAULT_ENDPOINTS:
+        # Every field is checked here, types included (JSON over HTTP may send any): a
+        # fault that could not be answered as planned would be a 500 when it fires.
+        if not isinstance(endpoint, str) or endpoint not in FAULT_ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(FAULT_ENDPOINTS)}")
-        if kind not in FAULT_KINDS:
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {FAULT_KINDS}")
         if kind in TOKEN_FAULTS and endpoint != "token":
             raise ValueError(f"{kind} alters the ID token of the token endpoint only")
-        if not isinstance(times, int) or times < 1:
+        if not _is_int(times) or times < 1:
             raise ValueError("times must be a positive integer")
-        if not isinstance(delay, int | float) or not 0 <= delay <= MAX_FAULT_DELAY:
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise ValueError(f"delay must be a number of seconds, 0 to {MAX_FAULT_DELAY}")
+        if not 0 <= delay <= MAX_FAULT_DELAY:
             raise ValueError(f"delay must be 0 to {MAX_FAULT_DELAY} seconds")
+        if not isinstance(error, str) or not ERROR_CODE_RE.fullmatch(error):
+            raise ValueError("error must be an RFC 6749 error code, such as invalid_grant")
         if status is None:
             status = 401 if error in ("invalid_client", "invalid_token") else 400
-        if not ERROR_CODE_RE.fullmatch(error) or not 400 <= status <= 599:
-            raise ValueError("error must be an RFC 6749 error code and status 4xx or 5xx")
+        if not _is_int(status) or not 400 <= status <= 599:
+            raise ValueError("status must be an integer HTTP status, 400 to 599")
+        if not isinstance(description, str):
+            raise ValueError("description must be a string")
         fault = Fault(endpoint, kind, times, error, status, description, float(delay))
         with self._lock:
+            if len(self._faults) >= MAX_PENDING_FAULTS:
+                raise ValueError(
+                    f"the fault plan holds at most {MAX_PENDING_FAULTS} pending faults: let "
+                    "them fire, or clear the plan (faults.clear(), DELETE /_codeflow/faults)"
+                )
             self._faults.append(fault)
         return fault
 
@@ -4030,6 +4106,11 @@ class FaultPlan:
 ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, and not a bool (which Python counts as one, and JSON does not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class Exchange:
     """One request and its response, as a transcript keeps it (secrets redacted)."""
@@ -4053,12 +4134,18 @@ class Transcript:
 
     Recorded only when the server was made with ``transcript=True`` or
     ``test_mode=True``; a list of Exchange for assertions, ``dump(path)`` for a file.
+    It keeps the last ``limit`` exchanges (a ring buffer: a server left running in test
+    mode must not grow for ever); ``dropped`` counts the older ones it let go.
     """
 
-    def __init__(self, enabled: bool = False) -> None:
+    def __init__(self, enabled: bool = False, limit: int = TRANSCRIPT_LIMIT) -> None:
+        if not _is_int(limit) or limit < 1:
+            raise ValueError("transcript_limit must be a positive integer")
         self.enabled = enabled
+        self.limit = limit
+        self.dropped = 0
         self._lock = threading.Lock()
-        self._exchanges: list[Exchange] = []
+        self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=limit)
         self._local = threading.local()  # the Exchange being recorded on this thread
 
     @property
@@ -4079,16 +4166,22 @@ class Transcript:
 
     def record(self, exchange: Exchange) -> None:
         with self._lock:
+            if len(self._exchanges) == self.limit:
+                self.dropped += 1
             self._exchanges.append(exchange)
 
+    def _list(self) -> list[Exchange]:
+        with self._lock:
+            return list(self._exchanges)
+
     def __iter__(self) -> Iterator[Exchange]:
-        return iter(list(self._exchanges))
+        return iter(self._list())
 
     def __len__(self) -> int:
         return len(self._exchanges)
 
     def __getitem__(self, index: int) -> Exchange:
-        return self._exchanges[index]
+        return self._list()[index]
 
     def find(self, path: str | None = None, method: str | None = None) -> list[Exchange]:
         """The exchanges of a path (and method), oldest first."""
@@ -4105,6 +4198,7 @@ class Transcript:
     def clear(self) -> None:
         with self._lock:
             self._exchanges.clear()
+            self.dropped = 0
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self]
@@ -4202,7 +4296,11 @@ def _recording(srv: Server, app: WSGIApp) -> WSGIApp:
             for name, value in headers
         }  # fmt: skip
         ctype = next((v for n, v in headers if n.lower() == "content-type"), "")
-        exchange.body = _redacted_body(body, ctype.lower())
+        exchange.body = (
+            REDACTED
+            if exchange.path in UNRECORDED_BODIES
+            else _redacted_body(body, ctype.lower())
+        )
         srv.transcript.record(exchange)
         return [body]
 
@@ -4333,10 +4431,40 @@ def _control(
     ``{"endpoint": "token", "kind": "http_500", "times": 1}``), GET /_codeflow/transcript."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
     try:
+        _check_control_request(srv, environ, method)
         status, value = _control_answer(srv, path, method, environ)
     except OAuthError as err:
         return send(error_response(srv, err, "json"), start_response)
     return send(json_response(value, status), start_response)
+
+
+def _origin(url: str) -> str:
+    """RFC 6454 §6.2: an origin as the Origin header serializes it."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _check_control_request(srv: Server, environ: dict[str, Any], method: str) -> None:
+    """Refuse what a web page can send, so that a page open in the developer's browser
+    cannot plan faults (a 300 s delay on every token call), clear them, or read the
+    transcript: it is a request from a script, or from the server's own origin.
+
+    A page may POST text/plain or a form to any origin with no CORS preflight (Fetch
+    "CORS-safelisted request-header"); a JSON body needs one, and nothing here answers
+    it. Browsers also name the page: Origin (RFC 6454 §7.2, sent with every cross-origin
+    request but a simple GET) and Sec-Fetch-Site (Fetch Metadata); another port of the
+    same host is "same-site" yet another origin, so only "same-origin" and "none" (typed
+    by the user) pass.
+    """
+    own = {_origin(srv.issuer)} | ({_origin(srv.internal_url)} if srv.internal_url else set())
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and origin.strip().lower() not in own:
+        raise InvalidRequest(f"Control requests from {origin[:80]!r} are refused.", status=403)
+    if environ.get("HTTP_SEC_FETCH_SITE", "none") not in ("same-origin", "none"):
+        raise InvalidRequest("Control requests from another site are refused.", status=403)
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if method == "POST" and ctype != "application/json":
+        raise InvalidRequest("A fault is sent as Content-Type: application/json.", status=415)
 
 
 def _control_answer(
@@ -4370,22 +4498,94 @@ def _control_answer(
 ###############################################################################
 
 
+# Limits for serving: this protocol's requests are small and sent in one go, so a client
+# that holds a connection without sending is gone or an attacker (slowloris). Beyond them,
+# a server facing the internet belongs behind a reverse proxy (README "Secure defaults").
+MAX_HEADER = 32 * 1024  # request line and headers: an authorization URL with room to spare
+IDLE_TIMEOUT = 10  # seconds a connection may send nothing (mid-request or between requests)
+CLEANUP_INTERVAL = 2  # seconds between waitress's sweeps for idle connections
+MAX_CONNECTIONS = 1000  # open connections under waitress, which reads them without a thread
+MAX_THREADS = 200  # open connections under the stdlib fallback, a thread each
+SERVER_THREADS = 8  # waitress's threads that run requests once they are fully read
+FILE_RESERVE = 64  # file descriptors kept for storage, logs and the listening socket
+
+
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The stdlib fallback: one thread per connection."""
+    """The stdlib fallback: a thread per connection, at most MAX_THREADS at once."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # socketserver's 5 resets connections of a burst of clients
 
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        handler: Callable[..., socketserver.BaseRequestHandler],
+        bind_and_activate: bool = True,
+    ) -> None:
+        super().__init__(server_address, handler, bind_and_activate)
+        self._slots = threading.BoundedSemaphore(MAX_THREADS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # At the limit a new connection waits for a slot, as under waitress's
+        # connection_limit; IDLE_TIMEOUT frees the slots of clients that send nothing.
+        if not self._slots.acquire(timeout=IDLE_TIMEOUT + 1):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class QuietHandler(WSGIRequestHandler):
-    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
+    timeout = IDLE_TIMEOUT  # a client that stops sending mid-request frees its thread
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        line: bytes = getattr(self, "raw_requestline", b"")  # set by handle(), untyped
+        size = len(line) + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > MAX_HEADER:
+            # RFC 6585 §5: 431 Request Header Fields Too Large, as waitress answers.
+            self.send_error(431, f"The request line and headers exceed {MAX_HEADER} bytes.")
+            return False
+        return True
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer where the process may not open that many files (raising
+    its soft limit first): waitress stops accepting at its limit, but at the file limit
+    it would fail every accept instead."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return MAX_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + FILE_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FILE_RESERVE))
+
+
 def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
-    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server."""
+    """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server;
+    either way within the limits above."""
     try:
         import waitress
     except ImportError:
@@ -4395,10 +4595,22 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
         finally:
             httpd.server_close()
     else:
-        # Forwarding headers are believed from trusted proxies only, by _behind_proxies;
-        # waitress must pass them on for it to read (its own clearing knows no CIDRs).
-        waitress.serve(app, host=host, port=port, threads=8, ident="codeflow", _quiet=True,
-                       clear_untrusted_proxy_headers=False)  # fmt: skip
+        waitress.serve(
+            app, host=host, port=port, threads=SERVER_THREADS, ident="codeflow", _quiet=True,
+            # waitress allows a 1 GiB body, read (and spooled to disk) before the app sees
+            # it; at MAX_BODY it answers 413 as soon as Content-Length says more.
+            max_request_body_size=MAX_BODY,
+            max_request_header_size=MAX_HEADER,
+            # Its defaults (100 connections, closed after 120 s idle) let 100 half-sent
+            # requests keep every other client out for minutes.
+            connection_limit=connection_limit(),
+            channel_timeout=IDLE_TIMEOUT,
+            cleanup_interval=CLEANUP_INTERVAL,
+            asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
+            # Forwarding headers are believed from trusted proxies only, by _behind_proxies;
+            # waitress must pass them on for it to read (its own clearing knows no CIDRs).
+            clear_untrusted_proxy_headers=False,
+        )  # fmt: skip
 
 
 ###############################################################################
@@ -4442,10 +4654,47 @@ def open_storage(url: str) -> Storage:
 # refuses to edit declared records; and every replacement is logged.
 
 
+# The types of the config file's keys: TOML has numbers, dates and booleans where a
+# string belongs, and a wrong one must stop `serve` at once, not make a 500 later.
+CLIENT_KEYS: dict[str, type] = {
+    "client_id": str, "client_secret": str, "redirect_uris": list, "name": str,
+    "scopes": list, "grant_types": list, "require_pkce": bool,
+    "id_token_signed_response_alg": str, "access_token_jwt": bool,
+    "post_logout_redirect_uris": list,
+}  # fmt: skip
+USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
+                              "totp_secret": str}  # fmt: skip
+TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table"}
+
+
+def config_entries(
+    config: dict[str, Any], table: str, types: dict[str, type]
+) -> list[dict[str, Any]]:
+    """The ``[[table]]`` entries of a config file, each key of the type ``types`` names
+    (lists of strings for lists); else ValueError naming the entry and the key."""
+    entries = config.get(table, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{table} must be an array of tables: [[{table}]]")
+    for i, entry in enumerate(entries, 1):
+        for key, value in entry.items():
+            expected = types.get(key)
+            if expected is None:
+                continue
+            if isinstance(value, expected) and (
+                not isinstance(value, list) or all(isinstance(v, str) for v in value)
+            ):
+                continue
+            got = repr(value)[:60]
+            raise ValueError(
+                f"[[{table}]] entry {i}: {key} must be {TYPE_NAMES[expected]}, not {got}"
+            )
+    return entries
+
+
 def load_config(srv: Server, config: dict[str, Any]) -> None:
     """Apply the ``[[clients]]`` and ``[[users]]`` of a TOML config file to storage."""
-    clients = {c["client_id"]: c for c in config.get("clients", [])}
-    users = {u["username"]: u for u in config.get("users", [])}
+    clients = {c["client_id"]: c for c in config_entries(config, "clients", CLIENT_KEYS)}
+    users = {u["username"]: u for u in config_entries(config, "users", USER_KEYS)}
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
         if _declaration_is_current(entry, stored_client, "client", client_id):
