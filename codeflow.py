@@ -74,6 +74,7 @@ __all__ = [
     "AuthorizationCode",
     "Browser",
     "Client",
+    "Grant",
     "MemoryStorage",
     "OAuthError",
     "Server",
@@ -538,7 +539,8 @@ class User:
     """A user. ``record_id`` is random and new with every record made (``replace`` keeps
     it): a user removed and added again under the same name is another person (OIDC Core
     §2: a sub is "never reassigned"), and since a session cookie's fingerprint covers it
-    (``credentials_fingerprint``), no session carries over to the new one."""
+    (``credentials_fingerprint``), no session carries over to the new one. A new one for
+    the same user signs the user out everywhere (``Server.revoke_sessions``)."""
 
     username: str
     password_hash: str
@@ -584,6 +586,21 @@ class Token:
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one user has granted one client (RFC 6749 §1.3): the scopes consented to on
+    the consent page (None if never: tokens issued by auto-approve or ``issue_tokens``
+    come without one), when consent was last given (None if never, or if the store does
+    not know), and how many of the pair's access and refresh tokens are active."""
+
+    username: str
+    client_id: str
+    scopes: frozenset[str] | None
+    consented_at: float | None
+    access_tokens: int
+    refresh_tokens: int
 
 
 @dataclass(frozen=True)
@@ -683,8 +700,37 @@ class Storage(Protocol):
         hash): a random code cannot grow the store, and a replay is told from a guess."""
         ...
 
-    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None: ...
+    def save_consent(
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
+    ) -> None:
+        """Add ``scopes`` to what the user consented to give the client, and remember
+        ``consented_at`` as when consent was last given."""
+        ...
+
     def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
+
+    def list_grants(
+        self, now: float, username: str | None = None, client_id: str | None = None
+    ) -> list[Grant]:
+        """Every grant of a user to a client, by username then client_id: each pair with a
+        stored consent or an active (at ``now``) token, only ``username``'s or
+        ``client_id``'s when given. A client_credentials token is no user's grant. One
+        consistent snapshot: a grant being revoked meanwhile is listed whole or not at all."""
+        ...
+
+    def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
+        """Atomically end the grant of ``username`` to ``client_id``, in one transaction:
+        delete the consent, revoke every token of the pair and delete its unredeemed codes
+        (RFC 7009 §2.1: revoking the grant revokes its tokens), so that a refresh-token
+        rotation racing it leaves no active token. True if there was a grant to end (a
+        consent or an active token, as list_grants finds them)."""
+        ...
+
+    def change_record_id(self, username: str, record_id: str) -> bool:
+        """Atomically give the user ``record_id`` and change nothing else: every login
+        session of the user ends (a session cookie's fingerprint covers ``User.record_id``)
+        while tokens and consents stay. False, changing nothing, if there is no such user."""
+        ...
 
     def record_totp_step(self, username: str, step: int) -> bool:
         """Atomically remember that the user signed in with the TOTP code of time step
@@ -734,7 +780,8 @@ class MemoryStorage:
         self._tokens: dict[str, Token] = {}
         self._families: dict[str, set[str]] = {}
         self._revoked_families: set[str] = set()
-        self._consents: dict[tuple[str, str], frozenset[str]] = {}
+        # (username, client_id) -> consented scopes, when consent was last given
+        self._consents: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
         self._settings: dict[str, str] = {}
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
@@ -846,13 +893,61 @@ class MemoryStorage:
                 self._tokens[h] = replace(self._tokens[h], revoked=True)
             return True
 
-    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None:
+    def save_consent(
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
+    ) -> None:
         with self._lock:
             key = (username, client_id)
-            self._consents[key] = self._consents.get(key, frozenset()) | frozenset(scopes)
+            granted = self._consents.get(key, (frozenset(), 0.0))[0]
+            self._consents[key] = (granted | frozenset(scopes), consented_at)
 
     def get_consent(self, username: str, client_id: str) -> frozenset[str]:
-        return self._consents.get((username, client_id), frozenset())
+        return self._consents.get((username, client_id), (frozenset(), 0.0))[0]
+
+    def list_grants(
+        self, now: float, username: str | None = None, client_id: str | None = None
+    ) -> list[Grant]:
+        def wanted(user: str, client: str) -> bool:
+            return username in (None, user) and client_id in (None, client)
+
+        with self._lock:
+            grants: dict[tuple[str, str], Grant] = {
+                key: Grant(*key, scopes, at, 0, 0)
+                for key, (scopes, at) in self._consents.items()
+                if wanted(*key)
+            }
+            for t in self._tokens.values():
+                if t.username is None or not t.active(now) or not wanted(t.username, t.client_id):
+                    continue
+                key = (t.username, t.client_id)
+                grant = grants.get(key) or Grant(*key, None, None, 0, 0)
+                grants[key] = replace(
+                    grant,
+                    access_tokens=grant.access_tokens + (t.kind == "access"),
+                    refresh_tokens=grant.refresh_tokens + (t.kind == "refresh"),
+                )
+            return [grants[key] for key in sorted(grants)]
+
+    def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
+        with self._lock:
+            found = self._consents.pop((username, client_id), None) is not None
+            for t in list(self._tokens.values()):
+                if t.username == username and t.client_id == client_id and not t.revoked:
+                    found = found or t.active(now)
+                    self._tokens[t.token_hash] = replace(t, revoked=True)
+            self._codes = {
+                h: c for h, c in self._codes.items()
+                if (c.username, c.client_id) != (username, client_id)
+            }  # fmt: skip
+            return found
+
+    def change_record_id(self, username: str, record_id: str) -> bool:
+        with self._lock:
+            user = self._users.get(username)
+            if user is None:
+                return False
+            self._users[username] = replace(user, record_id=record_id)
+            return True
 
     def record_totp_step(self, username: str, step: int) -> bool:
         with self._lock:
@@ -1198,6 +1293,32 @@ class Server:
             audit("user.removed", user=username)
         return removed
 
+    def revoke_sessions(self, username: str) -> None:
+        """Sign the user out everywhere: every login session ends, on every browser, and
+        the next authorization request asks the user to sign in again. What clients were
+        granted stays (their refresh tokens, the consents): signing out of the provider is
+        not revoking the apps' access; ``revoke_grant`` does that."""
+        # A session cookie carries the user's credentials_fingerprint, which covers
+        # User.record_id: a new one (random, as every User gets) matches no cookie issued
+        # before. Storage changes only that field, so a racing password change is kept.
+        if not self.storage.change_record_id(username, secrets.token_urlsafe(12)):
+            raise ValueError(f"no user {username!r}")
+
+    # -- Grants: what users gave clients ------------------------------------------
+
+    def list_grants(self, username: str | None = None, client_id: str | None = None) -> list[Grant]:
+        """Each user's grant to each client (a consent, active tokens, or both), only
+        ``username``'s or ``client_id``'s when given."""
+        return self.storage.list_grants(self.clock(), username, client_id)
+
+    def revoke_grant(self, username: str, client_id: str) -> bool:
+        """End what ``username`` granted ``client_id``: the consent, every token and the
+        unredeemed codes, in one step (RFC 7009 §2.1); False if there was no grant. The
+        user stays signed in, and is asked to consent again at the client's next request.
+        A resource server that checks RFC 9068 JWT access tokens itself, without
+        introspection, accepts them until they expire."""
+        return self.storage.revoke_grant(username, client_id, self.clock())
+
     # -- Tokens and keys --------------------------------------------------------
 
     def issue_tokens(
@@ -1459,7 +1580,8 @@ def session_cookie(srv: Server, session: Session) -> str:
 
 def read_session(srv: Server, cookie: str | None) -> Session | None:
     """The signed-in user, unless the session was ended (logout), or the user was
-    removed or changed password or second factor since signing in."""
+    removed, changed password or second factor, or was signed out everywhere
+    (``Server.revoke_sessions``) since signing in."""
     payload = srv.signer.loads(cookie, "session")
     if not payload or "s" not in payload or srv.storage.session_ended(payload["s"]):
         return None
@@ -2316,7 +2438,9 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
-        srv.storage.save_consent(session.username, areq.client.client_id, areq.scope)
+        srv.storage.save_consent(
+            session.username, areq.client.client_id, areq.scope, srv.clock()
+        )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
     return issue_code(srv, areq, session.username, session.auth_time)
@@ -4921,6 +5045,26 @@ def _parser() -> argparse.ArgumentParser:
     command(totp, "disable", user_totp_disable, "remove a user's TOTP").add_argument("username")
     command(user, "list", user_list, "list users")
     command(user, "remove", user_remove, "remove a user").add_argument("username")
+    sessions = user.add_parser("sessions", help="a user's login sessions").add_subparsers(
+        dest="sessions_action", required=True
+    )
+    command(sessions, "revoke", user_sessions_revoke,
+            "sign a user out everywhere (apps keep their grants: see grants revoke)",
+            ).add_argument("username")  # fmt: skip
+
+    grants = commands.add_parser("grants", help="what users granted clients").add_subparsers(
+        dest="action", required=True
+    )
+    listing = command(grants, "list", grants_list,
+                      "one line per user and client: consented scopes, when consented "
+                      "(unknown if not recorded; - if no consent), active access and "
+                      "refresh tokens")  # fmt: skip
+    listing.add_argument("--user", help="only this user's grants")
+    listing.add_argument("--client", help="only the grants to this client")
+    revoke = command(grants, "revoke", grants_revoke,
+                     "end a user's grant to a client: its consent, tokens and codes")
+    revoke.add_argument("--user", required=True, help="the user who granted it")
+    revoke.add_argument("--client", required=True, help="the client it was granted to")
 
     command(commands, "purge", purge, "delete expired codes, tokens, keys")
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
@@ -5058,6 +5202,28 @@ def user_remove(srv: Server, args: argparse.Namespace) -> None:
     _existing_user(srv, args.username)
     if not srv.remove_user(args.username):
         raise ValueError(f"no user {args.username!r}")
+
+
+def user_sessions_revoke(srv: Server, args: argparse.Namespace) -> None:
+    srv.revoke_sessions(args.username)
+
+
+def grants_list(srv: Server, args: argparse.Namespace) -> None:
+    for g in srv.list_grants(args.user, args.client):
+        scopes, when = "-", "-"  # tokens issued without a consent page (auto-approve)
+        if g.scopes is not None:
+            scopes = " ".join(sorted(g.scopes))
+            # A consent stored before codeflow recorded consent times has none.
+            when = "unknown" if g.consented_at is None else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.consented_at)
+            )  # fmt: skip
+        print(f"{g.username}\t{g.client_id}\t{scopes}\t{when}\t"
+              f"{g.access_tokens} access\t{g.refresh_tokens} refresh")  # fmt: skip
+
+
+def grants_revoke(srv: Server, args: argparse.Namespace) -> None:
+    if not srv.revoke_grant(args.user, args.client):
+        raise ValueError(f"no grant of user {args.user!r} to client {args.client!r}")
 
 
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:

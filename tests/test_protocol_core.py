@@ -48,7 +48,9 @@ def test_code_and_token_without_http(srv: codeflow.Server) -> None:
     redirect URI; the token endpoint exchanges it (with the PKCE verifier, RFC 7636 §4.5)
     for tokens, and a second exchange of the same code fails with invalid_grant."""
     flow = new_flow()
-    srv.storage.save_consent(USERNAME, CONFIDENTIAL, ["openid", "profile", "offline_access"])
+    srv.storage.save_consent(
+        USERNAME, CONFIDENTIAL, ["openid", "profile", "offline_access"], srv.clock()
+    )
     answer = codeflow.authorize(srv, list(flow.params.items()), signed_in(srv))
     assert isinstance(answer, codeflow.Redirect)
     callback = query_of(answer.location)

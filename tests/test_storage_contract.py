@@ -2,7 +2,7 @@
 
 Records in, records out, no policy. The atomic operations (``consume_code``,
 ``rotate_refresh_token``, ``get_or_add_setting``, ``get_or_add_signing_key``,
-``rotate_signing_key``) are raced by 16 threads released together.
+``rotate_signing_key``, ``revoke_grant``) are raced by 16 threads released together.
 To add a backend, add one ``pytest.param`` to the ``storage`` fixture.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from codeflow_storage.sqlite import SQLiteStorage
 
 import codeflow
-from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
 
 THREADS = 16
 NOW = 1_800_000_000.0
@@ -209,8 +209,8 @@ class TestStorageContract:
         storage.save_token(bobs)
         storage.save_code(a_code("code-a"))
         storage.save_code(a_code("code-b", username="bob"))
-        storage.save_consent("alice", "app", ["openid"])
-        storage.save_consent("bob", "app", ["openid"])
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        storage.save_consent("bob", "app", ["openid"], NOW)
         assert storage.record_totp_step("alice", 100)
 
         assert storage.remove_user("alice") is True
@@ -238,8 +238,8 @@ class TestStorageContract:
         storage.save_token(others)
         storage.save_code(a_code("code-app"))
         storage.save_code(a_code("code-other", client_id="other"))
-        storage.save_consent("alice", "app", ["openid"])
-        storage.save_consent("alice", "other", ["openid"])
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        storage.save_consent("alice", "other", ["openid"], NOW)
 
         assert storage.remove_client("app") is True
 
@@ -427,11 +427,139 @@ class TestStorageContract:
     def test_consents_accumulate_per_user_and_client(self, storage: codeflow.Storage) -> None:
         """DESIGN.md: consent is remembered per user and client; new grants add to old ones."""
         assert storage.get_consent("alice", "app") == frozenset()
-        storage.save_consent("alice", "app", ["openid", "profile"])
-        storage.save_consent("alice", "app", ("email", "openid"))
+        storage.save_consent("alice", "app", ["openid", "profile"], NOW)
+        storage.save_consent("alice", "app", ("email", "openid"), NOW + 1)
         assert storage.get_consent("alice", "app") == frozenset({"openid", "profile", "email"})
         assert storage.get_consent("alice", "other-app") == frozenset()
         assert storage.get_consent("bob", "app") == frozenset()
+
+    # -- grants: what a user gave a client, and ending it ----------------------------
+
+    def test_list_grants_reports_consent_and_active_tokens_per_user_and_client(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.list_grants: every pair "with a stored consent or an active token", with
+        the consented scopes, when consent was last given, and how many active access and
+        refresh tokens it has. Revoked and expired tokens count for nothing, and a
+        client_credentials token (no user) is no user's grant."""
+        storage.save_consent("alice", "app", ["openid"], NOW - 100)
+        storage.save_consent("alice", "app", ["profile"], NOW - 50)
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"), a_token("a2"))
+        storage.save_token(a_token("revoked", revoked=True), a_token("expired", expires_at=NOW))
+        storage.save_token(a_token("b1", family_id="family-2", username="bob", client_id="other"))
+        storage.save_token(a_token("m1", family_id="family-3", username=None))
+        storage.save_token(a_token("d1", family_id="family-4", username="dave", revoked=True))
+        storage.save_consent("carol", "other", ["openid"], NOW - 10)  # consent, no token yet
+
+        assert storage.list_grants(NOW) == [
+            Grant("alice", "app", frozenset({"openid", "profile"}), NOW - 50, 2, 1),
+            Grant("bob", "other", None, None, 1, 0),
+            Grant("carol", "other", frozenset({"openid"}), NOW - 10, 0, 0),
+        ]
+
+    def test_list_grants_of_one_user_or_one_client(self, storage: codeflow.Storage) -> None:
+        """Storage.list_grants: "only username's or client_id's when given"."""
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        storage.save_consent("alice", "other", ["openid"], NOW)
+        storage.save_token(a_token("b1", username="bob"))
+        storage.save_token(a_token("b2", family_id="family-2", username="bob", client_id="other"))
+
+        def pairs(**only: str) -> list[tuple[str, str]]:
+            return [(g.username, g.client_id) for g in storage.list_grants(NOW, **only)]
+
+        assert pairs(username="alice") == [("alice", "app"), ("alice", "other")]
+        assert pairs(client_id="app") == [("alice", "app"), ("bob", "app")]
+        assert pairs(username="bob", client_id="other") == [("bob", "other")]
+        assert pairs(username="nobody") == []
+
+    def test_revoke_grant_ends_consent_tokens_and_codes_of_that_pair_only(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 7009 §2.1: "the revocation of a particular token may cause the revocation of
+        related tokens and the underlying authorization grant"; Storage.revoke_grant ends the
+        grant itself, in one transaction: the consent goes, every token of the user and
+        client is revoked (of every sign-in: each is a family of its own) and their
+        unredeemed codes are deleted. The user's grants to other clients and other users'
+        grants to the client stay."""
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        storage.save_consent("alice", "other", ["openid"], NOW)
+        storage.save_consent("bob", "app", ["openid"], NOW)
+        storage.save_token(a_token("a1"), a_token("r1", kind="refresh"))
+        storage.save_token(a_token("a2", family_id="family-2"))
+        storage.save_token(a_token("o1", family_id="family-3", client_id="other"))
+        storage.save_token(a_token("b1", family_id="family-4", username="bob"))
+        storage.save_code(a_code("code-a"))
+        storage.save_code(a_code("code-o", client_id="other"))
+
+        assert storage.revoke_grant("alice", "app", NOW) is True
+
+        assert storage.get_consent("alice", "app") == frozenset()
+        assert all(revoked(storage, h) for h in ("a1", "r1", "a2"))
+        assert storage.rotate_refresh_token("r1", a_token("r2", kind="refresh")) is False
+        assert storage.consume_code("code-a") is None
+        assert not revoked(storage, "o1") and not revoked(storage, "b1")
+        assert storage.get_consent("alice", "other") == frozenset({"openid"})
+        assert storage.get_consent("bob", "app") == frozenset({"openid"})
+        assert storage.consume_code("code-o") is not None
+        remaining = [(g.username, g.client_id) for g in storage.list_grants(NOW)]
+        assert remaining == [("alice", "other"), ("bob", "app")]
+
+    def test_revoke_grant_without_a_grant_is_false(self, storage: codeflow.Storage) -> None:
+        """Storage.revoke_grant: "True if there was a grant to end (a consent or an active
+        token)"; nothing, or only tokens already revoked or expired, is no grant."""
+        assert storage.revoke_grant("alice", "app", NOW) is False
+        storage.save_token(a_token("old", expires_at=NOW))
+        storage.save_token(a_token("gone", family_id="family-2", revoked=True))
+        assert storage.revoke_grant("alice", "app", NOW) is False
+        storage.save_token(a_token("a1", family_id="family-3"))
+        assert storage.revoke_grant("alice", "app", NOW) is True
+        assert storage.revoke_grant("alice", "app", NOW) is False
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        assert storage.revoke_grant("alice", "app", NOW) is True
+        assert storage.revoke_grant("alice", "app", NOW) is False
+
+    def test_revoke_grant_racing_rotations_leaves_no_active_token(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.revoke_grant is one transaction: a refresh-token rotation racing it either
+        ends before it (and its new tokens are revoked with the rest) or finds the old token
+        revoked and saves nothing, so no active token of the grant survives; and of several
+        revocations at once, exactly one finds the grant."""
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        for i in range(0, THREADS, 2):
+            storage.save_token(a_token(f"r{i}", family_id=f"family-{i}", kind="refresh"))
+
+        def call(i: int) -> bool:
+            if i % 2:
+                return storage.revoke_grant("alice", "app", NOW)
+            new = (
+                a_token(f"r{i}-next", family_id=f"family-{i}", kind="refresh"),
+                a_token(f"a{i}-next", family_id=f"family-{i}"),
+            )
+            return storage.rotate_refresh_token(f"r{i}", *new)
+
+        results = race(call)
+        assert [results[i] for i in range(1, THREADS, 2)].count(True) == 1, results
+        assert storage.list_grants(NOW) == []
+
+    def test_change_record_id_changes_that_and_nothing_else(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.change_record_id: "Atomically give the user record_id and change nothing
+        else": password, second factor, claims, tokens and consents stay. False, changing
+        nothing, for a user who is not there."""
+        alice = User("alice", "hash", {"name": "Alice"}, "JBSWY3DP", record_id="old-id")
+        storage.add_user(alice)
+        storage.save_token(a_token("r1", kind="refresh"))
+        storage.save_consent("alice", "app", ["openid"], NOW)
+
+        assert storage.change_record_id("alice", "new-id") is True
+
+        assert storage.get_user("alice") == replace(alice, record_id="new-id")
+        assert not revoked(storage, "r1")
+        assert storage.get_consent("alice", "app") == frozenset({"openid"})
+        assert storage.change_record_id("bob", "other-id") is False
+        assert storage.get_user("bob") is None
 
     # -- settings and signing keys ----------------------------------------------
 

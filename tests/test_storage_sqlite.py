@@ -115,6 +115,28 @@ def test_users_of_a_version_3_database_get_a_record_id(path: Path) -> None:
     assert {"tokens_by_username", "tokens_by_client", "consents_by_client"} <= names
 
 
+def test_consents_of_a_version_4_database_have_no_consent_time(path: Path) -> None:
+    """Migration 5 adds when a consent was given: one stored by version 4 opens with that
+    unknown (``Grant.consented_at`` None) and its scopes intact; a consent given after it
+    has its time."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:4]:
+            migration(db)
+        db.execute("PRAGMA user_version = 4")
+        db.execute(
+            "INSERT INTO consents (username, client_id, scopes) VALUES ('alice', 'app', ?)",
+            ['["openid"]'],
+        )
+    with SQLiteStorage(path) as store:
+        assert store.list_grants(NOW) == [
+            codeflow.Grant("alice", "app", frozenset({"openid"}), None, 0, 0)
+        ]
+        store.save_consent("alice", "app", ["profile"], NOW)
+        assert store.list_grants(NOW) == [
+            codeflow.Grant("alice", "app", frozenset({"openid", "profile"}), NOW, 0, 0)
+        ]
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()
@@ -169,6 +191,32 @@ LOOKUPS = {
     "refresh tokens of a user": (
         "UPDATE tokens SET revoked = 1 WHERE username = 'u' AND kind = 'refresh' AND revoked = 0"
     ),
+    "consents of a user, listed": (
+        "SELECT username, client_id, scopes, consented_at FROM consents WHERE username = 'u'"
+    ),
+    "consents to a client, listed": (
+        "SELECT username, client_id, scopes, consented_at FROM consents WHERE client_id = 'c'"
+    ),
+    "active tokens of a user, by client": (
+        "SELECT username, client_id, sum(kind = 'access'), sum(kind = 'refresh') FROM tokens "
+        "WHERE username IS NOT NULL AND revoked = 0 AND expires_at > 1 AND username = 'u' "
+        "GROUP BY username, client_id"
+    ),
+    "active tokens of a client, by user": (
+        "SELECT username, client_id, sum(kind = 'access'), sum(kind = 'refresh') FROM tokens "
+        "WHERE username IS NOT NULL AND revoked = 0 AND expires_at > 1 AND client_id = 'c' "
+        "GROUP BY username, client_id"
+    ),
+    "active token of a grant": (
+        "SELECT 1 FROM tokens WHERE username = 'u' AND client_id = 'c' AND revoked = 0 "
+        "AND expires_at > 1"
+    ),
+    "tokens of a grant": (
+        "UPDATE tokens SET revoked = 1 WHERE username = 'u' AND client_id = 'c' AND revoked = 0"
+    ),
+    "codes of a grant": "DELETE FROM codes WHERE username = 'u' AND client_id = 'c'",
+    "consent of a grant": "DELETE FROM consents WHERE username = 'u' AND client_id = 'c'",
+    "record id of a user": "UPDATE users SET record_id = 'r' WHERE username = 'u'",
 }
 
 
@@ -214,7 +262,7 @@ def test_records_survive_reopening(path: Path) -> None:
         first.add_user(user)
         first.save_code(a_code())
         first.save_token(a_token("a1"))
-        first.save_consent("alice", "app", ["openid"])
+        first.save_consent("alice", "app", ["openid"], NOW)
         secret_key = first.get_or_add_setting("secret_key", "first")
         first.get_or_add_signing_key(key)
 

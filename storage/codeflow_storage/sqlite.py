@@ -31,12 +31,12 @@ import typing
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
-from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
 
 if typing.TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -200,12 +200,20 @@ def _v5_declared(db: sqlite_utils.Database) -> None:
     db.table("users").add_column("declared", str, not_null_default="")
 
 
+def _v6_consent_times(db: sqlite_utils.Database) -> None:
+    """When each consent was last given (``Grant.consented_at``); consents already stored
+    get NULL: their time is not known. The lookups of a grant (list_grants, revoke_grant)
+    use the indexes of v1 and v4 (by user, by client, by both)."""
+    db.table("consents").add_column("consented_at", float)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
     _v3_sessions_and_totp,
     _v4_principals,
     _v5_declared,
+    _v6_consent_times,
 ]
 
 
@@ -576,7 +584,9 @@ class SQLiteStorage:
 
     # -- Consent ---------------------------------------------------------------------
 
-    def save_consent(self, username: str, client_id: str, scopes: Iterable[str]) -> None:
+    def save_consent(
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
+    ) -> None:
         with self._write() as db:
             row = db.execute(
                 "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
@@ -585,8 +595,14 @@ class SQLiteStorage:
             granted = set(json.loads(row[0])) if row else set()
             granted.update(scopes)
             db.execute(
-                "INSERT OR REPLACE INTO consents (username, client_id, scopes) VALUES (?, ?, ?)",
-                [username, client_id, json.dumps(sorted(granted), separators=(",", ":"))],
+                "INSERT OR REPLACE INTO consents (username, client_id, scopes, consented_at) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    username,
+                    client_id,
+                    json.dumps(sorted(granted), separators=(",", ":")),
+                    consented_at,
+                ],
             )
 
     def get_consent(self, username: str, client_id: str) -> frozenset[str]:
@@ -595,6 +611,65 @@ class SQLiteStorage:
             [username, client_id],
         )
         return frozenset(json.loads(rows[0][0])) if rows else frozenset()
+
+    def list_grants(
+        self, now: float, username: str | None = None, client_id: str | None = None
+    ) -> list[Grant]:
+        """One statement, so one snapshot: the consents, then the active tokens counted per
+        user and client, merged here. Each filter is spliced in only when given (a
+        ``? IS NULL OR`` test would keep SQLite from using the index)."""
+        filters = {"username": username, "client_id": client_id}
+        given = {column: value for column, value in filters.items() if value is not None}
+        only = "".join(f" AND {column} = ?" for column in given)
+        values = list(given.values())
+        # Only column names are spliced into the SQL; values are bound.
+        sql = (
+            "SELECT username, client_id, scopes, consented_at, 0, 0 "  # noqa: S608
+            f"FROM consents WHERE 1{only} "
+            "UNION ALL SELECT username, client_id, NULL, NULL, "
+            "sum(kind = 'access'), sum(kind = 'refresh') FROM tokens "
+            f"WHERE username IS NOT NULL AND revoked = 0 AND expires_at > ?{only} "
+            "GROUP BY username, client_id"
+        )
+        rows = self._read(sql, [*values, now, *values])
+        grants: dict[tuple[str, str], Grant] = {}
+        for user, client, scopes, consented_at, access, refresh in rows:
+            key = (user, client)
+            grant = grants.get(key) or Grant(user, client, None, None, 0, 0)
+            if scopes is not None:
+                grant = replace(grant, scopes=frozenset(json.loads(scopes)),
+                                consented_at=consented_at)  # fmt: skip
+            grants[key] = replace(grant, access_tokens=grant.access_tokens + access,
+                                  refresh_tokens=grant.refresh_tokens + refresh)  # fmt: skip
+        return [grants[key] for key in sorted(grants)]
+
+    def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
+        """One ``BEGIN IMMEDIATE`` transaction: a rotation of one of the pair's refresh
+        tokens either committed before (its new tokens are revoked here) or finds the old
+        one revoked after."""
+        pair = [username, client_id]
+        with self._write() as db:
+            (found,) = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM consents WHERE username = ? AND client_id = ?) "
+                "OR EXISTS (SELECT 1 FROM tokens WHERE username = ? AND client_id = ? "
+                "AND revoked = 0 AND expires_at > ?)",
+                [*pair, *pair, now],
+            ).fetchone()
+            db.execute("DELETE FROM consents WHERE username = ? AND client_id = ?", pair)
+            db.execute(
+                "UPDATE tokens SET revoked = 1 WHERE username = ? AND client_id = ? "
+                "AND revoked = 0",
+                pair,
+            )
+            db.execute("DELETE FROM codes WHERE username = ? AND client_id = ?", pair)
+            return bool(found)
+
+    def change_record_id(self, username: str, record_id: str) -> bool:
+        with self._lock:
+            cursor = self._database().execute(
+                "UPDATE users SET record_id = ? WHERE username = ?", [record_id, username]
+            )
+            return cursor.rowcount == 1
 
     # -- Login sessions and TOTP --------------------------------------------------------
 
