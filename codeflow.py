@@ -5232,6 +5232,8 @@ def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
 
 
 def keys_list(srv: Server, args: argparse.Namespace) -> None:
+    if not srv.storage.signing_keys():
+        print("no signing keys yet: the first is made when the server first signs", file=sys.stderr)
     for key in srv.storage.signing_keys():  # newest first
         made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at))
         state = (
