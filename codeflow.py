@@ -4882,14 +4882,17 @@ def refuse_declared(record: Client | User) -> None:
     """The CLI edits no record the config file declares (a restart would undo the edit,
     or the edit would silently override the file): ValueError saying where to change it."""
     if record.declared:
-        kind, name = (
-            ("client", record.client_id) if isinstance(record, Client)
-            else ("user", record.username)
-        )  # fmt: skip
         raise ValueError(
-            f"{kind} {name!r} is declared in the config file: change it there, or take it "
+            f"{named(record)} is declared in the config file: change it there, or take it "
             "out of the config file to manage it here"
         )
+
+
+def named(record: Client | User) -> str:
+    """A client or user as a message names it: "client 'wiki'", "user 'alice'"."""
+    if isinstance(record, Client):
+        return f"client {record.client_id!r}"
+    return f"user {record.username!r}"
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -5083,14 +5086,8 @@ Command = Callable[["Server", argparse.Namespace], None]
 
 
 def client_add(srv: Server, args: argparse.Namespace) -> None:
-    existing = srv.storage.get_client(args.client_id)
-    if existing and not args.replace:
-        raise ValueError(
-            f"client {args.client_id!r} already exists; use `codeflow client update` or "
-            "`client rotate-secret`, or add --replace"
-        )
-    if existing:
-        refuse_declared(existing)
+    _may_replace(srv.storage.get_client(args.client_id), args.replace,
+                 "`codeflow client update` or `client rotate-secret`")  # fmt: skip
     grants = args.grant_types or DEFAULT_GRANT_TYPES
     if "authorization_code" in grants and not args.redirect_uris:
         raise ValueError("an authorization-code client needs at least one --redirect-uri")
@@ -5147,14 +5144,8 @@ def client_remove(srv: Server, args: argparse.Namespace) -> None:
 
 
 def user_add(srv: Server, args: argparse.Namespace) -> None:
-    existing = srv.storage.get_user(args.username)
-    if existing and not args.replace:
-        raise ValueError(
-            f"user {args.username!r} already exists; use `codeflow user update`, "
-            "`user passwd` or `user totp`, or add --replace"
-        )
-    if existing:
-        refuse_declared(existing)
+    _may_replace(srv.storage.get_user(args.username), args.replace,
+                 "`codeflow user update`, `user passwd` or `user totp`")  # fmt: skip
     claims = _claims(args.claim)
     totp_secret = pyotp.random_base32() if args.totp else None
     srv.add_user(args.username, _read_password(args), claims=claims, totp_secret=totp_secret)
@@ -5254,6 +5245,16 @@ def backup_storage(srv: Server, args: argparse.Namespace) -> None:
 
 def purge(srv: Server, args: argparse.Namespace) -> None:
     print(f"purged {srv.purge()} expired records")
+
+
+def _may_replace(existing: Client | User | None, replace: bool, instead: str) -> None:
+    """`add` replaces nothing silently: a name that exists needs --replace, and a record
+    the config file declares is never replaced from here."""
+    if existing is None:
+        return
+    if not replace:
+        raise ValueError(f"{named(existing)} already exists; use {instead}, or add --replace")
+    refuse_declared(existing)
 
 
 def _existing_client(srv: Server, client_id: str) -> Client:
