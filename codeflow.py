@@ -52,6 +52,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -4707,20 +4708,35 @@ def connection_limit() -> int:
     return max(1, min(MAX_CONNECTIONS, soft - FILE_RESERVE))
 
 
-def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
+def serve(
+    app: Callable[..., Iterable[bytes]],
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+) -> None:
     """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server;
-    either way within the limits above."""
+    either way within the limits above. ``sock``: a socket already listening (a worker's,
+    see serve_workers) instead of ``host`` and ``port``."""
     try:
         import waitress
     except ImportError:
-        httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
+        if sock is None:
+            httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
+        else:
+            httpd = ThreadingWSGIServer((host, port), QuietHandler, bind_and_activate=False)
+            httpd.socket.close()
+            httpd.socket = sock
+            httpd.server_name, httpd.server_port = host, sock.getsockname()[1]
+            httpd.setup_environ()
+            httpd.set_app(app)
         try:
             httpd.serve_forever()
         finally:
             httpd.server_close()
     else:
+        where: dict[str, Any] = {"sockets": [sock]} if sock else {"host": host, "port": port}
         waitress.serve(
-            app, host=host, port=port, threads=SERVER_THREADS, ident="codeflow", _quiet=True,
+            app, **where, threads=SERVER_THREADS, ident="codeflow", _quiet=True,
             # waitress allows a 1 GiB body, read (and spooled to disk) before the app sees
             # it; at MAX_BODY it answers 413 as soon as Content-Length says more.
             max_request_body_size=MAX_BODY,
@@ -4735,6 +4751,49 @@ def serve(app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
             # waitress must pass them on for it to read (its own clearing knows no CIDRs).
             clear_untrusted_proxy_headers=False,
         )  # fmt: skip
+
+
+def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
+    """Serve with ``workers`` pre-forked processes on one listening socket, so that every
+    core answers requests (one process's GIL would leave the others idle). Each worker
+    runs serve(); the parent purges expired records, restarts a worker that dies, and on
+    SIGINT or SIGTERM stops them all. Workers share only storage: it must be one all
+    processes open (SQLite, PostgreSQL), which main checks."""
+    sock = socket.create_server((host, port), backlog=128)
+    pids: set[int] = set()
+
+    def start_worker() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: serve until told to stop, then leave at once
+            code = 0
+            try:
+                serve(srv.wsgi, host, port, sock)
+            except KeyboardInterrupt:
+                pass
+            except BaseException:
+                log.exception("codeflow: worker %d failed", os.getpid())
+                code = 1
+            os._exit(code)
+        pids.add(pid)
+
+    try:
+        for _ in range(workers):
+            start_worker()
+        purge_forever(srv)  # after forking: a fork copies no thread
+        while pids:
+            pid, status = os.wait()
+            pids.discard(pid)
+            log.error("codeflow: worker %d exited (%d); starting another", pid, status)
+            time.sleep(1)  # a worker that cannot start must not spin the machine
+            start_worker()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        sock.close()
 
 
 ###############################################################################
@@ -4977,6 +5036,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", parents=[store], help="run the authorization server")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve_cmd.add_argument("--workers", type=int, default=1, metavar="N",
+                           help="worker processes (more than 1 needs SQLite or PostgreSQL)")
     serve_cmd.add_argument("--demo", action="store_true", help="add a demo client and user")
     serve_cmd.add_argument("--auto-approve", metavar="USER", help="approve every request as USER")
     serve_cmd.add_argument(
@@ -5333,6 +5394,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host  # noqa: S104
     issuer = args.issuer or config.get("issuer") or f"http://{host_for_url}:{args.port}"
+    if args.workers < 1 or (args.workers > 1 and storage_url == "memory"):
+        parser.exit(2, "codeflow: error: --workers above 1 needs shared storage (--storage "
+                       "PATH): each worker's memory would be its own\n")  # fmt: skip
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
@@ -5362,9 +5426,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _stop)
-    purge_forever(srv)
     try:
-        serve(srv.wsgi, args.host, args.port)
+        if args.workers > 1:
+            serve_workers(srv, args.host, args.port, args.workers)
+        else:
+            purge_forever(srv)
+            serve(srv.wsgi, args.host, args.port)
     except KeyboardInterrupt:
         pass
     except OSError as err:
