@@ -323,7 +323,8 @@ access_log = logging.getLogger("codeflow.access")
 # Audit events, by stable name, for operators to keep and alert on (README "Logs"). Their
 # fields name who and what (user, client, address, scope, kid), never a secret.
 AUDIT_EVENTS = (
-    "login.succeeded", "login.failed", "login.throttled", "second_factor.failed",
+    "login.succeeded", "login.failed", "login.throttled", "second_factor.required",
+    "second_factor.failed", "second_factor.throttled", "second_factor.replayed",
     "consent.granted", "consent.denied", "code.issued", "code.redeemed", "code.replayed",
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
@@ -1236,6 +1237,7 @@ class Server:
         in with a TOTP code after the password (RFC 6238). A username may not be a
         client_id (see ``refuse_shared_subject``)."""
         refuse_shared_subject(self.storage, username, user=True)
+        refuse_empty_password(password)
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
@@ -1265,6 +1267,7 @@ class Server:
         """Change a user's password. The user's sessions end (credentials_fingerprint), and
         so do the refresh tokens and codes issued under the old one (see
         ``Storage.change_credentials``); access tokens run out within their lifetime."""
+        refuse_empty_password(password)
         user = replace(self._user(username), password_hash=hash_password(password))
         return self._change_credentials(user)
 
@@ -1386,6 +1389,14 @@ class Server:
             thread.join()
 
 
+def refuse_empty_password(password: str | None) -> None:
+    """An empty password would sign in a form sent without one (RFC 6749 §3.1 drops empty
+    parameters, so a missing field reads as ""). Length and common-password rules for
+    passwords users choose belong to the account pages (NIST SP 800-63B §5.1.1.2)."""
+    if password is not None and not password:
+        raise ValueError("a password cannot be empty")
+
+
 def check_client(client: Client, *, public: bool) -> None:
     """A client registration that makes sense, else ValueError naming what does not."""
     for uri in (*client.redirect_uris, *client.post_logout_redirect_uris):
@@ -1437,6 +1448,9 @@ class Session:
     username: str
     auth_time: int
     sid: str = ""  # names the session, so that logout can end it everywhere
+    # credentials_fingerprint of the user record whose password (and code) were checked:
+    # a session started by a check that raced a password change is born ended.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -1548,16 +1562,19 @@ class Signer:
         params = payload.get("p") if payload else None
         return params if isinstance(params, dict) and params else None
 
-    def pending(self, username: str, browser: Browser) -> str:
+    def pending(self, user: User, browser: Browser) -> str:
         """Who typed the right password, for the TOTP step that follows (RFC 6238); bound
-        to this browser's CSRF cookie, so it is worth nothing in another browser."""
-        return self.dumps({"u": username, "c": browser.csrf}, "otp", OTP_LIFETIME)
+        to this browser's CSRF cookie, so it is worth nothing in another browser, and to
+        the credentials it was checked against, so a password change voids it."""
+        payload = {"u": user.username, "c": browser.csrf, "f": credentials_fingerprint(user)}
+        return self.dumps(payload, "otp", OTP_LIFETIME)
 
-    def pending_user(self, value: str | None, browser: Browser) -> str | None:
+    def pending_user(self, value: str | None, browser: Browser) -> tuple[str, str] | None:
+        """The username and credentials fingerprint of a pending sign-in."""
         payload = self.loads(value, "otp")
         if not payload or payload.get("c") != browser.csrf:
             return None
-        return str(payload["u"])
+        return str(payload["u"]), str(payload.get("f", ""))
 
     def session_cookie(self, session: Session, fingerprint: str) -> str:
         payload = {"u": session.username, "t": session.auth_time, "s": session.sid,
@@ -1575,8 +1592,11 @@ def credentials_fingerprint(user: User) -> str:
 
 
 def session_cookie(srv: Server, session: Session) -> str:
-    user = srv.storage.get_user(session.username)
-    return srv.signer.session_cookie(session, credentials_fingerprint(user) if user else "")
+    fingerprint = session.fingerprint
+    if not fingerprint:
+        user = srv.storage.get_user(session.username)
+        fingerprint = credentials_fingerprint(user) if user else ""
+    return srv.signer.session_cookie(session, fingerprint)
 
 
 def read_session(srv: Server, cookie: str | None) -> Session | None:
@@ -2335,7 +2355,8 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
-    who = {"user": username, "client": areq.client.client_id, "address": browser.address}
+    # What was typed as a username may be a password typed in the wrong field: logged short.
+    who = {"user": username[:64], "client": areq.client.client_id, "address": browser.address}
     # NIST SP 800-63B §5.2.2: throttled per account and address (see "Throttling"); an
     # unknown username alike, so that the answers do not tell which names exist.
     with srv.login_limiter.attempt(f"password:{username}", browser.address) as attempt:
@@ -2354,41 +2375,45 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         audit("login.failed", **who)
         message = "Wrong username or password. Check both and try again."
         return login_page(srv, areq, browser, message, username=username)
-    audit("login.succeeded", **who, second_factor="totp" if user.totp_secret else None)
     if user.totp_secret:
-        return otp_page(srv, areq, browser, user.username)
-    return signed_in(srv, areq, user.username)
+        audit("second_factor.required", **who)
+        return otp_page(srv, areq, browser, user)
+    return signed_in(srv, areq, user, browser, "pwd")
 
 
 def second_factor(
     srv: Server, areq: AuthorizationRequest, form: dict[str, str], browser: Browser
 ) -> Redirect | Page:
     """RFC 6238: check the TOTP code of a user whose password was right a moment ago."""
-    pending = srv.signer.pending_user(form.get("pending"), browser)
-    user = srv.storage.get_user(pending) if pending else None
-    if user is None or not user.totp_secret:
+    username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
+    user = srv.storage.get_user(username) if username else None
+    # The password was checked against the user as it was then: a changed one since (or
+    # a sign-out everywhere) voids the pending sign-in (RFC 9700 §4.14.2 spirit).
+    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
         raise FormExpired(
             "This sign-in has expired. Start signing in again.",
             authorize_url(srv, areq.params),
             OTP_LIFETIME,
         )
     # The guessing budget of "Throttling": well under 1% a day for a 6-digit code.
+    who = {"user": user.username, "client": areq.client.client_id, "address": browser.address}
     with srv.login_limiter.attempt(f"otp:{user.username}", browser.address) as attempt:
         if attempt.wait:
+            audit("second_factor.throttled", **who)
             message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
-            page = otp_page(srv, areq, browser, user.username, message, 429)
+            page = otp_page(srv, areq, browser, user, message, 429)
             return replace(page, retry_after=attempt.wait)
         step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
         # A code used once is a failure too (RFC 6238 §5.2).
         attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
     if step is None:
-        audit("second_factor.failed", user=user.username, client=areq.client.client_id,
-              address=browser.address)  # fmt: skip
-        return otp_page(srv, areq, browser, user.username, "That code is not right. Try again.")
+        audit("second_factor.failed", **who)
+        return otp_page(srv, areq, browser, user, "That code is not right. Try again.")
     if not attempt.ok:
+        audit("second_factor.replayed", **who)
         message = "That code was already used. Wait for the next one."
-        return otp_page(srv, areq, browser, user.username, message)
-    return signed_in(srv, areq, user.username)
+        return otp_page(srv, areq, browser, user, message)
+    return signed_in(srv, areq, user, browser, "pwd otp")
 
 
 def in_words(seconds: int) -> str:
@@ -2411,9 +2436,15 @@ def totp_step(secret: str, otp: str, now: float) -> int | None:
     return None
 
 
-def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> Redirect:
-    """Start the login session and go back to the authorization endpoint."""
-    session = Session(username, int(srv.clock()), secrets.token_urlsafe(16))
+def signed_in(
+    srv: Server, areq: AuthorizationRequest, user: User, browser: Browser, methods: str
+) -> Redirect:
+    """Start the login session of ``user``, as its credentials were checked, and go back
+    to the authorization endpoint. ``methods``: what was checked (RFC 8176 names)."""
+    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16),
+                      credentials_fingerprint(user))  # fmt: skip
+    audit("login.succeeded", user=user.username, client=areq.client.client_id,
+          address=browser.address, methods=methods)  # fmt: skip
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -3118,11 +3149,12 @@ def otp_page(
     srv: Server,
     areq: AuthorizationRequest,
     browser: Browser,
-    username: str,
+    user: User,
     message: str = "",
     status: int = 200,
 ) -> Page:
-    pending = esc(srv.signer.pending(username, browser))
+    username = user.username
+    pending = esc(srv.signer.pending(user, browser))
     invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
         ' aria-describedby="otp-help"'
     )
@@ -3651,15 +3683,36 @@ def cookie_name(srv: Server, name: str) -> str:
     return HOST_PREFIX + name if srv.secure_cookies else name
 
 
+def cookie_values(srv: Server, request: Request, name: str) -> list[str]:
+    """Every value of our cookie ``name`` in the Cookie header, read by hand: the stdlib's
+    parser (which bottle uses) fails on the whole header for one malformed cookie, which
+    any page that can set a cookie for this host could plant. A name may come more than
+    once, one of them planted with another Path or Domain (RFC 6265 §5.4)."""
+    wanted, found = cookie_name(srv, name), []
+    for part in request.environ.get("HTTP_COOKIE", "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == wanted and value.strip():
+            found.append(value.strip())
+    return found
+
+
+def cookie_value(srv: Server, request: Request, name: str) -> str | None:
+    """Our cookie ``name`` if it came once; sent twice it counts as absent (no guessing
+    which is ours: a session planted beside the user's would sign the user in as the
+    attacker, RFC 9700 §4.4)."""
+    found = cookie_values(srv, request, name)
+    return found[0] if len(found) == 1 else None
+
+
 def read_browser(srv: Server, request: Request) -> Browser:
     """The Browser of a request, from its cookies: a new browser id (CSRF cookie) unless
     it has one the server signed."""
-    csrf = request.get_cookie(cookie_name(srv, CSRF_COOKIE))
-    session = read_session(srv, request.get_cookie(cookie_name(srv, SESSION_COOKIE)))
-    address = request.environ.get("REMOTE_ADDR", "")
-    if not (csrf and srv.signer.loads(csrf, "browser")):
-        csrf = srv.signer.browser_id()
-    return Browser(csrf, session, address)
+    # The first browser id we signed: a planted one of ours is harmless, since forms are
+    # bound to the session too (see "Browser state").
+    ours = [v for v in cookie_values(srv, request, CSRF_COOKIE) if srv.signer.loads(v, "browser")]
+    csrf = ours[0] if ours else srv.signer.browser_id()
+    session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE))
+    return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""))
 
 
 def refuse_cross_site(srv: Server, request: Request) -> None:
@@ -3867,7 +3920,7 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
         value = session_cookie(srv, result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
         csrf = srv.signer.browser_id()  # a new browser id at sign-in: see "Browser state"
-    if csrf != request.get_cookie(cookie_name(srv, CSRF_COOKIE)):
+    if csrf != cookie_value(srv, request, CSRF_COOKIE):
         response.set_cookie(cookie_name(srv, CSRF_COOKIE), csrf, **cookie)
     for name, value in result.cookies if isinstance(result, Page) else ():
         response.set_cookie(cookie_name(srv, name), value, **cookie)
@@ -3954,7 +4007,7 @@ def _access_log(app: WSGIApp) -> WSGIApp:
             return app(environ, start)
         finally:
             line = {
-                "method": environ.get("REQUEST_METHOD", ""),
+                "method": re.sub(r"[^A-Z]", "?", environ.get("REQUEST_METHOD", "")[:16]),
                 # Printable only, so that a path cannot forge a line of its own.
                 "path": re.sub(r"[^\x21-\x7e]", "?", environ.get("PATH_INFO", "")[:200]),
                 "status": int(statuses[-1].split(" ", 1)[0]) if statuses else 500,
@@ -4054,14 +4107,14 @@ def demo_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect |
         # Opened as localhost instead of the issuer's 127.0.0.1, say: cookies would
         # not follow the flow, so start over on the issuer's own host.
         return Redirect(srv.issuer + DEMO_PATH)
-    demo_id = request.get_cookie(cookie_name(srv, DEMO_COOKIE)) or ""
+    demo_id = cookie_value(srv, request, DEMO_COOKIE) or ""
     return demo_page(srv, demo_id if 16 <= len(demo_id) <= 64 else secrets.token_urlsafe(16))
 
 
 def demo_callback_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
     if not srv.demo:
         raise bottle.HTTPError(404, "Not found")
-    demo_id = request.get_cookie(cookie_name(srv, DEMO_COOKIE)) or ""
+    demo_id = cookie_value(srv, request, DEMO_COOKIE) or ""
     return demo_finish(srv, single_params(query_pairs(request)), demo_id)
 
 
@@ -4582,6 +4635,17 @@ def _check_control_request(srv: Server, environ: dict[str, Any], method: str) ->
     by the user) pass.
     """
     own = {_origin(srv.issuer)} | ({_origin(srv.internal_url)} if srv.internal_url else set())
+    # DNS rebinding: a page of the attacker's own name, resolved to 127.0.0.1, is
+    # "same-origin" with itself; the Host it sends names it. Our names, and loopback by
+    # name or number, are all that may ask.
+    names = {urllib.parse.urlsplit(base).hostname for base in own}
+    names |= {"localhost", "127.0.0.1", "::1"}
+    try:
+        asked = urllib.parse.urlsplit("//" + environ.get("HTTP_HOST", "")).hostname
+    except ValueError:
+        asked = None
+    if asked not in names:
+        raise InvalidRequest("Control requests must name this server as Host.", status=403)
     origin = environ.get("HTTP_ORIGIN")
     if origin is not None and origin.strip().lower() not in own:
         raise InvalidRequest(f"Control requests from {origin[:80]!r} are refused.", status=403)
@@ -4867,7 +4931,9 @@ def config_entries(
                 not isinstance(value, list) or all(isinstance(v, str) for v in value)
             ):
                 continue
-            got = repr(value)[:60]
+            # A secret of the wrong type is still a secret: name its type only.
+            secret = key in SECRET_NAMES or "secret" in key
+            got = type(value).__name__ if secret else repr(value)[:60]
             raise ValueError(
                 f"[[{table}]] entry {i}: {key} must be {TYPE_NAMES[expected]}, not {got}"
             )
@@ -4899,11 +4965,23 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
         stored_user = srv.storage.get_user(username)
         if _declaration_is_current(entry, stored_user, "user", username):
             continue
+        totp_secret = entry.get("totp_secret")
+        if stored_user is not None and stored_user.totp_secret and not totp_secret:
+            # No entry drops a second factor silently; to remove it, take the user out
+            # of the file and use `codeflow user totp disable`.
+            log.warning("codeflow: user %r keeps the second factor enrolled in storage", username)
+            totp_secret = stored_user.totp_secret
         user = srv.add_user(
             username, entry.get("password"), claims=entry.get("claims", {}),
-            totp_secret=entry.get("totp_secret"),
+            totp_secret=totp_secret,
         )  # fmt: skip
-        srv.storage.add_user(replace(user, declared=_declaration(entry)))
+        user = replace(user, declared=_declaration(entry))
+        if stored_user is None:
+            srv.storage.add_user(user)
+        else:
+            # New credentials from the file end what the old ones granted, as
+            # Server.set_password does (RFC 9700 §4.14.2).
+            srv.storage.change_credentials(user)
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
     for c in srv.storage.list_clients():
         if c.declared and c.client_id not in clients:
@@ -5345,7 +5423,10 @@ def _existing_user(srv: Server, username: str) -> User:
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise ValueError("no password on stdin (an empty line or none)")
+        return password
     if not sys.stdin.isatty():
         raise ValueError("no terminal to ask for the password on: use --password-stdin")
     password = getpass.getpass("Password: ")
@@ -5379,8 +5460,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         config = tomllib.load(args.config) if args.config else {}
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         parser.error(f"{args.config.name}: {err}")
+    for key in ("issuer", "storage"):
+        if key in config and not isinstance(config[key], str):
+            parser.exit(2, f"codeflow: error: bad config: {key} must be a string\n")
     storage_url = args.storage or config.get("storage", "memory")
     if args.command != "serve":
         if storage_url == "memory":
