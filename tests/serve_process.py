@@ -1,5 +1,6 @@
-"""Run ``codeflow serve`` as a real process on a free 127.0.0.1 port, on a SQLite file, for
-the multi-process and crash tests. The process is always killed when the block ends."""
+"""Run ``codeflow serve`` as a real process on a free 127.0.0.1 port, on a SQLite file (or
+any storage URL), for the multi-process, multi-node and crash tests. The process is always
+killed when the block ends."""
 
 from __future__ import annotations
 
@@ -55,12 +56,14 @@ def write_config(directory: Path) -> Path:
 
 @contextlib.contextmanager
 def serving(
-    db: Path, config: Path, *, issuer: str, log: Path, auto_approve: str | None = None
+    db: Path | str, config: Path, *, issuer: str, log: Path, auto_approve: str | None = None
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python codeflow.py serve --storage sqlite:///DB`` until the block ends; yields the
-    process and its base URL once discovery answers."""
+    """``python codeflow.py serve --storage sqlite:///DB`` (or ``--storage DB`` when DB is a
+    storage URL) until the block ends; yields the process and its base URL once discovery
+    answers."""
     port = free_port()
-    cmd = [sys.executable, str(CODEFLOW), "serve", "--storage", f"sqlite:///{db}"]
+    storage = db if isinstance(db, str) else f"sqlite:///{db}"
+    cmd = [sys.executable, str(CODEFLOW), "serve", "--storage", storage]
     cmd += ["--config", str(config), "--issuer", issuer, "--port", str(port)]
     if auto_approve:
         cmd += ["--auto-approve", auto_approve]

@@ -3,11 +3,17 @@
 Records in, records out, no policy. The atomic operations (``consume_code``,
 ``rotate_refresh_token``, ``get_or_add_setting``, ``get_or_add_signing_key``,
 ``rotate_signing_key``, ``revoke_grant``) are raced by 16 threads released together.
-To add a backend, add one ``pytest.param`` to the ``storage`` fixture.
+To add a backend, add one ``pytest.param`` to ``BACKENDS``: a context manager that
+yields a fresh, empty store, able to serve ``threads`` threads at once, and cleans up
+after it.
+
+PostgreSQL runs against the server of ``CODEFLOW_TEST_POSTGRES_URL``, each test in a schema
+of its own (tests/postgres_support.py); without one, its tests skip (fail under CI).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -16,6 +22,7 @@ from typing import Any
 
 import pytest
 from codeflow_storage.sqlite import SQLiteStorage
+from postgres_support import fresh_schema
 
 import codeflow
 from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
@@ -23,20 +30,42 @@ from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
 THREADS = 16
 NOW = 1_800_000_000.0
 
+
+@contextlib.contextmanager
+def memory_storage(tmp_path: Path, threads: int) -> Iterator[codeflow.Storage]:
+    yield codeflow.MemoryStorage()
+
+
+@contextlib.contextmanager
+def sqlite_storage(tmp_path: Path, threads: int) -> Iterator[codeflow.Storage]:
+    with SQLiteStorage(tmp_path / "codeflow.db") as store:
+        yield store
+
+
+@contextlib.contextmanager
+def postgresql_storage(tmp_path: Path, threads: int) -> Iterator[codeflow.Storage]:
+    """In a new schema, with a connection open for each thread, so that all run at once."""
+    with fresh_schema() as (url, _):
+        from codeflow_storage.postgresql import from_url
+
+        with from_url(f"{url}&pool_min_size={threads}&pool_max_size={threads}") as store:
+            yield store
+
+
 BACKENDS = [
-    pytest.param(lambda tmp_path: codeflow.MemoryStorage(), id="memory"),
-    pytest.param(lambda tmp_path: SQLiteStorage(tmp_path / "codeflow.db"), id="sqlite"),
+    pytest.param(memory_storage, id="memory"),
+    pytest.param(sqlite_storage, id="sqlite"),
+    pytest.param(postgresql_storage, id="postgresql"),
 ]
 
 
 @pytest.fixture(params=BACKENDS)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[codeflow.Storage]:
-    """A fresh, empty store of each backend, closed after the test if it can be."""
-    store = request.param(tmp_path)
-    yield store
-    close = getattr(store, "close", None)
-    if close is not None:
-        close()
+    """A fresh, empty store of each backend, closed after the test; ready for THREADS
+    threads at once in the races (tests named ``..._race_...`` or ``..._racing_...``)."""
+    races = "_race_" in request.node.name or "_racing_" in request.node.name
+    with request.param(tmp_path, THREADS if races else 1) as store:
+        yield store
 
 
 def a_code(

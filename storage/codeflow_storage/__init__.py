@@ -5,6 +5,10 @@ Each backend implements ``codeflow.Storage`` and passes the shared contract suit
 - ``codeflow_storage.sqlite.SQLiteStorage(path)``: one SQLite file, shared safely by
   threads and processes (``pip install 'codeflow[sqlite]'``; chosen by the storage URL
   ``sqlite:///path/codeflow.db``).
+- ``codeflow_storage.postgresql.PostgreSQLStorage(conninfo, schema=...)``: one PostgreSQL
+  database shared by any number of codeflow nodes (``pip install 'codeflow[postgres]'``;
+  chosen by the storage URL ``postgresql://user:password@host/dbname?schema=codeflow``, or
+  ``postgres://``, whose module ``codeflow_storage.postgres`` is the same backend).
 
 How codeflow finds a backend (DESIGN "Storage contract": it imports none of them): the
 storage URL ``memory`` is codeflow's own MemoryStorage; for any other URL, the scheme

@@ -1,0 +1,878 @@
+"""PostgreSQL storage for codeflow, on psycopg 3 and psycopg_pool: one database shared by
+every codeflow node (processes on one machine or many) behind one issuer.
+
+- Schema: a list of versioned migrations applied in order when the storage opens, inside
+  one READ COMMITTED transaction that first takes ``pg_advisory_xact_lock``: of several
+  nodes starting together on a new database, one migrates and the others wait for it,
+  then find nothing left to do. The table ``codeflow_migrations`` has a row per version
+  applied; a database migrated by a newer codeflow is refused, and a record field with no
+  column (a migration missing from this module) is caught at open.
+- Namespace: every table lives in one schema, ``?schema=NAME`` in the URL (created if
+  missing) or else the connection's ``current_schema()`` (usually ``public``). Each pooled
+  connection's ``search_path`` is pinned to it, so several codeflow installations, or
+  test runs, can share one database, each in a schema of its own.
+- Isolation: every pooled connection runs its statements as SERIALIZABLE transactions
+  (``default_transaction_isolation``), each call to this storage one transaction, and
+  nearly all of them one statement (data-modifying CTEs: ``DELETE ... RETURNING``,
+  conditional ``UPDATE ... RETURNING``, ``INSERT ... ON CONFLICT``). SERIALIZABLE makes
+  the races between calls come out as if the calls had run one at a time, in every node:
+  a token saved into a family while it is revoked, a refresh rotation racing a grant's
+  revocation or a password change. PostgreSQL answers the loser of such a race with a
+  serialization failure (SQLSTATE 40001) and rolls it back, and the call is run again,
+  on a fresh snapshot, a bounded number of times. Two kinds of call run READ COMMITTED
+  instead, where it is enough and SERIALIZABLE would only turn nodes away to retry:
+  adding a setting or signing key only if there is none (the INSERT waits for a rival's
+  and the next statement sees it), and the purge, in batches that skip rows another
+  node is deleting (``FOR UPDATE SKIP LOCKED``).
+- Pool: ``pool_min_size`` (default 1) to ``pool_max_size`` (default 10) connections per
+  process: one for each of waitress's 8 request threads, one for the purge thread and one
+  spare. A forked child (a pre-forking server) opens a pool of its own.
+- Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
+  kept. Tuples (scopes, redirect URIs) are ``text[]``, claims ``jsonb``.
+
+Use: the storage URL ``postgresql://user:password@host:5432/dbname?schema=codeflow`` (also
+``postgres://``) in the config file or ``codeflow serve --storage``; every libpq connection
+parameter (``sslmode``, ``connect_timeout``, ``application_name``, ...) may be given in
+the query too. Install with ``pip install 'codeflow[postgres]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+import types
+import typing
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields, replace
+from typing import Any, Generic, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors, sql
+from psycopg.abc import Params
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+
+from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
+
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["MIGRATIONS", "PostgreSQLStorage", "from_url"]
+
+SCHEMES = ("postgresql://", "postgres://")  # libpq's two URI prefixes
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10  # codeflow's 8 waitress threads, the purge thread, one spare
+POOL_TIMEOUT = 10.0  # seconds a call waits for a free pooled connection
+CONNECT_TIMEOUT = 10  # seconds libpq waits for a server, unless the URL says otherwise
+RETRIES = 12  # runs of a call that keeps losing serialization races, before giving up
+RETRY_PAUSE = 0.001  # seconds; the pause before retry n is random up to this * 2**n
+PURGE_BATCH = 1000  # rows one purge transaction deletes, so that locks are held briefly
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # an unquoted PostgreSQL identifier
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+T = TypeVar("T")
+
+
+###############################################################################
+# Schema migrations ############################################################
+###############################################################################
+
+# Each migration is the statements that take the schema from version N to N + 1, run in
+# the transaction that records version N + 1. Append new ones; never edit one that has
+# shipped. Times are seconds since the epoch as double precision, as the records hold them.
+
+_V1_TABLES = [
+    """CREATE TABLE clients (
+        client_id text PRIMARY KEY,
+        redirect_uris text[] NOT NULL,
+        secret_hash text,
+        name text NOT NULL,
+        scopes text[] NOT NULL,
+        grant_types text[] NOT NULL,
+        require_pkce boolean NOT NULL,
+        id_token_signed_response_alg text NOT NULL,
+        access_token_jwt boolean NOT NULL,
+        post_logout_redirect_uris text[] NOT NULL,
+        declared text NOT NULL DEFAULT ''
+    )""",
+    """CREATE TABLE users (
+        username text PRIMARY KEY,
+        password_hash text NOT NULL,
+        claims jsonb NOT NULL,
+        totp_secret text,
+        record_id text NOT NULL,
+        declared text NOT NULL DEFAULT ''
+    )""",
+    """CREATE TABLE codes (
+        code_hash text PRIMARY KEY,
+        client_id text NOT NULL,
+        username text NOT NULL,
+        redirect_uri text NOT NULL,
+        redirect_uri_required boolean NOT NULL,
+        scope text[] NOT NULL,
+        code_challenge text,
+        nonce text,
+        auth_time bigint NOT NULL,
+        expires_at double precision NOT NULL
+    )""",
+    # A consumed code leaves a tombstone until it would have expired, so that a replay
+    # can revoke what it issued (RFC 6749 §4.1.2).
+    """CREATE TABLE used_codes (
+        code_hash text PRIMARY KEY,
+        expires_at double precision NOT NULL
+    )""",
+    """CREATE TABLE tokens (
+        token_hash text PRIMARY KEY,
+        kind text NOT NULL CHECK (kind IN ('access', 'refresh')),
+        client_id text NOT NULL,
+        username text,
+        scope text[] NOT NULL,
+        issued_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        family_id text NOT NULL,
+        revoked boolean NOT NULL
+    )""",
+    # A revoked family is remembered until its last token or code would have expired; no
+    # token can join it after that (its codes are expired, its refresh tokens revoked).
+    """CREATE TABLE revoked_families (
+        family_id text PRIMARY KEY,
+        until double precision NOT NULL
+    )""",
+    """CREATE TABLE consents (
+        username text NOT NULL,
+        client_id text NOT NULL,
+        scopes text[] NOT NULL,
+        consented_at double precision,
+        PRIMARY KEY (username, client_id)
+    )""",
+    "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL)",
+    """CREATE TABLE ended_sessions (
+        sid text PRIMARY KEY,
+        until double precision NOT NULL
+    )""",
+    "CREATE TABLE totp_steps (username text PRIMARY KEY, step bigint NOT NULL)",
+    # seq orders keys newest first. One current key (expires_at NULL) per alg is a rule
+    # the database keeps: get_or_add_signing_key upserts against it.
+    """CREATE TABLE signing_keys (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        kid text NOT NULL UNIQUE,
+        alg text NOT NULL,
+        private_pem text NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision
+    )""",
+    "CREATE UNIQUE INDEX signing_keys_current ON signing_keys (alg) WHERE expires_at IS NULL",
+]
+
+_V2_INDEXES = [
+    # The lookups that are not by primary key: a family's tokens (revoke_family); a user's,
+    # a client's and a grant's tokens, codes and consents (remove_user, remove_client,
+    # change_credentials, list_grants, revoke_grant; (username, client_id) serves lookups by
+    # username alone too); and expiry, for the purge.
+    "CREATE INDEX tokens_by_family ON tokens (family_id)",
+    "CREATE INDEX tokens_by_grant ON tokens (username, client_id)",
+    "CREATE INDEX tokens_by_client ON tokens (client_id)",
+    "CREATE INDEX tokens_by_expiry ON tokens (expires_at)",
+    "CREATE INDEX codes_by_grant ON codes (username, client_id)",
+    "CREATE INDEX codes_by_client ON codes (client_id)",
+    "CREATE INDEX codes_by_expiry ON codes (expires_at)",
+    "CREATE INDEX used_codes_by_expiry ON used_codes (expires_at)",
+    "CREATE INDEX consents_by_client ON consents (client_id)",
+    "CREATE INDEX ended_sessions_by_expiry ON ended_sessions (until)",
+    "CREATE INDEX revoked_families_by_expiry ON revoked_families (until)",
+    "CREATE INDEX signing_keys_by_expiry ON signing_keys (expires_at)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES]
+
+
+###############################################################################
+# Records as rows ##############################################################
+###############################################################################
+
+
+R = TypeVar("R", bound="DataclassInstance")  # a record dataclass of codeflow.py
+
+
+_SQL_TYPES: dict[Any, str] = {
+    str: "text", typing.Literal: "text", bool: "boolean", int: "bigint",
+    float: "double precision", tuple: "text[]", dict: "jsonb",
+}  # fmt: skip
+
+
+def _column_type(hint: Any) -> str:
+    """The SQL type of a record field's values (of ``X | None``, X's)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return _SQL_TYPES[typing.get_origin(hint) or hint]
+
+
+class _Rows(Generic[R]):
+    """How one record type maps to a row: one column per dataclass field, same name and
+    order; tuples as ``text[]`` (back as tuples), dicts as ``jsonb``.
+
+    A field added to a record in codeflow.py needs a migration adding its column;
+    ``missing_columns`` finds the ones that lack it when the storage opens.
+    """
+
+    def __init__(self, cls: type[R], table: str, key: str) -> None:
+        self.cls = cls
+        self.table = table
+        self.names = tuple(f.name for f in fields(cls))
+        hints = typing.get_type_hints(cls)
+        self.types = tuple(_column_type(hints[name]) for name in self.names)
+        self.columns = ", ".join(self.names)
+        # Each value is cast to its column's type, so that a VALUES list of several rows,
+        # an empty list or a NULL has a type the server need not guess.
+        self.values = "(" + ", ".join(f"%s::{t}" for t in self.types) + ")"
+        # Only field and table names are spliced into SQL; values are always bound.
+        self.select = f"SELECT {self.columns} FROM {table}"  # noqa: S608
+        self.upsert = (
+            f"INSERT INTO {table} ({self.columns}) VALUES {self.values} "  # noqa: S608
+            f"ON CONFLICT ({key}) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in self.names if name != key)
+        )
+        self._tuples = [i for i, t in enumerate(self.types) if t == "text[]"]
+        self._json = [i for i, t in enumerate(self.types) if t == "jsonb"]
+
+    def missing_columns(self, present: set[tuple[str, str]]) -> list[str]:
+        return [name for name in self.names if (self.table, name) not in present]
+
+    def encode(self, record: R) -> list[Any]:
+        values = [getattr(record, name) for name in self.names]
+        for i in self._tuples:
+            values[i] = list(values[i])
+        for i in self._json:
+            values[i] = Jsonb(values[i])
+        return values
+
+    def decode(self, row: Sequence[Any]) -> R:
+        values = list(row)
+        for i in self._tuples:
+            values[i] = tuple(values[i])
+        return self.cls(*values)
+
+
+_CLIENTS = _Rows(Client, "clients", "client_id")
+_USERS = _Rows(User, "users", "username")
+_CODES = _Rows(AuthorizationCode, "codes", "code_hash")
+_TOKENS = _Rows(Token, "tokens", "token_hash")
+_KEYS = _Rows(SigningKey, "signing_keys", "kid")
+
+
+def _insert_tokens(count: int, only_if: str = "TRUE") -> str:
+    """An INSERT of ``count`` tokens (their values bound in ``_TOKENS.values`` order), each
+    stored revoked if its family is (revoke_family: "including any saved after this
+    call"), all only if the SQL condition ``only_if`` holds. Under SERIALIZABLE the
+    check of revoked_families and the write cannot be split by a revocation."""
+    rows = ", ".join([_TOKENS.values] * count)
+    chosen = ", ".join(
+        "v.revoked OR EXISTS (SELECT 1 FROM revoked_families r WHERE r.family_id = v.family_id)"
+        if name == "revoked"
+        else f"v.{name}"
+        for name in _TOKENS.names
+    )
+    # Only column names and the caller's fixed condition are spliced in; values are bound.
+    return (
+        f"INSERT INTO tokens ({_TOKENS.columns}) "  # noqa: S608
+        f"SELECT {chosen} FROM (VALUES {rows}) AS v ({_TOKENS.columns}) WHERE {only_if} "
+        "ON CONFLICT (token_hash) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in _TOKENS.names if name != "token_hash")
+    )
+
+
+def _token_values(tokens: Iterable[Token]) -> list[Any]:
+    return [value for token in tokens for value in _TOKENS.encode(token)]
+
+
+# What purge_expired deletes, table by table: (table, expiry column).
+_EXPIRING = [
+    ("codes", "expires_at"),
+    ("used_codes", "expires_at"),
+    ("tokens", "expires_at"),
+    ("ended_sessions", "until"),
+    ("revoked_families", "until"),
+]
+
+
+###############################################################################
+# The storage ##################################################################
+###############################################################################
+
+
+class PostgreSQLStorage:
+    """A ``codeflow.Storage`` in a PostgreSQL database, safe to share between threads,
+    processes and machines (each process opens its own ``PostgreSQLStorage`` on the same
+    database and schema).
+
+    ``conninfo`` is a libpq connection string or URL; ``schema`` the schema to keep the
+    tables in (created if missing; default the connection's current schema). The schema
+    is migrated to the current version when the storage opens. ``close()`` it when done
+    (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str | None = None,
+        pool_min_size: int = POOL_MIN_SIZE,
+        pool_max_size: int = POOL_MAX_SIZE,
+    ) -> None:
+        if schema is not None and not SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"schema {schema!r}: use lower-case letters, digits and _ (not first a digit)"
+            )
+        if not 1 <= pool_min_size <= pool_max_size:
+            raise ValueError("the pool needs 1 <= pool_min_size <= pool_max_size")
+        params = conninfo_to_dict(conninfo)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        params.setdefault("application_name", "codeflow")
+        self._conninfo = make_conninfo("", **params)
+        self._pool_sizes = (pool_min_size, pool_max_size)
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            self.schema = self._migrate(conn, schema)
+            self._search_path = sql.Identifier(self.schema).as_string(conn)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool: psycopg_pool.ConnectionPool[Conn] | None = self._new_pool()
+        # A pooled connection must not be used in a child process after fork() (its socket
+        # is the parent's): a forked child opens a pool of its own and keeps the inherited
+        # one, unused, so that nothing of it is closed there.
+        self._inherited: list[psycopg_pool.ConnectionPool[Conn]] = []
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    # -- Connections, transactions, migrations ---------------------------------
+
+    @staticmethod
+    def _migrate(conn: Conn, schema: str | None) -> str:
+        """Create or upgrade the schema (see the module docstring); return its name."""
+        # READ COMMITTED: each statement sees what committed before it, so the version is
+        # read after the lock is held (a SERIALIZABLE snapshot would predate the wait).
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            if schema is None:
+                (schema,) = conn.execute("SELECT current_schema()").fetchone() or (None,)
+                if schema is None:
+                    raise ValueError(
+                        "no schema to keep codeflow's tables in: the search_path names none "
+                        "that exists; add ?schema=NAME to the storage URL"
+                    )
+            lock = int.from_bytes(
+                hashlib.sha256(f"codeflow migrations {schema}".encode()).digest()[:8],
+                "big",
+                signed=True,
+            )
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [lock])
+            name = sql.Identifier(schema)
+            exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
+            if exists.fetchone() is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(name))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS codeflow_migrations ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM codeflow_migrations")
+            (current,) = row.fetchone() or (0,)
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"schema {schema}: version {current} is newer than this codeflow_storage "
+                    f"understands ({len(MIGRATIONS)}): upgrade codeflow"
+                )
+            for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in migration:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO codeflow_migrations (version) VALUES (%s)", [version])
+            present = conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = %s",
+                [schema],
+            ).fetchall()
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS):
+            missing = rows.missing_columns({(table, column) for table, column in present})
+            if missing:
+                raise RuntimeError(
+                    f"schema {schema}: table {rows.table} has no column for "
+                    f"{rows.cls.__name__}.{', '.join(missing)}: this codeflow_storage "
+                    "lacks a migration for this version of codeflow"
+                )
+        return schema
+
+    def _configure(self, conn: Conn) -> None:
+        """Each new pooled connection: our schema only, and SERIALIZABLE by default."""
+        conn.execute(
+            "SELECT set_config('search_path', %s, false), "
+            "set_config('default_transaction_isolation', 'serializable', false)",
+            [self._search_path],
+        )
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Conn]:
+        min_size, max_size = self._pool_sizes
+        pool = psycopg_pool.ConnectionPool(
+            self._conninfo,
+            kwargs={"autocommit": True},
+            min_size=min_size,
+            max_size=max_size,
+            configure=self._configure,
+            timeout=POOL_TIMEOUT,
+            name="codeflow",
+            open=False,
+        )
+        pool.open(wait=True, timeout=POOL_TIMEOUT)  # min_size connections, ready
+        return pool
+
+    def _current_pool(self) -> psycopg_pool.ConnectionPool[Conn]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this PostgreSQLStorage is closed")
+            if self._pool is None:
+                self._pool = self._new_pool()  # the first call in a forked child
+            return self._pool
+
+    def _run(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` on a pooled connection, as one transaction; again, on a fresh
+        snapshot, if PostgreSQL rolled it back as the loser of a serialization race or a
+        deadlock (nothing of it was kept)."""
+        pool = self._current_pool()
+        for attempt in range(RETRIES):
+            try:
+                with pool.connection() as conn:
+                    return work(conn)
+            except (errors.SerializationFailure, errors.DeadlockDetected):
+                if attempt == RETRIES - 1:
+                    raise
+            # Random, growing pauses, so that the losers of one race do not meet again.
+            time.sleep(random.uniform(0, RETRY_PAUSE * 2**attempt))  # noqa: S311 -- not a secret
+        raise AssertionError("unreachable")
+
+    def _rows(self, query: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """The rows of one statement, run as its own transaction."""
+        return self._run(lambda conn: conn.execute(query, params).fetchall())
+
+    def _count(self, query: str, params: Params = ()) -> int:
+        """How many rows one statement, run as its own transaction, changed."""
+        return self._run(lambda conn: conn.execute(query, params).rowcount)
+
+    def close(self) -> None:
+        """Close the pool's connections; calls after this raise RuntimeError."""
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> PostgreSQLStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # the parent's may have been held at fork()
+        if self._pool is not None:
+            self._inherited.append(self._pool)
+            self._pool = None
+
+    # -- Clients and users -----------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        self._count(_CLIENTS.upsert, _CLIENTS.encode(client))
+
+    def get_client(self, client_id: str) -> Client | None:
+        rows = self._rows(_CLIENTS.select + " WHERE client_id = %s", [client_id])
+        return _CLIENTS.decode(rows[0]) if rows else None
+
+    def list_clients(self) -> list[Client]:
+        return [_CLIENTS.decode(row) for row in self._rows(_CLIENTS.select + " ORDER BY client_id")]
+
+    def remove_client(self, client_id: str) -> bool:
+        """One statement: the client's tokens, codes and consents go with it."""
+        return (
+            self._count(
+                "WITH tokens_gone AS (DELETE FROM tokens WHERE client_id = %(id)s), "
+                "codes_gone AS (DELETE FROM codes WHERE client_id = %(id)s), "
+                "consents_gone AS (DELETE FROM consents WHERE client_id = %(id)s) "
+                "DELETE FROM clients WHERE client_id = %(id)s",
+                {"id": client_id},
+            )
+            > 0
+        )
+
+    def add_user(self, user: User) -> None:
+        self._count(_USERS.upsert, _USERS.encode(user))
+
+    def get_user(self, username: str) -> User | None:
+        rows = self._rows(_USERS.select + " WHERE username = %s", [username])
+        return _USERS.decode(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        return [_USERS.decode(row) for row in self._rows(_USERS.select + " ORDER BY username")]
+
+    def remove_user(self, username: str) -> bool:
+        """One statement: the user's tokens, codes, consents and TOTP step go with it."""
+        return (
+            self._count(
+                "WITH tokens_gone AS (DELETE FROM tokens WHERE username = %(name)s), "
+                "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
+                "consents_gone AS (DELETE FROM consents WHERE username = %(name)s), "
+                "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s) "
+                "DELETE FROM users WHERE username = %(name)s",
+                {"name": username},
+            )
+            > 0
+        )
+
+    def change_credentials(self, user: User) -> bool:
+        """One statement: replace the user only if there is one, and then revoke the user's
+        refresh tokens and delete the user's codes."""
+        changed = [i for i, name in enumerate(_USERS.names) if name != "username"]
+        columns = ", ".join(f"{_USERS.names[i]} = %s::{_USERS.types[i]}" for i in changed)
+        values = _USERS.encode(user)
+        rows = self._rows(
+            f"WITH changed AS (UPDATE users SET {columns} WHERE username = %s RETURNING 1), "  # noqa: S608
+            "refresh_revoked AS (UPDATE tokens SET revoked = TRUE WHERE username = %s "
+            "AND kind = 'refresh' AND NOT revoked AND EXISTS (SELECT 1 FROM changed)), "
+            "codes_gone AS (DELETE FROM codes WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)) "
+            "SELECT count(*) FROM changed",
+            [*(values[i] for i in changed), *[user.username] * 3],
+        )
+        return bool(rows[0][0])
+
+    # -- Codes -------------------------------------------------------------------
+
+    def save_code(self, code: AuthorizationCode) -> None:
+        self._count(_CODES.upsert, _CODES.encode(code))
+
+    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+        """Take a code in one statement that also writes its tombstone: of N concurrent
+        callers in any nodes, the one whose DELETE finds the row gets it, and a replay is
+        recognised from the moment the code is gone."""
+        rows = self._rows(
+            f"WITH taken AS (DELETE FROM codes WHERE code_hash = %s "  # noqa: S608
+            f"RETURNING {_CODES.columns}), "
+            "tombstone AS (INSERT INTO used_codes (code_hash, expires_at) "
+            "SELECT code_hash, expires_at FROM taken "
+            "ON CONFLICT (code_hash) DO UPDATE SET expires_at = excluded.expires_at) "
+            f"SELECT {_CODES.columns} FROM taken",
+            [code_hash],
+        )
+        return _CODES.decode(rows[0]) if rows else None
+
+    # -- Tokens --------------------------------------------------------------------
+
+    def save_token(self, *tokens: Token) -> None:
+        if tokens:
+            self._count(_insert_tokens(len(tokens)), _token_values(tokens))
+
+    def get_token(self, token_hash: str) -> Token | None:
+        rows = self._rows(_TOKENS.select + " WHERE token_hash = %s", [token_hash])
+        return _TOKENS.decode(rows[0]) if rows else None
+
+    def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
+        """One statement: revoke ``old_hash`` only if it is an active refresh token, and
+        save ``new`` only if it was. Of N concurrent rotations one UPDATE changes the row;
+        the others are rolled back by PostgreSQL, run again, and find it revoked."""
+        query = (
+            "WITH rotated AS (UPDATE tokens SET revoked = TRUE WHERE token_hash = %s "
+            "AND NOT revoked AND kind = 'refresh' RETURNING 1)"
+        )
+        if new:
+            saved = _insert_tokens(len(new), only_if="EXISTS (SELECT 1 FROM rotated)")
+            query += f", saved AS ({saved})"
+        query += " SELECT count(*) FROM rotated"
+        rows = self._rows(query, [old_hash, *_token_values(new)])
+        return bool(rows[0][0])
+
+    def revoke_token(self, token_hash: str) -> None:
+        self._count("UPDATE tokens SET revoked = TRUE WHERE token_hash = %s", [token_hash])
+
+    def revoke_family(self, family_id: str) -> bool:
+        """One statement. Only families that exist (a token, or a used code of that hash)
+        are remembered, so random codes cannot grow the table; each until the last of its
+        tokens and code would have expired."""
+        rows = self._rows(
+            "WITH known AS (SELECT greatest("
+            "(SELECT max(expires_at) FROM tokens WHERE family_id = %(id)s), "
+            "(SELECT expires_at FROM used_codes WHERE code_hash = %(id)s)) AS until), "
+            "remembered AS (INSERT INTO revoked_families (family_id, until) "
+            "SELECT %(id)s, until FROM known WHERE until IS NOT NULL "
+            "ON CONFLICT (family_id) DO UPDATE "
+            "SET until = greatest(revoked_families.until, excluded.until)), "
+            "revoked AS (UPDATE tokens SET revoked = TRUE "
+            "WHERE family_id = %(id)s AND NOT revoked) "
+            "SELECT until IS NOT NULL FROM known",
+            {"id": family_id},
+        )
+        return bool(rows[0][0])
+
+    # -- Consent ---------------------------------------------------------------------
+
+    def save_consent(
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
+    ) -> None:
+        """One upsert that adds to what is stored, so that consents given at two nodes at
+        once both count."""
+        self._count(
+            "INSERT INTO consents (username, client_id, scopes, consented_at) "
+            "VALUES (%s, %s, %s::text[], %s) ON CONFLICT (username, client_id) DO UPDATE SET "
+            "scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || excluded.scopes) "
+            "AS s ORDER BY s), consented_at = excluded.consented_at",
+            [username, client_id, sorted(set(scopes)), consented_at],
+        )
+
+    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+        rows = self._rows(
+            "SELECT scopes FROM consents WHERE username = %s AND client_id = %s",
+            [username, client_id],
+        )
+        return frozenset(rows[0][0]) if rows else frozenset()
+
+    def list_grants(
+        self, now: float, username: str | None = None, client_id: str | None = None
+    ) -> list[Grant]:
+        """One statement, so one snapshot: the consents, and the active tokens counted per
+        user and client. Each filter is spliced in only when given, so that the plan is
+        the one for the index it can use."""
+        filters = {"username": username, "client_id": client_id}
+        given = {column: value for column, value in filters.items() if value is not None}
+        only = "".join(f" AND {column} = %s" for column in given)
+        values = list(given.values())
+        # Only column names are spliced into the SQL; values are bound.
+        query = (
+            "SELECT username, client_id, scopes, consented_at, 0::bigint, 0::bigint "  # noqa: S608
+            f"FROM consents WHERE TRUE{only} "
+            "UNION ALL SELECT username, client_id, NULL::text[], NULL::double precision, "
+            "count(*) FILTER (WHERE kind = 'access'), count(*) FILTER (WHERE kind = 'refresh') "
+            f"FROM tokens WHERE username IS NOT NULL AND NOT revoked AND expires_at > %s{only} "
+            "GROUP BY username, client_id"
+        )
+        grants: dict[tuple[str, str], Grant] = {}
+        for user, client, scopes, consented_at, access, refresh in self._rows(
+            query, [*values, now, *values]
+        ):
+            key = (user, client)
+            grant = grants.get(key) or Grant(user, client, None, None, 0, 0)
+            if scopes is not None:
+                grant = replace(grant, scopes=frozenset(scopes), consented_at=consented_at)
+            grants[key] = replace(grant, access_tokens=grant.access_tokens + access,
+                                  refresh_tokens=grant.refresh_tokens + refresh)  # fmt: skip
+        return [grants[key] for key in sorted(grants)]
+
+    def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
+        """One statement: whether there was a grant, as its snapshot saw it, and the end of
+        it. A refresh rotation racing it is serialized before it (its new tokens are
+        revoked here) or after it (it finds the old token revoked)."""
+        rows = self._rows(
+            "WITH found AS (SELECT EXISTS (SELECT 1 FROM consents "
+            "WHERE username = %(user)s AND client_id = %(client)s) "
+            "OR EXISTS (SELECT 1 FROM tokens WHERE username = %(user)s "
+            "AND client_id = %(client)s AND NOT revoked AND expires_at > %(now)s) AS yes), "
+            "consent_gone AS (DELETE FROM consents "
+            "WHERE username = %(user)s AND client_id = %(client)s), "
+            "tokens_revoked AS (UPDATE tokens SET revoked = TRUE "
+            "WHERE username = %(user)s AND client_id = %(client)s AND NOT revoked), "
+            "codes_gone AS (DELETE FROM codes "
+            "WHERE username = %(user)s AND client_id = %(client)s) "
+            "SELECT yes FROM found",
+            {"user": username, "client": client_id, "now": now},
+        )
+        return bool(rows[0][0])
+
+    def change_record_id(self, username: str, record_id: str) -> bool:
+        count = self._count(
+            "UPDATE users SET record_id = %s WHERE username = %s", [record_id, username]
+        )
+        return count == 1
+
+    # -- Login sessions and TOTP --------------------------------------------------------
+
+    def record_totp_step(self, username: str, step: int) -> bool:
+        # One statement: insert, or raise the step only if this one is later.
+        count = self._count(
+            "INSERT INTO totp_steps (username, step) VALUES (%s, %s) "
+            "ON CONFLICT (username) DO UPDATE SET step = excluded.step "
+            "WHERE excluded.step > totp_steps.step",
+            [username, step],
+        )
+        return count == 1
+
+    def end_session(self, sid: str, until: float) -> None:
+        self._count(
+            "INSERT INTO ended_sessions (sid, until) VALUES (%s, %s) "
+            "ON CONFLICT (sid) DO UPDATE SET until = excluded.until",
+            [sid, until],
+        )
+
+    def session_ended(self, sid: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM ended_sessions WHERE sid = %s", [sid]))
+
+    # -- Settings and signing keys -----------------------------------------------------
+
+    def get_or_add_setting(self, name: str, candidate: str) -> str:
+        select = "SELECT value FROM settings WHERE name = %s"
+        rows = self._rows(select, [name])
+        if not rows:
+            rows = self._run(
+                lambda conn: self._get_or_insert(
+                    conn, select, [name],
+                    "INSERT INTO settings (name, value) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING value",
+                    [name, candidate],
+                )
+            )  # fmt: skip
+        value: str = rows[0][0]
+        return value
+
+    def signing_keys(self) -> list[SigningKey]:
+        return [_KEYS.decode(row) for row in self._rows(_KEYS.select + " ORDER BY seq DESC")]
+
+    def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
+        select = _KEYS.select + " WHERE alg = %s AND expires_at IS NULL"
+        rows = self._rows(select, [candidate.alg])
+        if not rows:
+            # signing_keys_current allows one current key per alg.
+            rows = self._run(
+                lambda conn: self._get_or_insert(
+                    conn, select, [candidate.alg],
+                    f"INSERT INTO signing_keys ({_KEYS.columns}) "  # noqa: S608
+                    f"VALUES {_KEYS.values} ON CONFLICT (alg) WHERE expires_at IS NULL "
+                    f"DO NOTHING RETURNING {_KEYS.columns}",
+                    _KEYS.encode(candidate),
+                )
+            )  # fmt: skip
+        return _KEYS.decode(rows[0])
+
+    @staticmethod
+    def _get_or_insert(
+        conn: Conn, select: str, key: Params, insert: str, values: Params
+    ) -> list[tuple[Any, ...]]:
+        """The row ``insert`` adds, else (another node added one first) the one ``select``
+        finds. READ COMMITTED: the INSERT waits for a conflicting row's transaction to end,
+        and the SELECT, a statement of its own, sees that row, so no node is turned away
+        with a serialization failure to try again."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            return conn.execute(insert, values).fetchall() or conn.execute(select, key).fetchall()
+
+    def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
+        def rotate(conn: Conn) -> None:
+            with conn.transaction():  # SERIALIZABLE, the connection's default
+                conn.execute(
+                    "UPDATE signing_keys SET expires_at = %s "
+                    "WHERE alg = %s AND expires_at IS NULL",
+                    [retire_until, new.alg],
+                )
+                conn.execute(
+                    f"INSERT INTO signing_keys ({_KEYS.columns}) "  # noqa: S608
+                    f"VALUES {_KEYS.values}",
+                    _KEYS.encode(new),
+                )
+
+        self._run(rotate)
+
+    # -- Expiry ---------------------------------------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        """Delete what expired in batches of PURGE_BATCH rows, each its own READ COMMITTED
+        transaction that skips rows another node's purge has locked: purges running at
+        once on several nodes share the work instead of waiting for, or failing on, each
+        other, and no lock is held for long. Counts what this call deleted."""
+        gone = self._count(
+            "DELETE FROM signing_keys WHERE expires_at IS NOT NULL AND expires_at <= %s", [now]
+        )
+        # Rows are deleted by their ctid (physical address), locked in the same statement:
+        # ``= ANY (ARRAY(...))`` makes that a TID scan however large the table.
+        for table, column in _EXPIRING:
+            purged = self._purge(
+                f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} "  # noqa: S608
+                f"WHERE {column} <= %s LIMIT %s FOR UPDATE SKIP LOCKED))",
+                [now, PURGE_BATCH],
+            )
+            gone += purged if table != "revoked_families" else 0  # a note, not a record
+        return gone
+
+    def _purge(self, query: str, params: Params) -> int:
+        def batch(conn: Conn) -> int:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                return conn.execute(query, params).rowcount
+
+        gone = 0
+        while True:
+            deleted = self._run(batch)
+            gone += deleted
+            if deleted < PURGE_BATCH:
+                return gone
+
+
+def _after_fork(ref: weakref.ReferenceType[PostgreSQLStorage]) -> None:
+    storage = ref()
+    if storage is not None:
+        storage._after_fork_in_child()
+
+
+###############################################################################
+# Storage URL ##################################################################
+###############################################################################
+
+_OPTIONS = ("schema", "pool_min_size", "pool_max_size")  # ours; libpq takes the rest
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = re.sub(r":[^:@/]*@", ":***@", parts.netloc)
+    query = re.sub(r"(?i)\bpassword=[^&]*", "password=***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def from_url(url: str) -> PostgreSQLStorage:
+    """The storage of a ``postgresql://user:password@host:port/dbname[?options]`` URL (or
+    ``postgres://``), as codeflow's ``open_storage`` asks each backend module for one.
+
+    Options of ours, taken out of the query: ``schema`` (default: the connection's current
+    schema), ``pool_min_size`` and ``pool_max_size``. Every other option is libpq's
+    (https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS) and is
+    checked by libpq. ``ValueError`` names what is wrong: a malformed URL, an unknown or
+    repeated option, or a server that cannot be reached or refuses the login (the password
+    is never shown).
+    """
+    shown = _redacted(url)
+    if not url.startswith(SCHEMES):
+        raise ValueError(f"storage URL {shown!r}: expected postgresql://user:pass@host/dbname")
+    parts = urllib.parse.urlsplit(url)
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _OPTIONS:
+            theirs.append((name, value))
+            continue
+        if name in ours:
+            raise ValueError(f"storage URL {shown!r}: option {name!r} given twice")
+        ours[name] = value
+    sizes: dict[str, int] = {}
+    for name in ("pool_min_size", "pool_max_size"):
+        if name in ours:
+            if not ours[name].isdigit():
+                raise ValueError(f"storage URL {shown!r}: {name} must be a whole number")
+            sizes[name] = int(ours[name])
+    conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(theirs)))
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as err:  # libpq cannot parse it, or an unknown option
+        raise ValueError(f"storage URL {shown!r}: {err}") from None
+    try:
+        return PostgreSQLStorage(conninfo, schema=ours.get("schema"), **sizes)
+    except ValueError as err:
+        raise ValueError(f"storage URL {shown!r}: {err}") from None
+    except psycopg.Error as err:  # no server there, the login refused, no privilege, ...
+        raise ValueError(f"cannot open PostgreSQL storage {shown!r}: {err}") from None
