@@ -5090,7 +5090,8 @@ def _parser() -> argparse.ArgumentParser:
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--config", type=argparse.FileType("rb"), help="TOML config file")
     store.add_argument(
-        "--storage", help="memory (serve's default), sqlite:////abs/path.db or a file path"
+        "--storage",
+        help="memory (serve's default), sqlite:////abs/path.db, a file path, or postgresql://...",
     )
     store.add_argument("--issuer", help="public base URL (serve: default http://HOST:PORT)")
     store.add_argument("--log-format", choices=("text", "json"), default="text",
