@@ -527,6 +527,9 @@ class Client:
     id_token_signed_response_alg: str = "RS256"  # noqa: S105 -- OIDC Registration §2
     access_token_jwt: bool = False  # RFC 9068 JWT access tokens instead of opaque ones
     post_logout_redirect_uris: tuple[str, ...] = ()  # OIDC RP-Initiated Logout §3.1
+    # Origins of browser apps that may read the token, userinfo and revocation answers
+    # (CORS), besides those of a public client's redirect URIs (see cors_origins).
+    allowed_origins: tuple[str, ...] = ()
     declared: str = ""  # the config file's entry, hashed, if it declares this client
 
     @property
@@ -1159,10 +1162,13 @@ class Server:
         id_token_signed_response_alg: str = "RS256",  # noqa: S107 -- an alg name
         access_token_jwt: bool = False,
         post_logout_redirect_uris: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
-        (see ``refuse_shared_subject``)."""
+        (see ``refuse_shared_subject``). ``allowed_origins``: web origins, such as
+        ``https://app.example``, whose pages may call the token, userinfo and revocation
+        endpoints (CORS); a public client's redirect URIs give theirs without it."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1175,6 +1181,7 @@ class Server:
             id_token_signed_response_alg=id_token_signed_response_alg,
             access_token_jwt=access_token_jwt,
             post_logout_redirect_uris=tuple(post_logout_redirect_uris),
+            allowed_origins=tuple(allowed_origins),
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
@@ -1191,7 +1198,8 @@ class Server:
             raise ValueError(f"no client {client_id!r}")
         if {"client_id", "secret_hash"} & set(changes):
             raise ValueError("client_id and the secret cannot be updated (rotate_client_secret)")
-        tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris")
+        tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris",
+                  "allowed_origins")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
         check_client(client, public=client.public)
@@ -1400,6 +1408,29 @@ def check_client(client: Client, *, public: bool) -> None:
         raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
     if public and not client.require_pkce:
         raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+    for origin in client.allowed_origins:
+        if web_origin(origin) != origin:
+            raise ValueError(
+                f"allowed_origins: {origin!r} is not an origin: write scheme://host[:port], "
+                "as a browser sends it in Origin (no path, no trailing slash, no default "
+                "port, lower case; no wildcard)"
+            )
+
+
+def web_origin(uri: str) -> str | None:
+    """The serialized origin of an http(s) URI (HTML §7.1.1: scheme "://" host, and ":"
+    port unless it is the scheme's default), as a browser sends it in ``Origin``; None for
+    other schemes (a native app's private-use scheme has no web origin)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 ###############################################################################
@@ -3595,23 +3626,34 @@ def build_app(srv: Server) -> bottle.Bottle:
     def browser(path: str, methods: list[str], step: BrowserStep) -> None:
         app.route(path, methods, lambda: browser_response(srv, bottle.request, step))
 
-    def api(path: str, handler: ApiHandler) -> None:
-        app.post(path)(lambda: api_response(srv, bottle.request, handler))
+    def api(path: str, handler: ApiHandler, cors: bool = True) -> None:
+        app.post(path)(lambda: api_response(srv, bottle.request, handler, cors))
 
     def get(path: str, handler: Callable[[Server, Request], bottle.HTTPResponse]) -> None:
         app.get(path)(lambda: handler(srv, bottle.request))
+
+    def preflight(path: str, methods: str, any_origin: bool = False) -> None:
+        app.route(path, ["OPTIONS"], lambda: preflight_response(srv, bottle.request, methods,
+                                                                any_origin))  # fmt: skip
 
     browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
     browser(LOGIN_PATH, ["POST"], login_endpoint)
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
     api(TOKEN_PATH, token_endpoint)
-    api(INTROSPECT_PATH, introspect)
+    api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
     get(OAUTH_METADATA_PATH, metadata_endpoint)
     get(OIDC_METADATA_PATH, metadata_endpoint)
     get(JWKS_PATH, jwks_endpoint)
     get(HEALTH_PATH, health_endpoint)
     app.route(USERINFO_PATH, ["GET", "POST"], lambda: userinfo_endpoint(srv, bottle.request))
+    # CORS (Fetch §3.2): the endpoints a browser app calls answer preflights; the pages
+    # and introspection have none, so a preflight to them fails (405, no CORS headers).
+    for path in (OAUTH_METADATA_PATH, OIDC_METADATA_PATH, JWKS_PATH):
+        preflight(path, "GET", any_origin=True)
+    preflight(TOKEN_PATH, "POST")
+    preflight(REVOKE_PATH, "POST")
+    preflight(USERINFO_PATH, "GET, POST")
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
@@ -3779,6 +3821,87 @@ def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
     return node_address(client["for"]), proto if proto in ("http", "https") else scheme
 
 
+# -- CORS: which browser apps may read an answer (Fetch §3.2) ----------------------
+#
+# A page may read a cross-origin answer only when it carries Access-Control-Allow-Origin
+# with the page's origin (or "*"). Discovery and the JWKS are public documents: any origin.
+# The token, userinfo and revocation answers are a client's: only the origins of that
+# client's registration (cors_origins). Credentials (cookies) are never allowed, so a page
+# can never use the browser's login session here; the pages that use it (authorize,
+# login, consent, logout) and introspection (for resource servers) answer no CORS at all.
+# A preflight names no client, so it admits an origin that any client allows; the answer
+# itself is shared only with the origins of the client it is about.
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait.
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After"
+CORS_MAX_AGE = "600"  # seconds a browser may cache a preflight's answer
+
+
+def cors_origins(client: Client) -> frozenset[str]:
+    """The web origins whose pages may read this client's answers: its ``allowed_origins``
+    and, for a public client, the origins of its http(s) redirect URIs, where the browser
+    app that receives the code runs. A confidential client's redirect URIs are its server's,
+    which needs no CORS; its browser front end is listed in ``allowed_origins``."""
+    derived = (web_origin(uri) for uri in client.redirect_uris) if client.public else ()
+    return frozenset(client.allowed_origins) | {o for o in derived if o is not None}
+
+
+def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
+    """Whether ``origin`` may read an answer about ``client_id``; about no known client
+    (a preflight, an unknown token), whether any registered client allows it."""
+    client = srv.storage.get_client(client_id) if client_id else None
+    if client is not None:
+        return origin in cors_origins(client)
+    return any(origin in cors_origins(c) for c in srv.storage.list_clients())
+
+
+def cors_headers(srv: Server, request: Request, client_id: str | None) -> dict[str, str]:
+    """Fetch §3.2.3: the CORS headers of an answer about ``client_id``. Fetch §3.2: "If
+    CORS protocol requirements are more complicated than setting
+    `Access-Control-Allow-Origin` to `*` or a static origin, `Vary` is to be used"."""
+    headers = {"Vary": "Origin"}
+    origin = request.environ.get("HTTP_ORIGIN")
+    if origin and cors_allowed(srv, origin, client_id):
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    return headers
+
+
+def claimed_client_id(params: dict[str, str], authorization: str | None) -> str | None:
+    """The client a token or revocation request names (HTTP Basic or ``client_id``),
+    before it is authenticated: enough to choose whose origins may read the answer, which
+    says nothing of any other client."""
+    if authorization and authorization[:6].lower() == "basic ":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            return urllib.parse.unquote_plus(decoded.partition(":")[0])
+    return params.get("client_id")
+
+
+def preflight_response(
+    srv: Server, request: Request, methods: str, any_origin: bool
+) -> bottle.HTTPResponse:
+    """Fetch §3.2.2, §3.2.3: the answer to a CORS-preflight request (OPTIONS with
+    Access-Control-Request-Method): the methods and headers the endpoint takes, for an
+    origin that may call it. Without Access-Control-Allow-Origin the browser stops there."""
+    headers = {"Cache-Control": "no-store"}
+    origin = request.environ.get("HTTP_ORIGIN")
+    if any_origin:
+        headers["Access-Control-Allow-Origin"] = "*"
+    else:
+        headers.update(cors_headers(srv, request, None))
+        headers.pop("Access-Control-Expose-Headers", None)
+    if origin and "Access-Control-Allow-Origin" in headers:
+        headers.update({
+            "Access-Control-Allow-Methods": methods,
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": CORS_MAX_AGE,
+        })  # fmt: skip
+        headers.pop("Cache-Control")
+    return bottle.HTTPResponse(status=204, **headers)
+
+
 # -- Writing responses ----------------------------------------------------------
 
 
@@ -3873,17 +3996,24 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     return response
 
 
-def api_response(srv: Server, request: Request, handler: ApiHandler) -> bottle.HTTPResponse:
-    """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
+def api_response(
+    srv: Server, request: Request, handler: ApiHandler, cors: bool = False
+) -> bottle.HTTPResponse:
+    """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON; with
+    ``cors``, readable by the browser apps of the client the request names."""
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    params: dict[str, str] = {}
     try:
         params = single_params(form_pairs(request))
-        body = handler(
-            srv, params, request.environ.get("HTTP_AUTHORIZATION"),
-            request.environ.get("REMOTE_ADDR", ""),
-        )  # fmt: skip
+        body = handler(srv, params, authorization, request.environ.get("REMOTE_ADDR", ""))
+        response = json_response(body if body is not None else {})
     except OAuthError as err:
-        return error_response(srv, err, "json")
-    return json_response(body if body is not None else {})
+        response = error_response(srv, err, "json")
+    if cors:
+        client_id = claimed_client_id(params, authorization)
+        for name, value in cors_headers(srv, request, client_id).items():
+            response.set_header(name, value)
+    return response
 
 
 def plain_error(error: bottle.HTTPError) -> str:
@@ -4006,18 +4136,23 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
     return logout(srv, form, browser)
 
 
+# Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
+ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
+
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     internal = bool(srv.internal_url) and (
         request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
     )
     return bottle.HTTPResponse(
-        json.dumps(oauth_metadata(srv, internal)), 200, {"Content-Type": "application/json"}
-    )
+        json.dumps(oauth_metadata(srv, internal)), 200,
+        {"Content-Type": "application/json", **ANY_ORIGIN},
+    )  # fmt: skip
 
 
 def jwks_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
-        json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
+        json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json", **ANY_ORIGIN}
     )
 
 
@@ -4034,12 +4169,24 @@ def health_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
 def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
     # and HTTP POST methods".
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    form = None
     try:
         has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
         form = single_params(form_pairs(request)) if has_body else None
-        return json_response(userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form))
+        response = json_response(userinfo(srv, authorization, form))
     except OAuthError as err:
-        return error_response(srv, err, "bearer")
+        response = error_response(srv, err, "bearer")
+    # The answer is about the access token's client; only a browser's request (with
+    # Origin) costs the second look-up.
+    client_id = None
+    if request.environ.get("HTTP_ORIGIN"):
+        with contextlib.suppress(OAuthError):
+            token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+            client_id = token.client_id if token is not None else None
+    for name, value in cors_headers(srv, request, client_id).items():
+        response.set_header(name, value)
+    return response
 
 
 def home_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
@@ -4784,7 +4931,7 @@ CLIENT_KEYS: dict[str, type] = {
     "client_id": str, "client_secret": str, "redirect_uris": list, "name": str,
     "scopes": list, "grant_types": list, "require_pkce": bool,
     "id_token_signed_response_alg": str, "access_token_jwt": bool,
-    "post_logout_redirect_uris": list,
+    "post_logout_redirect_uris": list, "allowed_origins": list,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -4834,6 +4981,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             id_token_signed_response_alg=entry.get("id_token_signed_response_alg", "RS256"),
             access_token_jwt=entry.get("access_token_jwt", False),
             post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
+            allowed_origins=entry.get("allowed_origins", []),
         )
         srv.storage.add_client(replace(client, declared=_declaration(entry)))
     for username, entry in users.items():
@@ -5004,6 +5152,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--post-logout-redirect-uri", action="append",
                          dest="post_logout_redirect_uris",
                          help="where logout may return (repeatable)")
+        cmd.add_argument("--allowed-origin", action="append", dest="allowed_origins",
+                         help="a web origin (https://app.example) whose pages may call the "
+                         "token, userinfo and revocation endpoints: CORS (repeatable)")
         cmd.add_argument("--name", help="the name users see on the consent page")
         cmd.add_argument("--scope", action="append", dest="scopes",
                          help="a scope it may ask for (repeatable)")
@@ -5100,6 +5251,7 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         client_secret=secret,
         redirect_uris=args.redirect_uris or (),
         post_logout_redirect_uris=args.post_logout_redirect_uris or (),
+        allowed_origins=args.allowed_origins or (),
         name=args.name or "",
         scopes=args.scopes or DEFAULT_SCOPES,
         grant_types=grants,
@@ -5116,6 +5268,7 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
     given = {
         "redirect_uris": args.redirect_uris,
         "post_logout_redirect_uris": args.post_logout_redirect_uris,
+        "allowed_origins": args.allowed_origins,
         "name": args.name,
         "scopes": args.scopes,
         "grant_types": args.grant_types,

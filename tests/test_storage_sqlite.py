@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,28 @@ def test_consents_of_a_version_4_database_have_no_consent_time(path: Path) -> No
         assert store.list_grants(NOW) == [
             codeflow.Grant("alice", "app", frozenset({"openid", "profile"}), NOW, 0, 0)
         ]
+
+
+def test_clients_of_a_version_6_database_allow_no_extra_origin(path: Path) -> None:
+    """Migration 7 adds ``Client.allowed_origins`` (issue 14 item 1, CORS): a client stored
+    by version 6 opens with none, and keeps the ones it is given after."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:6]:
+            migration(db)
+        db.execute("PRAGMA user_version = 6")
+        db["clients"].insert(
+            {"client_id": "app", "redirect_uris": "[]", "name": "", "scopes": '["openid"]',
+             "grant_types": '["authorization_code"]', "require_pkce": 1,
+             "id_token_signed_response_alg": "RS256", "access_token_jwt": 0,
+             "post_logout_redirect_uris": "[]"}
+        )  # fmt: skip
+    with SQLiteStorage(path) as store:
+        client = store.get_client("app")
+        assert client == Client(
+            "app", scopes=("openid",), grant_types=("authorization_code",)
+        )
+        store.add_client(replace(client, allowed_origins=("https://app.example",)))
+        assert store.get_client("app").allowed_origins == ("https://app.example",)
 
 
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:

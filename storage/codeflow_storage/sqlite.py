@@ -207,6 +207,12 @@ def _v6_consent_times(db: sqlite_utils.Database) -> None:
     db.table("consents").add_column("consented_at", float)
 
 
+def _v7_allowed_origins(db: sqlite_utils.Database) -> None:
+    """``Client.allowed_origins``: the web origins that may call the token, userinfo and
+    revocation endpoints (CORS); clients already stored get none ("[]")."""
+    db.table("clients").add_column("allowed_origins", str, not_null_default="[]")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -214,6 +220,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v4_principals,
     _v5_declared,
     _v6_consent_times,
+    _v7_allowed_origins,
 ]
 
 
