@@ -530,6 +530,8 @@ class Client:
     # Origins of browser apps that may read the token, userinfo and revocation answers
     # (CORS), besides those of a public client's redirect URIs (see cors_origins).
     allowed_origins: tuple[str, ...] = ()
+    # OIDC Core §5.4: the user's claims from userinfo only, not in ID tokens as well.
+    minimal_id_token: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
 
     @property
@@ -586,6 +588,9 @@ class Token:
     expires_at: float
     family_id: str
     revoked: bool = False
+    # When the user signed in for this grant, for the ID token of a refresh (OIDC Core
+    # §12.2); None for client_credentials, and for tokens stored before it was kept.
+    auth_time: int | None = None
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -1163,12 +1168,14 @@ class Server:
         access_token_jwt: bool = False,
         post_logout_redirect_uris: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
+        minimal_id_token: bool = False,
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
         (see ``refuse_shared_subject``). ``allowed_origins``: web origins, such as
         ``https://app.example``, whose pages may call the token, userinfo and revocation
-        endpoints (CORS); a public client's redirect URIs give theirs without it."""
+        endpoints (CORS); a public client's redirect URIs give theirs without it.
+        ``minimal_id_token``: ID tokens without the user's claims (userinfo has them)."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1182,6 +1189,7 @@ class Server:
             access_token_jwt=access_token_jwt,
             post_logout_redirect_uris=tuple(post_logout_redirect_uris),
             allowed_origins=tuple(allowed_origins),
+            minimal_id_token=minimal_id_token,
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
@@ -2574,9 +2582,11 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
+    # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
-        srv, client, old.username, scope, family_id=old.family_id, refresh=True, rotating=old
-    )
+        srv, client, old.username, scope, family_id=old.family_id, refresh=True,
+        auth_time=old.auth_time, rotating=old,
+    )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
 
@@ -2619,8 +2629,8 @@ def issue_tokens(
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
-    added where a user has just authenticated (``auth_time``) and the scope has
-    ``openid`` (OIDC Core §3.1.3.3).
+    added for a user when the scope has ``openid``: after the user authenticated at
+    ``auth_time`` (OIDC Core §3.1.3.3), or on a refresh (§12.2, without a nonce).
     """
     now = srv.clock()
     access = (
@@ -2632,6 +2642,7 @@ def issue_tokens(
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
+            auth_time=auth_time,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
@@ -2648,6 +2659,7 @@ def issue_tokens(
             Token(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
+                auth_time=auth_time,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -2657,8 +2669,10 @@ def issue_tokens(
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
         audit("refresh.reuse_detected", user=username, client=client.client_id)
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
-    if "openid" in scope and username is not None and auth_time is not None:
-        body["id_token"] = id_token(srv, client, username, auth_time, nonce, access, claims)
+    if "openid" in scope and username is not None:
+        body["id_token"] = id_token(
+            srv, client, username, scope, auth_time, nonce, access, claims
+        )
     return body
 
 
@@ -2740,29 +2754,38 @@ def id_token(
     srv: Server,
     client: Client,
     username: str,
-    auth_time: int,
+    scope: tuple[str, ...],
+    auth_time: int | None,
     nonce: str | None,
     access_token: str,
     claims: dict[str, Any] | None = None,
 ) -> str:
-    """OIDC Core §2 and §3.1.3.6: the ID token of a code flow.
+    """OIDC Core §2 and §3.1.3.6: the ID token of a code flow, or of a refresh (§12.2).
 
-    REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it, so max_age works,
-    §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
+    REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it when known, so max_age
+    works, §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
     the nonce parameter sent in the Authentication Request"); at_hash (OPTIONAL in the
-    code flow, sent so that clients can bind the access token).
+    code flow, sent so that clients can bind the access token). Then the user's claims
+    that ``scope`` releases (§5.4), as userinfo answers them: §2 "ID Tokens MAY contain
+    other Claims", and relying parties read the user from the ID token. A client with
+    ``minimal_id_token`` gets them from userinfo only. ``claims``: more, from
+    ``Server.issue_tokens``.
     """
     now = int(srv.clock())
+    user = srv.storage.get_user(username)
+    released = {} if client.minimal_id_token or user is None else scope_claims(user, scope)
     body: dict[str, Any] = {
+        **released,
         **(claims or {}),
         "iss": srv.issuer,
         "sub": username,  # OIDC Core §2: locally unique and never reassigned
         "aud": client.client_id,
         "exp": now + srv.id_token_lifetime,
         "iat": now,
-        "auth_time": auth_time,
         "at_hash": half_hash(access_token),
     }
+    if auth_time is not None:
+        body["auth_time"] = auth_time
     if nonce is not None:
         body["nonce"] = nonce
     # A test may have scripted this token's claims (Server.next_claims).
@@ -2843,10 +2866,14 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
     user = srv.storage.get_user(token.username)
     if user is None:
         raise InvalidToken("The token's user no longer exists.")
-    allowed = {c for scope in token.scope for c in SCOPE_CLAIMS.get(scope, ())}
-    claims = {k: v for k, v in user.claims.items() if k in allowed}
     # OIDC Core §5.3.2: "The sub Claim MUST always be returned in the UserInfo Response."
-    return {**claims, "sub": user.username}
+    return {**scope_claims(user, token.scope), "sub": user.username}
+
+
+def scope_claims(user: User, scope: tuple[str, ...]) -> dict[str, Any]:
+    """OIDC Core §5.4: the user's claims that the scope values ask for."""
+    allowed = {c for value in scope for c in SCOPE_CLAIMS.get(value, ())}
+    return {k: v for k, v in user.claims.items() if k in allowed}
 
 
 def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
@@ -3013,6 +3040,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
+                             "at_hash",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -4931,7 +4959,7 @@ CLIENT_KEYS: dict[str, type] = {
     "client_id": str, "client_secret": str, "redirect_uris": list, "name": str,
     "scopes": list, "grant_types": list, "require_pkce": bool,
     "id_token_signed_response_alg": str, "access_token_jwt": bool,
-    "post_logout_redirect_uris": list, "allowed_origins": list,
+    "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -4982,6 +5010,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             access_token_jwt=entry.get("access_token_jwt", False),
             post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
             allowed_origins=entry.get("allowed_origins", []),
+            minimal_id_token=entry.get("minimal_id_token", False),
         )
         srv.storage.add_client(replace(client, declared=_declaration(entry)))
     for username, entry in users.items():
@@ -5161,7 +5190,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--grant-type", action="append", dest="grant_types",
                          help=f"a grant it may use (repeatable): {', '.join(GRANT_TYPES)}")
         cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
-                         help="RFC 9068 JWT access tokens instead of opaque ones")  # fmt: skip
+                         help="RFC 9068 JWT access tokens instead of opaque ones")
+        cmd.add_argument("--minimal-id-token", action=argparse.BooleanOptionalAction,
+                         help="ID tokens without user claims (userinfo has them)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
@@ -5257,6 +5288,7 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         grant_types=grants,
         require_pkce=not args.no_pkce,
         access_token_jwt=bool(args.jwt_access_tokens),
+        minimal_id_token=bool(args.minimal_id_token),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -5273,6 +5305,7 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "scopes": args.scopes,
         "grant_types": args.grant_types,
         "access_token_jwt": args.jwt_access_tokens,
+        "minimal_id_token": args.minimal_id_token,
         "require_pkce": args.pkce,
     }
     changes = {k: v for k, v in given.items() if v is not None}

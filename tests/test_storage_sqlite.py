@@ -160,6 +160,33 @@ def test_clients_of_a_version_6_database_allow_no_extra_origin(path: Path) -> No
         assert store.get_client("app").allowed_origins == ("https://app.example",)
 
 
+def test_tokens_of_a_version_7_database_have_no_auth_time(path: Path) -> None:
+    """Migration 8 adds ``Token.auth_time`` (OIDC Core §12.2: the refreshed ID token's
+    auth_time is the original sign-in's) and ``Client.minimal_id_token``: a token stored by
+    version 7 opens with auth_time None, a client with the new default, claims included."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:7]:
+            migration(db)
+        db.execute("PRAGMA user_version = 7")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+        db["clients"].insert(
+            {"client_id": "app", "redirect_uris": "[]", "name": "", "scopes": '["openid"]',
+             "grant_types": '["authorization_code"]', "require_pkce": 1,
+             "id_token_signed_response_alg": "RS256", "access_token_jwt": 0,
+             "post_logout_redirect_uris": "[]"}
+        )  # fmt: skip
+    with SQLiteStorage(path) as store:
+        assert store.get_token("old") == a_token("old", kind="refresh")
+        assert store.get_token("old").auth_time is None
+        assert store.get_client("app").minimal_id_token is False
+        store.save_token(replace(a_token("new", kind="refresh"), auth_time=int(NOW)))
+        assert store.get_token("new").auth_time == int(NOW)
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()

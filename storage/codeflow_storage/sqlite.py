@@ -213,6 +213,14 @@ def _v7_allowed_origins(db: sqlite_utils.Database) -> None:
     db.table("clients").add_column("allowed_origins", str, not_null_default="[]")
 
 
+def _v8_id_token_claims(db: sqlite_utils.Database) -> None:
+    """``Client.minimal_id_token`` (clients already stored get ID tokens with the user's
+    claims, the new default) and ``Token.auth_time`` (NULL for tokens already stored: the
+    ID token of their refresh has no auth_time)."""
+    db.table("clients").add_column("minimal_id_token", int, not_null_default=0)
+    db.table("tokens").add_column("auth_time", int)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -221,6 +229,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v5_declared,
     _v6_consent_times,
     _v7_allowed_origins,
+    _v8_id_token_claims,
 ]
 
 
