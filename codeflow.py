@@ -155,6 +155,9 @@ SCOPE_CLAIMS = {
     "phone": ("phone_number", "phone_number_verified"),
 }
 PROMPT_VALUES = ("none", "login", "consent")
+# OAuth 2.0 Multiple Response Type Encoding Practices §2.1: query is the default for code;
+# OAuth 2.0 Form Post Response Mode §2: form_post.
+RESPONSE_MODES = ("query", "form_post")
 
 SCOPE_WORDS = {
     "openid": "Confirm who you are",
@@ -1513,6 +1516,7 @@ class Page:
     signed_out: bool = False
     cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
     retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429)
+    script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
 
 
 class Signer:
@@ -2119,6 +2123,7 @@ class AuthorizationRequest:
     redirect_uri_given: bool
     scope: tuple[str, ...]
     state: str | None
+    response_mode: str  # one of RESPONSE_MODES
     code_challenge: str | None
     nonce: str | None
     login_hint: str | None
@@ -2141,7 +2146,15 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
         areq = validate_authorization_request(srv, client, redirect_uri, given, params)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
-        return error_redirect(srv, redirect_uri, state, err)
+        return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
+
+
+def response_mode_of(pairs: list[tuple[str, str]]) -> str:
+    """The response mode to answer in, also when the request is refused for another reason:
+    the one it asks for if we support it, else query (OAuth 2.0 Multiple Response Type
+    Encoding Practices §2.1: the default for response_type=code)."""
+    modes = [value for name, value in pairs if name == "response_mode"]
+    return modes[0] if len(modes) == 1 and modes[0] in RESPONSE_MODES else "query"
 
 
 def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -2199,6 +2212,14 @@ def validate_authorization_request(
         raise UnsupportedResponseType("Only response_type=code is supported.")
     if "authorization_code" not in client.grant_types:
         raise UnauthorizedClient("This client may not use the authorization code grant.")
+    # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: response_mode "Informs the
+    # Authorization Server of the mechanism to be used for returning Authorization Response
+    # parameters"; one we cannot honour is refused, not silently replaced.
+    response_mode = params.get("response_mode", "query")
+    if response_mode not in RESPONSE_MODES:
+        raise InvalidRequest(
+            f"response_mode {response_mode[:40]} is not supported: use query or form_post."
+        )
 
     scope = split_scope(params.get("scope")) or client.scopes
     unknown = [s for s in scope if s not in client.scopes]
@@ -2239,6 +2260,7 @@ def validate_authorization_request(
         redirect_uri_given=given,
         scope=scope,
         state=params.get("state"),
+        response_mode=response_mode,
         code_challenge=challenge,
         nonce=params.get("nonce"),
         login_hint=params.get("login_hint"),
@@ -2285,7 +2307,9 @@ def continue_authorization(
     return consent_page(srv, areq, browser)
 
 
-def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time: int) -> Redirect:
+def issue_code(
+    srv: Server, areq: AuthorizationRequest, username: str, auth_time: int
+) -> Redirect | Page:
     """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request."""
     code = new_secret()
     srv.storage.save_code(
@@ -2306,22 +2330,35 @@ def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time
     if areq.state is not None:
         params["state"] = areq.state  # RFC 6749 §4.1.2: REQUIRED if present in the request
     audit("code.issued", user=username, client=areq.client.client_id)
-    return authorization_response(srv, areq.redirect_uri, params)
+    return authorization_response(srv, areq.redirect_uri, params, areq.response_mode)
 
 
-
-def authorization_response(srv: Server, redirect_uri: str, params: dict[str, str]) -> Redirect:
+def authorization_response(
+    srv: Server, redirect_uri: str, params: dict[str, str], response_mode: str = "query"
+) -> Redirect | Page:
     """RFC 9207 §2: "the authorization server MUST include the iss parameter" in every
-    authorization response, success or error."""
-    return Redirect(add_query(redirect_uri, {**params, "iss": srv.issuer}))
+    authorization response, success or error. On the redirect's query (RFC 6749 §4.1.2), or
+    with form_post as a form the browser POSTs to the redirect URI (Form Post Response
+    Mode §2)."""
+    params = {**params, "iss": srv.issuer}
+    if response_mode == "form_post":
+        return form_post_page(redirect_uri, params)
+    return Redirect(add_query(redirect_uri, params))
 
 
-def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAuthError) -> Redirect:
-    """RFC 6749 §4.1.2.1: error, error_description and the client's state, on the query."""
+def error_redirect(
+    srv: Server,
+    areq_redirect: str,
+    state: str | None,
+    err: OAuthError,
+    response_mode: str = "query",
+) -> Redirect | Page:
+    """RFC 6749 §4.1.2.1: error, error_description and the client's state, in the response
+    mode of the request."""
     params = err.to_json()
     if state is not None:
         params["state"] = state
-    return authorization_response(srv, areq_redirect, params)
+    return authorization_response(srv, areq_redirect, params, response_mode)
 
 
 def client_identified(client: Client, redirect_uri: str) -> bool:
@@ -2471,9 +2508,8 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
     decision = form.get("decision")
     if decision == "deny":
         audit("consent.denied", user=session.username, client=areq.client.client_id)
-        return error_redirect(
-            srv, areq.redirect_uri, areq.state, AccessDenied("The user denied the request.")
-        )
+        denied = AccessDenied("The user denied the request.")
+        return error_redirect(srv, areq.redirect_uri, areq.state, denied, areq.response_mode)
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
@@ -3043,7 +3079,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
                              "at_hash",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": list(RESPONSE_MODES),
         "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
@@ -3106,16 +3142,29 @@ button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
 .ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
 """.strip()
 
-STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 
-# RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
+
+def sha256_base64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+STYLE_HASH = sha256_base64(STYLE)
+
+
+
+def content_security_policy(script: str = "") -> str:
+    """RFC 9700 §4.16: pages must not be framed (clickjacking); the CSP allows our own style
+    and, on a page that has one, its own inline script, by hash (CSP Level 3 §2.3.1)."""
+    allowed = f"script-src 'sha256-{sha256_base64(script)}'; " if script else ""
+    return (
+        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; {allowed}"
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
-    (
-        "Content-Security-Policy",
-        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; frame-ancestors 'none'; "
-        "base-uri 'none'",
-    ),
+    ("Content-Security-Policy", content_security_policy()),
     ("X-Content-Type-Options", "nosniff"),
     # same-origin, not no-referrer: a browser sends "Origin: null" on a POST from a page
     # with no-referrer, and refuse_cross_site needs the real one from browsers that send
@@ -3240,6 +3289,26 @@ again; if this keeps happening, tell its developers this error code:
     return Page("Error", body, err.status)
 
 
+# Form Post Response Mode §2: the form is "auto-submitted in the User Agent".
+FORM_POST_SCRIPT = "document.forms[0].submit()"
+
+
+def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
+    """OAuth 2.0 Form Post Response Mode §2: the authorization response "encoded as HTML form
+    values that are auto-submitted in the User Agent ... The action attribute of the form
+    MUST be the Client's Redirection URI. The method of the form attribute MUST be POST."
+    Its one script submits it; without JavaScript, the user's click on the button does."""
+    fields = "".join(
+        f'<input type="hidden" name="{esc(name)}" value="{esc(value)}">'
+        for name, value in params.items()
+    )
+    body = f"""{BRAND}<h1>Returning to the application</h1>
+<form method="post" action="{esc(redirect_uri)}">{fields}
+<p>If the application does not open by itself, continue here.</p>
+<div class="actions"><button type="submit">Continue</button></div></form>"""
+    return Page("Returning to the application", body, script=FORM_POST_SCRIPT)
+
+
 def signed_out_page() -> Page:
     body = f"""{BRAND}<h1>You are signed out</h1>
 <p role="status">You are no longer signed in here. Applications you used may keep you
@@ -3279,7 +3348,9 @@ def page_document(page: Page) -> str:
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
-        f"<body><main>{page.body}</main></body></html>"
+        f"<body><main>{page.body}</main>"
+        + (f"<script>{page.script}</script>" if page.script else "")
+        + "</body></html>"
     )
 
 
@@ -3953,6 +4024,8 @@ def page_response(page: Page) -> bottle.HTTPResponse:
     headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
     if page.retry_after:
         headers["Retry-After"] = str(page.retry_after)
+    if page.script:  # the page's own CSP, which allows its script (_secure_headers keeps it)
+        headers["Content-Security-Policy"] = content_security_policy(page.script)
     return bottle.HTTPResponse(page_document(page), page.status, headers)
 
 
@@ -3968,21 +4041,23 @@ def error_response(
     srv: Server,
     err: OAuthError,
     kind: ErrorKind,
-    redirect: tuple[str, str | None] | None = None,
+    redirect: tuple[str, str | None, str] | None = None,
 ) -> bottle.HTTPResponse:
     """The one place an OAuthError becomes a response, in the form its endpoint owes:
 
     - ``page``: an HTML page, never a redirect: the client or redirect_uri is not
       trusted (RFC 6749 §4.1.2.1), or the request came from a page of ours;
-    - ``redirect``: back to the client's trusted ``redirect`` (redirect_uri, state),
-      with error, error_description, state and iss (RFC 6749 §4.1.2.1, RFC 9207);
+    - ``redirect``: back to the client's trusted ``redirect`` (redirect_uri, state,
+      response_mode), with error, error_description, state and iss (RFC 6749 §4.1.2.1,
+      RFC 9207), on the query or as a form_post page;
     - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
     - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
     """
     if kind == "page":
         return page_response(error_page(err))
     if kind == "redirect" and redirect is not None:
-        return redirect_response(error_redirect(srv, redirect[0], redirect[1], err))
+        answer = error_redirect(srv, redirect[0], redirect[1], err, redirect[2])
+        return redirect_response(answer) if isinstance(answer, Redirect) else page_response(answer)
     headers = {}
     if kind == "bearer":
         challenge = 'Bearer realm="codeflow"'
@@ -4521,7 +4596,8 @@ def _redact_location(location: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
-_HIDDEN_SECRET_RE = re.compile(r'(name="(?:csrf_token|pending)" value=")[^"]*')
+# A page's hidden fields that hold secrets: a form's CSRF token, a form_post page's code.
+_HIDDEN_SECRET_RE = re.compile(rf'(name="(?:{"|".join(sorted(SECRET_NAMES))})" value=")[^"]*')
 
 
 def _redacted_body(body: bytes, content_type: str) -> Any:
@@ -4660,7 +4736,8 @@ def _inject(
         state = _only(pairs, "state")
     except OAuthError:
         return send(error_response(srv, err, "page"), start_response)
-    return send(error_response(srv, err, "redirect", (redirect_uri, state)), start_response)
+    back = (redirect_uri, state, response_mode_of(pairs))
+    return send(error_response(srv, err, "redirect", back), start_response)
 
 
 def _wrong_id_token(
