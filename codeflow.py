@@ -158,6 +158,15 @@ PROMPT_VALUES = ("none", "login", "consent")
 # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: query is the default for code;
 # OAuth 2.0 Form Post Response Mode §2: form_post.
 RESPONSE_MODES = ("query", "form_post")
+# OIDC Core §2 acr: the authentication context classes this server tells apart. The
+# multi-factor one is OpenID Provider Authentication Policy Extension 1.0 §4's policy URI,
+# which relying parties send in acr_values to ask for a second factor.
+ACR_PASSWORD = "urn:codeflow:acr:password"  # noqa: S105 -- an acr value, not a password
+ACR_MFA = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
+ACR_VALUES = (ACR_PASSWORD, ACR_MFA)
+# RFC 8176 §2: the authentication methods references of a sign-in.
+AMR_PASSWORD = ("pwd",)
+AMR_PASSWORD_AND_OTP = ("pwd", "otp", "mfa")
 
 SCOPE_WORDS = {
     "openid": "Confirm who you are",
@@ -450,6 +459,11 @@ class ConsentRequired(OAuthError):
     error = "consent_required"  # OpenID Connect Core §3.1.2.6
 
 
+class UnmetAuthenticationRequirements(OAuthError):
+    # OpenID Connect Core Error Code unmet_authentication_requirements 1.0 §2
+    error = "unmet_authentication_requirements"
+
+
 class InvalidToken(OAuthError):
     """RFC 6750 §3.1: the access token is expired, revoked, malformed or invalid."""
 
@@ -572,6 +586,8 @@ class AuthorizationCode:
     nonce: str | None
     auth_time: int
     expires_at: float
+    amr: tuple[str, ...] = ()  # OIDC Core §2, RFC 8176: how the user signed in
+    acr: str | None = None  # OIDC Core §2: the class of that sign-in (ACR_VALUES)
 
 
 TokenKind = Literal["access", "refresh"]
@@ -594,6 +610,8 @@ class Token:
     # When the user signed in for this grant, for the ID token of a refresh (OIDC Core
     # §12.2); None for client_credentials, and for tokens stored before it was kept.
     auth_time: int | None = None
+    amr: tuple[str, ...] = ()  # and how, for the same reason (OIDC Core §2, RFC 8176)
+    acr: str | None = None
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -1478,6 +1496,7 @@ class Session:
     username: str
     auth_time: int
     sid: str = ""  # names the session, so that logout can end it everywhere
+    amr: tuple[str, ...] = ()  # RFC 8176 §2: how the user signed in ("pwd", "otp", "mfa")
 
 
 @dataclass(frozen=True)
@@ -1603,7 +1622,7 @@ class Signer:
 
     def session_cookie(self, session: Session, fingerprint: str) -> str:
         payload = {"u": session.username, "t": session.auth_time, "s": session.sid,
-                   "f": fingerprint}  # fmt: skip
+                   "f": fingerprint, "a": list(session.amr)}  # fmt: skip
         return self.dumps(payload, "session", SESSION_LIFETIME)
 
 
@@ -1631,7 +1650,9 @@ def read_session(srv: Server, cookie: str | None) -> Session | None:
     user = srv.storage.get_user(payload["u"])
     if user is None or payload.get("f") != credentials_fingerprint(user):
         return None
-    return Session(payload["u"], payload["t"], payload["s"])
+    amr = payload.get("a")
+    amr = tuple(str(m) for m in amr) if isinstance(amr, list) else ()
+    return Session(payload["u"], payload["t"], payload["s"], amr)
 
 
 ###############################################################################
@@ -2124,6 +2145,7 @@ class AuthorizationRequest:
     scope: tuple[str, ...]
     state: str | None
     response_mode: str  # one of RESPONSE_MODES
+    acr_values: tuple[str, ...]  # OIDC Core §3.1.2.1, in order of preference
     code_challenge: str | None
     nonce: str | None
     login_hint: str | None
@@ -2261,6 +2283,7 @@ def validate_authorization_request(
         scope=scope,
         state=params.get("state"),
         response_mode=response_mode,
+        acr_values=split_scope(params.get("acr_values")),
         code_challenge=challenge,
         nonce=params.get("nonce"),
         login_hint=params.get("login_hint"),
@@ -2297,20 +2320,49 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq, browser)
+    if needs_second_factor(areq) and "otp" not in session.amr:
+        return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(areq.scope) <= (
         srv.storage.get_consent(session.username, areq.client.client_id)
     )
     if remembered and "consent" not in areq.prompt:
-        return issue_code(srv, areq, session.username, session.auth_time)
+        return issue_code(srv, areq, session.username, session.auth_time, session.amr)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
     return consent_page(srv, areq, browser)
 
 
+def needs_second_factor(areq: AuthorizationRequest) -> bool:
+    """OIDC Core §3.1.2.1: acr_values lists the classes the client accepts, "in order of
+    preference"; it asks for a second factor when it names the multi-factor class and not
+    the password one. Values we do not know are ignored (acr_values is a voluntary claim)."""
+    return ACR_MFA in areq.acr_values and ACR_PASSWORD not in areq.acr_values
+
+
+def ask_second_factor(
+    srv: Server, areq: AuthorizationRequest, browser: Browser, username: str
+) -> Page:
+    """A signed-in user whose session has no second factor, for a request that asks for
+    one: sign in again, with the TOTP code; a user who has none is told so."""
+    user = srv.storage.get_user(username)
+    if user is not None and user.totp_secret:
+        if "none" in areq.prompt:
+            raise LoginRequired("The client asks for a second factor: the user must sign in.")
+        return login_page(srv, areq, browser, SECOND_FACTOR_ASKED)
+    if "none" in areq.prompt:
+        raise UnmetAuthenticationRequirements("The user has no second factor.")
+    return no_second_factor_page(srv, areq, browser)
+
+
 def issue_code(
-    srv: Server, areq: AuthorizationRequest, username: str, auth_time: int
+    srv: Server,
+    areq: AuthorizationRequest,
+    username: str,
+    auth_time: int,
+    amr: tuple[str, ...] = (),
 ) -> Redirect | Page:
-    """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request."""
+    """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request, and to how the
+    user signed in (``amr``, RFC 8176; none for auto-approve), for the ID token."""
     code = new_secret()
     srv.storage.save_code(
         AuthorizationCode(
@@ -2324,6 +2376,8 @@ def issue_code(
             nonce=areq.nonce,
             auth_time=auth_time,
             expires_at=srv.clock() + srv.code_lifetime,
+            amr=amr,
+            acr=acr_of(amr),
         )
     )
     params = {"code": code}
@@ -2331,6 +2385,13 @@ def issue_code(
         params["state"] = areq.state  # RFC 6749 §4.1.2: REQUIRED if present in the request
     audit("code.issued", user=username, client=areq.client.client_id)
     return authorization_response(srv, areq.redirect_uri, params, areq.response_mode)
+
+
+def acr_of(amr: tuple[str, ...]) -> str | None:
+    """OIDC Core §2 acr: the class that a sign-in by the methods ``amr`` meets."""
+    if "mfa" in amr:
+        return ACR_MFA
+    return ACR_PASSWORD if "pwd" in amr else None
 
 
 def authorization_response(
@@ -2407,6 +2468,9 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     """Check a username and password, then a TOTP code for users who enrolled one; on
     success, send the browser back to the authorization endpoint."""
     areq = resume_request(srv, form, browser)
+    if form.get("cancel") == "yes":  # no_second_factor_page's way back to the client
+        err = UnmetAuthenticationRequirements("The user has no second factor.")
+        return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
@@ -2432,7 +2496,9 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     audit("login.succeeded", **who, second_factor="totp" if user.totp_secret else None)
     if user.totp_secret:
         return otp_page(srv, areq, browser, user.username)
-    return signed_in(srv, areq, user.username)
+    if needs_second_factor(areq):
+        return no_second_factor_page(srv, areq, browser)
+    return signed_in(srv, areq, user.username, AMR_PASSWORD)
 
 
 def second_factor(
@@ -2463,7 +2529,7 @@ def second_factor(
     if not attempt.ok:
         message = "That code was already used. Wait for the next one."
         return otp_page(srv, areq, browser, user.username, message)
-    return signed_in(srv, areq, user.username)
+    return signed_in(srv, areq, user.username, AMR_PASSWORD_AND_OTP)
 
 
 def in_words(seconds: int) -> str:
@@ -2486,9 +2552,12 @@ def totp_step(secret: str, otp: str, now: float) -> int | None:
     return None
 
 
-def signed_in(srv: Server, areq: AuthorizationRequest, username: str) -> Redirect:
-    """Start the login session and go back to the authorization endpoint."""
-    session = Session(username, int(srv.clock()), secrets.token_urlsafe(16))
+def signed_in(
+    srv: Server, areq: AuthorizationRequest, username: str, amr: tuple[str, ...]
+) -> Redirect:
+    """Start the login session, signed in by the methods ``amr`` (RFC 8176), and go back to
+    the authorization endpoint."""
+    session = Session(username, int(srv.clock()), secrets.token_urlsafe(16), amr)
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -2518,7 +2587,7 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
-    return issue_code(srv, areq, session.username, session.auth_time)
+    return issue_code(srv, areq, session.username, session.auth_time, session.amr)
 
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
@@ -2588,7 +2657,7 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     offline = "openid" not in code.scope or "offline_access" in code.scope
     body = issue_tokens(
         srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
-        auth_time=code.auth_time, nonce=code.nonce,
+        auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
@@ -2621,7 +2690,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
         srv, client, old.username, scope, family_id=old.family_id, refresh=True,
-        auth_time=old.auth_time, rotating=old,
+        auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
@@ -2660,6 +2729,8 @@ def issue_tokens(
     nonce: str | None = None,
     claims: dict[str, Any] | None = None,
     rotating: Token | None = None,
+    amr: tuple[str, ...] = (),
+    acr: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -2678,7 +2749,7 @@ def issue_tokens(
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
-            auth_time=auth_time,
+            auth_time=auth_time, amr=amr, acr=acr,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
@@ -2695,7 +2766,7 @@ def issue_tokens(
             Token(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
-                auth_time=auth_time,
+                auth_time=auth_time, amr=amr, acr=acr,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -2707,7 +2778,7 @@ def issue_tokens(
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if "openid" in scope and username is not None:
         body["id_token"] = id_token(
-            srv, client, username, scope, auth_time, nonce, access, claims
+            srv, client, username, scope, auth_time, nonce, access, claims, amr, acr
         )
     return body
 
@@ -2795,13 +2866,16 @@ def id_token(
     nonce: str | None,
     access_token: str,
     claims: dict[str, Any] | None = None,
+    amr: tuple[str, ...] = (),
+    acr: str | None = None,
 ) -> str:
     """OIDC Core §2 and §3.1.3.6: the ID token of a code flow, or of a refresh (§12.2).
 
     REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it when known, so max_age
     works, §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
     the nonce parameter sent in the Authentication Request"); at_hash (OPTIONAL in the
-    code flow, sent so that clients can bind the access token). Then the user's claims
+    code flow, sent so that clients can bind the access token); amr and acr when the user
+    signed in on our pages (OIDC Core §2, RFC 8176 §2). Then the user's claims
     that ``scope`` releases (§5.4), as userinfo answers them: §2 "ID Tokens MAY contain
     other Claims", and relying parties read the user from the ID token. A client with
     ``minimal_id_token`` gets them from userinfo only. ``claims``: more, from
@@ -2822,6 +2896,10 @@ def id_token(
     }
     if auth_time is not None:
         body["auth_time"] = auth_time
+    if amr:
+        body["amr"] = list(amr)
+    if acr is not None:
+        body["acr"] = acr
     if nonce is not None:
         body["nonce"] = nonce
     # A test may have scripted this token's claims (Server.next_claims).
@@ -3076,8 +3154,9 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
-                             "at_hash",
+                             "at_hash", "amr", "acr",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
+        "acr_values_supported": list(ACR_VALUES),
         "response_types_supported": ["code"],
         "response_modes_supported": list(RESPONSE_MODES),
         "grant_types_supported": list(GRANT_TYPES),
@@ -3245,6 +3324,24 @@ def otp_page(
 <div class="actions"><button type="submit">Verify</button>
 <a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
     return Page("Enter your code", body, status)
+
+
+SECOND_FACTOR_ASKED = "This app asks for your authentication code too. Sign in again."
+
+
+def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """The client asks for a second factor (acr_values) and the user has none; the button
+    tells the client so (unmet_authentication_requirements)."""
+    app = client_label(areq.client)
+    body = f"""{BRAND}<h1>A second factor is needed</h1>
+<p class="error" role="alert"><strong>{app}</strong> asks you to confirm who you are with a
+second factor: a code from an authenticator app. Your account has no second factor, so you
+cannot continue to {app} this way.</p>
+<p>Ask your administrator to set up a second factor for your account, then try again.</p>
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
+</div></form>"""
+    return Page("A second factor is needed", body, 403)
 
 
 def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:

@@ -187,6 +187,31 @@ def test_tokens_of_a_version_7_database_have_no_auth_time(path: Path) -> None:
         assert store.get_token("new").auth_time == int(NOW)
 
 
+def test_codes_and_tokens_of_a_version_8_database_have_no_authentication_context(
+    path: Path,
+) -> None:
+    """Migration 9 adds ``amr`` and ``acr`` (OIDC Core §2, RFC 8176) to codes and tokens:
+    rows stored by version 8 open with none, and new ones keep theirs."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:8]:
+            migration(db)
+        db.execute("PRAGMA user_version = 8")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+    with SQLiteStorage(path) as store:
+        old = store.get_token("old")
+        assert (old.amr, old.acr) == ((), None)
+        mfa = ("pwd", "otp", "mfa")
+        store.save_token(replace(a_token("new"), amr=mfa, acr="urn:example:mfa"))
+        assert store.get_token("new").amr == mfa
+        store.save_code(replace(a_code(), amr=("pwd",), acr="urn:example:pwd"))
+        code = store.consume_code("code-1")
+        assert code is not None and (code.amr, code.acr) == (("pwd",), "urn:example:pwd")
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()

@@ -221,6 +221,15 @@ def _v8_id_token_claims(db: sqlite_utils.Database) -> None:
     db.table("tokens").add_column("auth_time", int)
 
 
+def _v9_authentication_context(db: sqlite_utils.Database) -> None:
+    """How the user signed in, on codes and tokens (``amr`` and ``acr``, OIDC Core §2,
+    RFC 8176), for the ID token of the code and of each refresh; rows already stored get
+    none ("[]", NULL), and their ID tokens say nothing of it."""
+    for table in ("codes", "tokens"):
+        db.table(table).add_column("amr", str, not_null_default="[]")
+        db.table(table).add_column("acr", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -230,6 +239,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v6_consent_times,
     _v7_allowed_origins,
     _v8_id_token_claims,
+    _v9_authentication_context,
 ]
 
 
