@@ -154,6 +154,9 @@ SCOPE_CLAIMS = {
     "address": ("address",),
     "phone": ("phone_number", "phone_number_verified"),
 }
+# The scope that releases each claim: a claim asked for on its own (OIDC Core §5.5) is
+# released to a client that may ask for its scope, and the consent page shows that scope.
+CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims}
 PROMPT_VALUES = ("none", "login", "consent")
 # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: query is the default for code;
 # OAuth 2.0 Form Post Response Mode §2: form_post.
@@ -588,6 +591,8 @@ class AuthorizationCode:
     expires_at: float
     amr: tuple[str, ...] = ()  # OIDC Core §2, RFC 8176: how the user signed in
     acr: str | None = None  # OIDC Core §2: the class of that sign-in (ACR_VALUES)
+    # OIDC Core §5.5: the claims request parameter, checked ("id_token", "userinfo")
+    claims_request: dict[str, Any] = field(default_factory=dict)
 
 
 TokenKind = Literal["access", "refresh"]
@@ -612,6 +617,8 @@ class Token:
     auth_time: int | None = None
     amr: tuple[str, ...] = ()  # and how, for the same reason (OIDC Core §2, RFC 8176)
     acr: str | None = None
+    # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
+    claims_request: dict[str, Any] = field(default_factory=dict)
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -2146,6 +2153,7 @@ class AuthorizationRequest:
     state: str | None
     response_mode: str  # one of RESPONSE_MODES
     acr_values: tuple[str, ...]  # OIDC Core §3.1.2.1, in order of preference
+    claims: dict[str, Any]  # OIDC Core §5.5, checked by claims_request
     code_challenge: str | None
     nonce: str | None
     login_hint: str | None
@@ -2284,6 +2292,7 @@ def validate_authorization_request(
         state=params.get("state"),
         response_mode=response_mode,
         acr_values=split_scope(params.get("acr_values")),
+        claims=claims_request(params.get("claims")),
         code_challenge=challenge,
         nonce=params.get("nonce"),
         login_hint=params.get("login_hint"),
@@ -2291,6 +2300,73 @@ def validate_authorization_request(
         max_age=int(max_age) if max_age is not None else None,
         params=params,
     )
+
+
+def claims_request(value: str | None) -> dict[str, Any]:
+    """OIDC Core §5.5: the claims parameter, "a JSON object listing the requested Claims":
+    its id_token and userinfo members, each an object of claim names to null (a voluntary
+    claim) or an object (§5.5.1: essential, a boolean; value; values, an array; acr's
+    values are strings). Other members are ignored; anything malformed is refused."""
+    if value is None:
+        return {}
+    try:
+        request = json.loads(value)
+    except ValueError:
+        raise InvalidRequest("claims must be a JSON object (OIDC Core 5.5).") from None
+    if not isinstance(request, dict):
+        raise InvalidRequest("claims must be a JSON object (OIDC Core 5.5).")
+    checked: dict[str, Any] = {}
+    for member in ("id_token", "userinfo"):
+        wanted = request.get(member)
+        if wanted is None:
+            continue
+        if not isinstance(wanted, dict):
+            raise InvalidRequest(f"claims.{member} must be a JSON object (OIDC Core 5.5).")
+        for name, spec in wanted.items():
+            if spec is not None and not _claim_spec_ok(name, spec):
+                raise InvalidRequest(
+                    f"claims.{member}.{name[:40]} must be null or an object with essential "
+                    "(a boolean), value or values (an array) (OIDC Core 5.5.1)."
+                )
+        checked[member] = wanted
+    return checked
+
+
+def _claim_spec_ok(name: str, spec: Any) -> bool:
+    """OIDC Core §5.5.1: an object whose essential is a boolean and values an array; acr's
+    value and values are strings (Authentication Context Class References)."""
+    if not isinstance(spec, dict):
+        return False
+    values = spec.get("values", [])
+    if not isinstance(spec.get("essential", False), bool) or not isinstance(values, list):
+        return False
+    return name != "acr" or (
+        isinstance(spec.get("value", ""), str) and all(isinstance(v, str) for v in values)
+    )
+
+
+def requested_value(areq: AuthorizationRequest, claim: str) -> list[str]:
+    """The values the claims parameter asks the ID token's ``claim`` to have (§5.5.1
+    value, values), if it asks for particular ones."""
+    spec = areq.claims.get("id_token", {}).get(claim)
+    if not isinstance(spec, dict):
+        return []
+    if isinstance(spec.get("value"), str):
+        return [spec["value"]]
+    return [v for v in spec.get("values", []) if isinstance(v, str)]
+
+
+def consent_scopes(areq: AuthorizationRequest) -> tuple[str, ...]:
+    """What the user consents to: the scopes asked for, and the scope of each claim asked
+    for on its own (OIDC Core §5.5) that the client may ask for, so that the consent page
+    shows every kind of data the client gets."""
+    extra = [
+        CLAIM_SCOPE[name]
+        for member in areq.claims.values()
+        for name in member
+        if CLAIM_SCOPE.get(name) in areq.client.scopes
+    ]
+    return tuple(dict.fromkeys((*areq.scope, *extra)))
 
 
 def continue_authorization(
@@ -2302,10 +2378,20 @@ def continue_authorization(
     authentication or consent user interface pages"; it answers login_required or
     consent_required instead.
     """
+    # OIDC Core §3.1.2.1: with a sub value in the claims parameter, "the Authorization
+    # Server MUST only send a positive response if the End-User identified by that sub
+    # value has an active session with the Authorization Server or has been Authenticated
+    # as a result of the request".
+    subs = requested_value(areq, "sub")
+    sub = subs[0] if subs else None
     approve_as = srv.auto_approve
     if approve_as is not None:
         if areq.login_hint and srv.storage.get_user(areq.login_hint):
             approve_as = areq.login_hint
+        if sub is not None:
+            if srv.storage.get_user(sub) is None:
+                raise LoginRequired("No user has the sub the client asks for.")
+            approve_as = sub
         return issue_code(srv, areq, approve_as, int(srv.clock()))
     session = browser.session
     # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
@@ -2320,11 +2406,15 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq, browser)
+    if sub is not None and sub != session.username:
+        if "none" in areq.prompt:
+            raise LoginRequired("The signed-in user is not the one the client asks for.")
+        return login_page(srv, areq, browser, ANOTHER_ACCOUNT_ASKED)
     if needs_second_factor(areq) and "otp" not in session.amr:
         return ask_second_factor(srv, areq, browser, session.username)
-    remembered = client_identified(areq.client, areq.redirect_uri) and set(areq.scope) <= (
-        srv.storage.get_consent(session.username, areq.client.client_id)
-    )
+    remembered = client_identified(areq.client, areq.redirect_uri) and set(
+        consent_scopes(areq)
+    ) <= srv.storage.get_consent(session.username, areq.client.client_id)
     if remembered and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time, session.amr)
     if "none" in areq.prompt:
@@ -2335,8 +2425,14 @@ def continue_authorization(
 def needs_second_factor(areq: AuthorizationRequest) -> bool:
     """OIDC Core §3.1.2.1: acr_values lists the classes the client accepts, "in order of
     preference"; it asks for a second factor when it names the multi-factor class and not
-    the password one. Values we do not know are ignored (acr_values is a voluntary claim)."""
-    return ACR_MFA in areq.acr_values and ACR_PASSWORD not in areq.acr_values
+    the password one. Values we do not know are ignored (acr_values is a voluntary claim).
+    So does the claims parameter's acr when essential (OIDC Core §5.5.1.1)."""
+    if ACR_MFA in areq.acr_values and ACR_PASSWORD not in areq.acr_values:
+        return True
+    acr = areq.claims.get("id_token", {}).get("acr")
+    essential = isinstance(acr, dict) and acr.get("essential") is True
+    values = requested_value(areq, "acr")
+    return essential and ACR_MFA in values and ACR_PASSWORD not in values
 
 
 def ask_second_factor(
@@ -2378,6 +2474,7 @@ def issue_code(
             expires_at=srv.clock() + srv.code_lifetime,
             amr=amr,
             acr=acr_of(amr),
+            claims_request=areq.claims,
         )
     )
     params = {"code": code}
@@ -2583,7 +2680,7 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
         srv.storage.save_consent(
-            session.username, areq.client.client_id, areq.scope, srv.clock()
+            session.username, areq.client.client_id, consent_scopes(areq), srv.clock()
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
@@ -2658,6 +2755,7 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     body = issue_tokens(
         srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
+        claims_request=code.claims_request,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
@@ -2691,6 +2789,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     body = issue_tokens(
         srv, client, old.username, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
+        claims_request=old.claims_request,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
@@ -2731,6 +2830,7 @@ def issue_tokens(
     rotating: Token | None = None,
     amr: tuple[str, ...] = (),
     acr: str | None = None,
+    claims_request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -2749,7 +2849,7 @@ def issue_tokens(
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
-            auth_time=auth_time, amr=amr, acr=acr,
+            auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
@@ -2766,7 +2866,7 @@ def issue_tokens(
             Token(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
-                auth_time=auth_time, amr=amr, acr=acr,
+                auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -2778,8 +2878,9 @@ def issue_tokens(
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if "openid" in scope and username is not None:
         body["id_token"] = id_token(
-            srv, client, username, scope, auth_time, nonce, access, claims, amr, acr
-        )
+            srv, client, username, scope, auth_time, nonce, access, claims, amr, acr,
+            (claims_request or {}).get("id_token", {}),
+        )  # fmt: skip
     return body
 
 
@@ -2868,6 +2969,7 @@ def id_token(
     claims: dict[str, Any] | None = None,
     amr: tuple[str, ...] = (),
     acr: str | None = None,
+    requested: dict[str, Any] | None = None,
 ) -> str:
     """OIDC Core §2 and §3.1.3.6: the ID token of a code flow, or of a refresh (§12.2).
 
@@ -2878,7 +2980,8 @@ def id_token(
     signed in on our pages (OIDC Core §2, RFC 8176 §2). Then the user's claims
     that ``scope`` releases (§5.4), as userinfo answers them: §2 "ID Tokens MAY contain
     other Claims", and relying parties read the user from the ID token. A client with
-    ``minimal_id_token`` gets them from userinfo only. ``claims``: more, from
+    ``minimal_id_token`` gets them from userinfo only. Claims ``requested`` on their own
+    for the ID token (OIDC Core §5.5) come too. ``claims``: more, from
     ``Server.issue_tokens``.
     """
     now = int(srv.clock())
@@ -2886,6 +2989,7 @@ def id_token(
     released = {} if client.minimal_id_token or user is None else scope_claims(user, scope)
     body: dict[str, Any] = {
         **released,
+        **(individual_claims(user, client, requested or {}) if user is not None else {}),
         **(claims or {}),
         "iss": srv.issuer,
         "sub": username,  # OIDC Core §2: locally unique and never reassigned
@@ -2973,21 +3077,34 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
         raise InvalidToken("The access token is invalid, expired or revoked.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
-    if srv.storage.get_client(token.client_id) is None:
+    client = srv.storage.get_client(token.client_id)
+    if client is None:
         raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)
     if user is None:
         raise InvalidToken("The token's user no longer exists.")
+    requested = individual_claims(user, client, token.claims_request.get("userinfo", {}))
     # OIDC Core §5.3.2: "The sub Claim MUST always be returned in the UserInfo Response."
-    return {**scope_claims(user, token.scope), "sub": user.username}
+    return {**scope_claims(user, token.scope), **requested, "sub": user.username}
 
 
 def scope_claims(user: User, scope: tuple[str, ...]) -> dict[str, Any]:
     """OIDC Core §5.4: the user's claims that the scope values ask for."""
     allowed = {c for value in scope for c in SCOPE_CLAIMS.get(value, ())}
     return {k: v for k, v in user.claims.items() if k in allowed}
+
+
+def individual_claims(user: User, client: Client, requested: dict[str, Any]) -> dict[str, Any]:
+    """OIDC Core §5.5: the user's claims that the claims parameter asks for on their own,
+    those whose scope the client may ask for (the consent page showed that scope, see
+    consent_scopes). §5.5.1: the rest are not returned, and that is no error."""
+    return {
+        name: user.claims[name]
+        for name in requested
+        if name in user.claims and CLAIM_SCOPE.get(name) in client.scopes
+    }
 
 
 def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
@@ -3168,7 +3285,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": list(PROMPT_VALUES),
         "authorization_response_iss_parameter_supported": True,
-        "claims_parameter_supported": False,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
     }  # fmt: skip
@@ -3344,9 +3461,13 @@ cannot continue to {app} this way.</p>
     return Page("A second factor is needed", body, 403)
 
 
+ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
+
+
 def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
     items = "".join(
-        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
+        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>"
+        for s in consent_scopes(areq)
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
     switch = authorize_url(srv, {**areq.params, "prompt": "login"})

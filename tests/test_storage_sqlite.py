@@ -212,6 +212,28 @@ def test_codes_and_tokens_of_a_version_8_database_have_no_authentication_context
         assert code is not None and (code.amr, code.acr) == (("pwd",), "urn:example:pwd")
 
 
+def test_codes_and_tokens_of_a_version_9_database_have_no_claims_request(path: Path) -> None:
+    """Migration 10 adds the claims request (OIDC Core §5.5) to codes and tokens: rows
+    stored by version 9 open with none, and new ones keep theirs, JSON and all."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:9]:
+            migration(db)
+        db.execute("PRAGMA user_version = 9")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+    request = {"id_token": {"email": None, "acr": {"essential": True, "values": ["x"]}}}
+    with SQLiteStorage(path) as store:
+        assert store.get_token("old").claims_request == {}
+        store.save_token(replace(a_token("new"), claims_request=request))
+        assert store.get_token("new").claims_request == request
+        store.save_code(replace(a_code(), claims_request=request))
+        code = store.consume_code("code-1")
+        assert code is not None and code.claims_request == request
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()

@@ -230,6 +230,13 @@ def _v9_authentication_context(db: sqlite_utils.Database) -> None:
         db.table(table).add_column("acr", str)
 
 
+def _v10_claims_request(db: sqlite_utils.Database) -> None:
+    """The claims request parameter (OIDC Core §5.5) a code or token was granted with, as
+    JSON; rows already stored get none ("{}")."""
+    for table in ("codes", "tokens"):
+        db.table(table).add_column("claims_request", str, not_null_default="{}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -240,6 +247,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v7_allowed_origins,
     _v8_id_token_claims,
     _v9_authentication_context,
+    _v10_claims_request,
 ]
 
 
