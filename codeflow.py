@@ -8,8 +8,11 @@ It implements the authorization code flow with PKCE and the grants around it:
   RFC 8252 §7.3 (any port for loopback redirect URIs of native clients);
 - RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery);
 - RFC 6238 (TOTP) as an optional second factor at login;
-- OpenID Connect Core 1.0 (ID tokens, userinfo), Discovery 1.0, RP-Initiated Logout
-  1.0; RFC 7517 (JWKS, with key rotation) and RFC 9068 (JWT access tokens).
+- OpenID Connect Core 1.0 (ID tokens with the granted claims, amr and acr per RFC 8176,
+  refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
+  1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
+  (JWT access tokens);
+- CORS (the Fetch Standard) on the endpoints browser apps call.
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
