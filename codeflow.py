@@ -8,8 +8,11 @@ It implements the authorization code flow with PKCE and the grants around it:
   RFC 8252 §7.3 (any port for loopback redirect URIs of native clients);
 - RFC 7009 (revocation), RFC 7662 (introspection), RFC 8414 (discovery);
 - RFC 6238 (TOTP) as an optional second factor at login;
-- OpenID Connect Core 1.0 (ID tokens, userinfo), Discovery 1.0, RP-Initiated Logout
-  1.0; RFC 7517 (JWKS, with key rotation) and RFC 9068 (JWT access tokens).
+- OpenID Connect Core 1.0 (ID tokens with the granted claims, amr and acr per RFC 8176,
+  refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
+  1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
+  (JWT access tokens);
+- CORS (the Fetch Standard) on the endpoints browser apps call.
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
@@ -155,7 +158,22 @@ SCOPE_CLAIMS = {
     "address": ("address",),
     "phone": ("phone_number", "phone_number_verified"),
 }
+# The scope that releases each claim: a claim asked for on its own (OIDC Core §5.5) is
+# released to a client that may ask for its scope, and the consent page shows that scope.
+CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims}
 PROMPT_VALUES = ("none", "login", "consent")
+# OAuth 2.0 Multiple Response Type Encoding Practices §2.1: query is the default for code;
+# OAuth 2.0 Form Post Response Mode §2: form_post.
+RESPONSE_MODES = ("query", "form_post")
+# OIDC Core §2 acr: the authentication context classes this server tells apart. The
+# multi-factor one is OpenID Provider Authentication Policy Extension 1.0 §4's policy URI,
+# which relying parties send in acr_values to ask for a second factor.
+ACR_PASSWORD = "urn:codeflow:acr:password"  # noqa: S105 -- an acr value, not a password
+ACR_MFA = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
+ACR_VALUES = (ACR_PASSWORD, ACR_MFA)
+# RFC 8176 §2: the authentication methods references of a sign-in.
+AMR_PASSWORD = ("pwd",)
+AMR_PASSWORD_AND_OTP = ("pwd", "otp", "mfa")
 
 SCOPE_WORDS = {
     "openid": "Confirm who you are",
@@ -449,6 +467,11 @@ class ConsentRequired(OAuthError):
     error = "consent_required"  # OpenID Connect Core §3.1.2.6
 
 
+class UnmetAuthenticationRequirements(OAuthError):
+    # OpenID Connect Core Error Code unmet_authentication_requirements 1.0 §2
+    error = "unmet_authentication_requirements"
+
+
 class InvalidToken(OAuthError):
     """RFC 6750 §3.1: the access token is expired, revoked, malformed or invalid."""
 
@@ -529,6 +552,11 @@ class Client:
     id_token_signed_response_alg: str = "RS256"  # noqa: S105 -- OIDC Registration §2
     access_token_jwt: bool = False  # RFC 9068 JWT access tokens instead of opaque ones
     post_logout_redirect_uris: tuple[str, ...] = ()  # OIDC RP-Initiated Logout §3.1
+    # Origins of browser apps that may read the token, userinfo and revocation answers
+    # (CORS), besides those of a public client's redirect URIs (see cors_origins).
+    allowed_origins: tuple[str, ...] = ()
+    # OIDC Core §5.4: the user's claims from userinfo only, not in ID tokens as well.
+    minimal_id_token: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
 
     @property
@@ -566,6 +594,10 @@ class AuthorizationCode:
     nonce: str | None
     auth_time: int
     expires_at: float
+    amr: tuple[str, ...] = ()  # OIDC Core §2, RFC 8176: how the user signed in
+    acr: str | None = None  # OIDC Core §2: the class of that sign-in (ACR_VALUES)
+    # OIDC Core §5.5: the claims request parameter, checked ("id_token", "userinfo")
+    claims_request: dict[str, Any] = field(default_factory=dict)
 
 
 TokenKind = Literal["access", "refresh"]
@@ -585,6 +617,13 @@ class Token:
     expires_at: float
     family_id: str
     revoked: bool = False
+    # When the user signed in for this grant, for the ID token of a refresh (OIDC Core
+    # §12.2); None for client_credentials, and for tokens stored before it was kept.
+    auth_time: int | None = None
+    amr: tuple[str, ...] = ()  # and how, for the same reason (OIDC Core §2, RFC 8176)
+    acr: str | None = None
+    # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
+    claims_request: dict[str, Any] = field(default_factory=dict)
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -1161,10 +1200,15 @@ class Server:
         id_token_signed_response_alg: str = "RS256",  # noqa: S107 -- an alg name
         access_token_jwt: bool = False,
         post_logout_redirect_uris: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
+        minimal_id_token: bool = False,
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
-        (see ``refuse_shared_subject``)."""
+        (see ``refuse_shared_subject``). ``allowed_origins``: web origins, such as
+        ``https://app.example``, whose pages may call the token, userinfo and revocation
+        endpoints (CORS); a public client's redirect URIs give theirs without it.
+        ``minimal_id_token``: ID tokens without the user's claims (userinfo has them)."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1177,6 +1221,8 @@ class Server:
             id_token_signed_response_alg=id_token_signed_response_alg,
             access_token_jwt=access_token_jwt,
             post_logout_redirect_uris=tuple(post_logout_redirect_uris),
+            allowed_origins=tuple(allowed_origins),
+            minimal_id_token=minimal_id_token,
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
@@ -1193,7 +1239,8 @@ class Server:
             raise ValueError(f"no client {client_id!r}")
         if {"client_id", "secret_hash"} & set(changes):
             raise ValueError("client_id and the secret cannot be updated (rotate_client_secret)")
-        tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris")
+        tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris",
+                  "allowed_origins")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
         check_client(client, public=client.public)
@@ -1412,6 +1459,29 @@ def check_client(client: Client, *, public: bool) -> None:
         raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
     if public and not client.require_pkce:
         raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+    for origin in client.allowed_origins:
+        if web_origin(origin) != origin:
+            raise ValueError(
+                f"allowed_origins: {origin!r} is not an origin: write scheme://host[:port], "
+                "as a browser sends it in Origin (no path, no trailing slash, no default "
+                "port, lower case; no wildcard)"
+            )
+
+
+def web_origin(uri: str) -> str | None:
+    """The serialized origin of an http(s) URI (HTML §7.1.1: scheme "://" host, and ":"
+    port unless it is the scheme's default), as a browser sends it in ``Origin``; None for
+    other schemes (a native app's private-use scheme has no web origin)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 ###############################################################################
@@ -1448,6 +1518,7 @@ class Session:
     username: str
     auth_time: int
     sid: str = ""  # names the session, so that logout can end it everywhere
+    amr: tuple[str, ...] = ()  # RFC 8176 §2: how the user signed in ("pwd", "otp", "mfa")
     # credentials_fingerprint of the user record whose password (and code) were checked:
     # a session started by a check that raced a password change is born ended.
     fingerprint: str = ""
@@ -1489,6 +1560,7 @@ class Page:
     signed_out: bool = False
     cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
     retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429)
+    script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
 
 
 class Signer:
@@ -1578,7 +1650,7 @@ class Signer:
 
     def session_cookie(self, session: Session, fingerprint: str) -> str:
         payload = {"u": session.username, "t": session.auth_time, "s": session.sid,
-                   "f": fingerprint}  # fmt: skip
+                   "f": fingerprint, "a": list(session.amr)}  # fmt: skip
         return self.dumps(payload, "session", SESSION_LIFETIME)
 
 
@@ -1609,7 +1681,9 @@ def read_session(srv: Server, cookie: str | None) -> Session | None:
     user = srv.storage.get_user(payload["u"])
     if user is None or payload.get("f") != credentials_fingerprint(user):
         return None
-    return Session(payload["u"], payload["t"], payload["s"])
+    amr = payload.get("a")
+    amr = tuple(str(m) for m in amr) if isinstance(amr, list) else ()
+    return Session(payload["u"], payload["t"], payload["s"], amr)
 
 
 ###############################################################################
@@ -2101,6 +2175,9 @@ class AuthorizationRequest:
     redirect_uri_given: bool
     scope: tuple[str, ...]
     state: str | None
+    response_mode: str  # one of RESPONSE_MODES
+    acr_values: tuple[str, ...]  # OIDC Core §3.1.2.1, in order of preference
+    claims: dict[str, Any]  # OIDC Core §5.5, checked by claims_request
     code_challenge: str | None
     nonce: str | None
     login_hint: str | None
@@ -2123,7 +2200,15 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
         areq = validate_authorization_request(srv, client, redirect_uri, given, params)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
-        return error_redirect(srv, redirect_uri, state, err)
+        return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
+
+
+def response_mode_of(pairs: list[tuple[str, str]]) -> str:
+    """The response mode to answer in, also when the request is refused for another reason:
+    the one it asks for if we support it, else query (OAuth 2.0 Multiple Response Type
+    Encoding Practices §2.1: the default for response_type=code)."""
+    modes = [value for name, value in pairs if name == "response_mode"]
+    return modes[0] if len(modes) == 1 and modes[0] in RESPONSE_MODES else "query"
 
 
 def _only(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -2181,6 +2266,14 @@ def validate_authorization_request(
         raise UnsupportedResponseType("Only response_type=code is supported.")
     if "authorization_code" not in client.grant_types:
         raise UnauthorizedClient("This client may not use the authorization code grant.")
+    # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: response_mode "Informs the
+    # Authorization Server of the mechanism to be used for returning Authorization Response
+    # parameters"; one we cannot honour is refused, not silently replaced.
+    response_mode = params.get("response_mode", "query")
+    if response_mode not in RESPONSE_MODES:
+        raise InvalidRequest(
+            f"response_mode {response_mode[:40]} is not supported: use query or form_post."
+        )
 
     scope = split_scope(params.get("scope")) or client.scopes
     unknown = [s for s in scope if s not in client.scopes]
@@ -2221,6 +2314,9 @@ def validate_authorization_request(
         redirect_uri_given=given,
         scope=scope,
         state=params.get("state"),
+        response_mode=response_mode,
+        acr_values=split_scope(params.get("acr_values")),
+        claims=claims_request(params.get("claims")),
         code_challenge=challenge,
         nonce=params.get("nonce"),
         login_hint=params.get("login_hint"),
@@ -2228,6 +2324,73 @@ def validate_authorization_request(
         max_age=int(max_age) if max_age is not None else None,
         params=params,
     )
+
+
+def claims_request(value: str | None) -> dict[str, Any]:
+    """OIDC Core §5.5: the claims parameter, "a JSON object listing the requested Claims":
+    its id_token and userinfo members, each an object of claim names to null (a voluntary
+    claim) or an object (§5.5.1: essential, a boolean; value; values, an array; acr's
+    values are strings). Other members are ignored; anything malformed is refused."""
+    if value is None:
+        return {}
+    try:
+        request = json.loads(value)
+    except ValueError:
+        raise InvalidRequest("claims must be a JSON object (OIDC Core 5.5).") from None
+    if not isinstance(request, dict):
+        raise InvalidRequest("claims must be a JSON object (OIDC Core 5.5).")
+    checked: dict[str, Any] = {}
+    for member in ("id_token", "userinfo"):
+        wanted = request.get(member)
+        if wanted is None:
+            continue
+        if not isinstance(wanted, dict):
+            raise InvalidRequest(f"claims.{member} must be a JSON object (OIDC Core 5.5).")
+        for name, spec in wanted.items():
+            if spec is not None and not _claim_spec_ok(name, spec):
+                raise InvalidRequest(
+                    f"claims.{member}.{name[:40]} must be null or an object with essential "
+                    "(a boolean), value or values (an array) (OIDC Core 5.5.1)."
+                )
+        checked[member] = wanted
+    return checked
+
+
+def _claim_spec_ok(name: str, spec: Any) -> bool:
+    """OIDC Core §5.5.1: an object whose essential is a boolean and values an array; acr's
+    value and values are strings (Authentication Context Class References)."""
+    if not isinstance(spec, dict):
+        return False
+    values = spec.get("values", [])
+    if not isinstance(spec.get("essential", False), bool) or not isinstance(values, list):
+        return False
+    return name != "acr" or (
+        isinstance(spec.get("value", ""), str) and all(isinstance(v, str) for v in values)
+    )
+
+
+def requested_value(areq: AuthorizationRequest, claim: str) -> list[str]:
+    """The values the claims parameter asks the ID token's ``claim`` to have (§5.5.1
+    value, values), if it asks for particular ones."""
+    spec = areq.claims.get("id_token", {}).get(claim)
+    if not isinstance(spec, dict):
+        return []
+    if isinstance(spec.get("value"), str):
+        return [spec["value"]]
+    return [v for v in spec.get("values", []) if isinstance(v, str)]
+
+
+def consent_scopes(areq: AuthorizationRequest) -> tuple[str, ...]:
+    """What the user consents to: the scopes asked for, and the scope of each claim asked
+    for on its own (OIDC Core §5.5) that the client may ask for, so that the consent page
+    shows every kind of data the client gets."""
+    extra = [
+        CLAIM_SCOPE[name]
+        for member in areq.claims.values()
+        for name in member
+        if CLAIM_SCOPE.get(name) in areq.client.scopes
+    ]
+    return tuple(dict.fromkeys((*areq.scope, *extra)))
 
 
 def continue_authorization(
@@ -2239,10 +2402,20 @@ def continue_authorization(
     authentication or consent user interface pages"; it answers login_required or
     consent_required instead.
     """
+    # OIDC Core §3.1.2.1: with a sub value in the claims parameter, "the Authorization
+    # Server MUST only send a positive response if the End-User identified by that sub
+    # value has an active session with the Authorization Server or has been Authenticated
+    # as a result of the request".
+    subs = requested_value(areq, "sub")
+    sub = subs[0] if subs else None
     approve_as = srv.auto_approve
     if approve_as is not None:
         if areq.login_hint and srv.storage.get_user(areq.login_hint):
             approve_as = areq.login_hint
+        if sub is not None:
+            if srv.storage.get_user(sub) is None:
+                raise LoginRequired("No user has the sub the client asks for.")
+            approve_as = sub
         return issue_code(srv, areq, approve_as, int(srv.clock()))
     session = browser.session
     # OIDC Core §3.1.2.1 max_age: past it, "the OP MUST attempt to actively
@@ -2257,18 +2430,59 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The user is not signed in.")
         return login_page(srv, areq, browser)
-    remembered = client_identified(areq.client, areq.redirect_uri) and set(areq.scope) <= (
-        srv.storage.get_consent(session.username, areq.client.client_id)
-    )
+    if sub is not None and sub != session.username:
+        if "none" in areq.prompt:
+            raise LoginRequired("The signed-in user is not the one the client asks for.")
+        return login_page(srv, areq, browser, ANOTHER_ACCOUNT_ASKED)
+    if needs_second_factor(areq) and "otp" not in session.amr:
+        return ask_second_factor(srv, areq, browser, session.username)
+    remembered = client_identified(areq.client, areq.redirect_uri) and set(
+        consent_scopes(areq)
+    ) <= srv.storage.get_consent(session.username, areq.client.client_id)
     if remembered and "consent" not in areq.prompt:
-        return issue_code(srv, areq, session.username, session.auth_time)
+        return issue_code(srv, areq, session.username, session.auth_time, session.amr)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
     return consent_page(srv, areq, browser)
 
 
-def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time: int) -> Redirect:
-    """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request."""
+def needs_second_factor(areq: AuthorizationRequest) -> bool:
+    """OIDC Core §3.1.2.1: acr_values lists the classes the client accepts, "in order of
+    preference"; it asks for a second factor when it names the multi-factor class and not
+    the password one. Values we do not know are ignored (acr_values is a voluntary claim).
+    So does the claims parameter's acr when essential (OIDC Core §5.5.1.1)."""
+    if ACR_MFA in areq.acr_values and ACR_PASSWORD not in areq.acr_values:
+        return True
+    acr = areq.claims.get("id_token", {}).get("acr")
+    essential = isinstance(acr, dict) and acr.get("essential") is True
+    values = requested_value(areq, "acr")
+    return essential and ACR_MFA in values and ACR_PASSWORD not in values
+
+
+def ask_second_factor(
+    srv: Server, areq: AuthorizationRequest, browser: Browser, username: str
+) -> Page:
+    """A signed-in user whose session has no second factor, for a request that asks for
+    one: sign in again, with the TOTP code; a user who has none is told so."""
+    user = srv.storage.get_user(username)
+    if user is not None and user.totp_secret:
+        if "none" in areq.prompt:
+            raise LoginRequired("The client asks for a second factor: the user must sign in.")
+        return login_page(srv, areq, browser, SECOND_FACTOR_ASKED)
+    if "none" in areq.prompt:
+        raise UnmetAuthenticationRequirements("The user has no second factor.")
+    return no_second_factor_page(srv, areq, browser)
+
+
+def issue_code(
+    srv: Server,
+    areq: AuthorizationRequest,
+    username: str,
+    auth_time: int,
+    amr: tuple[str, ...] = (),
+) -> Redirect | Page:
+    """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request, and to how the
+    user signed in (``amr``, RFC 8176; none for auto-approve), for the ID token."""
     code = new_secret()
     srv.storage.save_code(
         AuthorizationCode(
@@ -2282,28 +2496,51 @@ def issue_code(srv: Server, areq: AuthorizationRequest, username: str, auth_time
             nonce=areq.nonce,
             auth_time=auth_time,
             expires_at=srv.clock() + srv.code_lifetime,
+            amr=amr,
+            acr=acr_of(amr),
+            claims_request=areq.claims,
         )
     )
     params = {"code": code}
     if areq.state is not None:
         params["state"] = areq.state  # RFC 6749 §4.1.2: REQUIRED if present in the request
     audit("code.issued", user=username, client=areq.client.client_id)
-    return authorization_response(srv, areq.redirect_uri, params)
+    return authorization_response(srv, areq.redirect_uri, params, areq.response_mode)
 
 
+def acr_of(amr: tuple[str, ...]) -> str | None:
+    """OIDC Core §2 acr: the class that a sign-in by the methods ``amr`` meets."""
+    if "mfa" in amr:
+        return ACR_MFA
+    return ACR_PASSWORD if "pwd" in amr else None
 
-def authorization_response(srv: Server, redirect_uri: str, params: dict[str, str]) -> Redirect:
+
+def authorization_response(
+    srv: Server, redirect_uri: str, params: dict[str, str], response_mode: str = "query"
+) -> Redirect | Page:
     """RFC 9207 §2: "the authorization server MUST include the iss parameter" in every
-    authorization response, success or error."""
-    return Redirect(add_query(redirect_uri, {**params, "iss": srv.issuer}))
+    authorization response, success or error. On the redirect's query (RFC 6749 §4.1.2), or
+    with form_post as a form the browser POSTs to the redirect URI (Form Post Response
+    Mode §2)."""
+    params = {**params, "iss": srv.issuer}
+    if response_mode == "form_post":
+        return form_post_page(redirect_uri, params)
+    return Redirect(add_query(redirect_uri, params))
 
 
-def error_redirect(srv: Server, areq_redirect: str, state: str | None, err: OAuthError) -> Redirect:
-    """RFC 6749 §4.1.2.1: error, error_description and the client's state, on the query."""
+def error_redirect(
+    srv: Server,
+    areq_redirect: str,
+    state: str | None,
+    err: OAuthError,
+    response_mode: str = "query",
+) -> Redirect | Page:
+    """RFC 6749 §4.1.2.1: error, error_description and the client's state, in the response
+    mode of the request."""
     params = err.to_json()
     if state is not None:
         params["state"] = state
-    return authorization_response(srv, areq_redirect, params)
+    return authorization_response(srv, areq_redirect, params, response_mode)
 
 
 def client_identified(client: Client, redirect_uri: str) -> bool:
@@ -2352,6 +2589,9 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     """Check a username and password, then a TOTP code for users who enrolled one; on
     success, send the browser back to the authorization endpoint."""
     areq = resume_request(srv, form, browser)
+    if form.get("cancel") == "yes":  # no_second_factor_page's way back to the client
+        err = UnmetAuthenticationRequirements("The user has no second factor.")
+        return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
     username, password = form.get("username", ""), form.get("password", "")
@@ -2378,7 +2618,9 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     if user.totp_secret:
         audit("second_factor.required", **who)
         return otp_page(srv, areq, browser, user)
-    return signed_in(srv, areq, user, browser, "pwd")
+    if needs_second_factor(areq):
+        return no_second_factor_page(srv, areq, browser)
+    return signed_in(srv, areq, user, browser, AMR_PASSWORD)
 
 
 def second_factor(
@@ -2413,7 +2655,7 @@ def second_factor(
         audit("second_factor.replayed", **who)
         message = "That code was already used. Wait for the next one."
         return otp_page(srv, areq, browser, user, message)
-    return signed_in(srv, areq, user, browser, "pwd otp")
+    return signed_in(srv, areq, user, browser, AMR_PASSWORD_AND_OTP)
 
 
 def in_words(seconds: int) -> str:
@@ -2437,14 +2679,18 @@ def totp_step(secret: str, otp: str, now: float) -> int | None:
 
 
 def signed_in(
-    srv: Server, areq: AuthorizationRequest, user: User, browser: Browser, methods: str
+    srv: Server,
+    areq: AuthorizationRequest,
+    user: User,
+    browser: Browser,
+    amr: tuple[str, ...],
 ) -> Redirect:
-    """Start the login session of ``user``, as its credentials were checked, and go back
-    to the authorization endpoint. ``methods``: what was checked (RFC 8176 names)."""
-    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16),
+    """Start the login session of ``user``, as its credentials were checked, signed in by
+    the methods ``amr`` (RFC 8176), and go back to the authorization endpoint."""
+    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16), amr,
                       credentials_fingerprint(user))  # fmt: skip
     audit("login.succeeded", user=user.username, client=areq.client.client_id,
-          address=browser.address, methods=methods)  # fmt: skip
+          address=browser.address, amr=" ".join(amr))  # fmt: skip
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -2464,18 +2710,17 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
     decision = form.get("decision")
     if decision == "deny":
         audit("consent.denied", user=session.username, client=areq.client.client_id)
-        return error_redirect(
-            srv, areq.redirect_uri, areq.state, AccessDenied("The user denied the request.")
-        )
+        denied = AccessDenied("The user denied the request.")
+        return error_redirect(srv, areq.redirect_uri, areq.state, denied, areq.response_mode)
     if decision != "approve":
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
         srv.storage.save_consent(
-            session.username, areq.client.client_id, areq.scope, srv.clock()
+            session.username, areq.client.client_id, consent_scopes(areq), srv.clock()
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
-    return issue_code(srv, areq, session.username, session.auth_time)
+    return issue_code(srv, areq, session.username, session.auth_time, session.amr)
 
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
@@ -2545,7 +2790,8 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     offline = "openid" not in code.scope or "offline_access" in code.scope
     body = issue_tokens(
         srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
-        auth_time=code.auth_time, nonce=code.nonce,
+        auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
+        claims_request=code.claims_request,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
@@ -2575,9 +2821,12 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
+    # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
-        srv, client, old.username, scope, family_id=old.family_id, refresh=True, rotating=old
-    )
+        srv, client, old.username, scope, family_id=old.family_id, refresh=True,
+        auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
+        claims_request=old.claims_request,
+    )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
 
@@ -2615,13 +2864,16 @@ def issue_tokens(
     nonce: str | None = None,
     claims: dict[str, Any] | None = None,
     rotating: Token | None = None,
+    amr: tuple[str, ...] = (),
+    acr: str | None = None,
+    claims_request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
-    added where a user has just authenticated (``auth_time``) and the scope has
-    ``openid`` (OIDC Core §3.1.3.3).
+    added for a user when the scope has ``openid``: after the user authenticated at
+    ``auth_time`` (OIDC Core §3.1.3.3), or on a refresh (§12.2, without a nonce).
     """
     now = srv.clock()
     access = (
@@ -2633,6 +2885,7 @@ def issue_tokens(
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
+            auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
@@ -2649,6 +2902,7 @@ def issue_tokens(
             Token(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
+                auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -2658,8 +2912,11 @@ def issue_tokens(
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
         audit("refresh.reuse_detected", user=username, client=client.client_id)
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
-    if "openid" in scope and username is not None and auth_time is not None:
-        body["id_token"] = id_token(srv, client, username, auth_time, nonce, access, claims)
+    if "openid" in scope and username is not None:
+        body["id_token"] = id_token(
+            srv, client, username, scope, auth_time, nonce, access, claims, amr, acr,
+            (claims_request or {}).get("id_token", {}),
+        )  # fmt: skip
     return body
 
 
@@ -2741,29 +2998,48 @@ def id_token(
     srv: Server,
     client: Client,
     username: str,
-    auth_time: int,
+    scope: tuple[str, ...],
+    auth_time: int | None,
     nonce: str | None,
     access_token: str,
     claims: dict[str, Any] | None = None,
+    amr: tuple[str, ...] = (),
+    acr: str | None = None,
+    requested: dict[str, Any] | None = None,
 ) -> str:
-    """OIDC Core §2 and §3.1.3.6: the ID token of a code flow.
+    """OIDC Core §2 and §3.1.3.6: the ID token of a code flow, or of a refresh (§12.2).
 
-    REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it, so max_age works,
-    §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
+    REQUIRED: iss, sub, aud, exp, iat; auth_time (we always send it when known, so max_age
+    works, §3.1.2.1); nonce when the request had one ("the Claim Value MUST be the value of
     the nonce parameter sent in the Authentication Request"); at_hash (OPTIONAL in the
-    code flow, sent so that clients can bind the access token).
+    code flow, sent so that clients can bind the access token); amr and acr when the user
+    signed in on our pages (OIDC Core §2, RFC 8176 §2). Then the user's claims
+    that ``scope`` releases (§5.4), as userinfo answers them: §2 "ID Tokens MAY contain
+    other Claims", and relying parties read the user from the ID token. A client with
+    ``minimal_id_token`` gets them from userinfo only. Claims ``requested`` on their own
+    for the ID token (OIDC Core §5.5) come too. ``claims``: more, from
+    ``Server.issue_tokens``.
     """
     now = int(srv.clock())
+    user = srv.storage.get_user(username)
+    released = {} if client.minimal_id_token or user is None else scope_claims(user, scope)
     body: dict[str, Any] = {
+        **released,
+        **(individual_claims(user, client, requested or {}) if user is not None else {}),
         **(claims or {}),
         "iss": srv.issuer,
         "sub": username,  # OIDC Core §2: locally unique and never reassigned
         "aud": client.client_id,
         "exp": now + srv.id_token_lifetime,
         "iat": now,
-        "auth_time": auth_time,
         "at_hash": half_hash(access_token),
     }
+    if auth_time is not None:
+        body["auth_time"] = auth_time
+    if amr:
+        body["amr"] = list(amr)
+    if acr is not None:
+        body["acr"] = acr
     if nonce is not None:
         body["nonce"] = nonce
     # A test may have scripted this token's claims (Server.next_claims).
@@ -2837,17 +3113,34 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
         raise InvalidToken("The access token is invalid, expired or revoked.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
-    if srv.storage.get_client(token.client_id) is None:
+    client = srv.storage.get_client(token.client_id)
+    if client is None:
         raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)
     if user is None:
         raise InvalidToken("The token's user no longer exists.")
-    allowed = {c for scope in token.scope for c in SCOPE_CLAIMS.get(scope, ())}
-    claims = {k: v for k, v in user.claims.items() if k in allowed}
+    requested = individual_claims(user, client, token.claims_request.get("userinfo", {}))
     # OIDC Core §5.3.2: "The sub Claim MUST always be returned in the UserInfo Response."
-    return {**claims, "sub": user.username}
+    return {**scope_claims(user, token.scope), **requested, "sub": user.username}
+
+
+def scope_claims(user: User, scope: tuple[str, ...]) -> dict[str, Any]:
+    """OIDC Core §5.4: the user's claims that the scope values ask for."""
+    allowed = {c for value in scope for c in SCOPE_CLAIMS.get(value, ())}
+    return {k: v for k, v in user.claims.items() if k in allowed}
+
+
+def individual_claims(user: User, client: Client, requested: dict[str, Any]) -> dict[str, Any]:
+    """OIDC Core §5.5: the user's claims that the claims parameter asks for on their own,
+    those whose scope the client may ask for (the consent page showed that scope, see
+    consent_scopes). §5.5.1: the rest are not returned, and that is no error."""
+    return {
+        name: user.claims[name]
+        for name in requested
+        if name in user.claims and CLAIM_SCOPE.get(name) in client.scopes
+    }
 
 
 def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
@@ -3014,9 +3307,11 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
+                             "at_hash", "amr", "acr",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
+        "acr_values_supported": list(ACR_VALUES),
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": list(RESPONSE_MODES),
         "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
@@ -3026,7 +3321,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": list(PROMPT_VALUES),
         "authorization_response_iss_parameter_supported": True,
-        "claims_parameter_supported": False,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
     }  # fmt: skip
@@ -3079,16 +3374,29 @@ button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
 .ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
 """.strip()
 
-STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 
-# RFC 9700 §4.16: pages must not be framed (clickjacking); CSP allows only our own style.
+
+def sha256_base64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+STYLE_HASH = sha256_base64(STYLE)
+
+
+
+def content_security_policy(script: str = "") -> str:
+    """RFC 9700 §4.16: pages must not be framed (clickjacking); the CSP allows our own style
+    and, on a page that has one, its own inline script, by hash (CSP Level 3 §2.3.1)."""
+    allowed = f"script-src 'sha256-{sha256_base64(script)}'; " if script else ""
+    return (
+        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; {allowed}"
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
-    (
-        "Content-Security-Policy",
-        f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; frame-ancestors 'none'; "
-        "base-uri 'none'",
-    ),
+    ("Content-Security-Policy", content_security_policy()),
     ("X-Content-Type-Options", "nosniff"),
     # same-origin, not no-referrer: a browser sends "Origin: null" on a POST from a page
     # with no-referrer, and refuse_cross_site needs the real one from browsers that send
@@ -3172,9 +3480,31 @@ def otp_page(
     return Page("Enter your code", body, status)
 
 
+SECOND_FACTOR_ASKED = "This app asks for your authentication code too. Sign in again."
+
+
+def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """The client asks for a second factor (acr_values) and the user has none; the button
+    tells the client so (unmet_authentication_requirements)."""
+    app = client_label(areq.client)
+    body = f"""{BRAND}<h1>A second factor is needed</h1>
+<p class="error" role="alert"><strong>{app}</strong> asks you to confirm who you are with a
+second factor: a code from an authenticator app. Your account has no second factor, so you
+cannot continue to {app} this way.</p>
+<p>Ask your administrator to set up a second factor for your account, then try again.</p>
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
+</div></form>"""
+    return Page("A second factor is needed", body, 403)
+
+
+ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
+
+
 def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
     items = "".join(
-        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>" for s in areq.scope
+        f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>"
+        for s in consent_scopes(areq)
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
     switch = authorize_url(srv, {**areq.params, "prompt": "login"})
@@ -3212,6 +3542,26 @@ that opened it. {esc(err.description)}</p>{again}"""
 again; if this keeps happening, tell its developers this error code:
 <code>{esc(err.error)}</code>.</p>"""
     return Page("Error", body, err.status)
+
+
+# Form Post Response Mode §2: the form is "auto-submitted in the User Agent".
+FORM_POST_SCRIPT = "document.forms[0].submit()"
+
+
+def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
+    """OAuth 2.0 Form Post Response Mode §2: the authorization response "encoded as HTML form
+    values that are auto-submitted in the User Agent ... The action attribute of the form
+    MUST be the Client's Redirection URI. The method of the form attribute MUST be POST."
+    Its one script submits it; without JavaScript, the user's click on the button does."""
+    fields = "".join(
+        f'<input type="hidden" name="{esc(name)}" value="{esc(value)}">'
+        for name, value in params.items()
+    )
+    body = f"""{BRAND}<h1>Returning to the application</h1>
+<form method="post" action="{esc(redirect_uri)}">{fields}
+<p>If the application does not open by itself, continue here.</p>
+<div class="actions"><button type="submit">Continue</button></div></form>"""
+    return Page("Returning to the application", body, script=FORM_POST_SCRIPT)
 
 
 def signed_out_page() -> Page:
@@ -3253,7 +3603,9 @@ def page_document(page: Page) -> str:
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
-        f"<body><main>{page.body}</main></body></html>"
+        f"<body><main>{page.body}</main>"
+        + (f"<script>{page.script}</script>" if page.script else "")
+        + "</body></html>"
     )
 
 
@@ -3628,23 +3980,34 @@ def build_app(srv: Server) -> bottle.Bottle:
     def browser(path: str, methods: list[str], step: BrowserStep) -> None:
         app.route(path, methods, lambda: browser_response(srv, bottle.request, step))
 
-    def api(path: str, handler: ApiHandler) -> None:
-        app.post(path)(lambda: api_response(srv, bottle.request, handler))
+    def api(path: str, handler: ApiHandler, cors: bool = True) -> None:
+        app.post(path)(lambda: api_response(srv, bottle.request, handler, cors))
 
     def get(path: str, handler: Callable[[Server, Request], bottle.HTTPResponse]) -> None:
         app.get(path)(lambda: handler(srv, bottle.request))
+
+    def preflight(path: str, methods: str, any_origin: bool = False) -> None:
+        app.route(path, ["OPTIONS"], lambda: preflight_response(srv, bottle.request, methods,
+                                                                any_origin))  # fmt: skip
 
     browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
     browser(LOGIN_PATH, ["POST"], login_endpoint)
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
     api(TOKEN_PATH, token_endpoint)
-    api(INTROSPECT_PATH, introspect)
+    api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
     get(OAUTH_METADATA_PATH, metadata_endpoint)
     get(OIDC_METADATA_PATH, metadata_endpoint)
     get(JWKS_PATH, jwks_endpoint)
     get(HEALTH_PATH, health_endpoint)
     app.route(USERINFO_PATH, ["GET", "POST"], lambda: userinfo_endpoint(srv, bottle.request))
+    # CORS (Fetch §3.2): the endpoints a browser app calls answer preflights; the pages
+    # and introspection have none, so a preflight to them fails (405, no CORS headers).
+    for path in (OAUTH_METADATA_PATH, OIDC_METADATA_PATH, JWKS_PATH):
+        preflight(path, "GET", any_origin=True)
+    preflight(TOKEN_PATH, "POST")
+    preflight(REVOKE_PATH, "POST")
+    preflight(USERINFO_PATH, "GET, POST")
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
@@ -3833,6 +4196,87 @@ def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
     return node_address(client["for"]), proto if proto in ("http", "https") else scheme
 
 
+# -- CORS: which browser apps may read an answer (Fetch §3.2) ----------------------
+#
+# A page may read a cross-origin answer only when it carries Access-Control-Allow-Origin
+# with the page's origin (or "*"). Discovery and the JWKS are public documents: any origin.
+# The token, userinfo and revocation answers are a client's: only the origins of that
+# client's registration (cors_origins). Credentials (cookies) are never allowed, so a page
+# can never use the browser's login session here; the pages that use it (authorize,
+# login, consent, logout) and introspection (for resource servers) answer no CORS at all.
+# A preflight names no client, so it admits an origin that any client allows; the answer
+# itself is shared only with the origins of the client it is about.
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait.
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After"
+CORS_MAX_AGE = "600"  # seconds a browser may cache a preflight's answer
+
+
+def cors_origins(client: Client) -> frozenset[str]:
+    """The web origins whose pages may read this client's answers: its ``allowed_origins``
+    and, for a public client, the origins of its http(s) redirect URIs, where the browser
+    app that receives the code runs. A confidential client's redirect URIs are its server's,
+    which needs no CORS; its browser front end is listed in ``allowed_origins``."""
+    derived = (web_origin(uri) for uri in client.redirect_uris) if client.public else ()
+    return frozenset(client.allowed_origins) | {o for o in derived if o is not None}
+
+
+def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
+    """Whether ``origin`` may read an answer about ``client_id``; about no known client
+    (a preflight, an unknown token), whether any registered client allows it."""
+    client = srv.storage.get_client(client_id) if client_id else None
+    if client is not None:
+        return origin in cors_origins(client)
+    return any(origin in cors_origins(c) for c in srv.storage.list_clients())
+
+
+def cors_headers(srv: Server, request: Request, client_id: str | None) -> dict[str, str]:
+    """Fetch §3.2.3: the CORS headers of an answer about ``client_id``. Fetch §3.2: "If
+    CORS protocol requirements are more complicated than setting
+    `Access-Control-Allow-Origin` to `*` or a static origin, `Vary` is to be used"."""
+    headers = {"Vary": "Origin"}
+    origin = request.environ.get("HTTP_ORIGIN")
+    if origin and cors_allowed(srv, origin, client_id):
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    return headers
+
+
+def claimed_client_id(params: dict[str, str], authorization: str | None) -> str | None:
+    """The client a token or revocation request names (HTTP Basic or ``client_id``),
+    before it is authenticated: enough to choose whose origins may read the answer, which
+    says nothing of any other client."""
+    if authorization and authorization[:6].lower() == "basic ":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            return urllib.parse.unquote_plus(decoded.partition(":")[0])
+    return params.get("client_id")
+
+
+def preflight_response(
+    srv: Server, request: Request, methods: str, any_origin: bool
+) -> bottle.HTTPResponse:
+    """Fetch §3.2.2, §3.2.3: the answer to a CORS-preflight request (OPTIONS with
+    Access-Control-Request-Method): the methods and headers the endpoint takes, for an
+    origin that may call it. Without Access-Control-Allow-Origin the browser stops there."""
+    headers = {"Cache-Control": "no-store"}
+    origin = request.environ.get("HTTP_ORIGIN")
+    if any_origin:
+        headers["Access-Control-Allow-Origin"] = "*"
+    else:
+        headers.update(cors_headers(srv, request, None))
+        headers.pop("Access-Control-Expose-Headers", None)
+    if origin and "Access-Control-Allow-Origin" in headers:
+        headers.update({
+            "Access-Control-Allow-Methods": methods,
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": CORS_MAX_AGE,
+        })  # fmt: skip
+        headers.pop("Cache-Control")
+    return bottle.HTTPResponse(status=204, **headers)
+
+
 # -- Writing responses ----------------------------------------------------------
 
 
@@ -3856,6 +4300,8 @@ def page_response(page: Page) -> bottle.HTTPResponse:
     headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
     if page.retry_after:
         headers["Retry-After"] = str(page.retry_after)
+    if page.script:  # the page's own CSP, which allows its script (_secure_headers keeps it)
+        headers["Content-Security-Policy"] = content_security_policy(page.script)
     return bottle.HTTPResponse(page_document(page), page.status, headers)
 
 
@@ -3871,21 +4317,23 @@ def error_response(
     srv: Server,
     err: OAuthError,
     kind: ErrorKind,
-    redirect: tuple[str, str | None] | None = None,
+    redirect: tuple[str, str | None, str] | None = None,
 ) -> bottle.HTTPResponse:
     """The one place an OAuthError becomes a response, in the form its endpoint owes:
 
     - ``page``: an HTML page, never a redirect: the client or redirect_uri is not
       trusted (RFC 6749 §4.1.2.1), or the request came from a page of ours;
-    - ``redirect``: back to the client's trusted ``redirect`` (redirect_uri, state),
-      with error, error_description, state and iss (RFC 6749 §4.1.2.1, RFC 9207);
+    - ``redirect``: back to the client's trusted ``redirect`` (redirect_uri, state,
+      response_mode), with error, error_description, state and iss (RFC 6749 §4.1.2.1,
+      RFC 9207), on the query or as a form_post page;
     - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
     - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
     """
     if kind == "page":
         return page_response(error_page(err))
     if kind == "redirect" and redirect is not None:
-        return redirect_response(error_redirect(srv, redirect[0], redirect[1], err))
+        answer = error_redirect(srv, redirect[0], redirect[1], err, redirect[2])
+        return redirect_response(answer) if isinstance(answer, Redirect) else page_response(answer)
     headers = {}
     if kind == "bearer":
         challenge = 'Bearer realm="codeflow"'
@@ -3927,17 +4375,24 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     return response
 
 
-def api_response(srv: Server, request: Request, handler: ApiHandler) -> bottle.HTTPResponse:
-    """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON."""
+def api_response(
+    srv: Server, request: Request, handler: ApiHandler, cors: bool = False
+) -> bottle.HTTPResponse:
+    """A back-channel endpoint: form in, JSON out, errors as RFC 6749 §5.2 JSON; with
+    ``cors``, readable by the browser apps of the client the request names."""
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    params: dict[str, str] = {}
     try:
         params = single_params(form_pairs(request))
-        body = handler(
-            srv, params, request.environ.get("HTTP_AUTHORIZATION"),
-            request.environ.get("REMOTE_ADDR", ""),
-        )  # fmt: skip
+        body = handler(srv, params, authorization, request.environ.get("REMOTE_ADDR", ""))
+        response = json_response(body if body is not None else {})
     except OAuthError as err:
-        return error_response(srv, err, "json")
-    return json_response(body if body is not None else {})
+        response = error_response(srv, err, "json")
+    if cors:
+        client_id = claimed_client_id(params, authorization)
+        for name, value in cors_headers(srv, request, client_id).items():
+            response.set_header(name, value)
+    return response
 
 
 def plain_error(error: bottle.HTTPError) -> str:
@@ -4060,18 +4515,23 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
     return logout(srv, form, browser)
 
 
+# Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
+ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
+
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     internal = bool(srv.internal_url) and (
         request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
     )
     return bottle.HTTPResponse(
-        json.dumps(oauth_metadata(srv, internal)), 200, {"Content-Type": "application/json"}
-    )
+        json.dumps(oauth_metadata(srv, internal)), 200,
+        {"Content-Type": "application/json", **ANY_ORIGIN},
+    )  # fmt: skip
 
 
 def jwks_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
-        json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json"}
+        json.dumps(jwks(srv)), 200, {"Content-Type": "application/jwk-set+json", **ANY_ORIGIN}
     )
 
 
@@ -4088,12 +4548,24 @@ def health_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
 def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     # OIDC Core §5.3.1: "The UserInfo Endpoint MUST support the use of the HTTP GET
     # and HTTP POST methods".
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    form = None
     try:
         has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
         form = single_params(form_pairs(request)) if has_body else None
-        return json_response(userinfo(srv, request.environ.get("HTTP_AUTHORIZATION"), form))
+        response = json_response(userinfo(srv, authorization, form))
     except OAuthError as err:
-        return error_response(srv, err, "bearer")
+        response = error_response(srv, err, "bearer")
+    # The answer is about the access token's client; only a browser's request (with
+    # Origin) costs the second look-up.
+    client_id = None
+    if request.environ.get("HTTP_ORIGIN"):
+        with contextlib.suppress(OAuthError):
+            token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+            client_id = token.client_id if token is not None else None
+    for name, value in cors_headers(srv, request, client_id).items():
+        response.set_header(name, value)
+    return response
 
 
 def home_endpoint(srv: Server, request: Request, browser: Browser) -> Page:
@@ -4400,7 +4872,8 @@ def _redact_location(location: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
-_HIDDEN_SECRET_RE = re.compile(r'(name="(?:csrf_token|pending)" value=")[^"]*')
+# A page's hidden fields that hold secrets: a form's CSRF token, a form_post page's code.
+_HIDDEN_SECRET_RE = re.compile(rf'(name="(?:{"|".join(sorted(SECRET_NAMES))})" value=")[^"]*')
 
 
 def _redacted_body(body: bytes, content_type: str) -> Any:
@@ -4539,7 +5012,8 @@ def _inject(
         state = _only(pairs, "state")
     except OAuthError:
         return send(error_response(srv, err, "page"), start_response)
-    return send(error_response(srv, err, "redirect", (redirect_uri, state)), start_response)
+    back = (redirect_uri, state, response_mode_of(pairs))
+    return send(error_response(srv, err, "redirect", back), start_response)
 
 
 def _wrong_id_token(
@@ -4907,7 +5381,7 @@ CLIENT_KEYS: dict[str, type] = {
     "client_id": str, "client_secret": str, "redirect_uris": list, "name": str,
     "scopes": list, "grant_types": list, "require_pkce": bool,
     "id_token_signed_response_alg": str, "access_token_jwt": bool,
-    "post_logout_redirect_uris": list,
+    "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -4959,6 +5433,8 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             id_token_signed_response_alg=entry.get("id_token_signed_response_alg", "RS256"),
             access_token_jwt=entry.get("access_token_jwt", False),
             post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
+            allowed_origins=entry.get("allowed_origins", []),
+            minimal_id_token=entry.get("minimal_id_token", False),
         )
         srv.storage.add_client(replace(client, declared=_declaration(entry)))
     for username, entry in users.items():
@@ -5147,13 +5623,18 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--post-logout-redirect-uri", action="append",
                          dest="post_logout_redirect_uris",
                          help="where logout may return (repeatable)")
+        cmd.add_argument("--allowed-origin", action="append", dest="allowed_origins",
+                         help="a web origin (https://app.example) whose pages may call the "
+                         "token, userinfo and revocation endpoints: CORS (repeatable)")
         cmd.add_argument("--name", help="the name users see on the consent page")
         cmd.add_argument("--scope", action="append", dest="scopes",
                          help="a scope it may ask for (repeatable)")
         cmd.add_argument("--grant-type", action="append", dest="grant_types",
                          help=f"a grant it may use (repeatable): {', '.join(GRANT_TYPES)}")
         cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
-                         help="RFC 9068 JWT access tokens instead of opaque ones")  # fmt: skip
+                         help="RFC 9068 JWT access tokens instead of opaque ones")
+        cmd.add_argument("--minimal-id-token", action=argparse.BooleanOptionalAction,
+                         help="ID tokens without user claims (userinfo has them)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
@@ -5237,11 +5718,13 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         client_secret=secret,
         redirect_uris=args.redirect_uris or (),
         post_logout_redirect_uris=args.post_logout_redirect_uris or (),
+        allowed_origins=args.allowed_origins or (),
         name=args.name or "",
         scopes=args.scopes or DEFAULT_SCOPES,
         grant_types=grants,
         require_pkce=not args.no_pkce,
         access_token_jwt=bool(args.jwt_access_tokens),
+        minimal_id_token=bool(args.minimal_id_token),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -5253,10 +5736,12 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
     given = {
         "redirect_uris": args.redirect_uris,
         "post_logout_redirect_uris": args.post_logout_redirect_uris,
+        "allowed_origins": args.allowed_origins,
         "name": args.name,
         "scopes": args.scopes,
         "grant_types": args.grant_types,
         "access_token_jwt": args.jwt_access_tokens,
+        "minimal_id_token": args.minimal_id_token,
         "require_pkce": args.pkce,
     }
     changes = {k: v for k, v in given.items() if v is not None}

@@ -1,7 +1,8 @@
 """The pages in a real headless Chromium (DESIGN "How we know it works"): the full flow
 through examples/webapp.py with login, TOTP (RFC 6238) and consent; the login form by
 keyboard alone; the plain pages for a wrong password, a rate-limited login and an expired
-form; the demo's flow debugger end to end; logout (RP-Initiated Logout 1.0 §2).
+form; the demo's flow debugger end to end; logout (RP-Initiated Logout 1.0 §2); the
+form_post response mode with and without JavaScript (Form Post Response Mode §2).
 
 Driven by Playwright for Python against Debian's ``chromium`` (never a browser Playwright
 downloads). Every page is screenshotted under tests/output/screenshots/ (git-ignored),
@@ -17,10 +18,10 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pyotp
 import pytest
@@ -71,9 +72,15 @@ class Tab:
     there: a page whose style was blocked would look broken)."""
 
     def __init__(
-        self, browser: Browser, viewport: dict[str, int] = DESKTOP, color_scheme: str = "light"
+        self,
+        browser: Browser,
+        viewport: dict[str, int] = DESKTOP,
+        color_scheme: str = "light",
+        javascript: bool = True,
     ) -> None:
-        self.context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
+        self.context = browser.new_context(
+            viewport=viewport, color_scheme=color_scheme, java_script_enabled=javascript
+        )
         self.page = self.context.new_page()
         self.page.set_default_timeout(15_000)
         self.errors: list[str] = []
@@ -538,3 +545,61 @@ def pkce_request(client_id: str, redirect_uri: str, scope: str = "openid") -> di
         "scope": scope, "state": "s", "code_challenge": challenge.rstrip(b"=").decode(),
         "code_challenge_method": "S256",
     }  # fmt: skip
+
+
+# -- Form Post Response Mode ---------------------------------------------------------------
+
+
+def form_post_client(received: list[dict[str, str]]) -> Any:
+    """A client's redirect URI, /callback, that takes the POST and keeps what it got."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ["PATH_INFO"] != "/callback":  # the browser's /favicon.ico
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)).decode()
+        received.append({"method": environ["REQUEST_METHOD"], **dict(parse_qsl(body))})
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [b"<!doctype html><title>signed in</title><h1>Signed in</h1>"]
+
+    return app
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["javascript", "no-javascript"])
+def test_form_post_reaches_the_client_with_and_without_javascript(
+    chromium: Browser, javascript: bool
+) -> None:
+    """OAuth 2.0 Form Post Response Mode §2: the response parameters "are encoded as HTML form
+    values that are auto-submitted in the User Agent, and thus are transmitted via the HTTP
+    POST method to the Client". With JavaScript the form submits itself under the page's CSP
+    (no violation reported); without it, the user's click on Continue does. Either way the
+    client receives a POST with code, state and iss."""
+    received: list[dict[str, str]] = []
+    tab = Tab(chromium, javascript=javascript)
+    with serving(form_post_client(received)) as client_url:
+        srv = codeflow.Server(auto_approve="alice")
+        with srv.running() as issuer:
+            callback = client_url + "/callback"
+            srv.add_client("form-post-app", client_secret="s", redirect_uris=[callback])
+            params = {"response_type": "code", "client_id": "form-post-app",
+                      "redirect_uri": callback, "scope": "openid", "state": "xyz",
+                      "response_mode": "form_post", "code_challenge_method": "S256",
+                      "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}  # fmt: skip
+            url = f"{issuer}/authorize?{urlencode(params)}"
+            try:
+                page = tab.page
+                if javascript:
+                    with page.expect_navigation(url=callback):
+                        page.goto(url)
+                else:
+                    page.goto(url)
+                    screenshot(tab, "form-post-without-javascript")
+                    with page.expect_navigation(url=callback):
+                        page.get_by_role("button", name="Continue").click()
+                assert page.locator("h1").inner_text() == "Signed in"
+                assert tab.errors == []
+            finally:
+                tab.close()
+    assert len(received) == 1
+    assert received[0]["method"] == "POST"
+    assert {"code", "state", "iss"} <= set(received[0]) and received[0]["state"] == "xyz"

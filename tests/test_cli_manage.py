@@ -299,3 +299,24 @@ def test_backup_then_restore_keeps_everything(db: str, tmp_path: Path) -> None:
         "secret_key", "y"
     )
     one_line_error(cli("backup", str(copy), "--storage", db), "exists")
+
+
+def test_client_allowed_origins_on_the_command_line(db: str) -> None:
+    """Issue 14 item 1: `--allowed-origin` sets the client's CORS origins (repeatable;
+    update replaces the list); a value that is not a serialized origin is one line, exit 2."""
+    added = cli("client", "add", "portal", "--redirect-uri", "https://portal.example/cb",
+                "--allowed-origin", "https://portal.example", "--storage", db)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    client = storage_of(db).get_client("portal")
+    assert client is not None and client.allowed_origins == ("https://portal.example",)
+    updated = cli("client", "update", "portal", "--allowed-origin", "https://a.example",
+                  "--allowed-origin", "http://127.0.0.1:5173", "--storage", db)  # fmt: skip
+    assert updated.returncode == 0, updated.stderr
+    client = storage_of(db).get_client("portal")
+    assert client is not None
+    assert client.allowed_origins == ("https://a.example", "http://127.0.0.1:5173")
+    one_line_error(
+        cli("client", "update", "portal", "--allowed-origin", "https://a.example/", "--storage",
+            db),
+        "allowed_origins", "not an origin",
+    )  # fmt: skip

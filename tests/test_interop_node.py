@@ -59,6 +59,9 @@ pytestmark = [
 
 
 _npm_lock = threading.Lock()
+# What npm_packages installs (from the lock file): the drivers' libraries, and
+# oidc-client-ts for the single-page app of tests/test_interop_spa.py.
+PACKAGES = ("openid-client", "oauth4webapi", "oidc-client-ts")
 
 
 def npm_packages() -> None:
@@ -67,7 +70,7 @@ def npm_packages() -> None:
     `npm ci` installs exactly the lock file's versions; it needs the npm registry."""
     with _npm_lock:
         modules = INTEROP / "node_modules"
-        if (modules / "openid-client").is_dir() and (modules / "oauth4webapi").is_dir():
+        if all((modules / name).is_dir() for name in PACKAGES):
             return
         npm = shutil.which("npm")
         if npm is None:

@@ -20,7 +20,7 @@ from conftest import (
     query_of,
 )
 from oidc_helpers import bearer, jwks_keys, redeem, verify_jwt
-from wsgi_client import WSGIClient
+from wsgi_client import WSGIClient, basic
 
 import codeflow
 
@@ -237,3 +237,29 @@ def test_jwks_uri_over_http_verifies_id_tokens(live):
         issuer=doc["issuer"],
     )
     assert claims["sub"] == USERNAME
+
+
+def test_claims_supported_cover_what_id_tokens_carry(auto, clock):
+    """OIDC Discovery §3 claims_supported: "JSON array containing a list of the Claim Names
+    of the Claims that the OpenID Provider MAY be able to supply values for"; an ID token
+    for a user with standard claims, with every advertised scope granted, fresh from a code
+    flow and again from a refresh (OIDC Core §12.2), names only advertised claims.
+    """
+    browser = WSGIClient(auto.wsgi)
+    doc = browser.get(OIDC_PATH).json()
+    advertised = set(doc["claims_supported"])
+    auto.add_client("every-scope", client_secret="s", redirect_uris=[REDIRECT],
+                    scopes=doc["scopes_supported"])  # fmt: skip
+    auto.set_claims(USERNAME, {"email": "alice@example.com", "email_verified": True,
+                               "address": {"country": "NZ"}, "phone_number": "+64 1"})  # fmt: skip
+    flow = new_flow("every-scope", scope=" ".join(doc["scopes_supported"]), nonce="n")
+    r = browser.get(doc["authorization_endpoint"], params=flow.params)
+    tokens = redeem(browser, flow, query_of(r.location)["code"], "every-scope", "s")
+    refreshed = browser.post(
+        "/token", {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic("every-scope", "s"),
+    ).json()  # fmt: skip
+    for id_token in (tokens["id_token"], refreshed["id_token"]):
+        _, claims = verify_jwt(id_token, jwks_keys(browser), audience="every-scope", now=clock())
+        assert "name" in claims and "email" in claims
+        assert set(claims) <= advertised, set(claims) - advertised

@@ -93,7 +93,7 @@ def test_a_session_from_a_check_that_raced_a_password_change_is_ended(
     assert client is not None
     flow = new_flow()
     areq = codeflow.validate_authorization_request(server, client, REDIRECT, True, flow.params)
-    redirect = codeflow.signed_in(server, areq, checked, codeflow.Browser.new(), "pwd")
+    redirect = codeflow.signed_in(server, areq, checked, codeflow.Browser.new(), ("pwd",))
     assert redirect.session is not None
     cookie = codeflow.session_cookie(server, redirect.session)
     assert codeflow.read_session(server, cookie) is None

@@ -59,6 +59,9 @@ KNOWN_GRANT_TYPES = [
     "urn:ietf:params:oauth:grant-type:token-exchange",
 ]
 KNOWN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+# OAuth 2.0 Multiple Response Type Encoding Practices §2.1, Form Post Response Mode §2, JARM.
+KNOWN_RESPONSE_MODES = ["query", "fragment", "form_post", "query.jwt", "fragment.jwt",
+                        "form_post.jwt", "jwt", "web_message"]  # fmt: skip
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -223,6 +226,31 @@ def test_unlisted_response_types_are_unsupported(wc: WSGIClient, metadata: dict[
         query = authorize(wc, response_type=response_type)
         assert query.get("error") == "unsupported_response_type", (response_type, query)
         assert "code" not in query and "access_token" not in query
+
+
+def test_listed_response_modes_answer_that_way_and_no_other(
+    wc: WSGIClient, metadata: dict[str, Any]
+) -> None:
+    """RFC 8414 §2: response_modes_supported: "JSON array containing a list of the OAuth 2.0
+    "response_mode" values that this authorization server supports, as specified in "OAuth
+    2.0 Multiple Response Type Encoding Practices""; each listed mode carries the code as it
+    says (query: on the redirect's query, §2.1; form_post: a form POSTed to the redirect URI,
+    Form Post Response Mode §2), and an unlisted one is refused with no code."""
+    listed = metadata["response_modes_supported"]
+    for mode in listed:
+        flow = new_flow(scope="profile", response_mode=mode)
+        r = wc.get("/authorize", params=flow.params)
+        if mode == "query":
+            assert r.status == 302 and query_of(r.location or "").get("code"), r.text
+        elif mode == "form_post":
+            assert r.status == 200 and '<form method="post"' in r.text, r.text
+            assert 'name="code"' in r.text
+        else:
+            raise AssertionError(f"the metadata lists {mode!r}: teach this test it")
+    for mode in (m for m in KNOWN_RESPONSE_MODES if m not in listed):
+        query = authorize(wc, response_mode=mode)
+        assert query.get("error") == "invalid_request", (mode, query)
+        assert "code" not in query
 
 
 def test_listed_grant_types_work(

@@ -161,6 +161,7 @@ class TestStorageContract:
             scopes=("openid", "api:read"),
             grant_types=("authorization_code", "client_credentials"),
             require_pkce=False,
+            allowed_origins=("https://app.example", "http://127.0.0.1:5173"),
         )
         public = Client(client_id="public-app", redirect_uris=("http://127.0.0.1/cb",))
         storage.add_client(client)

@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,102 @@ def test_consents_of_a_version_4_database_have_no_consent_time(path: Path) -> No
         assert store.list_grants(NOW) == [
             codeflow.Grant("alice", "app", frozenset({"openid", "profile"}), NOW, 0, 0)
         ]
+
+
+def test_clients_of_a_version_6_database_allow_no_extra_origin(path: Path) -> None:
+    """Migration 7 adds ``Client.allowed_origins`` (issue 14 item 1, CORS): a client stored
+    by version 6 opens with none, and keeps the ones it is given after."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:6]:
+            migration(db)
+        db.execute("PRAGMA user_version = 6")
+        db["clients"].insert(
+            {"client_id": "app", "redirect_uris": "[]", "name": "", "scopes": '["openid"]',
+             "grant_types": '["authorization_code"]', "require_pkce": 1,
+             "id_token_signed_response_alg": "RS256", "access_token_jwt": 0,
+             "post_logout_redirect_uris": "[]"}
+        )  # fmt: skip
+    with SQLiteStorage(path) as store:
+        client = store.get_client("app")
+        assert client == Client(
+            "app", scopes=("openid",), grant_types=("authorization_code",)
+        )
+        store.add_client(replace(client, allowed_origins=("https://app.example",)))
+        assert store.get_client("app").allowed_origins == ("https://app.example",)
+
+
+def test_tokens_of_a_version_7_database_have_no_auth_time(path: Path) -> None:
+    """Migration 8 adds ``Token.auth_time`` (OIDC Core §12.2: the refreshed ID token's
+    auth_time is the original sign-in's) and ``Client.minimal_id_token``: a token stored by
+    version 7 opens with auth_time None, a client with the new default, claims included."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:7]:
+            migration(db)
+        db.execute("PRAGMA user_version = 7")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+        db["clients"].insert(
+            {"client_id": "app", "redirect_uris": "[]", "name": "", "scopes": '["openid"]',
+             "grant_types": '["authorization_code"]', "require_pkce": 1,
+             "id_token_signed_response_alg": "RS256", "access_token_jwt": 0,
+             "post_logout_redirect_uris": "[]"}
+        )  # fmt: skip
+    with SQLiteStorage(path) as store:
+        assert store.get_token("old") == a_token("old", kind="refresh")
+        assert store.get_token("old").auth_time is None
+        assert store.get_client("app").minimal_id_token is False
+        store.save_token(replace(a_token("new", kind="refresh"), auth_time=int(NOW)))
+        assert store.get_token("new").auth_time == int(NOW)
+
+
+def test_codes_and_tokens_of_a_version_8_database_have_no_authentication_context(
+    path: Path,
+) -> None:
+    """Migration 9 adds ``amr`` and ``acr`` (OIDC Core §2, RFC 8176) to codes and tokens:
+    rows stored by version 8 open with none, and new ones keep theirs."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:8]:
+            migration(db)
+        db.execute("PRAGMA user_version = 8")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+    with SQLiteStorage(path) as store:
+        old = store.get_token("old")
+        assert (old.amr, old.acr) == ((), None)
+        mfa = ("pwd", "otp", "mfa")
+        store.save_token(replace(a_token("new"), amr=mfa, acr="urn:example:mfa"))
+        assert store.get_token("new").amr == mfa
+        store.save_code(replace(a_code(), amr=("pwd",), acr="urn:example:pwd"))
+        code = store.consume_code("code-1")
+        assert code is not None and (code.amr, code.acr) == (("pwd",), "urn:example:pwd")
+
+
+def test_codes_and_tokens_of_a_version_9_database_have_no_claims_request(path: Path) -> None:
+    """Migration 10 adds the claims request (OIDC Core §5.5) to codes and tokens: rows
+    stored by version 9 open with none, and new ones keep theirs, JSON and all."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:9]:
+            migration(db)
+        db.execute("PRAGMA user_version = 9")
+        db.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, username, scope, issued_at,"
+            " expires_at, family_id, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ["old", "refresh", "app", "alice", '["openid"]', NOW, NOW + 3600, "family-1", 0],
+        )
+    request = {"id_token": {"email": None, "acr": {"essential": True, "values": ["x"]}}}
+    with SQLiteStorage(path) as store:
+        assert store.get_token("old").claims_request == {}
+        store.save_token(replace(a_token("new"), claims_request=request))
+        assert store.get_token("new").claims_request == request
+        store.save_code(replace(a_code(), claims_request=request))
+        code = store.consume_code("code-1")
+        assert code is not None and code.claims_request == request
 
 
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:

@@ -190,7 +190,23 @@ _V2_INDEXES = [
     "CREATE INDEX signing_keys_by_expiry ON signing_keys (expires_at)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES]
+_V3_RELYING_PARTIES = [
+    # Client.allowed_origins (CORS) and minimal_id_token; how a user signed in (amr, acr)
+    # and the claims request parameter (OIDC Core §5.5) on codes and tokens, and a token's
+    # auth_time for the ID token of its refresh (OIDC Core §12.2). Rows already stored get
+    # none of them, as in codeflow_storage.sqlite's migrations 7 to 10.
+    "ALTER TABLE clients ADD COLUMN allowed_origins text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE clients ADD COLUMN minimal_id_token boolean NOT NULL DEFAULT false",
+    "ALTER TABLE tokens ADD COLUMN auth_time bigint",
+    "ALTER TABLE codes ADD COLUMN amr text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE codes ADD COLUMN acr text",
+    "ALTER TABLE codes ADD COLUMN claims_request jsonb NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN amr text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN acr text",
+    "ALTER TABLE tokens ADD COLUMN claims_request jsonb NOT NULL DEFAULT '{}'",
+]
+
+MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES]
 
 
 ###############################################################################

@@ -207,6 +207,36 @@ def _v6_consent_times(db: sqlite_utils.Database) -> None:
     db.table("consents").add_column("consented_at", float)
 
 
+def _v7_allowed_origins(db: sqlite_utils.Database) -> None:
+    """``Client.allowed_origins``: the web origins that may call the token, userinfo and
+    revocation endpoints (CORS); clients already stored get none ("[]")."""
+    db.table("clients").add_column("allowed_origins", str, not_null_default="[]")
+
+
+def _v8_id_token_claims(db: sqlite_utils.Database) -> None:
+    """``Client.minimal_id_token`` (clients already stored get ID tokens with the user's
+    claims, the new default) and ``Token.auth_time`` (NULL for tokens already stored: the
+    ID token of their refresh has no auth_time)."""
+    db.table("clients").add_column("minimal_id_token", int, not_null_default=0)
+    db.table("tokens").add_column("auth_time", int)
+
+
+def _v9_authentication_context(db: sqlite_utils.Database) -> None:
+    """How the user signed in, on codes and tokens (``amr`` and ``acr``, OIDC Core §2,
+    RFC 8176), for the ID token of the code and of each refresh; rows already stored get
+    none ("[]", NULL), and their ID tokens say nothing of it."""
+    for table in ("codes", "tokens"):
+        db.table(table).add_column("amr", str, not_null_default="[]")
+        db.table(table).add_column("acr", str)
+
+
+def _v10_claims_request(db: sqlite_utils.Database) -> None:
+    """The claims request parameter (OIDC Core §5.5) a code or token was granted with, as
+    JSON; rows already stored get none ("{}")."""
+    for table in ("codes", "tokens"):
+        db.table(table).add_column("claims_request", str, not_null_default="{}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -214,6 +244,10 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v4_principals,
     _v5_declared,
     _v6_consent_times,
+    _v7_allowed_origins,
+    _v8_id_token_claims,
+    _v9_authentication_context,
+    _v10_claims_request,
 ]
 
 
