@@ -81,6 +81,7 @@ __all__ = [
     "Grant",
     "MemoryStorage",
     "OAuthError",
+    "RemovedUser",
     "Server",
     "SigningKey",
     "Storage",
@@ -198,6 +199,13 @@ def b64url(data: bytes) -> str:
 def new_secret() -> str:
     """A 256-bit random string for codes and tokens (RFC 6749 §10.10)."""
     return secrets.token_urlsafe(32)
+
+
+def new_subject() -> str:
+    """A subject for a user whose username an earlier user had (``Storage.add_user``): 128
+    random bits, so that it says nothing of the user, nor that the name was used before.
+    OIDC Core §2: sub "MUST NOT exceed 255 ASCII characters in length"; this has 22."""
+    return secrets.token_urlsafe(16)
 
 
 def token_hash(value: str) -> str:
@@ -570,7 +578,14 @@ class User:
     it): a user removed and added again under the same name is another person (OIDC Core
     §2: a sub is "never reassigned"), and since a session cookie's fingerprint covers it
     (``credentials_fingerprint``), no session carries over to the new one. A new one for
-    the same user signs the user out everywhere (``Server.revoke_sessions``)."""
+    the same user signs the user out everywhere (``Server.revoke_sessions``).
+
+    ``subject`` is the ``sub`` of the user's ID tokens, userinfo, introspection and JWT
+    access tokens (OIDC Core §2: "A locally unique and never reassigned identifier within
+    the Issuer for the End-User"). Storage chooses it when the user is first stored
+    (``Storage.add_user``): the username, unless a user ever had that name or subject, in
+    which case a new random one (``new_subject``); it never changes after. A record made
+    without one carries the username (what storage gives a name never used)."""
 
     username: str
     password_hash: str
@@ -578,6 +593,22 @@ class User:
     totp_secret: str | None = None
     record_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     declared: str = ""  # the config file's entry, hashed, if it declares this user
+    subject: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.subject:
+            object.__setattr__(self, "subject", self.username)
+
+
+@dataclass(frozen=True)
+class RemovedUser:
+    """The tombstone of a removed user, kept for ever (``Storage.remove_user``): its name
+    and subject may not become another user's subject, nor a client_id (OIDC Core §2,
+    RFC 9700 §4.15.1)."""
+
+    username: str
+    subject: str
+    removed_at: float
 
 
 @dataclass(frozen=True)
@@ -665,7 +696,9 @@ class Storage(Protocol):
     """Where codeflow keeps its records. Records in, records out, no policy.
 
     Secrets arrive here only as hashes. Methods whose names say ``consume`` or
-    ``rotate`` must be atomic across every thread and process sharing the store.
+    ``rotate`` must be atomic across every thread and process sharing the store. One
+    choice is the store's, as only it can make it atomically: a new user's subject
+    (``add_user``), which no user, stored or removed, ever had.
     """
 
     def add_client(self, client: Client) -> None:
@@ -683,28 +716,46 @@ class Storage(Protocol):
         one). True if there was a client to remove."""
         ...
 
-    def add_user(self, user: User) -> None:
-        """Add a user, or replace the one with the same username."""
+    def add_user(self, user: User) -> User:
+        """Atomically add a user, or replace the one with the same username, and return
+        the user as stored: ``user`` with its subject (OIDC Core §2: sub is "never
+        reassigned"). A user replaced keeps its stored subject, whatever ``user.subject``
+        says. A new one gets ``user.subject`` (the username, unless the record says
+        otherwise) if no user, stored or removed (``removed_users``), has or had that as
+        its username or subject; else a ``new_subject()`` of which the same holds. The
+        check and the write are one transaction, so processes sharing the store never give
+        one subject twice."""
         ...
 
     def get_user(self, username: str) -> User | None: ...
     def list_users(self) -> list[User]: ...
 
-    def remove_user(self, username: str) -> bool:
+    def get_user_by_subject(self, subject: str) -> User | None:
+        """The stored user whose ``subject`` this is (one at most), if any."""
+        ...
+
+    def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         """Remove a user and, in the same transaction, everything of the user's: tokens,
         unredeemed codes, consents and the TOTP steps used, so that nothing passes to a
         user added later under the same name (OIDC Core §2: a sub is "never reassigned").
         Login sessions live in signed cookies whose fingerprint covers ``User.record_id``,
         which a new user of that name does not share, so they end too. The grants go even
-        when the user is already gone. True if there was a user to remove."""
+        when the user is already gone. In the same transaction, a user that was there
+        leaves a tombstone (``RemovedUser``: username, subject and ``removed_at``, the
+        time now if None) that is kept for ever, never purged: ``add_user`` gives neither
+        name as a subject again. True if there was a user to remove."""
+        ...
+
+    def removed_users(self, name: str) -> list[RemovedUser]:
+        """The tombstones whose username or subject is ``name``, by ``removed_at``."""
         ...
 
     def change_credentials(self, user: User) -> bool:
         """Atomically replace the stored user of ``user.username`` with ``user`` (whose
-        password or second factor changed), revoke every refresh token the user holds and
-        delete the user's unredeemed codes (RFC 9700 §4.14.2: a security event ends the
-        grants made under the old credentials). False, changing nothing, if there is no
-        such user."""
+        password or second factor changed), but for its subject, which stays; revoke every
+        refresh token the user holds and delete the user's unredeemed codes (RFC 9700
+        §4.14.2: a security event ends the grants made under the old credentials). False,
+        changing nothing, if there is no such user."""
         ...
 
     def save_code(self, code: AuthorizationCode) -> None: ...
@@ -816,6 +867,9 @@ class MemoryStorage:
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
         self._users: dict[str, User] = {}
+        self._subjects: dict[str, str] = {}  # subject -> username, of the stored users
+        self._removed_users: list[RemovedUser] = []  # tombstones, kept for ever
+        self._retired: set[str] = set()  # their usernames and subjects
         self._codes: dict[str, AuthorizationCode] = {}
         self._used_codes: dict[str, float] = {}  # code_hash -> expiry, for replay detection
         self._tokens: dict[str, Token] = {}
@@ -845,9 +899,22 @@ class MemoryStorage:
             self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
             return self._clients.pop(client_id, None) is not None
 
-    def add_user(self, user: User) -> None:
+    def add_user(self, user: User) -> User:
         with self._lock:
+            stored = self._users.get(user.username)
+            if stored is not None:
+                subject = stored.subject
+            else:
+                subject = user.subject
+                while self._subject_taken(subject):
+                    subject = new_subject()
+            user = replace(user, subject=subject)
             self._users[user.username] = user
+            self._subjects[subject] = user.username
+            return user
+
+    def _subject_taken(self, name: str) -> bool:
+        return name in self._users or name in self._subjects or name in self._retired
 
     def get_user(self, username: str) -> User | None:
         return self._users.get(username)
@@ -855,19 +922,35 @@ class MemoryStorage:
     def list_users(self) -> list[User]:
         return sorted(self._users.values(), key=lambda u: u.username)
 
-    def remove_user(self, username: str) -> bool:
+    def get_user_by_subject(self, subject: str) -> User | None:
+        username = self._subjects.get(subject)
+        return None if username is None else self._users.get(username)
+
+    def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         with self._lock:
             self._drop_tokens([h for h, t in self._tokens.items() if t.username == username])
             self._codes = {h: c for h, c in self._codes.items() if c.username != username}
             self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
             self._totp_steps.pop(username, None)
-            return self._users.pop(username, None) is not None
+            user = self._users.pop(username, None)
+            if user is None:
+                return False
+            del self._subjects[user.subject]
+            when = time.time() if removed_at is None else removed_at
+            self._removed_users.append(RemovedUser(user.username, user.subject, when))
+            self._retired.update((user.username, user.subject))
+            return True
+
+    def removed_users(self, name: str) -> list[RemovedUser]:
+        found = [r for r in self._removed_users if name in (r.username, r.subject)]
+        return sorted(found, key=lambda r: r.removed_at)
 
     def change_credentials(self, user: User) -> bool:
         with self._lock:
-            if user.username not in self._users:
+            stored = self._users.get(user.username)
+            if stored is None:
                 return False
-            self._users[user.username] = user
+            self._users[user.username] = replace(user, subject=stored.subject)
             refresh = [t for t in self._tokens.values()
                        if t.username == user.username and t.kind == "refresh"]  # fmt: skip
             for token in refresh:
@@ -1061,24 +1144,36 @@ class MemoryStorage:
 
 def refuse_shared_subject(storage: Storage, name: str, *, user: bool = False) -> None:
     """Raise ValueError if ``name``, a new client_id (or username, with ``user``), is
-    already the name of a user (or client).
+    already the name of a user (or client); or, for a client_id, a user's subject or the
+    username or subject of a removed user (``Storage.removed_users``).
 
     RFC 9700 §4.15.1: "Authorization servers SHOULD NOT allow clients to influence their
     client_id or any claim that could cause confusion with a genuine resource owner if a
     common namespace for client IDs and user identifiers exists". Ours is common: the sub of
     a client_credentials access token is its client_id (RFC 9068 §2.2), that of a user's
-    token the username, with the same iss, aud and typ either way. Giving clients subjects
-    of their own (a prefix, say) would change the sub that resource servers already see
-    for every client; refusing the one name that would be ambiguous, at registration and
-    both ways, changes nothing for anyone else. (Names registered before this check are
-    not revisited.)
+    token the user's subject (the username, unless the name was used before), with the
+    same iss, aud and typ either way. Giving clients subjects of their own (a prefix, say)
+    would change the sub that resource servers already see for every client; refusing the
+    one name that would be ambiguous, at registration and both ways, changes nothing for
+    anyone else. A removed user's sub may live on in a relying party's records, so its
+    name stays refused. A new username may be a removed user's: the new user gets a new
+    subject (``Storage.add_user``). (Names registered before this check are not
+    revisited.)
     """
-    taken = storage.get_client(name) if user else storage.get_user(name)
-    if taken is not None:
-        this, other = ("username", "client") if user else ("client_id", "user")
+    if user:
+        holder = "there is a client named" if storage.get_client(name) else None
+    elif storage.get_user(name) is not None:
+        holder = "there is a user named"
+    elif storage.get_user_by_subject(name) is not None:
+        holder = "there is a user whose sub is"
+    elif storage.removed_users(name):
+        holder = "a removed user had the name or sub"
+    else:
+        holder = None
+    if holder is not None:
         raise ValueError(
-            f"cannot use {name!r} as a {this}: there is a {other} named {name!r}, and the "
-            f"tokens of both would carry sub {name!r} (RFC 9700 §4.15)"
+            f"cannot use {name!r} as a {'username' if user else 'client_id'}: {holder} "
+            f"{name!r}, and the tokens of both would carry sub {name!r} (RFC 9700 §4.15)"
         )
 
 
@@ -1278,7 +1373,9 @@ class Server:
         claims: dict[str, Any] | None = None,
         totp_secret: str | None = None,
     ) -> User:
-        """Register a user; without a password the user can only be auto-approved.
+        """Register a user, or replace the one with that username; without a password the
+        user can only be auto-approved. Returns the user as stored, with its ``subject``:
+        the username, unless the name or subject of a removed user (see ``User``).
 
         With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
         in with a TOTP code after the password (RFC 6238). A username may not be a
@@ -1289,8 +1386,7 @@ class Server:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
         hashed = hash_password(password) if password is not None else NO_PASSWORD
-        user = User(username, hashed, claims, totp_secret)
-        self.storage.add_user(user)
+        user = self.storage.add_user(User(username, hashed, claims, totp_secret))
         audit("user.added", user=username, totp=int(totp_secret is not None))
         return user
 
@@ -1306,7 +1402,7 @@ class Server:
         claims = check_claims(claims, f"user {username!r}")
         user = self._user(username)
         user = replace(user, claims={**(user.claims if merge else {}), **claims})
-        self.storage.add_user(user)
+        user = self.storage.add_user(user)
         audit("user.changed", user=username, changed="claims")
         return user
 
@@ -1338,8 +1434,9 @@ class Server:
 
     def remove_user(self, username: str) -> bool:
         """Remove a user with the user's tokens, codes, consents and sessions; False if there
-        was none."""
-        removed = self.storage.remove_user(username)
+        was none. The name and subject are remembered for ever: a user added later under
+        that name gets another sub (OIDC Core §2: "never reassigned")."""
+        removed = self.storage.remove_user(username, self.clock())
         if removed:
             audit("user.removed", user=username)
         return removed
@@ -1379,20 +1476,29 @@ class Server:
         scope: str | Iterable[str] = (),
         claims: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Mint tokens without a browser, as the token endpoint would (for API tests)."""
+        """Mint tokens without a browser, as the token endpoint would (for API tests). The
+        tokens carry the stored user's subject as sub; for a username no user has, the
+        name itself (minting for a user never added is a test's convenience), unless a
+        removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2)."""
         if isinstance(client, str):
             found = self.storage.get_client(client)
             if found is None:
                 raise ValueError(f"unknown client {client!r}")
             client = found
         username = user.username if isinstance(user, User) else user
+        holder = None
+        if username is not None:
+            holder = self.storage.get_user(username)
+            if holder is None and self.storage.removed_users(username):
+                raise ValueError(f"no user {username!r}: a removed user had that name or sub")
+            holder = holder or User(username, NO_PASSWORD)
         claims = check_claims(claims, "issue_tokens") if claims is not None else None
         scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
         # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
         offline = "openid" not in scopes or "offline_access" in scopes
         return issue_tokens(
-            self, client, username, scopes,
-            family_id=new_secret(), refresh=username is not None and offline,
+            self, client, holder, scopes,
+            family_id=new_secret(), refresh=holder is not None and offline,
             auth_time=int(self.clock()), claims=claims,
         )  # fmt: skip
 
@@ -2783,13 +2889,14 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
         srv.transcript.note_relaxation(
             client.client_id, "require_pkce=False: a code redeemed without code_verifier"
         )
-    if srv.storage.get_user(code.username) is None:
+    user = srv.storage.get_user(code.username)
+    if user is None:
         raise InvalidGrant("The user of this code no longer exists.")
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
     # the user must have granted with the offline_access scope.
     offline = "openid" not in code.scope or "offline_access" in code.scope
     body = issue_tokens(
-        srv, client, code.username, code.scope, family_id=code_hash, refresh=offline,
+        srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
         claims_request=code.claims_request,
     )  # fmt: skip
@@ -2814,7 +2921,8 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if not old.active(srv.clock()):
         raise InvalidGrant("The refresh token has expired.")
-    if old.username is not None and srv.storage.get_user(old.username) is None:
+    user = srv.storage.get_user(old.username) if old.username is not None else None
+    if old.username is not None and user is None:
         srv.storage.revoke_family(old.family_id)
         raise InvalidGrant("The user of this grant no longer exists.")
     scope = split_scope(params.get("scope")) or old.scope
@@ -2823,7 +2931,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         raise InvalidScope("The requested scope exceeds the original grant.")
     # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
-        srv, client, old.username, scope, family_id=old.family_id, refresh=True,
+        srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
         claims_request=old.claims_request,
     )  # fmt: skip
@@ -2855,7 +2963,7 @@ GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = 
 def issue_tokens(
     srv: Server,
     client: Client,
-    username: str | None,
+    user: User | None,
     scope: tuple[str, ...],
     *,
     family_id: str,
@@ -2874,10 +2982,12 @@ def issue_tokens(
     new access token are saved in the same atomic step that revokes it. An ID token is
     added for a user when the scope has ``openid``: after the user authenticated at
     ``auth_time`` (OIDC Core §3.1.3.3), or on a refresh (§12.2, without a nonce).
+    ``user`` is None for client_credentials.
     """
     now = srv.clock()
+    username = user.username if user is not None else None
     access = (
-        jwt_access_token(srv, client, username, scope, auth_time)
+        jwt_access_token(srv, client, user, scope, auth_time)
         if client.access_token_jwt
         else new_secret()
     )
@@ -2912,9 +3022,9 @@ def issue_tokens(
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
         audit("refresh.reuse_detected", user=username, client=client.client_id)
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
-    if "openid" in scope and username is not None:
+    if "openid" in scope and user is not None:
         body["id_token"] = id_token(
-            srv, client, username, scope, auth_time, nonce, access, claims, amr, acr,
+            srv, client, user, scope, auth_time, nonce, access, claims, amr, acr,
             (claims_request or {}).get("id_token", {}),
         )  # fmt: skip
     return body
@@ -2997,7 +3107,7 @@ def half_hash(value: str) -> str:
 def id_token(
     srv: Server,
     client: Client,
-    username: str,
+    user: User,
     scope: tuple[str, ...],
     auth_time: int | None,
     nonce: str | None,
@@ -3021,14 +3131,13 @@ def id_token(
     ``Server.issue_tokens``.
     """
     now = int(srv.clock())
-    user = srv.storage.get_user(username)
-    released = {} if client.minimal_id_token or user is None else scope_claims(user, scope)
+    released = {} if client.minimal_id_token else scope_claims(user, scope)
     body: dict[str, Any] = {
         **released,
-        **(individual_claims(user, client, requested or {}) if user is not None else {}),
+        **individual_claims(user, client, requested or {}),
         **(claims or {}),
         "iss": srv.issuer,
-        "sub": username,  # OIDC Core §2: locally unique and never reassigned
+        "sub": user.subject,  # OIDC Core §2: locally unique and never reassigned
         "aud": client.client_id,
         "exp": now + srv.id_token_lifetime,
         "iat": now,
@@ -3043,14 +3152,14 @@ def id_token(
     if nonce is not None:
         body["nonce"] = nonce
     # A test may have scripted this token's claims (Server.next_claims).
-    body.update(srv.scripted_claims.take(username))
+    body.update(srv.scripted_claims.take(user.username))
     return sign(srv, body, client.id_token_signed_response_alg)
 
 
 def jwt_access_token(
     srv: Server,
     client: Client,
-    username: str | None,
+    user: User | None,
     scope: tuple[str, ...],
     auth_time: int | None,
 ) -> str:
@@ -3061,7 +3170,7 @@ def jwt_access_token(
         "iss": srv.issuer,
         "exp": now + srv.access_token_lifetime,
         "aud": srv.access_token_audience,
-        "sub": username if username is not None else client.client_id,
+        "sub": user.subject if user is not None else client.client_id,
         "client_id": client.client_id,
         "iat": now,
         "jti": secrets.token_urlsafe(16),
@@ -3123,7 +3232,7 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
         raise InvalidToken("The token's user no longer exists.")
     requested = individual_claims(user, client, token.claims_request.get("userinfo", {}))
     # OIDC Core §5.3.2: "The sub Claim MUST always be returned in the UserInfo Response."
-    return {**scope_claims(user, token.scope), **requested, "sub": user.username}
+    return {**scope_claims(user, token.scope), **requested, "sub": user.subject}
 
 
 def scope_claims(user: User, scope: tuple[str, ...]) -> dict[str, Any]:
@@ -3187,8 +3296,10 @@ def end_session(
     # §3: the URI "MUST have been previously registered with the OP"; exact match.
     if target is not None and (client is None or target not in client.post_logout_redirect_uris):
         raise UntrustedRequest("post_logout_redirect_uri is not registered for this client.")
-    # A hint for another user than the signed-in one proves nothing about this session.
-    vouched = hinted is not None and session is not None and hinted["sub"] == session.username
+    # A hint for another user than the signed-in one proves nothing about this session; nor
+    # does one of a removed user of the same name (OIDC Core §2: sub is never reassigned).
+    user = srv.storage.get_user(session.username) if session is not None else None
+    vouched = hinted is not None and user is not None and hinted["sub"] == user.subject
     if session is not None and not vouched and not confirmed:
         return logout_page(srv, params, client, browser)
     if session is not None:
@@ -3237,6 +3348,8 @@ def introspect(
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
+    username = token.username if token is not None else None
+    user = srv.storage.get_user(username) if username is not None else None
     # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}, and
     # so is one the caller "is not allowed to introspect": another client's refresh
     # token (only resource servers need access tokens), or a token whose user or client
@@ -3245,7 +3358,7 @@ def introspect(
         token is None
         or not token.active(srv.clock())
         or (token.kind == "refresh" and token.client_id != client.client_id)
-        or (token.username is not None and srv.storage.get_user(token.username) is None)
+        or (token.username is not None and user is None)
         or (token.client_id != client.client_id and srv.storage.get_client(token.client_id) is None)
     ):
         return {"active": False}
@@ -3258,9 +3371,9 @@ def introspect(
         "iss": srv.issuer,
         "token_type": "Bearer" if token.kind == "access" else "refresh_token",
     }
-    if token.username is not None:
-        body["sub"] = token.username
-        body["username"] = token.username
+    if user is not None:
+        body["sub"] = user.subject  # OIDC Core §2: the sub of the user's ID tokens
+        body["username"] = user.username  # RFC 7662 §2.2: "Human-readable identifier"
     return body
 
 

@@ -357,6 +357,24 @@ def test_a_hint_for_another_user_asks_before_signing_out(
     assert "csrf_token" in form_fields(r.text)
 
 
+def test_a_hint_of_a_removed_user_asks_the_new_user_of_that_name(
+    server, browser, id_token, end_session_path
+):
+    """RP-Initiated Logout §2: the OP MUST ask "if the supplied ID Token does not belong
+    to the ... currently logged in End-User". Alice is removed and another alice added
+    (OIDC Core §2: a sub is "never reassigned"); the old alice's ID token does not sign
+    the new one out unasked."""
+    server.remove_user(USERNAME)
+    server.add_user(USERNAME, "another-password")
+    sign_in_for_tokens(browser, RP, RP_SECRET, password="another-password")
+    r = logout(browser, end_session_path, id_token_hint=id_token,
+               post_logout_redirect_uri=LOGGED_OUT)  # fmt: skip
+    assert not deletes_session_cookie(r)
+    assert session_alive(browser)
+    assert r.status == 200
+    assert "csrf_token" in form_fields(r.text)
+
+
 def test_a_jwt_access_token_is_not_an_id_token_hint(server, browser, id_token, end_session_path):
     """RP-Initiated Logout §2 id_token_hint: "ID Token previously issued by the OP to the
     RP"; RFC 9068 §2.1 types access tokens at+jwt precisely so that one kind of JWT is not

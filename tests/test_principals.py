@@ -19,6 +19,7 @@ import pytest
 from codeflow_storage.sqlite import SQLiteStorage
 from conftest import (
     CONFIDENTIAL,
+    ISSUER,
     PASSWORD,
     PUBLIC,
     REDIRECT,
@@ -30,6 +31,7 @@ from conftest import (
     new_flow,
     query_of,
 )
+from oidc_helpers import jwks_keys, verify_jwt
 from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
@@ -322,6 +324,104 @@ def test_server_add_client_and_add_user_refuse_a_shared_name(server: codeflow.Se
     # Registering the same client or user again is no collision.
     server.add_client(PUBLIC, redirect_uris=[REDIRECT])
     server.add_user(USERNAME, PASSWORD)
+
+
+def test_a_client_may_not_take_a_removed_users_name(db: Path) -> None:
+    """RFC 9700 §4.15.1: no client_id "that could cause confusion with a genuine resource
+    owner". A removed user's tokens may still sit in a relying party's or resource
+    server's records under sub alice: ``codeflow client add alice`` is refused after
+    ``user remove alice`` too, while a new user may take the name (with a new sub)."""
+    ok(cli(db, "user", "add", USERNAME, "--password-stdin", stdin=PASSWORD + "\n"))
+    ok(cli(db, "user", "remove", USERNAME))
+    r = cli(db, "client", "add", USERNAME, "--grant-type", "client_credentials")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert f"removed user had the name or sub {USERNAME!r}" in r.stderr, r.stderr
+    assert USERNAME not in ok(cli(db, "client", "list")).stdout
+    ok(cli(db, "user", "add", USERNAME, "--password-stdin", stdin=PASSWORD + "\n"))
+
+
+###############################################################################
+# A sub is never reassigned: OIDC Core §2, RFC 9700 §4.15.1 ####################
+###############################################################################
+
+
+def subs_on_the_wire(srv: codeflow.Server, tokens: dict[str, str]) -> dict[str, str]:
+    """The sub of one grant wherever it is told: in the ID token and the RFC 9068 access
+    token (both verified against the JWKS), at userinfo and at introspection."""
+    wc = WSGIClient(srv.wsgi)
+    keys = jwks_keys(wc)
+    now = srv.clock()
+    id_token = verify_jwt(tokens["id_token"], keys, audience=CONFIDENTIAL, now=now)[1]
+    access = verify_jwt(tokens["access_token"], keys, audience=ISSUER, now=now)[1]
+    info = wc.get("/userinfo", headers=bearer(tokens["access_token"]))
+    assert info.status == 200, info.text
+    introspected = wc.post("/introspect", {"token": tokens["access_token"]},
+                           headers=basic(CONFIDENTIAL, SECRET)).json()  # fmt: skip
+    assert introspected["active"] is True and introspected["username"] == USERNAME
+    return {"id_token": id_token["sub"], "access_token": access["sub"],
+            "userinfo": info.json()["sub"], "introspection": introspected["sub"]}  # fmt: skip
+
+
+def test_a_user_added_again_under_a_removed_users_name_gets_a_new_sub(
+    srv: codeflow.Server, db: Path
+) -> None:
+    """OIDC Core §2: sub is "A locally unique and never reassigned identifier within the
+    Issuer for the End-User". The attack (RFC 9700 §4.15.1): alice is removed and another
+    person is added as alice; with the old sub, every relying party would sign the new
+    person into the old one's account. The new alice's sub differs from the old one's in
+    the ID token, the JWT access token, userinfo and introspection, and again after a
+    second removal; the administrator's commands run in other processes, so the choice
+    is storage's, shared by every process and kept across restarts."""
+    srv.update_client(CONFIDENTIAL, access_token_jwt=True)
+    app = WSGIClient(srv.wsgi)
+    first = subs_on_the_wire(srv, authorize(WSGIClient(srv.wsgi), app))
+    assert set(first.values()) == {USERNAME}, first  # a name never used before is its sub
+
+    remove_and_add_alice_again(db)
+    second = subs_on_the_wire(srv, authorize(WSGIClient(srv.wsgi), app))
+    assert len(set(second.values())) == 1, second
+    assert second["id_token"] != USERNAME
+
+    remove_and_add_alice_again(db)
+    third = subs_on_the_wire(srv, authorize(WSGIClient(srv.wsgi), app))
+    assert len(set(third.values())) == 1, third
+    assert third["id_token"] not in (USERNAME, second["id_token"])
+
+
+def test_a_user_never_removed_keeps_the_username_as_sub(srv: codeflow.Server, db: Path) -> None:
+    """OIDC Core §2: sub identifies the End-User; a deployment whose relying parties know
+    users by username keeps working: a user whose name no removed user had is known by
+    that name, whatever happens to other users."""
+    ok(cli(db, "user", "add", "bob", "--password-stdin", stdin="bob-password\n"))
+    remove_and_add_alice_again(db)
+    tokens = srv.issue_tokens("bob", CONFIDENTIAL, "openid")
+    keys = jwks_keys(WSGIClient(srv.wsgi))
+    assert verify_jwt(tokens["id_token"], keys, audience=CONFIDENTIAL, now=srv.clock())[1][
+        "sub"
+    ] == "bob"
+    r = WSGIClient(srv.wsgi).get("/userinfo", headers=bearer(tokens["access_token"]))
+    assert r.json()["sub"] == "bob", r.text
+
+
+def test_server_issue_tokens_carries_the_new_sub_and_refuses_a_removed_name(
+    server: codeflow.Server,
+) -> None:
+    """OIDC Core §2, through the embedding API: Server.remove_user and add_user give the
+    new alice another ``User.subject``, which Server.issue_tokens puts in sub; minting for
+    the removed name while no user has it raises ValueError rather than reissue the old
+    sub."""
+    assert server.storage.get_user(USERNAME).subject == USERNAME
+    assert server.remove_user(USERNAME)
+    with pytest.raises(ValueError, match="removed user"):
+        server.issue_tokens(USERNAME, CONFIDENTIAL, "openid")
+    alice = server.add_user(USERNAME, PASSWORD)
+    assert alice.subject != USERNAME and server.storage.get_user(USERNAME) == alice
+    tokens = server.issue_tokens(USERNAME, CONFIDENTIAL, "openid")
+    keys = jwks_keys(WSGIClient(server.wsgi))
+    claims = verify_jwt(tokens["id_token"], keys, audience=CONFIDENTIAL, now=server.clock())[1]
+    assert claims["sub"] == alice.subject
+    assert server.set_claims(USERNAME, {"name": "Alice"}).subject == alice.subject
 
 
 ###############################################################################

@@ -2,7 +2,8 @@
 
 Records in, records out, no policy. The atomic operations (``consume_code``,
 ``rotate_refresh_token``, ``get_or_add_setting``, ``get_or_add_signing_key``,
-``rotate_signing_key``, ``revoke_grant``) are raced by 16 threads released together.
+``rotate_signing_key``, ``revoke_grant``, ``add_user`` with ``remove_user``) are raced by
+16 threads released together.
 To add a backend, add one ``pytest.param`` to ``BACKENDS``: a context manager that
 yields a fresh, empty store, able to serve ``threads`` threads at once, and cleans up
 after it.
@@ -25,7 +26,7 @@ from codeflow_storage.sqlite import SQLiteStorage
 from postgres_support import fresh_schema
 
 import codeflow
-from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
+from codeflow import AuthorizationCode, Client, Grant, RemovedUser, SigningKey, Token, User
 
 THREADS = 16
 NOW = 1_800_000_000.0
@@ -327,6 +328,110 @@ class TestStorageContract:
         assert storage.change_credentials(User("alice", "new-hash")) is False
         assert storage.get_user("alice") is None
         assert not revoked(storage, "r1")
+
+    # -- subjects: never reassigned (OIDC Core §2) ------------------------------
+
+    def test_a_name_never_used_is_its_own_subject(self, storage: codeflow.Storage) -> None:
+        """Storage.add_user: a user whose name no user, stored or removed, ever had gets the
+        username as its subject, so that sub is the username where it always was."""
+        alice = User("alice", "hash-a")
+        added = storage.add_user(alice)
+        assert added == alice and added.subject == "alice"
+        assert storage.get_user("alice") == added
+        assert storage.get_user_by_subject("alice") == added
+        assert storage.get_user_by_subject("bob") is None
+        assert storage.removed_users("alice") == []
+
+    def test_remove_user_leaves_a_tombstone_and_the_name_a_new_subject(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """OIDC Core §2: sub is "never reassigned". Storage.remove_user keeps the removed
+        user's username, subject and the time, for ever; a user added later under that name
+        gets a subject no user ever had, a new one every time."""
+        storage.add_user(User("alice", "hash-a"))
+        bob = storage.add_user(User("bob", "hash-b"))
+        assert storage.remove_user("alice", NOW) is True
+        second = storage.add_user(User("alice", "hash-a"))
+        assert second.subject not in ("alice", "bob", "")
+        assert storage.get_user("alice") == second
+        assert storage.get_user_by_subject(second.subject) == second
+        assert storage.get_user_by_subject("alice") is None
+        assert storage.remove_user("alice", NOW + 1) is True
+        assert storage.remove_user("alice", NOW + 2) is False  # no one: no tombstone
+        third = storage.add_user(User("alice", "hash-a"))
+        assert third.subject not in ("alice", "bob", "", second.subject)
+        assert storage.removed_users("alice") == [
+            RemovedUser("alice", "alice", NOW),
+            RemovedUser("alice", second.subject, NOW + 1),
+        ]
+        assert storage.removed_users(second.subject) == [
+            RemovedUser("alice", second.subject, NOW + 1)
+        ]
+        assert storage.get_user("bob") == bob and bob.subject == "bob"  # others keep theirs
+
+    def test_a_subject_once_given_is_never_given_again(self, storage: codeflow.Storage) -> None:
+        """OIDC Core §2: "locally unique and never reassigned". Neither a user named after
+        another user's subject, alive or removed, nor a record that comes with a subject
+        already had, gets that subject; a subject no user had is kept as given (a store
+        copied into another keeps its subs)."""
+        storage.add_user(User("alice", "hash"))
+        storage.remove_user("alice", NOW)
+        alive = storage.add_user(User("alice", "hash")).subject
+        storage.remove_user("alice", NOW)
+        removed = storage.add_user(User("alice", "hash")).subject
+        assert storage.add_user(User(alive, "hash")).subject not in (alive, removed)
+        storage.remove_user("alice", NOW)
+        assert storage.add_user(User(removed, "hash")).subject not in (alive, removed)
+        given = storage.add_user(User("erin", "hash", subject="alice")).subject
+        assert given not in ("alice", "erin", alive, removed)
+        assert storage.add_user(User("frank", "hash", subject="f-1234")).subject == "f-1234"
+        subjects = [u.subject for u in storage.list_users()]
+        assert len(set(subjects)) == len(subjects) == 4, subjects
+
+    def test_replacing_or_changing_a_user_keeps_its_subject(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.add_user (replace) and change_credentials: the same user keeps its
+        subject, whatever the record passed says; a subject is the user's for good."""
+        storage.add_user(User("alice", "hash"))
+        storage.remove_user("alice", NOW)
+        alice = storage.add_user(User("alice", "hash"))
+        replaced = storage.add_user(User("alice", "new-hash", {"name": "Alice"}))
+        assert replaced == replace(alice, password_hash="new-hash", claims={"name": "Alice"},
+                                   record_id=replaced.record_id)  # fmt: skip
+        assert storage.change_credentials(replace(replaced, password_hash="h2", subject="alice"))
+        assert storage.get_user("alice") == replace(replaced, password_hash="h2")
+        assert storage.get_user_by_subject("alice") is None
+
+    def test_tombstones_are_kept_for_ever(self, storage: codeflow.Storage) -> None:
+        """Storage.remove_user: the tombstone is kept for ever: purge_expired, however late,
+        leaves it, so the name still gets a new subject."""
+        storage.add_user(User("alice", "hash"))
+        storage.remove_user("alice", NOW)
+        storage.purge_expired(NOW + 10**9)
+        assert storage.removed_users("alice") == [RemovedUser("alice", "alice", NOW)]
+        assert storage.add_user(User("alice", "hash")).subject != "alice"
+
+    def test_add_and_remove_racing_never_reassign_a_subject(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.add_user and remove_user are atomic: threads adding and removing alice at
+        once leave every subject with one holder, alive or removed, and the name alice
+        as a subject at most once."""
+
+        def call(i: int) -> Any:
+            for _ in range(5):
+                if i % 2:
+                    storage.add_user(User("alice", f"hash-{i}"))
+                else:
+                    storage.remove_user("alice", NOW)
+
+        race(call)
+        tombstones = [t.subject for t in storage.removed_users("alice")]
+        alive = storage.get_user("alice")
+        subjects = tombstones + ([alive.subject] if alive else [])
+        assert len(set(subjects)) == len(subjects), subjects
+        assert subjects.count("alice") <= 1
 
     # -- codes ------------------------------------------------------------------
 

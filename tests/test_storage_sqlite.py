@@ -27,7 +27,7 @@ import sqlite_utils
 from codeflow_storage.sqlite import MIGRATIONS, SQLiteStorage, from_url
 
 import codeflow
-from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+from codeflow import AuthorizationCode, Client, RemovedUser, SigningKey, Token, User
 
 NOW = 1_800_000_000.0
 PROCESSES = 4
@@ -234,6 +234,27 @@ def test_codes_and_tokens_of_a_version_9_database_have_no_claims_request(path: P
         assert code is not None and code.claims_request == request
 
 
+def test_users_of_a_version_10_database_keep_their_username_as_subject(path: Path) -> None:
+    """Migration 11 adds ``User.subject`` and the tombstones of removed users (OIDC Core §2:
+    sub is "never reassigned"): a user stored by version 10 keeps the username as its sub,
+    which its tokens carried; once removed, its name gets a new subject, also when the file
+    is opened again."""
+    with sqlite_utils.Database(path) as db:
+        for migration in MIGRATIONS[:10]:
+            migration(db)
+        db.execute("PRAGMA user_version = 10")
+        db.execute(
+            "INSERT INTO users (username, password_hash, claims) VALUES ('alice', 'h', '{}')"
+        )
+    with SQLiteStorage(path) as store:
+        assert store.get_user("alice") == User("alice", "h", {}, None, record_id="")
+        assert store.get_user("alice").subject == "alice"
+        assert store.remove_user("alice", NOW)
+    with SQLiteStorage(path) as store:
+        assert store.removed_users("alice") == [RemovedUser("alice", "alice", NOW)]
+        assert store.add_user(User("alice", "h")).subject != "alice"
+
+
 def test_database_of_a_newer_version_is_refused(path: Path) -> None:
     """Issue 4, versioned migrations: a schema this code does not know is not touched."""
     SQLiteStorage(path).close()
@@ -314,6 +335,9 @@ LOOKUPS = {
     "codes of a grant": "DELETE FROM codes WHERE username = 'u' AND client_id = 'c'",
     "consent of a grant": "DELETE FROM consents WHERE username = 'u' AND client_id = 'c'",
     "record id of a user": "UPDATE users SET record_id = 'r' WHERE username = 'u'",
+    "user of a subject": "SELECT username FROM users WHERE subject = 's'",
+    "tombstones of a username": "SELECT subject FROM removed_users WHERE username = 'u'",
+    "tombstone of a subject": "SELECT username FROM removed_users WHERE subject = 's'",
 }
 
 

@@ -59,7 +59,16 @@ from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
+from codeflow import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RemovedUser,
+    SigningKey,
+    Token,
+    User,
+    new_subject,
+)
 
 if typing.TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -74,6 +83,7 @@ CONNECT_TIMEOUT = 10  # seconds libpq waits for a server, unless the URL says ot
 RETRIES = 12  # runs of a call that keeps losing serialization races, before giving up
 RETRY_PAUSE = 0.001  # seconds; the pause before retry n is random up to this * 2**n
 PURGE_BATCH = 1000  # rows one purge transaction deletes, so that locks are held briefly
+USERS_LOCK = 0x636F6465666C6F77  # pg_advisory_xact_lock key of user records ("codeflow")
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # an unquoted PostgreSQL identifier
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -206,7 +216,23 @@ _V3_RELYING_PARTIES = [
     "ALTER TABLE tokens ADD COLUMN claims_request jsonb NOT NULL DEFAULT '{}'",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES]
+_V4_SUBJECTS = [
+    # User.subject (OIDC Core §2: sub is "never reassigned"): users already stored keep
+    # their username, the sub their tokens carried; unique, so no two users share one.
+    # removed_users: the tombstones remove_user leaves, kept for ever, found by subject
+    # (the key) and by username, as in codeflow_storage.sqlite's migration 11.
+    "ALTER TABLE users ADD COLUMN subject text NOT NULL DEFAULT ''",
+    "UPDATE users SET subject = username",
+    "CREATE UNIQUE INDEX users_by_subject ON users (subject)",
+    """CREATE TABLE removed_users (
+        subject text PRIMARY KEY,
+        username text NOT NULL,
+        removed_at double precision NOT NULL
+    )""",
+    "CREATE INDEX removed_users_by_username ON removed_users (username)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS]
 
 
 ###############################################################################
@@ -281,6 +307,21 @@ _USERS = _Rows(User, "users", "username")
 _CODES = _Rows(AuthorizationCode, "codes", "code_hash")
 _TOKENS = _Rows(Token, "tokens", "token_hash")
 _KEYS = _Rows(SigningKey, "signing_keys", "kid")
+_REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
+
+# Add or replace a user; a user replaced keeps its subject (the column is not updated).
+_SAVE_USER = (
+    f"INSERT INTO users ({_USERS.columns}) VALUES {_USERS.values} "  # noqa: S608
+    "ON CONFLICT (username) DO UPDATE SET "
+    + ", ".join(f"{n} = excluded.{n}" for n in _USERS.names if n not in ("username", "subject"))
+)
+# Whether a user, stored or removed, has or had %(name)s as its username or subject.
+_SUBJECT_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM users WHERE username = %(name)s) "
+    "OR EXISTS (SELECT 1 FROM users WHERE subject = %(name)s) "
+    "OR EXISTS (SELECT 1 FROM removed_users WHERE subject = %(name)s) "
+    "OR EXISTS (SELECT 1 FROM removed_users WHERE username = %(name)s)"
+)
 
 
 def _insert_tokens(count: int, only_if: str = "TRUE") -> str:
@@ -413,7 +454,7 @@ class PostgreSQLStorage:
                 "WHERE table_schema = %s",
                 [schema],
             ).fetchall()
-        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS):
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS):
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -522,8 +563,47 @@ class PostgreSQLStorage:
             > 0
         )
 
-    def add_user(self, user: User) -> None:
-        self._count(_USERS.upsert, _USERS.encode(user))
+    def _users_locked(self, conn: Conn) -> None:
+        """Begin a READ COMMITTED transaction holding the lock of user records: adding,
+        removing and changing users take turns across every node, and each statement then
+        sees what the one before committed (a subject checked free is still free when
+        written; a tombstone is written once)."""
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [USERS_LOCK])
+
+    def add_user(self, user: User) -> User:
+        """One transaction under the user lock: the subject is checked and written with no
+        other node giving it meanwhile."""
+
+        def work(conn: Conn) -> User:
+            with conn.transaction():
+                self._users_locked(conn)
+                row = conn.execute(
+                    "SELECT subject FROM users WHERE username = %s", [user.username]
+                ).fetchone()
+                if row is not None:
+                    subject = row[0]
+                else:
+                    subject = user.subject
+                    while conn.execute(_SUBJECT_TAKEN, {"name": subject}).fetchone()[0]:  # type: ignore[index]
+                        subject = new_subject()
+                stored = replace(user, subject=subject)
+                conn.execute(_SAVE_USER, _USERS.encode(stored))
+                return stored
+
+        return self._run(work)
+
+    def get_user_by_subject(self, subject: str) -> User | None:
+        rows = self._rows(_USERS.select + " WHERE subject = %s", [subject])
+        return _USERS.decode(rows[0]) if rows else None
+
+    def removed_users(self, name: str) -> list[RemovedUser]:
+        rows = self._rows(
+            _REMOVED_USERS.select + " WHERE username = %s "
+            "UNION " + _REMOVED_USERS.select + " WHERE subject = %s ORDER BY removed_at",
+            [name, name],
+        )
+        return [_REMOVED_USERS.decode(row) for row in rows]
 
     def get_user(self, username: str) -> User | None:
         rows = self._rows(_USERS.select + " WHERE username = %s", [username])
@@ -532,24 +612,32 @@ class PostgreSQLStorage:
     def list_users(self) -> list[User]:
         return [_USERS.decode(row) for row in self._rows(_USERS.select + " ORDER BY username")]
 
-    def remove_user(self, username: str) -> bool:
-        """One statement: the user's tokens, codes, consents and TOTP step go with it."""
-        return (
-            self._count(
-                "WITH tokens_gone AS (DELETE FROM tokens WHERE username = %(name)s), "
-                "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
-                "consents_gone AS (DELETE FROM consents WHERE username = %(name)s), "
-                "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s) "
-                "DELETE FROM users WHERE username = %(name)s",
-                {"name": username},
-            )
-            > 0
-        )
+    def remove_user(self, username: str, removed_at: float | None = None) -> bool:
+        """One statement: the user's tokens, codes, consents and TOTP step go with it, and
+        the tombstone of its name and subject is written."""
+        when = time.time() if removed_at is None else removed_at
+
+        def work(conn: Conn) -> int:
+            with conn.transaction():
+                self._users_locked(conn)
+                return conn.execute(
+                    "WITH tokens_gone AS (DELETE FROM tokens WHERE username = %(name)s), "
+                    "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
+                    "consents_gone AS (DELETE FROM consents WHERE username = %(name)s), "
+                    "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s), "
+                    "gone AS (DELETE FROM users WHERE username = %(name)s "
+                    "RETURNING username, subject) "
+                    "INSERT INTO removed_users (username, subject, removed_at) "
+                    "SELECT username, subject, %(when)s FROM gone",
+                    {"name": username, "when": when},
+                ).rowcount
+
+        return self._run(work) > 0
 
     def change_credentials(self, user: User) -> bool:
         """One statement: replace the user only if there is one, and then revoke the user's
         refresh tokens and delete the user's codes."""
-        changed = [i for i, name in enumerate(_USERS.names) if name != "username"]
+        changed = [i for i, name in enumerate(_USERS.names) if name not in ("username", "subject")]
         columns = ", ".join(f"{_USERS.names[i]} = %s::{_USERS.types[i]}" for i in changed)
         values = _USERS.encode(user)
         rows = self._rows(

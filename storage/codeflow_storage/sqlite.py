@@ -36,7 +36,16 @@ from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
-from codeflow import AuthorizationCode, Client, Grant, SigningKey, Token, User
+from codeflow import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RemovedUser,
+    SigningKey,
+    Token,
+    User,
+    new_subject,
+)
 
 if typing.TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -237,6 +246,23 @@ def _v10_claims_request(db: sqlite_utils.Database) -> None:
         db.table(table).add_column("claims_request", str, not_null_default="{}")
 
 
+def _v11_subjects(db: sqlite_utils.Database) -> None:
+    """``User.subject`` (OIDC Core §2: sub is "never reassigned"): users already stored
+    keep their username, the sub their tokens carried; unique, so that no two users ever
+    share one. ``removed_users``: the tombstones ``remove_user`` leaves, kept for ever,
+    found by subject (the key) and by username. Users removed before this migration left
+    none: the database no longer knows their names."""
+    db.table("users").add_column("subject", str, not_null_default="")
+    db.execute("UPDATE users SET subject = username")
+    db.table("users").create_index(["subject"], index_name="users_by_subject", unique=True)
+    db.table("removed_users").create(
+        {"username": str, "subject": str, "removed_at": float},
+        pk="subject",
+        not_null=["username", "removed_at"],
+    )
+    db.table("removed_users").create_index(["username"], index_name="removed_users_by_username")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -248,6 +274,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v8_id_token_claims,
     _v9_authentication_context,
     _v10_claims_request,
+    _v11_subjects,
 ]
 
 
@@ -310,6 +337,24 @@ _USERS = _Rows(User, "users")
 _CODES = _Rows(AuthorizationCode, "codes")
 _TOKENS = _Rows(Token, "tokens")
 _KEYS = _Rows(SigningKey, "signing_keys")
+_REMOVED_USERS = _Rows(RemovedUser, "removed_users")
+
+# Add or replace a user; a user replaced keeps its subject (the column is not updated), and
+# a clash on the unique subject fails instead of deleting the other row as REPLACE would.
+_USER_CHANGES = ", ".join(
+    f"{name} = excluded.{name}" for name in _USERS.names if name not in ("username", "subject")
+)
+_SAVE_USER = (
+    f"INSERT INTO users ({_USERS.columns}) VALUES ({', '.join('?' * len(_USERS.names))}) "  # noqa: S608
+    f"ON CONFLICT(username) DO UPDATE SET {_USER_CHANGES}"
+)
+# Whether a user, stored or removed, has or had :name as its username or subject.
+_SUBJECT_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM users WHERE username = :name) "
+    "OR EXISTS (SELECT 1 FROM users WHERE subject = :name) "
+    "OR EXISTS (SELECT 1 FROM removed_users WHERE subject = :name) "
+    "OR EXISTS (SELECT 1 FROM removed_users WHERE username = :name)"
+)
 
 # A token joins its family revoked if the family was revoked first (revoke_family): the
 # check and the write are one statement, so no revocation can slip in between.
@@ -387,7 +432,7 @@ class SQLiteStorage:
                 _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
-            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS):
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS):
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -511,9 +556,22 @@ class SQLiteStorage:
             cursor = db.execute("DELETE FROM clients WHERE client_id = ?", [client_id])
             return cursor.rowcount > 0
 
-    def add_user(self, user: User) -> None:
-        with self._lock:
-            self._database().execute(_USERS.insert, _USERS.encode(user))
+    def add_user(self, user: User) -> User:
+        """One ``BEGIN IMMEDIATE`` transaction: the subject is checked and written under
+        the write lock, so no other process gives it meanwhile."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT subject FROM users WHERE username = ?", [user.username]
+            ).fetchone()
+            if row is not None:
+                subject = row[0]
+            else:
+                subject = user.subject
+                while db.execute(_SUBJECT_TAKEN, {"name": subject}).fetchone()[0]:
+                    subject = new_subject()
+            user = replace(user, subject=subject)
+            db.execute(_SAVE_USER, _USERS.encode(user))
+            return user
 
     def get_user(self, username: str) -> User | None:
         rows = self._read(_USERS.select + " WHERE username = ?", [username])
@@ -523,19 +581,39 @@ class SQLiteStorage:
         rows = self._read(_USERS.select + " ORDER BY username")
         return [_USERS.decode(row) for row in rows]
 
-    def remove_user(self, username: str) -> bool:
+    def get_user_by_subject(self, subject: str) -> User | None:
+        rows = self._read(_USERS.select + " WHERE subject = ?", [subject])
+        return _USERS.decode(rows[0]) if rows else None
+
+    def remove_user(self, username: str, removed_at: float | None = None) -> bool:
+        when = time.time() if removed_at is None else removed_at
         with self._write() as db:
             for table in ("tokens", "codes", "consents", "totp_steps"):
                 db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
+            # The tombstone and the removal, in one statement each of one transaction.
+            db.execute(
+                "INSERT INTO removed_users (username, subject, removed_at) "
+                "SELECT username, subject, ? FROM users WHERE username = ?",
+                [when, username],
+            )
             cursor = db.execute("DELETE FROM users WHERE username = ?", [username])
             return cursor.rowcount > 0
 
+    def removed_users(self, name: str) -> list[RemovedUser]:
+        rows = self._read(
+            _REMOVED_USERS.select + " WHERE username = ? "
+            "UNION " + _REMOVED_USERS.select + " WHERE subject = ? ORDER BY removed_at",
+            [name, name],
+        )
+        return [_REMOVED_USERS.decode(row) for row in rows]
+
     def change_credentials(self, user: User) -> bool:
         with self._write() as db:
-            known = db.execute("SELECT 1 FROM users WHERE username = ?", [user.username])
-            if known.fetchone() is None:
+            known = db.execute("SELECT subject FROM users WHERE username = ?", [user.username])
+            row = known.fetchone()
+            if row is None:
                 return False
-            db.execute(_USERS.insert, _USERS.encode(user))
+            db.execute(_SAVE_USER, _USERS.encode(replace(user, subject=row[0])))
             db.execute(
                 "UPDATE tokens SET revoked = 1 "
                 "WHERE username = ? AND kind = 'refresh' AND revoked = 0",
