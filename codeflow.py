@@ -190,17 +190,34 @@ def token_hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def hash_password(password: str) -> str:
-    """Hash a password or client secret with scrypt and a per-hash random salt."""
+# Test-speed hashing, for servers made with password_hashing="fast" (the pytest plugin's):
+# one salted SHA-256 instead of scrypt's 16 MiB, under a scheme name of its own, so that
+# such a hash is known for what it is wherever it ends up. Only a server in fast mode
+# verifies one: a store a test server wrote lets no one in on a production server.
+PasswordHashing: TypeAlias = Literal["scrypt", "fast"]
+PASSWORD_HASHINGS: tuple[PasswordHashing, ...] = ("scrypt", "fast")
+FAST_HASH_SCHEME = "test-only-sha256"
+FAST_HASH_NOTE = "checked against a test-only hash (password_hashing='fast')"
+
+
+def hash_password(password: str, *, hashing: PasswordHashing = "scrypt") -> str:
+    """Hash a password or client secret with scrypt and a per-hash random salt; with
+    ``hashing="fast"`` (test suites only), with one salted SHA-256 marked as such."""
     salt = secrets.token_bytes(16)
+    if hashing == "fast":
+        digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+        return f"{FAST_HASH_SCHEME}${b64url(salt)}${b64url(digest)}"
     key = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
     )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64url(salt)}${b64url(key)}"
 
 
-def verify_password(password: str, encoded: str) -> bool:
-    """Check a password against hash_password's output, in constant time."""
+def verify_password(password: str, encoded: str, *, hashing: PasswordHashing = "scrypt") -> bool:
+    """Check a password against hash_password's output, in constant time. A fast hash
+    verifies only with ``hashing="fast"``; scrypt hashes verify in either mode."""
+    if encoded.startswith(FAST_HASH_SCHEME + "$"):
+        return _verify_fast(password, encoded, hashing)
     try:
         scheme, n, r, p, salt, key = encoded.split("$")
         if scheme != "scrypt":
@@ -219,11 +236,27 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def _verify_fast(password: str, encoded: str, hashing: PasswordHashing) -> bool:
+    if hashing != "fast":
+        log.warning(
+            "codeflow: refused a password or client secret hashed for test suites "
+            "(password_hashing='fast'); set it again on this server to hash it with scrypt"
+        )
+        return False
+    try:
+        _, salt, digest = encoded.split("$")
+        expected = base64.urlsafe_b64decode(digest + "==")
+        actual = hashlib.sha256(base64.urlsafe_b64decode(salt + "==") + password.encode("utf-8"))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual.digest(), expected)
+
+
 @functools.cache
-def dummy_hash() -> str:
+def dummy_hash(hashing: PasswordHashing = "scrypt") -> str:
     """A hash to check wrong usernames against, so they cost as much as wrong passwords.
     Made on first use: importing codeflow stays cheap."""
-    return hash_password(secrets.token_urlsafe(16))
+    return hash_password(secrets.token_urlsafe(16), hashing=hashing)
 
 
 NO_PASSWORD = "!"  # noqa: S105 -- the password_hash of a user who cannot sign in with a password
@@ -1052,10 +1085,13 @@ class Server:
     request is approved at once as alice, or as the user named by ``login_hint``.
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
     exchange (the last ``transcript_limit`` of them), ``test_mode=True`` also opens the
-    HTTP control surface, and ``internal_url`` is where back-channel clients reach the
-    server by another name. Behind reverse proxies, ``trusted_proxies`` lists their
-    addresses or CIDR networks: from them, and only from them, X-Forwarded-For or
-    Forwarded (RFC 7239) give the client's address and scheme (see "The WSGI app").
+    HTTP control surface, ``internal_url`` is where back-channel clients reach the
+    server by another name, and ``password_hashing="fast"`` hashes passwords and client
+    secrets in microseconds instead of scrypt's tens of milliseconds (hashes only a
+    server in that mode accepts: see hash_password). Behind reverse proxies,
+    ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
+    them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
+    (see "The WSGI app").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1081,6 +1117,7 @@ class Server:
         transcript_limit: int = TRANSCRIPT_LIMIT,
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
+        password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1110,6 +1147,16 @@ class Server:
         self.faults = FaultPlan()
         self.transcript = Transcript(enabled=transcript or test_mode, limit=transcript_limit)
         self.scripted_claims = ScriptedClaims()
+        if password_hashing not in PASSWORD_HASHINGS:
+            raise ValueError(f"password_hashing must be one of {PASSWORD_HASHINGS}")
+        # Read by every hash and check of a password or secret (see hash_password); a
+        # server in fast mode says so, as every test convenience does.
+        self.password_hashing: PasswordHashing = password_hashing
+        if password_hashing == "fast":  # noqa: S105 -- a mode, not a password
+            log.warning(
+                "codeflow: password_hashing='fast': passwords and client secrets are hashed "
+                "for test suites, not with scrypt; never run this in production"
+            )
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -1178,7 +1225,8 @@ class Server:
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
-            client = replace(client, secret_hash=hash_password(client_secret))
+            secret_hash = hash_password(client_secret, hashing=self.password_hashing)
+            client = replace(client, secret_hash=secret_hash)
         self.storage.add_client(client)
         audit("client.added", client=client_id, public=int(client.public))
         return client
@@ -1208,7 +1256,8 @@ class Server:
         if client.public:
             raise ValueError(f"{client_id!r} is a public client: it has no secret")
         secret = new_secret()
-        self.storage.add_client(replace(client, secret_hash=hash_password(secret)))
+        secret_hash = hash_password(secret, hashing=self.password_hashing)
+        self.storage.add_client(replace(client, secret_hash=secret_hash))
         audit("client.changed", client=client_id, changed="secret")
         return secret
 
@@ -1238,7 +1287,10 @@ class Server:
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
-        hashed = hash_password(password) if password is not None else NO_PASSWORD
+        hashed = (
+            hash_password(password, hashing=self.password_hashing)
+            if password is not None else NO_PASSWORD
+        )  # fmt: skip
         user = User(username, hashed, claims, totp_secret)
         self.storage.add_user(user)
         audit("user.added", user=username, totp=int(totp_secret is not None))
@@ -1264,7 +1316,8 @@ class Server:
         """Change a user's password. The user's sessions end (credentials_fingerprint), and
         so do the refresh tokens and codes issued under the old one (see
         ``Storage.change_credentials``); access tokens run out within their lifetime."""
-        user = replace(self._user(username), password_hash=hash_password(password))
+        hashed = hash_password(password, hashing=self.password_hashing)
+        user = replace(self._user(username), password_hash=hashed)
         return self._change_credentials(user)
 
     def set_totp(self, username: str, totp_secret: str | None) -> User:
@@ -2027,7 +2080,9 @@ def check_client_secret(srv: Server, client: Client, secret: str, address: str =
         return hmac.compare_digest(cached, digest)
 
     def verify() -> bool:
-        if not verify_password(secret, stored):
+        if stored.startswith(FAST_HASH_SCHEME + "$"):
+            srv.transcript.note_convenience(f"client {client.client_id!r}: {FAST_HASH_NOTE}")
+        if not verify_password(secret, stored, hashing=srv.password_hashing):
             return False
         srv.verified_secrets[key] = digest
         return True
@@ -2348,7 +2403,13 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
             return replace(page, retry_after=attempt.wait)
         user = srv.storage.get_user(username)
         stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
-        attempt.ok = verify_password(password, stored or dummy_hash()) and stored is not None
+        hashing = srv.password_hashing
+        attempt.ok = (
+            verify_password(password, stored or dummy_hash(hashing), hashing=hashing)
+            and stored is not None
+        )
+        if stored is not None and stored.startswith(FAST_HASH_SCHEME + "$"):
+            srv.transcript.note_convenience(f"user {username!r}: {FAST_HASH_NOTE}")
     if not attempt.ok or user is None:
         audit("login.failed", **who)
         message = "Wrong username or password. Check both and try again."
@@ -4248,6 +4309,7 @@ class Exchange:
     body: Any = None
     relaxations: list[str] = field(default_factory=list)
     fault: str | None = None
+    conveniences: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -4288,6 +4350,12 @@ class Transcript:
             self.current.relaxations.append(f"client {client_id!r}: {what}")
         log.info("codeflow: client %r used a relaxation: %s", client_id, what)
 
+    def note_convenience(self, what: str) -> None:
+        """Name a test convenience of the server (fast password hashing) that the current
+        request used: the transcript says what a production server would do otherwise."""
+        if self.current is not None:
+            self.current.conveniences.append(what)
+
     def record(self, exchange: Exchange) -> None:
         with self._lock:
             if len(self._exchanges) == self.limit:
@@ -4318,6 +4386,11 @@ class Transcript:
     def relaxations(self) -> list[str]:
         """Every relaxation of the strict defaults that a request used, in order."""
         return [r for e in self for r in e.relaxations]
+
+    @property
+    def conveniences(self) -> list[str]:
+        """Every test convenience of the server that a request used, in order."""
+        return [c for e in self for c in e.conveniences]
 
     def clear(self) -> None:
         with self._lock:
@@ -4821,7 +4894,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
     users = {u["username"]: u for u in config_entries(config, "users", USER_KEYS)}
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
-        if _declaration_is_current(entry, stored_client, "client", client_id):
+        if _declaration_is_current(srv, entry, stored_client, "client", client_id):
             continue
         client = srv.add_client(
             client_id,
@@ -4835,16 +4908,16 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             access_token_jwt=entry.get("access_token_jwt", False),
             post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
         )
-        srv.storage.add_client(replace(client, declared=_declaration(entry)))
+        srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
         stored_user = srv.storage.get_user(username)
-        if _declaration_is_current(entry, stored_user, "user", username):
+        if _declaration_is_current(srv, entry, stored_user, "user", username):
             continue
         user = srv.add_user(
             username, entry.get("password"), claims=entry.get("claims", {}),
             totp_secret=entry.get("totp_secret"),
         )  # fmt: skip
-        srv.storage.add_user(replace(user, declared=_declaration(entry)))
+        srv.storage.add_user(replace(user, declared=_declaration(srv, entry)))
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
     for c in srv.storage.list_clients():
         if c.declared and c.client_id not in clients:
@@ -4858,12 +4931,15 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             srv.storage.add_user(replace(u, declared=""))
 
 
-def _declaration(entry: dict[str, Any]) -> str:
-    return hash_password(json.dumps(entry, sort_keys=True, default=str))
+def _declaration(srv: Server, entry: dict[str, Any]) -> str:
+    # Hashed as the server hashes passwords: a declaration a test server made fast is not
+    # current on a production server, which so applies the entry again, with scrypt.
+    entry_json = json.dumps(entry, sort_keys=True, default=str)
+    return hash_password(entry_json, hashing=srv.password_hashing)
 
 
 def _declaration_is_current(
-    entry: dict[str, Any], record: Client | User | None, kind: str, name: str
+    srv: Server, entry: dict[str, Any], record: Client | User | None, kind: str, name: str
 ) -> bool:
     """True when ``record`` was made from this very entry: leave storage as it is."""
     if record is None:
@@ -4872,7 +4948,8 @@ def _declaration_is_current(
         log.warning("codeflow: %s %r was made outside the config file and is now declared in the "
                     "config file: the config file's entry replaces it", kind, name)  # fmt: skip
         return False
-    if verify_password(json.dumps(entry, sort_keys=True, default=str), record.declared):
+    entry_json = json.dumps(entry, sort_keys=True, default=str)
+    if verify_password(entry_json, record.declared, hashing=srv.password_hashing):
         return True
     log.warning("codeflow: %s %r changed in the config file: applying its new entry", kind, name)
     return False
@@ -4979,6 +5056,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--test-mode", action="store_true",
         help="fake IdP for tests: faults over HTTP, a transcript (never in production)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--password-hashing", choices=PASSWORD_HASHINGS, default="scrypt",
+        help="fast: test-only hashes of passwords and secrets, no scrypt (needs --test-mode)",
     )  # fmt: skip
     serve_cmd.add_argument(
         "--internal-url", help="base URL of the back-channel endpoints (discovery asked there)"
@@ -5333,10 +5414,14 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
+        # Fast hashes are a test convenience; a production server must not make them.
+        parser.error("--password-hashing fast is for test suites: it needs --test-mode")
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies)  # fmt: skip
+                     trusted_proxies=proxies,
+                     password_hashing=args.password_hashing)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
     try:
@@ -5354,6 +5439,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_mode:
         print(f"WARNING: --test-mode: faults can be injected at {srv.issuer}{CONTROL_PREFIX}faults"
               " and every request is recorded. Never use this in production.")  # fmt: skip
+    if args.password_hashing == "fast":  # noqa: S105 -- a mode, not a password
+        print("WARNING: --password-hashing fast: passwords and client secrets get test-only "
+              "hashes, which a server without it refuses.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():

@@ -60,6 +60,9 @@ class _Factory:
 
         options.setdefault("test_mode", True)
         options.setdefault("clock", Clock())
+        # No fixture pays scrypt's tens of milliseconds per user, client and sign-in; the
+        # hashes say they are test-only, and no production server accepts them.
+        options.setdefault("password_hashing", "fast")
         srv = codeflow.Server(**options)
         # codeflow parses a key once per process, so sharing it makes a server cheap.
         srv.storage.get_or_add_signing_key(self._key)
