@@ -51,7 +51,9 @@ import math
 import os
 import re
 import secrets
+import selectors
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -1425,7 +1427,7 @@ class Server:
             self.issuer = url
             if self.demo:
                 add_demo(self)
-        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=httpd.serve_until_stopped, daemon=True)
         thread.start()
         stop_purging = threading.Event()
         purge_forever(self, stop=stop_purging)
@@ -1433,9 +1435,9 @@ class Server:
             yield url
         finally:
             stop_purging.set()
-            httpd.shutdown()
-            httpd.server_close()
+            httpd.stop()
             thread.join()
+            httpd.server_close()
 
 
 def check_client(client: Client, *, public: bool) -> None:
@@ -4722,6 +4724,27 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     ) -> None:
         super().__init__(server_address, handler, bind_and_activate)
         self._slots = threading.BoundedSemaphore(MAX_THREADS)
+        self._wakeup = socket.socketpair()  # stop() writes, serve_until_stopped() wakes
+
+    def serve_until_stopped(self) -> None:
+        """Serve until stop() is called. serve_forever polls for its shutdown flag (every
+        0.05 s as Server.running() used it), so every stop waited up to a poll; here the
+        loop sleeps in one select() on the listening socket and the wakeup socket, and a
+        stop ends it at once."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wakeup[0], selectors.EVENT_READ)
+            while all(key.fileobj is self for key, _ in selector.select()):
+                self.handle_request()  # a connection is waiting: accepted without a wait
+
+    def stop(self) -> None:
+        """End serve_until_stopped(), from any thread."""
+        self._wakeup[1].send(b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for end in self._wakeup:
+            end.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # At the limit a new connection waits for a slot, as under waitress's
