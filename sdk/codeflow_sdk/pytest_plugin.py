@@ -85,9 +85,13 @@ def codeflow_signing_key() -> Any:
 
 
 @pytest.fixture
-def codeflow_clock() -> Clock:
-    """The clock of ``codeflow_server``: the wall clock until the test calls ``advance``."""
-    return Clock()
+def codeflow_clock() -> Iterator[Clock]:
+    """The clock of ``codeflow_server`` and ``codeflow_live``: ``time.time()`` until the
+    test calls ``advance``. ``codeflow_clock.patch_time()`` makes the app under test share
+    it (time-machine), undone after the test."""
+    clock = Clock()
+    yield clock
+    clock.restore_time()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import http.cookiejar
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,28 +22,91 @@ from typing import Any
 __all__ = ["Clock", "HeadlessBrowser", "LoginError", "headless_login"]
 
 
+# The clock underneath, for a time.time that a test patched with a Clock itself. Bound at
+# import, and still what the time-freezing libraries move: time-machine patches the
+# function itself, freezegun the module attributes that hold it.
+_wall_clock = time.time
+_reading = threading.local()  # the Clocks this thread is reading: see Clock.__call__
+
+
 class Clock:
     """A clock for ``codeflow.Server(clock=...)`` (or the SDK's ``clock=``) that a test moves.
 
-    ``Clock()`` follows the wall clock plus an offset, so a live server stays in step with
-    real clients; ``Clock(start)`` stands still at ``start`` until moved. ``advance``
-    jumps ahead (past a token's expiry, say) in both cases.
+    ``Clock()`` follows ``time.time()`` plus an offset, so a live server stays in step with
+    real clients, and with the test's own time-machine or freezegun travel; ``Clock(start)``
+    stands still at ``start`` until moved. ``advance`` jumps ahead (past a token's expiry,
+    say) in both cases; it moves what reads this clock, the provider, and nothing else.
+
+    For the app under test to see the same time, either call ``patch_time()``, after which
+    ``time.time()``, ``datetime.now()`` and the rest follow this clock in the whole
+    process (with time-machine) until ``restore_time()``; or patch ``time.time`` with the
+    clock yourself (``monkeypatch.setattr(time, "time", clock)``): it reads the clock
+    underneath then, so neither recursion nor a double move comes of it.
     """
 
     def __init__(self, start: float | None = None) -> None:
         self._frozen = start
         self._offset = 0.0
+        self._travel: Any = None  # patch_time's time_machine.travel, while it runs
+        self._shift: Callable[[float], None] | None = None
 
     def __call__(self) -> float:
-        base = self._frozen if self._frozen is not None else time.time()
+        reading: set[int] = _reading.__dict__.setdefault("clocks", set())
+        if id(self) in reading:
+            # time.time is this clock: the call that got here adds the offset, once.
+            return _wall_clock()
+        if self._frozen is not None:
+            return self._frozen + self._offset
+        reading.add(id(self))
+        try:
+            base = time.time()
+        finally:
+            reading.discard(id(self))
         return base + self._offset
 
     def advance(self, seconds: float) -> None:
-        self._offset += seconds
+        """Move the clock ``seconds`` ahead (or back, if negative); after ``patch_time()``,
+        the whole process's time with it."""
+        if self._shift is not None:
+            self._shift(seconds)
+        else:
+            self._offset += seconds
 
     def set(self, now: float) -> None:
         """Jump to ``now`` (and stay there if the clock is frozen)."""
-        self._offset += now - self()
+        self.advance(now - self())
+
+    def patch_time(self) -> None:
+        """Make the whole process read this clock, so that the app under test and its OIDC
+        client (their ``time.time()``, ``datetime.now()``, ...) share the provider's time:
+        from now on ``advance`` moves everything, once. Uses time-machine (``pip install
+        time-machine``); the ``codeflow_clock`` fixture undoes it after the test, elsewhere
+        call ``restore_time()``. A frozen clock keeps the process's time still too."""
+        if self._travel is not None:
+            return
+        try:
+            import time_machine
+        except ImportError:
+            raise RuntimeError("Clock.patch_time() needs time-machine: pip install "
+                               "time-machine") from None  # fmt: skip
+        travel = time_machine.travel(self(), tick=self._frozen is None)
+        self._shift = travel.start().shift
+        self._travel = travel
+        # The process's time is this clock now: read it as it is, with nothing added.
+        self._frozen, self._offset = None, 0.0
+
+    def restore_time(self) -> None:
+        """Undo ``patch_time()`` (if it was called): the process's time is real again, and
+        this clock goes on from where it was, as an offset (or frozen, if it was)."""
+        if self._travel is None:
+            return
+        now, frozen = self(), not self._travel.tick
+        self._travel.stop()
+        self._travel = self._shift = None
+        if frozen:
+            self._frozen, self._offset = now, 0.0
+        else:
+            self._offset = now - time.time()
 
 
 class LoginError(Exception):
