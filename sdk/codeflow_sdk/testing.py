@@ -3,7 +3,9 @@
 Nothing here imports codeflow: ``HeadlessBrowser`` completes an authorization request
 against any provider whose login and consent forms use codeflow's stable field names
 (DESIGN "login, consent": ``username``, ``password``, ``otp``, ``decision``; hidden
-``csrf_token``, ``request``, ``pending``), with a cookie jar and no JavaScript.
+``csrf_token``, ``request``, ``pending``), with a cookie jar and no JavaScript; and
+``app_login`` plays the whole round trip through the app under test: the app's login
+URL, its redirect to the provider, the provider's forms, and the way back.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Clock", "HeadlessBrowser", "LoginError", "headless_login"]
+__all__ = ["Clock", "HeadlessBrowser", "LoginError", "Response", "app_login", "headless_login"]
 
 
 # The clock underneath, for a time.time that a test patched with a Clock itself. Bound at
@@ -117,6 +120,17 @@ class LoginError(Exception):
         self.page = page
 
 
+@dataclass(frozen=True)
+class Response:
+    """What the headless browser ended on: the page's ``url`` (after every redirect),
+    ``status``, ``headers`` (names lower-cased) and ``text``."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+    text: str
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -126,6 +140,7 @@ _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
 _ACTION = re.compile(r'<form method="post" action="([^"]*)"')
 _ALERT = re.compile(r'class="error"[^>]*>(.*?)</p>', re.S)
 MAX_STEPS = 10  # authorize, login, (TOTP), authorize again, consent: never more than this
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class HeadlessBrowser:
@@ -143,14 +158,73 @@ class HeadlessBrowser:
         self.timeout = timeout
 
     def _fetch(self, url: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+        answer = self._request(url, form)
+        return answer.status, answer.headers.get("location", ""), answer.text
+
+    def _request(self, url: str, form: dict[str, str] | None = None) -> Response:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         request = urllib.request.Request(url, data=data)  # noqa: S310 -- http(s) from the test
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                return response.status, response.headers.get("Location", ""), _text(response)
+                return _response(url, response.status, response)
         except urllib.error.HTTPError as err:
             with err:
-                return err.code, err.headers.get("Location", ""), _text(err)
+                return _response(url, err.code, err)
+
+    def open(self, url: str) -> Response:
+        """GET ``url`` with this browser's cookies, following redirects wherever they
+        lead (at most MAX_STEPS), as a browser would: the page it ends on."""
+        for _ in range(MAX_STEPS):
+            answer = self._request(url)
+            if answer.status not in REDIRECTS or "location" not in answer.headers:
+                return answer
+            url = urllib.parse.urljoin(url, answer.headers["location"])
+        raise LoginError(f"more than {MAX_STEPS} redirects, the last to {url}")
+
+    def app_login(
+        self,
+        app_login_url: str,
+        username: str = "",
+        password: str = "",
+        *,
+        provider: str | None = None,
+        totp_secret: str | None = None,
+        otp: str | None = None,
+        decision: str = "approve",
+        clock: Callable[[], float] = time.time,
+    ) -> Response:
+        """Sign in through the app under test: GET ``app_login_url``, follow the app's
+        redirects to the provider (at ``provider``, a base URL, if given: the first
+        redirect there; else the first to another origin), play the user there as
+        ``login`` does, then follow the provider's redirect back to the app and the app's
+        own redirects. Returns the page the app ends on (its home page, say, or its error
+        page); the app's cookies stay in this browser. Raises LoginError when the app
+        sends the browser nowhere, or elsewhere than ``provider``, or the provider's
+        forms refuse the user."""
+        authorize_url = self._to_provider(app_login_url, provider)
+        callback = self.login(
+            authorize_url, username, password, totp_secret=totp_secret, otp=otp,
+            decision=decision, clock=clock,
+        )  # fmt: skip
+        return self.open(callback)
+
+    def _to_provider(self, url: str, provider: str | None) -> str:
+        """Follow the app's redirects until one leaves for the provider; its URL."""
+        app, idp = _origin(url), _origin(provider) if provider else None
+        for _ in range(MAX_STEPS):
+            answer = self._request(url)
+            if answer.status not in REDIRECTS or "location" not in answer.headers:
+                raise LoginError(
+                    f"the app answered {answer.status} at {answer.url} instead of sending "
+                    "the browser to the provider", answer.text,
+                )  # fmt: skip
+            url = urllib.parse.urljoin(url, answer.headers["location"])
+            if _origin(url) == idp or (idp is None and _origin(url) != app):
+                return url
+            if _origin(url) != app:
+                raise LoginError(f"the app sent the browser to {url}, not to the provider "
+                                 f"at {provider}")  # fmt: skip
+        raise LoginError(f"the app did not send the browser to the provider in {MAX_STEPS} steps")
 
     def login(
         self,
@@ -172,7 +246,7 @@ class HeadlessBrowser:
         url, form = authorize_url, None
         for _ in range(MAX_STEPS):
             status, location, page = self._fetch(url, form)
-            if status in (301, 302, 303, 307, 308):
+            if status in REDIRECTS:
                 target = urllib.parse.urljoin(url, location)
                 if _origin(target) != origin:
                     return target  # the redirect back to the client
@@ -218,6 +292,29 @@ def headless_login(
         authorize_url, username, password, totp_secret=totp_secret, otp=otp,
         decision=decision, clock=clock,
     )  # fmt: skip
+
+
+def app_login(
+    app_login_url: str,
+    username: str = "",
+    password: str = "",
+    *,
+    provider: str | None = None,
+    totp_secret: str | None = None,
+    otp: str | None = None,
+    decision: str = "approve",
+    clock: Callable[[], float] = time.time,
+) -> Response:
+    """``HeadlessBrowser().app_login(...)`` in a fresh browser: the app's page after it."""
+    return HeadlessBrowser().app_login(
+        app_login_url, username, password, provider=provider, totp_secret=totp_secret,
+        otp=otp, decision=decision, clock=clock,
+    )  # fmt: skip
+
+
+def _response(url: str, status: int, response: Any) -> Response:
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return Response(url, status, headers, _text(response))
 
 
 def _text(response: Any) -> str:
