@@ -3420,10 +3420,15 @@ def demo_page(srv: Server, demo_id: str) -> Page:
         "code_challenge_method": "S256: the challenge is BASE64URL(SHA256(verifier))",
     }
     url = authorize_url(srv, params)
+    # The button comes first, on the first screen of a desktop and of a phone; the
+    # request it sends is explained below it, for whoever wants to read before clicking.
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
-<p>This page plays a client app, the <em>codeflow demo app</em>. Follow the flow as it
-happens: each step shows what goes over the wire and links to the section of the
-specification it follows.</p>{_steps_nav(False)}
+<p>This page plays a client app, the <em>codeflow demo app</em>. Start the flow, sign in
+as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>, and follow it as
+it happens: each step shows what goes over the wire and links to the section of the
+specification it follows.</p>
+<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div>
+{_steps_nav(False)}
 <section class="step" aria-labelledby="request-h"><h2 id="request-h">1. The authorization
 request</h2>
 <p>The app sends your browser to the authorization endpoint <code>{AUTHORIZE_PATH}</code>
@@ -3436,13 +3441,12 @@ the challenge): <code>{esc(verifier)}</code></p>
        ("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}</section>
 <section class="step" aria-labelledby="signin-h"><h2 id="signin-h">2. Sign in and
 consent</h2>
-<p>At the authorization endpoint you sign in, as <code>{DEMO_USER}</code> with password
-<code>{DEMO_PASSWORD}</code>, and allow the app what it asks. The app never sees your
-password.</p>
+<p>When you start the flow (the button above), you sign in at the authorization endpoint,
+as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>, and allow the app
+what it asks. The app never sees your password.</p>
 {_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
        ("OIDC Core §3.1.2.3", f"{OIDC_CORE}#Authenticates"),
-       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}
-<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div></section>
+       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}</section>
 </div>"""
     return Page("Demo: the authorization request", body, cookies=((DEMO_COOKIE, demo_id),))
 
@@ -3597,14 +3601,21 @@ def _id_token_step(srv: Server, id_token: str, demo_id: str) -> str:
 <code>openid</code>, so this was a plain OAuth flow, not an OpenID Connect sign-in, and
 the app learns nothing from it about who signed in.</p>
 {_spec(("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}"""
-    # Straight from our own token endpoint, so reading it unverified is safe here;
-    # a real client validates it first (OIDC Core §3.1.3.7).
+    # Decoded to be shown whatever the checks find; the checks below are the client's
+    # (OIDC Core §3.1.3.7), the signature against the JWKS first, each shown as passed or
+    # failed rather than stopping at the first failure.
     header = jwt.get_unverified_header(id_token)
     claims = jwt.decode(id_token, options={"verify_signature": False})
     aud = claims.get("aud")
     now = srv.clock()
+    kid = esc(str(header.get("kid")))
     checks = (
         "<ul>"
+        + _check(
+            _signature_verifies(srv, id_token, header),
+            f'the signature, with the key <code>{kid}</code> of the issuer\'s <a href="'
+            f'{esc(srv.issuer + JWKS_PATH)}">JWKS</a> (the public keys any client fetches)',
+        )
         + _check(claims.get("iss") == srv.issuer, "<code>iss</code> is the issuer")
         + _check(
             aud == DEMO_CLIENT_ID or (isinstance(aud, list) and DEMO_CLIENT_ID in aud),
@@ -3618,9 +3629,7 @@ the app learns nothing from it about who signed in.</p>
             claims.get("nonce") == _demo_value(srv, "nonce", demo_id),
             "<code>nonce</code> is the one step 1 sent",
         )
-        + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
-        f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
-        "itself, so the demo skips this check; a real app must not.</li></ul>"
+        + "</ul>"
     )
     return f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
 when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
@@ -3628,6 +3637,26 @@ when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p
 <p>The app validates it before trusting it:</p>{checks}
 {_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
        ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}"""
+
+
+def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> bool:
+    """OIDC Core §3.1.3.7 (6): "The Client MUST validate the signature of all other ID
+    Tokens according to JWS [JWS] using the algorithm specified in the JWT alg Header
+    Parameter. The Client MUST use the keys provided by the Issuer." The key is the JWKS
+    entry the header's kid names, in the document the JWKS endpoint serves."""
+    entries = [k for k in jwks(srv)["keys"] if k["kid"] == header.get("kid")]
+    if len(entries) != 1 or header.get("alg") not in SIGNING_ALGS:
+        return False
+    try:
+        key = jwt.PyJWK.from_dict(entries[0]).key
+        # Only the signature here: the claims have checks of their own on the page.
+        jwt.decode(id_token, key, algorithms=[header["alg"]], options={
+            "verify_exp": False, "verify_iat": False, "verify_nbf": False,
+            "verify_aud": False, "verify_iss": False,
+        })  # fmt: skip
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 ###############################################################################
