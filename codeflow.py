@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import secrets
 import selectors
@@ -4736,10 +4737,18 @@ MAX_CONNECTIONS = 1000  # open connections under waitress, which reads them with
 MAX_THREADS = 200  # open connections under the stdlib fallback, a thread each
 SERVER_THREADS = 8  # waitress's threads that run requests once they are fully read
 FILE_RESERVE = 64  # file descriptors kept for storage, logs and the listening socket
+THREAD_IDLE = 30  # seconds a handler thread waits for the next connection before it ends
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The stdlib fallback: a thread per connection, at most MAX_THREADS at once."""
+    """The stdlib fallback, and Server.running()'s server: a thread per open connection,
+    at most MAX_THREADS at once.
+
+    A thread done with its connection waits THREAD_IDLE seconds for the next one instead
+    of ending: in a test suite, where a client and the server share one process, starting
+    a thread for each connection (and waiting for it to be scheduled) cost as much as
+    answering the request (issue 17).
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -4754,6 +4763,10 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         super().__init__(server_address, handler, bind_and_activate)
         self._slots = threading.BoundedSemaphore(MAX_THREADS)
         self._wakeup = socket.socketpair()  # stop() writes, serve_until_stopped() wakes
+        self._connections: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._handlers = threading.Lock()  # guards the two counts below
+        self._idle = 0  # threads waiting for a connection that none has been promised
+        self._alive = 0  # handler threads, busy or idle
 
     def serve_until_stopped(self) -> None:
         """Serve until stop() is called. serve_forever polls for its shutdown flag (every
@@ -4774,6 +4787,10 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         super().server_close()
         for end in self._wakeup:
             end.close()
+        with self._handlers:
+            handlers = self._alive
+        for _ in range(handlers):  # each ends after the connection it may be handling
+            self._connections.put(None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # At the limit a new connection waits for a slot, as under waitress's
@@ -4781,11 +4798,39 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(timeout=IDLE_TIMEOUT + 1):
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+        with self._handlers:
+            start = self._idle == 0
+            if start:
+                self._alive += 1
+            else:
+                self._idle -= 1  # promised to one of the idle threads
+        if start:
+            try:
+                threading.Thread(target=self._handle_connections, daemon=True).start()
+            except BaseException:
+                with self._handlers:
+                    self._alive -= 1
+                self._slots.release()
+                raise
+        self._connections.put((request, client_address))
+
+    def _handle_connections(self) -> None:
+        """A handler thread: one connection after another, until idle THREAD_IDLE s."""
+        while True:
+            try:
+                job = self._connections.get(timeout=THREAD_IDLE)
+            except queue.Empty:
+                with self._handlers:
+                    if self._idle == 0:
+                        continue  # a connection was promised to an idle thread: stay
+                    self._idle -= 1
+                    self._alive -= 1
+                return
+            if job is None:  # server_close()
+                return
+            self.process_request_thread(*job)
+            with self._handlers:
+                self._idle += 1
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -50,3 +50,35 @@ def test_stop_before_the_loop_starts_still_ends_it() -> None:
     finally:
         httpd.server_close()
 
+
+
+def test_handler_threads_are_reused_and_end_with_the_server() -> None:
+    """Connections one after another are answered by the same thread (a thread per open
+    connection, reused: starting one per request cost as much as the request); a
+    connection held open does not keep the next one waiting, which gets a thread of its
+    own; and server_close() ends them all."""
+    seen: list[threading.Thread] = []
+
+    def app(environ, start_response):
+        seen.append(threading.current_thread())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    httpd = codeflow.ThreadingWSGIServer(("127.0.0.1", 0), codeflow.QuietHandler)
+    httpd.set_app(app)
+    loop = threading.Thread(target=httpd.serve_until_stopped, daemon=True)
+    loop.start()
+    url = f"http://127.0.0.1:{httpd.server_port}/"
+    try:
+        for _ in range(20):
+            assert requests.get(url, timeout=5).text == "ok"
+        assert len(set(seen)) == 1
+        with socket.create_connection(("127.0.0.1", httpd.server_port)):  # holds a thread
+            assert requests.get(url, timeout=5).text == "ok"
+        assert len(set(seen)) == 2
+    finally:
+        httpd.stop()
+        loop.join()
+        httpd.server_close()
+    for thread in set(seen):
+        thread.join()  # each ends: server_close() told it to
