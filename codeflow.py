@@ -52,8 +52,10 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import secrets
+import selectors
 import signal
 import socket
 import socketserver
@@ -217,17 +219,34 @@ def token_hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def hash_password(password: str) -> str:
-    """Hash a password or client secret with scrypt and a per-hash random salt."""
+# Test-speed hashing, for servers made with password_hashing="fast" (the pytest plugin's):
+# one salted SHA-256 instead of scrypt's 16 MiB, under a scheme name of its own, so that
+# such a hash is known for what it is wherever it ends up. Only a server in fast mode
+# verifies one: a store a test server wrote lets no one in on a production server.
+PasswordHashing: TypeAlias = Literal["scrypt", "fast"]
+PASSWORD_HASHINGS: tuple[PasswordHashing, ...] = ("scrypt", "fast")
+FAST_HASH_SCHEME = "test-only-sha256"
+FAST_HASH_NOTE = "checked against a test-only hash (password_hashing='fast')"
+
+
+def hash_password(password: str, *, hashing: PasswordHashing = "scrypt") -> str:
+    """Hash a password or client secret with scrypt and a per-hash random salt; with
+    ``hashing="fast"`` (test suites only), with one salted SHA-256 marked as such."""
     salt = secrets.token_bytes(16)
+    if hashing == "fast":
+        digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+        return f"{FAST_HASH_SCHEME}${b64url(salt)}${b64url(digest)}"
     key = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
     )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64url(salt)}${b64url(key)}"
 
 
-def verify_password(password: str, encoded: str) -> bool:
-    """Check a password against hash_password's output, in constant time."""
+def verify_password(password: str, encoded: str, *, hashing: PasswordHashing = "scrypt") -> bool:
+    """Check a password against hash_password's output, in constant time. A fast hash
+    verifies only with ``hashing="fast"``; scrypt hashes verify in either mode."""
+    if encoded.startswith(FAST_HASH_SCHEME + "$"):
+        return _verify_fast(password, encoded, hashing)
     try:
         scheme, n, r, p, salt, key = encoded.split("$")
         if scheme != "scrypt":
@@ -246,11 +265,27 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def _verify_fast(password: str, encoded: str, hashing: PasswordHashing) -> bool:
+    if hashing != "fast":
+        log.warning(
+            "codeflow: refused a password or client secret hashed for test suites "
+            "(password_hashing='fast'); set it again on this server to hash it with scrypt"
+        )
+        return False
+    try:
+        _, salt, digest = encoded.split("$")
+        expected = base64.urlsafe_b64decode(digest + "==")
+        actual = hashlib.sha256(base64.urlsafe_b64decode(salt + "==") + password.encode("utf-8"))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual.digest(), expected)
+
+
 @functools.cache
-def dummy_hash() -> str:
+def dummy_hash(hashing: PasswordHashing = "scrypt") -> str:
     """A hash to check wrong usernames against, so they cost as much as wrong passwords.
     Made on first use: importing codeflow stays cheap."""
-    return hash_password(secrets.token_urlsafe(16))
+    return hash_password(secrets.token_urlsafe(16), hashing=hashing)
 
 
 NO_PASSWORD = "!"  # noqa: S105 -- the password_hash of a user who cannot sign in with a password
@@ -1188,10 +1223,13 @@ class Server:
     request is approved at once as alice, or as the user named by ``login_hint``.
     For test suites (see "A fake IdP for test suites"): ``transcript=True`` records every
     exchange (the last ``transcript_limit`` of them), ``test_mode=True`` also opens the
-    HTTP control surface, and ``internal_url`` is where back-channel clients reach the
-    server by another name. Behind reverse proxies, ``trusted_proxies`` lists their
-    addresses or CIDR networks: from them, and only from them, X-Forwarded-For or
-    Forwarded (RFC 7239) give the client's address and scheme (see "The WSGI app").
+    HTTP control surface, ``internal_url`` is where back-channel clients reach the
+    server by another name, and ``password_hashing="fast"`` hashes passwords and client
+    secrets in microseconds instead of scrypt's tens of milliseconds (hashes only a
+    server in that mode accepts: see hash_password). Behind reverse proxies,
+    ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
+    them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
+    (see "The WSGI app").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1217,6 +1255,7 @@ class Server:
         transcript_limit: int = TRANSCRIPT_LIMIT,
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
+        password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1246,6 +1285,16 @@ class Server:
         self.faults = FaultPlan()
         self.transcript = Transcript(enabled=transcript or test_mode, limit=transcript_limit)
         self.scripted_claims = ScriptedClaims()
+        if password_hashing not in PASSWORD_HASHINGS:
+            raise ValueError(f"password_hashing must be one of {PASSWORD_HASHINGS}")
+        # Read by every hash and check of a password or secret (see hash_password); a
+        # server in fast mode says so, as every test convenience does.
+        self.password_hashing: PasswordHashing = password_hashing
+        if password_hashing == "fast":  # noqa: S105 -- a mode, not a password
+            log.warning(
+                "codeflow: password_hashing='fast': passwords and client secrets are hashed "
+                "for test suites, not with scrypt; never run this in production"
+            )
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -1321,7 +1370,8 @@ class Server:
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
-            client = replace(client, secret_hash=hash_password(client_secret))
+            secret_hash = hash_password(client_secret, hashing=self.password_hashing)
+            client = replace(client, secret_hash=secret_hash)
         self.storage.add_client(client)
         audit("client.added", client=client_id, public=int(client.public))
         return client
@@ -1352,7 +1402,8 @@ class Server:
         if client.public:
             raise ValueError(f"{client_id!r} is a public client: it has no secret")
         secret = new_secret()
-        self.storage.add_client(replace(client, secret_hash=hash_password(secret)))
+        secret_hash = hash_password(secret, hashing=self.password_hashing)
+        self.storage.add_client(replace(client, secret_hash=secret_hash))
         audit("client.changed", client=client_id, changed="secret")
         return secret
 
@@ -1385,7 +1436,10 @@ class Server:
         if totp_secret is not None:
             pyotp.TOTP(totp_secret).now()  # a malformed secret fails here, not at login
         claims = check_claims(claims if claims is not None else {}, f"user {username!r}")
-        hashed = hash_password(password) if password is not None else NO_PASSWORD
+        hashed = (
+            hash_password(password, hashing=self.password_hashing)
+            if password is not None else NO_PASSWORD
+        )  # fmt: skip
         user = self.storage.add_user(User(username, hashed, claims, totp_secret))
         audit("user.added", user=username, totp=int(totp_secret is not None))
         return user
@@ -1411,7 +1465,8 @@ class Server:
         so do the refresh tokens and codes issued under the old one (see
         ``Storage.change_credentials``); access tokens run out within their lifetime."""
         refuse_empty_password(password)
-        user = replace(self._user(username), password_hash=hash_password(password))
+        hashed = hash_password(password, hashing=self.password_hashing)
+        user = replace(self._user(username), password_hash=hashed)
         return self._change_credentials(user)
 
     def set_totp(self, username: str, totp_secret: str | None) -> User:
@@ -1529,7 +1584,7 @@ class Server:
             self.issuer = url
             if self.demo:
                 add_demo(self)
-        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=httpd.serve_until_stopped, daemon=True)
         thread.start()
         stop_purging = threading.Event()
         purge_forever(self, stop=stop_purging)
@@ -1537,9 +1592,9 @@ class Server:
             yield url
         finally:
             stop_purging.set()
-            httpd.shutdown()
-            httpd.server_close()
+            httpd.stop()
             thread.join()
+            httpd.server_close()
 
 
 def refuse_empty_password(password: str | None) -> None:
@@ -2228,7 +2283,9 @@ def check_client_secret(srv: Server, client: Client, secret: str, address: str =
         return hmac.compare_digest(cached, digest)
 
     def verify() -> bool:
-        if not verify_password(secret, stored):
+        if stored.startswith(FAST_HASH_SCHEME + "$"):
+            srv.transcript.note_convenience(f"client {client.client_id!r}: {FAST_HASH_NOTE}")
+        if not verify_password(secret, stored, hashing=srv.password_hashing):
             return False
         srv.verified_secrets[key] = digest
         return True
@@ -2716,7 +2773,13 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
             return replace(page, retry_after=attempt.wait)
         user = srv.storage.get_user(username)
         stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
-        attempt.ok = verify_password(password, stored or dummy_hash()) and stored is not None
+        hashing = srv.password_hashing
+        attempt.ok = (
+            verify_password(password, stored or dummy_hash(hashing), hashing=hashing)
+            and stored is not None
+        )
+        if stored is not None and stored.startswith(FAST_HASH_SCHEME + "$"):
+            srv.transcript.note_convenience(f"user {username!r}: {FAST_HASH_NOTE}")
     if not attempt.ok or user is None:
         audit("login.failed", **who)
         message = "Wrong username or password. Check both and try again."
@@ -3855,10 +3918,15 @@ def demo_page(srv: Server, demo_id: str) -> Page:
         "code_challenge_method": "S256: the challenge is BASE64URL(SHA256(verifier))",
     }
     url = authorize_url(srv, params)
+    # The button comes first, on the first screen of a desktop and of a phone; the
+    # request it sends is explained below it, for whoever wants to read before clicking.
     body = f"""{BRAND}<div class="wide"><h1>The authorization code flow, step by step</h1>
-<p>This page plays a client app, the <em>codeflow demo app</em>. Follow the flow as it
-happens: each step shows what goes over the wire and links to the section of the
-specification it follows.</p>{_steps_nav(False)}
+<p>This page plays a client app, the <em>codeflow demo app</em>. Start the flow, sign in
+as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>, and follow it as
+it happens: each step shows what goes over the wire and links to the section of the
+specification it follows.</p>
+<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div>
+{_steps_nav(False)}
 <section class="step" aria-labelledby="request-h"><h2 id="request-h">1. The authorization
 request</h2>
 <p>The app sends your browser to the authorization endpoint <code>{AUTHORIZE_PATH}</code>
@@ -3871,13 +3939,12 @@ the challenge): <code>{esc(verifier)}</code></p>
        ("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}</section>
 <section class="step" aria-labelledby="signin-h"><h2 id="signin-h">2. Sign in and
 consent</h2>
-<p>At the authorization endpoint you sign in, as <code>{DEMO_USER}</code> with password
-<code>{DEMO_PASSWORD}</code>, and allow the app what it asks. The app never sees your
-password.</p>
+<p>When you start the flow (the button above), you sign in at the authorization endpoint,
+as <code>{DEMO_USER}</code> with password <code>{DEMO_PASSWORD}</code>, and allow the app
+what it asks. The app never sees your password.</p>
 {_spec(("RFC 6749 §4.1.1", f"{RFC6749}#section-4.1.1"),
        ("OIDC Core §3.1.2.3", f"{OIDC_CORE}#Authenticates"),
-       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}
-<div class="actions"><a class="button" href="{esc(url)}">Start the flow</a></div></section>
+       ("OIDC Core §3.1.2.4", f"{OIDC_CORE}#Consent"))}</section>
 </div>"""
     return Page("Demo: the authorization request", body, cookies=((DEMO_COOKIE, demo_id),))
 
@@ -4032,14 +4099,21 @@ def _id_token_step(srv: Server, id_token: str, demo_id: str) -> str:
 <code>openid</code>, so this was a plain OAuth flow, not an OpenID Connect sign-in, and
 the app learns nothing from it about who signed in.</p>
 {_spec(("OIDC Core §3.1.2.1", f"{OIDC_CORE}#AuthRequest"))}"""
-    # Straight from our own token endpoint, so reading it unverified is safe here;
-    # a real client validates it first (OIDC Core §3.1.3.7).
+    # Decoded to be shown whatever the checks find; the checks below are the client's
+    # (OIDC Core §3.1.3.7), the signature against the JWKS first, each shown as passed or
+    # failed rather than stopping at the first failure.
     header = jwt.get_unverified_header(id_token)
     claims = jwt.decode(id_token, options={"verify_signature": False})
     aud = claims.get("aud")
     now = srv.clock()
+    kid = esc(str(header.get("kid")))
     checks = (
         "<ul>"
+        + _check(
+            _signature_verifies(srv, id_token, header),
+            f'the signature, with the key <code>{kid}</code> of the issuer\'s <a href="'
+            f'{esc(srv.issuer + JWKS_PATH)}">JWKS</a> (the public keys any client fetches)',
+        )
         + _check(claims.get("iss") == srv.issuer, "<code>iss</code> is the issuer")
         + _check(
             aud == DEMO_CLIENT_ID or (isinstance(aud, list) and DEMO_CLIENT_ID in aud),
@@ -4053,9 +4127,7 @@ the app learns nothing from it about who signed in.</p>
             claims.get("nonce") == _demo_value(srv, "nonce", demo_id),
             "<code>nonce</code> is the one step 1 sent",
         )
-        + f'<li>the signature, with the key <code>{esc(str(header.get("kid")))}</code> '
-        f'from the <a href="{esc(srv.issuer + JWKS_PATH)}">JWKS</a>: codeflow made this token '
-        "itself, so the demo skips this check; a real app must not.</li></ul>"
+        + "</ul>"
     )
     return f"""<p>The ID token is a signed JWT that says who signed in, for which app, and
 when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p>
@@ -4063,6 +4135,26 @@ when. As sent, it is three base64url parts, <em>header.claims.signature</em>:</p
 <p>The app validates it before trusting it:</p>{checks}
 {_spec(("OIDC Core §2", f"{OIDC_CORE}#IDToken"),
        ("OIDC Core §3.1.3.7", f"{OIDC_CORE}#IDTokenValidation"))}"""
+
+
+def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> bool:
+    """OIDC Core §3.1.3.7 (6): "The Client MUST validate the signature of all other ID
+    Tokens according to JWS [JWS] using the algorithm specified in the JWT alg Header
+    Parameter. The Client MUST use the keys provided by the Issuer." The key is the JWKS
+    entry the header's kid names, in the document the JWKS endpoint serves."""
+    entries = [k for k in jwks(srv)["keys"] if k["kid"] == header.get("kid")]
+    if len(entries) != 1 or header.get("alg") not in SIGNING_ALGS:
+        return False
+    try:
+        key = jwt.PyJWK.from_dict(entries[0]).key
+        # Only the signature here: the claims have checks of their own on the page.
+        jwt.decode(id_token, key, algorithms=[header["alg"]], options={
+            "verify_exp": False, "verify_iat": False, "verify_nbf": False,
+            "verify_aud": False, "verify_iss": False,
+        })  # fmt: skip
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 ###############################################################################
@@ -4887,6 +4979,7 @@ class Exchange:
     body: Any = None
     relaxations: list[str] = field(default_factory=list)
     fault: str | None = None
+    conveniences: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -4927,6 +5020,12 @@ class Transcript:
             self.current.relaxations.append(f"client {client_id!r}: {what}")
         log.info("codeflow: client %r used a relaxation: %s", client_id, what)
 
+    def note_convenience(self, what: str) -> None:
+        """Name a test convenience of the server (fast password hashing) that the current
+        request used: the transcript says what a production server would do otherwise."""
+        if self.current is not None:
+            self.current.conveniences.append(what)
+
     def record(self, exchange: Exchange) -> None:
         with self._lock:
             if len(self._exchanges) == self.limit:
@@ -4957,6 +5056,11 @@ class Transcript:
     def relaxations(self) -> list[str]:
         """Every relaxation of the strict defaults that a request used, in order."""
         return [r for e in self for r in e.relaxations]
+
+    @property
+    def conveniences(self) -> list[str]:
+        """Every test convenience of the server that a request used, in order."""
+        return [c for e in self for c in e.conveniences]
 
     def clear(self) -> None:
         with self._lock:
@@ -5284,10 +5388,18 @@ MAX_CONNECTIONS = 1000  # open connections under waitress, which reads them with
 MAX_THREADS = 200  # open connections under the stdlib fallback, a thread each
 SERVER_THREADS = 8  # waitress's threads that run requests once they are fully read
 FILE_RESERVE = 64  # file descriptors kept for storage, logs and the listening socket
+THREAD_IDLE = 30  # seconds a handler thread waits for the next connection before it ends
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The stdlib fallback: a thread per connection, at most MAX_THREADS at once."""
+    """The stdlib fallback, and Server.running()'s server: a thread per open connection,
+    at most MAX_THREADS at once.
+
+    A thread done with its connection waits THREAD_IDLE seconds for the next one instead
+    of ending: in a test suite, where a client and the server share one process, starting
+    a thread for each connection (and waiting for it to be scheduled) cost as much as
+    answering the request (issue 17).
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -5301,6 +5413,35 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     ) -> None:
         super().__init__(server_address, handler, bind_and_activate)
         self._slots = threading.BoundedSemaphore(MAX_THREADS)
+        self._wakeup = socket.socketpair()  # stop() writes, serve_until_stopped() wakes
+        self._connections: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._handlers = threading.Lock()  # guards the two counts below
+        self._idle = 0  # threads waiting for a connection that none has been promised
+        self._alive = 0  # handler threads, busy or idle
+
+    def serve_until_stopped(self) -> None:
+        """Serve until stop() is called. serve_forever polls for its shutdown flag (every
+        0.05 s as Server.running() used it), so every stop waited up to a poll; here the
+        loop sleeps in one select() on the listening socket and the wakeup socket, and a
+        stop ends it at once."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wakeup[0], selectors.EVENT_READ)
+            while all(key.fileobj is self for key, _ in selector.select()):
+                self.handle_request()  # a connection is waiting: accepted without a wait
+
+    def stop(self) -> None:
+        """End serve_until_stopped(), from any thread."""
+        self._wakeup[1].send(b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for end in self._wakeup:
+            end.close()
+        with self._handlers:
+            handlers = self._alive
+        for _ in range(handlers):  # each ends after the connection it may be handling
+            self._connections.put(None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # At the limit a new connection waits for a slot, as under waitress's
@@ -5308,11 +5449,39 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(timeout=IDLE_TIMEOUT + 1):
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+        with self._handlers:
+            start = self._idle == 0
+            if start:
+                self._alive += 1
+            else:
+                self._idle -= 1  # promised to one of the idle threads
+        if start:
+            try:
+                threading.Thread(target=self._handle_connections, daemon=True).start()
+            except BaseException:
+                with self._handlers:
+                    self._alive -= 1
+                self._slots.release()
+                raise
+        self._connections.put((request, client_address))
+
+    def _handle_connections(self) -> None:
+        """A handler thread: one connection after another, until idle THREAD_IDLE s."""
+        while True:
+            try:
+                job = self._connections.get(timeout=THREAD_IDLE)
+            except queue.Empty:
+                with self._handlers:
+                    if self._idle == 0:
+                        continue  # a connection was promised to an idle thread: stay
+                    self._idle -= 1
+                    self._alive -= 1
+                return
+            if job is None:  # server_close()
+                return
+            self.process_request_thread(*job)
+            with self._handlers:
+                self._idle += 1
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -5533,7 +5702,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
     users = {u["username"]: u for u in config_entries(config, "users", USER_KEYS)}
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
-        if _declaration_is_current(entry, stored_client, "client", client_id):
+        if _declaration_is_current(srv, entry, stored_client, "client", client_id):
             continue
         client = srv.add_client(
             client_id,
@@ -5549,10 +5718,10 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             allowed_origins=entry.get("allowed_origins", []),
             minimal_id_token=entry.get("minimal_id_token", False),
         )
-        srv.storage.add_client(replace(client, declared=_declaration(entry)))
+        srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
         stored_user = srv.storage.get_user(username)
-        if _declaration_is_current(entry, stored_user, "user", username):
+        if _declaration_is_current(srv, entry, stored_user, "user", username):
             continue
         totp_secret = entry.get("totp_secret")
         if stored_user is not None and stored_user.totp_secret and not totp_secret:
@@ -5564,7 +5733,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             username, entry.get("password"), claims=entry.get("claims", {}),
             totp_secret=totp_secret,
         )  # fmt: skip
-        user = replace(user, declared=_declaration(entry))
+        user = replace(user, declared=_declaration(srv, entry))
         if stored_user is None:
             srv.storage.add_user(user)
         else:
@@ -5584,12 +5753,15 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             srv.storage.add_user(replace(u, declared=""))
 
 
-def _declaration(entry: dict[str, Any]) -> str:
-    return hash_password(json.dumps(entry, sort_keys=True, default=str))
+def _declaration(srv: Server, entry: dict[str, Any]) -> str:
+    # Hashed as the server hashes passwords: a declaration a test server made fast is not
+    # current on a production server, which so applies the entry again, with scrypt.
+    entry_json = json.dumps(entry, sort_keys=True, default=str)
+    return hash_password(entry_json, hashing=srv.password_hashing)
 
 
 def _declaration_is_current(
-    entry: dict[str, Any], record: Client | User | None, kind: str, name: str
+    srv: Server, entry: dict[str, Any], record: Client | User | None, kind: str, name: str
 ) -> bool:
     """True when ``record`` was made from this very entry: leave storage as it is."""
     if record is None:
@@ -5598,7 +5770,8 @@ def _declaration_is_current(
         log.warning("codeflow: %s %r was made outside the config file and is now declared in the "
                     "config file: the config file's entry replaces it", kind, name)  # fmt: skip
         return False
-    if verify_password(json.dumps(entry, sort_keys=True, default=str), record.declared):
+    entry_json = json.dumps(entry, sort_keys=True, default=str)
+    if verify_password(entry_json, record.declared, hashing=srv.password_hashing):
         return True
     log.warning("codeflow: %s %r changed in the config file: applying its new entry", kind, name)
     return False
@@ -5711,6 +5884,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--test-mode", action="store_true",
         help="fake IdP for tests: faults over HTTP, a transcript (never in production)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--password-hashing", choices=PASSWORD_HASHINGS, default="scrypt",
+        help="fast: test-only hashes of passwords and secrets, no scrypt (needs --test-mode)",
     )  # fmt: skip
     serve_cmd.add_argument(
         "--internal-url", help="base URL of the back-channel endpoints (discovery asked there)"
@@ -6083,10 +6260,14 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
+        # Fast hashes are a test convenience; a production server must not make them.
+        parser.error("--password-hashing fast is for test suites: it needs --test-mode")
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies)  # fmt: skip
+                     trusted_proxies=proxies,
+                     password_hashing=args.password_hashing)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
     try:
@@ -6104,6 +6285,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_mode:
         print(f"WARNING: --test-mode: faults can be injected at {srv.issuer}{CONTROL_PREFIX}faults"
               " and every request is recorded. Never use this in production.")  # fmt: skip
+    if args.password_hashing == "fast":  # noqa: S105 -- a mode, not a password
+        print("WARNING: --password-hashing fast: passwords and client secrets get test-only "
+              "hashes, which a server without it refuses.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():

@@ -428,6 +428,32 @@ def test_demo_flow_debugger_end_to_end(tab: Tab) -> None:
         assert tab.errors == []
 
 
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}],
+    ids=["desktop-1280x800", "phone-390x844"],
+)  # fmt: skip
+def test_the_demos_start_button_is_above_the_fold(
+    chromium: Browser, viewport: dict[str, int]
+) -> None:
+    """Issue 17 item 6: on /demo the flow's button is on the first screen, without
+    scrolling, on a desktop and on a phone; the request's details follow below it."""
+    srv = codeflow.Server(demo=True)
+    with srv.running() as issuer:
+        t = Tab(chromium, viewport)
+        try:
+            t.page.goto(issuer + codeflow.DEMO_PATH)
+            button = t.page.get_by_role("link", name="Start the flow")
+            box = button.bounding_box()
+            assert box is not None and box["y"] >= 0
+            assert box["y"] + box["height"] <= viewport["height"], box
+            assert box["height"] >= 44  # a thumb's target
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            name = f"13-demo-above-the-fold-{viewport['width']}x{viewport['height']}.png"
+            t.page.screenshot(path=SCREENSHOTS / name)
+        finally:
+            t.close()
+
+
 def test_pages_on_a_phone(chromium: Browser) -> None:
     """The login page at a phone's width: the form fills the screen, nothing scrolls
     sideways, and the button is at least 44 px tall (a thumb's target)."""

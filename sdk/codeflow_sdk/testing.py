@@ -3,7 +3,9 @@
 Nothing here imports codeflow: ``HeadlessBrowser`` completes an authorization request
 against any provider whose login and consent forms use codeflow's stable field names
 (DESIGN "login, consent": ``username``, ``password``, ``otp``, ``decision``; hidden
-``csrf_token``, ``request``, ``pending``), with a cookie jar and no JavaScript.
+``csrf_token``, ``request``, ``pending``), with a cookie jar and no JavaScript; and
+``app_login`` plays the whole round trip through the app under test: the app's login
+URL, its redirect to the provider, the provider's forms, and the way back.
 """
 
 from __future__ import annotations
@@ -11,38 +13,103 @@ from __future__ import annotations
 import html
 import http.cookiejar
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Clock", "HeadlessBrowser", "LoginError", "headless_login"]
+__all__ = ["Clock", "HeadlessBrowser", "LoginError", "Response", "app_login", "headless_login"]
+
+
+# The clock underneath, for a time.time that a test patched with a Clock itself. Bound at
+# import, and still what the time-freezing libraries move: time-machine patches the
+# function itself, freezegun the module attributes that hold it.
+_wall_clock = time.time
+_reading = threading.local()  # the Clocks this thread is reading: see Clock.__call__
 
 
 class Clock:
     """A clock for ``codeflow.Server(clock=...)`` (or the SDK's ``clock=``) that a test moves.
 
-    ``Clock()`` follows the wall clock plus an offset, so a live server stays in step with
-    real clients; ``Clock(start)`` stands still at ``start`` until moved. ``advance``
-    jumps ahead (past a token's expiry, say) in both cases.
+    ``Clock()`` follows ``time.time()`` plus an offset, so a live server stays in step with
+    real clients, and with the test's own time-machine or freezegun travel; ``Clock(start)``
+    stands still at ``start`` until moved. ``advance`` jumps ahead (past a token's expiry,
+    say) in both cases; it moves what reads this clock, the provider, and nothing else.
+
+    For the app under test to see the same time, either call ``patch_time()``, after which
+    ``time.time()``, ``datetime.now()`` and the rest follow this clock in the whole
+    process (with time-machine) until ``restore_time()``; or patch ``time.time`` with the
+    clock yourself (``monkeypatch.setattr(time, "time", clock)``): it reads the clock
+    underneath then, so neither recursion nor a double move comes of it.
     """
 
     def __init__(self, start: float | None = None) -> None:
         self._frozen = start
         self._offset = 0.0
+        self._travel: Any = None  # patch_time's time_machine.travel, while it runs
+        self._shift: Callable[[float], None] | None = None
 
     def __call__(self) -> float:
-        base = self._frozen if self._frozen is not None else time.time()
+        reading: set[int] = _reading.__dict__.setdefault("clocks", set())
+        if id(self) in reading:
+            # time.time is this clock: the call that got here adds the offset, once.
+            return _wall_clock()
+        if self._frozen is not None:
+            return self._frozen + self._offset
+        reading.add(id(self))
+        try:
+            base = time.time()
+        finally:
+            reading.discard(id(self))
         return base + self._offset
 
     def advance(self, seconds: float) -> None:
-        self._offset += seconds
+        """Move the clock ``seconds`` ahead (or back, if negative); after ``patch_time()``,
+        the whole process's time with it."""
+        if self._shift is not None:
+            self._shift(seconds)
+        else:
+            self._offset += seconds
 
     def set(self, now: float) -> None:
         """Jump to ``now`` (and stay there if the clock is frozen)."""
-        self._offset += now - self()
+        self.advance(now - self())
+
+    def patch_time(self) -> None:
+        """Make the whole process read this clock, so that the app under test and its OIDC
+        client (their ``time.time()``, ``datetime.now()``, ...) share the provider's time:
+        from now on ``advance`` moves everything, once. Uses time-machine (``pip install
+        time-machine``); the ``codeflow_clock`` fixture undoes it after the test, elsewhere
+        call ``restore_time()``. A frozen clock keeps the process's time still too."""
+        if self._travel is not None:
+            return
+        try:
+            import time_machine
+        except ImportError:
+            raise RuntimeError("Clock.patch_time() needs time-machine: pip install "
+                               "time-machine") from None  # fmt: skip
+        travel = time_machine.travel(self(), tick=self._frozen is None)
+        self._shift = travel.start().shift
+        self._travel = travel
+        # The process's time is this clock now: read it as it is, with nothing added.
+        self._frozen, self._offset = None, 0.0
+
+    def restore_time(self) -> None:
+        """Undo ``patch_time()`` (if it was called): the process's time is real again, and
+        this clock goes on from where it was, as an offset (or frozen, if it was)."""
+        if self._travel is None:
+            return
+        now, frozen = self(), not self._travel.tick
+        self._travel.stop()
+        self._travel = self._shift = None
+        if frozen:
+            self._frozen, self._offset = now, 0.0
+        else:
+            self._offset = now - time.time()
 
 
 class LoginError(Exception):
@@ -51,6 +118,17 @@ class LoginError(Exception):
     def __init__(self, message: str, page: str = "") -> None:
         super().__init__(message)
         self.page = page
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the headless browser ended on: the page's ``url`` (after every redirect),
+    ``status``, ``headers`` (names lower-cased) and ``text``."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+    text: str
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -62,6 +140,7 @@ _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
 _ACTION = re.compile(r'<form method="post" action="([^"]*)"')
 _ALERT = re.compile(r'class="error"[^>]*>(.*?)</p>', re.S)
 MAX_STEPS = 10  # authorize, login, (TOTP), authorize again, consent: never more than this
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class HeadlessBrowser:
@@ -79,14 +158,73 @@ class HeadlessBrowser:
         self.timeout = timeout
 
     def _fetch(self, url: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+        answer = self._request(url, form)
+        return answer.status, answer.headers.get("location", ""), answer.text
+
+    def _request(self, url: str, form: dict[str, str] | None = None) -> Response:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         request = urllib.request.Request(url, data=data)  # noqa: S310 -- http(s) from the test
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                return response.status, response.headers.get("Location", ""), _text(response)
+                return _response(url, response.status, response)
         except urllib.error.HTTPError as err:
             with err:
-                return err.code, err.headers.get("Location", ""), _text(err)
+                return _response(url, err.code, err)
+
+    def open(self, url: str) -> Response:
+        """GET ``url`` with this browser's cookies, following redirects wherever they
+        lead (at most MAX_STEPS), as a browser would: the page it ends on."""
+        for _ in range(MAX_STEPS):
+            answer = self._request(url)
+            if answer.status not in REDIRECTS or "location" not in answer.headers:
+                return answer
+            url = urllib.parse.urljoin(url, answer.headers["location"])
+        raise LoginError(f"more than {MAX_STEPS} redirects, the last to {url}")
+
+    def app_login(
+        self,
+        app_login_url: str,
+        username: str = "",
+        password: str = "",
+        *,
+        provider: str | None = None,
+        totp_secret: str | None = None,
+        otp: str | None = None,
+        decision: str = "approve",
+        clock: Callable[[], float] = time.time,
+    ) -> Response:
+        """Sign in through the app under test: GET ``app_login_url``, follow the app's
+        redirects to the provider (at ``provider``, a base URL, if given: the first
+        redirect there; else the first to another origin), play the user there as
+        ``login`` does, then follow the provider's redirect back to the app and the app's
+        own redirects. Returns the page the app ends on (its home page, say, or its error
+        page); the app's cookies stay in this browser. Raises LoginError when the app
+        sends the browser nowhere, or elsewhere than ``provider``, or the provider's
+        forms refuse the user."""
+        authorize_url = self._to_provider(app_login_url, provider)
+        callback = self.login(
+            authorize_url, username, password, totp_secret=totp_secret, otp=otp,
+            decision=decision, clock=clock,
+        )  # fmt: skip
+        return self.open(callback)
+
+    def _to_provider(self, url: str, provider: str | None) -> str:
+        """Follow the app's redirects until one leaves for the provider; its URL."""
+        app, idp = _origin(url), _origin(provider) if provider else None
+        for _ in range(MAX_STEPS):
+            answer = self._request(url)
+            if answer.status not in REDIRECTS or "location" not in answer.headers:
+                raise LoginError(
+                    f"the app answered {answer.status} at {answer.url} instead of sending "
+                    "the browser to the provider", answer.text,
+                )  # fmt: skip
+            url = urllib.parse.urljoin(url, answer.headers["location"])
+            if _origin(url) == idp or (idp is None and _origin(url) != app):
+                return url
+            if _origin(url) != app:
+                raise LoginError(f"the app sent the browser to {url}, not to the provider "
+                                 f"at {provider}")  # fmt: skip
+        raise LoginError(f"the app did not send the browser to the provider in {MAX_STEPS} steps")
 
     def login(
         self,
@@ -108,7 +246,7 @@ class HeadlessBrowser:
         url, form = authorize_url, None
         for _ in range(MAX_STEPS):
             status, location, page = self._fetch(url, form)
-            if status in (301, 302, 303, 307, 308):
+            if status in REDIRECTS:
                 target = urllib.parse.urljoin(url, location)
                 if _origin(target) != origin:
                     return target  # the redirect back to the client
@@ -154,6 +292,29 @@ def headless_login(
         authorize_url, username, password, totp_secret=totp_secret, otp=otp,
         decision=decision, clock=clock,
     )  # fmt: skip
+
+
+def app_login(
+    app_login_url: str,
+    username: str = "",
+    password: str = "",
+    *,
+    provider: str | None = None,
+    totp_secret: str | None = None,
+    otp: str | None = None,
+    decision: str = "approve",
+    clock: Callable[[], float] = time.time,
+) -> Response:
+    """``HeadlessBrowser().app_login(...)`` in a fresh browser: the app's page after it."""
+    return HeadlessBrowser().app_login(
+        app_login_url, username, password, provider=provider, totp_secret=totp_secret,
+        otp=otp, decision=decision, clock=clock,
+    )  # fmt: skip
+
+
+def _response(url: str, status: int, response: Any) -> Response:
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return Response(url, status, headers, _text(response))
 
 
 def _text(response: Any) -> str:
