@@ -1667,6 +1667,9 @@ def web_origin(uri: str) -> str | None:
 
 SESSION_COOKIE = "codeflow_session"
 CSRF_COOKIE = "codeflow_csrf"
+DEVICE_COOKIE = "codeflow_device"  # signed: the accounts this browser signed in to
+DEVICE_LIFETIME = 90 * 24 * 3600
+MAX_DEVICE_ACCOUNTS = 8
 # RFC 6265bis §4.1.3.2: a __Host- cookie is Secure, host-only and Path=/, so a sibling
 # subdomain cannot plant one; used whenever the issuer is https.
 HOST_PREFIX = "__Host-"
@@ -1694,11 +1697,20 @@ class Browser:
     csrf: str
     session: Session | None = None
     address: str = ""
+    # The accounts this browser completed a sign-in to before (its signed device cookie):
+    # the account-wide throttling gates do not hold it (OWASP "device cookies").
+    devices: frozenset[str] = frozenset()
 
     @classmethod
     def new(cls, session: Session | None = None, address: str = "") -> Browser:
         """A browser seen for the first time: a fresh CSRF cookie."""
         return cls(secrets.token_urlsafe(16), session, address)
+
+    def with_device(self, username: str) -> frozenset[str]:
+        """The accounts of the device cookie once ``username`` signed in here (the last
+        MAX_DEVICE_ACCOUNTS)."""
+        kept = sorted(self.devices - {username})[-(MAX_DEVICE_ACCOUNTS - 1):]
+        return frozenset([*kept, username])
 
 
 @dataclass(frozen=True)
@@ -1983,10 +1995,14 @@ def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 
 def address_group(address: str) -> str:
-    """The address failures are counted against: an IPv6 client's /64, else the address."""
+    """The address failures are counted against: an IPv6 client's /56 (a site usually has
+    a /56 or /48, so fresh /64s cost an attacker nothing), an IPv4-mapped address's IPv4,
+    else the address."""
     ip = ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 56), strict=False))
     return throttle_key(address)
 
 
@@ -2006,13 +2022,16 @@ class LoginLimiter:
             return len(self._pairs) + len(self._accounts)
 
     @contextlib.contextmanager
-    def attempt(self, account: str, address: str) -> Iterator[Attempt]:
+    def attempt(self, account: str, address: str, *, trusted: bool = False) -> Iterator[Attempt]:
         """Admit one check of ``account``'s secret from ``address``, or refuse it
-        (``wait``). The check counts as failed only if the caller sets ``ok = False``."""
+        (``wait``). The check counts as failed only if the caller sets ``ok = False``.
+        ``trusted``: the browser completed a sign-in to this account before (its device
+        cookie says so), so the account-wide gates do not hold it; the back-off of its own
+        address still does."""
         account, address = throttle_key(account), address_group(address)
         attempt = Attempt()
         with self._changed:
-            gate = self._admit(account, address, attempt)
+            gate = self._admit(account, address, attempt, trusted)
         if attempt.wait:
             yield attempt
             return
@@ -2023,7 +2042,17 @@ class LoginLimiter:
                 self._settle(account, address, gate, attempt.ok)
                 self._changed.notify_all()
 
-    def _admit(self, account: str, address: str, attempt: Attempt) -> str | None:
+    def remember(self, account: str, address: str) -> None:
+        """A sign-in to ``account`` from ``address`` completed, second factor and all: its
+        address is one of the account's known ones. Only then: a password step passed by
+        someone without the second factor must not push the user's own addresses out."""
+        account, address = throttle_key(account), address_group(address)
+        with self._changed:
+            acct = self._entry(self._accounts, account, AccountFailures, self._clock())
+            acct.known = [*(a for a in acct.known if a != address), address][-KNOWN_ADDRESSES:]
+            self._changed.notify_all()
+
+    def _admit(self, account: str, address: str, attempt: Attempt, trusted: bool) -> str | None:
         """Wait until the check may run and register it, returning the gate it passes; or
         set ``attempt.wait``. Called with the lock held."""
         deadline = time.monotonic() + CHECK_WAIT
@@ -2031,7 +2060,7 @@ class LoginLimiter:
             now = self._clock()
             pair = self._current(self._pairs.get((account, address)), now)
             acct = self._current(self._accounts.get(account), now)
-            known = isinstance(acct, AccountFailures) and address in acct.known
+            known = trusted or (isinstance(acct, AccountFailures) and address in acct.known)
             gate_name = None if known else ("suspect" if pair.count else "new")
             gates = acct.gates if isinstance(acct, AccountFailures) else {}
             gate = gates.get(gate_name) if gate_name else None
@@ -2073,7 +2102,6 @@ class LoginLimiter:
             acct.count, acct.last = 0, now
             for each in acct.gates.values():
                 each.until = 0.0
-            acct.known = [*(a for a in acct.known if a != address), address][-KNOWN_ADDRESSES:]
             self._accounts[account] = self._accounts.pop(account)
         elif ok is not None:
             pair.count, pair.last = pair.count + 1, now
@@ -2762,7 +2790,10 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     who = {"user": username[:64], "client": areq.client.client_id, "address": browser.address}
     # NIST SP 800-63B §5.2.2: throttled per account and address (see "Throttling"); an
     # unknown username alike, so that the answers do not tell which names exist.
-    with srv.login_limiter.attempt(f"password:{username}", browser.address) as attempt:
+    trusted = username in browser.devices
+    with srv.login_limiter.attempt(
+        f"password:{username}", browser.address, trusted=trusted
+    ) as attempt:
         if attempt.wait:
             audit("login.throttled", **who)
             message = (
@@ -2808,7 +2839,10 @@ def second_factor(
         )
     # The guessing budget of "Throttling": well under 1% a day for a 6-digit code.
     who = {"user": user.username, "client": areq.client.client_id, "address": browser.address}
-    with srv.login_limiter.attempt(f"otp:{user.username}", browser.address) as attempt:
+    trusted = user.username in browser.devices
+    with srv.login_limiter.attempt(
+        f"otp:{user.username}", browser.address, trusted=trusted
+    ) as attempt:
         if attempt.wait:
             audit("second_factor.throttled", **who)
             message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
@@ -2860,6 +2894,8 @@ def signed_in(
                       credentials_fingerprint(user))  # fmt: skip
     audit("login.succeeded", user=user.username, client=areq.client.client_id,
           address=browser.address, amr=" ".join(amr))  # fmt: skip
+    for step in ("password", "otp"):
+        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -4280,7 +4316,10 @@ def read_browser(srv: Server, request: Request) -> Browser:
     ours = [v for v in cookie_values(srv, request, CSRF_COOKIE) if srv.signer.loads(v, "browser")]
     csrf = ours[0] if ours else srv.signer.browser_id()
     session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE))
-    return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""))
+    device = srv.signer.loads(cookie_value(srv, request, DEVICE_COOKIE), "device")
+    names = device.get("u") if device else None
+    devices = frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
+    return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""), devices)
 
 
 def refuse_cross_site(srv: Server, request: Request) -> None:
@@ -4572,6 +4611,12 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     elif isinstance(result, Redirect) and result.session is not None:
         value = session_cookie(srv, result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
+        device = srv.signer.dumps(
+            {"u": sorted(browser.with_device(result.session.username))}, "device",
+            DEVICE_LIFETIME,
+        )  # fmt: skip
+        response.set_cookie(cookie_name(srv, DEVICE_COOKIE), device, max_age=DEVICE_LIFETIME,
+                            **cookie)  # fmt: skip
         csrf = srv.signer.browser_id()  # a new browser id at sign-in: see "Browser state"
     if csrf != cookie_value(srv, request, CSRF_COOKIE):
         response.set_cookie(cookie_name(srv, CSRF_COOKIE), csrf, **cookie)

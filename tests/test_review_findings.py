@@ -168,3 +168,59 @@ def test_a_wrongly_typed_secret_in_the_config_is_not_echoed(tmp_path: Path) -> N
     assert "client_secret" in result.stderr
 
 
+
+
+# -- Throttling: nobody locks the user out (NIST SP 800-63B §5.2.2) ----------------------
+
+
+def _sign_in(browser: WSGIClient, password: str = PASSWORD, address: str = "192.0.2.1"):
+    page = browser.get("/authorize", params=new_flow().params, REMOTE_ADDR=address)
+    data = {**form_fields(page.text), "username": USERNAME, "password": password}
+    return browser.post("/login", data, REMOTE_ADDR=address)
+
+
+def _shut_the_account_gates(server: codeflow.Server) -> None:
+    """An attacker fails from many addresses until the account-wide gates are shut."""
+    for i in range(codeflow.ACCOUNT_FAILURES_BEFORE_DELAY + 2):
+        r = _sign_in(WSGIClient(server.wsgi), "wrong-password", f"198.51.100.{i + 1}")
+        assert r.status in (200, 429)
+
+
+def test_a_browser_that_signed_in_before_passes_the_account_gates(
+    server: codeflow.Server,
+) -> None:
+    """NIST SP 800-63B §5.2.2: throttling must not let an attacker keep the subscriber out.
+    A browser that completed a sign-in before (its signed device cookie) signs in from a
+    new address while the attacker holds the account-wide gates shut; a browser new to
+    the account waits."""
+    mine = WSGIClient(server.wsgi)
+    assert _sign_in(mine, address="192.0.2.1").status == 303
+    _shut_the_account_gates(server)
+    assert _sign_in(WSGIClient(server.wsgi), address="203.0.113.9").status == 429
+    assert _sign_in(mine, address="203.0.113.10").status == 303
+
+
+def test_a_password_step_without_the_second_factor_evicts_no_known_address(
+    server: codeflow.Server,
+) -> None:
+    """An attacker who has the password but not the TOTP code passes the password step
+    from four addresses: the user's own address stays known, so she is not held by the
+    account-wide gates the attacker then shuts."""
+    server.set_totp(USERNAME, pyotp.random_base32())
+    home = "192.0.2.1"
+    first = _sign_in(WSGIClient(server.wsgi), address=home)
+    assert 'name="otp"' in first.text
+    server.login_limiter.remember(f"password:{USERNAME}", home)  # she completed it there once
+    for i in range(4):
+        r = _sign_in(WSGIClient(server.wsgi), address=f"198.51.100.{100 + i}")
+        assert 'name="otp"' in r.text  # the password step passed, the code never comes
+    _shut_the_account_gates(server)
+    r = _sign_in(WSGIClient(server.wsgi), address=home)
+    assert r.status == 200 and 'name="otp"' in r.text, r.status
+
+
+def test_fresh_ipv6_64s_of_one_site_count_as_one_address(server: codeflow.Server) -> None:
+    """Failures from many /64s of one /56 (what one site gets) share one back-off."""
+    for i in range(codeflow.FAILURES_BEFORE_DELAY):
+        assert _sign_in(WSGIClient(server.wsgi), "wrong", f"2001:db8:0:{i:x}::1").status == 200
+    assert _sign_in(WSGIClient(server.wsgi), "wrong", "2001:db8:0:ff::1").status == 429
