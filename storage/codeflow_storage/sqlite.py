@@ -10,8 +10,7 @@ crashes, shared by every thread and process that opens it.
   read-then-write in one ``BEGIN IMMEDIATE`` transaction, which takes the database's write
   lock up front. That lock, not a Python one, is what makes ``consume_code`` and
   ``rotate_refresh_token`` atomic across processes. Within a process, one connection
-  serves every thread, one
-  thread at a time.
+  serves every thread, one thread at a time.
 - Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
   kept. Tuples (scopes, redirect URIs, grant types) and claims are JSON text.
 
