@@ -87,6 +87,7 @@ __all__ = [
     "Server",
     "SigningKey",
     "Storage",
+    "StorageUnavailable",
     "Token",
     "User",
     "authorize",
@@ -561,6 +562,37 @@ class TooManyAttempts(OAuthError):
     def __init__(self, description: str, retry_after: int) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+# RFC 9110 §10.2.3: the seconds a client is asked to wait before retrying while storage is
+# down: long enough for a pool to reconnect or a lock to pass, short enough not to strand it.
+STORAGE_RETRY_AFTER = 5
+
+
+class StorageUnavailable(Exception):
+    """Storage cannot be reached now: the database is down or restarting, its connection
+    pool is exhausted, or a lock outlasted the busy timeout. Backends raise it (with the
+    driver's error as ``__cause__``) for such connection-level failures and nothing else.
+
+    Not an OAuthError, on purpose: no protocol step catches it, so it never becomes a
+    redirect to the client (which would lose the user's request); the WSGI layer answers
+    503 with Retry-After (RFC 9110 §15.6.4), as RFC 6749 §4.1.2.1's and §5.2's
+    ``temporarily_unavailable``: "The authorization server is currently unable to handle
+    the request due to a temporary overloading or maintenance of the server"."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def __init__(self, description: str, retry_after: int = STORAGE_RETRY_AFTER) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "error": self.error,
+            "error_description": "The server cannot reach its storage; try again later.",
+        }
 
 
 class FormExpired(UntrustedRequest):
@@ -1732,7 +1764,7 @@ class Page:
     status: int = 200
     signed_out: bool = False
     cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
-    retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429)
+    retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429, 503)
     script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
 
 
@@ -3756,6 +3788,16 @@ again; if this keeps happening, tell its developers this error code:
     return Page("Error", body, err.status)
 
 
+def unavailable_page(err: StorageUnavailable) -> Page:
+    """RFC 9110 §15.6.4: the 503 page while storage is down. The user's request was not
+    handled, so reloading the page later sends it again, whole."""
+    body = f"""{BRAND}<h1>Temporarily unavailable</h1>
+<p class="error" role="alert">Sign-in is temporarily unavailable. Nothing was changed.</p>
+<p>Wait a few seconds and reload this page to try again; if this keeps happening, tell the
+people who run this server this error code: <code>{esc(err.error)}</code>.</p>"""
+    return Page("Temporarily unavailable", body, err.status, retry_after=err.retry_after)
+
+
 # Form Post Response Mode §2: the form is "auto-submitted in the User Agent".
 FORM_POST_SCRIPT = "document.forms[0].submit()"
 
@@ -4218,18 +4260,31 @@ def build_app(srv: Server) -> bottle.Bottle:
     """The routes: paths and methods to the endpoint functions below."""
     app = bottle.Bottle()
 
+    def answer(kind: ErrorKind, respond: Callable[[], bottle.HTTPResponse]) -> Callable[[], Any]:
+        """The route's callback: ``respond``, or 503 if storage is down at any point of it
+        (reading the session cookie, the CORS origins, the endpoint itself)."""
+
+        def callback() -> bottle.HTTPResponse:
+            try:
+                return respond()
+            except StorageUnavailable as err:
+                return error_response(srv, err, kind)
+
+        return callback
+
     def browser(path: str, methods: list[str], step: BrowserStep) -> None:
-        app.route(path, methods, lambda: browser_response(srv, bottle.request, step))
+        app.route(path, methods, answer("page", lambda: browser_response(srv, bottle.request,
+                                                                         step)))  # fmt: skip
 
     def api(path: str, handler: ApiHandler, cors: bool = True) -> None:
-        app.post(path)(lambda: api_response(srv, bottle.request, handler, cors))
+        app.post(path)(answer("json", lambda: api_response(srv, bottle.request, handler, cors)))
 
     def get(path: str, handler: Callable[[Server, Request], bottle.HTTPResponse]) -> None:
-        app.get(path)(lambda: handler(srv, bottle.request))
+        app.get(path)(answer("json", lambda: handler(srv, bottle.request)))
 
     def preflight(path: str, methods: str, any_origin: bool = False) -> None:
-        app.route(path, ["OPTIONS"], lambda: preflight_response(srv, bottle.request, methods,
-                                                                any_origin))  # fmt: skip
+        app.route(path, ["OPTIONS"], answer("json", lambda: preflight_response(
+            srv, bottle.request, methods, any_origin)))  # fmt: skip
 
     browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
     browser(LOGIN_PATH, ["POST"], login_endpoint)
@@ -4241,7 +4296,8 @@ def build_app(srv: Server) -> bottle.Bottle:
     get(OIDC_METADATA_PATH, metadata_endpoint)
     get(JWKS_PATH, jwks_endpoint)
     get(HEALTH_PATH, health_endpoint)
-    app.route(USERINFO_PATH, ["GET", "POST"], lambda: userinfo_endpoint(srv, bottle.request))
+    app.route(USERINFO_PATH, ["GET", "POST"],
+              answer("json", lambda: userinfo_endpoint(srv, bottle.request)))  # fmt: skip
     # CORS (Fetch §3.2): the endpoints a browser app calls answer preflights; the pages
     # and introspection have none, so a preflight to them fails (405, no CORS headers).
     for path in (OAUTH_METADATA_PATH, OIDC_METADATA_PATH, JWKS_PATH):
@@ -4559,11 +4615,12 @@ def redirect_response(redirect: Redirect, method: str = "GET") -> bottle.HTTPRes
 
 def error_response(
     srv: Server,
-    err: OAuthError,
+    err: OAuthError | StorageUnavailable,
     kind: ErrorKind,
     redirect: tuple[str, str | None, str] | None = None,
 ) -> bottle.HTTPResponse:
-    """The one place an OAuthError becomes a response, in the form its endpoint owes:
+    """The one place an OAuthError or StorageUnavailable becomes a response, in the form
+    its endpoint owes:
 
     - ``page``: an HTML page, never a redirect: the client or redirect_uri is not
       trusted (RFC 6749 §4.1.2.1), or the request came from a page of ours;
@@ -4572,7 +4629,16 @@ def error_response(
       RFC 9207), on the query or as a form_post page;
     - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
     - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
+
+    StorageUnavailable is 503 with Retry-After (RFC 9110 §15.6.4): a page for a browser,
+    never a redirect (the request was not handled, and reloading the page retries it
+    whole), JSON ``temporarily_unavailable`` for the rest. It is logged here, once.
     """
+    if isinstance(err, StorageUnavailable):
+        log.warning("codeflow: storage unavailable, answering 503: %s", err.description)
+        if kind in ("page", "redirect"):
+            return page_response(unavailable_page(err))
+        return json_response(err.to_json(), err.status, {"Retry-After": str(err.retry_after)})
     if kind == "page":
         return page_response(error_page(err))
     if kind == "redirect" and redirect is not None:
@@ -4786,13 +4852,19 @@ def jwks_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
 
 
 def health_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
-    """For load balancers and monitoring: 200 when storage answers a read, else 503."""
+    """For load balancers and monitoring: 200 when storage answers a read, else 503 with
+    Retry-After (RFC 9110 §15.6.4)."""
     try:
         srv.storage.get_client("")
-    except Exception:  # whatever the backend raises, the answer is "not healthy"
+    except StorageUnavailable as err:  # down for now: one line, no traceback
+        log.warning("codeflow: health check: storage unavailable: %s", err.description)
+        retry_after = err.retry_after
+    except Exception:  # whatever else the backend raises, the answer is "not healthy"
         log.exception("codeflow: health check: storage does not answer")
-        return json_response({"status": "unavailable"}, 503)
-    return json_response({"status": "ok"})
+        retry_after = STORAGE_RETRY_AFTER
+    else:
+        return json_response({"status": "ok"})
+    return json_response({"status": "unavailable"}, 503, {"Retry-After": str(retry_after)})
 
 
 def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:

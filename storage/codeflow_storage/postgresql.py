@@ -65,6 +65,7 @@ from codeflow import (
     Grant,
     RemovedUser,
     SigningKey,
+    StorageUnavailable,
     Token,
     User,
     new_subject,
@@ -498,7 +499,13 @@ class PostgreSQLStorage:
     def _run(self, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on a pooled connection, as one transaction; again, on a fresh
         snapshot, if PostgreSQL rolled it back as the loser of a serialization race or a
-        deadlock (nothing of it was kept)."""
+        deadlock (nothing of it was kept).
+
+        A failure of the connection itself (the server down or restarting, a connection it
+        terminated, no pooled connection free within POOL_TIMEOUT) is StorageUnavailable,
+        not retried here: a statement whose answer was lost may have committed, and only
+        the client, told 503, can tell whether to send its request again. The pool drops a
+        broken connection when it comes back and opens new ones by itself."""
         pool = self._current_pool()
         for attempt in range(RETRIES):
             try:
@@ -507,6 +514,10 @@ class PostgreSQLStorage:
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 if attempt == RETRIES - 1:
                     raise
+            except psycopg_pool.PoolTimeout as err:
+                raise StorageUnavailable(f"PostgreSQL: no pooled connection: {err}") from err
+            except psycopg.OperationalError as err:  # connection-level (SQLSTATE 08, 57P)
+                raise StorageUnavailable(f"PostgreSQL: {_first_line(err)}") from err
             # Random, growing pauses, so that the losers of one race do not meet again.
             time.sleep(random.uniform(0, RETRY_PAUSE * 2**attempt))  # noqa: S311 -- not a secret
         raise AssertionError("unreachable")
@@ -916,6 +927,11 @@ class PostgreSQLStorage:
             gone += deleted
             if deleted < PURGE_BATCH:
                 return gone
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of a driver error, for a log line (libpq's never hold a password)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _after_fork(ref: weakref.ReferenceType[PostgreSQLStorage]) -> None:

@@ -5,11 +5,12 @@ crashes, shared by every thread and process that opens it.
   ``PRAGMA user_version`` counts those that have run, so a database made by an older
   version upgrades itself, and one made by a newer version is refused.
 - Concurrency: WAL, so readers never wait for the writer; a busy timeout, so a writer
-  waits for another's lock instead of failing; and every read-then-write in one
-  ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock up front. That
-  lock, not a Python one, is what makes ``consume_code`` and ``rotate_refresh_token``
-  atomic across processes. Within a process, one connection serves every thread, one
-  thread at a time.
+  waits for another's lock instead of failing (a lock held longer than that is
+  ``codeflow.StorageUnavailable``, which the server answers with 503); and every
+  read-then-write in one ``BEGIN IMMEDIATE`` transaction, which takes the database's write
+  lock up front. That lock, not a Python one, is what makes ``consume_code`` and
+  ``rotate_refresh_token`` atomic across processes. Within a process, one connection
+  serves every thread, one thread at a time.
 - Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
   kept. Tuples (scopes, redirect URIs, grant types) and claims are JSON text.
 
@@ -42,6 +43,7 @@ from codeflow import (
     Grant,
     RemovedUser,
     SigningKey,
+    StorageUnavailable,
     Token,
     User,
     new_subject,
@@ -386,11 +388,19 @@ class SQLiteStorage:
     when done (or use it as a context manager).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "normal") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "normal",
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
         """``synchronous`` (https://sqlite.org/pragma.html#pragma_synchronous): "normal",
         the default, loses nothing when the process crashes or is killed; an OS crash or
         power cut may roll back the last commits, never corrupting the file (WAL).
-        "full" keeps those too, at one fsync per commit (~15x slower token issuance)."""
+        "full" keeps those too, at one fsync per commit (~15x slower token issuance).
+        ``busy_timeout``: seconds a call waits for another connection's lock before it
+        raises ``codeflow.StorageUnavailable``."""
         if synchronous.lower() not in SYNCHRONOUS:
             raise ValueError("synchronous must be normal, full or extra")
         self._synchronous = synchronous.upper()
@@ -400,6 +410,7 @@ class SQLiteStorage:
                 f"this Python has {sqlite3.sqlite_version}"
             )
         self.path = os.fspath(path)
+        self._busy_timeout = busy_timeout
         if self.path != ":memory:":
             _make_folder(self.path)
         self._lock = threading.Lock()
@@ -419,7 +430,7 @@ class SQLiteStorage:
         if self.path != ":memory:":
             _owner_only(self.path)
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
             db = sqlite_utils.Database(conn, execute_plugins=False)
@@ -492,16 +503,28 @@ class SQLiteStorage:
             raise RuntimeError("this SQLiteStorage is closed")
         return self._db
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite_utils.Database]:
+        """The connection, for this thread alone. SQLITE_BUSY, another connection's lock
+        held past the busy timeout ("database is locked"), is StorageUnavailable: the call
+        changed nothing, and the same call may succeed once that lock is gone."""
         with self._lock:
-            return self._database().execute(sql, list(params)).fetchall()
+            try:
+                yield self._database()
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                raise StorageUnavailable(f"SQLite {self.path}: {err}") from err
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._locked() as db:
+            return db.execute(sql, list(params)).fetchall()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite_utils.Database]:
         """One ``BEGIN IMMEDIATE`` transaction: the write lock is held from the first read
         to COMMIT, so nothing read inside can change meanwhile, in any thread or process."""
-        with self._lock:
-            db = self._database()
+        with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -538,8 +561,8 @@ class SQLiteStorage:
     # -- Clients and users -----------------------------------------------------
 
     def add_client(self, client: Client) -> None:
-        with self._lock:
-            self._database().execute(_CLIENTS.insert, _CLIENTS.encode(client))
+        with self._locked() as db:
+            db.execute(_CLIENTS.insert, _CLIENTS.encode(client))
 
     def get_client(self, client_id: str) -> Client | None:
         rows = self._read(_CLIENTS.select + " WHERE client_id = ?", [client_id])
@@ -625,8 +648,8 @@ class SQLiteStorage:
     # -- Codes -------------------------------------------------------------------
 
     def save_code(self, code: AuthorizationCode) -> None:
-        with self._lock:
-            self._database().execute(_CODES.insert, _CODES.encode(code))
+        with self._locked() as db:
+            db.execute(_CODES.insert, _CODES.encode(code))
 
     def consume_code(self, code_hash: str) -> AuthorizationCode | None:
         """Take a code in one statement; of N concurrent callers in any processes, the
@@ -673,8 +696,8 @@ class SQLiteStorage:
             return True
 
     def revoke_token(self, token_hash: str) -> None:
-        with self._lock:
-            self._database().execute(
+        with self._locked() as db:
+            db.execute(
                 "UPDATE tokens SET revoked = 1 WHERE token_hash = ?", [token_hash]
             )
 
@@ -777,8 +800,8 @@ class SQLiteStorage:
             return bool(found)
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        with self._lock:
-            cursor = self._database().execute(
+        with self._locked() as db:
+            cursor = db.execute(
                 "UPDATE users SET record_id = ? WHERE username = ?", [record_id, username]
             )
             return cursor.rowcount == 1
