@@ -230,6 +230,14 @@ FAST_HASH_SCHEME = "test-only-sha256"
 FAST_HASH_NOTE = "checked against a test-only hash (password_hashing='fast')"
 
 
+# Memory-hard hashes running at once in this process, whatever asks for them (logins under
+# any username from any address, client secrets, registrations): each takes 16 MiB and a
+# core for ~40 ms, so a burst of sign-ins queues here instead of exhausting memory (a
+# stdlib server's 200 threads would want 3 GiB) or starving every other request of CPU.
+SCRYPT_AT_ONCE = 4
+SCRYPT_SLOTS = threading.BoundedSemaphore(SCRYPT_AT_ONCE)
+
+
 def hash_password(password: str, *, hashing: PasswordHashing = "scrypt") -> str:
     """Hash a password or client secret with scrypt and a per-hash random salt; with
     ``hashing="fast"`` (test suites only), with one salted SHA-256 marked as such."""
@@ -237,9 +245,10 @@ def hash_password(password: str, *, hashing: PasswordHashing = "scrypt") -> str:
     if hashing == "fast":
         digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
         return f"{FAST_HASH_SCHEME}${b64url(salt)}${b64url(digest)}"
-    key = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
-    )
+    with SCRYPT_SLOTS:
+        key = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+        )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64url(salt)}${b64url(key)}"
 
 
@@ -253,14 +262,15 @@ def verify_password(password: str, encoded: str, *, hashing: PasswordHashing = "
         if scheme != "scrypt":
             return False
         expected = base64.urlsafe_b64decode(key + "==")
-        actual = hashlib.scrypt(
-            password.encode("utf-8"),
-            salt=base64.urlsafe_b64decode(salt + "=="),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
+        with SCRYPT_SLOTS:
+            actual = hashlib.scrypt(
+                password.encode("utf-8"),
+                salt=base64.urlsafe_b64decode(salt + "=="),
+                n=int(n),
+                r=int(r),
+                p=int(p),
+                dklen=len(expected),
+            )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)

@@ -224,3 +224,33 @@ def test_fresh_ipv6_64s_of_one_site_count_as_one_address(server: codeflow.Server
     for i in range(codeflow.FAILURES_BEFORE_DELAY):
         assert _sign_in(WSGIClient(server.wsgi), "wrong", f"2001:db8:0:{i:x}::1").status == 200
     assert _sign_in(WSGIClient(server.wsgi), "wrong", "2001:db8:0:ff::1").status == 429
+
+
+def test_memory_hard_hashes_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of sign-ins (any usernames, any addresses) runs at most SCRYPT_AT_ONCE
+    scrypt hashes at once: 16 MiB each, so memory stays bounded whatever the threads."""
+    import hashlib
+    import threading
+
+    running, most, lock = [0], [0], threading.Lock()
+    scrypt = hashlib.scrypt
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return scrypt(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    encoded = codeflow.hash_password("a password")
+    threads = [threading.Thread(target=codeflow.verify_password, args=("guess", encoded))
+               for _ in range(16)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= most[0] <= codeflow.SCRYPT_AT_ONCE
