@@ -63,7 +63,9 @@ import sys
 import threading
 import time
 import tomllib
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeAlias, cast
@@ -400,7 +402,7 @@ AUDIT_EVENTS = (
     "consent.granted", "consent.denied", "code.issued", "code.redeemed", "code.replayed",
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
-    "client.changed", "client.removed",
+    "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
 )  # fmt: skip
 
 
@@ -642,6 +644,13 @@ class Client:
     allowed_origins: tuple[str, ...] = ()
     # OIDC Core §5.4: the user's claims from userinfo only, not in ID tokens as well.
     minimal_id_token: bool = False
+    # OIDC Back-Channel Logout 1.0 §2.2: where logout tokens are POSTed, and whether the RP
+    # needs their sid; Front-Channel Logout 1.0 §2: the page framed on logout, and whether
+    # it needs iss and sid.
+    backchannel_logout_uri: str | None = None
+    backchannel_logout_session_required: bool = False
+    frontchannel_logout_uri: str | None = None
+    frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
 
     @property
@@ -706,6 +715,9 @@ class AuthorizationCode:
     acr: str | None = None  # OIDC Core §2: the class of that sign-in (ACR_VALUES)
     # OIDC Core §5.5: the claims request parameter, checked ("id_token", "userinfo")
     claims_request: dict[str, Any] = field(default_factory=dict)
+    # Front-Channel Logout §3, Back-Channel Logout §2.4: the login session (Session.sid)
+    # the code was issued in; None without a browser sign-in (auto-approve).
+    sid: str | None = None
 
 
 TokenKind = Literal["access", "refresh"]
@@ -732,6 +744,7 @@ class Token:
     acr: str | None = None
     # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
     claims_request: dict[str, Any] = field(default_factory=dict)
+    sid: str | None = None  # the login session of the grant, for refreshed ID tokens' sid
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -1388,13 +1401,21 @@ class Server:
         post_logout_redirect_uris: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
         minimal_id_token: bool = False,
+        backchannel_logout_uri: str | None = None,
+        backchannel_logout_session_required: bool = False,
+        frontchannel_logout_uri: str | None = None,
+        frontchannel_logout_session_required: bool = False,
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
         (see ``refuse_shared_subject``). ``allowed_origins``: web origins, such as
         ``https://app.example``, whose pages may call the token, userinfo and revocation
         endpoints (CORS); a public client's redirect URIs give theirs without it.
-        ``minimal_id_token``: ID tokens without the user's claims (userinfo has them)."""
+        ``minimal_id_token``: ID tokens without the user's claims (userinfo has them).
+        ``backchannel_logout_uri``: where logout tokens are POSTed when the user signs out
+        (OIDC Back-Channel Logout 1.0); ``frontchannel_logout_uri``: the page the
+        signed-out page frames (Front-Channel Logout 1.0); absolute https, or http on a
+        loopback address."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1409,6 +1430,10 @@ class Server:
             post_logout_redirect_uris=tuple(post_logout_redirect_uris),
             allowed_origins=tuple(allowed_origins),
             minimal_id_token=minimal_id_token,
+            backchannel_logout_uri=backchannel_logout_uri,
+            backchannel_logout_session_required=backchannel_logout_session_required,
+            frontchannel_logout_uri=frontchannel_logout_uri,
+            frontchannel_logout_session_required=frontchannel_logout_session_required,
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
@@ -1662,6 +1687,16 @@ def check_client(client: Client, *, public: bool) -> None:
         raise ValueError(f"id_token_signed_response_alg must be one of {SIGNING_ALGS}")
     if public and not client.require_pkce:
         raise ValueError("a public client cannot opt out of PKCE (RFC 9700 §2.1.1)")
+    for setting in ("backchannel_logout_uri", "frontchannel_logout_uri"):
+        uri = getattr(client, setting)
+        # OIDC Back-Channel Logout §2.2: the URI "MUST be an absolute URI" and "MUST NOT
+        # include a fragment component" (Front-Channel Logout §2: the same); https, or http
+        # where only this machine can listen (loopback, as RFC 8252 §8.3 reasons).
+        if uri is not None and not logout_uri_ok(uri):
+            raise ValueError(
+                f"{setting} must be an absolute https URI (http only on a loopback address), "
+                f"without fragment: {uri!r}"
+            )
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
             raise ValueError(
@@ -1669,6 +1704,21 @@ def check_client(client: Client, *, public: bool) -> None:
                 "as a browser sends it in Origin (no path, no trailing slash, no default "
                 "port, lower case; no wildcard)"
             )
+
+
+def logout_uri_ok(uri: str) -> bool:
+    """An absolute https URI, or http on a loopback address, without fragment."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        return False
+    if not parts.hostname or parts.fragment or "#" in uri:
+        return False
+    loopback = parts.hostname == "localhost" or (
+        (address := ip_address(parts.hostname)) is not None and address.is_loopback
+    )
+    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
 
 
 def web_origin(uri: str) -> str | None:
@@ -1776,6 +1826,7 @@ class Page:
     cookies: tuple[tuple[str, str], ...] = ()  # (name, value) it sets: the demo client's
     retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429, 503)
     script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
+    frames: tuple[str, ...] = ()  # the origins its CSP lets it frame (signed_out_page)
 
 
 class Signer:
@@ -2673,7 +2724,7 @@ def continue_authorization(
         consent_scopes(areq)
     ) <= srv.storage.get_consent(session.username, areq.client.client_id)
     if remembered and "consent" not in areq.prompt:
-        return issue_code(srv, areq, session.username, session.auth_time, session.amr)
+        return issue_code(srv, areq, session.username, session.auth_time, session.amr, session.sid)
     if "none" in areq.prompt:
         raise ConsentRequired("The user has not consented to this request.")
     return consent_page(srv, areq, browser)
@@ -2713,9 +2764,11 @@ def issue_code(
     username: str,
     auth_time: int,
     amr: tuple[str, ...] = (),
+    sid: str | None = None,
 ) -> Redirect | Page:
     """RFC 6749 §4.1.2: a short-lived, single-use code bound to the request, and to how the
-    user signed in (``amr``, RFC 8176; none for auto-approve), for the ID token."""
+    user signed in (``amr``, RFC 8176; none for auto-approve), for the ID token; ``sid``:
+    the login session it was issued in (Front-Channel Logout §3), none for auto-approve."""
     code = new_secret()
     srv.storage.save_code(
         AuthorizationCode(
@@ -2732,6 +2785,7 @@ def issue_code(
             amr=amr,
             acr=acr_of(amr),
             claims_request=areq.claims,
+            sid=sid or None,
         )
     )
     params = {"code": code}
@@ -2967,7 +3021,7 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
-    return issue_code(srv, areq, session.username, session.auth_time, session.amr)
+    return issue_code(srv, areq, session.username, session.auth_time, session.amr, session.sid)
 
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
@@ -3039,7 +3093,7 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     body = issue_tokens(
         srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
-        claims_request=code.claims_request,
+        claims_request=code.claims_request, sid=code.sid,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
@@ -3074,7 +3128,7 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     body = issue_tokens(
         srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
-        claims_request=old.claims_request,
+        claims_request=old.claims_request, sid=old.sid,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
@@ -3116,6 +3170,7 @@ def issue_tokens(
     amr: tuple[str, ...] = (),
     acr: str | None = None,
     claims_request: dict[str, Any] | None = None,
+    sid: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -3136,7 +3191,7 @@ def issue_tokens(
         Token(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
-            auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
+            auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
@@ -3153,7 +3208,7 @@ def issue_tokens(
             Token(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
-                auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {},
+                auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -3166,7 +3221,7 @@ def issue_tokens(
     if "openid" in scope and user is not None:
         body["id_token"] = id_token(
             srv, client, user, scope, auth_time, nonce, access, claims, amr, acr,
-            (claims_request or {}).get("id_token", {}),
+            (claims_request or {}).get("id_token", {}), sid,
         )  # fmt: skip
     return body
 
@@ -3257,6 +3312,7 @@ def id_token(
     amr: tuple[str, ...] = (),
     acr: str | None = None,
     requested: dict[str, Any] | None = None,
+    sid: str | None = None,
 ) -> str:
     """OIDC Core §2 and §3.1.3.6: the ID token of a code flow, or of a refresh (§12.2).
 
@@ -3269,7 +3325,8 @@ def id_token(
     other Claims", and relying parties read the user from the ID token. A client with
     ``minimal_id_token`` gets them from userinfo only. Claims ``requested`` on their own
     for the ID token (OIDC Core §5.5) come too. ``claims``: more, from
-    ``Server.issue_tokens``.
+    ``Server.issue_tokens``. ``sid``: the login session of the sign-in (Front-Channel
+    Logout §3, Back-Channel Logout §2.4), so that a logout token or frame can name it.
     """
     now = int(srv.clock())
     released = {} if client.minimal_id_token else scope_claims(user, scope)
@@ -3292,6 +3349,8 @@ def id_token(
         body["acr"] = acr
     if nonce is not None:
         body["nonce"] = nonce
+    if sid is not None:
+        body["sid"] = sid
     # A test may have scripted this token's claims (Server.next_claims).
     body.update(srv.scripted_claims.take(user.username))
     return sign(srv, body, client.id_token_signed_response_alg)
@@ -3443,13 +3502,97 @@ def end_session(
     vouched = hinted is not None and user is not None and hinted["sub"] == user.subject
     if session is not None and not vouched and not confirmed:
         return logout_page(srv, params, client, browser)
+    frames: list[str] = []
     if session is not None:
         # The cookie is deleted too, but a copy of it must not outlive the logout.
         srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
+        if user is not None:
+            frames = tell_clients(srv, session, user, client)
     if target is not None:
         state = params.get("state")
-        return Redirect(add_query(target, {"state": state} if state else {}), signed_out=True)
-    return signed_out_page()
+        target = add_query(target, {"state": state} if state else {})
+        if not frames:
+            return Redirect(target, signed_out=True)
+    return signed_out_page(frames, target)
+
+
+# OIDC Back-Channel Logout 1.0 §2.4: the event a Logout Token carries, and its JWT type.
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_TYPE = "logout+jwt"  # noqa: S105 -- a JWT type, no secret
+LOGOUT_TOKEN_LIFETIME = 120  # §2.4 exp: only to be checked on receipt, so short
+BACKCHANNEL_TIMEOUT = 5  # seconds a relying party has to answer a logout token (§2.8)
+
+
+def tell_clients(srv: Server, session: Session, user: User, asking: Client | None) -> list[str]:
+    """Tell the clients of the session that the user signed out: each client the user has
+    a grant with, and the one asking. Back-channel ones get a Logout Token now, from
+    another thread (Back-Channel Logout §2.5); front-channel ones are framed by the
+    signed-out page, whose frame URLs are returned (Front-Channel Logout §2)."""
+    ids = {grant.client_id for grant in srv.storage.list_grants(srv.clock(), user.username)}
+    if asking is not None:
+        ids.add(asking.client_id)
+    frames = []
+    for client_id in sorted(ids):
+        client = srv.storage.get_client(client_id)
+        if client is None:
+            continue
+        if client.backchannel_logout_uri is not None:
+            token = logout_token(srv, client, user, session.sid)
+            threading.Thread(
+                target=post_logout_token, daemon=True,
+                args=(client.client_id, client.backchannel_logout_uri, token),
+                name=f"codeflow-backchannel-logout-{client_id}",
+            ).start()  # fmt: skip
+        if client.frontchannel_logout_uri is not None:
+            # Front-Channel Logout §3: "the OP renders <iframe src="frontchannel_logout_uri
+            # ?iss=...&sid=...">"; sent always, not only when the client requires them.
+            query = {"iss": srv.issuer, "sid": session.sid} if session.sid else {}
+            frames.append(add_query(client.frontchannel_logout_uri, query))
+    return frames
+
+
+def logout_token(srv: Server, client: Client, user: User, sid: str) -> str:
+    """OIDC Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events REQUIRED; "A
+    Logout Token MUST contain either a sub or a sid Claim, and MAY contain both" (both,
+    when the session has a sid); "A nonce Claim MUST NOT be present". Signed as the
+    client's ID tokens, typed "logout+jwt" so that it cannot pass for an ID token."""
+    now = int(srv.clock())
+    claims: dict[str, Any] = {
+        "iss": srv.issuer,
+        "aud": client.client_id,
+        "iat": now,
+        "exp": now + LOGOUT_TOKEN_LIFETIME,
+        "jti": new_secret(),
+        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        "sub": user.subject,
+    }
+    if sid:
+        claims["sid"] = sid
+    return sign(srv, claims, client.id_token_signed_response_alg, typ=LOGOUT_TOKEN_TYPE)
+
+
+def post_logout_token(client_id: str, uri: str, token: str) -> None:
+    """Back-Channel Logout §2.5: "The OP uses an HTTP POST to the registered back-channel
+    logout URI to send the Logout Token", as the form parameter logout_token. §2.8: a
+    failure is the relying party's to deal with; it is logged, never raised, and never
+    keeps the user waiting (this runs in its own thread, with a short timeout)."""
+    # check_client allows https, or http on loopback, only.
+    request = urllib.request.Request(  # noqa: S310
+        uri,
+        data=urllib.parse.urlencode({"logout_token": token}).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=BACKCHANNEL_TIMEOUT) as answer:  # noqa: S310
+            status = answer.status
+    except urllib.error.HTTPError as err:
+        audit("logout.backchannel_failed", client=client_id, status=err.code)
+        return
+    except (OSError, ValueError) as err:
+        audit("logout.backchannel_failed", client=client_id, reason=str(err))
+        return
+    audit("logout.backchannel_sent", client=client_id, status=status)
 
 
 def logout(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
@@ -3561,7 +3704,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
-                             "at_hash", "amr", "acr",
+                             "at_hash", "amr", "acr", "sid",
                              *(c for claims in SCOPE_CLAIMS.values() for c in claims)],
         "acr_values_supported": list(ACR_VALUES),
         "response_types_supported": ["code"],
@@ -3578,6 +3721,12 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        # Back-Channel Logout §2.1, Front-Channel Logout §3: logout tokens and frames, both
+        # with the session's sid.
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
     }  # fmt: skip
 
 
@@ -3638,10 +3787,14 @@ STYLE_HASH = sha256_base64(STYLE)
 
 
 
-def content_security_policy(script: str = "") -> str:
+def content_security_policy(script: str = "", frames: Iterable[str] = ()) -> str:
     """RFC 9700 §4.16: pages must not be framed (clickjacking); the CSP allows our own style
-    and, on a page that has one, its own inline script, by hash (CSP Level 3 §2.3.1)."""
+    and, on a page that has one, its own inline script, by hash (CSP Level 3 §2.3.1), and
+    on the signed-out page the relying parties' origins it frames (frame-src)."""
     allowed = f"script-src 'sha256-{sha256_base64(script)}'; " if script else ""
+    framed = " ".join(frames)
+    if framed:
+        allowed += f"frame-src {framed}; "
     return (
         f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; {allowed}"
         "frame-ancestors 'none'; base-uri 'none'"
@@ -3828,11 +3981,32 @@ def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
     return Page("Returning to the application", body, script=FORM_POST_SCRIPT)
 
 
-def signed_out_page() -> Page:
+def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Page:
+    """The end of a logout. Front-Channel Logout §2: the relying parties' logout pages
+    ``frames``, each in an iframe, which the page's CSP allows by exact origin and nothing
+    else; no script: they load as the page does. With ``target``, the link back to the
+    relying party (RP-Initiated Logout §3) that the frames stopped being a redirect."""
+    frames = tuple(frames)
+    iframes = "".join(
+        f'<iframe src="{esc(uri)}" title="Signing out of an application" width="0" '
+        'height="0" hidden></iframe>'
+        for uri in frames
+    )
+    told = (
+        "The applications you used here have been told that you signed out."
+        if frames
+        else "Applications you used may keep you signed in until you sign out of them too."
+    )
+    back = (
+        f'<div class="actions"><a class="button" href="{esc(target)}">Return to the '
+        "application</a></div>"
+        if target is not None
+        else "<p>You can close this page.</p>"
+    )
     body = f"""{BRAND}<h1>You are signed out</h1>
-<p role="status">You are no longer signed in here. Applications you used may keep you
-signed in until you sign out of them too.</p><p>You can close this page.</p>"""
-    return Page("Signed out", body, signed_out=True)
+<p role="status">You are no longer signed in here. {told}</p>{back}{iframes}"""
+    origins = tuple(dict.fromkeys(o for o in map(web_origin, frames) if o is not None))
+    return Page("Signed out", body, signed_out=True, frames=origins)
 
 
 def logout_page(
@@ -4610,8 +4784,8 @@ def page_response(page: Page) -> bottle.HTTPResponse:
     headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
     if page.retry_after:
         headers["Retry-After"] = str(page.retry_after)
-    if page.script:  # the page's own CSP, which allows its script (_secure_headers keeps it)
-        headers["Content-Security-Policy"] = content_security_policy(page.script)
+    if page.script or page.frames:  # the page's own CSP, allowing its script or frames
+        headers["Content-Security-Policy"] = content_security_policy(page.script, page.frames)
     return bottle.HTTPResponse(page_document(page), page.status, headers)
 
 
@@ -5791,6 +5965,8 @@ CLIENT_KEYS: dict[str, type] = {
     "scopes": list, "grant_types": list, "require_pkce": bool,
     "id_token_signed_response_alg": str, "access_token_jwt": bool,
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
+    "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
+    "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -5844,6 +6020,14 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
             allowed_origins=entry.get("allowed_origins", []),
             minimal_id_token=entry.get("minimal_id_token", False),
+            backchannel_logout_uri=entry.get("backchannel_logout_uri"),
+            backchannel_logout_session_required=entry.get(
+                "backchannel_logout_session_required", False
+            ),
+            frontchannel_logout_uri=entry.get("frontchannel_logout_uri"),
+            frontchannel_logout_session_required=entry.get(
+                "frontchannel_logout_session_required", False
+            ),
         )
         srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
@@ -6051,7 +6235,21 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
                          help="RFC 9068 JWT access tokens instead of opaque ones")
         cmd.add_argument("--minimal-id-token", action=argparse.BooleanOptionalAction,
-                         help="ID tokens without user claims (userinfo has them)")  # fmt: skip
+                         help="ID tokens without user claims (userinfo has them)")
+        cmd.add_argument("--backchannel-logout-uri", metavar="URI",
+                         help="where a logout token is POSTed when the user signs out (OIDC "
+                         "Back-Channel Logout): https, or http on loopback; update: '' "
+                         "removes it")
+        cmd.add_argument("--backchannel-logout-session-required",
+                         action=argparse.BooleanOptionalAction,
+                         help="the app needs sid in logout tokens (they always carry it)")
+        cmd.add_argument("--frontchannel-logout-uri", metavar="URI",
+                         help="the app's page that the signed-out page frames, with iss and "
+                         "sid (OIDC Front-Channel Logout): https, or http on loopback; "
+                         "update: '' removes it")
+        cmd.add_argument("--frontchannel-logout-session-required",
+                         action=argparse.BooleanOptionalAction,
+                         help="the app needs iss and sid on that page (always sent)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
@@ -6142,6 +6340,10 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         require_pkce=not args.no_pkce,
         access_token_jwt=bool(args.jwt_access_tokens),
         minimal_id_token=bool(args.minimal_id_token),
+        backchannel_logout_uri=args.backchannel_logout_uri or None,
+        backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
+        frontchannel_logout_uri=args.frontchannel_logout_uri or None,
+        frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -6160,8 +6362,14 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "access_token_jwt": args.jwt_access_tokens,
         "minimal_id_token": args.minimal_id_token,
         "require_pkce": args.pkce,
+        "backchannel_logout_session_required": args.backchannel_logout_session_required,
+        "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
     }
-    changes = {k: v for k, v in given.items() if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    for setting in ("backchannel_logout_uri", "frontchannel_logout_uri"):
+        uri = getattr(args, setting)
+        if uri is not None:
+            changes[setting] = uri or None  # '' removes it
     if not changes:
         raise ValueError("nothing to change: see `codeflow client update --help`")
     srv.update_client(args.client_id, **changes)

@@ -125,6 +125,35 @@ def test_client_update_and_rotate_secret(db: str) -> None:
     assert verify_password(new, client.secret_hash) and not verify_password(old, client.secret_hash)
 
 
+def test_client_logout_uris_from_the_command_line(db: str) -> None:
+    """OIDC Back-Channel Logout §2.2 and Front-Channel Logout §2: `client add` and `client
+    update` set a client's backchannel_logout_uri and frontchannel_logout_uri (and whether
+    it needs the session); update with '' removes one; a non-https URI is refused."""
+    added = cli("client", "add", "app", "--redirect-uri", "https://app.example/cb",
+                "--backchannel-logout-uri", "https://app.example/bc",
+                "--backchannel-logout-session-required",
+                "--frontchannel-logout-uri", "https://app.example/fc", "--storage", db)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    client = storage_of(db).get_client("app")
+    assert client is not None
+    assert client.backchannel_logout_uri == "https://app.example/bc"
+    assert client.backchannel_logout_session_required
+    assert client.frontchannel_logout_uri == "https://app.example/fc"
+    assert not client.frontchannel_logout_session_required
+    updated = cli("client", "update", "app", "--backchannel-logout-uri", "",
+                  "--frontchannel-logout-uri", "http://127.0.0.1:8080/fc",
+                  "--frontchannel-logout-session-required", "--storage", db)  # fmt: skip
+    assert updated.returncode == 0, updated.stderr
+    client = storage_of(db).get_client("app")
+    assert client is not None
+    assert client.backchannel_logout_uri is None
+    assert client.frontchannel_logout_uri == "http://127.0.0.1:8080/fc"
+    assert client.frontchannel_logout_session_required
+    one_line_error(cli("client", "update", "app", "--backchannel-logout-uri",
+                       "http://app.example/bc", "--storage", db),
+                   "backchannel_logout_uri")  # fmt: skip
+
+
 # -- Errors: one line, exit 2 ------------------------------------------------------------
 
 

@@ -233,7 +233,24 @@ _V4_SUBJECTS = [
     "CREATE INDEX removed_users_by_username ON removed_users (username)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS]
+_V5_LOGOUT = [
+    # OIDC Back-Channel and Front-Channel Logout 1.0: a client's logout URIs and whether
+    # they need the session; the login session (sid) on codes and tokens, for the sid of
+    # their ID tokens. Rows already stored get none, as in codeflow_storage.sqlite's
+    # migration 12.
+    "ALTER TABLE clients ADD COLUMN backchannel_logout_uri text",
+    "ALTER TABLE clients ADD COLUMN backchannel_logout_session_required boolean NOT NULL"
+    " DEFAULT false",
+    "ALTER TABLE clients ADD COLUMN frontchannel_logout_uri text",
+    "ALTER TABLE clients ADD COLUMN frontchannel_logout_session_required boolean NOT NULL"
+    " DEFAULT false",
+    "ALTER TABLE codes ADD COLUMN sid text",
+    "ALTER TABLE tokens ADD COLUMN sid text",
+]
+
+MIGRATIONS: list[list[str]] = [
+    _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT,
+]  # fmt: skip
 
 
 ###############################################################################

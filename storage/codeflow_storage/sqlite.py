@@ -265,6 +265,20 @@ def _v11_subjects(db: sqlite_utils.Database) -> None:
     db.table("removed_users").create_index(["username"], index_name="removed_users_by_username")
 
 
+def _v12_logout(db: sqlite_utils.Database) -> None:
+    """OIDC Back-Channel and Front-Channel Logout 1.0: a client's logout URIs and whether
+    they need the session (clients already stored get none), and the login session
+    (``sid``) on codes and tokens, for the sid of their ID tokens (NULL for rows already
+    stored: their ID tokens name no session)."""
+    clients = db.table("clients")
+    clients.add_column("backchannel_logout_uri", str)
+    clients.add_column("backchannel_logout_session_required", int, not_null_default=0)
+    clients.add_column("frontchannel_logout_uri", str)
+    clients.add_column("frontchannel_logout_session_required", int, not_null_default=0)
+    for table in ("codes", "tokens"):
+        db.table(table).add_column("sid", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -277,6 +291,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v9_authentication_context,
     _v10_claims_request,
     _v11_subjects,
+    _v12_logout,
 ]
 
 
