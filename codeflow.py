@@ -5874,6 +5874,22 @@ def serve(
         )  # fmt: skip
 
 
+def _stop_with_parent(parent: int) -> None:
+    """A worker must not outlive its parent (killed with SIGKILL, say, which it cannot
+    catch to stop its workers): on Linux, ask the kernel for SIGTERM when the parent
+    dies (prctl PR_SET_PDEATHSIG); elsewhere the socket's owner is gone with the parent's
+    supervisor anyway."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        raise KeyboardInterrupt
+
+
 def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
     """Serve with ``workers`` pre-forked processes on one listening socket, so that every
     core answers requests (one process's GIL would leave the others idle). Each worker
@@ -5884,10 +5900,12 @@ def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
     pids: set[int] = set()
 
     def start_worker() -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: serve until told to stop, then leave at once
             code = 0
             try:
+                _stop_with_parent(parent)
                 serve(srv.wsgi, host, port, sock)
             except KeyboardInterrupt:
                 pass

@@ -103,3 +103,21 @@ def test_two_workers_serve_one_flow_and_stop_together(tmp_path: Path, kind: str)
 def test_workers_need_shared_storage() -> None:
     """Memory storage is per process: workers would not know each other's codes."""
     one_line_error(cli("serve", "--workers", "2"), "--workers", "storage")
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    """A parent killed with SIGKILL cannot stop its workers itself: they stop on their own
+    (Linux's parent-death signal), so no orphan keeps serving the port."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    with serving("waitress", "--workers", "2", "--storage", db) as (process, _base):
+        workers = children(process.pid)
+        assert len(workers) == 2
+        process.kill()
+        process.wait(timeout=SHUTDOWN)
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = {pid for pid in workers if Path(f"/proc/{pid}").exists()
+                     and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]}
+            time.sleep(0.05)
+        assert not alive, alive
