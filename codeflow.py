@@ -4572,11 +4572,10 @@ def refuse_cross_site(srv: Server, request: Request) -> None:
     clients, such as codeflow_sdk's headless login, send neither), so it may go on."""
     site = request.environ.get("HTTP_SEC_FETCH_SITE")
     origin = request.environ.get("HTTP_ORIGIN")
-    own = urllib.parse.urlsplit(srv.issuer)
     if site is not None:
         if site not in ("same-origin", "none"):
             raise CrossSiteRequest(f"This form was sent from another site ({site[:20]}).")
-    elif origin is not None and origin != f"{own.scheme}://{own.netloc}":
+    elif origin is not None and origin != web_origin(srv.issuer):
         raise CrossSiteRequest("This form was sent from another origin.")
 
 
@@ -5608,12 +5607,6 @@ def _control(
     return send(json_response(value, status), start_response)
 
 
-def _origin(url: str) -> str:
-    """RFC 6454 §6.2: an origin as the Origin header serializes it."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
 def _check_control_request(srv: Server, environ: dict[str, Any], method: str) -> None:
     """Refuse what a web page can send, so that a page open in the developer's browser
     cannot plan faults (a 300 s delay on every token call), clear them, or read the
@@ -5626,7 +5619,7 @@ def _check_control_request(srv: Server, environ: dict[str, Any], method: str) ->
     same host is "same-site" yet another origin, so only "same-origin" and "none" (typed
     by the user) pass.
     """
-    own = {_origin(srv.issuer)} | ({_origin(srv.internal_url)} if srv.internal_url else set())
+    own = {o for base in (srv.issuer, srv.internal_url) if base and (o := web_origin(base))}
     # DNS rebinding: a page of the attacker's own name, resolved to 127.0.0.1, is
     # "same-origin" with itself; the Host it sends names it. Our names, and loopback by
     # name or number, are all that may ask.
