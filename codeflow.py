@@ -1914,9 +1914,11 @@ class Signer:
             return None
         return str(payload["u"]), str(payload.get("f", ""))
 
-    def session_cookie(self, session: Session, fingerprint: str) -> str:
+    def session_cookie(self, session: Session) -> str:
+        """The session cookie, carrying the fingerprint of the credentials its sign-in
+        checked (read_session compares it with the user's current ones)."""
         payload = {"u": session.username, "t": session.auth_time, "s": session.sid,
-                   "f": fingerprint, "a": list(session.amr)}  # fmt: skip
+                   "f": session.fingerprint, "a": list(session.amr)}  # fmt: skip
         return self.dumps(payload, "session", SESSION_LIFETIME)
 
 
@@ -1927,14 +1929,6 @@ def credentials_fingerprint(user: User) -> str:
     or no password at all."""
     material = f"{user.password_hash}\0{user.totp_secret or ''}\0{user.record_id}".encode()
     return hashlib.sha256(material).hexdigest()[:16]
-
-
-def session_cookie(srv: Server, session: Session) -> str:
-    fingerprint = session.fingerprint
-    if not fingerprint:
-        user = srv.storage.get_user(session.username)
-        fingerprint = credentials_fingerprint(user) if user else ""
-    return srv.signer.session_cookie(session, fingerprint)
 
 
 def read_session(srv: Server, cookie: str | None) -> Session | None:
@@ -4858,7 +4852,7 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     if result.signed_out:
         response.delete_cookie(cookie_name(srv, SESSION_COOKIE), **cookie)
     elif isinstance(result, Redirect) and result.session is not None:
-        value = session_cookie(srv, result.session)
+        value = srv.signer.session_cookie(result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
         device = srv.signer.dumps(
             {"u": sorted(browser.with_device(result.session.username))}, "device",

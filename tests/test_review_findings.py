@@ -95,7 +95,7 @@ def test_a_session_from_a_check_that_raced_a_password_change_is_ended(
     areq = codeflow.validate_authorization_request(server, client, REDIRECT, True, flow.params)
     redirect = codeflow.signed_in(server, areq, checked, codeflow.Browser.new(), ("pwd",))
     assert redirect.session is not None
-    cookie = codeflow.session_cookie(server, redirect.session)
+    cookie = server.signer.session_cookie(redirect.session)
     assert codeflow.read_session(server, cookie) is None
 
 
