@@ -8,20 +8,20 @@ code (NIST SP 800-63B §5.1.2); revoking a connected app makes its refresh token
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pyotp
 import pytest
 import requests
 from conftest import CONFIDENTIAL, PASSWORD, REDIRECT, SECRET, USERNAME, new_flow, query_of
-from test_browser import (  # noqa: F401 -- chromium and tab are fixtures
+from test_browser import (
     CHROMIUM,
     Tab,
     assert_accessible,
-    chromium,
+    chromium,  # noqa: F401 -- the module's Chromium, a fixture shared with test_browser.py
     screenshot,
     submit,
     sync_playwright,
-    tab,
 )
 
 import codeflow
@@ -42,6 +42,13 @@ def provider() -> codeflow.Server:
                        name="Confidential App")  # fmt: skip
         srv.add_user(USERNAME, PASSWORD)
         yield srv
+
+
+@pytest.fixture
+def tab(request: pytest.FixtureRequest) -> Iterator[Tab]:
+    t = Tab(request.getfixturevalue("chromium"))
+    yield t
+    t.close()
 
 
 def focused(tab: Tab) -> list[str]:
@@ -180,6 +187,7 @@ def test_revoking_an_app_in_the_browser_makes_its_refresh_token_fail(
     submit(page, "Revoke access for Confidential App")
     assert "No app has access to your account" in page.locator("main").inner_text()
     assert_accessible(tab, "Your account")
-    r = requests.post(provider.issuer + "/token", auth=(CONFIDENTIAL, SECRET), data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, timeout=10)  # fmt: skip
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    r = requests.post(provider.issuer + "/token", auth=(CONFIDENTIAL, SECRET), data=refresh,
+                      timeout=10)  # fmt: skip
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
