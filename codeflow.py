@@ -135,7 +135,11 @@ MAX_PARAMS = 64
 MAX_PARAM_LENGTH = 4096
 DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+# RFC 8693 §2.1: the grant type of token exchange, and §3 the token type identifiers.
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 -- a URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 -- a URN
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 -- a URN
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
 TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
 
@@ -338,17 +342,21 @@ def parse_pairs(raw: bytes) -> list[tuple[str, str]]:
     return [(name, value) for name, value in pairs if value != ""]
 
 
+REPEATABLE = ("resource", "audience")  # RFC 8707 §2, RFC 8693 §2.1
+
+
 def single_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
 
     Except ``resource``: RFC 8707 §2 "Multiple resource parameters MAY be used", kept as
     one value of space-separated URIs (a URI has no space, so a value with one is
-    refused: invalid_target); ``resources`` splits it again, ``request_pairs`` unfolds it.
+    refused: invalid_target); ``split_scope`` splits it again, ``request_pairs`` unfolds
+    it. The same for RFC 8693 §2.1 ``audience`` (of the token exchange, which checks it).
     """
     params: dict[str, str] = {}
     for name, value in pairs:
-        if name == "resource":
-            if not resource_uri_ok(value):
+        if name in REPEATABLE:
+            if name == "resource" and not resource_uri_ok(value):
                 raise InvalidTarget(
                     "resource must be an absolute URI without fragment (RFC 8707 section 2)."
                 )
@@ -366,7 +374,7 @@ def request_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     return [
         (name, item)
         for name, value in params.items()
-        for item in (value.split(" ") if name == "resource" else [value])
+        for item in (value.split(" ") if name in REPEATABLE else [value])
     ]
 
 
@@ -1741,11 +1749,14 @@ class Server:
         client: Client | str,
         scope: str | Iterable[str] = (),
         claims: dict[str, Any] | None = None,
+        *,
+        resource: str | Iterable[str] = (),
     ) -> dict[str, Any]:
         """Mint tokens without a browser, as the token endpoint would (for API tests). The
         tokens carry the stored user's subject as sub; for a username no user has, the
         name itself (minting for a user never added is a test's convenience), unless a
-        removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2)."""
+        removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2).
+        ``resource``: registered resources the access token is for (RFC 8707, its aud)."""
         if isinstance(client, str):
             found = self.storage.get_client(client)
             if found is None:
@@ -1759,13 +1770,20 @@ class Server:
                 raise ValueError(f"no user {username!r}: a removed user had that name or sub")
             holder = holder or User(username, NO_PASSWORD)
         claims = check_claims(claims, "issue_tokens") if claims is not None else None
-        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
+        uris = split_scope(resource) if isinstance(resource, str) else tuple(resource)
+        try:
+            audience = known_resources(self.storage, uris)
+        except InvalidTarget as err:
+            raise ValueError(err.description) from None
+        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or (
+            resource_scopes(audience) or client.scopes
+        )
         # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
         offline = "openid" not in scopes or "offline_access" in scopes
         return issue_tokens(
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
-            auth_time=int(self.clock()), claims=claims,
+            auth_time=int(self.clock()), claims=claims, audience=audience,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
@@ -1844,6 +1862,8 @@ def check_client(client: Client, *, public: bool) -> None:
     for uri in (*client.resources, *client.token_exchange):
         if not resource_uri_ok(uri):
             raise ValueError(f"a resource must be an absolute URI without fragment: {uri!r}")
+    if client.token_exchange and TOKEN_EXCHANGE not in client.grant_types:
+        raise ValueError(f"token_exchange needs the grant type {TOKEN_EXCHANGE} (RFC 8693)")
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
             raise ValueError(
@@ -2640,17 +2660,17 @@ def requested_resources(
     space-separated URIs, as single_params keeps them). §2: "the authorization server
     SHOULD return an error response (invalid_target)" for one it does not know or the
     client may not ask for."""
-    return known_resources(srv, split_scope(params.get("resource")), client)
+    return known_resources(srv.storage, split_scope(params.get("resource")), client)
 
 
 def known_resources(
-    srv: Server, uris: Iterable[str], client: Client | None = None
+    storage: Storage, uris: Iterable[str], client: Client | None = None
 ) -> tuple[Resource, ...]:
     """The registered resources of ``uris``, each one ``client`` may ask for (its
     ``resources``, if it lists some); else invalid_target."""
     found = []
     for uri in uris:
-        resource = srv.storage.get_resource(uri)
+        resource = storage.get_resource(uri)
         if resource is None:
             raise InvalidTarget(f"Unknown resource: {uri[:100]}")
         if client is not None and client.resources and uri not in client.resources:
@@ -3374,7 +3394,7 @@ def token_resources(
     ones ``resource`` names, which must be among the granted ones (so a refresh may
     narrow the audience and never widen it: invalid_target); all granted ones without it."""
     try:
-        granted = known_resources(srv, granted_uris)
+        granted = known_resources(srv.storage, granted_uris)
     except InvalidTarget:
         raise InvalidTarget("A resource of this grant is no longer registered.") from None
     asked = split_scope(params.get("resource"))
@@ -3442,10 +3462,88 @@ def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]
     )
 
 
+def token_exchange_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+    """RFC 8693 §2.1, delegation (§1.1): a resource server trades the access token a user's
+    app gave it (its audience is a resource this client serves, ``Resource.client_id``)
+    for a token to a downstream resource that the client's ``token_exchange`` policy
+    names, with the same scope or less, and an act claim naming this client (§4.1).
+
+    REQUIRED: grant_type, subject_token, subject_token_type (access_token, the only type
+    we issue to be exchanged). OPTIONAL: resource and audience (§2.1: the target; here a
+    registered resource URI either way, at least one), scope, requested_token_type
+    (access_token, or jwt when the token will be one). actor_token is not taken: the
+    authenticated client is the actor.
+    """
+    # RFC 8693 §2.2.2: "If the request itself is not valid or if either the subject_token
+    # or actor_token are invalid for any reason, or are unacceptable based on policy, the
+    # invalid_request error code MUST be used."
+    if client.public:
+        raise UnauthorizedClient("Token exchange needs a confidential client.")
+    value, token_type = params.get("subject_token"), params.get("subject_token_type")
+    if value is None or token_type is None:
+        raise InvalidRequest("subject_token and subject_token_type are required.")
+    if token_type != ACCESS_TOKEN_TYPE:
+        raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}.")
+    if "actor_token" in params or "actor_token_type" in params:
+        raise InvalidRequest("actor_token is not supported: the authenticated client acts.")
+    subject = srv.storage.get_token(token_hash(value))
+    user = srv.storage.get_user(subject.username) if subject and subject.username else None
+    if subject is None or subject.kind != "access" or not subject.active(srv.clock()):
+        raise InvalidRequest("The subject_token is not an active access token.")
+    if user is None:
+        raise InvalidRequest("The subject_token is not a user's token.")
+    served = {r.uri for r in srv.storage.list_resources() if r.client_id == client.client_id}
+    if not served & set(subject.audience):
+        raise InvalidRequest("The subject_token is not for a resource this client serves.")
+    # RFC 8693 §2.2.2: "If the authorization server is unwilling or unable to issue a
+    # token for any target service indicated by the resource or audience parameters, the
+    # invalid_target error code SHOULD be used."
+    uris = split_scope(" ".join(filter(None, (params.get("resource"), params.get("audience")))))
+    if not uris:
+        raise InvalidTarget("Name the downstream resource with resource or audience.")
+    refused = [uri for uri in uris if uri not in client.token_exchange]
+    if refused:
+        raise InvalidTarget(f"This client may not exchange tokens for {refused[0][:100]}")
+    audience = known_resources(srv.storage, uris)
+    offered = set(resource_scopes(audience))
+    scope = split_scope(params.get("scope")) or tuple(s for s in subject.scope if s in offered)
+    if not scope:
+        raise InvalidScope("No scope of the subject_token is one of the target's.")
+    beyond = [s for s in scope if s not in subject.scope or (offered and s not in offered)]
+    if beyond:
+        raise InvalidScope(f"Scope beyond the subject_token or the target: {' '.join(beyond)}.")
+    jwt_format = any(r.access_token_jwt for r in audience) or client.access_token_jwt
+    requested = params.get("requested_token_type", ACCESS_TOKEN_TYPE)
+    if requested not in (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE) or (
+        requested == JWT_TOKEN_TYPE and not jwt_format
+    ):
+        raise InvalidRequest(f"requested_token_type {requested[:80]} cannot be issued here.")
+    # RFC 8693 §4.1: "A chain of delegation can be expressed by nesting one act claim
+    # within another": this client acts for whoever the subject token's actor acted for.
+    actor: dict[str, Any] = {"sub": client.client_id}
+    if subject.actor:
+        actor["act"] = subject.actor
+    # In the subject's family: what ends that grant (a refresh token's reuse, code replay)
+    # ends the exchanged token too; and it lives no longer than the subject token, so that
+    # exchanging again and again never outlives the user's grant.
+    body = issue_tokens(
+        srv, client, user, scope, family_id=subject.family_id, refresh=False,
+        auth_time=subject.auth_time, amr=subject.amr, acr=subject.acr, audience=audience,
+        actor=actor, not_after=subject.expires_at,
+    )  # fmt: skip
+    body.pop("id_token", None)
+    # RFC 8693 §2.2.1: issued_token_type is REQUIRED; token_type "Bearer" for an access token.
+    body["issued_token_type"] = requested
+    audit("token.exchanged", client=client.client_id, user=user.username,
+          resource=" ".join(uris))  # fmt: skip
+    return body
+
+
 GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = {
     "authorization_code": authorization_code_grant,
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
+    TOKEN_EXCHANGE: token_exchange_grant,
 }
 
 
@@ -3468,6 +3566,7 @@ def issue_tokens(
     granted: tuple[Resource, ...] | None = None,
     audience: tuple[Resource, ...] = (),
     actor: dict[str, Any] | None = None,
+    not_after: float | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -3475,7 +3574,8 @@ def issue_tokens(
     audience), the refresh token for every resource ``granted`` (``audience`` if None),
     which a refresh may narrow. A resource's settings choose the access token's format
     (a JWT if any of them, or the client, asks for one) and lifetime (the shortest).
-    ``actor``: the act claim of a token exchange (RFC 8693 §4.1).
+    ``actor``: the act claim of a token exchange (RFC 8693 §4.1), whose access token
+    expires by ``not_after`` (the subject token's expiry) at the latest.
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
@@ -3491,6 +3591,8 @@ def issue_tokens(
         [r.access_token_lifetime for r in audience if r.access_token_lifetime is not None],
         default=srv.access_token_lifetime,
     )
+    if not_after is not None:
+        lifetime = max(1, min(lifetime, int(not_after - now)))
     uris = tuple(r.uri for r in audience)
     access = (
         jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor)

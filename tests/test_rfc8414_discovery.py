@@ -131,10 +131,25 @@ def client_credentials_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
     return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
 
 
+def token_exchange_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
+    """RFC 8693 §2.1: CONFIDENTIAL serves an API and may exchange its tokens for another."""
+    api, downstream = "https://api.example/", "https://downstream.example/"
+    srv.add_resource(api, scopes=["api:read"], client_id=CONFIDENTIAL)
+    srv.add_resource(downstream, scopes=["api:read"])
+    grants = [*srv.storage.get_client(CONFIDENTIAL).grant_types, codeflow.TOKEN_EXCHANGE]
+    srv.update_client(CONFIDENTIAL, grant_types=grants, token_exchange=[downstream])
+    subject = srv.issue_tokens(USERNAME, CONFIDENTIAL, "api:read", resource=api)
+    data = {"grant_type": codeflow.TOKEN_EXCHANGE, "subject_token": subject["access_token"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": downstream}  # fmt: skip
+    return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
+
+
 GRANT_EXERCISES: dict[str, Callable[[WSGIClient, codeflow.Server], Response]] = {
     "authorization_code": code_grant,
     "refresh_token": refresh_grant,
     "client_credentials": client_credentials_grant,
+    "urn:ietf:params:oauth:grant-type:token-exchange": token_exchange_grant,
 }
 
 
