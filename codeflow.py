@@ -434,7 +434,7 @@ AUDIT_EVENTS = (
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
-    "resource.added", "resource.removed", "token.exchanged",
+    "resource.added", "resource.changed", "resource.removed", "token.exchanged",
 )  # fmt: skip
 
 
@@ -1619,6 +1619,23 @@ class Server:
         check_resource(resource)
         self.storage.add_resource(resource)
         audit("resource.added", resource=uri)
+        return resource
+
+    def update_resource(self, uri: str, **changes: Any) -> Resource:
+        """Change some of a resource's settings (``scopes``, ``name``, ``access_token_jwt``,
+        ``access_token_lifetime``, ``introspection``, ``client_id``); the URI stays. Tokens
+        already issued keep what they were issued with."""
+        resource = self.storage.get_resource(uri)
+        if resource is None:
+            raise ValueError(f"no resource {uri!r}")
+        if "uri" in changes:
+            raise ValueError("a resource's uri cannot change: add a resource with the new one")
+        if "scopes" in changes:
+            changes["scopes"] = tuple(changes["scopes"])
+        resource = replace(resource, **changes)
+        check_resource(resource)
+        self.storage.add_resource(resource)
+        audit("resource.changed", resource=uri, changed=" ".join(sorted(changes)))
         return resource
 
     def list_resources(self) -> list[Resource]:
@@ -6818,19 +6835,22 @@ def _parser() -> argparse.ArgumentParser:
         "resource", help="manage resources: the APIs tokens are for (RFC 8707)"
     ).add_subparsers(dest="action", required=True)
     add = command(resource, "add", resource_add, "register a resource (an API)")
-    add.add_argument("uri", help="its resource indicator: an absolute URI without fragment")
-    add.add_argument("--scope", action="append", dest="scopes",
-                     help="a scope it defines (repeatable)")
-    add.add_argument("--name", help="the name users see on the consent page")
-    add.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
-                     help="RFC 9068 JWT access tokens (the default) or opaque ones")
-    add.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
-                     help="how long its access tokens live (default: the server's)")
-    add.add_argument("--client", metavar="CLIENT_ID",
-                     help="the confidential client its server authenticates as")
-    add.add_argument("--introspection", action=argparse.BooleanOptionalAction,
-                     help="whether that client may introspect its tokens (default: yes)")
     replace_flag(add, "resource")
+    update = command(resource, "update", resource_update, "change a resource's settings")
+    for cmd in (add, update):
+        cmd.add_argument("uri", help="its resource indicator: an absolute URI, no fragment")
+        cmd.add_argument("--scope", action="append", dest="scopes",
+                         help="a scope it defines (repeatable; update: replaces the list)")
+        cmd.add_argument("--name", help="the name users see on the consent page")
+        cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
+                         help="RFC 9068 JWT access tokens (the default) or opaque ones")
+        cmd.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
+                         help="how long its access tokens live (default: the server's)")
+        cmd.add_argument("--client", metavar="CLIENT_ID",
+                         help="the confidential client its server authenticates as "
+                         "(update: '' removes it)")
+        cmd.add_argument("--introspection", action=argparse.BooleanOptionalAction,
+                         help="whether that client may introspect its tokens (default: yes)")
     command(resource, "list", resource_list, "list resources")
     command(resource, "remove", resource_remove, "remove a resource").add_argument("uri")
 
@@ -6988,6 +7008,26 @@ def resource_add(srv: Server, args: argparse.Namespace) -> None:
     print(f"resource: {args.uri}")
 
 
+def resource_update(srv: Server, args: argparse.Namespace) -> None:
+    resource = srv.storage.get_resource(args.uri)
+    if resource is None:
+        raise ValueError(f"no resource {args.uri!r}")
+    refuse_declared(resource)
+    given = {
+        "scopes": args.scopes,
+        "name": args.name,
+        "access_token_jwt": args.jwt_access_tokens,
+        "access_token_lifetime": args.access_token_lifetime,
+        "introspection": args.introspection,
+    }
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.client is not None:
+        changes["client_id"] = args.client or None  # '' removes it
+    if not changes:
+        raise ValueError("nothing to change: see `codeflow resource update --help`")
+    srv.update_resource(args.uri, **changes)
+
+
 def resource_list(srv: Server, args: argparse.Namespace) -> None:
     for r in srv.list_resources():
         kind = "jwt" if r.access_token_jwt else "opaque"
@@ -7062,7 +7102,8 @@ def grants_list(srv: Server, args: argparse.Namespace) -> None:
     for g in srv.list_grants(args.user, args.client):
         scopes, when = "-", "-"  # tokens issued without a consent page (auto-approve)
         if g.scopes is not None:
-            scopes = " ".join(sorted(g.scopes))
+            # A resource's scope is stored as "URI scope" (consent_scopes): shown scope@URI.
+            scopes = " ".join(sorted("@".join(reversed(s.split(" ", 1))) for s in g.scopes))
             # A consent stored before codeflow recorded consent times has none.
             when = "unknown" if g.consented_at is None else time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.consented_at)

@@ -428,7 +428,27 @@ def test_cli_resource_add_list_remove(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "absolute URI" in bad.stderr and "Traceback" not in bad.stderr
     listed = cli("resource", "list")
     assert listed.stdout.split("\t")[:4] == [API, "jwt", "API", "read write"]
+    changed = cli("resource", "update", API, "--scope", "read", "--no-jwt-access-tokens",
+                  "--client", "")  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert cli("resource", "list").stdout.strip().split("\t") == [API, "opaque", "API", "read", "-"]
+    nothing = cli("resource", "update", API)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
     assert cli("resource", "remove", API).returncode == 0
     assert cli("resource", "list").stdout == ""
     gone = cli("resource", "remove", API)
     assert gone.returncode == 2 and "no resource" in gone.stderr
+
+
+def test_grants_list_shows_an_apis_scopes_with_its_uri(
+    server: codeflow.Server, browser: WSGIClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`codeflow grants list`: consent to an API's scope is shown as scope@URI, so that one
+    API's read is told apart from another's."""
+    import argparse
+
+    code_for(browser, pairs(new_flow(CONFIDENTIAL, scope="openid read").params, API))
+    codeflow.grants_list(server, argparse.Namespace(user=None, client=None))
+    fields = capsys.readouterr().out.split("\t")
+    assert fields[:2] == [USERNAME, CONFIDENTIAL]
+    assert fields[2].split(" ") == [API, "openid", f"read@{API}"]

@@ -238,3 +238,14 @@ def test_a_login_state_kept_before_resources_still_reads() -> None:
     old = {"state": "s", "nonce": None, "code_verifier": "v" * 43,
            "redirect_uri": REDIRECT, "scope": "openid", "max_age": None}  # fmt: skip
     assert LoginState.from_dict(old).resource == ""
+
+
+def test_a_client_that_pins_its_server_refuses_a_resource_naming_another(idp: IdP) -> None:
+    """RFC 9728 §7 (security considerations): with ``issuer``, the resource must name
+    that server; the pinned one is used, another one refused."""
+    with api(idp) as (resource, _):
+        assert Client.for_resource(resource, CONFIDENTIAL, SECRET, REDIRECT,
+                                   issuer=idp.url).issuer == idp.url  # fmt: skip
+        with pytest.raises(DiscoveryError, match="does not name"):
+            Client.for_resource(resource, CONFIDENTIAL, SECRET, REDIRECT,
+                                issuer="https://trusted.example")  # fmt: skip
