@@ -2674,9 +2674,8 @@ def requested_resources(
     srv: Server, client: Client, params: dict[str, str]
 ) -> tuple[Resource, ...]:
     """RFC 8707 §2: the registered resources named by ``resource`` (one value of
-    space-separated URIs, as single_params keeps them). §2: "the authorization server
-    SHOULD return an error response (invalid_target)" for one it does not know or the
-    client may not ask for."""
+    space-separated URIs, as single_params keeps them); one the server does not know, or
+    the client may not ask for, is invalid_target."""
     return known_resources(srv.storage, split_scope(params.get("resource")), client)
 
 
@@ -3865,6 +3864,11 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
     client = srv.storage.get_client(token.client_id)
     if client is None:
         raise InvalidToken("The token's client no longer exists.")
+    # RFC 8707 §1: a token asked for a resource is for that resource alone, so that the
+    # API it was given to cannot use it here to read the user's claims. The client has
+    # them in its ID token; a token without resource is the one for userinfo.
+    if token.audience:
+        raise InvalidToken("The access token is for another resource (RFC 8707).")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)

@@ -452,3 +452,20 @@ def test_grants_list_shows_an_apis_scopes_with_its_uri(
     fields = capsys.readouterr().out.split("\t")
     assert fields[:2] == [USERNAME, CONFIDENTIAL]
     assert fields[2].split(" ") == [API, "openid", f"read@{API}"]
+
+
+def test_userinfo_refuses_a_token_for_a_resource(
+    server: codeflow.Server, browser: WSGIClient
+) -> None:
+    """RFC 8707 §1: a token for a resource is for it alone: the API it was given to cannot
+    read the user's claims at userinfo with it (RFC 6750 §3.1 invalid_token); a token
+    without resource still works there (OIDC Core §5.3)."""
+    flow = new_flow(CONFIDENTIAL, scope="openid profile read")
+    body = redeem(browser, flow, code_for(browser, pairs(flow.params, API))).json()
+    r = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert r.status == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert body["id_token"]  # the client has the user's claims there
+    flow = new_flow(CONFIDENTIAL, scope="openid profile")
+    body = redeem(browser, flow, code_for(browser, list(flow.params.items()))).json()
+    r = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert r.status == 200 and r.json()["name"] == "Alice"
