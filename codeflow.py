@@ -44,6 +44,7 @@ import getpass
 import hashlib
 import hmac
 import html
+import http.client
 import importlib
 import importlib.metadata
 import io
@@ -59,6 +60,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -1311,6 +1313,8 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        fetch_allowed_networks: Iterable[str] = (),
+        fetch_ca_file: str | None = None,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1350,6 +1354,18 @@ class Server:
                 "codeflow: password_hashing='fast': passwords and client secrets are hashed "
                 "for test suites, not with scrypt; never run this in production"
             )
+        # Outbound fetches of URLs others choose (see "Outbound fetches"): what they may
+        # reach besides public https hosts (test suites' loopback servers), and a cache.
+        self.fetch_policy = FetchPolicy(
+            proxy_networks(fetch_allowed_networks, "fetch_allowed_networks"), fetch_ca_file
+        )
+        if self.fetch_policy.allowed_networks:
+            log.warning(
+                "codeflow: outbound fetches may reach %s (fetch_allowed_networks); never "
+                "allow internal networks in production",
+                ", ".join(map(str, self.fetch_policy.allowed_networks)),
+            )
+        self.fetch_cache = FetchCache()
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -2321,6 +2337,360 @@ class SecretChecks:
         rest = [k for last, k in idle if last > now - refilled]
         for k in [*full, *rest][: len(self._budgets) - THROTTLE_ENTRIES * 9 // 10]:
             del self._budgets[k]
+
+
+###############################################################################
+# Outbound fetches: documents at URLs that others choose ######################
+###############################################################################
+
+# Some URLs the server fetches are chosen by whoever sends a request: a Client ID Metadata
+# Document's client_id, a client's jwks_uri. Fetched naively, such a URL makes this server
+# a proxy into the network it sits in (server-side request forgery: the cloud metadata
+# service at 169.254.169.254, an admin page on 10.0.0.5, the database on localhost), and
+# a host that answers slowly or endlessly ties up its threads and memory. So every such
+# fetch goes through fetch_json_document, and only through it:
+#
+# - https only, certificate verified, for the URL's own host name (SNI and Host);
+#   plain http only to a loopback address an operator allowed (fetch_allowed_networks,
+#   for test suites);
+# - the name is resolved once, and every address it resolves to must be public
+#   (``ipaddress``'s is_global: no private, loopback, link-local, multicast, reserved
+#   or unspecified address, nor an IPv6 address that embeds one: IPv4-mapped, NAT64,
+#   6to4, Teredo), unless the operator's fetch_allowed_networks lists it; then the
+#   connection goes to an address that was checked, never to the name again, so a DNS
+#   answer that changes between the check and the connection (DNS rebinding) is moot;
+# - no redirect is followed: a 3xx is an error. A document's identity is its URL (the
+#   Client ID Metadata Document's client_id must equal it), and each hop would be one
+#   more host to check; a publisher moves a document by publishing the new URL;
+# - at most max_bytes of body, and one deadline (FETCH_TIMEOUT) for the whole exchange,
+#   from resolving the name to the last byte: a host that drips a byte a second is cut
+#   off when it runs out, whatever the socket timeouts would allow;
+# - a 200 answer of content type application/json (or application/<x>+json), a JSON
+#   value; nothing else is parsed;
+# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
+#   slow hosts cannot hold every thread;
+# - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
+#   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
+#   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
+
+FETCH_TIMEOUT = 5.0  # seconds for a whole fetch: DNS, connect, TLS, headers, body
+FETCH_MAX_BYTES = 64 * 1024  # a client's metadata or JWKS is a few KiB
+FETCHES_AT_ONCE = 8
+FETCH_CACHE_DEFAULT = 300  # seconds a document without caching headers is reused
+FETCH_CACHE_MIN = 30  # max-age below this counts as this (a floor against refetch storms)
+FETCH_CACHE_MAX = 24 * 3600
+FETCH_CACHE_ENTRIES = 1000
+FETCH_URL_LENGTH = 2048
+FETCH_SLOTS = threading.BoundedSemaphore(FETCHES_AT_ONCE)
+# RFC 6052 §2.1: the NAT64 well-known prefix, whose low 32 bits are an IPv4 address.
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class FetchError(Exception):
+    """A document could not be fetched, or is not one we accept; ``description`` says
+    why in words fit for an error_description (no address is disclosed beyond the
+    URL's own host)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What outbound fetches may reach, beyond public addresses over https: the
+    networks (CIDR) the operator allows although they are not public, for test suites
+    (``fetch_allowed_networks``); plain http is allowed to loopback addresses among them.
+    ``ca_file``: certificates to trust besides the system's (a test suite's own CA)."""
+
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    ca_file: str | None = None
+
+    def allows(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed_networks)
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, where a router would deliver to it:
+    IPv4-mapped (RFC 4291 §2.5.5.2), NAT64 (RFC 6052), 6to4 (RFC 3056), Teredo's
+    server or client (RFC 4380)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def public_address(address: IPAddress) -> bool:
+    """Whether ``address`` is on the public Internet: not private, loopback, link-local,
+    multicast, reserved or unspecified (RFC 6890's special-purpose registries, as
+    ``ipaddress`` knows them), nor an IPv6 address that carries such an IPv4 address."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not public_address(inner):
+        return False
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+def resolve_checked(host: str, port: int, policy: FetchPolicy, deadline: float) -> list[IPAddress]:
+    """Resolve ``host`` once and return its addresses, each public or allowed by the
+    policy; FetchError if any is not (a name that resolves to one public and one private
+    address is refused whole: which one a connection would get is the resolver's say)."""
+    literal = ip_address_literal(host)
+    if literal is not None:
+        found = [literal]
+    else:
+        found = [ipaddress.ip_address(a) for a in resolve_within(host, port, deadline)]
+    if not found:
+        raise FetchError(f"{host} has no address.")
+    for address in found:
+        if not public_address(address) and not policy.allows(address):
+            raise FetchError(
+                f"{host} resolves to an address that is not public (private, loopback, "
+                "link-local or reserved); such addresses are never fetched."
+            )
+    return found
+
+
+def ip_address_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def resolve_within(host: str, port: int, deadline: float) -> list[str]:
+    """getaddrinfo has no timeout of its own: it runs in a thread waited for until the
+    deadline, after which the fetch gives up (the thread ends when the resolver does)."""
+    answer: list[str] = []
+    failed: list[str] = []
+
+    def run() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answer.extend(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
+        except (OSError, UnicodeError) as err:
+            failed.append(str(err))
+
+    resolver = threading.Thread(target=run, daemon=True)
+    resolver.start()
+    resolver.join(max(0.0, deadline - time.monotonic()))
+    if resolver.is_alive():
+        raise FetchError(f"Resolving {host} took too long.")
+    if failed:
+        raise FetchError(f"{host} could not be resolved.")
+    return answer
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTP(S) connection to ``address``, a checked address of ``host``: the socket goes
+    to the address, while the Host header, the TLS server name (SNI) and the certificate
+    check use the host name, as if the name had been resolved here."""
+
+    def __init__(
+        self, host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:  # fmt: skip
+        super().__init__(host, port, timeout=timeout, context=tls)
+        self.address = address
+        self.tls = tls
+        self.raw: socket.socket | None = None
+
+    def connect(self) -> None:
+        raw = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.raw = raw
+        self.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+
+    def cut(self) -> None:
+        """End the exchange from another thread (the deadline): a read in progress
+        returns at once."""
+        sock = self.sock
+        with contextlib.suppress(OSError):
+            if sock is not None:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def fetch_json_document(
+    srv: Server,
+    url: str,
+    *,
+    max_bytes: int = FETCH_MAX_BYTES,
+    hosts: Iterable[str] = (),
+    fresh: bool = False,
+) -> Any:
+    """GET the JSON document at ``url``, a URL that someone other than the operator chose,
+    with the defences listed above this function; the parsed JSON value, or FetchError
+    saying why not. ``hosts``: if any, the only host names that may be fetched (an
+    allowlist of trusted hosts). ``fresh``: skip the cache (a JWKS that lacks a new kid)."""
+    allowed = {h.lower().rstrip(".") for h in hosts}
+    parts = check_fetch_url(url)
+    host = cast(str, parts.hostname)
+    if allowed and host not in allowed:
+        raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
+    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    if cached is not None:
+        return cached.value
+    if not FETCH_SLOTS.acquire(timeout=1):
+        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    try:
+        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+    finally:
+        FETCH_SLOTS.release()
+    if lifetime > 0:
+        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+    return value
+
+
+def check_fetch_url(url: str) -> urllib.parse.SplitResult:
+    """An absolute http(s) URL with a host, no userinfo and no fragment, in ASCII."""
+    if len(url) > FETCH_URL_LENGTH or not url.isascii() or any(c in url for c in " \t\r\n\\"):
+        raise FetchError("The URL is too long, or has characters a URL may not have.")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        raise FetchError("The URL does not parse.") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise FetchError("The URL must be an absolute https URL.")
+    if "@" in parts.netloc or parts.fragment or "#" in url:
+        raise FetchError("The URL may not carry a username, password or fragment.")
+    return parts
+
+
+def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int) -> tuple[Any, int]:
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    host = cast(str, parts.hostname)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = resolve_checked(host, port, policy, deadline)
+    if parts.scheme == "http" and not all(a.is_loopback and policy.allows(a) for a in addresses):
+        raise FetchError("The URL must be an https URL.")
+    tls = None
+    if parts.scheme == "https":
+        tls = ssl.create_default_context(cafile=policy.ca_file)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    last_error = "it could not be reached"
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        connection = _PinnedConnection(host, port, address, tls, remaining)
+        # The deadline holds for the whole exchange: at it, the socket is shut, and the
+        # read under way (headers or body, however slowly they drip) fails.
+        timer = threading.Timer(remaining, connection.cut)
+        timer.start()
+        response = None
+        try:
+            connection.request("GET", target, headers={
+                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+                "Accept-Encoding": "identity",
+            })  # fmt: skip
+            response = connection.getresponse()
+            return _read_document(host, response, max_bytes, deadline)
+        except ssl.SSLCertVerificationError:
+            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() >= deadline:
+                raise FetchError(
+                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+                ) from None
+            last_error = "it did not answer"
+        finally:
+            timer.cancel()
+            if response is not None:
+                response.close()  # it owns the socket once the connection handed it over
+            connection.close()
+    raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+def _read_document(
+    host: str, response: http.client.HTTPResponse, max_bytes: int, deadline: float
+) -> tuple[Any, int]:
+    if 300 <= response.status < 400:
+        raise FetchError(f"{host} answered with a redirect (HTTP {response.status}); "
+                         "redirects are not followed: use the document's own URL.")  # fmt: skip
+    if response.status != 200:
+        raise FetchError(f"{host} answered HTTP {response.status} instead of the document.")
+    ctype = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not re.fullmatch(r"application/[\w.+-]+\+json", ctype):
+        what = ctype[:60] or "no content type"
+        raise FetchError(f"{host} answered {what}, not application/json.")
+    length = response.getheader("Content-Length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    body = bytearray()
+    while len(body) <= max_bytes:
+        chunk = response.read1(16 * 1024)
+        if not chunk:
+            break
+        body += chunk
+    # A read cut at the deadline (see _fetch) ends like the body's end: tell them apart.
+    if time.monotonic() >= deadline:
+        raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+    if len(body) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise FetchError(f"The document at {host} is not JSON.") from None
+    return value, cache_lifetime(response.getheader("Cache-Control"))
+
+
+def cache_lifetime(cache_control: str | None) -> int:
+    """RFC 9111 §5.2.2: the seconds a response may be reused: none for no-store or no-cache
+    (§5.2.2.5, §5.2.2.4), max-age (§5.2.2.1) within FETCH_CACHE_MIN..FETCH_CACHE_MAX, and
+    FETCH_CACHE_DEFAULT without either."""
+    lifetime = FETCH_CACHE_DEFAULT
+    for directive in (cache_control or "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in ("no-store", "no-cache"):
+            return 0
+        if name == "max-age" and value.strip('"').isdigit():
+            lifetime = min(max(int(value.strip('"')), FETCH_CACHE_MIN), FETCH_CACHE_MAX)
+    return lifetime
+
+
+@dataclass(frozen=True)
+class Cached:
+    value: Any
+    expires_at: float
+
+
+class FetchCache:
+    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
+    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
+    the caller must not change."""
+
+    def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, Cached] = {}
+        self._limit = entries
+
+    def get(self, url: str, now: float) -> Cached | None:
+        with self._lock:
+            cached = self._entries.get(url)
+            if cached is not None and cached.expires_at <= now:
+                del self._entries[url]
+                return None
+            return cached
+
+    def put(self, url: str, value: Any, expires_at: float) -> None:
+        with self._lock:
+            self._entries[url] = Cached(value, expires_at)
+            if len(self._entries) > self._limit:
+                first = min(self._entries, key=lambda u: self._entries[u].expires_at)
+                del self._entries[first]
+
+    def forget(self, url: str) -> None:
+        with self._lock:
+            self._entries.pop(url, None)
 
 
 ###############################################################################
@@ -4593,16 +4963,17 @@ TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 FORWARDED_PAIR = re.compile(rf'[ \t]*({TCHARS})=({TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(;|,|$)')
 
 
-def proxy_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
-    """The ``trusted_proxies`` setting: addresses or CIDR networks, checked at once."""
+def proxy_networks(
+    cidrs: Iterable[str] | str, setting: str = "trusted_proxies"
+) -> tuple[IPNetwork, ...]:
+    """The ``trusted_proxies`` setting (or another list of networks, ``setting``):
+    addresses or CIDR networks, checked at once."""
     networks = []
     for cidr in [cidrs] if isinstance(cidrs, str) else cidrs:
         try:
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"trusted_proxies: {cidr!r} is not an IP address or CIDR network"
-            ) from None
+            raise ValueError(f"{setting}: {cidr!r} is not an IP address or CIDR network") from None
     return tuple(networks)
 
 
