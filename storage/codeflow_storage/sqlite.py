@@ -279,6 +279,16 @@ def _v12_logout(db: sqlite_utils.Database) -> None:
         db.table(table).add_column("sid", str)
 
 
+def _v13_self_registration(db: sqlite_utils.Database) -> None:
+    """RFC 7591 / RFC 7592: how a client came to be ("" the operator's, "dynamic" it
+    registered itself), its registration access token's hash, and the metadata it
+    registered (JSON). Clients already stored are the operator's."""
+    clients = db.table("clients")
+    clients.add_column("registration", str, not_null_default="")
+    clients.add_column("registration_token_hash", str)
+    clients.add_column("registered_metadata", str, not_null_default="{}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -292,6 +302,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v10_claims_request,
     _v11_subjects,
     _v12_logout,
+    _v13_self_registration,
 ]
 
 
