@@ -1736,8 +1736,13 @@ def check_client(client: Client, *, public: bool) -> None:
     for uri in (*client.redirect_uris, *client.post_logout_redirect_uris):
         parts = urllib.parse.urlsplit(uri)
         # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
-        # "MUST NOT include a fragment component."
-        if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+        # "MUST NOT include a fragment component." A native app's private-use scheme has
+        # no authority (RFC 8252 §7.1: com.example.app:/oauth2redirect); a web URI has.
+        # (A "host:port/path" typed without a scheme parses as scheme "host": refused, as
+        # its path does not begin with "/".)
+        web = parts.scheme in ("http", "https")
+        rooted = bool(parts.netloc) or (not web and parts.path.startswith("/"))
+        if not parts.scheme or not rooted or parts.fragment or "#" in uri:
             raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
     unknown = set(client.grant_types) - set(GRANT_TYPES)
     if unknown:
@@ -2681,7 +2686,7 @@ def _read_document(
         raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
         raise FetchError(f"The document at {host} is not JSON.") from None
     return value, cache_lifetime(response.getheader("Cache-Control"))
 
@@ -3070,11 +3075,19 @@ def register_client(
         registration_token_hash=token_hash(access_token),
         **fields,
     )
-    check_client(client, public=client.public)
+    checked_registration(client)
     srv.storage.add_client(client)
     audit("client.registered", client=client_id, address=address, public=int(client.public),
           name=client.name or None)  # fmt: skip
     return client_information(srv, client, secret, access_token)
+
+
+def checked_registration(client: Client) -> None:
+    """The checks every client passes (check_client), as RFC 7591 §3.2.2 errors."""
+    try:
+        check_client(client, public=client.public)
+    except ValueError as err:
+        raise InvalidClientMetadata(str(err)) from None
 
 
 def client_information(
@@ -3100,7 +3113,7 @@ def json_object(body: bytes) -> dict[str, Any]:
     """RFC 7591 §3.1: the request is "a JSON document" whose top level is an object."""
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
         raise InvalidClientMetadata("The request body is not JSON (RFC 7591 3.1).") from None
     if not isinstance(value, dict):
         raise InvalidClientMetadata("The client metadata must be a JSON object.")
@@ -3159,7 +3172,7 @@ def update_registration(
     if secret is not None:
         secret_hash = hash_password(secret, hashing=srv.password_hashing)
     updated = replace(client, secret_hash=secret_hash, **fields)
-    check_client(updated, public=updated.public)
+    checked_registration(updated)
     srv.storage.add_client(updated)
     audit("client.registration_changed", client=client_id, address=address)
     return client_information(srv, updated, secret, None)

@@ -35,6 +35,14 @@ LOOPBACK = ["127.0.0.0/8"]
 REDIRECT = "http://127.0.0.1:9000/callback"
 
 
+def get(url: str, **options: Any) -> requests.Response:
+    return requests.get(url, timeout=10, **options)
+
+
+def post(url: str, **options: Any) -> requests.Response:
+    return requests.post(url, timeout=10, **options)
+
+
 @pytest.fixture
 def host() -> Iterator[DocumentHost]:
     with document_host() as running:
@@ -75,7 +83,7 @@ def publish(host: DocumentHost, path: str = "/client.json", **members: Any) -> s
 
 def authorize_page(url: str, client_id: str, **overrides: str) -> requests.Response:
     flow = new_flow(client_id, redirect_uri=REDIRECT, **overrides)
-    return requests.get(url + "/authorize", params=flow.params, allow_redirects=False)
+    return get(url + "/authorize", params=flow.params, allow_redirects=False)
 
 
 def assert_refused_page(r: requests.Response, words: str) -> None:
@@ -102,7 +110,7 @@ def test_discovery_advertises_support_only_when_enabled(host: DocumentHost) -> N
     for enabled in (True, False):
         srv = codeflow.Server(client_id_metadata_documents=enabled)
         with srv.running() as url:
-            meta = requests.get(url + "/.well-known/oauth-authorization-server").json()
+            meta = get(url + "/.well-known/oauth-authorization-server").json()
         assert meta.get("client_id_metadata_document_supported") is (True if enabled else None)
 
 
@@ -129,21 +137,21 @@ def test_full_code_flow_with_pkce(live: tuple[codeflow.Server, str], host: Docum
     callback = query_of(r.headers["Location"])
     assert r.headers["Location"].startswith(REDIRECT)
     assert callback["state"] == flow.params["state"]
-    tokens = requests.post(url + "/token", data={
+    tokens = post(url + "/token", data={
         "grant_type": "authorization_code", "code": callback["code"], "client_id": client_id,
         "redirect_uri": REDIRECT, "code_verifier": flow.verifier,
     }).json()  # fmt: skip
     assert tokens["token_type"] == "Bearer", tokens
-    refreshed = requests.post(url + "/token", data={
+    refreshed = post(url + "/token", data={
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
         "client_id": client_id,
     }).json()  # fmt: skip
     assert "access_token" in refreshed, refreshed
-    info = requests.get(url + "/userinfo",
-                        headers={"Authorization": f"Bearer {refreshed['access_token']}"})  # fmt: skip
+    bearer = {"Authorization": f"Bearer {refreshed['access_token']}"}
+    info = get(url + "/userinfo", headers=bearer)
     assert info.status_code == 200 and info.json()["sub"] == USERNAME
     srv.add_client("api", client_secret="api-secret")
-    active = requests.post(url + "/introspect", data={"token": refreshed["access_token"]},
+    active = post(url + "/introspect", data={"token": refreshed["access_token"]},
                            auth=("api", "api-secret")).json()  # fmt: skip
     assert active["active"] is True and active["client_id"] == client_id
     # Nothing of the client was stored: the document is its registration.
@@ -156,22 +164,22 @@ def test_secret_refused_at_the_token_endpoint(
     """CIMD §4.1: a document client shares no secret; one sent is refused (RFC 6749 §5.2)."""
     _, url = live
     client_id = publish(host)
-    r = requests.post(url + "/token", data={"grant_type": "authorization_code", "code": "x"},
+    r = post(url + "/token", data={"grant_type": "authorization_code", "code": "x"},
                       auth=(client_id, "a-secret"))  # fmt: skip
     assert (r.status_code, r.json()["error"]) == (401, "invalid_client")
 
 
 def test_loopback_redirect_any_port_for_native_clients(host: DocumentHost) -> None:
     """RFC 8252 §7.3: a loopback redirect URI listed without a port matches any port."""
-    for srv, url in serve(auto_approve=USERNAME):
+    for _, url in serve(auto_approve=USERNAME):
         client_id = publish(host, redirect_uris=["http://127.0.0.1/callback"],
                             application_type="native")  # fmt: skip
         flow = new_flow(client_id, redirect_uri="http://127.0.0.1:51234/callback")
-        r = requests.get(url + "/authorize", params=flow.params, allow_redirects=False)
+        r = get(url + "/authorize", params=flow.params, allow_redirects=False)
         assert r.status_code == 302, r.text
         assert r.headers["Location"].startswith("http://127.0.0.1:51234/callback?code=")
         flow = new_flow(client_id, redirect_uri="http://127.0.0.1:51234/other")
-        assert_refused_page(requests.get(url + "/authorize", params=flow.params,
+        assert_refused_page(get(url + "/authorize", params=flow.params,
                                          allow_redirects=False), "not registered")  # fmt: skip
 
 
@@ -308,10 +316,10 @@ def test_document_gone_refused_at_the_token_endpoint(host: DocumentHost) -> None
     for _, url in serve(auto_approve=USERNAME):
         client_id = publish(host, _headers={"Cache-Control": "no-store"})
         flow = new_flow(client_id, redirect_uri=REDIRECT)
-        r = requests.get(url + "/authorize", params=flow.params, allow_redirects=False)
+        r = get(url + "/authorize", params=flow.params, allow_redirects=False)
         code = query_of(r.headers["Location"])["code"]
         del host.routes["/client.json"]
-        r = requests.post(url + "/token", data={
+        r = post(url + "/token", data={
             "grant_type": "authorization_code", "code": code, "client_id": client_id,
             "redirect_uri": REDIRECT, "code_verifier": flow.verifier,
         })  # fmt: skip

@@ -207,6 +207,13 @@ def test_body_that_is_not_json_refused(host: DocumentHost) -> None:
     assert "not JSON" in refused(server(fetch_allowed_networks=LOOPBACK), host.url("/bad"))
 
 
+def test_deeply_nested_json_refused(host: DocumentHost) -> None:
+    """A small document nested 50,000 deep (which overflows json's recursion) is refused
+    like any other that is not JSON, not an error of the server."""
+    host.routes["/deep"] = json_body(b"[" * 50_000, ctype="application/json")
+    assert "not JSON" in refused(server(fetch_allowed_networks=LOOPBACK), host.url("/deep"))
+
+
 def test_error_status_refused(host: DocumentHost) -> None:
     assert "HTTP 404" in refused(server(fetch_allowed_networks=LOOPBACK), host.url("/none"))
 
