@@ -334,3 +334,18 @@ def test_registered_client_wins_over_a_document(host: DocumentHost) -> None:
         srv.add_client(client_id, redirect_uris=[REDIRECT])
         assert authorize_page(url, client_id).status_code == 302
     assert host.hits == {}
+
+
+def test_fixture_enables_self_registration_in_one_line(
+    codeflow_factory: Any, host: DocumentHost
+) -> None:
+    """The pytest plugin: ``codeflow_factory(live=True, self_registration=True)`` accepts
+    documents served on 127.0.0.1 and RFC 7591 registration, for MCP client authors."""
+    live = codeflow_factory(live=True, self_registration=True, auto_approve="alice")
+    meta = get(live.url + "/.well-known/oauth-authorization-server").json()
+    assert meta["client_id_metadata_document_supported"] is True
+    assert meta["registration_endpoint"] == live.url + "/register"
+    r = authorize_page(live.url, publish(host))
+    assert r.status_code == 302 and "code=" in r.headers["Location"], r.text
+    assert post(live.url + "/register", json={"redirect_uris": [REDIRECT],
+                                              "token_endpoint_auth_method": "none"}).ok
