@@ -2587,7 +2587,10 @@ def fetch_json_document(
     host = cast(str, parts.hostname)
     if allowed and host not in allowed:
         raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
-    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    # One entry per URL and size limit: a document cached for a caller that allows more
+    # bytes is not handed to one that allows fewer.
+    key = f"{max_bytes} {url}"
+    cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
     if not FETCH_SLOTS.acquire(timeout=1):
@@ -2597,7 +2600,7 @@ def fetch_json_document(
     finally:
         FETCH_SLOTS.release()
     if lifetime > 0:
-        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
     return value
 
 
@@ -2716,9 +2719,9 @@ class Cached:
 
 
 class FetchCache:
-    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
-    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
-    the caller must not change."""
+    """Fetched documents by URL (and size limit), until their HTTP lifetime ends
+    (cache_lifetime); at most FETCH_CACHE_ENTRIES, the one that expires first going first.
+    Values are JSON values the caller must not change."""
 
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
@@ -2740,9 +2743,6 @@ class FetchCache:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
 
-    def forget(self, url: str) -> None:
-        with self._lock:
-            self._entries.pop(url, None)
 
 
 ###############################################################################
