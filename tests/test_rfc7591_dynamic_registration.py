@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from conftest import (
@@ -343,6 +345,32 @@ def test_registered_scope_does_not_cap_later_requests(srv: codeflow.Server, wc: 
                     scope="openid profile email")  # fmt: skip
     r = wc.get("/authorize", params=flow.params)
     assert r.status == 302 and "code=" in r.headers["location"], r.text
+
+
+def test_registered_client_reaches_a_resource_beyond_its_registered_scope(
+    srv: codeflow.Server, wc: WSGIClient
+) -> None:
+    """RFC 8707 §2.1 with RFC 7591 §2 scope: a client registered with scope "openid" asks
+    for a resource's scope with ``resource`` (step-up within the resource's scopes); the
+    access token is for that resource, with that scope."""
+    srv.add_resource("https://mcp.example/mcp", scopes=["mcp:tools"])
+    body = register(wc, {**NATIVE, "scope": "openid"}).json()
+    srv.auto_approve = USERNAME
+    redirect = "http://127.0.0.1:4000/callback"
+    flow = new_flow(body["client_id"], redirect_uri=redirect, scope="mcp:tools",
+                    resource="https://mcp.example/mcp")  # fmt: skip
+    r = wc.get("/authorize", params=flow.params)
+    assert r.status == 302, r.text
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.headers["location"]).query))["code"]
+    tokens = wc.post("/token", {
+        "grant_type": "authorization_code", "code": code, "client_id": body["client_id"],
+        "redirect_uri": redirect, "code_verifier": flow.verifier,
+        "resource": "https://mcp.example/mcp",
+    }).json()  # fmt: skip
+    assert tokens["scope"] == "mcp:tools", tokens
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == "https://mcp.example/mcp"
+    assert claims["client_id"] == body["client_id"]
 
 
 def test_consent_marks_a_registered_client_unverified() -> None:
