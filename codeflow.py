@@ -6024,8 +6024,9 @@ def cors_origins(client: Client) -> frozenset[str]:
 
 def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
     """Whether ``origin`` may read an answer about ``client_id``; about no known client
-    (a preflight, an unknown token), whether any registered client allows it."""
-    client = srv.storage.get_client(client_id) if client_id else None
+    (a preflight, an unknown token), whether any registered client allows it. A client of
+    a metadata document is known by its document (cached since the request fetched it)."""
+    client = find_client(srv, client_id, quiet=True) if client_id else None
     if client is not None:
         return origin in cors_origins(client)
     return any(origin in cors_origins(c) for c in srv.storage.list_clients())

@@ -349,3 +349,23 @@ def test_fixture_enables_self_registration_in_one_line(
     assert r.status_code == 302 and "code=" in r.headers["Location"], r.text
     assert post(live.url + "/register", json={"redirect_uris": [REDIRECT],
                                               "token_endpoint_auth_method": "none"}).ok
+
+
+def test_browser_client_reads_the_token_answer_cors(host: DocumentHost) -> None:
+    """Fetch §3.2.3: a browser app identified by its document (a public client) may read
+    the token answer from the origin of its redirect URIs, as a registered one may."""
+    for _, url in serve(auto_approve=USERNAME):
+        client_id = publish(host, redirect_uris=["http://127.0.0.1:5173/callback"])
+        flow = new_flow(client_id, redirect_uri="http://127.0.0.1:5173/callback")
+        r = get(url + "/authorize", params=flow.params, allow_redirects=False)
+        code = query_of(r.headers["Location"])["code"]
+        r = post(url + "/token", data={
+            "grant_type": "authorization_code", "code": code, "client_id": client_id,
+            "redirect_uri": "http://127.0.0.1:5173/callback", "code_verifier": flow.verifier,
+        }, headers={"Origin": "http://127.0.0.1:5173"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:5173"
+        r = post(url + "/token", data={"grant_type": "refresh_token", "refresh_token": "x",
+                                       "client_id": client_id},
+                 headers={"Origin": "https://evil.example"})  # fmt: skip
+        assert "Access-Control-Allow-Origin" not in r.headers
