@@ -12,13 +12,17 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
-- CORS (the Fetch Standard) on the endpoints browser apps call.
+- CORS (the Fetch Standard) on the endpoints browser apps call;
+- RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
+  Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
+  enabled, with hardened fetches of the URLs clients name.
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
-state (sessions, signed forms, CSRF), throttling failed sign-ins, client authentication,
-PKCE, the authorization endpoint, login and consent, the token endpoint, OpenID Connect
-(keys, ID tokens, userinfo, logout), introspection/revocation/discovery; then the pages
+state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
+clients that register themselves, client authentication, PKCE, the authorization
+endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
 
@@ -2922,7 +2926,10 @@ def fetch_json_document(
     host = cast(str, parts.hostname)
     if allowed and host not in allowed:
         raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
-    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    # One entry per URL and size limit: a document cached for a caller that allows more
+    # bytes is not handed to one that allows fewer.
+    key = f"{max_bytes} {url}"
+    cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
     if not FETCH_SLOTS.acquire(timeout=1):
@@ -2932,7 +2939,7 @@ def fetch_json_document(
     finally:
         FETCH_SLOTS.release()
     if lifetime > 0:
-        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
     return value
 
 
@@ -3051,9 +3058,9 @@ class Cached:
 
 
 class FetchCache:
-    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
-    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
-    the caller must not change."""
+    """Fetched documents by URL (and size limit), until their HTTP lifetime ends
+    (cache_lifetime); at most FETCH_CACHE_ENTRIES, the one that expires first going first.
+    Values are JSON values the caller must not change."""
 
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
@@ -3075,9 +3082,6 @@ class FetchCache:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
 
-    def forget(self, url: str) -> None:
-        with self._lock:
-            self._entries.pop(url, None)
 
 
 ###############################################################################
@@ -6826,8 +6830,9 @@ def cors_origins(client: Client) -> frozenset[str]:
 
 def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
     """Whether ``origin`` may read an answer about ``client_id``; about no known client
-    (a preflight, an unknown token), whether any registered client allows it."""
-    client = srv.storage.get_client(client_id) if client_id else None
+    (a preflight, an unknown token), whether any registered client allows it. A client of
+    a metadata document is known by its document (cached since the request fetched it)."""
+    client = find_client(srv, client_id, quiet=True) if client_id else None
     if client is not None:
         return origin in cors_origins(client)
     return any(origin in cors_origins(c) for c in srv.storage.list_clients())
@@ -8439,6 +8444,36 @@ def _parser() -> argparse.ArgumentParser:
         "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
         help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
     )  # fmt: skip
+    # Clients that register themselves (RFC 7591; Client ID Metadata Documents): off unless
+    # asked for. Each option has a config-file key of the same name (underscores).
+    serve_cmd.add_argument(
+        "--registration", choices=REGISTRATION_POLICIES,
+        help="RFC 7591 dynamic client registration: off (default), open, or token (an "
+        "initial access token, --registration-token or registration_tokens in --config)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--registration-token", action="append", default=[], dest="registration_tokens",
+        metavar="TOKEN", help="an initial access token for --registration token (repeatable; "
+        "prefer the config file: a command line is visible to other users)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-documents", action="store_true", default=None,
+        help="accept https client_ids whose metadata document the server fetches",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-host", action="append", default=[], metavar="HOST",
+        dest="client_id_metadata_hosts",
+        help="fetch client metadata documents only from this host (repeatable)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-allow-network", action="append", default=[], metavar="CIDR",
+        dest="fetch_allowed_networks",
+        help="a network the server may fetch documents from though not public, http on "
+        "loopback (repeatable; test suites: 127.0.0.0/8; never an internal network)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-ca-file", metavar="PATH", help="a CA file to trust when fetching documents"
+    )
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -8856,6 +8891,29 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def self_registration_options(
+    args: argparse.Namespace, config: dict[str, Any], parser: argparse.ArgumentParser
+) -> dict[str, Any]:
+    """The Server options of clients that register themselves, from the command line or
+    else the config file (keys named as the options)."""
+    options: dict[str, Any] = {}
+    lists = ("registration_tokens", "client_id_metadata_hosts", "fetch_allowed_networks")
+    for key in lists:
+        value = getattr(args, key) or config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            parser.error(f"bad config: {key} must be a list of strings")
+        options[key] = value
+    for key, kind in (("registration", str), ("client_id_metadata_documents", bool),
+                      ("fetch_ca_file", str)):  # fmt: skip
+        value = getattr(args, key)
+        value = config.get(key) if value is None else value
+        if value is not None and not isinstance(value, kind):
+            parser.error(f"bad config: {key} must be a {kind.__name__}")
+        if value is not None:
+            options[key] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``codeflow`` command: a thin layer over Server and its storage."""
     parser = _parser()
@@ -8890,11 +8948,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
+    registering = self_registration_options(args, config, parser)
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
                      trusted_proxies=proxies,
-                     password_hashing=args.password_hashing)  # fmt: skip
+                     password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
     try:
@@ -8915,6 +8974,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_hashing == "fast":  # noqa: S105 -- a mode, not a password
         print("WARNING: --password-hashing fast: passwords and client secrets get test-only "
               "hashes, which a server without it refuses.")  # fmt: skip
+    if srv.registration != "off":
+        print(f"Registration ({srv.registration}): {srv.issuer}{REGISTRATION_PATH} (RFC 7591).")
+    if srv.fetch_policy.allowed_networks:
+        print("WARNING: --fetch-allow-network: the server fetches documents from "
+              f"{', '.join(map(str, srv.fetch_policy.allowed_networks))} for anyone who "
+              "names them; never an internal network in production.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():
