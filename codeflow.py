@@ -5839,6 +5839,13 @@ cannot continue to {app} this way.</p>
 ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
 
 
+def consent_label(item: str) -> str:
+    """A stored consent item (consent_scopes) as people read it: a scope in words, an API
+    by its URI, an API's scope as "scope at URI"."""
+    uri, _, scope = item.partition(" ")
+    return f"{scope} at {uri}" if scope else SCOPE_WORDS.get(item, item)
+
+
 def consent_items(areq: AuthorizationRequest, items: Iterable[str]) -> str:
     """The list items of consent_scopes ``items``: each plain scope in words; each API
     (RFC 8707 resource) the app will reach, by name and URI, with its scopes under it."""
@@ -6128,7 +6135,7 @@ You have <strong>{left}</strong> unused recovery code{"s" * (left != 1)}.</p>
     for grant in srv.list_grants(user.username):
         client = srv.storage.get_client(grant.client_id)
         label = client_label(client) if client else esc(grant.client_id)
-        scopes = ", ".join(esc(SCOPE_WORDS.get(s, s)) for s in sorted(grant.scopes or ()))
+        scopes = ", ".join(esc(consent_label(s)) for s in sorted(grant.scopes or ()))
         allowed = f"Allowed: {scopes}. " if scopes else ""
         since = f"Since {when(grant.consented_at)}." if grant.consented_at else (
             "Signed in without a consent page."

@@ -469,3 +469,14 @@ def test_userinfo_refuses_a_token_for_a_resource(
     body = redeem(browser, flow, code_for(browser, list(flow.params.items()))).json()
     r = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert r.status == 200 and r.json()["name"] == "Alice"
+
+
+def test_the_account_page_names_an_apis_scope_with_its_uri(server: codeflow.Server) -> None:
+    """The connected apps of /account: consent to an API's scope reads "read at URI", not
+    the stored item (RFC 8707: scopes are the resource's)."""
+    from test_account import account, signed_in
+
+    browser = signed_in(server)
+    code_for(browser, pairs(new_flow(CONFIDENTIAL, scope="openid read").params, API))
+    page = account(browser).text
+    assert f"read at {API}" in page and f"{API} read" not in page
