@@ -391,3 +391,28 @@ def test_iss_appears_in_authorization_responses(wc: WSGIClient, metadata: dict[s
     assert success.get("code") and success.get("iss") == metadata["issuer"]
     failure = authorize(wc, response_type="token")
     assert failure.get("error") and failure.get("iss") == metadata["issuer"]
+
+
+def test_resource_indicators_are_advertised_and_honoured(
+    wc: WSGIClient, srv: codeflow.Server, metadata: dict[str, Any]
+) -> None:
+    """resource_indicators_supported (no RFC 8414 member exists for RFC 8707; RFC 8414 §2
+    allows additional ones, and this is the one MCP clients read) is true, and true to its
+    word: resource at the authorization and token endpoints makes the token's audience
+    (RFC 7662 §2.2 aud); an unknown one is invalid_target (RFC 8707 §2)."""
+    assert metadata["resource_indicators_supported"] is True
+    api = "https://api.example/"
+    srv.add_resource(api, scopes=["api:read"])
+    flow = new_flow(scope="api:read")
+    r = wc.get("/authorize", params=[*flow.params.items(), ("resource", api)])
+    code = query_of(r.location or "")["code"]
+    data = {"grant_type": "authorization_code", "code": code, "resource": api,
+            "redirect_uri": flow.params["redirect_uri"],
+            "code_verifier": flow.verifier}  # fmt: skip
+    token = wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET)).json()["access_token"]
+    info = wc.post(metadata["introspection_endpoint"].removeprefix(ISSUER), {"token": token},
+                   headers=basic(CONFIDENTIAL, SECRET)).json()  # fmt: skip
+    assert info["aud"] == api
+    unknown = wc.get("/authorize", params=[*new_flow().params.items(),
+                                           ("resource", "https://unknown.example/")])  # fmt: skip
+    assert query_of(unknown.location or "")["error"] == "invalid_target"
