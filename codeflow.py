@@ -92,6 +92,7 @@ __all__ = [
     "LoginSession",
     "MemoryStorage",
     "OAuthError",
+    "Passkey",
     "RemovedUser",
     "Resource",
     "Server",
@@ -449,7 +450,8 @@ AUDIT_EVENTS = (
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
-    "account.reauth_required",
+    "account.reauth_required", "passkey.registered", "passkey.removed", "passkey.used",
+    "passkey.failed",
 )  # fmt: skip
 
 
@@ -892,6 +894,26 @@ class LoginSession:
 
 
 @dataclass(frozen=True)
+class Passkey:
+    """A WebAuthn credential (WebAuthn Level 2 §6.4.1 credential record) a user registered on
+    the account page: its id and COSE public key (base64url), the signature counter last
+    seen (§6.1.1), a name the user chose, whether it may sign in without a password (it
+    verified the user, §6.2.3), and whether it is backed up (synced: a software key, amr
+    ``swk``; else ``hwk``, RFC 8176 §2)."""
+
+    credential_id: str
+    username: str
+    public_key: str
+    sign_count: int
+    name: str
+    created_at: float
+    last_used_at: float | None = None
+    passwordless: bool = False
+    backed_up: bool = False
+    transports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SigningKey:
     """A JWS signing key (RFC 7517). ``expires_at`` is None while the key signs; once a
     newer key takes over, it stays published until every token it signed has expired."""
@@ -964,8 +986,8 @@ class Storage(Protocol):
 
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         """Remove a user and, in the same transaction, everything of the user's: tokens,
-        unredeemed codes, consents, the TOTP steps used, recovery codes and login sessions,
-        so that nothing passes to a user added later under the same name (OIDC Core §2: a
+        unredeemed codes, consents, the TOTP steps used, recovery codes, passkeys and login
+        sessions, so that nothing passes to a user added later under the same name (OIDC Core §2: a
         sub is "never reassigned"). (Session cookies also carry a fingerprint that covers
         ``User.record_id``, which a new user of that name does not share.) The grants go even
         when the user is already gone. In the same transaction, a user that was there
@@ -1102,6 +1124,32 @@ class Storage(Protocol):
 
     def recovery_codes_left(self, username: str) -> int: ...
 
+    def save_passkey(self, passkey: Passkey) -> None:
+        """Store a passkey (a new one, or replace the one with its credential_id)."""
+        ...
+
+    def get_passkey(self, credential_id: str) -> Passkey | None: ...
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        """The user's passkeys, oldest first."""
+        ...
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        """Delete the passkey ``credential_id`` if it is the user's; True if it was."""
+        ...
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        """Atomically note a sign-in with the passkey: its new signature counter and when.
+        False, changing nothing, if the counter did not grow while either is not 0 (WebAuthn
+        §6.1.1: a signal that the authenticator may have been cloned), or if it is gone."""
+        ...
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        """Atomically remember until ``expires_at`` that a WebAuthn ceremony's challenge was
+        used; False if it was used before: of N concurrent callers, one gets True (WebAuthn
+        §13.4.3: challenges are single-use)."""
+        ...
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         """Atomically return the stored value of ``name``, storing ``candidate`` if none:
         processes sharing a store agree on one value (the cookie-signing key, say)."""
@@ -1121,8 +1169,8 @@ class Storage(Protocol):
         ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens, signing keys, ended-session records and login
-        sessions; return how many went."""
+        """Delete expired codes, tokens, signing keys, ended-session records, login
+        sessions and used WebAuthn challenges; return how many went."""
         ...
 
 
@@ -1150,6 +1198,8 @@ class MemoryStorage:
         self._keys: list[SigningKey] = []  # newest first
         self._login_sessions: dict[str, LoginSession] = {}
         self._recovery_codes: dict[str, set[str]] = {}
+        self._passkeys: dict[str, Passkey] = {}
+        self._used_challenges: dict[str, float] = {}  # challenge_hash -> until
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -1217,6 +1267,7 @@ class MemoryStorage:
             self._totp_steps.pop(username, None)
             self._recovery_codes.pop(username, None)
             self._drop_login_sessions(username)
+            self._passkeys = {k: p for k, p in self._passkeys.items() if p.username != username}
             user = self._users.pop(username, None)
             if user is None:
                 return False
@@ -1428,6 +1479,42 @@ class MemoryStorage:
     def recovery_codes_left(self, username: str) -> int:
         return len(self._recovery_codes.get(username, ()))
 
+    def save_passkey(self, passkey: Passkey) -> None:
+        with self._lock:
+            self._passkeys[passkey.credential_id] = passkey
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        return self._passkeys.get(credential_id)
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        found = [p for p in self._passkeys.values() if p.username == username]
+        return sorted(found, key=lambda p: (p.created_at, p.credential_id))
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or found.username != username:
+                return False
+            del self._passkeys[credential_id]
+            return True
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or ((sign_count or found.sign_count) and
+                                 sign_count <= found.sign_count):  # fmt: skip
+                return False
+            self._passkeys[credential_id] = replace(found, sign_count=sign_count,
+                                                    last_used_at=used_at)  # fmt: skip
+            return True
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        with self._lock:
+            if challenge_hash in self._used_challenges:
+                return False
+            self._used_challenges[challenge_hash] = expires_at
+            return True
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         with self._lock:
             return self._settings.setdefault(name, candidate)
@@ -1462,6 +1549,9 @@ class MemoryStorage:
             logins = [sid for sid, ls in self._login_sessions.items() if ls.expires_at <= now]
             for sid in logins:
                 del self._login_sessions[sid]
+            challenges = [h for h, until in self._used_challenges.items() if until <= now]
+            for h in challenges:
+                del self._used_challenges[h]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -1478,7 +1568,8 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(sessions) + len(logins) + len(codes) + len(used) + len(tokens)
+            return (len(keys) + len(sessions) + len(logins) + len(challenges) + len(codes)
+                    + len(used) + len(tokens))  # fmt: skip
 
 
 ###############################################################################
@@ -1538,7 +1629,8 @@ class Server:
     server in that mode accepts: see hash_password). Behind reverse proxies,
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
-    (see "The WSGI app").
+    (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
+    and login pages (see "Passkeys"), with the optional webauthn library.
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1572,6 +1664,7 @@ class Server:
         registration: RegistrationPolicy = "off",
         registration_tokens: Iterable[str] = (),
         max_registered_clients: int = MAX_REGISTERED_CLIENTS,
+        passkeys: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1586,6 +1679,9 @@ class Server:
         self.demo = demo
         # Reverse proxies whose forwarding headers give the client's address and scheme.
         self.trusted_proxies = proxy_networks(trusted_proxies)
+        # Passkeys (WebAuthn) on the account and login pages; they need the issuer's host to
+        # stay the same (it is their relying party ID) and the optional webauthn library.
+        self.passkeys = passkeys
         self.login_limiter = LoginLimiter(clock)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
@@ -4052,7 +4148,7 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The signed-in user is not the one the client asks for.")
         return login_page(srv, areq, browser, ANOTHER_ACCOUNT_ASKED)
-    if needs_second_factor(areq) and "otp" not in session.amr:
+    if needs_second_factor(areq) and "mfa" not in session.amr:
         return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(
         consent_scopes(areq)
@@ -4216,6 +4312,11 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return login_page(srv, areq, browser, PASSKEY_REFUSED)
+        return signed_in(srv, areq, found[0], browser, found[1])
     username = form.get("username", "")
     user, wait = check_password(srv, username, form.get("password", ""), browser,
                                 client=areq.client.client_id)  # fmt: skip
@@ -4225,7 +4326,7 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     if user is None:
         message = "Wrong username or password. Check both and try again."
         return login_page(srv, areq, browser, message, username=username)
-    if user.totp_secret:
+    if has_second_factor(srv, user):
         audit("second_factor.required", user=user.username, client=areq.client.client_id,
               address=browser.address)  # fmt: skip
         return otp_page(srv, areq, browser, user)
@@ -4266,6 +4367,9 @@ def check_password(
     return user, 0
 
 
+PASSKEY_REFUSED = "That passkey cannot sign you in. Try again, or use your password."
+
+
 def throttled_message(wait: int) -> str:
     return (
         "Too many failed sign-in attempts. For your safety, signing in is paused: "
@@ -4279,9 +4383,9 @@ def pending_sign_in(srv: Server, form: dict[str, str], browser: Browser) -> User
     sign-out everywhere) voids it (RFC 9700 §4.14.2 spirit)."""
     username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
     user = srv.storage.get_user(username) if username else None
-    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
+    if user is None or not has_second_factor(srv, user):
         return None
-    return user
+    return user if checked == credentials_fingerprint(user) else None
 
 
 def second_factor(
@@ -4296,6 +4400,11 @@ def second_factor(
             authorize_url(srv, areq.params),
             OTP_LIFETIME,
         )
+    if "credential" in form:
+        found = check_passkey(srv, form, browser, user)
+        if found is None:
+            return otp_page(srv, areq, browser, user, PASSKEY_REFUSED)
+        return signed_in(srv, areq, user, browser, found[1])
     amr, wait, message = check_second_factor(srv, user, form, browser,
                                              client=areq.client.client_id)  # fmt: skip
     if amr is None:
@@ -4564,11 +4673,21 @@ def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redire
         if user is None:
             raise FormExpired("This sign-in has expired. Start signing in again.",
                               account_url(srv, "/login"), OTP_LIFETIME)  # fmt: skip
+        if "credential" in form:
+            found = check_passkey(srv, form, browser, user)
+            if found is None:
+                return account_otp_page(srv, browser, user, PASSKEY_REFUSED)
+            return account_signed_in(srv, user, browser, found[1])
         amr, wait, message = check_second_factor(srv, user, form, browser)
         if amr is None:
             page = account_otp_page(srv, browser, user, message, 429 if wait else 200)
             return replace(page, retry_after=wait)
         return account_signed_in(srv, user, browser, amr)
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return account_login_page(srv, browser, PASSKEY_REFUSED)
+        return account_signed_in(srv, found[0], browser, found[1])
     username = form.get("username", "")
     user, wait = check_password(srv, username, form.get("password", ""), browser)
     if wait:
@@ -4577,7 +4696,7 @@ def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redire
     if user is None:
         message = "Wrong username or password. Check both and try again."
         return account_login_page(srv, browser, message, username=username)
-    if user.totp_secret:
+    if has_second_factor(srv, user):
         audit("second_factor.required", user=user.username, address=browser.address)
         return account_otp_page(srv, browser, user)
     return account_signed_in(srv, user, browser, AMR_PASSWORD)
@@ -4748,7 +4867,254 @@ ACCOUNT_NOTICES = {
     "app": "The app's access was revoked. It must ask you again to get it back.",
     "session": "That session was signed out.",
     "sessions": "All your other sessions were signed out.",
+    "passkey": "The passkey was added.",
+    "passkey-removed": "The passkey was removed.",
 }
+
+
+###############################################################################
+# Passkeys: WebAuthn Level 2 ##################################################
+###############################################################################
+
+# Passkeys (README "Your account") are WebAuthn credentials, checked with the `webauthn`
+# library (the optional extra "passkeys"; without it, or without Server(passkeys=True), no
+# page offers them). A user registers one on the account page; then it is the second
+# factor after the password, and, where the user allowed it and the authenticator verified
+# the user (WebAuthn §6.2.3, a PIN or biometric), a sign-in of its own. The pages offer it
+# progressively: a button that only their one script (allowed by hash) shows, when the
+# browser has WebAuthn's JSON helpers; without JavaScript, the password form works as ever.
+#
+# Ceremonies are stateless until they end: the options carry a random challenge, and a
+# signed state binds it to this browser (its CSRF cookie's id), to the login session (or
+# the pending sign-in) it is for, and to its kind; the state expires with the form. The
+# challenge is used once (Storage.use_webauthn_challenge, WebAuthn §13.4.3). The relying
+# party ID is the issuer's host (WebAuthn §5.1.3: a registrable domain of the origin, so an
+# IP address cannot be one: passkeys need the issuer to be a name, such as localhost).
+
+PASSKEY_TIMEOUT = 5 * 60 * 1000  # WebAuthn §5.4 timeout, in milliseconds
+PASSKEY_NAME_LENGTH = 60
+
+
+def passkeys_offered(srv: Server) -> bool:
+    """Whether this server offers passkeys: asked for, and the library is there."""
+    if not srv.passkeys:
+        return False
+    try:
+        import webauthn  # noqa: F401 -- optional (extra "passkeys")
+    except ImportError:
+        return False
+    return True
+
+
+def rp_id(srv: Server) -> str:
+    """WebAuthn §5.1.3 / §13.4.9: the relying party ID, the issuer's host."""
+    return urllib.parse.urlsplit(srv.issuer).hostname or ""
+
+
+def ceremony_state(
+    srv: Server, browser: Browser, kind: str, challenge: bytes, username: str = ""
+) -> str:
+    """The signed state of a ceremony: its challenge, bound to this browser, its session
+    and ``kind`` ("create", "2fa" for ``username``'s pending sign-in, "signin")."""
+    sid = browser.session.sid if browser.session else ""
+    payload = {"c": b64url(challenge), "k": kind, "b": browser.csrf, "s": sid, "u": username}
+    return srv.signer.dumps(payload, "webauthn", FORM_LIFETIME)
+
+
+def ceremony_challenge(
+    srv: Server, form: dict[str, str], browser: Browser, kind: str, username: str = ""
+) -> bytes | None:
+    """The challenge of the form's ceremony, if its state was made for this browser,
+    session, kind (and user) and the challenge was not used before; else None."""
+    payload = srv.signer.loads(form.get("state"), "webauthn")
+    sid = browser.session.sid if browser.session else ""
+    if (
+        not payload
+        or payload.get("k") != kind
+        or not hmac.compare_digest(str(payload.get("b")), browser.csrf)
+        or (kind == "create" and payload.get("s") != sid)
+        or payload.get("u") != username
+    ):
+        return None
+    challenge = str(payload.get("c", ""))
+    if not srv.storage.use_webauthn_challenge(token_hash(challenge), float(payload["e"])):
+        return None
+    return base64.urlsafe_b64decode(challenge + "==")
+
+
+def user_handle(user: User) -> bytes:
+    """WebAuthn §14.6.1: a user handle that is no personal information: a hash of the
+    subject (credentials are found by their id here, never by this handle)."""
+    return hashlib.sha256(f"codeflow-user\0{user.subject}".encode()).digest()[:16]
+
+
+def registration_options(srv: Server, browser: Browser, user: User) -> tuple[str, str]:
+    """WebAuthn §5.4: the options to create a passkey for ``user`` (JSON), and its state.
+    A discoverable credential is preferred (it can sign in without a username), the
+    user's passkeys are excluded (§5.4.3: not registered twice)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    options = webauthn.generate_registration_options(
+        rp_id=rp_id(srv), rp_name=f"codeflow {rp_id(srv)}", user_name=user.username,
+        user_id=user_handle(user), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        authenticator_selection=structs.AuthenticatorSelectionCriteria(
+            resident_key=structs.ResidentKeyRequirement.PREFERRED,
+            user_verification=structs.UserVerificationRequirement.PREFERRED,
+        ),
+        exclude_credentials=descriptors(srv.storage.list_passkeys(user.username)),
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "create", challenge)
+    return webauthn.options_to_json(options), state
+
+
+def authentication_options(
+    srv: Server, browser: Browser, user: User | None = None
+) -> tuple[str, str]:
+    """WebAuthn §5.5: the options to sign in with a passkey, and the state. For ``user``'s
+    second factor, that user's passkeys; else (a sign-in without a password) any
+    discoverable one, with the user verified (§6.2.3)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    allowed = descriptors(srv.storage.list_passkeys(user.username)) if user else []
+    verification = (
+        structs.UserVerificationRequirement.PREFERRED if user
+        else structs.UserVerificationRequirement.REQUIRED
+    )  # fmt: skip
+    options = webauthn.generate_authentication_options(
+        rp_id=rp_id(srv), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        allow_credentials=allowed, user_verification=verification,
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "2fa" if user else "signin", challenge,
+                           user.username if user else "")  # fmt: skip
+    return webauthn.options_to_json(options), state
+
+
+def descriptors(passkeys: Iterable[Passkey]) -> list[Any]:
+    """WebAuthn §5.8.3: the credential descriptors of ``passkeys``."""
+    from webauthn.helpers import structs
+
+    return [
+        structs.PublicKeyCredentialDescriptor(
+            id=base64.urlsafe_b64decode(p.credential_id + "=="),
+            transports=[structs.AuthenticatorTransport(t) for t in p.transports
+                        if t in structs.AuthenticatorTransport._value2member_map_],
+        )
+        for p in passkeys
+    ]  # fmt: skip
+
+
+def credential_id_of(form: dict[str, str]) -> str:
+    """The ``id`` of the form's credential (WebAuthn §5.1, PublicKeyCredential.toJSON())."""
+    try:
+        credential = json.loads(form.get("credential", ""))
+    except ValueError:
+        return ""
+    found = credential.get("id") if isinstance(credential, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+def check_passkey(
+    srv: Server, form: dict[str, str], browser: Browser, user: User | None
+) -> tuple[User, tuple[str, ...]] | None:
+    """WebAuthn §7.2: verify the form's assertion: the second factor of ``user`` (its pending
+    sign-in), or without ``user`` a sign-in without a password, which needs a passkey the
+    user allowed for it and a verified user. Returns the user and the sign-in's amr (RFC
+    8176 §2: ``hwk`` for a key bound to its device, ``swk`` for a synced one; with the
+    password ``pwd`` and ``mfa``; alone ``user``, and ``mfa`` since the authenticator
+    verified the user), or None (audited passkey.failed)."""
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    kind, name = ("2fa", user.username) if user else ("signin", "")
+    challenge = ceremony_challenge(srv, form, browser, kind, name)
+    passkey = srv.storage.get_passkey(credential_id_of(form))
+    holder = srv.storage.get_user(passkey.username) if passkey else None
+    who = {"user": name or (passkey.username if passkey else None), "address": browser.address}
+    if (
+        challenge is None or passkey is None or holder is None
+        or (user is not None and holder.username != user.username)
+        or (user is None and not passkey.passwordless)
+    ):  # fmt: skip
+        audit("passkey.failed", **who)
+        return None
+    try:
+        verified = webauthn.verify_authentication_response(
+            credential=form["credential"], expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            credential_public_key=base64.urlsafe_b64decode(passkey.public_key + "=="),
+            credential_current_sign_count=passkey.sign_count,
+            require_user_verification=user is None,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        audit("passkey.failed", **who)
+        return None
+    if not srv.storage.record_passkey_use(passkey.credential_id, verified.new_sign_count,
+                                          srv.clock()):  # fmt: skip
+        audit("passkey.failed", **who, reason="sign_count")
+        return None
+    key = "swk" if passkey.backed_up else "hwk"
+    amr = ("pwd", key, "mfa") if user else (key, "user", "mfa")
+    audit("passkey.used", user=holder.username, address=browser.address, amr=" ".join(amr))
+    return holder, amr
+
+
+def change_passkeys(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/passkeys, after a recent sign-in: ``step=create`` registers the
+    form's new credential (WebAuthn §7.1), ``step=remove`` deletes the passkey
+    ``credential_id``."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if not passkeys_offered(srv):
+        raise InvalidRequest("This server does not offer passkeys.")
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "passkeys")
+    step = form.get("step")
+    if step == "remove":
+        if srv.storage.delete_passkey(session.username, form.get("credential_id", "")):
+            audit("passkey.removed", user=session.username, address=browser.address)
+        return Redirect(account_url(srv, done="passkey-removed"))
+    if step != "create":
+        raise InvalidRequest("step must be create or remove.")
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    challenge = ceremony_challenge(srv, form, browser, "create")
+    if challenge is None:
+        raise FormExpired("Open your account page and add the passkey again.", account_url(srv))
+    passwordless = form.get("passwordless") == "yes"
+    try:
+        verified = webauthn.verify_registration_response(
+            credential=form.get("credential", ""), expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            require_user_verification=passwordless,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        return account_overview(srv, browser, session, "That passkey could not be added: it "
+                                "did not verify you. Try again, or another one.", 400)  # fmt: skip
+    name = (form.get("name") or "Passkey").strip()[:PASSKEY_NAME_LENGTH] or "Passkey"
+    transports = json.loads(form["credential"]).get("response", {}).get("transports", [])
+    srv.storage.save_passkey(Passkey(
+        credential_id=b64url(verified.credential_id), username=session.username,
+        public_key=b64url(verified.credential_public_key), sign_count=verified.sign_count,
+        name=name, created_at=srv.clock(), passwordless=passwordless,
+        backed_up=verified.credential_backed_up,
+        transports=tuple(t for t in transports if isinstance(t, str))[:8],
+    ))  # fmt: skip
+    audit("passkey.registered", user=session.username, address=browser.address,
+          passwordless=int(passwordless))  # fmt: skip
+    return Redirect(account_url(srv, done="passkey"))
+
+
+def has_second_factor(srv: Server, user: User) -> bool:
+    """A TOTP app, or (where passkeys are offered) a passkey."""
+    return bool(user.totp_secret) or (
+        passkeys_offered(srv) and bool(srv.storage.list_passkeys(user.username))
+    )
 
 
 ###############################################################################
@@ -5668,6 +6034,8 @@ ul.items{list-style:none;padding:0}ul.items li{border-top:1px solid #d5d9e2;padd
 ul.codes{columns:2;font-size:1.05rem}figure.qr{background:#fff;padding:.75rem;margin:1rem 0;
 display:inline-block;border-radius:4px}figure.qr svg{width:12rem;height:12rem;display:block}
 summary{cursor:pointer;margin-top:1.5rem;color:#1f4fd1;font-weight:600}
+label.check{font-weight:400}label.check input{width:auto;margin:0 .5rem 0 0}
+[hidden]{display:none!important}
 .steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
 .steps-panel:has(.step:target) .step:not(:target){display:none}
 @media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
@@ -5780,6 +6148,83 @@ def _recovery_form(action: str, hidden: str, pending: str) -> str:
 </form></details>"""
 
 
+# The one script of pages that offer passkeys (allowed by its hash, CSP Level 3 §2.3.1):
+# it shows each passkey button only where the browser has WebAuthn and its JSON helpers
+# (WebAuthn Level 3 §5.1.9-§5.1.10), runs the ceremony on a click, and posts the form with
+# the credential as JSON. Without it the buttons stay hidden and the forms around them work.
+PASSKEY_SCRIPT = """for (const form of document.querySelectorAll("form[data-passkey]")) {
+  const PKC = window.PublicKeyCredential;
+  if (!PKC || !PKC.parseCreationOptionsFromJSON || !PKC.parseRequestOptionsFromJSON) continue;
+  const button = form.querySelector("[data-passkey-button]");
+  const status = form.querySelector("[data-passkey-status]");
+  button.hidden = false;
+  for (const note of document.querySelectorAll("[data-passkey-fallback]")) note.hidden = true;
+  button.addEventListener("click", async () => {
+    const options = JSON.parse(form.dataset.options);
+    try {
+      const credential = form.dataset.passkey === "create"
+        ? await navigator.credentials.create({publicKey: PKC.parseCreationOptionsFromJSON(options)})
+        : await navigator.credentials.get({publicKey: PKC.parseRequestOptionsFromJSON(options)});
+      form.elements.credential.value = JSON.stringify(credential.toJSON());
+      form.submit();
+    } catch (error) {
+      status.hidden = false;
+      status.textContent = "The passkey did not work (" + error.name + "). Try again.";
+    }
+  });
+}"""
+
+
+def _passkey_form(
+    action: str, hidden: str, kind: str, options: str, state: str, label: str, extra: str = ""
+) -> str:
+    """A form whose button (shown by PASSKEY_SCRIPT) runs a WebAuthn ceremony of ``kind``
+    ("create" or "get") with ``options`` and posts the credential with its ``state``."""
+    return f"""<form method="post" action="{action}" data-passkey="{kind}"
+ data-options="{esc(options)}">{hidden}<input type="hidden" name="state" value="{esc(state)}">
+<input type="hidden" name="credential" value="">{extra}
+<p class="error" role="alert" data-passkey-status hidden></p>
+<div class="actions"><button type="button" class="secondary" data-passkey-button hidden>{label}
+</button></div></form>"""
+
+
+def with_passkeys(page: Page, forms: str) -> Page:
+    """``page``, with the script that runs its passkey ``forms`` if it has any."""
+    return replace(page, script=PASSKEY_SCRIPT) if forms else page
+
+
+def passwordless_form(srv: Server, browser: Browser, action: str, hidden: str) -> str:
+    """The sign-in page's "Sign in with a passkey", where passkeys are offered."""
+    if not passkeys_offered(srv):
+        return ""
+    options, state = authentication_options(srv, browser)
+    return _passkey_form(action, hidden, "get", options, state, "Sign in with a passkey")
+
+
+def second_factor_forms(
+    srv: Server, browser: Browser, user: User, action: str, hidden: str, pending: str,
+    message: str,
+) -> tuple[str, str]:
+    """The second-factor step's forms: the TOTP code and a recovery code, for a user with an
+    app; and the user's passkeys (``second``, with its script)."""
+    forms = ""
+    if user.totp_secret:
+        forms = f"""<form method="post" action="{action}">{hidden}
+{_otp_field(pending, message)}
+<div class="actions"><button type="submit">Verify</button></div></form>
+{_recovery_form(action, hidden, pending)}"""
+    if not (passkeys_offered(srv) and srv.storage.list_passkeys(user.username)):
+        return forms, ""
+    options, state = authentication_options(srv, browser, user)
+    pending_field = f'<input type="hidden" name="pending" value="{esc(pending)}">'
+    fallback = "" if user.totp_secret else (
+        '<p class="muted" data-passkey-fallback>Confirming with a passkey needs JavaScript in '
+        "this browser.</p>"
+    )
+    return forms, fallback + _passkey_form(action, hidden + pending_field, "get", options, state,
+                                           "Use your passkey")  # fmt: skip
+
+
 def login_page(
     srv: Server,
     areq: AuthorizationRequest,
@@ -5789,12 +6234,14 @@ def login_page(
     username: str | None = None,
 ) -> Page:
     typed = username if username is not None else areq.login_hint or ""
+    hidden = _hidden_fields(srv, browser, areq.params)
     body = f"""{BRAND}<h1>Sign in</h1>
 <p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="login">{hidden}
 {_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
+    passkey = passwordless_form(srv, browser, "login", hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
 
 
 def otp_page(
@@ -5807,15 +6254,13 @@ def otp_page(
 ) -> Page:
     pending = srv.signer.pending(user, browser)
     hidden = _hidden_fields(srv, browser, areq.params)
-    body = f"""{BRAND}<h1>Enter your code</h1>
+    forms, passkey = second_factor_forms(srv, browser, user, "login", hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
 <p>Signing in as <strong>{esc(user.username)}</strong> to continue to
-<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
-<form method="post" action="login">{hidden}
-{_otp_field(pending, message)}
-<div class="actions"><button type="submit">Verify</button>
-<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>
-{_recovery_form("login", hidden, pending)}"""
-    return Page("Enter your code", body, status)
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}{forms}{passkey}
+<p><a href="{esc(authorize_url(srv, areq.params))}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
 
 
 SECOND_FACTOR_ASKED = "This app asks for your authentication code too. Sign in again."
@@ -6041,11 +6486,13 @@ def account_login_page(
         if reauth
         else "<p>to manage your account</p>"
     )
+    action, hidden = f"{ACCOUNT_PATH}/login", _account_hidden(srv, browser)
     body = f"""{BRAND}<h1>Sign in</h1>{intro}{_alert(message)}
-<form method="post" action="{ACCOUNT_PATH}/login">{_account_hidden(srv, browser)}
+<form method="post" action="{action}">{hidden}
 {_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
+    passkey = passwordless_form(srv, browser, action, hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
 
 
 def account_otp_page(
@@ -6054,14 +6501,12 @@ def account_otp_page(
     pending = srv.signer.pending(user, browser)
     hidden = _account_hidden(srv, browser)
     action = f"{ACCOUNT_PATH}/login"
-    body = f"""{BRAND}<h1>Enter your code</h1>
+    forms, passkey = second_factor_forms(srv, browser, user, action, hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
 <p>Signing in as <strong>{esc(user.username)}</strong> to manage your account.</p>
-{_alert(message)}<form method="post" action="{action}">{hidden}
-{_otp_field(pending, message)}
-<div class="actions"><button type="submit">Verify</button>
-<a href="{action}">Start over</a></div></form>
-{_recovery_form(action, hidden, pending)}"""
-    return Page("Enter your code", body, status)
+{_alert(message)}{forms}{passkey}<p><a href="{action}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
 
 
 def when(seconds: float | None) -> str:
@@ -6151,6 +6596,7 @@ access</button></form></li>""")
         else "<p>No app has access to your account.</p>"
     )
 
+    passkeys = passkeys_section(srv, browser, user, hidden)
     sessions = []
     for each in srv.storage.list_login_sessions(user.username, srv.clock()):
         this = each.sid == session.sid
@@ -6167,7 +6613,7 @@ from <code>{esc(each.address or "an unknown address")}</code>.</p>
 <a href="{LOGOUT_PATH}">Sign out</a></p>{done}{_alert(message)}
 {password}
 <section aria-labelledby="second-heading"><h2 id="second-heading">Two-factor sign-in</h2>
-{second}</section>
+{second}</section>{passkeys}
 <section aria-labelledby="apps-heading"><h2 id="apps-heading">Connected apps</h2>
 {apps_html}</section>
 <section aria-labelledby="sessions-heading"><h2 id="sessions-heading">Sessions</h2>
@@ -6175,7 +6621,40 @@ from <code>{esc(each.address or "an unknown address")}</code>.</p>
 <form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
 <div class="actions"><button type="submit" name="all" value="others" class="secondary">Sign
 out all other sessions</button></div></form></section></div>"""
-    return Page("Your account", body, status)
+    return with_passkeys(Page("Your account", body, status), passkeys)
+
+
+def passkeys_section(srv: Server, browser: Browser, user: User, hidden: str) -> str:
+    """The account page's passkeys (WebAuthn), where the server offers them: each with a
+    Remove button, and the form that adds one (its button needs JavaScript)."""
+    if not passkeys_offered(srv):
+        return ""
+    items = []
+    for passkey in srv.storage.list_passkeys(user.username):
+        name = esc(passkey.name)
+        used = f"last used {when(passkey.last_used_at)}" if passkey.last_used_at else "not used yet"
+        kind = "synced between your devices" if passkey.backed_up else "kept on one device"
+        alone = " It signs you in without a password too." if passkey.passwordless else ""
+        items.append(f"""<li><strong>{name}</strong>
+<p class="muted hint">Added {when(passkey.created_at)}, {used}; {kind}.{alone}</p>
+<form method="post" action="{ACCOUNT_PATH}/passkeys">{hidden}
+<input type="hidden" name="credential_id" value="{esc(passkey.credential_id)}">
+<button type="submit" name="step" value="remove" class="secondary"
+ aria-label="Remove the passkey {name}">Remove</button></form></li>""")
+    listed = f'<ul class="items">{"".join(items)}</ul>' if items else "<p>No passkeys yet.</p>"
+    options, state = registration_options(srv, browser, user)
+    extra = f"""<input type="hidden" name="step" value="create">
+<label for="passkey_name">Name of the new passkey</label>
+<input id="passkey_name" name="name" maxlength="{PASSKEY_NAME_LENGTH}" value="Passkey">
+<label class="check"><input type="checkbox" name="passwordless" value="yes"> Also sign in
+with it alone, without a password</label>"""
+    add = _passkey_form(f"{ACCOUNT_PATH}/passkeys", hidden, "create", options, state,
+                        "Add a passkey", extra)  # fmt: skip
+    return f"""<section aria-labelledby="passkeys-heading"><h2 id="passkeys-heading">Passkeys</h2>
+<p>A passkey confirms it is you with this device's screen lock or a security key. After
+your password it stands in for a code; it can also sign you in on its own.</p>{listed}
+<p class="muted" data-passkey-fallback>Adding a passkey needs JavaScript in this browser.</p>
+{add}</section>"""
 
 
 def totp_enrol_page(
@@ -7288,6 +7767,7 @@ ACCOUNT_FORMS: dict[str, AccountStep] = {
     "/recovery-codes": new_recovery_codes,
     "/apps": revoke_app,
     "/sessions": end_sessions,
+    "/passkeys": change_passkeys,
 }
 
 
@@ -8604,6 +9084,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--fetch-ca-file", metavar="PATH", help="a CA file to trust when fetching documents"
     )
+    serve_cmd.add_argument(
+        "--passkeys", action="store_true", default=None,
+        help="offer passkeys (WebAuthn) on the account and login pages (extra 'passkeys')",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -9099,6 +9583,9 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    passkeys = args.passkeys if args.passkeys is not None else config.get("passkeys", False)
+    if not isinstance(passkeys, bool):
+        parser.error("bad config: passkeys must be true or false")
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
@@ -9106,7 +9593,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies,
+                     trusted_proxies=proxies, passkeys=passkeys,
                      password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")

@@ -31,6 +31,7 @@ from codeflow import (
     Client,
     Grant,
     LoginSession,
+    Passkey,
     RemovedUser,
     Resource,
     SigningKey,
@@ -1052,4 +1053,71 @@ class TestAccountStorageContract:
         """16 threads present the same recovery code at once: exactly one gets in."""
         storage.set_recovery_codes("alice", ["h1"])
         results = race(lambda i: storage.consume_recovery_code("alice", "h1"))
+        assert results.count(True) == 1, results
+
+
+def a_passkey(credential_id: str = "cred-1", username: str = "alice", **fields: Any) -> Passkey:
+    values: dict[str, Any] = {
+        "credential_id": credential_id,
+        "username": username,
+        "public_key": "pQECAyYgASFYIA",
+        "sign_count": 0,
+        "name": "Laptop",
+        "created_at": NOW,
+        "transports": ("internal", "hybrid"),
+    }
+    values.update(fields)
+    return Passkey(**values)
+
+
+class TestPasskeyStorageContract:
+    """Passkeys (WebAuthn Level 2 §6.4.1 credential records) and single-use challenges."""
+
+    def test_passkeys_are_saved_listed_and_deleted_per_user(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_passkey(a_passkey("c1", passwordless=True, backed_up=True))
+        storage.save_passkey(a_passkey("c2", created_at=NOW + 1, last_used_at=NOW + 5))
+        storage.save_passkey(a_passkey("b1", username="bob"))
+        assert storage.get_passkey("c1") == a_passkey("c1", passwordless=True, backed_up=True)
+        assert [p.credential_id for p in storage.list_passkeys("alice")] == ["c1", "c2"]
+        assert storage.list_passkeys("alice")[1].last_used_at == NOW + 5
+        assert not storage.delete_passkey("alice", "b1")  # not alice's
+        assert storage.delete_passkey("alice", "c1")
+        assert not storage.delete_passkey("alice", "c1")
+        assert storage.get_passkey("c1") is None
+        assert storage.get_passkey("b1") is not None
+
+    def test_record_passkey_use_refuses_a_counter_that_did_not_grow(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """WebAuthn §6.1.1: a signature counter that does not grow (unless both are 0)
+        signals a cloned authenticator."""
+        storage.save_passkey(a_passkey("zero"))
+        assert storage.record_passkey_use("zero", 0, NOW + 1)
+        assert storage.get_passkey("zero").last_used_at == NOW + 1
+        storage.save_passkey(a_passkey("c1", sign_count=5))
+        assert not storage.record_passkey_use("c1", 5, NOW + 2)
+        assert not storage.record_passkey_use("c1", 3, NOW + 2)
+        assert not storage.record_passkey_use("c1", 0, NOW + 2)
+        assert storage.record_passkey_use("c1", 6, NOW + 3)
+        assert storage.get_passkey("c1").sign_count == 6
+        assert not storage.record_passkey_use("gone", 1, NOW)
+
+    def test_remove_user_deletes_passkeys(self, storage: codeflow.Storage) -> None:
+        storage.add_user(User("alice", "hash"))
+        storage.save_passkey(a_passkey("c1"))
+        assert storage.remove_user("alice", NOW)
+        assert storage.list_passkeys("alice") == []
+
+    def test_a_webauthn_challenge_is_used_once_until_purged(
+        self, storage: codeflow.Storage
+    ) -> None:
+        assert storage.use_webauthn_challenge("h1", NOW + 60)
+        assert not storage.use_webauthn_challenge("h1", NOW + 60)
+        assert storage.use_webauthn_challenge("h2", NOW + 60)
+        assert storage.purge_expired(NOW + 60) == 2
+
+    def test_use_webauthn_challenge_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        results = race(lambda i: storage.use_webauthn_challenge("h1", NOW + 60))
         assert results.count(True) == 1, results

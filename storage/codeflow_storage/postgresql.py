@@ -64,6 +64,7 @@ from codeflow import (
     Client,
     Grant,
     LoginSession,
+    Passkey,
     RemovedUser,
     Resource,
     SigningKey,
@@ -303,9 +304,33 @@ _V8_ACCOUNT = [
     )""",
 ]
 
+_V9_PASSKEYS = [
+    # Passkeys (WebAuthn Level 2 credential records, found by credential id and by user),
+    # and the WebAuthn challenges used, remembered until they expire (single-use). As in
+    # codeflow_storage.sqlite's migration 16.
+    """CREATE TABLE passkeys (
+        credential_id text PRIMARY KEY,
+        username text NOT NULL,
+        public_key text NOT NULL,
+        sign_count bigint NOT NULL,
+        name text NOT NULL,
+        created_at double precision NOT NULL,
+        last_used_at double precision,
+        passwordless boolean NOT NULL,
+        backed_up boolean NOT NULL,
+        transports text[] NOT NULL
+    )""",
+    "CREATE INDEX passkeys_by_user ON passkeys (username)",
+    """CREATE TABLE used_challenges (
+        challenge_hash text PRIMARY KEY,
+        until double precision NOT NULL
+    )""",
+    "CREATE INDEX used_challenges_by_expiry ON used_challenges (until)",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
-    _V7_SELF_REGISTRATION, _V8_ACCOUNT,
+    _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS,
 ]  # fmt: skip
 
 
@@ -384,6 +409,7 @@ _KEYS = _Rows(SigningKey, "signing_keys", "kid")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
 _RESOURCES = _Rows(Resource, "resources", "uri")
 _LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions", "sid")
+_PASSKEYS = _Rows(Passkey, "passkeys", "credential_id")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
@@ -432,6 +458,7 @@ _EXPIRING = [
     ("tokens", "expires_at"),
     ("ended_sessions", "until"),
     ("login_sessions", "expires_at"),
+    ("used_challenges", "until"),
     ("revoked_families", "until"),
 ]
 
@@ -532,7 +559,7 @@ class PostgreSQLStorage:
                 [schema],
             ).fetchall()
         for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES,
-                     _LOGIN_SESSIONS):
+                     _LOGIN_SESSIONS, _PASSKEYS):
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -728,6 +755,7 @@ class PostgreSQLStorage:
                     "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s), "
                     "recovery_gone AS (DELETE FROM recovery_codes WHERE username = %(name)s), "
                     "sessions_gone AS (DELETE FROM login_sessions WHERE username = %(name)s), "
+                    "passkeys_gone AS (DELETE FROM passkeys WHERE username = %(name)s), "
                     "gone AS (DELETE FROM users WHERE username = %(name)s "
                     "RETURNING username, subject) "
                     "INSERT INTO removed_users (username, subject, removed_at) "
@@ -986,6 +1014,45 @@ class PostgreSQLStorage:
         rows = self._rows("SELECT count(*) FROM recovery_codes WHERE username = %s", [username])
         count: int = rows[0][0]
         return count
+
+    def save_passkey(self, passkey: Passkey) -> None:
+        self._count(_PASSKEYS.upsert, _PASSKEYS.encode(passkey))
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        rows = self._rows(_PASSKEYS.select + " WHERE credential_id = %s", [credential_id])
+        return _PASSKEYS.decode(rows[0]) if rows else None
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        rows = self._rows(
+            _PASSKEYS.select + " WHERE username = %s ORDER BY created_at, credential_id",
+            [username],
+        )
+        return [_PASSKEYS.decode(row) for row in rows]
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        count = self._count(
+            "DELETE FROM passkeys WHERE username = %s AND credential_id = %s",
+            [username, credential_id],
+        )
+        return count == 1
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        # One statement: the counter checked and written together (WebAuthn §6.1.1).
+        count = self._count(
+            "UPDATE passkeys SET sign_count = %(count)s::bigint, last_used_at = %(at)s "
+            "WHERE credential_id = %(id)s AND ((%(count)s::bigint = 0 AND sign_count = 0) "
+            "OR %(count)s::bigint > sign_count)",
+            {"count": sign_count, "at": used_at, "id": credential_id},
+        )
+        return count == 1
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        count = self._count(
+            "INSERT INTO used_challenges (challenge_hash, until) VALUES (%s, %s) "
+            "ON CONFLICT (challenge_hash) DO NOTHING",
+            [challenge_hash, expires_at],
+        )
+        return count == 1
 
     # -- Settings and signing keys -----------------------------------------------------
 

@@ -42,6 +42,7 @@ from codeflow import (
     Client,
     Grant,
     LoginSession,
+    Passkey,
     RemovedUser,
     Resource,
     SigningKey,
@@ -336,6 +337,23 @@ def _v15_account(db: sqlite_utils.Database) -> None:
                                       pk=("username", "code_hash"))  # fmt: skip
 
 
+def _v16_passkeys(db: sqlite_utils.Database) -> None:
+    """Passkeys (WebAuthn Level 2 credential records, found by credential id and by user),
+    and the WebAuthn challenges used, remembered until they expire (single-use)."""
+    db.table("passkeys").create(
+        {"credential_id": str, "username": str, "public_key": str, "sign_count": int,
+         "name": str, "created_at": float, "last_used_at": float, "passwordless": int,
+         "backed_up": int, "transports": str},
+        pk="credential_id",
+        not_null=["username", "public_key", "sign_count", "name", "created_at",
+                  "passwordless", "backed_up", "transports"],
+    )  # fmt: skip
+    db.table("passkeys").create_index(["username"], index_name="passkeys_by_user")
+    db.table("used_challenges").create({"challenge_hash": str, "until": float},
+                                       pk="challenge_hash", not_null=["until"])  # fmt: skip
+    db.table("used_challenges").create_index(["until"], index_name="used_challenges_by_expiry")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -352,6 +370,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v13_resources,
     _v14_self_registration,
     _v15_account,
+    _v16_passkeys,
 ]
 
 
@@ -417,6 +436,7 @@ _KEYS = _Rows(SigningKey, "signing_keys")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users")
 _RESOURCES = _Rows(Resource, "resources")
 _LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions")
+_PASSKEYS = _Rows(Passkey, "passkeys")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
@@ -521,7 +541,7 @@ class SQLiteStorage:
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
             for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS,
-                         _RESOURCES, _LOGIN_SESSIONS):
+                         _RESOURCES, _LOGIN_SESSIONS, _PASSKEYS):
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -705,7 +725,7 @@ class SQLiteStorage:
         when = time.time() if removed_at is None else removed_at
         with self._write() as db:
             for table in ("tokens", "codes", "consents", "totp_steps", "recovery_codes",
-                          "login_sessions"):  # fmt: skip
+                          "login_sessions", "passkeys"):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
             # The tombstone and the removal, in one statement each of one transaction.
             db.execute(
@@ -982,6 +1002,48 @@ class SQLiteStorage:
         count: int = rows[0][0]
         return count
 
+    def save_passkey(self, passkey: Passkey) -> None:
+        with self._locked() as db:
+            db.execute(_PASSKEYS.insert, _PASSKEYS.encode(passkey))
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        rows = self._read(_PASSKEYS.select + " WHERE credential_id = ?", [credential_id])
+        return _PASSKEYS.decode(rows[0]) if rows else None
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        rows = self._read(
+            _PASSKEYS.select + " WHERE username = ? ORDER BY created_at, credential_id",
+            [username],
+        )
+        return [_PASSKEYS.decode(row) for row in rows]
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "DELETE FROM passkeys WHERE username = ? AND credential_id = ?",
+                [username, credential_id],
+            )
+            return cursor.rowcount == 1
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        with self._locked() as db:
+            # One statement: the counter checked and written together (WebAuthn §6.1.1).
+            cursor = db.execute(
+                "UPDATE passkeys SET sign_count = :count, last_used_at = :at "
+                "WHERE credential_id = :id AND ((:count = 0 AND sign_count = 0) "
+                "OR :count > sign_count)",
+                {"count": sign_count, "at": used_at, "id": credential_id},
+            )
+            return cursor.rowcount == 1
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO used_challenges (challenge_hash, until) VALUES (?, ?)",
+                [challenge_hash, expires_at],
+            )
+            return cursor.rowcount == 1
+
     # -- Settings and signing keys -----------------------------------------------------
 
     def get_or_add_setting(self, name: str, candidate: str) -> str:
@@ -1029,6 +1091,7 @@ class SQLiteStorage:
                 "DELETE FROM tokens WHERE expires_at <= ?",
                 "DELETE FROM ended_sessions WHERE until <= ?",
                 "DELETE FROM login_sessions WHERE expires_at <= ?",
+                "DELETE FROM used_challenges WHERE until <= ?",
             ):
                 gone += db.execute(sql, [now]).rowcount
             # A revoked family is remembered while it has tokens or a used code.
