@@ -35,8 +35,9 @@ CLIENTS = {"confidential-basic": SECRET, "public-none": None}
 
 pytestmark = [
     pytest.mark.http,
-    pytest.mark.skipif(NODE is None, reason="node is not on PATH: these interop tests need "
-                       "Node.js 20+ (CI installs it)"),  # fmt: skip
+    pytest.mark.skipif(
+        NODE is None, reason="node is not on PATH: these interop tests need Node.js 20+"
+    ),
 ]
 
 
