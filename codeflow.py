@@ -3107,6 +3107,11 @@ def pushed_authorization_request(
     params["client_id"] = client.client_id
     _, redirect_uri, given = trusted_redirect(srv, list(params.items()))
     validate_authorization_request(srv, client, redirect_uri, given, params, pushed=True)
+    # After a sign-in the request goes on signed in one parameter (resume_url): refused
+    # now, with a clear error, if it would not fit there.
+    if len(RESUME_URI_PREFIX + srv.signer.request(params, "pushed")) > MAX_PARAM_LENGTH:
+        raise InvalidRequest(f"The pushed request is too large: at most about "
+                             f"{MAX_PARAM_LENGTH} bytes in all.")  # fmt: skip
     request_uri = REQUEST_URI_PREFIX + new_secret()
     srv.storage.save_pushed_request(
         PushedRequest(
@@ -4536,8 +4541,8 @@ def device_confirm_page(srv: Server, areq: AuthorizationRequest, browser: Browse
     body = f"""{BRAND}<h1>Allow a device?</h1>
 <p><strong>{client_label(areq.client)}</strong>, on a device, asks to:</p>
 <ul class="scopes">{items}</ul>
-<p>Check that your device shows this code: <strong><code>{esc(areq.params["user_code"])}
-</code></strong></p>
+<p>Check that your device shows this code:
+<strong><code>{esc(areq.params["user_code"])}</code></strong></p>
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
 <form method="post" action="device">{_hidden_fields(srv, browser, areq.params, "device")}

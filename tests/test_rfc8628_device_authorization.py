@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import jwt
 import pyotp
 import pytest
+from codeflow_storage.sqlite import SQLiteStorage
 from conftest import (
     CONFIDENTIAL,
     ISSUER,
@@ -25,6 +27,7 @@ from conftest import (
     form_fields,
     make_server,
 )
+from test_cli_manage import cli
 from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
@@ -444,3 +447,17 @@ def test_removing_the_client_ends_its_device_requests(server, device, browser):
     server.add_client(TV, grant_types=[DEVICE_GRANT])
     r = poll(device, body["device_code"])
     assert r.status == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_cli_registers_a_device_client_as_the_readme_says(tmp_path: Path) -> None:
+    """README "Sign in on a device without a browser": `client add my-cli --public
+    --grant-type urn:ietf:params:oauth:grant-type:device_code --grant-type refresh_token`
+    needs no redirect URI, and the client may then start the grant."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    added = cli("client", "add", "my-cli", "--public", "--name", "My CLI", "--grant-type",
+                DEVICE_GRANT, "--grant-type", "refresh_token", "--storage", db)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    with SQLiteStorage(tmp_path / "codeflow.db") as store:
+        srv = codeflow.Server(issuer=ISSUER, storage=store)
+        r = WSGIClient(srv.wsgi).post("/device_authorization", data={"client_id": "my-cli"})
+        assert r.status == 200 and r.json()["user_code"]

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from codeflow_storage.sqlite import SQLiteStorage
 from conftest import (
     CONFIDENTIAL,
     ISSUER,
@@ -29,6 +33,8 @@ from conftest import (
     new_flow,
     query_of,
 )
+from test_cli import free_port, run, serving
+from test_cli_manage import cli
 from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
@@ -282,3 +288,74 @@ def test_par_answers_cors_for_the_clients_origins(server, wc):
     other = wc.post("/par", data={**new_flow(PUBLIC).params, "client_id": PUBLIC},
                     headers={"Origin": "https://evil.example"})  # fmt: skip
     assert "access-control-allow-origin" not in other.headers
+
+
+# -- Settings: the CLI, the config file, serve ---------------------------------------
+
+
+def test_cli_sets_a_clients_requirement(tmp_path: Path) -> None:
+    """RFC 9126 §6 require_pushed_authorization_requests as client metadata: `client add`
+    and `client update` set and clear it; stored with the client."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    added = cli("client", "add", "app", "--redirect-uri", "https://app.example/cb",
+                "--require-pushed-authorization-requests", "--storage", db)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    with SQLiteStorage(tmp_path / "codeflow.db") as store:
+        assert store.get_client("app").require_pushed_authorization_requests  # type: ignore[union-attr]
+    updated = cli("client", "update", "app", "--no-require-pushed-authorization-requests",
+                  "--storage", db)  # fmt: skip
+    assert updated.returncode == 0, updated.stderr
+    with SQLiteStorage(tmp_path / "codeflow.db") as store:
+        assert not store.get_client("app").require_pushed_authorization_requests  # type: ignore[union-attr]
+
+
+def test_config_file_sets_a_clients_requirement(clock) -> None:
+    """The [[clients]] key require_pushed_authorization_requests (a boolean, else a clear
+    error naming it)."""
+    srv = codeflow.Server(issuer=ISSUER, clock=clock)
+    entry = {"client_id": "app", "redirect_uris": [REDIRECT],
+             "require_pushed_authorization_requests": True}  # fmt: skip
+    codeflow.load_config(srv, {"clients": [entry]})
+    assert srv.storage.get_client("app").require_pushed_authorization_requests  # type: ignore[union-attr]
+    bad = {**entry, "require_pushed_authorization_requests": "yes"}
+    with pytest.raises(ValueError, match="require_pushed_authorization_requests"):
+        codeflow.load_config(srv, {"clients": [bad]})
+
+
+@pytest.mark.http
+@pytest.mark.parametrize("where", ["option", "config"])
+def test_serve_requires_pushed_requests_from_option_or_config(tmp_path: Path, where: str) -> None:
+    """RFC 9126 §5: `serve --require-pushed-authorization-requests`, or the top-level
+    config key, requires pushing of every client, and discovery says so."""
+    config = tmp_path / "codeflow.toml"
+    top = "require_pushed_authorization_requests = true\n" if where == "config" else ""
+    config.write_text(top + f'[[clients]]\nclient_id = "app"\nredirect_uris = ["{REDIRECT}"]\n')
+    option = ["--require-pushed-authorization-requests"] if where == "option" else []
+    with serving("--config", str(config), *option) as server:
+        doc = requests.get(server.base + "/.well-known/openid-configuration", timeout=10).json()
+        assert doc["require_pushed_authorization_requests"] is True
+        r = requests.get(server.base + "/authorize", params=new_flow("app").params,
+                         allow_redirects=False, timeout=10)  # fmt: skip
+        assert query_of(r.headers["Location"])["error"] == "invalid_request"
+        assert server.interrupt() == 0, server.stderr
+
+
+def test_serve_refuses_a_requirement_that_is_not_a_boolean(tmp_path: Path) -> None:
+    """A config value of the wrong type stops `serve` with a message naming the key."""
+    config = tmp_path / "codeflow.toml"
+    config.write_text('require_pushed_authorization_requests = "yes"\n')
+    result = run("serve", "--config", str(config), "--port", str(free_port()))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "require_pushed_authorization_requests" in result.stderr
+
+
+def test_a_pushed_request_too_large_to_continue_is_refused_up_front(wc):
+    """DESIGN.md: bad input gets a clear 4xx: a pushed request whose parameters could not
+    go on after the sign-in (the signed continuation has MAX_PARAM_LENGTH at most) is
+    refused at /par, not after the user signed in."""
+    # Random, so that the signer's compression cannot shrink it.
+    big = {**new_flow().params, "login_hint": secrets.token_urlsafe(3000),
+           "ui_locales": secrets.token_urlsafe(3000)}  # fmt: skip
+    r = push(wc, big)
+    assert r.status == 400 and r.json()["error"] == "invalid_request"
+    assert "too large" in r.json()["error_description"]
