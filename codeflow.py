@@ -5784,6 +5784,7 @@ REDACTED = "[redacted]"
 SECRET_NAMES = frozenset({
     "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
     "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
+    "device_code", "user_code", "verification_uri_complete",  # RFC 8628 §3.2
 })  # fmt: skip
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
 FAULT_ENDPOINTS = {

@@ -461,3 +461,23 @@ def test_cli_registers_a_device_client_as_the_readme_says(tmp_path: Path) -> Non
         srv = codeflow.Server(issuer=ISSUER, storage=store)
         r = WSGIClient(srv.wsgi).post("/device_authorization", data={"client_id": "my-cli"})
         assert r.status == 200 and r.json()["user_code"]
+
+
+def test_the_transcript_redacts_device_and_user_codes(clock) -> None:
+    """The fake IdP's transcript (README "The transcript") keeps no secret: the device code
+    and the user code (RFC 8628 §3.2) are redacted in requests, answers and redirects."""
+    srv = make_server(clock, transcript=True)
+    srv.add_client(TV, grant_types=[DEVICE_GRANT], scopes=["openid"])
+    device, browser = WSGIClient(srv.wsgi), WSGIClient(srv.wsgi)
+    body = start(device)
+    approve(browser, body["user_code"])
+    assert poll(device, body["device_code"]).status == 200
+    started = srv.transcript.find(path="/device_authorization")[0]
+    assert started.body["device_code"] == started.body["user_code"] == "[redacted]"
+    assert started.body["verification_uri_complete"] == "[redacted]"
+    shown = srv.transcript.find(path="/device")[0]
+    assert shown.params["user_code"] == "[redacted]"
+    token = srv.transcript.find(path="/token")[-1]
+    assert token.params["device_code"] == "[redacted]"
+    for exchange in srv.transcript:
+        assert body["device_code"] not in str(exchange.to_json())
