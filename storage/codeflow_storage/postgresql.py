@@ -66,6 +66,7 @@ from codeflow import (
     Grant,
     PushedRequest,
     RemovedUser,
+    Resource,
     SigningKey,
     StorageUnavailable,
     Token,
@@ -250,12 +251,42 @@ _V5_LOGOUT = [
     "ALTER TABLE tokens ADD COLUMN sid text",
 ]
 
-_V6_DEVICE_AND_PUSHED_REQUESTS = [
+_V6_RESOURCES = [
+    # RFC 8707 resources, the resources a client may ask for and exchange tokens to (RFC
+    # 8693), a code's resources, a token's audience and act claim, as in
+    # codeflow_storage.sqlite's migration 13; rows already stored get none.
+    """CREATE TABLE resources (
+        uri text PRIMARY KEY,
+        scopes text[] NOT NULL,
+        name text NOT NULL,
+        access_token_jwt boolean NOT NULL,
+        access_token_lifetime bigint,
+        introspection boolean NOT NULL,
+        client_id text,
+        declared text NOT NULL DEFAULT ''
+    )""",
+    "ALTER TABLE clients ADD COLUMN resources text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE clients ADD COLUMN token_exchange text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE codes ADD COLUMN resources text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN audience text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN actor jsonb NOT NULL DEFAULT '{}'",
+]
+
+_V7_SELF_REGISTRATION = [
+    # RFC 7591 / RFC 7592: how a client came to be (empty: the operator's; "dynamic": it
+    # registered itself), its registration access token's hash, and the metadata it
+    # registered. Clients already stored are the operator's.
+    "ALTER TABLE clients ADD COLUMN registration text NOT NULL DEFAULT ''",
+    "ALTER TABLE clients ADD COLUMN registration_token_hash text",
+    "ALTER TABLE clients ADD COLUMN registered_metadata jsonb NOT NULL DEFAULT '{}'",
+]
+
+_V8_DEVICE_AND_PUSHED_REQUESTS = [
     # RFC 8628 device authorization requests, by device code (the key) and by user code
     # (unique: one user code names one request); RFC 9126 pushed authorization requests, by
     # request_uri; both by expiry for purge_expired. Client.require_pushed_authorization_
     # requests (clients already stored get false). As in codeflow_storage.sqlite's
-    # migration 13.
+    # migration 15. A device request keeps the resources it asks for (RFC 8707).
     """CREATE TABLE device_authorizations (
         device_code_hash text PRIMARY KEY,
         user_code_hash text NOT NULL UNIQUE,
@@ -268,7 +299,8 @@ _V6_DEVICE_AND_PUSHED_REQUESTS = [
         username text,
         auth_time bigint,
         amr text[] NOT NULL DEFAULT '{}',
-        nonce text
+        nonce text,
+        resources text[] NOT NULL DEFAULT '{}'
     )""",
     "CREATE INDEX device_authorizations_by_expiry ON device_authorizations (expires_at)",
     "CREATE INDEX device_authorizations_by_client ON device_authorizations (client_id)",
@@ -286,8 +318,8 @@ _V6_DEVICE_AND_PUSHED_REQUESTS = [
 ]
 
 MIGRATIONS: list[list[str]] = [
-    _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT,
-    _V6_DEVICE_AND_PUSHED_REQUESTS,
+    _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
+    _V7_SELF_REGISTRATION, _V8_DEVICE_AND_PUSHED_REQUESTS,
 ]  # fmt: skip
 
 
@@ -364,6 +396,7 @@ _CODES = _Rows(AuthorizationCode, "codes", "code_hash")
 _TOKENS = _Rows(Token, "tokens", "token_hash")
 _KEYS = _Rows(SigningKey, "signing_keys", "kid")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
+_RESOURCES = _Rows(Resource, "resources", "uri")
 _DEVICES = _Rows(DeviceAuthorization, "device_authorizations", "device_code_hash")
 _PUSHED = _Rows(PushedRequest, "pushed_requests", "request_uri_hash")
 
@@ -514,7 +547,8 @@ class PostgreSQLStorage:
                 "WHERE table_schema = %s",
                 [schema],
             ).fetchall()
-        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _DEVICES, _PUSHED):
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES,
+                     _DEVICES, _PUSHED):  # fmt: skip
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -634,6 +668,19 @@ class PostgreSQLStorage:
             )
             > 0
         )
+
+    def add_resource(self, resource: Resource) -> None:
+        self._count(_RESOURCES.upsert, _RESOURCES.encode(resource))
+
+    def get_resource(self, uri: str) -> Resource | None:
+        rows = self._rows(_RESOURCES.select + " WHERE uri = %s", [uri])
+        return _RESOURCES.decode(rows[0]) if rows else None
+
+    def list_resources(self) -> list[Resource]:
+        return [_RESOURCES.decode(row) for row in self._rows(_RESOURCES.select + " ORDER BY uri")]
+
+    def remove_resource(self, uri: str) -> bool:
+        return self._count("DELETE FROM resources WHERE uri = %s", [uri]) > 0
 
     def _users_locked(self, conn: Conn) -> None:
         """Begin a READ COMMITTED transaction holding the lock of user records: adding,

@@ -44,6 +44,7 @@ from codeflow import (
     Grant,
     PushedRequest,
     RemovedUser,
+    Resource,
     SigningKey,
     StorageUnavailable,
     Token,
@@ -281,20 +282,57 @@ def _v12_logout(db: sqlite_utils.Database) -> None:
         db.table(table).add_column("sid", str)
 
 
-def _v13_device_and_pushed_requests(db: sqlite_utils.Database) -> None:
+def _v13_resources(db: sqlite_utils.Database) -> None:
+    """RFC 8707 resources: a table of their registrations; the resources a client may ask
+    for and exchange tokens to (RFC 8693); the resources a code was authorized for and a
+    token's audience, and an exchanged token's act claim. Rows already stored get none
+    ("[]", "{}"): their tokens keep the server's default audience."""
+    db.table("resources").create(
+        {
+            "uri": str,
+            "scopes": str,
+            "name": str,
+            "access_token_jwt": int,
+            "access_token_lifetime": int,
+            "introspection": int,
+            "client_id": str,
+            "declared": str,
+        },
+        pk="uri",
+        not_null=["scopes", "name", "access_token_jwt", "introspection", "declared"],
+    )
+    db.table("clients").add_column("resources", str, not_null_default="[]")
+    db.table("clients").add_column("token_exchange", str, not_null_default="[]")
+    db.table("codes").add_column("resources", str, not_null_default="[]")
+    db.table("tokens").add_column("audience", str, not_null_default="[]")
+    db.table("tokens").add_column("actor", str, not_null_default="{}")
+
+
+def _v14_self_registration(db: sqlite_utils.Database) -> None:
+    """RFC 7591 / RFC 7592: how a client came to be ("" the operator's, "dynamic" it
+    registered itself), its registration access token's hash, and the metadata it
+    registered (JSON). Clients already stored are the operator's."""
+    clients = db.table("clients")
+    clients.add_column("registration", str, not_null_default="")
+    clients.add_column("registration_token_hash", str)
+    clients.add_column("registered_metadata", str, not_null_default="{}")
+
+
+def _v15_device_and_pushed_requests(db: sqlite_utils.Database) -> None:
     """RFC 8628 device authorization requests, found by device code (the key) and by user
     code (unique: one user code names one request); RFC 9126 pushed authorization
-    requests, by request_uri; both by expiry for purge_expired. ``Client.require_pushed_
+    requests, by request_uri; both by expiry for purge_expired. A device request keeps the
+    resources it asks for (RFC 8707), as codes do. ``Client.require_pushed_
     authorization_requests`` (clients already stored get false)."""
     db.table("device_authorizations").create(
         {
             "device_code_hash": str, "user_code_hash": str, "client_id": str, "scope": str,
             "expires_at": float, "poll_interval": int, "status": str, "polled_at": float,
-            "username": str, "auth_time": int, "amr": str, "nonce": str,
+            "username": str, "auth_time": int, "amr": str, "nonce": str, "resources": str,
         },
         pk="device_code_hash",
         not_null=["user_code_hash", "client_id", "scope", "expires_at", "poll_interval", "status",
-                  "amr"],
+                  "amr", "resources"],
     )  # fmt: skip
     devices = db.table("device_authorizations")
     devices.create_index(["user_code_hash"], index_name="devices_by_user_code", unique=True)
@@ -325,7 +363,9 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v10_claims_request,
     _v11_subjects,
     _v12_logout,
-    _v13_device_and_pushed_requests,
+    _v13_resources,
+    _v14_self_registration,
+    _v15_device_and_pushed_requests,
 ]
 
 
@@ -389,6 +429,7 @@ _CODES = _Rows(AuthorizationCode, "codes")
 _TOKENS = _Rows(Token, "tokens")
 _KEYS = _Rows(SigningKey, "signing_keys")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users")
+_RESOURCES = _Rows(Resource, "resources")
 _DEVICES = _Rows(DeviceAuthorization, "device_authorizations")
 _PUSHED = _Rows(PushedRequest, "pushed_requests")
 
@@ -494,8 +535,8 @@ class SQLiteStorage:
                 _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
-            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _DEVICES,
-                         _PUSHED):  # fmt: skip
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES,
+                         _DEVICES, _PUSHED):  # fmt: skip
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -631,6 +672,21 @@ class SQLiteStorage:
                 db.execute(f"DELETE FROM {table} WHERE client_id = ?", [client_id])  # noqa: S608
             cursor = db.execute("DELETE FROM clients WHERE client_id = ?", [client_id])
             return cursor.rowcount > 0
+
+    def add_resource(self, resource: Resource) -> None:
+        with self._locked() as db:
+            db.execute(_RESOURCES.insert, _RESOURCES.encode(resource))
+
+    def get_resource(self, uri: str) -> Resource | None:
+        rows = self._read(_RESOURCES.select + " WHERE uri = ?", [uri])
+        return _RESOURCES.decode(rows[0]) if rows else None
+
+    def list_resources(self) -> list[Resource]:
+        return [_RESOURCES.decode(row) for row in self._read(_RESOURCES.select + " ORDER BY uri")]
+
+    def remove_resource(self, uri: str) -> bool:
+        with self._locked() as db:
+            return db.execute("DELETE FROM resources WHERE uri = ?", [uri]).rowcount > 0
 
     def add_user(self, user: User) -> User:
         """One ``BEGIN IMMEDIATE`` transaction: the subject is checked and written under
