@@ -481,3 +481,25 @@ def test_the_transcript_redacts_device_and_user_codes(clock) -> None:
     assert token.params["device_code"] == "[redacted]"
     for exchange in srv.transcript:
         assert body["device_code"] not in str(exchange.to_json())
+
+
+def test_resource_indicators_in_the_device_flow(server, device, browser) -> None:
+    """RFC 8707 §2.1 resource in the device authorization request, as in an authorization
+    request: the confirmation page names the API, and the access token's audience is that
+    resource (RFC 9068 §3 aud), with the resource's scopes; an unknown one is
+    invalid_target."""
+    api = "https://api.example/v1"
+    server.add_resource(api, scopes=["read"], name="Example API")
+    r = device.post("/device_authorization", data=[("client_id", TV), ("scope", "openid read"),
+                                                   ("resource", api)])  # fmt: skip
+    assert r.status == 200, r.text
+    body = r.json()
+    page = sign_in(browser, browser.get("/device", params={"user_code": body["user_code"]}))
+    assert "Example API" in page.text and api in page.text
+    decide(browser, page)
+    tokens = poll(device, body["device_code"]).json()
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == api and "read" in claims["scope"].split()
+    unknown = {"client_id": TV, "resource": "https://unknown.example/"}
+    r = device.post("/device_authorization", data=unknown)
+    assert r.status == 400 and r.json()["error"] == "invalid_target"

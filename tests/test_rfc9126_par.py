@@ -359,3 +359,25 @@ def test_a_pushed_request_too_large_to_continue_is_refused_up_front(wc):
     r = push(wc, big)
     assert r.status == 400 and r.json()["error"] == "invalid_request"
     assert "too large" in r.json()["error_description"]
+
+
+def test_a_pushed_request_keeps_several_resources(server, wc) -> None:
+    """RFC 8707 §2: "Multiple resource parameters MAY be used"; pushed (RFC 9126 §2.1) they
+    come back as the request had them: the code's token is for both resources."""
+    server.auto_approve = USERNAME
+    one, two = "https://one.example/", "https://two.example/"
+    server.add_resource(one, scopes=["a"])
+    server.add_resource(two, scopes=["b"])
+    flow = new_flow(scope="a b")
+    r = wc.post("/par", data=[*[(k, v) for k, v in flow.params.items() if k != "client_id"],
+                              ("resource", one), ("resource", two)],
+                headers=basic(CONFIDENTIAL, SECRET))  # fmt: skip
+    assert r.status == 201, r.text
+    r = wc.get("/authorize", params={"client_id": CONFIDENTIAL,
+                                     "request_uri": r.json()["request_uri"]})  # fmt: skip
+    assert r.status == 302 and "code" in query_of(r.location), r.location
+    token = redeem(wc, query_of(r.location)["code"], flow.verifier)
+    assert token.status == 200, token.text
+    introspected = wc.post("/introspect", data={"token": token.json()["access_token"]},
+                           headers=basic(CONFIDENTIAL, SECRET)).json()  # fmt: skip
+    assert sorted(introspected["aud"]) == [one, two]
