@@ -530,3 +530,18 @@ def test_a_passkey_is_removed_from_the_account_page(
     assert r.status == 303 and r.location.endswith("done=passkey-removed")
     assert store.get_passkey("mine") is None
     assert [rec.event for rec in caplog.records].count("passkey.removed") == 1
+
+
+def test_an_app_asking_for_mfa_gets_it_from_a_passkey_user(passkey_server: codeflow.Server
+                                                           ) -> None:  # fmt: skip
+    """OIDC Core §3.1.2.1 acr_values: a user signed in with a password alone whose second
+    factor is a passkey (no TOTP app) is asked to sign in again, not told there is none."""
+    browser = WSGIClient(passkey_server.wsgi)
+    r = browser.get("/authorize", params=new_flow().params)
+    r = browser.post("/login", data={**form_fields(r.text), "username": USERNAME,
+                                     "password": PASSWORD})  # fmt: skip
+    assert r.status == 303
+    passkey_server.storage.save_passkey(
+        codeflow.Passkey("cred", USERNAME, "key", 0, "Laptop", passkey_server.clock()))
+    r = browser.get("/authorize", params=new_flow(acr_values=codeflow.ACR_MFA).params)
+    assert r.status == 200 and "asks for your authentication code too" in r.text
