@@ -5088,6 +5088,8 @@ def account_overview(
     srv: Server, browser: Browser, session: Session, message: str, status: int,
     field: str = "",
 ) -> Page:
+    """The account page again, saying what was wrong with a form (``message``; its
+    ``field`` marked invalid), with ``status``."""
     user = srv.storage.get_user(session.username)
     if user is None:
         raise FormExpired("Sign in again.", account_url(srv, "/login"))
