@@ -1,6 +1,7 @@
 """Every example against a live codeflow: examples/webapp.py (log in, show claims, log
-out), examples/api.py (a JSON API that requires a scope) and the third-party test suite
-examples/test_thirdparty_login.py.
+out), examples/api.py (a JSON API that requires a scope), examples/mcp_server.py (an MCP
+server; its flows with the MCP SDKs are in tests/test_mcp_interop.py) and the third-party
+test suite examples/test_thirdparty_login.py.
 
 The provider is configured from examples/codeflow.toml, the file the README tells users
 to serve, with its example ports replaced by free ones. The apps run in-process for the
@@ -223,6 +224,26 @@ def test_api_runs_as_documented() -> None:
                 assert r.status_code == 200 and r.json()["caller"] == "notes-cli"
             with requests.get(url, timeout=10) as r:
                 assert r.status_code == 401
+
+
+def test_mcp_server_runs_as_documented() -> None:
+    """README "Protect an MCP server": ``python examples/mcp_server.py`` serves its RFC 9728
+    metadata, which names the provider (§3.2), and answers a request without a token with
+    401 naming that metadata (§5.1). The MCP SDKs' whole flow through it is in
+    tests/test_mcp_interop.py."""
+    port = free_port()
+    with example_idp(free_port(), free_port()) as (_, issuer):
+        with run(["examples/mcp_server.py", "--issuer", issuer, "--port", str(port)], port):
+            base = f"http://127.0.0.1:{port}"
+            metadata = f"{base}/.well-known/oauth-protected-resource/mcp"
+            with requests.get(metadata, timeout=10) as r:
+                assert r.status_code == 200
+                assert r.json()["resource"] == f"{base}/mcp"
+                assert r.json()["authorization_servers"] == [issuer]
+            with requests.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               timeout=10) as r:  # fmt: skip
+                assert r.status_code == 401
+                assert f'resource_metadata="{metadata}"' in r.headers["WWW-Authenticate"]
 
 
 def test_thirdparty_suite_passes() -> None:
