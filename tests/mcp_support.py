@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx2
+import requests
 import uvicorn
 from codeflow_sdk import BearerValidator
-from codeflow_sdk.testing import Clock, HeadlessBrowser
+from codeflow_sdk.testing import Clock, DocumentHost, HeadlessBrowser
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -114,6 +115,24 @@ def mcp_site(**options: Any) -> Iterator[Site]:
                 yield Site(srv, issuer, url, clock)
     finally:
         clock.restore_time()
+
+
+def open_registration(documents: DocumentHost) -> dict[str, Any]:
+    """Server options for clients that register themselves: RFC 7591 registration open to
+    anyone, and Client ID Metadata Documents fetched from ``documents`` (a loopback https
+    host whose CA the server trusts for this test only)."""
+    return {
+        "registration": "open",
+        "client_id_metadata_documents": True,
+        "fetch_allowed_networks": ["127.0.0.1/32"],
+        "fetch_ca_file": documents.ca_file,
+    }
+
+
+def registration_path(site: Site) -> str:
+    """The path of codeflow's RFC 7591 registration endpoint, from its RFC 8414 metadata."""
+    with requests.get(site.issuer + "/.well-known/oauth-authorization-server", timeout=10) as r:
+        return urllib.parse.urlsplit(r.json()["registration_endpoint"]).path
 
 
 class MemoryTokenStorage:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 from codeflow_sdk import BearerValidator
+from codeflow_sdk.testing import DocumentHost
 from mcp.client.session import ClientSession
 from mcp.shared.auth import OAuthClientInformationFull
 from mcp_support import (
@@ -31,6 +32,8 @@ from mcp_support import (
     Site,
     authorize_params,
     mcp_site,
+    open_registration,
+    registration_path,
 )
 
 import codeflow
@@ -43,6 +46,17 @@ PRE_REGISTERED = "mcp-cli"
 NEEDS_RESOURCES = pytest.mark.xfail(
     strict=True, reason="issue 15 items 1-2 (i-resources): RFC 8707 resource -> aud"
 )
+
+NEEDS_REGISTRATION = pytest.mark.xfail(
+    strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
+)
+
+
+@pytest.fixture
+def documents() -> Iterator[DocumentHost]:
+    """An https host on 127.0.0.1 for Client ID Metadata Documents."""
+    with DocumentHost() as host:
+        yield host
 
 
 @pytest.fixture
@@ -120,6 +134,46 @@ def test_python_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
     client = PythonClient(site, client_info=info)
     result = client.run(lambda session: every_step(site, session))
     assert check_every_step(site, client, result) == PRE_REGISTERED
+
+
+@NEEDS_REGISTRATION
+@NEEDS_RESOURCES
+def test_python_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
+    """MCP "Client Registration" without pre-registration: codeflow's metadata has a
+    registration_endpoint (RFC 8414 §2), the SDK registers there (RFC 7591 §3.1) as a
+    public native client with a loopback redirect (RFC 8252 §7.3), gets a client_id
+    (§3.2.1), and completes every step with it."""
+    with mcp_site(**open_registration(documents)) as site:
+        client = PythonClient(site)
+        result = client.run(lambda session: every_step(site, session))
+        client_id = check_every_step(site, client, result)
+        registrations = site.exchanges(registration_path(site), "POST")
+        assert [e.status for e in registrations] == [201]
+        assert registrations[0].body["client_id"] == client_id
+        assert client.storage.client_info is not None
+        assert client.storage.client_info.client_id == client_id
+        stored = site.srv.storage.get_client(client_id)
+        assert stored is not None and list(stored.redirect_uris) == [REDIRECT]
+        assert documents.hits == {}  # no metadata document was involved
+
+
+@NEEDS_REGISTRATION
+@NEEDS_RESOURCES
+def test_python_sdk_every_step_with_a_client_id_metadata_document(
+    documents: DocumentHost,
+) -> None:
+    """MCP "Client Registration" by Client ID Metadata Document: codeflow advertises
+    client_id_metadata_document_supported, the SDK uses its https metadata URL as the
+    client_id without registering, codeflow fetches and checks the document (its
+    client_id equals the URL, the redirect_uri is listed) and every step completes."""
+    url = documents.publish_client("/clients/python.json", [REDIRECT],
+                                   client_name="MCP interop (Python SDK)")  # fmt: skip
+    with mcp_site(**open_registration(documents)) as site:
+        client = PythonClient(site, client_metadata_url=url)
+        result = client.run(lambda session: every_step(site, session))
+        assert check_every_step(site, client, result) == url
+        assert documents.hits["/clients/python.json"] >= 1
+        assert not site.exchanges(registration_path(site), "POST")
 
 
 def test_example_serves_rfc9728_metadata_and_bearer_challenges(site: Site) -> None:

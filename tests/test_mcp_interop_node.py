@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from codeflow_sdk import BearerValidator
+from codeflow_sdk.testing import DocumentHost
 from mcp_support import (
     PASSWORD,
     READ,
@@ -33,6 +34,8 @@ from mcp_support import (
     Site,
     authorize_params,
     mcp_site,
+    open_registration,
+    registration_path,
 )
 
 import codeflow
@@ -52,6 +55,9 @@ pytestmark = [
 NEEDS_RESOURCES = pytest.mark.xfail(
     strict=True, reason="issue 15 items 1-2 (i-resources): RFC 8707 resource -> aud"
 )
+NEEDS_REGISTRATION = pytest.mark.xfail(
+    strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
+)
 
 _npm_lock = threading.Lock()
 
@@ -68,6 +74,13 @@ def npm_packages() -> None:
             [npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300,
             capture_output=True,
         )  # fmt: skip
+
+
+@pytest.fixture
+def documents() -> Iterator[DocumentHost]:
+    """An https host on 127.0.0.1 for Client ID Metadata Documents."""
+    with DocumentHost() as host:
+        yield host
 
 
 @pytest.fixture
@@ -165,3 +178,37 @@ def test_typescript_sdk_every_step_with_a_pre_registered_client(site: Site) -> N
     )  # fmt: skip
     result = run_driver(site, client_id=PRE_REGISTERED)
     assert check_every_step(site, result) == PRE_REGISTERED
+
+
+@NEEDS_REGISTRATION
+@NEEDS_RESOURCES
+def test_typescript_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
+    """MCP "Client Registration" without pre-registration: the SDK finds codeflow's
+    registration_endpoint (RFC 8414 §2), registers (RFC 7591 §3.1) a public client with a
+    loopback redirect (RFC 8252 §7.3), and completes every step with the client_id it got."""
+    npm_packages()
+    with mcp_site(**open_registration(documents)) as site:
+        result = run_driver(site)
+        client_id = check_every_step(site, result)
+        registrations = site.exchanges(registration_path(site), "POST")
+        assert [e.status for e in registrations] == [201]
+        assert registrations[0].body["client_id"] == client_id
+        assert site.srv.storage.get_client(client_id) is not None
+
+
+@NEEDS_REGISTRATION
+@NEEDS_RESOURCES
+def test_typescript_sdk_every_step_with_a_client_id_metadata_document(
+    documents: DocumentHost,
+) -> None:
+    """MCP "Client Registration" by Client ID Metadata Document: codeflow advertises
+    client_id_metadata_document_supported; the SDK uses its https metadata URL as the
+    client_id, codeflow fetches and checks the document, and every step completes."""
+    npm_packages()
+    url = documents.publish_client("/clients/typescript.json", [REDIRECT],
+                                   client_name="MCP interop (TypeScript SDK)")  # fmt: skip
+    with mcp_site(**open_registration(documents)) as site:
+        result = run_driver(site, client_metadata_url=url)
+        assert check_every_step(site, result) == url
+        assert documents.hits["/clients/typescript.json"] >= 1
+        assert not site.exchanges(registration_path(site), "POST")
