@@ -86,6 +86,7 @@ __all__ = [
     "MemoryStorage",
     "OAuthError",
     "RemovedUser",
+    "Resource",
     "Server",
     "SigningKey",
     "Storage",
@@ -338,13 +339,35 @@ def parse_pairs(raw: bytes) -> list[tuple[str, str]]:
 
 
 def single_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once." """
+    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
+
+    Except ``resource``: RFC 8707 §2 "Multiple resource parameters MAY be used", kept as
+    one value of space-separated URIs (a URI has no space, so a value with one is
+    refused: invalid_target); ``resources`` splits it again, ``request_pairs`` unfolds it.
+    """
     params: dict[str, str] = {}
     for name, value in pairs:
+        if name == "resource":
+            if not resource_uri_ok(value):
+                raise InvalidTarget(
+                    "resource must be an absolute URI without fragment (RFC 8707 section 2)."
+                )
+            params[name] = f"{params[name]} {value}" if name in params else value
+            continue
         if name in params:
             raise InvalidRequest(f"The {name[:40]!r} parameter is repeated.")
         params[name] = value
     return params
+
+
+def request_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
+    """``params`` as the request had them: each resource of the one ``resource`` value
+    (single_params) its own parameter again, as RFC 8707 §2 sends them."""
+    return [
+        (name, item)
+        for name, value in params.items()
+        for item in (value.split(" ") if name == "resource" else [value])
+    ]
 
 
 def add_query(uri: str, params: dict[str, str]) -> str:
@@ -403,6 +426,7 @@ AUDIT_EVENTS = (
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
+    "resource.added", "resource.removed", "token.exchanged",
 )  # fmt: skip
 
 
@@ -497,6 +521,12 @@ class UnsupportedGrantType(OAuthError):
 
 class InvalidScope(OAuthError):
     error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: "The requested resource is invalid, missing, unknown, or malformed"."""
+
+    error = "invalid_target"
 
 
 class AccessDenied(OAuthError):
@@ -652,10 +682,37 @@ class Client:
     frontchannel_logout_uri: str | None = None
     frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
+    # RFC 8707: the resources (Resource.uri) it may ask tokens for; none listed: any.
+    resources: tuple[str, ...] = ()
+    # RFC 8693: the resources it may get tokens for by token exchange, on behalf of a user
+    # whose token names a resource this client serves (Resource.client_id); none: no
+    # exchange at all.
+    token_exchange: tuple[str, ...] = ()
 
     @property
     def public(self) -> bool:
         return self.secret_hash is None
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A protected resource (RFC 8707 §2, an API) that clients ask tokens for with the
+    ``resource`` parameter. ``uri`` is its resource indicator: an absolute URI without a
+    fragment, the ``aud`` of its access tokens (RFC 9068 §3). ``scopes`` are the scopes it
+    defines, which a client may ask for together with it and the consent page lists.
+    Access tokens for it are RFC 9068 JWTs unless ``access_token_jwt`` is False, living
+    ``access_token_lifetime`` seconds (None: the server's). ``client_id`` names the
+    confidential client its server authenticates as, to introspect its tokens
+    (``introspection``: whether it may, RFC 7662 §4) and to exchange them (RFC 8693)."""
+
+    uri: str
+    scopes: tuple[str, ...] = ()
+    name: str = ""
+    access_token_jwt: bool = True
+    access_token_lifetime: int | None = None
+    introspection: bool = True
+    client_id: str | None = None
+    declared: str = ""  # the config file's entry, hashed, if it declares this resource
 
 
 @dataclass(frozen=True)
@@ -718,6 +775,8 @@ class AuthorizationCode:
     # Front-Channel Logout §3, Back-Channel Logout §2.4: the login session (Session.sid)
     # the code was issued in; None without a browser sign-in (auto-approve).
     sid: str | None = None
+    # RFC 8707 §2.1: the resources (Resource.uri) the user authorized the client to reach.
+    resources: tuple[str, ...] = ()
 
 
 TokenKind = Literal["access", "refresh"]
@@ -745,6 +804,12 @@ class Token:
     # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
     claims_request: dict[str, Any] = field(default_factory=dict)
     sid: str | None = None  # the login session of the grant, for refreshed ID tokens' sid
+    # RFC 8707: an access token's audience (its aud, RFC 9068 §3, and introspection's,
+    # RFC 7662 §2.2); a refresh token's, every resource granted, which a refresh may
+    # narrow (§2.2). Empty: the server's default audience, as before resources.
+    audience: tuple[str, ...] = ()
+    # RFC 8693 §4.1: the act claim of a token issued by token exchange: who acts for sub.
+    actor: dict[str, Any] = field(default_factory=dict)
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -804,6 +869,18 @@ class Storage(Protocol):
         client registered later under the same client_id. The grants go even when the
         client is already gone (a token request that raced the removal may have saved
         one). True if there was a client to remove."""
+        ...
+
+    def add_resource(self, resource: Resource) -> None:
+        """Add a resource (RFC 8707), or replace the one with the same uri."""
+        ...
+
+    def get_resource(self, uri: str) -> Resource | None: ...
+    def list_resources(self) -> list[Resource]: ...
+
+    def remove_resource(self, uri: str) -> bool:
+        """Remove a resource; True if there was one. Tokens issued for it stay until they
+        expire or are revoked: a resource server keeps checking what it was given."""
         ...
 
     def add_user(self, user: User) -> User:
@@ -956,6 +1033,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
+        self._resources: dict[str, Resource] = {}
         self._users: dict[str, User] = {}
         self._subjects: dict[str, str] = {}  # subject -> username, of the stored users
         self._removed_users: list[RemovedUser] = []  # tombstones, kept for ever
@@ -988,6 +1066,20 @@ class MemoryStorage:
             self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
             self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
             return self._clients.pop(client_id, None) is not None
+
+    def add_resource(self, resource: Resource) -> None:
+        with self._lock:
+            self._resources[resource.uri] = resource
+
+    def get_resource(self, uri: str) -> Resource | None:
+        return self._resources.get(uri)
+
+    def list_resources(self) -> list[Resource]:
+        return sorted(self._resources.values(), key=lambda r: r.uri)
+
+    def remove_resource(self, uri: str) -> bool:
+        with self._lock:
+            return self._resources.pop(uri, None) is not None
 
     def add_user(self, user: User) -> User:
         with self._lock:
@@ -1405,6 +1497,8 @@ class Server:
         backchannel_logout_session_required: bool = False,
         frontchannel_logout_uri: str | None = None,
         frontchannel_logout_session_required: bool = False,
+        resources: Iterable[str] = (),
+        token_exchange: Iterable[str] = (),
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
@@ -1415,7 +1509,9 @@ class Server:
         ``backchannel_logout_uri``: where logout tokens are POSTed when the user signs out
         (OIDC Back-Channel Logout 1.0); ``frontchannel_logout_uri``: the page the
         signed-out page frames (Front-Channel Logout 1.0); absolute https, or http on a
-        loopback address."""
+        loopback address. ``resources``: the resources (RFC 8707) it may ask tokens for
+        (none: any registered one); ``token_exchange``: the resources it may get tokens
+        for by token exchange (RFC 8693), for a user's token to a resource it serves."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1434,6 +1530,8 @@ class Server:
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
+            resources=tuple(resources),
+            token_exchange=tuple(token_exchange),
         )
         check_client(client, public=client_secret is None)
         if client_secret is not None:
@@ -1452,7 +1550,7 @@ class Server:
         if {"client_id", "secret_hash"} & set(changes):
             raise ValueError("client_id and the secret cannot be updated (rotate_client_secret)")
         tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris",
-                  "allowed_origins")  # fmt: skip
+                  "allowed_origins", "resources", "token_exchange")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
         check_client(client, public=client.public)
@@ -1479,6 +1577,52 @@ class Server:
         removed = self.storage.remove_client(client_id)
         if removed:
             audit("client.removed", client=client_id)
+        return removed
+
+    # -- Resources (RFC 8707) ------------------------------------------------------
+
+    def add_resource(
+        self,
+        uri: str,
+        *,
+        scopes: Iterable[str] = (),
+        name: str = "",
+        access_token_jwt: bool = True,
+        access_token_lifetime: int | None = None,
+        introspection: bool = True,
+        client_id: str | None = None,
+    ) -> Resource:
+        """Register a protected resource (an API), or replace the one with that URI: its
+        resource indicator (RFC 8707 §2: an absolute URI without fragment), the scopes it
+        defines, the name users see on the consent page, its access tokens' format (RFC
+        9068 JWT unless ``access_token_jwt=False``) and lifetime in seconds (None: the
+        server's), and the confidential client its server authenticates as
+        (``client_id``), which may introspect its tokens when ``introspection`` and
+        exchange them by the client's ``token_exchange`` policy (RFC 8693)."""
+        resource = Resource(
+            uri=uri,
+            scopes=tuple(scopes),
+            name=name,
+            access_token_jwt=access_token_jwt,
+            access_token_lifetime=access_token_lifetime,
+            introspection=introspection,
+            client_id=client_id,
+        )
+        check_resource(resource)
+        self.storage.add_resource(resource)
+        audit("resource.added", resource=uri)
+        return resource
+
+    def list_resources(self) -> list[Resource]:
+        """Every registered resource, by URI."""
+        return self.storage.list_resources()
+
+    def remove_resource(self, uri: str) -> bool:
+        """Remove a resource; False if there was none. Clients can no longer ask for it;
+        tokens issued for it live until they expire or are revoked."""
+        removed = self.storage.remove_resource(uri)
+        if removed:
+            audit("resource.removed", resource=uri)
         return removed
 
     # -- Users ---------------------------------------------------------------------
@@ -1697,6 +1841,9 @@ def check_client(client: Client, *, public: bool) -> None:
                 f"{setting} must be an absolute https URI (http only on a loopback address), "
                 f"without fragment: {uri!r}"
             )
+    for uri in (*client.resources, *client.token_exchange):
+        if not resource_uri_ok(uri):
+            raise ValueError(f"a resource must be an absolute URI without fragment: {uri!r}")
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
             raise ValueError(
@@ -1704,6 +1851,41 @@ def check_client(client: Client, *, public: bool) -> None:
                 "as a browser sends it in Origin (no path, no trailing slash, no default "
                 "port, lower case; no wildcard)"
             )
+
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def resource_uri_ok(uri: str) -> bool:
+    """RFC 8707 §2: a resource "MUST be an absolute URI, as specified by Section 4.3 of
+    [RFC3986]", which has a scheme and no fragment ("MUST NOT include a fragment
+    component"); nothing outside printable ASCII, so that it cannot smuggle anything into
+    a token, a header or a page."""
+    if not uri or len(uri) > MAX_PARAM_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", uri):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        return False
+    if "#" in uri or not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*", parts.scheme or ""):
+        return False
+    # An http(s) URI names a host; other schemes (urn:) need only something after ":".
+    return bool(parts.netloc) if parts.scheme.lower() in ("http", "https") else bool(parts.path)
+
+
+def check_resource(resource: Resource) -> None:
+    """A resource registration that makes sense, else ValueError naming what does not."""
+    if not resource_uri_ok(resource.uri):
+        raise ValueError(
+            f"a resource must be an absolute URI without fragment (RFC 8707 2): {resource.uri!r}"
+        )
+    for scope in resource.scopes:
+        if not SCOPE_TOKEN_RE.fullmatch(scope):
+            raise ValueError(f"resource scope {scope!r} is not a scope token (RFC 6749 3.3)")
+    if resource.access_token_lifetime is not None and resource.access_token_lifetime <= 0:
+        raise ValueError("access_token_lifetime must be a positive number of seconds")
 
 
 def logout_uri_ok(uri: str) -> bool:
@@ -2441,6 +2623,81 @@ def check_pkce(code: AuthorizationCode, code_verifier: str | None) -> None:
 
 
 ###############################################################################
+# Resource indicators: RFC 8707 ################################################
+###############################################################################
+
+# A client names the APIs its token is for with ``resource`` (§2), at the authorization
+# endpoint (§2.1) and the token endpoint (§2.2). The token's audience is those resources
+# (RFC 9068 §3 aud), and its scopes are theirs: a resource's scopes may be asked for with
+# it, and the consent page shows which API the app reaches with which of its scopes.
+# Without ``resource`` nothing changes: the client's scopes, the default audience.
+
+
+def requested_resources(
+    srv: Server, client: Client, params: dict[str, str]
+) -> tuple[Resource, ...]:
+    """RFC 8707 §2: the registered resources named by ``resource`` (one value of
+    space-separated URIs, as single_params keeps them). §2: "the authorization server
+    SHOULD return an error response (invalid_target)" for one it does not know or the
+    client may not ask for."""
+    return known_resources(srv, split_scope(params.get("resource")), client)
+
+
+def known_resources(
+    srv: Server, uris: Iterable[str], client: Client | None = None
+) -> tuple[Resource, ...]:
+    """The registered resources of ``uris``, each one ``client`` may ask for (its
+    ``resources``, if it lists some); else invalid_target."""
+    found = []
+    for uri in uris:
+        resource = srv.storage.get_resource(uri)
+        if resource is None:
+            raise InvalidTarget(f"Unknown resource: {uri[:100]}")
+        if client is not None and client.resources and uri not in client.resources:
+            raise InvalidTarget(f"This client may not ask for the resource {uri[:100]}")
+        found.append(resource)
+    return tuple(found)
+
+
+def resource_scopes(resources: Iterable[Resource]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s for r in resources for s in r.scopes))
+
+
+def allowed_scope(
+    client: Client, resources: tuple[Resource, ...], requested: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The scope of a request for the user's grant: what it asks for, else the resources'
+    scopes (the client's own without resources); each scope the client's or one of the
+    resources' (a client's registered scopes do not cap a resource's). InvalidScope else."""
+    offered = resource_scopes(resources)
+    scope = requested or offered or client.scopes
+    unknown = [s for s in scope if s not in client.scopes and s not in offered]
+    if unknown:
+        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+    return scope
+
+
+def narrowed_scope(
+    scope: tuple[str, ...], granted: Iterable[Resource], audience: tuple[Resource, ...]
+) -> tuple[str, ...]:
+    """The scope of an access token for ``audience``, a part of the ``granted`` resources
+    (RFC 8707 §2.2): a resource's scopes only for that resource; the rest (openid, the
+    client's own) as granted."""
+    for_audience = set(resource_scopes(audience))
+    others = set(resource_scopes(granted)) - for_audience
+    return tuple(s for s in scope if s not in others)
+
+
+def audience_claim(srv: Server, audience: Iterable[str]) -> str | list[str]:
+    """RFC 9068 §3, RFC 7662 §2.2 aud: the resource, the list of several, or without
+    resources the server's default audience."""
+    uris = list(audience)
+    if not uris:
+        return srv.access_token_audience
+    return uris[0] if len(uris) == 1 else uris
+
+
+###############################################################################
 # Authorization endpoint: RFC 6749 §4.1.1, §4.1.2 ##############################
 ###############################################################################
 
@@ -2463,6 +2720,7 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
+    resources: tuple[Resource, ...] = ()  # RFC 8707 §2.1
 
 
 def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
@@ -2531,7 +2789,8 @@ def validate_authorization_request(
     REQUIRED: response_type=code, client_id, code_challenge (+ code_challenge_method=S256)
     unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state; from
     OIDC Core §3.1.2.1 nonce, prompt, max_age, login_hint, ui_locales (accepted; the
-    pages are in English). Unrecognised parameters are ignored (RFC 6749 §3.1).
+    pages are in English); RFC 8707 §2.1 resource, repeatable. Unrecognised parameters
+    are ignored (RFC 6749 §3.1).
     """
     if "request" in params:
         raise RequestNotSupported("Request objects are not supported.")
@@ -2554,10 +2813,8 @@ def validate_authorization_request(
             f"response_mode {response_mode[:40]} is not supported: use query or form_post."
         )
 
-    scope = split_scope(params.get("scope")) or client.scopes
-    unknown = [s for s in scope if s not in client.scopes]
-    if unknown:
-        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+    resources = requested_resources(srv, client, params)
+    scope = allowed_scope(client, resources, split_scope(params.get("scope")))
 
     # OIDC Core §3.1.2.1: "If this parameter contains none with any other value, an
     # error is returned."
@@ -2602,6 +2859,7 @@ def validate_authorization_request(
         prompt=prompt,
         max_age=int(max_age) if max_age is not None else None,
         params=params,
+        resources=resources,
     )
 
 
@@ -2662,14 +2920,26 @@ def requested_value(areq: AuthorizationRequest, claim: str) -> list[str]:
 def consent_scopes(areq: AuthorizationRequest) -> tuple[str, ...]:
     """What the user consents to: the scopes asked for, and the scope of each claim asked
     for on its own (OIDC Core §5.5) that the client may ask for, so that the consent page
-    shows every kind of data the client gets."""
+    shows every kind of data the client gets.
+
+    A resource's scopes are the resource's (RFC 8707): consenting to "read" of one API is
+    no consent to "read" of another. So each resource asked for is an item of its own
+    (its URI: the app may reach that API), and each of its scopes is "URI scope" (a scope
+    has no space, RFC 6749 §3.3, so such an item is no plain scope)."""
     extra = [
         CLAIM_SCOPE[name]
         for member in areq.claims.values()
         for name in member
         if CLAIM_SCOPE.get(name) in areq.client.scopes
     ]
-    return tuple(dict.fromkeys((*areq.scope, *extra)))
+    owned = set(resource_scopes(areq.resources))
+    plain = [s for s in (*areq.scope, *extra) if s not in owned]
+    per_resource = [
+        item
+        for r in areq.resources
+        for item in (r.uri, *(f"{r.uri} {s}" for s in areq.scope if s in r.scopes))
+    ]
+    return tuple(dict.fromkeys((*plain, *per_resource)))
 
 
 def continue_authorization(
@@ -2781,6 +3051,7 @@ def issue_code(
             acr=acr_of(amr),
             claims_request=areq.claims,
             sid=sid or None,
+            resources=tuple(r.uri for r in areq.resources),
         )
     )
     params = {"code": code}
@@ -2864,7 +3135,7 @@ def restart_url(
     """Where an expired form's request began, if the form still carries one we signed:
     that first request is safe to make again, since it is checked anew."""
     params = srv.signer.request_params(form.get("request"), purpose, expired=True)
-    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}" if params else None
+    return f"{srv.issuer}{path}?{urllib.parse.urlencode(request_pairs(params))}" if params else None
 
 
 def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
@@ -3020,7 +3291,7 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
 
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
-    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
+    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(request_pairs(params))}"
 
 
 ###############################################################################
@@ -3046,7 +3317,8 @@ def token_endpoint(
 
 def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
-    challenge was sent; redirect_uri when it was in the authorization request."""
+    challenge was sent; redirect_uri when it was in the authorization request. OPTIONAL:
+    resource (RFC 8707 §2.2), some of the resources the code was authorized for."""
     code_value = params.get("code")
     if code_value is None:
         raise InvalidRequest("code is required.")
@@ -3082,21 +3354,40 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     user = srv.storage.get_user(code.username)
     if user is None:
         raise InvalidGrant("The user of this code no longer exists.")
+    granted, audience = token_resources(srv, client, params, code.resources)
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
     # the user must have granted with the offline_access scope.
     offline = "openid" not in code.scope or "offline_access" in code.scope
     body = issue_tokens(
         srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
-        claims_request=code.claims_request, sid=code.sid,
+        claims_request=code.claims_request, sid=code.sid, granted=granted, audience=audience,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
 
 
+def token_resources(
+    srv: Server, client: Client, params: dict[str, str], granted_uris: tuple[str, ...]
+) -> tuple[tuple[Resource, ...], tuple[Resource, ...]]:
+    """RFC 8707 §2.2: the resources of a grant, and those the access token is for: the
+    ones ``resource`` names, which must be among the granted ones (so a refresh may
+    narrow the audience and never widen it: invalid_target); all granted ones without it."""
+    try:
+        granted = known_resources(srv, granted_uris)
+    except InvalidTarget:
+        raise InvalidTarget("A resource of this grant is no longer registered.") from None
+    asked = split_scope(params.get("resource"))
+    beyond = [uri for uri in asked if uri not in granted_uris]
+    if beyond:
+        raise InvalidTarget(f"This grant is not for the resource {beyond[0][:100]}")
+    return granted, tuple(r for r in granted if r.uri in asked) if asked else granted
+
+
 def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
-    narrow the grant but never widen it."""
+    narrow the grant but never widen it; resource (RFC 8707 §2.2), which may narrow the
+    access token's audience to some of the grant's resources."""
     value = params.get("refresh_token")
     if value is None:
         raise InvalidRequest("refresh_token is required.")
@@ -3119,28 +3410,36 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
+    granted, audience = token_resources(srv, client, params, old.audience)
     # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
         srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
-        claims_request=old.claims_request, sid=old.sid,
+        claims_request=old.claims_request, sid=old.sid, granted=granted, audience=audience,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
 
 
 def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
-    """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope."""
+    """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope; resource (RFC 8707 §2.2).
+
+    No user consents here, so the client's registered scopes cap what it gets, with a
+    resource too (of the client's scopes, the resource's by default)."""
     # RFC 6749 §4.4: "The client credentials grant type MUST only be used by
     # confidential clients."
     if client.public:
         raise UnauthorizedClient("Public clients may not use client_credentials.")
-    scope = split_scope(params.get("scope")) or client.scopes
+    audience = requested_resources(srv, client, params)
+    offered = [s for s in client.scopes if s in resource_scopes(audience)]
+    scope = split_scope(params.get("scope")) or tuple(offered) or client.scopes
     unknown = [s for s in scope if s not in client.scopes]
     if unknown:
         raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
     # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
-    return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False)
+    return issue_tokens(
+        srv, client, None, scope, family_id=new_secret(), refresh=False, audience=audience
+    )
 
 
 GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = {
@@ -3166,8 +3465,17 @@ def issue_tokens(
     acr: str | None = None,
     claims_request: dict[str, Any] | None = None,
     sid: str | None = None,
+    granted: tuple[Resource, ...] | None = None,
+    audience: tuple[Resource, ...] = (),
+    actor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
+
+    RFC 8707: the access token is for the resources ``audience`` (none: the default
+    audience), the refresh token for every resource ``granted`` (``audience`` if None),
+    which a refresh may narrow. A resource's settings choose the access token's format
+    (a JWT if any of them, or the client, asks for one) and lifetime (the shortest).
+    ``actor``: the act claim of a token exchange (RFC 8693 §4.1).
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
@@ -3177,33 +3485,44 @@ def issue_tokens(
     """
     now = srv.clock()
     username = user.username if user is not None else None
+    granted = audience if granted is None else granted
+    access_scope = narrowed_scope(scope, granted, audience) if audience else scope
+    lifetime = min(
+        [r.access_token_lifetime for r in audience if r.access_token_lifetime is not None],
+        default=srv.access_token_lifetime,
+    )
+    uris = tuple(r.uri for r in audience)
     access = (
-        jwt_access_token(srv, client, user, scope, auth_time)
-        if client.access_token_jwt
+        jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor)
+        if client.access_token_jwt or any(r.access_token_jwt for r in audience)
         else new_secret()
     )
     tokens = [
         Token(
-            token_hash(access), "access", client.client_id, username, scope,
-            issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
+            token_hash(access), "access", client.client_id, username, access_scope,
+            issued_at=now, expires_at=now + lifetime, family_id=family_id,
             auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
+            audience=uris, actor=actor or {},
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": srv.access_token_lifetime,
-        "scope": " ".join(scope),
+        "expires_in": lifetime,
+        "scope": " ".join(access_scope),
     }
     if refresh and "refresh_token" in client.grant_types:
         value = new_secret()
-        # RFC 6749 §6: a new refresh token's scope "MUST be identical" to the old one's.
-        granted = rotating.scope if rotating is not None else scope
+        # RFC 6749 §6: a new refresh token's scope "MUST be identical" to the old one's;
+        # RFC 8707 §2.2: and so are its resources, whatever this access token is for.
+        kept = rotating.scope if rotating is not None else scope
+        resources = rotating.audience if rotating is not None else tuple(r.uri for r in granted)
         tokens.append(
             Token(
-                token_hash(value), "refresh", client.client_id, username, granted,
+                token_hash(value), "refresh", client.client_id, username, kept,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
                 auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
+                audience=resources,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -3357,14 +3676,19 @@ def jwt_access_token(
     user: User | None,
     scope: tuple[str, ...],
     auth_time: int | None,
+    audience: tuple[str, ...] = (),
+    lifetime: int | None = None,
+    actor: dict[str, Any] | None = None,
 ) -> str:
     """RFC 9068 §2.2: a JWT access token. REQUIRED: iss, exp, aud, sub, client_id, iat,
-    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2)."""
+    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2). §3: aud is
+    the resources asked for (RFC 8707), else "a default resource indicator". RFC 8693
+    §4.1: act, the party acting for sub, in a token from token exchange."""
     now = int(srv.clock())
     body: dict[str, Any] = {
         "iss": srv.issuer,
-        "exp": now + srv.access_token_lifetime,
-        "aud": srv.access_token_audience,
+        "exp": now + (srv.access_token_lifetime if lifetime is None else lifetime),
+        "aud": audience_claim(srv, audience),
         "sub": user.subject if user is not None else client.client_id,
         "client_id": client.client_id,
         "iat": now,
@@ -3373,6 +3697,8 @@ def jwt_access_token(
     }
     if auth_time is not None:
         body["auth_time"] = auth_time
+    if actor:
+        body["act"] = actor
     return sign(srv, body, "RS256", typ="at+jwt")
 
 
@@ -3622,21 +3948,29 @@ def introspect(
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
     we require a confidential client.
 
-    Any confidential client may introspect any access token, and its own refresh tokens.
-    RFC 7662 §4 says the server "SHOULD require protected resources to be specifically
-    authorized to call the introspection endpoint"; but resource servers are not yet
-    registrations of their own (RFC 8707 resources will be), only confidential clients
-    like any other, so no narrower rule would keep today's resource servers working. The
-    caller must hold a client secret, and what it learns of a token it presents (scope,
-    client, user) is what a resource server needs.
+    RFC 7662 §4: the server "SHOULD require protected resources to be specifically
+    authorized to call the introspection endpoint". A client that a registered resource
+    names as its server (``Resource.client_id``) introspects only if the resource allows it
+    (``introspection``), and sees as active only the access tokens whose audience is one
+    of its resources. Any other confidential client may introspect any access token, and
+    its own refresh tokens, as before resources were registrations: no narrower rule
+    would keep those resource servers working. The answer's aud (§2.2) is the token's.
     """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
         raise InvalidClient("Introspection needs a confidential client.")
+    served = [r for r in srv.storage.list_resources() if r.client_id == client.client_id]
+    if served and not any(r.introspection for r in served):
+        raise UnauthorizedClient("The resources of this client may not use introspection.")
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
+    if served and token is not None and token.client_id != client.client_id:
+        # RFC 7662 §2.2: a token the caller "is not allowed to introspect" is inactive to it.
+        mine = {r.uri for r in served if r.introspection}
+        if token.kind != "access" or not mine & set(token.audience):
+            return {"active": False}
     username = token.username if token is not None else None
     user = srv.storage.get_user(username) if username is not None else None
     # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}, and
@@ -3660,6 +3994,10 @@ def introspect(
         "iss": srv.issuer,
         "token_type": "Bearer" if token.kind == "access" else "refresh_token",
     }
+    if token.kind == "access":
+        body["aud"] = audience_claim(srv, token.audience)  # RFC 8707, RFC 9068 §3
+    if token.actor:
+        body["act"] = token.actor  # RFC 8693 §2.2.1, §4.1
     if user is not None:
         body["sub"] = user.subject  # OIDC Core §2: the sub of the user's ID tokens
         body["username"] = user.username  # RFC 7662 §2.2: "Human-readable identifier"
@@ -3732,6 +4070,11 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "backchannel_logout_session_supported": True,
         "frontchannel_logout_supported": True,
         "frontchannel_logout_session_supported": True,
+        # RFC 8707: resource is honoured at the authorization and token endpoints. RFC 8414
+        # registers no member for it; this one is what MCP clients and other servers use
+        # (RFC 8414 §2: "Additional authorization server metadata parameters MAY also be
+        # used").
+        "resource_indicators_supported": True,
     }  # fmt: skip
 
 
@@ -3913,17 +4256,56 @@ cannot continue to {app} this way.</p>
 ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
 
 
-def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
-    items = "".join(
+def consent_items(areq: AuthorizationRequest, items: Iterable[str]) -> str:
+    """The list items of consent_scopes ``items``: each plain scope in words; each API
+    (RFC 8707 resource) the app will reach, by name and URI, with its scopes under it."""
+    items = list(items)
+    uris = {r.uri for r in areq.resources}
+    html_items = [
         f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>"
-        for s in consent_scopes(areq)
+        for s in items
+        if " " not in s and s not in uris
+    ]
+    for r in areq.resources:
+        scopes = [item.partition(" ")[2] for item in items if item.startswith(r.uri + " ")]
+        if r.uri not in items and not scopes:
+            continue
+        inner = "".join(f"<li><code>{esc(scope)}</code></li>" for scope in scopes)
+        name = f"<strong>{esc(r.name)}</strong> " if r.name else ""
+        html_items.append(
+            f'<li class="resource">Use the API {name}<code>{esc(r.uri)}</code> as you'
+            + (f'<ul class="scopes">{inner}</ul>' if inner else "")
+            + "</li>"
+        )
+    return "".join(html_items)
+
+
+def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """The consent page: what the app asks for. When the user already allowed part of it
+    (a step-up for a larger scope, RFC 6750 §3.1 insufficient_scope), only what is new
+    is asked, and the rest is listed as already allowed."""
+    username = browser.session.username if browser.session else ""
+    asked = consent_scopes(areq)
+    granted = (
+        srv.storage.get_consent(username, areq.client.client_id)
+        if username and client_identified(areq.client, areq.redirect_uri)
+        else frozenset()
+    )
+    new = [item for item in asked if item not in granted] or list(asked)
+    already = [item for item in asked if item not in new]
+    items = consent_items(areq, new)
+    before = (
+        '<p class="muted">You already allowed it to:</p>'
+        f'<ul class="scopes granted">{consent_items(areq, already)}</ul>'
+        if already
+        else ""
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
     switch = authorize_url(srv, {**areq.params, "prompt": "login"})
     back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
-    username = browser.session.username if browser.session else ""
+    asks = "also asks to" if already else "asks to"
     body = f"""{BRAND}<h1>Allow access?</h1>
-<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
+<p><strong>{client_label(areq.client)}</strong> {asks}:</p><ul class="scopes">{items}</ul>{before}
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
 <form method="post" action="consent">{_hidden_fields(srv, browser, areq.params)}
@@ -5997,10 +6379,16 @@ CLIENT_KEYS: dict[str, type] = {
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
     "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
+    "resources": list, "token_exchange": list,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
-TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table"}
+RESOURCE_KEYS: dict[str, type] = {
+    "uri": str, "scopes": list, "name": str, "access_token_jwt": bool,
+    "access_token_lifetime": int, "introspection": bool, "client_id": str,
+}  # fmt: skip
+TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table",
+              int: "a whole number"}  # fmt: skip
 
 
 def config_entries(
@@ -6016,8 +6404,10 @@ def config_entries(
             expected = types.get(key)
             if expected is None:
                 continue
-            if isinstance(value, expected) and (
-                not isinstance(value, list) or all(isinstance(v, str) for v in value)
+            if (
+                isinstance(value, expected)
+                and (not isinstance(value, list) or all(isinstance(v, str) for v in value))
+                and (expected is bool or not isinstance(value, bool))  # TOML true is no number
             ):
                 continue
             # A secret of the wrong type is still a secret: name its type only.
@@ -6030,9 +6420,25 @@ def config_entries(
 
 
 def load_config(srv: Server, config: dict[str, Any]) -> None:
-    """Apply the ``[[clients]]`` and ``[[users]]`` of a TOML config file to storage."""
+    """Apply the ``[[resources]]``, ``[[clients]]`` and ``[[users]]`` of a TOML config file
+    to storage."""
+    resources = {r["uri"]: r for r in config_entries(config, "resources", RESOURCE_KEYS)}
     clients = {c["client_id"]: c for c in config_entries(config, "clients", CLIENT_KEYS)}
     users = {u["username"]: u for u in config_entries(config, "users", USER_KEYS)}
+    for uri, entry in resources.items():
+        stored_resource = srv.storage.get_resource(uri)
+        if _declaration_is_current(srv, entry, stored_resource, "resource", uri):
+            continue
+        resource = srv.add_resource(
+            uri,
+            scopes=entry.get("scopes", []),
+            name=entry.get("name", ""),
+            access_token_jwt=entry.get("access_token_jwt", True),
+            access_token_lifetime=entry.get("access_token_lifetime"),
+            introspection=entry.get("introspection", True),
+            client_id=entry.get("client_id"),
+        )
+        srv.storage.add_resource(replace(resource, declared=_declaration(srv, entry)))
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
         if _declaration_is_current(srv, entry, stored_client, "client", client_id):
@@ -6058,6 +6464,8 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             frontchannel_logout_session_required=entry.get(
                 "frontchannel_logout_session_required", False
             ),
+            resources=entry.get("resources", []),
+            token_exchange=entry.get("token_exchange", []),
         )
         srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
@@ -6082,6 +6490,11 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             # Server.set_password does (RFC 9700 §4.14.2).
             srv.storage.change_credentials(user)
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
+    for r in srv.storage.list_resources():
+        if r.declared and r.uri not in resources:
+            log.warning("codeflow: resource %r is no longer in the config file: it stays in "
+                        "storage, managed with the CLI from now on", r.uri)  # fmt: skip
+            srv.storage.add_resource(replace(r, declared=""))
     for c in srv.storage.list_clients():
         if c.declared and c.client_id not in clients:
             log.warning("codeflow: client %r is no longer in the config file: it stays in "
@@ -6102,7 +6515,11 @@ def _declaration(srv: Server, entry: dict[str, Any]) -> str:
 
 
 def _declaration_is_current(
-    srv: Server, entry: dict[str, Any], record: Client | User | None, kind: str, name: str
+    srv: Server,
+    entry: dict[str, Any],
+    record: Client | User | Resource | None,
+    kind: str,
+    name: str,
 ) -> bool:
     """True when ``record`` was made from this very entry: leave storage as it is."""
     if record is None:
@@ -6118,7 +6535,7 @@ def _declaration_is_current(
     return False
 
 
-def refuse_declared(record: Client | User) -> None:
+def refuse_declared(record: Client | User | Resource) -> None:
     """The CLI edits no record the config file declares (a restart would undo the edit,
     or the edit would silently override the file): ValueError saying where to change it."""
     if record.declared:
@@ -6128,10 +6545,12 @@ def refuse_declared(record: Client | User) -> None:
         )
 
 
-def named(record: Client | User) -> str:
+def named(record: Client | User | Resource) -> str:
     """A client or user as a message names it: "client 'wiki'", "user 'alice'"."""
     if isinstance(record, Client):
         return f"client {record.client_id!r}"
+    if isinstance(record, Resource):
+        return f"resource {record.uri!r}"
     return f"user {record.username!r}"
 
 
@@ -6279,13 +6698,39 @@ def _parser() -> argparse.ArgumentParser:
                          "update: '' removes it")
         cmd.add_argument("--frontchannel-logout-session-required",
                          action=argparse.BooleanOptionalAction,
-                         help="the app needs iss and sid on that page (always sent)")  # fmt: skip
+                         help="the app needs iss and sid on that page (always sent)")
+        cmd.add_argument("--resource", action="append", dest="resources", metavar="URI",
+                         help="a resource (RFC 8707) it may ask tokens for; none: any "
+                         "(repeatable; update: replaces the list)")
+        cmd.add_argument("--token-exchange", action="append", dest="token_exchange",
+                         metavar="URI", help="a resource it may get tokens for by token "
+                         "exchange, RFC 8693 (repeatable; update: replaces the list)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
             "give a confidential client a new secret").add_argument("client_id")  # fmt: skip
     command(client, "list", client_list, "list clients")
     command(client, "remove", client_remove, "remove a client").add_argument("client_id")
+
+    resource = commands.add_parser(
+        "resource", help="manage resources: the APIs tokens are for (RFC 8707)"
+    ).add_subparsers(dest="action", required=True)
+    add = command(resource, "add", resource_add, "register a resource (an API)")
+    add.add_argument("uri", help="its resource indicator: an absolute URI without fragment")
+    add.add_argument("--scope", action="append", dest="scopes",
+                     help="a scope it defines (repeatable)")
+    add.add_argument("--name", help="the name users see on the consent page")
+    add.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
+                     help="RFC 9068 JWT access tokens (the default) or opaque ones")
+    add.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
+                     help="how long its access tokens live (default: the server's)")
+    add.add_argument("--client", metavar="CLIENT_ID",
+                     help="the confidential client its server authenticates as")
+    add.add_argument("--introspection", action=argparse.BooleanOptionalAction,
+                     help="whether that client may introspect its tokens (default: yes)")
+    replace_flag(add, "resource")
+    command(resource, "list", resource_list, "list resources")
+    command(resource, "remove", resource_remove, "remove a resource").add_argument("uri")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
@@ -6374,6 +6819,8 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
         frontchannel_logout_uri=args.frontchannel_logout_uri or None,
         frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
+        resources=args.resources or (),
+        token_exchange=args.token_exchange or (),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -6394,6 +6841,8 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pkce": args.pkce,
         "backchannel_logout_session_required": args.backchannel_logout_session_required,
         "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
+        "resources": args.resources,
+        "token_exchange": args.token_exchange,
     }
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     for setting in ("backchannel_logout_uri", "frontchannel_logout_uri"):
@@ -6421,6 +6870,34 @@ def client_remove(srv: Server, args: argparse.Namespace) -> None:
     _existing_client(srv, args.client_id)
     if not srv.remove_client(args.client_id):
         raise ValueError(f"no client {args.client_id!r}")
+
+
+def resource_add(srv: Server, args: argparse.Namespace) -> None:
+    _may_replace(srv.storage.get_resource(args.uri), args.replace, "another URI")
+    srv.add_resource(
+        args.uri,
+        scopes=args.scopes or (),
+        name=args.name or "",
+        access_token_jwt=args.jwt_access_tokens is not False,
+        access_token_lifetime=args.access_token_lifetime,
+        introspection=args.introspection is not False,
+        client_id=args.client,
+    )
+    print(f"resource: {args.uri}")
+
+
+def resource_list(srv: Server, args: argparse.Namespace) -> None:
+    for r in srv.list_resources():
+        kind = "jwt" if r.access_token_jwt else "opaque"
+        print(f"{r.uri}\t{kind}\t{r.name}\t{' '.join(r.scopes)}\t{r.client_id or '-'}")
+
+
+def resource_remove(srv: Server, args: argparse.Namespace) -> None:
+    resource = srv.storage.get_resource(args.uri)
+    if resource is None:
+        raise ValueError(f"no resource {args.uri!r}")
+    refuse_declared(resource)
+    srv.remove_resource(args.uri)
 
 
 def user_add(srv: Server, args: argparse.Namespace) -> None:
@@ -6527,7 +7004,9 @@ def purge(srv: Server, args: argparse.Namespace) -> None:
     print(f"purged {srv.purge()} expired records")
 
 
-def _may_replace(existing: Client | User | None, replace: bool, instead: str) -> None:
+def _may_replace(
+    existing: Client | User | Resource | None, replace: bool, instead: str
+) -> None:
     """`add` replaces nothing silently: a name that exists needs --replace, and a record
     the config file declares is never replaced from here."""
     if existing is None:
@@ -6638,7 +7117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_config(srv, config)
     except KeyError as err:
-        parser.error(f"bad config: a [[clients]] or [[users]] entry has no {err}")
+        parser.error(f"bad config: a [[resources]], [[clients]] or [[users]] entry has no {err}")
     except (TypeError, ValueError) as err:
         parser.error(f"bad config: {err}")
     print(f"codeflow: serving {srv.issuer} (metadata at {srv.issuer}{OAUTH_METADATA_PATH})")

@@ -26,7 +26,16 @@ from codeflow_storage.sqlite import SQLiteStorage
 from postgres_support import fresh_schema
 
 import codeflow
-from codeflow import AuthorizationCode, Client, Grant, RemovedUser, SigningKey, Token, User
+from codeflow import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RemovedUser,
+    Resource,
+    SigningKey,
+    Token,
+    User,
+)
 
 THREADS = 16
 NOW = 1_800_000_000.0
@@ -456,6 +465,57 @@ class TestStorageContract:
         storage.save_code(code)
         results = race(lambda i: storage.consume_code("code-1"))
         assert [r for r in results if r is not None] == [code]
+
+    # -- resources (RFC 8707) ----------------------------------------------------
+
+    def test_add_get_list_and_remove_resources(self, storage: codeflow.Storage) -> None:
+        """RFC 8707 §2: a resource is registered by its URI, "an absolute URI"; Storage
+        add_resource/get_resource/list_resources/remove_resource: records in, records out,
+        replaced by URI, removal says whether there was one."""
+        assert storage.list_resources() == []
+        api = Resource(
+            uri="https://api.example/v1",
+            scopes=("read", "write"),
+            name="Example API",
+            access_token_jwt=False,
+            access_token_lifetime=300,
+            introspection=False,
+            client_id="api-server",
+        )
+        mcp = Resource(uri="https://mcp.example/mcp")
+        storage.add_resource(api)
+        storage.add_resource(mcp)
+        assert storage.get_resource("https://api.example/v1") == api
+        assert storage.get_resource("https://mcp.example/mcp") == mcp
+        assert storage.get_resource("https://api.example/v1/") is None
+        assert storage.list_resources() == [api, mcp]
+        renamed = Resource(uri="https://mcp.example/mcp", name="MCP", scopes=("tools",))
+        storage.add_resource(renamed)
+        assert storage.list_resources() == [api, renamed]
+        assert storage.remove_resource("https://api.example/v1") is True
+        assert storage.remove_resource("https://api.example/v1") is False
+        assert storage.list_resources() == [renamed]
+
+    def test_resource_fields_of_clients_codes_and_tokens_round_trip(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 8707 §2.1-2.2: the resources a code was authorized for and a token's audience
+        are kept; RFC 8693 §4.1: an exchanged token's act claim; a client's allowed and
+        token-exchange resources."""
+        client = Client(
+            client_id="svc",
+            secret_hash="scrypt$16384$8$1$c2FsdA$a2V5",
+            resources=("https://api.example/v1",),
+            token_exchange=("https://db.example/", "https://mail.example/"),
+        )
+        storage.add_client(client)
+        assert storage.get_client("svc") == client
+        code = a_code(resources=("https://api.example/v1", "https://mcp.example/mcp"))
+        storage.save_code(code)
+        assert storage.consume_code("code-1") == code
+        token = a_token("x1", audience=("https://db.example/",), actor={"sub": "svc"})
+        storage.save_token(token)
+        assert storage.get_token("x1") == token
 
     # -- tokens ----------------------------------------------------------------
 
