@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.parse
 from typing import Any
 
 import anyio
@@ -72,33 +71,18 @@ def make_mcp() -> MCPServer:
     return mcp
 
 
-def protected_resource_metadata(url: str, issuer: str) -> dict[str, Any]:
-    """RFC 9728 §2: this server's metadata, which names its authorization server."""
-    return {
-        "resource": url,  # §3.3: the resource identifier the client asks tokens for
-        "authorization_servers": [issuer],
-        "scopes_supported": [READ, WRITE],
-        "bearer_methods_supported": ["header"],  # RFC 6750 §2.1 only
-        "resource_name": "codeflow notes (MCP)",
-    }
-
-
 class Protect:
-    """ASGI middleware: serve RFC 9728 metadata, and let a request through to ``app`` only
-    with an access token for this resource that holds the scope its method needs."""
+    """ASGI middleware: serve the validator's RFC 9728 metadata, and let a request through
+    to ``app`` only with an access token for this resource holding the scope it needs."""
 
-    def __init__(self, app: ASGIApp, validator: BearerValidator, url: str) -> None:
+    def __init__(self, app: ASGIApp, validator: BearerValidator) -> None:
         self.app, self.validator = app, validator
-        # RFC 9728 §3.1: the well-known URI goes between the host and the resource's path.
-        parts = urllib.parse.urlsplit(url)
-        self.path = "/.well-known/oauth-protected-resource" + parts.path.rstrip("/")
-        self.metadata_url = f"{parts.scheme}://{parts.netloc}{self.path}"
-        self.metadata = json.dumps(protected_resource_metadata(url, validator.issuer)).encode()
+        self.metadata = json.dumps(validator.metadata()).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == self.path:
+        if scope["path"] == self.validator.metadata_path:  # RFC 9728 §3.1
             return await respond(send, 200, self.metadata, [])
         try:
             body, receive = await read_body(receive)
@@ -118,7 +102,7 @@ class Protect:
         """RFC 6750 §3, with RFC 9728 §5.1's resource_metadata, which leads the client to
         the authorization server. RFC 6750 §3.1: a request without a token gets no error
         code; its scope (as a 403's) says what to ask for."""
-        params = {"resource_metadata": self.metadata_url, "scope": READ}
+        params = {"resource_metadata": str(self.validator.metadata_url), "scope": READ}
         if err is not None:
             params.update(error=err.error, error_description=err.description)
             if isinstance(err, InsufficientScopeError):
@@ -182,9 +166,15 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-def make_app(validator: BearerValidator, url: str) -> ASGIApp:
+def make_validator(issuer: str, url: str) -> BearerValidator:
+    """RFC 8707 / RFC 9068 §4: a token must name this server, ``url``, in aud."""
+    return BearerValidator(issuer, resource=url, scopes_supported=[READ, WRITE],
+                           resource_name="codeflow notes (MCP)")  # fmt: skip
+
+
+def make_app(validator: BearerValidator) -> ASGIApp:
     """The ASGI app: the MCP server (streamable HTTP at /mcp) behind ``Protect``."""
-    return Protect(make_mcp().streamable_http_app(json_response=True), validator, url)
+    return Protect(make_mcp().streamable_http_app(json_response=True), validator)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,10 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5002)
     args = parser.parse_args(argv)
     url = f"http://{args.host}:{args.port}/mcp"
-    # RFC 8707 / RFC 9068 §4: tokens must name this server in aud.
-    validator = BearerValidator(args.issuer, audience=url)
     print(f"mcp: {url} (provider {args.issuer})", flush=True)
-    uvicorn.run(make_app(validator, url), host=args.host, port=args.port, log_level="warning")
+    app = make_app(make_validator(args.issuer, url))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import anyio
 import httpx2
 import requests
 import uvicorn
-from codeflow_sdk import BearerValidator
 from codeflow_sdk.testing import Clock, DocumentHost, HeadlessBrowser
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.session import ClientSession
@@ -97,6 +96,11 @@ class Site:
     def exchanges(self, path: str, method: str | None = None) -> list[codeflow.Exchange]:
         return self.srv.transcript.find(path, method)
 
+    def consent_pages(self) -> list[str]:
+        """The consent pages codeflow showed, oldest first."""
+        return [e.body for e in self.exchanges("/authorize", "GET")
+                if e.status == 200 and 'name="decision"' in str(e.body)]  # fmt: skip
+
 
 @contextlib.contextmanager
 def mcp_site(**options: Any) -> Iterator[Site]:
@@ -110,8 +114,10 @@ def mcp_site(**options: Any) -> Iterator[Site]:
             srv.add_user(USERNAME, PASSWORD)
             port = free_port()
             url = f"http://127.0.0.1:{port}/mcp"
-            validator = BearerValidator(issuer, audience=url)
-            with serve_asgi(mcp_example.make_app(validator, url), port):
+            # RFC 8707: the MCP server is a resource of its own, with its scopes.
+            srv.add_resource(url, scopes=[READ, WRITE], name="codeflow notes (MCP)")
+            validator = mcp_example.make_validator(issuer, url)
+            with serve_asgi(mcp_example.make_app(validator), port):
                 yield Site(srv, issuer, url, clock)
     finally:
         clock.restore_time()
@@ -213,6 +219,20 @@ class PythonClient:
     def access_token(self) -> str:
         assert self.storage.tokens is not None
         return self.storage.tokens.access_token
+
+
+def check_step_up_consent(site: Site) -> None:
+    """The consent pages name the MCP server and its scopes (RFC 8707, issue 15 item 2):
+    the first mcp:read only, the step-up's mcp:write too. An MCP client is a public native
+    client with a loopback redirect, which any process on the device could answer (RFC
+    8252 §8.6): its consent is neither stored nor reused, so the step-up asks for the whole
+    scope again rather than for the added scope only (issue 15 item 5 applies to clients
+    whose redirect proves who they are)."""
+    first, step_up = site.consent_pages()
+    assert site.url in first and site.url in step_up
+    assert f"<code>{READ}</code>" in first and f"<code>{WRITE}</code>" not in first
+    assert f"<code>{READ}</code>" in step_up and f"<code>{WRITE}</code>" in step_up
+    assert "already allowed" not in step_up
 
 
 def authorize_params(url: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from mcp_support import (
     PythonClient,
     Site,
     authorize_params,
+    check_step_up_consent,
     mcp_site,
     open_registration,
     registration_path,
@@ -43,9 +44,6 @@ pytestmark = pytest.mark.http
 PRE_REGISTERED = "mcp-cli"
 # Until the RFC 8707 work (issue 15 items 1, 2) is merged, codeflow ignores `resource` and
 # every token's aud is the issuer: a correct MCP server refuses them all.
-NEEDS_RESOURCES = pytest.mark.xfail(
-    strict=True, reason="issue 15 items 1-2 (i-resources): RFC 8707 resource -> aud"
-)
 
 NEEDS_REGISTRATION = pytest.mark.xfail(
     strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
@@ -95,6 +93,7 @@ def check_every_step(site: Site, client: PythonClient, result: dict[str, Any]) -
         assert params["client_id"] == client_id
     assert READ in first["scope"].split() and WRITE not in first["scope"].split()
     assert {READ, WRITE} <= set(step_up["scope"].split())
+    check_step_up_consent(site)
 
     # RFC 9207 §2: each authorization response named codeflow; the SDK checked it.
     for callback in client.callbacks:
@@ -118,7 +117,6 @@ def check_every_step(site: Site, client: PythonClient, result: dict[str, Any]) -
     return client_id
 
 
-@NEEDS_RESOURCES
 def test_python_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
     """MCP authorization with a client registered beforehand (RFC 6749 §2): discovery
     (RFC 9728 §5.1, RFC 8414 §3), PKCE (RFC 7636 §4.3), resource (RFC 8707 §2.1, §2.2),
@@ -137,7 +135,6 @@ def test_python_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
 
 
 @NEEDS_REGISTRATION
-@NEEDS_RESOURCES
 def test_python_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
     """MCP "Client Registration" without pre-registration: codeflow's metadata has a
     registration_endpoint (RFC 8414 §2), the SDK registers there (RFC 7591 §3.1) as a
@@ -158,7 +155,6 @@ def test_python_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -
 
 
 @NEEDS_REGISTRATION
-@NEEDS_RESOURCES
 def test_python_sdk_every_step_with_a_client_id_metadata_document(
     documents: DocumentHost,
 ) -> None:
@@ -203,17 +199,17 @@ def test_example_serves_rfc9728_metadata_and_bearer_challenges(site: Site) -> No
         assert r.status_code in (400, 401)
 
 
-@NEEDS_RESOURCES
 def test_token_for_another_resource_is_refused(site: Site) -> None:
     """RFC 8707 §2: a token requested for one resource carries it as aud (RFC 9068 §3);
     RFC 9068 §4: the MCP server "MUST" reject a token whose aud does not name it, so a
     token for another API never reaches a tool, while one for the MCP server does."""
     other = site.url.replace("/mcp", "/other-api")
-    site.srv.add_client("svc", client_secret="svc-secret", scopes=[READ, WRITE],
+    site.srv.add_resource(other, scopes=["other:read"], name="Another API")
+    site.srv.add_client("svc", client_secret="svc-secret", scopes=[READ, "other:read"],
                         grant_types=["client_credentials"])  # fmt: skip
 
-    def token_for(resource: str) -> str:
-        form = {"grant_type": "client_credentials", "scope": READ, "resource": resource}
+    def token_for(resource: str, scope: str) -> str:
+        form = {"grant_type": "client_credentials", "scope": scope, "resource": resource}
         with requests.post(site.issuer + "/token", data=form, auth=("svc", "svc-secret"),
                            timeout=10) as r:  # fmt: skip
             assert r.status_code == 200, r.text
@@ -223,13 +219,13 @@ def test_token_for_another_resource_is_refused(site: Site) -> None:
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
     headers = {"Accept": "application/json, text/event-stream"}
-    wrong = token_for(other)
+    wrong = token_for(other, "other:read")
     with requests.post(site.url, json=initialize, timeout=10,
                        headers={**headers, "Authorization": f"Bearer {wrong}"}) as r:  # fmt: skip
         assert r.status_code == 401
         assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
         assert "another audience" in json.loads(r.text)["error_description"]
-    right = token_for(site.url)
+    right = token_for(site.url, READ)
     with requests.post(site.url, json=initialize, timeout=10,
                        headers={**headers, "Authorization": f"Bearer {right}"}) as r:  # fmt: skip
         assert r.status_code == 200, r.text

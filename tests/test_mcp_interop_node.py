@@ -33,6 +33,7 @@ from mcp_support import (
     WRITE,
     Site,
     authorize_params,
+    check_step_up_consent,
     mcp_site,
     open_registration,
     registration_path,
@@ -52,9 +53,6 @@ pytestmark = [
         "(CI installs it; locally: apt-get install nodejs npm)",
     ),
 ]
-NEEDS_RESOURCES = pytest.mark.xfail(
-    strict=True, reason="issue 15 items 1-2 (i-resources): RFC 8707 resource -> aud"
-)
 NEEDS_REGISTRATION = pytest.mark.xfail(
     strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
 )
@@ -141,6 +139,7 @@ def check_every_step(site: Site, result: dict[str, Any]) -> str:
         assert params["client_id"] == client_id
     assert READ in first["scope"].split() and WRITE not in first["scope"].split()
     assert {READ, WRITE} <= set(step_up["scope"].split())
+    check_step_up_consent(site)
     # RFC 9207 §2: the authorization responses named codeflow (the app checked state too).
     assert result["callbacks"] == [{"state_ok": True, "iss": site.issuer}] * 2
 
@@ -166,7 +165,6 @@ def check_every_step(site: Site, result: dict[str, Any]) -> str:
     return client_id
 
 
-@NEEDS_RESOURCES
 def test_typescript_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
     """MCP authorization through the TypeScript SDK with a client registered beforehand:
     discovery (RFC 9728 §5.1, RFC 8414 §3), PKCE (RFC 7636 §4.3), resource (RFC 8707
@@ -181,7 +179,6 @@ def test_typescript_sdk_every_step_with_a_pre_registered_client(site: Site) -> N
 
 
 @NEEDS_REGISTRATION
-@NEEDS_RESOURCES
 def test_typescript_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
     """MCP "Client Registration" without pre-registration: the SDK finds codeflow's
     registration_endpoint (RFC 8414 §2), registers (RFC 7591 §3.1) a public client with a
@@ -197,7 +194,6 @@ def test_typescript_sdk_every_step_registering_by_rfc7591(documents: DocumentHos
 
 
 @NEEDS_REGISTRATION
-@NEEDS_RESOURCES
 def test_typescript_sdk_every_step_with_a_client_id_metadata_document(
     documents: DocumentHost,
 ) -> None:
