@@ -23,7 +23,7 @@ import anyio
 import httpx2
 import requests
 import uvicorn
-from codeflow_sdk.testing import Clock, DocumentHost, HeadlessBrowser
+from codeflow_sdk.testing import Clock, HeadlessBrowser
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -103,36 +103,31 @@ class Site:
 
 
 @contextlib.contextmanager
-def mcp_site(**options: Any) -> Iterator[Site]:
-    """A live codeflow (transcript on, ``options`` for the Server) with alice, and the
-    example MCP server protected by it; one Clock that moves the whole process."""
-    clock = Clock()
+def serve_mcp(srv: codeflow.Server, issuer: str, clock: Clock) -> Iterator[Site]:
+    """The example MCP server in front of ``srv`` (running at ``issuer``, on ``clock``),
+    registered there as a resource; alice as the user. ``clock`` moves the whole process
+    while it runs (``Clock.patch_time``)."""
     clock.patch_time()
     try:
-        srv = codeflow.Server(clock=clock, transcript=True, password_hashing="fast", **options)
-        with srv.running() as issuer:
-            srv.add_user(USERNAME, PASSWORD)
-            port = free_port()
-            url = f"http://127.0.0.1:{port}/mcp"
-            # RFC 8707: the MCP server is a resource of its own, with its scopes.
-            srv.add_resource(url, scopes=[READ, WRITE], name="codeflow notes (MCP)")
-            validator = mcp_example.make_validator(issuer, url)
-            with serve_asgi(mcp_example.make_app(validator), port):
-                yield Site(srv, issuer, url, clock)
+        srv.add_user(USERNAME, PASSWORD)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        # RFC 8707: the MCP server is a resource of its own, with its scopes.
+        srv.add_resource(url, scopes=[READ, WRITE], name="codeflow notes (MCP)")
+        validator = mcp_example.make_validator(issuer, url)
+        with serve_asgi(mcp_example.make_app(validator), port):
+            yield Site(srv, issuer, url, clock)
     finally:
         clock.restore_time()
 
 
-def open_registration(documents: DocumentHost) -> dict[str, Any]:
-    """Server options for clients that register themselves: RFC 7591 registration open to
-    anyone, and Client ID Metadata Documents fetched from ``documents`` (a loopback https
-    host whose CA the server trusts for this test only)."""
-    return {
-        "registration": "open",
-        "client_id_metadata_documents": True,
-        "fetch_allowed_networks": ["127.0.0.1/32"],
-        "fetch_ca_file": documents.ca_file,
-    }
+@contextlib.contextmanager
+def mcp_site(**options: Any) -> Iterator[Site]:
+    """A live codeflow (transcript on, ``options`` for the Server) behind the example."""
+    clock = Clock()
+    srv = codeflow.Server(clock=clock, transcript=True, password_hashing="fast", **options)
+    with srv.running() as issuer, serve_mcp(srv, issuer, clock) as site:
+        yield site
 
 
 def registration_path(site: Site) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 from codeflow_sdk import BearerValidator
-from codeflow_sdk.testing import DocumentHost
+from codeflow_sdk.testing import Clock, DocumentHost
 from mcp.client.session import ClientSession
 from mcp.shared.auth import OAuthClientInformationFull
 from mcp_support import (
@@ -33,8 +33,8 @@ from mcp_support import (
     authorize_params,
     check_step_up_consent,
     mcp_site,
-    open_registration,
     registration_path,
+    serve_mcp,
 )
 
 import codeflow
@@ -45,6 +45,10 @@ PRE_REGISTERED = "mcp-cli"
 # Until the RFC 8707 work (issue 15 items 1, 2) is merged, codeflow ignores `resource` and
 # every token's aud is the issuer: a correct MCP server refuses them all.
 
+
+
+# Until issue 15 items 3-4 (i-register) are merged, codeflow has no registration endpoint
+# and takes no Client ID Metadata Document: the plugin's self_registration cannot start.
 NEEDS_REGISTRATION = pytest.mark.xfail(
     strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
 )
@@ -52,9 +56,23 @@ NEEDS_REGISTRATION = pytest.mark.xfail(
 
 @pytest.fixture
 def documents() -> Iterator[DocumentHost]:
-    """An https host on 127.0.0.1 for Client ID Metadata Documents."""
+    """An https host on 127.0.0.1 for Client ID Metadata Documents (both SDKs require an
+    https client_id URL), under a CA of its own."""
     with DocumentHost() as host:
         yield host
+
+
+@pytest.fixture
+def open_site(
+    codeflow_factory: Any, codeflow_clock: Clock, documents: DocumentHost
+) -> Iterator[Site]:
+    """Issue 15 item 9, the pytest plugin's one line for MCP client authors: a live
+    codeflow where clients register themselves, by RFC 7591 or by a Client ID Metadata
+    Document on a loopback https host whose CA it trusts; the MCP server in front of it."""
+    idp = codeflow_factory(live=True, self_registration=True, clock=codeflow_clock,
+                           fetch_ca_file=documents.ca_file)  # fmt: skip
+    with serve_mcp(idp.server, idp.url, codeflow_clock) as running:
+        yield running
 
 
 @pytest.fixture
@@ -134,42 +152,41 @@ def test_python_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
     assert check_every_step(site, client, result) == PRE_REGISTERED
 
 
+
 @NEEDS_REGISTRATION
-def test_python_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
+def test_python_sdk_every_step_registering_by_rfc7591(open_site: Site) -> None:
     """MCP "Client Registration" without pre-registration: codeflow's metadata has a
     registration_endpoint (RFC 8414 §2), the SDK registers there (RFC 7591 §3.1) as a
     public native client with a loopback redirect (RFC 8252 §7.3), gets a client_id
     (§3.2.1), and completes every step with it."""
-    with mcp_site(**open_registration(documents)) as site:
-        client = PythonClient(site)
-        result = client.run(lambda session: every_step(site, session))
-        client_id = check_every_step(site, client, result)
-        registrations = site.exchanges(registration_path(site), "POST")
-        assert [e.status for e in registrations] == [201]
-        assert registrations[0].body["client_id"] == client_id
-        assert client.storage.client_info is not None
-        assert client.storage.client_info.client_id == client_id
-        stored = site.srv.storage.get_client(client_id)
-        assert stored is not None and list(stored.redirect_uris) == [REDIRECT]
-        assert documents.hits == {}  # no metadata document was involved
+    client = PythonClient(open_site)
+    result = client.run(lambda session: every_step(open_site, session))
+    client_id = check_every_step(open_site, client, result)
+    registrations = open_site.exchanges(registration_path(open_site), "POST")
+    assert [e.status for e in registrations] == [201]
+    assert registrations[0].body["client_id"] == client_id
+    assert client.storage.client_info is not None
+    assert client.storage.client_info.client_id == client_id
+    stored = open_site.srv.storage.get_client(client_id)
+    assert stored is not None and list(stored.redirect_uris) == [REDIRECT]
 
 
 @NEEDS_REGISTRATION
 def test_python_sdk_every_step_with_a_client_id_metadata_document(
-    documents: DocumentHost,
+    open_site: Site, documents: DocumentHost
 ) -> None:
     """MCP "Client Registration" by Client ID Metadata Document: codeflow advertises
     client_id_metadata_document_supported, the SDK uses its https metadata URL as the
     client_id without registering, codeflow fetches and checks the document (its
     client_id equals the URL, the redirect_uri is listed) and every step completes."""
-    url = documents.publish_client("/clients/python.json", [REDIRECT],
-                                   client_name="MCP interop (Python SDK)")  # fmt: skip
-    with mcp_site(**open_registration(documents)) as site:
-        client = PythonClient(site, client_metadata_url=url)
-        result = client.run(lambda session: every_step(site, session))
-        assert check_every_step(site, client, result) == url
-        assert documents.hits["/clients/python.json"] >= 1
-        assert not site.exchanges(registration_path(site), "POST")
+    url = documents.publish_client(
+        "/clients/python.json", [REDIRECT], client_name="MCP interop (Python SDK)"
+    )
+    client = PythonClient(open_site, client_metadata_url=url)
+    result = client.run(lambda session: every_step(open_site, session))
+    assert check_every_step(open_site, client, result) == url
+    assert documents.hits["/clients/python.json"] >= 1
+    assert not open_site.exchanges(registration_path(open_site), "POST")
 
 
 def test_example_serves_rfc9728_metadata_and_bearer_challenges(site: Site) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from codeflow_sdk import BearerValidator
-from codeflow_sdk.testing import DocumentHost
+from codeflow_sdk.testing import Clock, DocumentHost
 from mcp_support import (
     PASSWORD,
     READ,
@@ -35,8 +35,8 @@ from mcp_support import (
     authorize_params,
     check_step_up_consent,
     mcp_site,
-    open_registration,
     registration_path,
+    serve_mcp,
 )
 
 import codeflow
@@ -53,9 +53,6 @@ pytestmark = [
         "(CI installs it; locally: apt-get install nodejs npm)",
     ),
 ]
-NEEDS_REGISTRATION = pytest.mark.xfail(
-    strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
-)
 
 _npm_lock = threading.Lock()
 
@@ -74,11 +71,33 @@ def npm_packages() -> None:
         )  # fmt: skip
 
 
+# Until issue 15 items 3-4 (i-register) are merged, codeflow has no registration endpoint
+# and takes no Client ID Metadata Document: the plugin's self_registration cannot start.
+NEEDS_REGISTRATION = pytest.mark.xfail(
+    strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
+)
+
+
 @pytest.fixture
 def documents() -> Iterator[DocumentHost]:
-    """An https host on 127.0.0.1 for Client ID Metadata Documents."""
+    """An https host on 127.0.0.1 for Client ID Metadata Documents (both SDKs require an
+    https client_id URL), under a CA of its own."""
     with DocumentHost() as host:
         yield host
+
+
+@pytest.fixture
+def open_site(
+    codeflow_factory: Any, codeflow_clock: Clock, documents: DocumentHost
+) -> Iterator[Site]:
+    """Issue 15 item 9, the pytest plugin's one line for MCP client authors: a live
+    codeflow where clients register themselves, by RFC 7591 or by a Client ID Metadata
+    Document on a loopback https host whose CA it trusts; the MCP server in front of it."""
+    npm_packages()
+    idp = codeflow_factory(live=True, self_registration=True, clock=codeflow_clock,
+                           fetch_ca_file=documents.ca_file)  # fmt: skip
+    with serve_mcp(idp.server, idp.url, codeflow_clock) as running:
+        yield running
 
 
 @pytest.fixture
@@ -178,33 +197,32 @@ def test_typescript_sdk_every_step_with_a_pre_registered_client(site: Site) -> N
     assert check_every_step(site, result) == PRE_REGISTERED
 
 
+
 @NEEDS_REGISTRATION
-def test_typescript_sdk_every_step_registering_by_rfc7591(documents: DocumentHost) -> None:
+def test_typescript_sdk_every_step_registering_by_rfc7591(open_site: Site) -> None:
     """MCP "Client Registration" without pre-registration: the SDK finds codeflow's
     registration_endpoint (RFC 8414 §2), registers (RFC 7591 §3.1) a public client with a
     loopback redirect (RFC 8252 §7.3), and completes every step with the client_id it got."""
-    npm_packages()
-    with mcp_site(**open_registration(documents)) as site:
-        result = run_driver(site)
-        client_id = check_every_step(site, result)
-        registrations = site.exchanges(registration_path(site), "POST")
-        assert [e.status for e in registrations] == [201]
-        assert registrations[0].body["client_id"] == client_id
-        assert site.srv.storage.get_client(client_id) is not None
+    result = run_driver(open_site)
+    client_id = check_every_step(open_site, result)
+    registrations = open_site.exchanges(registration_path(open_site), "POST")
+    assert [e.status for e in registrations] == [201]
+    assert registrations[0].body["client_id"] == client_id
+    stored = open_site.srv.storage.get_client(client_id)
+    assert stored is not None and list(stored.redirect_uris) == [REDIRECT]
 
 
 @NEEDS_REGISTRATION
 def test_typescript_sdk_every_step_with_a_client_id_metadata_document(
-    documents: DocumentHost,
+    open_site: Site, documents: DocumentHost
 ) -> None:
     """MCP "Client Registration" by Client ID Metadata Document: codeflow advertises
     client_id_metadata_document_supported; the SDK uses its https metadata URL as the
     client_id, codeflow fetches and checks the document, and every step completes."""
-    npm_packages()
-    url = documents.publish_client("/clients/typescript.json", [REDIRECT],
-                                   client_name="MCP interop (TypeScript SDK)")  # fmt: skip
-    with mcp_site(**open_registration(documents)) as site:
-        result = run_driver(site, client_metadata_url=url)
-        assert check_every_step(site, result) == url
-        assert documents.hits["/clients/typescript.json"] >= 1
-        assert not site.exchanges(registration_path(site), "POST")
+    url = documents.publish_client(
+        "/clients/typescript.json", [REDIRECT], client_name="MCP interop (TypeScript SDK)"
+    )
+    result = run_driver(open_site, client_metadata_url=url)
+    assert check_every_step(open_site, result) == url
+    assert documents.hits["/clients/typescript.json"] >= 1
+    assert not open_site.exchanges(registration_path(open_site), "POST")
