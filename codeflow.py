@@ -44,6 +44,7 @@ import getpass
 import hashlib
 import hmac
 import html
+import http.client
 import importlib
 import importlib.metadata
 import io
@@ -59,6 +60,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -137,6 +139,7 @@ DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
+MAX_REGISTERED_CLIENTS = 10_000  # self-registered clients at most (RFC 7591; see its section)
 TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
 
 # Endpoint paths are ours to choose; clients find them through discovery (RFC 8414 §2).
@@ -149,6 +152,7 @@ REVOKE_PATH = "/revoke"
 USERINFO_PATH = "/userinfo"
 JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
+REGISTRATION_PATH = "/register"  # RFC 7591 §3; RFC 7592's client URIs are under it
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
@@ -427,6 +431,7 @@ AUDIT_EVENTS = (
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
     "resource.added", "resource.removed", "token.exchanged",
+    "client.registered", "client.registration_changed", "client.registration_deleted",
 )  # fmt: skip
 
 
@@ -556,6 +561,14 @@ class ConsentRequired(OAuthError):
 class UnmetAuthenticationRequirements(OAuthError):
     # OpenID Connect Core Error Code unmet_authentication_requirements 1.0 §2
     error = "unmet_authentication_requirements"
+
+
+class InvalidRedirectUri(OAuthError):
+    error = "invalid_redirect_uri"  # RFC 7591 §3.2.2
+
+
+class InvalidClientMetadata(OAuthError):
+    error = "invalid_client_metadata"  # RFC 7591 §3.2.2
 
 
 class InvalidToken(OAuthError):
@@ -688,10 +701,23 @@ class Client:
     # whose token names a resource this client serves (Resource.client_id); none: no
     # exchange at all.
     token_exchange: tuple[str, ...] = ()
+    # A client that registered itself (see "Clients that register themselves"): how
+    # (REGISTERED_DYNAMICALLY, RFC 7591; REGISTERED_BY_DOCUMENT, a Client ID Metadata
+    # Document, never stored; "" for the operator's clients), the SHA-256 of its RFC 7592
+    # registration access token, and the metadata as registered (RFC 7591 §3.2.1).
+    registration: str = ""
+    registration_token_hash: str | None = None
+    registered_metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def public(self) -> bool:
         return self.secret_hash is None
+
+    @property
+    def unverified(self) -> bool:
+        """Whether the client described itself, unchecked by the operator: its name is
+        only what it says it is (the consent page says so)."""
+        return self.registration != ""
 
 
 @dataclass(frozen=True)
@@ -1403,6 +1429,13 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        fetch_allowed_networks: Iterable[str] = (),
+        fetch_ca_file: str | None = None,
+        client_id_metadata_documents: bool = False,
+        client_id_metadata_hosts: Iterable[str] = (),
+        registration: RegistrationPolicy = "off",
+        registration_tokens: Iterable[str] = (),
+        max_registered_clients: int = MAX_REGISTERED_CLIENTS,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1442,6 +1475,32 @@ class Server:
                 "codeflow: password_hashing='fast': passwords and client secrets are hashed "
                 "for test suites, not with scrypt; never run this in production"
             )
+        # Outbound fetches of URLs others choose (see "Outbound fetches"): what they may
+        # reach besides public https hosts (test suites' loopback servers), and a cache.
+        self.fetch_policy = FetchPolicy(
+            proxy_networks(fetch_allowed_networks, "fetch_allowed_networks"), fetch_ca_file
+        )
+        if self.fetch_policy.allowed_networks:
+            log.warning(
+                "codeflow: outbound fetches may reach %s (fetch_allowed_networks); never "
+                "allow internal networks in production",
+                ", ".join(map(str, self.fetch_policy.allowed_networks)),
+            )
+        self.fetch_cache = FetchCache()
+        # Clients that register themselves (see their section): Client ID Metadata
+        # Documents (only from these hosts, if any), and RFC 7591 registration.
+        self.client_id_metadata_documents = client_id_metadata_documents
+        self.client_id_metadata_hosts = tuple(h.lower() for h in client_id_metadata_hosts)
+        if registration not in REGISTRATION_POLICIES:
+            raise ValueError(f"registration must be one of {', '.join(REGISTRATION_POLICIES)}")
+        self.registration: RegistrationPolicy = registration
+        # RFC 7591 §3: the initial access tokens of the "token" policy, kept as hashes.
+        self.registration_token_hashes = tuple(token_hash(t) for t in registration_tokens if t)
+        if registration == "token" and not self.registration_token_hashes:
+            raise ValueError("registration='token' needs registration_tokens (initial access "
+                             "tokens, RFC 7591 §3)")  # fmt: skip
+        self.max_registered_clients = max_registered_clients
+        self.registration_limiter = RegistrationLimiter(clock)
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -1821,8 +1880,13 @@ def check_client(client: Client, *, public: bool) -> None:
     for uri in (*client.redirect_uris, *client.post_logout_redirect_uris):
         parts = urllib.parse.urlsplit(uri)
         # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
-        # "MUST NOT include a fragment component."
-        if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+        # "MUST NOT include a fragment component." A native app's private-use scheme has
+        # no authority (RFC 8252 §7.1: com.example.app:/oauth2redirect); a web URI has.
+        # (A "host:port/path" typed without a scheme parses as scheme "host": refused, as
+        # its path does not begin with "/".)
+        web = parts.scheme in ("http", "https")
+        rooted = bool(parts.netloc) or (not web and parts.path.startswith("/"))
+        if not parts.scheme or not rooted or parts.fragment or "#" in uri:
             raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
     unknown = set(client.grant_types) - set(GRANT_TYPES)
     if unknown:
@@ -2507,6 +2571,806 @@ class SecretChecks:
 
 
 ###############################################################################
+# Outbound fetches: documents at URLs that others choose ######################
+###############################################################################
+
+# Some URLs the server fetches are chosen by whoever sends a request: a Client ID Metadata
+# Document's client_id, a client's jwks_uri. Fetched naively, such a URL makes this server
+# a proxy into the network it sits in (server-side request forgery: the cloud metadata
+# service at 169.254.169.254, an admin page on 10.0.0.5, the database on localhost), and
+# a host that answers slowly or endlessly ties up its threads and memory. So every such
+# fetch goes through fetch_json_document, and only through it:
+#
+# - https only, certificate verified, for the URL's own host name (SNI and Host);
+#   plain http only to a loopback address an operator allowed (fetch_allowed_networks,
+#   for test suites);
+# - the name is resolved once, and every address it resolves to must be public
+#   (``ipaddress``'s is_global: no private, loopback, link-local, multicast, reserved
+#   or unspecified address, nor an IPv6 address that embeds one: IPv4-mapped, NAT64,
+#   6to4, Teredo), unless the operator's fetch_allowed_networks lists it; then the
+#   connection goes to an address that was checked, never to the name again, so a DNS
+#   answer that changes between the check and the connection (DNS rebinding) is moot;
+# - no redirect is followed: a 3xx is an error. A document's identity is its URL (the
+#   Client ID Metadata Document's client_id must equal it), and each hop would be one
+#   more host to check; a publisher moves a document by publishing the new URL;
+# - at most max_bytes of body, and one deadline (FETCH_TIMEOUT) for the whole exchange,
+#   from resolving the name to the last byte: a host that drips a byte a second is cut
+#   off when it runs out, whatever the socket timeouts would allow;
+# - a 200 answer of content type application/json (or application/<x>+json), a JSON
+#   value; nothing else is parsed;
+# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
+#   slow hosts cannot hold every thread;
+# - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
+#   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
+#   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
+
+FETCH_TIMEOUT = 5.0  # seconds for a whole fetch: DNS, connect, TLS, headers, body
+FETCH_MAX_BYTES = 64 * 1024  # a client's metadata or JWKS is a few KiB
+FETCHES_AT_ONCE = 8
+FETCH_CACHE_DEFAULT = 300  # seconds a document without caching headers is reused
+FETCH_CACHE_MIN = 30  # max-age below this counts as this (a floor against refetch storms)
+FETCH_CACHE_MAX = 24 * 3600
+FETCH_CACHE_ENTRIES = 1000
+FETCH_URL_LENGTH = 2048
+FETCH_SLOTS = threading.BoundedSemaphore(FETCHES_AT_ONCE)
+# RFC 6052 §2.1: the NAT64 well-known prefix, whose low 32 bits are an IPv4 address.
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class FetchError(Exception):
+    """A document could not be fetched, or is not one we accept; ``description`` says
+    why in words fit for an error_description (no address is disclosed beyond the
+    URL's own host)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What outbound fetches may reach, beyond public addresses over https: the
+    networks (CIDR) the operator allows although they are not public, for test suites
+    (``fetch_allowed_networks``); plain http is allowed to loopback addresses among them.
+    ``ca_file``: certificates to trust besides the system's (a test suite's own CA)."""
+
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    ca_file: str | None = None
+
+    def allows(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed_networks)
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, where a router would deliver to it:
+    IPv4-mapped (RFC 4291 §2.5.5.2), NAT64 (RFC 6052), 6to4 (RFC 3056), Teredo's
+    server or client (RFC 4380)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def public_address(address: IPAddress) -> bool:
+    """Whether ``address`` is on the public Internet: not private, loopback, link-local,
+    multicast, reserved or unspecified (RFC 6890's special-purpose registries, as
+    ``ipaddress`` knows them), nor an IPv6 address that carries such an IPv4 address."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not public_address(inner):
+        return False
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+def resolve_checked(host: str, port: int, policy: FetchPolicy, deadline: float) -> list[IPAddress]:
+    """Resolve ``host`` once and return its addresses, each public or allowed by the
+    policy; FetchError if any is not (a name that resolves to one public and one private
+    address is refused whole: which one a connection would get is the resolver's say)."""
+    literal = ip_address_literal(host)
+    if literal is not None:
+        found = [literal]
+    else:
+        found = [ipaddress.ip_address(a) for a in resolve_within(host, port, deadline)]
+    if not found:
+        raise FetchError(f"{host} has no address.")
+    for address in found:
+        if not public_address(address) and not policy.allows(address):
+            raise FetchError(
+                f"{host} resolves to an address that is not public (private, loopback, "
+                "link-local or reserved); such addresses are never fetched."
+            )
+    return found
+
+
+def ip_address_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def resolve_within(host: str, port: int, deadline: float) -> list[str]:
+    """getaddrinfo has no timeout of its own: it runs in a thread waited for until the
+    deadline, after which the fetch gives up (the thread ends when the resolver does)."""
+    answer: list[str] = []
+    failed: list[str] = []
+
+    def run() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answer.extend(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
+        except (OSError, UnicodeError) as err:
+            failed.append(str(err))
+
+    resolver = threading.Thread(target=run, daemon=True)
+    resolver.start()
+    resolver.join(max(0.0, deadline - time.monotonic()))
+    if resolver.is_alive():
+        raise FetchError(f"Resolving {host} took too long.")
+    if failed:
+        raise FetchError(f"{host} could not be resolved.")
+    return answer
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTP(S) connection to ``address``, a checked address of ``host``: the socket goes
+    to the address, while the Host header, the TLS server name (SNI) and the certificate
+    check use the host name, as if the name had been resolved here."""
+
+    def __init__(
+        self, host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:  # fmt: skip
+        super().__init__(host, port, timeout=timeout, context=tls)
+        self.address = address
+        self.tls = tls
+        self.raw: socket.socket | None = None
+
+    def connect(self) -> None:
+        raw = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.raw = raw
+        self.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+
+    def cut(self) -> None:
+        """End the exchange from another thread (the deadline): a read in progress
+        returns at once."""
+        sock = self.sock
+        with contextlib.suppress(OSError):
+            if sock is not None:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def fetch_json_document(
+    srv: Server,
+    url: str,
+    *,
+    max_bytes: int = FETCH_MAX_BYTES,
+    hosts: Iterable[str] = (),
+    fresh: bool = False,
+) -> Any:
+    """GET the JSON document at ``url``, a URL that someone other than the operator chose,
+    with the defences listed above this function; the parsed JSON value, or FetchError
+    saying why not. ``hosts``: if any, the only host names that may be fetched (an
+    allowlist of trusted hosts). ``fresh``: skip the cache (a JWKS that lacks a new kid)."""
+    allowed = {h.lower().rstrip(".") for h in hosts}
+    parts = check_fetch_url(url)
+    host = cast(str, parts.hostname)
+    if allowed and host not in allowed:
+        raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
+    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    if cached is not None:
+        return cached.value
+    if not FETCH_SLOTS.acquire(timeout=1):
+        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    try:
+        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+    finally:
+        FETCH_SLOTS.release()
+    if lifetime > 0:
+        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+    return value
+
+
+def check_fetch_url(url: str) -> urllib.parse.SplitResult:
+    """An absolute http(s) URL with a host, no userinfo and no fragment, in ASCII."""
+    if len(url) > FETCH_URL_LENGTH or not url.isascii() or any(c in url for c in " \t\r\n\\"):
+        raise FetchError("The URL is too long, or has characters a URL may not have.")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        raise FetchError("The URL does not parse.") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise FetchError("The URL must be an absolute https URL.")
+    if "@" in parts.netloc or parts.fragment or "#" in url:
+        raise FetchError("The URL may not carry a username, password or fragment.")
+    return parts
+
+
+def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int) -> tuple[Any, int]:
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    host = cast(str, parts.hostname)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = resolve_checked(host, port, policy, deadline)
+    if parts.scheme == "http" and not all(a.is_loopback and policy.allows(a) for a in addresses):
+        raise FetchError("The URL must be an https URL.")
+    tls = None
+    if parts.scheme == "https":
+        tls = ssl.create_default_context(cafile=policy.ca_file)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    last_error = "it could not be reached"
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        connection = _PinnedConnection(host, port, address, tls, remaining)
+        # The deadline holds for the whole exchange: at it, the socket is shut, and the
+        # read under way (headers or body, however slowly they drip) fails.
+        timer = threading.Timer(remaining, connection.cut)
+        timer.start()
+        response = None
+        try:
+            connection.request("GET", target, headers={
+                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+                "Accept-Encoding": "identity",
+            })  # fmt: skip
+            response = connection.getresponse()
+            return _read_document(host, response, max_bytes, deadline)
+        except ssl.SSLCertVerificationError:
+            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() >= deadline:
+                raise FetchError(
+                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+                ) from None
+            last_error = "it did not answer"
+        finally:
+            timer.cancel()
+            if response is not None:
+                response.close()  # it owns the socket once the connection handed it over
+            connection.close()
+    raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+def _read_document(
+    host: str, response: http.client.HTTPResponse, max_bytes: int, deadline: float
+) -> tuple[Any, int]:
+    if 300 <= response.status < 400:
+        raise FetchError(f"{host} answered with a redirect (HTTP {response.status}); "
+                         "redirects are not followed: use the document's own URL.")  # fmt: skip
+    if response.status != 200:
+        raise FetchError(f"{host} answered HTTP {response.status} instead of the document.")
+    ctype = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not re.fullmatch(r"application/[\w.+-]+\+json", ctype):
+        what = ctype[:60] or "no content type"
+        raise FetchError(f"{host} answered {what}, not application/json.")
+    length = response.getheader("Content-Length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    body = bytearray()
+    while len(body) <= max_bytes:
+        chunk = response.read1(16 * 1024)
+        if not chunk:
+            break
+        body += chunk
+    # A read cut at the deadline (see _fetch) ends like the body's end: tell them apart.
+    if time.monotonic() >= deadline:
+        raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+    if len(body) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
+        raise FetchError(f"The document at {host} is not JSON.") from None
+    return value, cache_lifetime(response.getheader("Cache-Control"))
+
+
+def cache_lifetime(cache_control: str | None) -> int:
+    """RFC 9111 §5.2.2: the seconds a response may be reused: none for no-store or no-cache
+    (§5.2.2.5, §5.2.2.4), max-age (§5.2.2.1) within FETCH_CACHE_MIN..FETCH_CACHE_MAX, and
+    FETCH_CACHE_DEFAULT without either."""
+    lifetime = FETCH_CACHE_DEFAULT
+    for directive in (cache_control or "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in ("no-store", "no-cache"):
+            return 0
+        if name == "max-age" and value.strip('"').isdigit():
+            lifetime = min(max(int(value.strip('"')), FETCH_CACHE_MIN), FETCH_CACHE_MAX)
+    return lifetime
+
+
+@dataclass(frozen=True)
+class Cached:
+    value: Any
+    expires_at: float
+
+
+class FetchCache:
+    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
+    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
+    the caller must not change."""
+
+    def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, Cached] = {}
+        self._limit = entries
+
+    def get(self, url: str, now: float) -> Cached | None:
+        with self._lock:
+            cached = self._entries.get(url)
+            if cached is not None and cached.expires_at <= now:
+                del self._entries[url]
+                return None
+            return cached
+
+    def put(self, url: str, value: Any, expires_at: float) -> None:
+        with self._lock:
+            self._entries[url] = Cached(value, expires_at)
+            if len(self._entries) > self._limit:
+                first = min(self._entries, key=lambda u: self._entries[u].expires_at)
+                del self._entries[first]
+
+    def forget(self, url: str) -> None:
+        with self._lock:
+            self._entries.pop(url, None)
+
+
+###############################################################################
+# Clients that register themselves: Client ID Metadata Documents, RFC 7591, 7592
+###############################################################################
+
+# Two ways for a client the operator never heard of to take part (the MCP authorization
+# specification's "Client Registration" asks an authorization server for one of them):
+#
+# - A Client ID Metadata Document (draft-ietf-oauth-client-id-metadata-document): the
+#   client_id is an https URL, and the JSON document there is the client's metadata. It is
+#   fetched (fetch_json_document, with its SSRF defences) when the client is named, and
+#   never stored: the document is the registration, and its host may change it.
+# - Dynamic Client Registration (RFC 7591): the client POSTs its metadata to the
+#   registration endpoint and gets a client_id (and a secret, for a confidential client),
+#   plus a registration access token to read, update and delete the registration (RFC
+#   7592). Such clients are stored like the operator's, marked REGISTERED_DYNAMICALLY.
+#
+# Both are off unless the operator turns them on (Server's client_id_metadata_documents
+# and registration; codeflow serve's --client-id-metadata-documents and --registration).
+# Neither kind is vouched for by anyone: the consent page shows the name the client gives
+# itself as such, with the host that receives the answer, and never skips consent on
+# first use (a consent given is reused by the same rule as for every client:
+# client_identified). Self-registered clients always use PKCE (RFC 9700 §2.1.1).
+
+REGISTERED_DYNAMICALLY = "dynamic"  # Client.registration of an RFC 7591 registration
+REGISTERED_BY_DOCUMENT = "metadata_document"  # of a Client ID Metadata Document's client
+RegistrationPolicy: TypeAlias = Literal["off", "open", "token"]
+REGISTRATION_POLICIES: tuple[RegistrationPolicy, ...] = ("off", "open", "token")
+CLIENT_METADATA_MAX_BYTES = 16 * 1024  # a client's metadata is well under 2 KiB
+MAX_REDIRECT_URIS = 20
+MAX_METADATA_STRING = 1000  # characters in a name, URI or other metadata value
+# An open registration endpoint must not let anyone fill storage: from one address (an
+# IPv6 /56, address_group), REGISTRATION_BURST registrations, then one more each
+# REGISTRATION_INTERVAL; and, from everywhere together, no more than the server's
+# max_registered_clients (MAX_REGISTERED_CLIENTS) self-registered clients at a time.
+REGISTRATION_BURST = 10
+REGISTRATION_INTERVAL = 360
+REGISTRATION_LIMITER_ENTRIES = 10_000
+# RFC 7591 §2 / OIDC Registration §2 members this server takes, beside those it maps to
+# Client fields; others are ignored (RFC 7591 §2: "The authorization server MUST ignore
+# any client metadata sent by the client that it does not understand").
+ECHOED_STRINGS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "software_id",
+                  "software_version", "scope")  # fmt: skip
+# Members whose promise this server cannot keep for a client it does not know: refused
+# with a reason rather than ignored, so the client does not believe them honoured.
+REFUSED_METADATA = {
+    "jwks": "client keys (private_key_jwt) are not supported for self-registered clients",
+    "jwks_uri": "client keys (private_key_jwt) are not supported for self-registered clients",
+    "sector_identifier_uri": "pairwise subjects are not supported",
+    "request_uris": "request objects are not supported",
+    "backchannel_logout_uri": "back-channel logout is not offered to self-registered clients",
+    "frontchannel_logout_uri": "front-channel logout is not offered to self-registered clients",
+    "id_token_encrypted_response_alg": "encrypted ID tokens are not supported",
+    "userinfo_encrypted_response_alg": "encrypted userinfo is not supported",
+    "userinfo_signed_response_alg": "signed userinfo is not supported",
+}
+# RFC 3986 §3.1 scheme syntax; schemes a redirect must never use (script, local files).
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+UNSAFE_SCHEMES = frozenset(("javascript", "data", "vbscript", "file", "about", "blob",
+                            "filesystem", "ftp", "ws", "wss"))  # fmt: skip
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
+
+
+def find_client(srv: Server, client_id: str, *, quiet: bool = False) -> Client | None:
+    """The client ``client_id`` names: one registered (by the operator or RFC 7591), or,
+    with Client ID Metadata Documents on, the one the document at that URL describes.
+    FetchError if that document cannot be had or is not acceptable; None instead with
+    ``quiet`` (for the endpoints where such a client is simply unknown)."""
+    client = srv.storage.get_client(client_id)
+    if client is not None or not srv.client_id_metadata_documents:
+        return client
+    if not client_id.startswith(("https://", "http://")):
+        return None
+    try:
+        return metadata_document_client(srv, client_id)
+    except FetchError:
+        if quiet:
+            return None
+        raise
+
+
+def metadata_document_client(srv: Server, client_id: str) -> Client:
+    """CIMD §4: fetch the client's metadata from its client_id URL and check it."""
+    check_client_id_url(client_id)
+    document = fetch_json_document(
+        srv, client_id, max_bytes=CLIENT_METADATA_MAX_BYTES, hosts=srv.client_id_metadata_hosts
+    )
+    if not isinstance(document, dict):
+        raise FetchError("The client metadata document is not a JSON object.")
+    # CIMD §4.1: the document "MUST contain a client_id property whose value MUST match
+    # the URL of the document using simple string comparison".
+    if document.get("client_id") != client_id:
+        raise FetchError("The client metadata document's client_id is not its own URL.")
+    # CIMD §4.1: "the token_endpoint_auth_method property MUST NOT include
+    # client_secret_post, client_secret_basic, client_secret_jwt, or any other method
+    # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
+    # MUST NOT be used". With no other method offered here, that leaves none.
+    for member in ("client_secret", "client_secret_expires_at"):
+        if member in document:
+            raise FetchError(f"A client metadata document may not carry {member}.")
+    if document.get("token_endpoint_auth_method", "none") != "none":
+        raise FetchError(
+            "A client metadata document's token_endpoint_auth_method must be none: a "
+            "document cannot share a secret."
+        )
+    try:
+        fields = client_metadata(document, secret=False)
+    except OAuthError as err:
+        raise FetchError(
+            f"The client metadata document is not acceptable: {err.description}"
+        ) from None
+    return Client(client_id=client_id, registration=REGISTERED_BY_DOCUMENT, **fields)
+
+
+def check_client_id_url(client_id: str) -> None:
+    """CIMD §3: a client identifier URL "MUST have an https scheme", "MUST contain a path
+    component", "MUST NOT contain single-dot or double-dot path segments", "MUST NOT
+    contain a fragment component" and "MUST NOT contain a username or password"."""
+    parts = check_fetch_url(client_id)
+    if parts.path in ("", "/"):
+        raise FetchError("A client_id URL must have a path, such as /client.json.")
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        raise FetchError("A client_id URL may not have . or .. path segments.")
+
+
+def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]:
+    """RFC 7591 §2: check client metadata and return the Client fields it makes, with
+    ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
+    client may authenticate with a secret (RFC 7591 registration: yes; a metadata
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    for member, reason in REFUSED_METADATA.items():
+        if member in metadata:
+            raise InvalidClientMetadata(f"{member}: {reason}.")
+    # RFC 7591 §2: "If unspecified or omitted, the default is client_secret_basic".
+    default = "client_secret_basic" if secret else "none"
+    method = metadata.get("token_endpoint_auth_method", default)
+    methods = ("none", "client_secret_basic", "client_secret_post") if secret else ("none",)
+    if method not in methods:
+        raise InvalidClientMetadata(
+            f"token_endpoint_auth_method must be one of {', '.join(methods)}."
+        )
+    application_type = metadata.get("application_type", "web")
+    if application_type not in ("web", "native"):  # OIDC Registration §2
+        raise InvalidClientMetadata("application_type must be web or native.")
+    # RFC 7591 §2: grant_types defaults to authorization_code, response_types to code;
+    # §2.1: the two must agree.
+    grant_types = _string_list(metadata, "grant_types", ["authorization_code"])
+    allowed = {"authorization_code", "refresh_token"}
+    if method != "none":
+        allowed.add("client_credentials")  # RFC 6749 §4.4: confidential clients only
+    unsupported = [g for g in grant_types if g not in allowed]
+    if unsupported or not grant_types:
+        raise InvalidClientMetadata(
+            f"grant_types may list only {', '.join(sorted(allowed))} for this client."
+        )
+    response_types = _string_list(metadata, "response_types", ["code"])
+    if any(r != "code" for r in response_types):
+        raise InvalidClientMetadata("response_types may only be code (no implicit grant).")
+    if ("authorization_code" in grant_types) != ("code" in response_types):
+        raise InvalidClientMetadata(
+            "grant_types authorization_code and response_types code go together (RFC 7591 2.1)."
+        )
+    redirect_uris = _string_list(metadata, "redirect_uris", [])
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise InvalidRedirectUri("redirect_uris is required for the authorization code grant.")
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise InvalidRedirectUri(f"At most {MAX_REDIRECT_URIS} redirect_uris.")
+    for uri in redirect_uris:
+        check_registered_redirect_uri(uri, native=application_type == "native")
+    logout_uris = _string_list(metadata, "post_logout_redirect_uris", [])
+    for uri in logout_uris:
+        check_registered_redirect_uri(uri, native=application_type == "native")
+    name = metadata.get("client_name", "")
+    if not isinstance(name, str) or len(name) > 100 or not name.isprintable():
+        raise InvalidClientMetadata("client_name must be a printable string of 100 characters.")
+    alg = metadata.get("id_token_signed_response_alg", "RS256")
+    if alg not in SIGNING_ALGS:
+        raise InvalidClientMetadata(
+            f"id_token_signed_response_alg must be one of {', '.join(SIGNING_ALGS)}."
+        )
+    if metadata.get("subject_type", "public") != "public":
+        raise InvalidClientMetadata("subject_type must be public.")
+    echoed: dict[str, Any] = {
+        "redirect_uris": redirect_uris, "token_endpoint_auth_method": method,
+        "grant_types": grant_types, "response_types": response_types,
+        "application_type": application_type, "id_token_signed_response_alg": alg,
+    }  # fmt: skip
+    if name:
+        echoed["client_name"] = name
+    if logout_uris:
+        echoed["post_logout_redirect_uris"] = logout_uris
+    for member in ECHOED_STRINGS:
+        value = metadata.get(member)
+        if value is None:
+            continue
+        if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
+                and value.isprintable()):  # fmt: skip
+            raise InvalidClientMetadata(f"{member} must be a printable string.")
+        if member.endswith("_uri") and not value.startswith("https://"):
+            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
+            raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
+        echoed[member] = value
+    contacts = _string_list(metadata, "contacts", [])
+    if contacts:
+        echoed["contacts"] = contacts
+    return {
+        "redirect_uris": tuple(redirect_uris),
+        "name": name,
+        # The registered scope is echoed, not a cap: a self-registered client may ask for
+        # any scope the server offers, and the user consents to each.
+        "scopes": DEFAULT_SCOPES,
+        "grant_types": tuple(grant_types),
+        "require_pkce": True,
+        "id_token_signed_response_alg": alg,
+        "post_logout_redirect_uris": tuple(logout_uris),
+        "registered_metadata": echoed,
+    }
+
+
+def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
+    value = metadata.get(member, default)
+    if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+    ):
+        error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
+        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+    return list(dict.fromkeys(value))
+
+
+def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
+    """A redirect URI a client registers for itself (RFC 7591 §2 redirect_uris):
+
+    - RFC 6749 §3.1.2: absolute, no fragment;
+    - https; or http on a loopback address (127.0.0.1, [::1], or localhost, which only
+      this machine answers: RFC 8252 §7.3 for native apps, a developer's web app too);
+    - a native app (OIDC Registration §2 application_type) may also use a private-use
+      scheme (RFC 8252 §7.1), never one that runs script or reads files."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        raise InvalidRedirectUri(f"redirect URI does not parse: {uri[:80]}") from None
+    if not uri.isprintable() or " " in uri or "#" in uri or not URI_SCHEME.fullmatch(parts.scheme):
+        raise InvalidRedirectUri(f"redirect URI must be absolute, without fragment: {uri[:80]}")
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname or "@" in parts.netloc:
+            raise InvalidRedirectUri(f"redirect URI must have a host and no userinfo: {uri[:80]}")
+        loopback = parts.hostname in (*LOOPBACK_HOSTS, "localhost")
+        if scheme == "http" and not loopback:
+            raise InvalidRedirectUri(
+                f"redirect URI must be https (http only on a loopback address): {uri[:80]}"
+            )
+        return
+    if not native or scheme in UNSAFE_SCHEMES:
+        raise InvalidRedirectUri(
+            f"redirect URI scheme {scheme[:20]} is not allowed "
+            "(https, http on loopback, or a native app's private-use scheme)."
+        )
+
+
+# -- RFC 7591: the registration endpoint ----------------------------------------------
+
+
+class RegistrationLimiter:
+    """Registrations per address (address_group): REGISTRATION_BURST, then one each
+    REGISTRATION_INTERVAL seconds; the state of at most REGISTRATION_LIMITER_ENTRIES
+    addresses, those with a full budget forgotten first (they hold no wait)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._budgets: dict[str, tuple[float, float]] = {}  # address -> (tokens, updated)
+
+    def spend(self, address: str) -> int:
+        """Take one registration from ``address``'s budget: 0, or the seconds to wait."""
+        key, now = address_group(address), self._clock()
+        with self._lock:
+            tokens, updated = self._budgets.get(key, (REGISTRATION_BURST, now))
+            tokens = min(tokens + max(now - updated, 0.0) / REGISTRATION_INTERVAL,
+                         REGISTRATION_BURST)  # fmt: skip
+            if tokens < 1:
+                self._budgets[key] = (tokens, now)
+                return math.ceil((1 - tokens) * REGISTRATION_INTERVAL)
+            self._budgets[key] = (tokens - 1, now)
+            if len(self._budgets) > REGISTRATION_LIMITER_ENTRIES:
+                oldest = min(self._budgets, key=lambda k: self._budgets[k][1])
+                del self._budgets[oldest]
+            return 0
+
+
+def registration_access(srv: Server, authorization: str | None) -> None:
+    """RFC 7591 §3: with the ``token`` policy, "the client ... MUST present [an initial
+    access token] as a Bearer token" (RFC 6750 §2.1), one the operator configured."""
+    if srv.registration == "off":
+        raise OAuthError("Client registration is not enabled on this server.",
+                         error="access_denied", status=403)  # fmt: skip
+    if srv.registration == "open":
+        return
+    presented = token_hash(bearer_token(authorization, None))
+    if not any(hmac.compare_digest(presented, h) for h in srv.registration_token_hashes):
+        raise InvalidToken("The initial access token is not valid.")
+
+
+def register_client(
+    srv: Server, body: bytes, authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 7591 §3.1: register a client from its metadata (a JSON object) and answer
+    §3.2.1's client information response: the client_id, a client_secret (once, only its
+    hash is kept) for a confidential client, the RFC 7592 registration access token and
+    registration_client_uri, and the metadata as registered."""
+    registration_access(srv, authorization)
+    metadata = json_object(body)
+    wait = srv.registration_limiter.spend(address)
+    if wait:
+        raise TooManyAttempts(f"Too many registrations from this address; try in {wait} s.", wait)
+    registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
+    if registered >= srv.max_registered_clients:
+        raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
+    fields = client_metadata(metadata, secret=True)
+    client_id = "dcr_" + secrets.token_urlsafe(16)
+    refuse_shared_subject(srv.storage, client_id)
+    public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
+    secret = None if public else new_secret()
+    access_token = new_secret()
+    issued_at = int(srv.clock())
+    fields["registered_metadata"]["client_id_issued_at"] = issued_at
+    client = Client(
+        client_id=client_id,
+        secret_hash=hash_password(secret, hashing=srv.password_hashing) if secret else None,
+        registration=REGISTERED_DYNAMICALLY,
+        registration_token_hash=token_hash(access_token),
+        **fields,
+    )
+    checked_registration(client)
+    srv.storage.add_client(client)
+    audit("client.registered", client=client_id, address=address, public=int(client.public),
+          name=client.name or None)  # fmt: skip
+    return client_information(srv, client, secret, access_token)
+
+
+def checked_registration(client: Client) -> None:
+    """The checks every client passes (check_client), as RFC 7591 §3.2.2 errors."""
+    try:
+        check_client(client, public=client.public)
+    except ValueError as err:
+        raise InvalidClientMetadata(str(err)) from None
+
+
+def client_information(
+    srv: Server, client: Client, secret: str | None, access_token: str | None
+) -> dict[str, Any]:
+    """RFC 7591 §3.2.1 / RFC 7592 §3: the registration as the client sees it."""
+    body: dict[str, Any] = {"client_id": client.client_id, **client.registered_metadata}
+    if secret is not None:
+        body["client_secret"] = secret
+    if not client.public:
+        body["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: REQUIRED; 0: never
+    if access_token is not None:
+        body["registration_access_token"] = access_token
+    body["registration_client_uri"] = registration_client_uri(srv, client.client_id)
+    return body
+
+
+def registration_client_uri(srv: Server, client_id: str) -> str:
+    return f"{srv.issuer}{REGISTRATION_PATH}/{urllib.parse.quote(client_id, safe='')}"
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """RFC 7591 §3.1: the request is "a JSON document" whose top level is an object."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
+        raise InvalidClientMetadata("The request body is not JSON (RFC 7591 3.1).") from None
+    if not isinstance(value, dict):
+        raise InvalidClientMetadata("The client metadata must be a JSON object.")
+    return value
+
+
+# -- RFC 7592: reading, updating and deleting a registration ----------------------------
+
+
+def registered_client(srv: Server, client_id: str, authorization: str | None) -> Client:
+    """RFC 7592 §2: the client whose registration access token this is. "If the client
+    does not exist on this server, the server MUST respond with HTTP 401 Unauthorized",
+    as for a wrong token: the answer does not tell which client_ids exist."""
+    presented = token_hash(bearer_token(authorization, None))
+    client = srv.storage.get_client(client_id)
+    stored = client.registration_token_hash if client is not None else None
+    if client is None or stored is None or not hmac.compare_digest(presented, stored):
+        raise InvalidToken("The registration access token is not valid for this client.")
+    return client
+
+
+def read_registration(srv: Server, client_id: str, authorization: str | None) -> dict[str, Any]:
+    """RFC 7592 §2.1: the client's current registration (its secret is not shown again:
+    only its hash is kept)."""
+    return client_information(srv, registered_client(srv, client_id, authorization), None, None)
+
+
+def update_registration(
+    srv: Server, client_id: str, body: bytes, authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 7592 §2.2: replace the client's metadata with the request's whole: "Omitted
+    fields MUST be treated as null or empty values by the server". The request "MUST
+    include all client metadata fields", the client_id among them, and a client_secret,
+    if sent, must be the current one. A client that starts using a secret gets a new one
+    (returned once); one that stops loses it."""
+    client = registered_client(srv, client_id, authorization)
+    metadata = json_object(body)
+    if metadata.get("client_id") != client_id:
+        raise InvalidRequest("The request's client_id must be the registration's (RFC 7592 2.2).")
+    for member in ("registration_access_token", "registration_client_uri",
+                   "client_secret_expires_at", "client_id_issued_at"):  # fmt: skip
+        if member in metadata:
+            raise InvalidRequest(f"{member} may not be sent in an update (RFC 7592 2.2).")
+    given_secret = metadata.get("client_secret")
+    if given_secret is not None and not (
+        isinstance(given_secret, str) and check_client_secret(srv, client, given_secret, address)
+    ):
+        raise InvalidRequest("client_secret is not this client's (RFC 7592 2.2).")
+    fields = client_metadata(metadata, secret=True)
+    fields["registered_metadata"]["client_id_issued_at"] = client.registered_metadata.get(
+        "client_id_issued_at"
+    )
+    public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
+    secret = new_secret() if not public and client.public else None
+    secret_hash = None if public else client.secret_hash
+    if secret is not None:
+        secret_hash = hash_password(secret, hashing=srv.password_hashing)
+    updated = replace(client, secret_hash=secret_hash, **fields)
+    checked_registration(updated)
+    srv.storage.add_client(updated)
+    audit("client.registration_changed", client=client_id, address=address)
+    return client_information(srv, updated, secret, None)
+
+
+def delete_registration(
+    srv: Server, client_id: str, authorization: str | None, address: str = ""
+) -> None:
+    """RFC 7592 §2.3: deprovision the client; its grants, tokens and codes go with it."""
+    registered_client(srv, client_id, authorization)
+    srv.storage.remove_client(client_id)
+    audit("client.registration_deleted", client=client_id, address=address)
+
+
+###############################################################################
 # Client authentication: RFC 6749 §2.3 #########################################
 ###############################################################################
 
@@ -2539,7 +3403,11 @@ def authenticate_client(
             raise InvalidClient("Client authentication is required.")
         client_id, secret, basic = params["client_id"], params.get("client_secret"), False
 
-    client = srv.storage.get_client(client_id)
+    try:
+        client = find_client(srv, client_id)
+    except FetchError as err:
+        raise InvalidClient(f"The client metadata document cannot be used: {err.description}",
+                            basic=basic) from None  # fmt: skip
     if client is not None and client.public:
         if secret is not None:
             raise InvalidClient("A public client has no secret.", basic=basic)
@@ -2766,7 +3634,12 @@ def trusted_redirect(srv: Server, pairs: list[tuple[str, str]]) -> tuple[Client,
     client_id = _only(pairs, "client_id")
     if client_id is None:
         raise UntrustedRequest("The request has no client_id.")
-    client = srv.storage.get_client(client_id)
+    try:
+        client = find_client(srv, client_id)
+    except FetchError as err:
+        raise UntrustedRequest(
+            f"The client's metadata document cannot be used: {err.description}"
+        ) from None
     if client is None:
         raise UntrustedRequest("The client_id is not a registered client.")
     given = _only(pairs, "redirect_uri")
@@ -3743,7 +4616,7 @@ def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None
         raise InvalidToken("The access token is invalid, expired or revoked.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
-    client = srv.storage.get_client(token.client_id)
+    client = find_client(srv, token.client_id, quiet=True)
     if client is None:
         raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
@@ -3982,7 +4855,10 @@ def introspect(
         or not token.active(srv.clock())
         or (token.kind == "refresh" and token.client_id != client.client_id)
         or (token.username is not None and user is None)
-        or (token.client_id != client.client_id and srv.storage.get_client(token.client_id) is None)
+        or (
+            token.client_id != client.client_id
+            and find_client(srv, token.client_id, quiet=True) is None
+        )
     ):
         return {"active": False}
     body: dict[str, Any] = {
@@ -4075,6 +4951,11 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         # (RFC 8414 §2: "Additional authorization server metadata parameters MAY also be
         # used").
         "resource_indicators_supported": True,
+        # RFC 7591 §3 and the Client ID Metadata Document draft §5: only when enabled.
+        **({"registration_endpoint": back + REGISTRATION_PATH}
+           if srv.registration != "off" else {}),
+        **({"client_id_metadata_document_supported": True}
+           if srv.client_id_metadata_documents else {}),
     }  # fmt: skip
 
 
@@ -4101,6 +4982,8 @@ button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hove
 :focus-visible{outline:3px solid #1d2330;outline-offset:2px}
 .error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
 font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
+.warning{color:#5c3d00;background:#fff4d6;border-left:4px solid #a86f00;padding:.5rem .75rem;
+border-radius:0 4px 4px 0}
 ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
 code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
 overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
@@ -4304,7 +5187,7 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
     switch = authorize_url(srv, {**areq.params, "prompt": "login"})
     back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
     asks = "also asks to" if already else "asks to"
-    body = f"""{BRAND}<h1>Allow access?</h1>
+    body = f"""{BRAND}<h1>Allow access?</h1>{unverified_notice(areq.client, back_to)}
 <p><strong>{client_label(areq.client)}</strong> {asks}:</p><ul class="scopes">{items}</ul>{before}
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
@@ -4314,6 +5197,23 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
 <button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
 <p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
     return Page("Allow access?", body)
+
+
+def unverified_notice(client: Client, back_to: str) -> str:
+    """For a client that described itself (see "Clients that register themselves"): its
+    name is only what it says, so say so, with where its description comes from and the
+    host the answer goes to, which no client can fake."""
+    if not client.unverified:
+        return ""
+    if client.registration == REGISTERED_BY_DOCUMENT:
+        home = urllib.parse.urlsplit(client.client_id).netloc
+        source = f"describes itself in a document at <strong>{esc(home)}</strong>"
+    else:
+        source = "registered itself with this server"
+    return f"""
+<p class="warning" role="note"><strong>Unverified app.</strong> This app {source}; no one
+has checked that it is what its name says. Your answer goes to
+<strong>{esc(back_to)}</strong>. Allow only if you started this from an app you trust.</p>"""
 
 
 def error_page(err: OAuthError) -> Page:
@@ -4849,7 +5749,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         """The route's callback: ``respond``, or 503 if storage is down at any point of it
         (reading the session cookie, the CORS origins, the endpoint itself)."""
 
-        def callback() -> bottle.HTTPResponse:
+        def callback(**_url_args: str) -> bottle.HTTPResponse:  # read via request.url_args
             try:
                 return respond()
             except StorageUnavailable as err:
@@ -4890,6 +5790,17 @@ def build_app(srv: Server) -> bottle.Bottle:
     preflight(TOKEN_PATH, "POST")
     preflight(REVOKE_PATH, "POST")
     preflight(USERINFO_PATH, "GET, POST")
+    # RFC 7591 §3, RFC 7592 §2: JSON in and out, any origin (no cookie is ever used: the
+    # policy, or the registration access token, is the whole of the access control).
+    app.route(REGISTRATION_PATH, ["POST"],
+              answer("json", lambda: registration_endpoint(srv, bottle.request)))
+    app.route(REGISTRATION_PATH + "/<client_id>", ["GET", "PUT", "DELETE"],
+              answer("json", lambda: registration_endpoint(srv, bottle.request)))
+    app.route(REGISTRATION_PATH, ["OPTIONS"], answer("json", lambda: preflight_response(
+        srv, bottle.request, "POST", any_origin=True)))
+    app.route(REGISTRATION_PATH + "/<client_id>", ["OPTIONS"],
+              answer("json", lambda: preflight_response(
+                  srv, bottle.request, "GET, PUT, DELETE", any_origin=True)))  # fmt: skip
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
@@ -5000,16 +5911,17 @@ TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 FORWARDED_PAIR = re.compile(rf'[ \t]*({TCHARS})=({TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(;|,|$)')
 
 
-def proxy_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
-    """The ``trusted_proxies`` setting: addresses or CIDR networks, checked at once."""
+def proxy_networks(
+    cidrs: Iterable[str] | str, setting: str = "trusted_proxies"
+) -> tuple[IPNetwork, ...]:
+    """The ``trusted_proxies`` setting (or another list of networks, ``setting``):
+    addresses or CIDR networks, checked at once."""
     networks = []
     for cidr in [cidrs] if isinstance(cidrs, str) else cidrs:
         try:
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"trusted_proxies: {cidr!r} is not an IP address or CIDR network"
-            ) from None
+            raise ValueError(f"{setting}: {cidr!r} is not an IP address or CIDR network") from None
     return tuple(networks)
 
 
@@ -5417,6 +6329,38 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
 
 # Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
 ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
+
+def registration_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    """RFC 7591 §3: POST registers a client (201); RFC 7592 §2: GET, PUT and DELETE on a
+    registration_client_uri read, replace and delete it, with its registration access
+    token. Errors are RFC 7591 §3.2.2 JSON; a bad token is RFC 6750 §3's 401."""
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    address = request.environ.get("REMOTE_ADDR", "")
+    client_id = request.url_args.get("client_id")
+    try:
+        body = b""
+        if request.method in ("POST", "PUT"):
+            ctype = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise InvalidRequest("Content-Type must be application/json (RFC 7591 3.1).")
+            body = read_body(request)
+        if client_id is None:
+            registered = register_client(srv, body, authorization, address)
+            response = json_response(registered, 201)
+        elif request.method == "GET":
+            response = json_response(read_registration(srv, client_id, authorization))
+        elif request.method == "PUT":
+            changed = update_registration(srv, client_id, body, authorization, address)
+            response = json_response(changed)
+        else:
+            delete_registration(srv, client_id, authorization, address)
+            response = bottle.HTTPResponse(status=204, **{"Cache-Control": "no-store"})
+    except OAuthError as err:
+        response = error_response(srv, err, "bearer" if isinstance(err, InvalidToken) else "json")
+    for name, value in ANY_ORIGIN.items():
+        response.set_header(name, value)
+    return response
 
 
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:

@@ -181,6 +181,25 @@ class TestStorageContract:
         assert storage.get_client("public-app").public
         assert storage.get_client("nobody") is None
 
+    def test_self_registered_client_round_trips(self, storage: codeflow.Storage) -> None:
+        """RFC 7591 §3.2.1, RFC 7592 §3: a client that registered itself keeps how it came
+        (registration), its registration access token as a hash, and its metadata."""
+        client = Client(
+            client_id="dcr_abc",
+            redirect_uris=("http://127.0.0.1/cb",),
+            name="Self-registered",
+            registration=codeflow.REGISTERED_DYNAMICALLY,
+            registration_token_hash=codeflow.token_hash("registration-access-token"),
+            registered_metadata={
+                "client_name": "Self-registered", "application_type": "native",
+                "contacts": ["ops@example.com"], "client_id_issued_at": 1800000000,
+            },
+        )  # fmt: skip
+        storage.add_client(client)
+        assert storage.get_client("dcr_abc") == client
+        assert storage.get_client("dcr_abc").unverified
+        assert [c.registration for c in storage.list_clients()] == ["dynamic"]
+
     def test_add_and_get_user(self, storage: codeflow.Storage) -> None:
         """DESIGN.md Storage contract: "Records in, records out", claims included."""
         user = User("alice", "scrypt$16384$8$1$c2FsdA$a2V5", {"name": "Alice", "email": "a@x"})

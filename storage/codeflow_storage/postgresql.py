@@ -270,8 +270,18 @@ _V6_RESOURCES = [
     "ALTER TABLE tokens ADD COLUMN actor jsonb NOT NULL DEFAULT '{}'",
 ]
 
+_V7_SELF_REGISTRATION = [
+    # RFC 7591 / RFC 7592: how a client came to be (empty: the operator's; "dynamic": it
+    # registered itself), its registration access token's hash, and the metadata it
+    # registered. Clients already stored are the operator's.
+    "ALTER TABLE clients ADD COLUMN registration text NOT NULL DEFAULT ''",
+    "ALTER TABLE clients ADD COLUMN registration_token_hash text",
+    "ALTER TABLE clients ADD COLUMN registered_metadata jsonb NOT NULL DEFAULT '{}'",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
+    _V7_SELF_REGISTRATION,
 ]  # fmt: skip
 
 

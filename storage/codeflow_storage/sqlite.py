@@ -306,6 +306,16 @@ def _v13_resources(db: sqlite_utils.Database) -> None:
     db.table("tokens").add_column("actor", str, not_null_default="{}")
 
 
+def _v14_self_registration(db: sqlite_utils.Database) -> None:
+    """RFC 7591 / RFC 7592: how a client came to be ("" the operator's, "dynamic" it
+    registered itself), its registration access token's hash, and the metadata it
+    registered (JSON). Clients already stored are the operator's."""
+    clients = db.table("clients")
+    clients.add_column("registration", str, not_null_default="")
+    clients.add_column("registration_token_hash", str)
+    clients.add_column("registered_metadata", str, not_null_default="{}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -320,6 +330,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v11_subjects,
     _v12_logout,
     _v13_resources,
+    _v14_self_registration,
 ]
 
 
