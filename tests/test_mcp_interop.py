@@ -47,11 +47,6 @@ PRE_REGISTERED = "mcp-cli"
 
 
 
-# Until issue 15 items 3-4 (i-register) are merged, codeflow has no registration endpoint
-# and takes no Client ID Metadata Document: the plugin's self_registration cannot start.
-NEEDS_REGISTRATION = pytest.mark.xfail(
-    strict=True, reason="issue 15 items 3-4 (i-register): CIMD and RFC 7591 registration"
-)
 
 
 @pytest.fixture
@@ -66,11 +61,14 @@ def documents() -> Iterator[DocumentHost]:
 def open_site(
     codeflow_factory: Any, codeflow_clock: Clock, documents: DocumentHost
 ) -> Iterator[Site]:
-    """Issue 15 item 9, the pytest plugin's one line for MCP client authors: a live
-    codeflow where clients register themselves, by RFC 7591 or by a Client ID Metadata
-    Document on a loopback https host whose CA it trusts; the MCP server in front of it."""
-    idp = codeflow_factory(live=True, self_registration=True, clock=codeflow_clock,
-                           fetch_ca_file=documents.ca_file)  # fmt: skip
+    """A live codeflow where clients register themselves, by RFC 7591 or by a Client ID
+    Metadata Document on a loopback https host whose CA it trusts; the example MCP server
+    in front of it."""
+    idp = codeflow_factory(
+        live=True, clock=codeflow_clock, registration="open",
+        client_id_metadata_documents=True, fetch_allowed_networks=["127.0.0.1/32"],
+        fetch_ca_file=documents.ca_file,
+    )  # fmt: skip
     with serve_mcp(idp.server, idp.url, codeflow_clock) as running:
         yield running
 
@@ -153,7 +151,6 @@ def test_python_sdk_every_step_with_a_pre_registered_client(site: Site) -> None:
 
 
 
-@NEEDS_REGISTRATION
 def test_python_sdk_every_step_registering_by_rfc7591(open_site: Site) -> None:
     """MCP "Client Registration" without pre-registration: codeflow's metadata has a
     registration_endpoint (RFC 8414 §2), the SDK registers there (RFC 7591 §3.1) as a
@@ -171,7 +168,6 @@ def test_python_sdk_every_step_registering_by_rfc7591(open_site: Site) -> None:
     assert stored is not None and list(stored.redirect_uris) == [REDIRECT]
 
 
-@NEEDS_REGISTRATION
 def test_python_sdk_every_step_with_a_client_id_metadata_document(
     open_site: Site, documents: DocumentHost
 ) -> None:
