@@ -12,13 +12,17 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
-- CORS (the Fetch Standard) on the endpoints browser apps call.
+- CORS (the Fetch Standard) on the endpoints browser apps call;
+- RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
+  Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
+  enabled, with hardened fetches of the URLs clients name.
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
-state (sessions, signed forms, CSRF), throttling failed sign-ins, client authentication,
-PKCE, the authorization endpoint, login and consent, the token endpoint, OpenID Connect
-(keys, ID tokens, userinfo, logout), introspection/revocation/discovery; then the pages
+state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
+clients that register themselves, client authentication, PKCE, the authorization
+endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
 
@@ -85,6 +89,7 @@ __all__ = [
     "Browser",
     "Client",
     "Grant",
+    "LoginSession",
     "MemoryStorage",
     "OAuthError",
     "RemovedUser",
@@ -153,6 +158,7 @@ USERINFO_PATH = "/userinfo"
 JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
 REGISTRATION_PATH = "/register"  # RFC 7591 §3; RFC 7592's client URIs are under it
+ACCOUNT_PATH = "/account"  # the user's own account area (README "Your account")
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
@@ -432,6 +438,10 @@ AUDIT_EVENTS = (
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
     "resource.added", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
+    "account.password_changed", "account.password_refused", "account.totp_enrolled",
+    "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
+    "account.app_revoked", "account.session_ended", "account.sessions_ended",
+    "account.reauth_required",
 )  # fmt: skip
 
 
@@ -857,6 +867,23 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class LoginSession:
+    """A browser's login session as storage keeps it, so that the user can see and end it
+    (README "Your account"): ``sid`` is the session cookie's (``Session.sid``); when it
+    began, when it was last used (kept at most LAST_USED_INTERVAL stale), the client's
+    address as resolved through trusted proxies, its User-Agent (cut short), and when it
+    ends by itself. A session whose record is gone is over (``read_session``)."""
+
+    sid: str
+    username: str
+    created_at: float
+    last_used_at: float
+    expires_at: float
+    address: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
 class SigningKey:
     """A JWS signing key (RFC 7517). ``expires_at`` is None while the key signs; once a
     newer key takes over, it stays published until every token it signed has expired."""
@@ -929,10 +956,10 @@ class Storage(Protocol):
 
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         """Remove a user and, in the same transaction, everything of the user's: tokens,
-        unredeemed codes, consents and the TOTP steps used, so that nothing passes to a
-        user added later under the same name (OIDC Core §2: a sub is "never reassigned").
-        Login sessions live in signed cookies whose fingerprint covers ``User.record_id``,
-        which a new user of that name does not share, so they end too. The grants go even
+        unredeemed codes, consents, the TOTP steps used, recovery codes and login sessions,
+        so that nothing passes to a user added later under the same name (OIDC Core §2: a
+        sub is "never reassigned"). (Session cookies also carry a fingerprint that covers
+        ``User.record_id``, which a new user of that name does not share.) The grants go even
         when the user is already gone. In the same transaction, a user that was there
         leaves a tombstone (``RemovedUser``: username, subject and ``removed_at``, the
         time now if None) that is kept for ever, never purged: ``add_user`` gives neither
@@ -946,9 +973,9 @@ class Storage(Protocol):
     def change_credentials(self, user: User) -> bool:
         """Atomically replace the stored user of ``user.username`` with ``user`` (whose
         password or second factor changed), but for its subject, which stays; revoke every
-        refresh token the user holds and delete the user's unredeemed codes (RFC 9700
-        §4.14.2: a security event ends the grants made under the old credentials). False,
-        changing nothing, if there is no such user."""
+        refresh token the user holds, delete the user's unredeemed codes and login
+        sessions (RFC 9700 §4.14.2: a security event ends the grants made under the old
+        credentials). False, changing nothing, if there is no such user."""
         ...
 
     def save_code(self, code: AuthorizationCode) -> None: ...
@@ -1012,9 +1039,10 @@ class Storage(Protocol):
         ...
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        """Atomically give the user ``record_id`` and change nothing else: every login
-        session of the user ends (a session cookie's fingerprint covers ``User.record_id``)
-        while tokens and consents stay. False, changing nothing, if there is no such user."""
+        """Atomically give the user ``record_id``, delete the user's login sessions and change
+        nothing else: every login session of the user ends (a session cookie's fingerprint
+        covers ``User.record_id`` too) while tokens and consents stay. False, changing
+        nothing, if there is no such user."""
         ...
 
     def record_totp_step(self, username: str, step: int) -> bool:
@@ -1028,6 +1056,43 @@ class Storage(Protocol):
         ...
 
     def session_ended(self, sid: str) -> bool: ...
+
+    def save_login_session(self, session: LoginSession) -> None:
+        """Store a login session that has just begun (``LoginSession``)."""
+        ...
+
+    def get_login_session(self, sid: str) -> LoginSession | None: ...
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        """Remember when, and from which address, the session ``sid`` was last used; nothing
+        if it is gone."""
+        ...
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        """The user's login sessions that have not expired at ``now``, newest first."""
+        ...
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        """End login sessions of ``username``: the one ``sid``, if it is the user's; without
+        ``sid``, every one but ``keep``. Returns how many ended. (``remove_user``,
+        ``change_credentials`` and ``change_record_id`` end all of the user's, in their
+        own transaction.)"""
+        ...
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        """Replace the user's recovery codes (their hashes) with ``code_hashes``, in one
+        transaction; none removes them."""
+        ...
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        """Atomically take one of the user's recovery codes: of N concurrent callers with
+        the same code, at most one gets True (NIST SP 800-63B §5.1.2.1: a look-up secret
+        is used once)."""
+        ...
+
+    def recovery_codes_left(self, username: str) -> int: ...
 
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         """Atomically return the stored value of ``name``, storing ``candidate`` if none:
@@ -1048,8 +1113,8 @@ class Storage(Protocol):
         ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens, signing keys and ended-session records; return
-        how many went."""
+        """Delete expired codes, tokens, signing keys, ended-session records and login
+        sessions; return how many went."""
         ...
 
 
@@ -1075,6 +1140,8 @@ class MemoryStorage:
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
         self._keys: list[SigningKey] = []  # newest first
+        self._login_sessions: dict[str, LoginSession] = {}
+        self._recovery_codes: dict[str, set[str]] = {}
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -1140,6 +1207,8 @@ class MemoryStorage:
             self._codes = {h: c for h, c in self._codes.items() if c.username != username}
             self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
             self._totp_steps.pop(username, None)
+            self._recovery_codes.pop(username, None)
+            self._drop_login_sessions(username)
             user = self._users.pop(username, None)
             if user is None:
                 return False
@@ -1164,7 +1233,15 @@ class MemoryStorage:
             for token in refresh:
                 self._tokens[token.token_hash] = replace(token, revoked=True)
             self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
+            self._drop_login_sessions(user.username)
             return True
+
+    def _drop_login_sessions(self, username: str, keep: str | None = None) -> int:
+        gone = [sid for sid, ls in self._login_sessions.items()
+                if ls.username == username and sid != keep]  # fmt: skip
+        for sid in gone:
+            del self._login_sessions[sid]
+        return len(gone)
 
     def _drop_tokens(self, hashes: list[str]) -> None:
         for h in hashes:
@@ -1279,6 +1356,7 @@ class MemoryStorage:
             if user is None:
                 return False
             self._users[username] = replace(user, record_id=record_id)
+            self._drop_login_sessions(username)
             return True
 
     def record_totp_step(self, username: str, step: int) -> bool:
@@ -1294,6 +1372,53 @@ class MemoryStorage:
 
     def session_ended(self, sid: str) -> bool:
         return sid in self._ended_sessions
+
+    def save_login_session(self, session: LoginSession) -> None:
+        with self._lock:
+            self._login_sessions[session.sid] = session
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        return self._login_sessions.get(sid)
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        with self._lock:
+            found = self._login_sessions.get(sid)
+            if found is not None:
+                self._login_sessions[sid] = replace(
+                    found, last_used_at=last_used_at, address=address
+                )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        found = [ls for ls in self._login_sessions.values()
+                 if ls.username == username and ls.expires_at > now]  # fmt: skip
+        return sorted(found, key=lambda ls: (ls.created_at, ls.sid), reverse=True)
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        with self._lock:
+            if sid is None:
+                return self._drop_login_sessions(username, keep)
+            found = self._login_sessions.get(sid)
+            if found is None or found.username != username:
+                return 0
+            del self._login_sessions[sid]
+            return 1
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        with self._lock:
+            self._recovery_codes[username] = set(code_hashes)
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        with self._lock:
+            codes = self._recovery_codes.get(username, set())
+            if code_hash not in codes:
+                return False
+            codes.discard(code_hash)
+            return True
+
+    def recovery_codes_left(self, username: str) -> int:
+        return len(self._recovery_codes.get(username, ()))
 
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         with self._lock:
@@ -1326,6 +1451,9 @@ class MemoryStorage:
             sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
             for sid in sessions:
                 del self._ended_sessions[sid]
+            logins = [sid for sid, ls in self._login_sessions.items() if ls.expires_at <= now]
+            for sid in logins:
+                del self._login_sessions[sid]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -1342,7 +1470,7 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(sessions) + len(codes) + len(used) + len(tokens)
+            return len(keys) + len(sessions) + len(logins) + len(codes) + len(used) + len(tokens)
 
 
 ###############################################################################
@@ -2038,6 +2166,7 @@ class Browser:
     # The accounts this browser completed a sign-in to before (its signed device cookie):
     # the account-wide throttling gates do not hold it (OWASP "device cookies").
     devices: frozenset[str] = frozenset()
+    user_agent: str = ""  # its User-Agent, cut short: what the account page's sessions show
 
     @classmethod
     def new(cls, session: Session | None = None, address: str = "") -> Browser:
@@ -2074,6 +2203,7 @@ class Page:
     script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
     frames: tuple[str, ...] = ()  # the origins its CSP lets it frame (signed_out_page)
     forward: str | None = None  # where it goes on to once loaded (signed_out_page)
+    session: Session | None = None  # a login session it starts (an account page's)
 
 
 class Signer:
@@ -2178,19 +2308,49 @@ def credentials_fingerprint(user: User) -> str:
     return hashlib.sha256(material).hexdigest()[:16]
 
 
-def read_session(srv: Server, cookie: str | None) -> Session | None:
-    """The signed-in user, unless the session was ended (logout), or the user was
-    removed, changed password or second factor, or was signed out everywhere
-    (``Server.revoke_sessions``) since signing in."""
+# How stale a login session's last use may be in storage: a request writes it at most
+# once a minute, so that reading the session stays one primary-key look-up per request.
+LAST_USED_INTERVAL = 60
+USER_AGENT_LENGTH = 200  # what storage keeps of a User-Agent
+
+
+def read_session(srv: Server, cookie: str | None, address: str = "") -> Session | None:
+    """The signed-in user, unless the session was ended (logout, or from the account page:
+    its ``LoginSession`` record is gone), or the user was removed, changed password or
+    second factor, or was signed out everywhere (``Server.revoke_sessions``) since signing
+    in. Notes the session's use from ``address``, at most once per LAST_USED_INTERVAL."""
     payload = srv.signer.loads(cookie, "session")
-    if not payload or "s" not in payload or srv.storage.session_ended(payload["s"]):
+    if not payload or "s" not in payload:
+        return None
+    now = srv.clock()
+    record = srv.storage.get_login_session(str(payload["s"]))
+    if record is None or record.username != payload["u"] or record.expires_at <= now:
         return None
     user = srv.storage.get_user(payload["u"])
     if user is None or payload.get("f") != credentials_fingerprint(user):
         return None
+    if now - record.last_used_at >= LAST_USED_INTERVAL:
+        srv.storage.touch_login_session(record.sid, now, address or record.address)
     amr = payload.get("a")
     amr = tuple(str(m) for m in amr) if isinstance(amr, list) else ()
-    return Session(payload["u"], payload["t"], payload["s"], amr)
+    return Session(payload["u"], payload["t"], payload["s"], amr, str(payload.get("f", "")))
+
+
+def start_session(
+    srv: Server, user: User, browser: Browser, amr: tuple[str, ...], auth_time: int | None = None
+) -> Session:
+    """Begin the login session of ``user``, as its credentials were checked, signed in by
+    the methods ``amr`` (RFC 8176) at ``auth_time`` (now if None): a new sid, and its
+    record in storage (``LoginSession``), which replaces this browser's previous one."""
+    now = srv.clock()
+    session = Session(user.username, int(now) if auth_time is None else auth_time,
+                      secrets.token_urlsafe(16), amr, credentials_fingerprint(user))  # fmt: skip
+    if browser.session is not None:
+        srv.storage.delete_login_sessions(browser.session.username, browser.session.sid)
+    record = LoginSession(session.sid, user.username, now, now, now + SESSION_LIFETIME,
+                          browser.address, browser.user_agent)  # fmt: skip
+    srv.storage.save_login_session(record)
+    return session
 
 
 ###############################################################################
@@ -2766,7 +2926,10 @@ def fetch_json_document(
     host = cast(str, parts.hostname)
     if allowed and host not in allowed:
         raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
-    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    # One entry per URL and size limit: a document cached for a caller that allows more
+    # bytes is not handed to one that allows fewer.
+    key = f"{max_bytes} {url}"
+    cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
     if not FETCH_SLOTS.acquire(timeout=1):
@@ -2776,7 +2939,7 @@ def fetch_json_document(
     finally:
         FETCH_SLOTS.release()
     if lifetime > 0:
-        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
     return value
 
 
@@ -2895,9 +3058,9 @@ class Cached:
 
 
 class FetchCache:
-    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
-    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
-    the caller must not change."""
+    """Fetched documents by URL (and size limit), until their HTTP lifetime ends
+    (cache_lifetime); at most FETCH_CACHE_ENTRIES, the one that expires first going first.
+    Values are JSON values the caller must not change."""
 
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
@@ -2919,9 +3082,6 @@ class FetchCache:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
 
-    def forget(self, url: str) -> None:
-        with self._lock:
-            self._entries.pop(url, None)
 
 
 ###############################################################################
@@ -4020,23 +4180,41 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
-    username, password = form.get("username", ""), form.get("password", "")
+    username = form.get("username", "")
+    user, wait = check_password(srv, username, form.get("password", ""), browser,
+                                client=areq.client.client_id)  # fmt: skip
+    if wait:
+        page = login_page(srv, areq, browser, throttled_message(wait), 429, username)
+        return replace(page, retry_after=wait)
+    if user is None:
+        message = "Wrong username or password. Check both and try again."
+        return login_page(srv, areq, browser, message, username=username)
+    if user.totp_secret:
+        audit("second_factor.required", user=user.username, client=areq.client.client_id,
+              address=browser.address)  # fmt: skip
+        return otp_page(srv, areq, browser, user)
+    if needs_second_factor(areq):
+        return no_second_factor_page(srv, areq, browser)
+    return signed_in(srv, areq, user, browser, AMR_PASSWORD)
+
+
+def check_password(
+    srv: Server, username: str, password: str, browser: Browser, *, client: str | None = None
+) -> tuple[User | None, int]:
+    """The user whose password this is, or None (audited login.failed); or, when guessing
+    on the account is throttled (NIST SP 800-63B §5.2.2, see "Throttling"), the seconds to
+    wait (audited login.throttled), the password unchecked. An unknown username costs as
+    much as a wrong password and is throttled alike, so answers do not tell which names
+    exist. ``client``: for the audit events, the client signing in to, if any."""
     # What was typed as a username may be a password typed in the wrong field: logged short.
-    who = {"user": username[:64], "client": areq.client.client_id, "address": browser.address}
-    # NIST SP 800-63B §5.2.2: throttled per account and address (see "Throttling"); an
-    # unknown username alike, so that the answers do not tell which names exist.
+    who = {"user": username[:64], "client": client, "address": browser.address}
     trusted = username in browser.devices
     with srv.login_limiter.attempt(
         f"password:{username}", browser.address, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("login.throttled", **who)
-            message = (
-                "Too many failed sign-in attempts. For your safety, signing in is paused: "
-                f"try again in {in_words(attempt.wait)}."
-            )
-            page = login_page(srv, areq, browser, message, 429, username)
-            return replace(page, retry_after=attempt.wait)
+            return None, attempt.wait
         user = srv.storage.get_user(username)
         stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
         hashing = srv.password_hashing
@@ -4048,52 +4226,92 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
             srv.transcript.note_convenience(f"user {username!r}: {FAST_HASH_NOTE}")
     if not attempt.ok or user is None:
         audit("login.failed", **who)
-        message = "Wrong username or password. Check both and try again."
-        return login_page(srv, areq, browser, message, username=username)
-    if user.totp_secret:
-        audit("second_factor.required", **who)
-        return otp_page(srv, areq, browser, user)
-    if needs_second_factor(areq):
-        return no_second_factor_page(srv, areq, browser)
-    return signed_in(srv, areq, user, browser, AMR_PASSWORD)
+        return None, 0
+    return user, 0
+
+
+def throttled_message(wait: int) -> str:
+    return (
+        "Too many failed sign-in attempts. For your safety, signing in is paused: "
+        f"try again in {in_words(wait)}."
+    )
+
+
+def pending_sign_in(srv: Server, form: dict[str, str], browser: Browser) -> User | None:
+    """The user of a pending sign-in (the password was right a moment ago), for the second
+    factor step; None if it expired, or the user changed since: a new password (or a
+    sign-out everywhere) voids it (RFC 9700 §4.14.2 spirit)."""
+    username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
+    user = srv.storage.get_user(username) if username else None
+    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
+        return None
+    return user
 
 
 def second_factor(
     srv: Server, areq: AuthorizationRequest, form: dict[str, str], browser: Browser
 ) -> Redirect | Page:
-    """RFC 6238: check the TOTP code of a user whose password was right a moment ago."""
-    username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
-    user = srv.storage.get_user(username) if username else None
-    # The password was checked against the user as it was then: a changed one since (or
-    # a sign-out everywhere) voids the pending sign-in (RFC 9700 §4.14.2 spirit).
-    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
+    """RFC 6238: check the TOTP code (or a recovery code) of a user whose password was
+    right a moment ago."""
+    user = pending_sign_in(srv, form, browser)
+    if user is None:
         raise FormExpired(
             "This sign-in has expired. Start signing in again.",
             authorize_url(srv, areq.params),
             OTP_LIFETIME,
         )
-    # The guessing budget of "Throttling": well under 1% a day for a 6-digit code.
-    who = {"user": user.username, "client": areq.client.client_id, "address": browser.address}
+    amr, wait, message = check_second_factor(srv, user, form, browser,
+                                             client=areq.client.client_id)  # fmt: skip
+    if amr is None:
+        page = otp_page(srv, areq, browser, user, message, 429 if wait else 200)
+        return replace(page, retry_after=wait)
+    return signed_in(srv, areq, user, browser, amr)
+
+
+def check_second_factor(
+    srv: Server, user: User, form: dict[str, str], browser: Browser, *, client: str | None = None
+) -> tuple[tuple[str, ...] | None, int, str]:
+    """Check the second factor of ``user``: the form's TOTP code ``otp`` (RFC 6238), or one
+    of the user's recovery codes ``recovery_code`` (NIST SP 800-63B §5.1.2 look-up secrets,
+    used once). Returns the sign-in's amr (RFC 8176: both are one-time passwords, "otp")
+    on success; else None, the seconds to wait if throttled, and what to tell the user.
+    Both kinds are throttled on the same count (see "Throttling failed sign-ins")."""
+    who = {"user": user.username, "client": client, "address": browser.address}
+    secret = user.totp_secret
+    if secret is None:  # pending_sign_in found one: it was removed since
+        return None, 0, "This account has no authenticator app now. Start signing in again."
+    recovery = form.get("recovery_code")
     trusted = user.username in browser.devices
     with srv.login_limiter.attempt(
         f"otp:{user.username}", browser.address, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("second_factor.throttled", **who)
-            message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
-            page = otp_page(srv, areq, browser, user, message, 429)
-            return replace(page, retry_after=attempt.wait)
-        step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
-        # A code used once is a failure too (RFC 6238 §5.2).
-        attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
+            wait = attempt.wait
+            return None, wait, f"Too many wrong codes. Try again in {in_words(wait)}."
+        if recovery is not None:
+            attempt.ok = srv.storage.consume_recovery_code(
+                user.username, recovery_code_hash(user.username, recovery)
+            )
+            step = None
+        else:
+            step = totp_step(secret, form.get("otp", ""), srv.clock())
+            # A code used once is a failure too (RFC 6238 §5.2).
+            attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
+    if recovery is not None:
+        if not attempt.ok:
+            audit("second_factor.failed", **who, kind="recovery_code")
+            return None, 0, "That recovery code is not right, or it was used before."
+        audit("account.recovery_code_used", **who,
+              left=srv.storage.recovery_codes_left(user.username))  # fmt: skip
+        return AMR_PASSWORD_AND_OTP, 0, ""
     if step is None:
         audit("second_factor.failed", **who)
-        return otp_page(srv, areq, browser, user, "That code is not right. Try again.")
+        return None, 0, "That code is not right. Try again."
     if not attempt.ok:
         audit("second_factor.replayed", **who)
-        message = "That code was already used. Wait for the next one."
-        return otp_page(srv, areq, browser, user, message)
-    return signed_in(srv, areq, user, browser, AMR_PASSWORD_AND_OTP)
+        return None, 0, "That code was already used. Wait for the next one."
+    return AMR_PASSWORD_AND_OTP, 0, ""
 
 
 def in_words(seconds: int) -> str:
@@ -4125,12 +4343,10 @@ def signed_in(
 ) -> Redirect:
     """Start the login session of ``user``, as its credentials were checked, signed in by
     the methods ``amr`` (RFC 8176), and go back to the authorization endpoint."""
-    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16), amr,
-                      credentials_fingerprint(user))  # fmt: skip
+    session = start_session(srv, user, browser, amr)
     audit("login.succeeded", user=user.username, client=areq.client.client_id,
           address=browser.address, amr=" ".join(amr))  # fmt: skip
-    for step in ("password", "otp"):
-        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
+    remember_address(srv, user, browser)
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -4139,6 +4355,13 @@ def signed_in(
     if prompt:
         params["prompt"] = prompt
     return Redirect(authorize_url(srv, params), session=session)
+
+
+def remember_address(srv: Server, user: User, browser: Browser) -> None:
+    """A sign-in completed from the browser's address: one of the user's known ones for
+    throttling (see "Throttling failed sign-ins")."""
+    for step in ("password", "otp"):
+        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
 
 
 def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
@@ -4165,6 +4388,331 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
     return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(request_pairs(params))}"
+
+
+###############################################################################
+# The user's account: password, second factor, apps, sessions ##################
+###############################################################################
+
+# /account lets users manage their own sign-in (README "Your account"). It has its own
+# sign-in (the same checks and throttling as the login page, without an authorization
+# request), and every form the same CSRF token and same-origin check as login and consent.
+# Changing the second factor asks for a recent sign-in, as max_age does (OIDC Core
+# §3.1.2.1): whoever sits at a browser someone left signed in for hours must not be able
+# to swap the authenticator app for their own. 15 minutes is long enough to sign in, find
+# the phone, scan the QR code and type the first code; a password change asks for the
+# current password instead, which is that re-authentication.
+ACCOUNT_REAUTH_AGE = 15 * 60
+# NIST SP 800-63B §5.1.1.2: "Memorized secrets SHALL be at least 8 characters in length if
+# chosen by the subscriber"; "at least 64 characters" SHOULD be allowed (MAX_PARAM_LENGTH).
+MIN_PASSWORD_LENGTH = 8
+RECOVERY_CODES = 10  # NIST SP 800-63B §5.1.2 look-up secrets, each 80 random bits
+RECOVERY_CODE_BYTES = 10
+
+# NIST SP 800-63B §5.1.1.2: "the list MAY include, but is not limited to: Passwords
+# obtained from previous breach corpuses. Dictionary words. Repetitive or sequential
+# characters (e.g. 'aaaaaa', '1234abcd'). Context-specific words, such as the name of the
+# service, the username". The most common passwords of at least MIN_PASSWORD_LENGTH
+# characters in public breach corpora (shorter ones fail the length rule already), lower
+# case; kept in this module so that it stays self-contained. Repetition, sequences, the
+# username and the service's name are checked by rule (password_problem).
+COMMON_PASSWORDS = frozenset("""
+password password1 password12 password123 password1234 passw0rd p@ssw0rd p@ssword
+12345678 123456789 1234567890 12345678910 0123456789 987654321 9876543210 87654321
+11111111 00000000 22222222 88888888 99999999 12341234 11223344 12344321 69696969
+qwertyuiop qwertyui qwerty123 qwerty1234 qwerty12 1q2w3e4r 1q2w3e4r5t 1qaz2wsx
+zaq12wsx zaq1zaq1 qazwsxedc 1qazxsw2 q1w2e3r4 q1w2e3r4t5 asdfghjk asdfghjkl
+zxcvbnm1 abcd1234 abc12345 abcdefgh a1b2c3d4 1234qwer 123qweasd qweasdzxc
+iloveyou iloveyou1 iloveyou2 sunshine sunshine1 football football1 baseball
+baseball1 basketball princess princess1 welcome1 welcome123 trustno1 superman
+superman1 whatever whatever1 starwars computer michelle jennifer letmein1
+letmein123 admin123 administrator changeme changeme1 mustang1 shadow12 monkey12
+dragon12 master12 charlie1 jordan23 liverpool chocolate butterfly michael1 maverick
+internet samsung1 blink182 pokemon1 freedom1 secret123 hello123 helloworld
+whatever! football! 1password firebird iloveyou! sunflower flower123 jessica1
+ashley12 matthew1 andrew12 justin12 thomas12 robert12 daniel12 danielle
+jonathan midnight november december elephant dolphins pineapple spiderman
+batman12 pass1234 pass12345 test1234 test12345 testtest 1234abcd abcd12345
+lovelove loveme12 mylove12 babygirl babygirl1 angel123 summer123 winter123
+autumn123 spring123 summer2024 summer2025 winter2024 winter2025 welcome2024
+welcome2025 password2024 password2025 football123 monkey123 dragon123 master123
+killer123 soccer123 hockey123 jordan123 hunter123 buster123 tigger123 ginger123
+purple123 orange123 yellow123 silver123 golden123 diamond1 cookie123 cheese123
+banana123 chelsea1 arsenal1 manchester barcelona qwerty11 zxcvbnm123 asdf1234
+asdfasdf qwerqwer 1qaz2wsx3edc 123123123 123321123 147258369 159753456 741852963
+147852369 789456123 456123789 963852741 google123 facebook yahoo123 linkedin
+microsoft apple123 netflix1 youtube1 instagram twitter1 codeflow codeflow1
+""".split())
+
+
+def password_problem(password: str, username: str) -> str | None:
+    """Why ``password`` may not be chosen (NIST SP 800-63B §5.1.1.2), or None. The rules
+    are the ones §5.1.1.2 names: length, and not a common, repetitive, sequential or
+    context-specific one; §5.1.1.2 "SHOULD NOT impose other composition rules"."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters."
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS:
+        return "That password is one of the most common ones, which attackers try first."
+    if len(set(lowered)) <= 2:
+        return "That password repeats the same characters. Choose a less predictable one."
+    runs = ("0123456789", "abcdefghijklmnopqrstuvwxyz", "qwertyuiopasdfghjklzxcvbnm")
+    if any(lowered in run or lowered in run[::-1] for run in runs):
+        return "That password is a run of keys in order. Choose a less predictable one."
+    if username and username.lower() in lowered:
+        return "Your password may not contain your username."
+    return None
+
+
+def new_recovery_code() -> str:
+    """A recovery code: 80 random bits in base32, as four groups of four (RFC 4648 §6)."""
+    raw = base64.b32encode(secrets.token_bytes(RECOVERY_CODE_BYTES)).decode("ascii")
+    return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+
+
+def recovery_code_hash(username: str, code: str) -> str:
+    """What storage keeps of a recovery code: the SHA-256 of the user's name and the code
+    as typed, less spaces, dashes and case. 80 random bits need no slow hash (NIST SP
+    800-63B §5.1.2.1 asks a salted hash of secrets with less than 112 bits of entropy
+    stored only where guessing offline is otherwise cheap; 2^80 SHA-256 is not)."""
+    normal = re.sub(r"[\s-]", "", code).upper()
+    return hashlib.sha256(f"{username}\0{normal}".encode()).hexdigest()
+
+
+def account_url(srv: Server, path: str = "", **query: str) -> str:
+    """An absolute URL of the account area (ACCOUNT_PATH + ``path``)."""
+    url = f"{srv.issuer}{ACCOUNT_PATH}{path}"
+    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+
+
+def account(srv: Server, query: dict[str, str], browser: Browser) -> Redirect | Page:
+    """GET /account: the overview, or the account's sign-in page for a browser without a
+    login session."""
+    session = browser.session
+    user = srv.storage.get_user(session.username) if session is not None else None
+    if session is None or user is None:
+        return Redirect(account_url(srv, "/login"))
+    return account_page(srv, browser, session, user, ACCOUNT_NOTICES.get(query.get("done", "")))
+
+
+def account_form(srv: Server, form: dict[str, str], browser: Browser) -> Session | Redirect:
+    """The login session a form of the account area acts for, after its CSRF check (RFC
+    6749 §10.12: the token is bound to the browser and to this session); a redirect to the
+    account's sign-in page when the browser has none (signed out meanwhile)."""
+    if browser.session is None:
+        return Redirect(account_url(srv, "/login"))
+    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+        raise FormExpired("Open your account page and try again.", account_url(srv))
+    return browser.session
+
+
+def recently_signed_in(srv: Server, session: Session) -> bool:
+    """Whether the session's sign-in is recent enough to change the second factor
+    (ACCOUNT_REAUTH_AGE, as max_age: OIDC Core §3.1.2.1)."""
+    return srv.clock() - session.auth_time <= ACCOUNT_REAUTH_AGE
+
+
+def ask_reauthentication(srv: Server, session: Session, change: str) -> Redirect:
+    audit("account.reauth_required", user=session.username, change=change)
+    return Redirect(account_url(srv, "/login", reauth="yes"))
+
+
+def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/login: the password, then the second factor of users who have one,
+    checked and throttled as on the login page (check_password, check_second_factor); on
+    success a new login session, and back to the account page."""
+    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+        raise FormExpired("Start signing in again.", account_url(srv, "/login"))
+    if "pending" in form:
+        user = pending_sign_in(srv, form, browser)
+        if user is None:
+            raise FormExpired("This sign-in has expired. Start signing in again.",
+                              account_url(srv, "/login"), OTP_LIFETIME)  # fmt: skip
+        amr, wait, message = check_second_factor(srv, user, form, browser)
+        if amr is None:
+            page = account_otp_page(srv, browser, user, message, 429 if wait else 200)
+            return replace(page, retry_after=wait)
+        return account_signed_in(srv, user, browser, amr)
+    username = form.get("username", "")
+    user, wait = check_password(srv, username, form.get("password", ""), browser)
+    if wait:
+        page = account_login_page(srv, browser, throttled_message(wait), 429, username)
+        return replace(page, retry_after=wait)
+    if user is None:
+        message = "Wrong username or password. Check both and try again."
+        return account_login_page(srv, browser, message, username=username)
+    if user.totp_secret:
+        audit("second_factor.required", user=user.username, address=browser.address)
+        return account_otp_page(srv, browser, user)
+    return account_signed_in(srv, user, browser, AMR_PASSWORD)
+
+
+def account_signed_in(
+    srv: Server, user: User, browser: Browser, amr: tuple[str, ...]
+) -> Redirect:
+    session = start_session(srv, user, browser, amr)
+    audit("login.succeeded", user=user.username, address=browser.address,
+          amr=" ".join(amr), to="account")  # fmt: skip
+    remember_address(srv, user, browser)
+    return Redirect(account_url(srv), session=session)
+
+
+def change_password(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/password: the current password (checked and throttled as a sign-in),
+    and a new one that NIST SP 800-63B §5.1.1.2 allows. Every other session of the user
+    ends, as do refresh tokens issued under the old password (Server.set_password); this
+    browser gets a new session."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    user, wait = check_password(srv, session.username, form.get("current_password", ""),
+                                browser, client=None)  # fmt: skip
+    if wait:
+        page = account_overview(srv, browser, session, throttled_message(wait), 429)
+        return replace(page, retry_after=wait)
+    if user is None:
+        audit("account.password_refused", user=session.username, reason="current_password")
+        message = "Your current password is not right. Nothing was changed."
+        return account_overview(srv, browser, session, message, 400, field="current_password")
+    problem = password_problem(form.get("new_password", ""), user.username)
+    if problem is not None:
+        audit("account.password_refused", user=user.username, reason="policy")
+        return account_overview(srv, browser, session, problem + " Nothing was changed.", 400,
+                                field="new_password")  # fmt: skip
+    user = srv.set_password(user.username, form["new_password"])
+    audit("account.password_changed", user=user.username, address=browser.address)
+    new = start_session(srv, user, browser, session.amr, session.auth_time)
+    return Redirect(account_url(srv, done="password"), session=new)
+
+
+def account_overview(
+    srv: Server, browser: Browser, session: Session, message: str, status: int,
+    field: str = "",
+) -> Page:
+    user = srv.storage.get_user(session.username)
+    if user is None:
+        raise FormExpired("Sign in again.", account_url(srv, "/login"))
+    return account_page(srv, browser, session, user, None, message, status, field)
+
+
+def change_totp(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/totp, after a recent sign-in: ``step=start`` shows a new secret (RFC
+    6238) as a QR code and as text; ``step=confirm`` turns it on once the app's first code
+    is right, with new recovery codes shown once; ``step=remove`` turns the second factor
+    off and deletes the recovery codes. A change ends the user's other sessions and
+    refresh tokens (Server.set_totp); this browser gets a new session."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    step = form.get("step")
+    if step not in ("start", "confirm", "remove"):
+        raise InvalidRequest("step must be start, confirm or remove.")
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "totp")
+    user = srv.storage.get_user(session.username)
+    if user is None:
+        return Redirect(account_url(srv, "/login"))
+    if step == "start":
+        return totp_enrol_page(srv, browser, session, pyotp.random_base32())
+    if step == "remove":
+        user = srv.set_totp(user.username, None)
+        srv.storage.set_recovery_codes(user.username, ())
+        audit("account.totp_removed", user=user.username, address=browser.address)
+        new = start_session(srv, user, browser, session.amr, session.auth_time)
+        return Redirect(account_url(srv, done="totp-removed"), session=new)
+    payload = srv.signer.loads(form.get("enrol"), "totp-enrol")
+    if not payload or payload.get("s") != session.sid or not isinstance(payload.get("k"), str):
+        raise FormExpired("Start setting up the app again.", account_url(srv))
+    secret = payload["k"]
+    totp = totp_step(secret, form.get("otp", ""), srv.clock())
+    if totp is None:
+        message = "That code is not right. Check the app and type the code it shows now."
+        return totp_enrol_page(srv, browser, session, secret, message, 400)
+    user = srv.set_totp(user.username, secret)
+    # The code that confirmed the app cannot sign anyone in afterwards (RFC 6238 §5.2).
+    srv.storage.record_totp_step(user.username, totp)
+    audit("account.totp_enrolled", user=user.username, address=browser.address)
+    codes = give_recovery_codes(srv, user.username)
+    new = start_session(srv, user, browser, session.amr, session.auth_time)
+    return replace(recovery_codes_page(srv, codes, enrolled=True), session=new)
+
+
+def new_recovery_codes(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/recovery-codes, after a recent sign-in: a new set of recovery codes,
+    shown once; the old ones stop working (NIST SP 800-63B §5.1.2)."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "recovery_codes")
+    user = srv.storage.get_user(session.username)
+    if user is None or not user.totp_secret:
+        raise InvalidRequest("Recovery codes go with an authenticator app: set one up first.")
+    return recovery_codes_page(srv, give_recovery_codes(srv, user.username))
+
+
+def give_recovery_codes(srv: Server, username: str) -> list[str]:
+    """New recovery codes for the user, replacing any before; returned to be shown once,
+    stored only as hashes."""
+    codes = [new_recovery_code() for _ in range(RECOVERY_CODES)]
+    srv.storage.set_recovery_codes(username, [recovery_code_hash(username, c) for c in codes])
+    audit("account.recovery_codes_created", user=username, count=len(codes))
+    return codes
+
+
+def revoke_app(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/apps: end what the user granted the client ``client_id``: its consent,
+    every token (a refresh token fails from now on) and unredeemed code (RFC 7009 §2.1,
+    Server.revoke_grant)."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    client_id = form.get("client_id")
+    if client_id is None:
+        raise InvalidRequest("Which app? The form names none.")
+    if srv.revoke_grant(session.username, client_id):
+        audit("account.app_revoked", user=session.username, client=client_id,
+              address=browser.address)  # fmt: skip
+    return Redirect(account_url(srv, done="app"))
+
+
+def end_sessions(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/sessions: sign out one of the user's sessions (``session``, its handle
+    on the account page) or, with ``all=others``, every one but this browser's."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if form.get("all") == "others":
+        count = srv.storage.delete_login_sessions(session.username, keep=session.sid)
+        audit("account.sessions_ended", user=session.username, count=count,
+              address=browser.address)  # fmt: skip
+        return Redirect(account_url(srv, done="sessions"))
+    handle = form.get("session", "")
+    sessions = srv.storage.list_login_sessions(session.username, srv.clock())
+    found = [s for s in sessions if hmac.compare_digest(session_handle(srv, s.sid), handle)]
+    if not found:
+        return Redirect(account_url(srv, done="session"))  # ended meanwhile
+    srv.storage.delete_login_sessions(session.username, found[0].sid)
+    audit("account.session_ended", user=session.username, address=browser.address,
+          this_browser=int(found[0].sid == session.sid))  # fmt: skip
+    if found[0].sid == session.sid:
+        return Redirect(account_url(srv, "/login"), signed_out=True)
+    return Redirect(account_url(srv, done="session"))
+
+
+def session_handle(srv: Server, sid: str) -> str:
+    """How the account page names a session in its forms: a MAC of the sid, so that the
+    page never shows one (a sid is in the ID tokens relying parties receive)."""
+    return srv.signer.mac("account-session\0" + sid)[:22]
+
+
+ACCOUNT_NOTICES = {
+    "password": "Your password was changed. Your other sessions were signed out.",
+    "totp-removed": "The authenticator app was removed, and your recovery codes with it.",
+    "app": "The app's access was revoked. It must ask you again to get it back.",
+    "session": "That session was signed out.",
+    "sessions": "All your other sessions were signed out.",
+}
 
 
 ###############################################################################
@@ -4700,6 +5248,7 @@ def end_session(
     if session is not None:
         # The cookie is deleted too, but a copy of it must not outlive the logout.
         srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
+        srv.storage.delete_login_sessions(session.username, session.sid)
         if user is not None:
             frames = tell_clients(srv, session, user, client)
     if target is not None:
@@ -4992,6 +5541,10 @@ pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywh
 .ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
 nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
 .step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
+ul.items{list-style:none;padding:0}ul.items li{border-top:1px solid #d5d9e2;padding:.75rem 0}
+ul.codes{columns:2;font-size:1.05rem}figure.qr{background:#fff;padding:.75rem;margin:1rem 0;
+display:inline-block;border-radius:4px}figure.qr svg{width:12rem;height:12rem;display:block}
+summary{cursor:pointer;margin-top:1.5rem;color:#1f4fd1;font-weight:600}
 .steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
 .steps-panel:has(.step:target) .step:not(:target){display:none}
 @media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
@@ -5005,7 +5558,8 @@ button:hover,a.button:hover{background:#2449b5}
 button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
 button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
 .error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
-.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
+.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step,ul.items li{border-color:#3a4050}
+summary{color:#8fb0ff}}
 """.strip()
 
 
@@ -5065,6 +5619,44 @@ def _alert(message: str) -> str:
     return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
 
 
+def _password_fields(typed: str, message: str) -> str:
+    """The username and password fields of a sign-in form. After an error the alert
+    describes both fields; with a known username, the cursor starts in the password."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
+    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    return f"""<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required{password_focus}{invalid}>"""
+
+
+def _otp_field(pending: str, message: str) -> str:
+    """The second-factor step's code field, with the pending sign-in it continues."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    return f"""<input type="hidden" name="pending" value="{esc(pending)}">
+<label for="otp">Authentication code</label>
+<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ maxlength="8" required autofocus{invalid}>"""
+
+
+def _recovery_form(action: str, hidden: str, pending: str) -> str:
+    """NIST SP 800-63B §5.1.2: a recovery code instead of the app's code, in a form of its
+    own behind a disclosure (no JavaScript), so that the code field above stays required."""
+    return f"""<details><summary>Lost your authenticator app? Use a recovery code</summary>
+<form method="post" action="{action}">{hidden}
+<input type="hidden" name="pending" value="{esc(pending)}">
+<label for="recovery_code">Recovery code</label>
+<input id="recovery_code" name="recovery_code" autocomplete="off" autocapitalize="characters"
+ spellcheck="false" required>
+<div class="actions"><button type="submit" class="secondary">Use recovery code</button></div>
+</form></details>"""
+
+
 def login_page(
     srv: Server,
     areq: AuthorizationRequest,
@@ -5074,19 +5666,10 @@ def login_page(
     username: str | None = None,
 ) -> Page:
     typed = username if username is not None else areq.login_hint or ""
-    # After an error the alert describes both fields; with a known username, the
-    # cursor starts in the password field.
-    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
-    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
     body = f"""{BRAND}<h1>Sign in</h1>
 <p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
 <form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
-<label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" autocapitalize="none"
- spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password"
- required{password_focus}{invalid}>
+{_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
     return Page("Sign in", body, status)
 
@@ -5099,22 +5682,16 @@ def otp_page(
     message: str = "",
     status: int = 200,
 ) -> Page:
-    username = user.username
-    pending = esc(srv.signer.pending(user, browser))
-    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
-        ' aria-describedby="otp-help"'
-    )
+    pending = srv.signer.pending(user, browser)
+    hidden = _hidden_fields(srv, browser, areq.params)
     body = f"""{BRAND}<h1>Enter your code</h1>
-<p>Signing in as <strong>{esc(username)}</strong> to continue to
+<p>Signing in as <strong>{esc(user.username)}</strong> to continue to
 <strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
-<input type="hidden" name="pending" value="{pending}">
-<label for="otp">Authentication code</label>
-<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
-<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
- maxlength="8" required autofocus{invalid}>
+<form method="post" action="login">{hidden}
+{_otp_field(pending, message)}
 <div class="actions"><button type="submit">Verify</button>
-<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
+<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>
+{_recovery_form("login", hidden, pending)}"""
     return Page("Enter your code", body, status)
 
 
@@ -5311,6 +5888,232 @@ def logout_page(
 <div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
 </form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
     return Page("Sign out?", body)
+
+
+def _account_hidden(srv: Server, browser: Browser) -> str:
+    """An account form's CSRF token, bound to the browser and its login session."""
+    return f'<input type="hidden" name="csrf_token" value="{esc(srv.signer.csrf_token(browser))}">'
+
+
+def account_login_page(
+    srv: Server,
+    browser: Browser,
+    message: str = "",
+    status: int = 200,
+    username: str | None = None,
+    reauth: bool = False,
+) -> Page:
+    typed = username if username is not None else (
+        browser.session.username if browser.session else ""
+    )
+    intro = (
+        "<p>To change how you sign in, confirm it is you: sign in again.</p>"
+        if reauth
+        else "<p>to manage your account</p>"
+    )
+    body = f"""{BRAND}<h1>Sign in</h1>{intro}{_alert(message)}
+<form method="post" action="{ACCOUNT_PATH}/login">{_account_hidden(srv, browser)}
+{_password_fields(typed, message)}
+<div class="actions"><button type="submit">Sign in</button></div></form>"""
+    return Page("Sign in", body, status)
+
+
+def account_otp_page(
+    srv: Server, browser: Browser, user: User, message: str = "", status: int = 200
+) -> Page:
+    pending = srv.signer.pending(user, browser)
+    hidden = _account_hidden(srv, browser)
+    action = f"{ACCOUNT_PATH}/login"
+    body = f"""{BRAND}<h1>Enter your code</h1>
+<p>Signing in as <strong>{esc(user.username)}</strong> to manage your account.</p>
+{_alert(message)}<form method="post" action="{action}">{hidden}
+{_otp_field(pending, message)}
+<div class="actions"><button type="submit">Verify</button>
+<a href="{action}">Start over</a></div></form>
+{_recovery_form(action, hidden, pending)}"""
+    return Page("Enter your code", body, status)
+
+
+def when(seconds: float | None) -> str:
+    """A time as the account page shows it (UTC, to the minute)."""
+    if seconds is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def browser_label(user_agent: str) -> str:
+    """A User-Agent as a person names it: "Firefox on Linux"; only a hint (it is the
+    browser's own claim), beside the address and times."""
+    names = (("Edg/", "Edge"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+             ("Safari/", "Safari"), ("curl/", "curl"), ("python-requests", "Python"))  # fmt: skip
+    systems = (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"),
+               ("Windows", "Windows"), ("Mac OS X", "macOS"), ("Linux", "Linux"))  # fmt: skip
+    name = next((label for mark, label in names if mark in user_agent), "A browser")
+    system = next((label for mark, label in systems if mark in user_agent), "")
+    return f"{name} on {system}" if system else name
+
+
+def account_page(
+    srv: Server,
+    browser: Browser,
+    session: Session,
+    user: User,
+    notice: str | None = None,
+    message: str = "",
+    status: int = 200,
+    field: str = "",
+) -> Page:
+    """The account overview: password, second factor, connected apps, sessions."""
+    hidden = _account_hidden(srv, browser)
+    done = f'<p class="ok" role="status">{esc(notice)}</p>' if notice else ""
+
+    def invalid(name: str) -> str:
+        return ' aria-invalid="true"' if field == name else ""
+
+    password = f"""<section aria-labelledby="password-heading">
+<h2 id="password-heading">Password</h2>
+<form method="post" action="{ACCOUNT_PATH}/password">{hidden}
+<label for="current_password">Current password</label>
+<input id="current_password" name="current_password" type="password"
+ autocomplete="current-password" required{invalid("current_password")}>
+<label for="new_password">New password</label>
+<p class="muted hint" id="new-password-help">At least {MIN_PASSWORD_LENGTH} characters; a long
+phrase is good. Common passwords are refused.</p>
+<input id="new_password" name="new_password" type="password" autocomplete="new-password"
+ minlength="{MIN_PASSWORD_LENGTH}" required aria-describedby="new-password-help"
+ {invalid("new_password")}>
+<div class="actions"><button type="submit">Change password</button></div></form></section>"""
+
+    totp_action = f"{ACCOUNT_PATH}/totp"
+    if user.totp_secret:
+        left = srv.storage.recovery_codes_left(user.username)
+        second = f"""<p>An authenticator app is set up: you enter its code after your password.
+You have <strong>{left}</strong> unused recovery code{"s" * (left != 1)}.</p>
+<form method="post" action="{totp_action}">{hidden}<div class="actions">
+<button type="submit" name="step" value="start" class="secondary">Replace the app</button>
+<button type="submit" name="step" value="remove" class="secondary">Remove the app</button>
+</div></form>
+<form method="post" action="{ACCOUNT_PATH}/recovery-codes">{hidden}<div class="actions">
+<button type="submit" class="secondary">Make new recovery codes</button></div></form>"""
+    else:
+        second = f"""<p>Add an authenticator app, so that a password alone cannot sign you in.</p>
+<form method="post" action="{totp_action}">{hidden}<div class="actions">
+<button type="submit" name="step" value="start">Set up an authenticator app</button>
+</div></form>"""
+
+    apps = []
+    for grant in srv.list_grants(user.username):
+        client = srv.storage.get_client(grant.client_id)
+        label = client_label(client) if client else esc(grant.client_id)
+        scopes = ", ".join(esc(SCOPE_WORDS.get(s, s)) for s in sorted(grant.scopes or ()))
+        allowed = f"Allowed: {scopes}. " if scopes else ""
+        since = f"Since {when(grant.consented_at)}." if grant.consented_at else (
+            "Signed in without a consent page."
+        )
+        apps.append(f"""<li><strong>{label}</strong>
+<p class="muted hint">{allowed}{since}</p>
+<form method="post" action="{ACCOUNT_PATH}/apps">{hidden}
+<input type="hidden" name="client_id" value="{esc(grant.client_id)}">
+<button type="submit" class="secondary" aria-label="Revoke access for {label}">Revoke
+access</button></form></li>""")
+    apps_html = (
+        f'<ul class="items">{"".join(apps)}</ul>' if apps
+        else "<p>No app has access to your account.</p>"
+    )
+
+    sessions = []
+    for each in srv.storage.list_login_sessions(user.username, srv.clock()):
+        this = each.sid == session.sid
+        name = "This browser" if this else esc(browser_label(each.user_agent))
+        sessions.append(f"""<li><strong>{name}</strong>
+<p class="muted hint">Signed in {when(each.created_at)}; last used {when(each.last_used_at)}
+from <code>{esc(each.address or "an unknown address")}</code>.</p>
+<form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
+<input type="hidden" name="session" value="{session_handle(srv, each.sid)}">
+<button type="submit" class="secondary" aria-label="Sign out {name}, signed in
+{when(each.created_at)}">Sign out</button></form></li>""")
+    body = f"""{BRAND}<div class="wide"><h1>Your account</h1>
+<p>Signed in as <strong>{esc(user.username)}</strong>.
+<a href="{LOGOUT_PATH}">Sign out</a></p>{done}{_alert(message)}
+{password}
+<section aria-labelledby="second-heading"><h2 id="second-heading">Two-factor sign-in</h2>
+{second}</section>
+<section aria-labelledby="apps-heading"><h2 id="apps-heading">Connected apps</h2>
+{apps_html}</section>
+<section aria-labelledby="sessions-heading"><h2 id="sessions-heading">Sessions</h2>
+<ul class="items">{"".join(sessions)}</ul>
+<form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
+<div class="actions"><button type="submit" name="all" value="others" class="secondary">Sign
+out all other sessions</button></div></form></section></div>"""
+    return Page("Your account", body, status)
+
+
+def totp_enrol_page(
+    srv: Server,
+    browser: Browser,
+    session: Session,
+    secret: str,
+    message: str = "",
+    status: int = 200,
+) -> Page:
+    """Enrol an authenticator app (RFC 6238): the otpauth URI (Google Authenticator Key URI
+    Format) as a QR code in inline SVG, when the optional qrcode library is installed, and
+    always the secret as text, for apps without a camera or people who cannot scan."""
+    label = f"codeflow {urllib.parse.urlsplit(srv.issuer).netloc}"
+    uri = pyotp.TOTP(secret).provisioning_uri(name=session.username, issuer_name=label)
+    svg = qr_svg(uri)
+    qr = (
+        f'<figure class="qr" role="img" aria-label="QR code of the key below">{svg}</figure>'
+        if svg else ""
+    )
+    enrol = srv.signer.dumps({"k": secret, "s": session.sid}, "totp-enrol", FORM_LIFETIME)
+    grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    scan = "Scan this QR code with the app, or type" if svg else "Type"
+    body = f"""{BRAND}<h1>Set up an authenticator app</h1>{_alert(message)}
+<ol><li>Open your authenticator app and add an account.</li>
+<li>{scan} this key: <code id="totp-key">{esc(grouped)}</code></li>
+<li>Enter the 6-digit code the app then shows.</li></ol>{qr}
+<form method="post" action="{ACCOUNT_PATH}/totp">{_account_hidden(srv, browser)}
+<input type="hidden" name="enrol" value="{esc(enrol)}">
+<label for="otp">Code from the app</label>
+<p class="muted hint" id="otp-help">Your sign-ins will ask for it from now on.</p>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ maxlength="8" required autofocus{invalid}>
+<div class="actions"><button type="submit" name="step" value="confirm">Turn on</button>
+<a href="{ACCOUNT_PATH}">Cancel</a></div></form>"""
+    return Page("Set up an authenticator app", body, status)
+
+
+def qr_svg(data: str) -> str:
+    """``data`` as a QR code in SVG, to inline in a page (no script, no image fetched: the
+    CSP allows neither); "" without the optional qrcode library, whose pure-Python SVG
+    factory makes it."""
+    try:
+        import qrcode.image.svg  # optional, as for the CLI's TOTP enrolment
+    except ImportError:
+        return ""
+    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    svg: str = image.to_string(encoding="unicode")
+    return svg[svg.index("<svg") :]
+
+
+def recovery_codes_page(srv: Server, codes: list[str], *, enrolled: bool = False) -> Page:
+    """NIST SP 800-63B §5.1.2: the recovery codes, shown this once (storage keeps hashes)."""
+    items = "".join(f"<li><code>{esc(code)}</code></li>" for code in codes)
+    first = (
+        '<p class="ok" role="status">The authenticator app is on: sign-ins ask for its '
+        "code from now on.</p>" if enrolled else ""
+    )
+    body = f"""{BRAND}<h1>Save your recovery codes</h1>{first}
+<p>If you lose your authenticator app, each of these codes signs you in once, in place of
+its code. Keep them somewhere safe, such as a password manager: <strong>this is the only
+time they are shown</strong>. Codes you had before no longer work.</p>
+<ul class="codes">{items}</ul>
+<div class="actions"><a class="button" href="{ACCOUNT_PATH}">Back to your account</a></div>"""
+    return Page("Save your recovery codes", body)
 
 
 def home_page(srv: Server) -> Page:
@@ -5802,6 +6605,10 @@ def build_app(srv: Server) -> bottle.Bottle:
               answer("json", lambda: preflight_response(
                   srv, bottle.request, "GET, PUT, DELETE", any_origin=True)))  # fmt: skip
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
+    browser(ACCOUNT_PATH, ["GET"], account_endpoint)
+    browser(ACCOUNT_PATH + "/login", ["GET", "POST"], account_login_endpoint)
+    for path, step in ACCOUNT_FORMS.items():
+        browser(ACCOUNT_PATH + path, ["POST"], account_form_endpoint(step))
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
     browser(DEMO_CALLBACK_PATH, ["GET"], demo_callback_endpoint)
@@ -5867,11 +6674,14 @@ def read_browser(srv: Server, request: Request) -> Browser:
     # bound to the session too (see "Browser state").
     ours = [v for v in cookie_values(srv, request, CSRF_COOKIE) if srv.signer.loads(v, "browser")]
     csrf = ours[0] if ours else srv.signer.browser_id()
-    session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE))
+    # REMOTE_ADDR is the client's own, as resolved through trusted proxies (_behind_proxies).
+    address = request.environ.get("REMOTE_ADDR", "")
+    session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE), address)
     device = srv.signer.loads(cookie_value(srv, request, DEVICE_COOKIE), "device")
     names = device.get("u") if device else None
     devices = frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
-    return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""), devices)
+    agent = request.environ.get("HTTP_USER_AGENT", "")[:USER_AGENT_LENGTH]
+    return Browser(csrf, session, address, devices, agent)
 
 
 def refuse_cross_site(srv: Server, request: Request) -> None:
@@ -6020,8 +6830,9 @@ def cors_origins(client: Client) -> frozenset[str]:
 
 def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
     """Whether ``origin`` may read an answer about ``client_id``; about no known client
-    (a preflight, an unknown token), whether any registered client allows it."""
-    client = srv.storage.get_client(client_id) if client_id else None
+    (a preflight, an unknown token), whether any registered client allows it. A client of
+    a metadata document is known by its document (cached since the request fetched it)."""
+    client = find_client(srv, client_id, quiet=True) if client_id else None
     if client is not None:
         return origin in cors_origins(client)
     return any(origin in cors_origins(c) for c in srv.storage.list_clients())
@@ -6170,7 +6981,7 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     csrf = browser.csrf
     if result.signed_out:
         response.delete_cookie(cookie_name(srv, SESSION_COOKIE), **cookie)
-    elif isinstance(result, Redirect) and result.session is not None:
+    elif result.session is not None:
         value = srv.signer.session_cookie(result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
         device = srv.signer.dumps(
@@ -6325,6 +7136,39 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
     if "csrf_token" in form:  # our confirmation form, not a relying party's request
         refuse_cross_site(srv, request)
     return logout(srv, form, browser)
+
+
+def account_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    return account(srv, single_params(query_pairs(request)), browser)
+
+
+def account_login_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    if request.method == "GET":
+        reauth = single_params(query_pairs(request)).get("reauth") == "yes"
+        return account_login_page(srv, browser, reauth=reauth)
+    refuse_cross_site(srv, request)
+    return account_login(srv, single_params(form_pairs(request)), browser)
+
+
+AccountStep = Callable[[Server, dict[str, str], Browser], "Redirect | Page"]
+# The account area's forms, by path under ACCOUNT_PATH.
+ACCOUNT_FORMS: dict[str, AccountStep] = {
+    "/password": change_password,
+    "/totp": change_totp,
+    "/recovery-codes": new_recovery_codes,
+    "/apps": revoke_app,
+    "/sessions": end_sessions,
+}
+
+
+def account_form_endpoint(step: AccountStep) -> BrowserStep:
+    """A form of the account area: from our own origin only (RFC 9700 §4.4)."""
+
+    def endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+        refuse_cross_site(srv, request)
+        return step(srv, single_params(form_pairs(request)), browser)
+
+    return endpoint
 
 
 # Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
@@ -7600,6 +8444,36 @@ def _parser() -> argparse.ArgumentParser:
         "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
         help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
     )  # fmt: skip
+    # Clients that register themselves (RFC 7591; Client ID Metadata Documents): off unless
+    # asked for. Each option has a config-file key of the same name (underscores).
+    serve_cmd.add_argument(
+        "--registration", choices=REGISTRATION_POLICIES,
+        help="RFC 7591 dynamic client registration: off (default), open, or token (an "
+        "initial access token, --registration-token or registration_tokens in --config)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--registration-token", action="append", default=[], dest="registration_tokens",
+        metavar="TOKEN", help="an initial access token for --registration token (repeatable; "
+        "prefer the config file: a command line is visible to other users)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-documents", action="store_true", default=None,
+        help="accept https client_ids whose metadata document the server fetches",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-host", action="append", default=[], metavar="HOST",
+        dest="client_id_metadata_hosts",
+        help="fetch client metadata documents only from this host (repeatable)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-allow-network", action="append", default=[], metavar="CIDR",
+        dest="fetch_allowed_networks",
+        help="a network the server may fetch documents from though not public, http on "
+        "loopback (repeatable; test suites: 127.0.0.0/8; never an internal network)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-ca-file", metavar="PATH", help="a CA file to trust when fetching documents"
+    )
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -8017,6 +8891,29 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def self_registration_options(
+    args: argparse.Namespace, config: dict[str, Any], parser: argparse.ArgumentParser
+) -> dict[str, Any]:
+    """The Server options of clients that register themselves, from the command line or
+    else the config file (keys named as the options)."""
+    options: dict[str, Any] = {}
+    lists = ("registration_tokens", "client_id_metadata_hosts", "fetch_allowed_networks")
+    for key in lists:
+        value = getattr(args, key) or config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            parser.error(f"bad config: {key} must be a list of strings")
+        options[key] = value
+    for key, kind in (("registration", str), ("client_id_metadata_documents", bool),
+                      ("fetch_ca_file", str)):  # fmt: skip
+        value = getattr(args, key)
+        value = config.get(key) if value is None else value
+        if value is not None and not isinstance(value, kind):
+            parser.error(f"bad config: {key} must be a {kind.__name__}")
+        if value is not None:
+            options[key] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``codeflow`` command: a thin layer over Server and its storage."""
     parser = _parser()
@@ -8051,11 +8948,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
+    registering = self_registration_options(args, config, parser)
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
                      trusted_proxies=proxies,
-                     password_hashing=args.password_hashing)  # fmt: skip
+                     password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
     try:
@@ -8076,6 +8974,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_hashing == "fast":  # noqa: S105 -- a mode, not a password
         print("WARNING: --password-hashing fast: passwords and client secrets get test-only "
               "hashes, which a server without it refuses.")  # fmt: skip
+    if srv.registration != "off":
+        print(f"Registration ({srv.registration}): {srv.issuer}{REGISTRATION_PATH} (RFC 7591).")
+    if srv.fetch_policy.allowed_networks:
+        print("WARNING: --fetch-allow-network: the server fetches documents from "
+              f"{', '.join(map(str, srv.fetch_policy.allowed_networks))} for anyone who "
+              "names them; never an internal network in production.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():

@@ -30,6 +30,7 @@ from codeflow import (
     AuthorizationCode,
     Client,
     Grant,
+    LoginSession,
     RemovedUser,
     Resource,
     SigningKey,
@@ -933,3 +934,122 @@ class TestStorageContract:
         assert revoked(storage, "r1")
         assert storage.get_token("r2") == a_token("r2", kind="refresh")
         assert storage.get_token("a2") == a_token("a2")
+
+
+def a_login_session(sid: str = "sid-1", username: str = "alice", **fields: Any) -> LoginSession:
+    values: dict[str, Any] = {
+        "sid": sid,
+        "username": username,
+        "created_at": NOW,
+        "last_used_at": NOW,
+        "expires_at": NOW + 8 * 3600,
+        "address": "192.0.2.1",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120",
+    }
+    values.update(fields)
+    return LoginSession(**values)
+
+
+class TestAccountStorageContract:
+    """The records of the account page (README "Your account"): login sessions kept
+    server-side, and recovery codes (NIST SP 800-63B §5.1.2 look-up secrets)."""
+
+    def test_login_sessions_are_saved_listed_newest_first_and_expire(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.list_login_sessions: "The user's login sessions that have not expired at
+        now, newest first"; another user's are not listed."""
+        storage.save_login_session(a_login_session("s1"))
+        storage.save_login_session(a_login_session("s2", created_at=NOW + 10))
+        storage.save_login_session(a_login_session("s3", expires_at=NOW - 1))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        assert storage.get_login_session("s1") == a_login_session("s1")
+        assert storage.get_login_session("nope") is None
+        assert [s.sid for s in storage.list_login_sessions("alice", NOW)] == ["s2", "s1"]
+        assert [s.sid for s in storage.list_login_sessions("bob", NOW)] == ["b1"]
+
+    def test_touch_login_session_updates_last_use_and_address_only(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_login_session(a_login_session("s1"))
+        storage.touch_login_session("s1", NOW + 120, "198.51.100.7")
+        storage.touch_login_session("gone", NOW + 120, "198.51.100.7")  # no error, no row
+        assert storage.get_login_session("s1") == a_login_session(
+            "s1", last_used_at=NOW + 120, address="198.51.100.7"
+        )
+        assert storage.get_login_session("gone") is None
+
+    def test_delete_login_sessions_one_all_or_all_but_one(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.delete_login_sessions: the one sid "if it is the user's"; else every one
+        but keep."""
+        for sid in ("s1", "s2", "s3"):
+            storage.save_login_session(a_login_session(sid))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        assert storage.delete_login_sessions("alice", "b1") == 0  # not alice's
+        assert storage.get_login_session("b1") is not None
+        assert storage.delete_login_sessions("alice", "s1") == 1
+        assert storage.get_login_session("s1") is None
+        assert storage.delete_login_sessions("alice", keep="s2") == 1
+        assert [s.sid for s in storage.list_login_sessions("alice", NOW)] == ["s2"]
+        assert storage.delete_login_sessions("alice") == 1
+        assert storage.list_login_sessions("alice", NOW) == []
+        assert [s.sid for s in storage.list_login_sessions("bob", NOW)] == ["b1"]
+
+    def test_credential_changes_and_removal_end_the_users_login_sessions(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9700 §4.14.2: a password change (change_credentials), a sign-out everywhere
+        (change_record_id) and remove_user end the user's login sessions in their own
+        transaction; another user's stay."""
+        storage.add_user(User("alice", "hash"))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        for change in (
+            lambda: storage.change_credentials(User("alice", "new-hash")),
+            lambda: storage.change_record_id("alice", "another-record"),
+            lambda: storage.remove_user("alice", NOW),
+        ):
+            storage.save_login_session(a_login_session("s1"))
+            assert change()
+            assert storage.get_login_session("s1") is None
+        assert storage.get_login_session("b1") is not None
+
+    def test_purge_expired_deletes_expired_login_sessions(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_login_session(a_login_session("s1", expires_at=NOW + 10))
+        assert storage.purge_expired(NOW) == 0
+        assert storage.purge_expired(NOW + 10) == 1
+        assert storage.get_login_session("s1") is None
+
+    def test_recovery_codes_are_replaced_and_each_used_once(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """NIST SP 800-63B §5.1.2.1: a look-up secret is used once; set_recovery_codes
+        replaces the whole set."""
+        storage.set_recovery_codes("alice", ["h1", "h2", "h3"])
+        storage.set_recovery_codes("bob", ["h1"])
+        assert storage.recovery_codes_left("alice") == 3
+        assert storage.consume_recovery_code("alice", "h2")
+        assert not storage.consume_recovery_code("alice", "h2")
+        assert not storage.consume_recovery_code("alice", "unknown")
+        assert storage.recovery_codes_left("alice") == 2
+        storage.set_recovery_codes("alice", ["h9"])
+        assert not storage.consume_recovery_code("alice", "h1")
+        assert storage.recovery_codes_left("alice") == 1
+        storage.set_recovery_codes("alice", [])
+        assert storage.recovery_codes_left("alice") == 0
+        assert storage.consume_recovery_code("bob", "h1")
+
+    def test_remove_user_deletes_recovery_codes(self, storage: codeflow.Storage) -> None:
+        storage.add_user(User("alice", "hash"))
+        storage.set_recovery_codes("alice", ["h1"])
+        assert storage.remove_user("alice", NOW)
+        assert storage.recovery_codes_left("alice") == 0
+
+    def test_consume_recovery_code_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """16 threads present the same recovery code at once: exactly one gets in."""
+        storage.set_recovery_codes("alice", ["h1"])
+        results = race(lambda i: storage.consume_recovery_code("alice", "h1"))
+        assert results.count(True) == 1, results

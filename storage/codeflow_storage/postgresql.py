@@ -63,6 +63,7 @@ from codeflow import (
     AuthorizationCode,
     Client,
     Grant,
+    LoginSession,
     RemovedUser,
     Resource,
     SigningKey,
@@ -279,9 +280,32 @@ _V7_SELF_REGISTRATION = [
     "ALTER TABLE clients ADD COLUMN registered_metadata jsonb NOT NULL DEFAULT '{}'",
 ]
 
+_V8_ACCOUNT = [
+    # The account page (README "Your account"): login sessions kept server-side, so that a
+    # user can list and end them (found by user, purged by expiry); and each user's
+    # recovery codes, by hash, one row each so that using one is a single DELETE. As in
+    # codeflow_storage.sqlite's migration 15.
+    """CREATE TABLE login_sessions (
+        sid text PRIMARY KEY,
+        username text NOT NULL,
+        created_at double precision NOT NULL,
+        last_used_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        address text NOT NULL,
+        user_agent text NOT NULL
+    )""",
+    "CREATE INDEX login_sessions_by_user ON login_sessions (username)",
+    "CREATE INDEX login_sessions_by_expiry ON login_sessions (expires_at)",
+    """CREATE TABLE recovery_codes (
+        username text NOT NULL,
+        code_hash text NOT NULL,
+        PRIMARY KEY (username, code_hash)
+    )""",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
-    _V7_SELF_REGISTRATION,
+    _V7_SELF_REGISTRATION, _V8_ACCOUNT,
 ]  # fmt: skip
 
 
@@ -359,6 +383,7 @@ _TOKENS = _Rows(Token, "tokens", "token_hash")
 _KEYS = _Rows(SigningKey, "signing_keys", "kid")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
 _RESOURCES = _Rows(Resource, "resources", "uri")
+_LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions", "sid")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
@@ -406,6 +431,7 @@ _EXPIRING = [
     ("used_codes", "expires_at"),
     ("tokens", "expires_at"),
     ("ended_sessions", "until"),
+    ("login_sessions", "expires_at"),
     ("revoked_families", "until"),
 ]
 
@@ -505,7 +531,8 @@ class PostgreSQLStorage:
                 "WHERE table_schema = %s",
                 [schema],
             ).fetchall()
-        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES,
+                     _LOGIN_SESSIONS):
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -699,6 +726,8 @@ class PostgreSQLStorage:
                     "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
                     "consents_gone AS (DELETE FROM consents WHERE username = %(name)s), "
                     "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s), "
+                    "recovery_gone AS (DELETE FROM recovery_codes WHERE username = %(name)s), "
+                    "sessions_gone AS (DELETE FROM login_sessions WHERE username = %(name)s), "
                     "gone AS (DELETE FROM users WHERE username = %(name)s "
                     "RETURNING username, subject) "
                     "INSERT INTO removed_users (username, subject, removed_at) "
@@ -719,9 +748,11 @@ class PostgreSQLStorage:
             "refresh_revoked AS (UPDATE tokens SET revoked = TRUE WHERE username = %s "
             "AND kind = 'refresh' AND NOT revoked AND EXISTS (SELECT 1 FROM changed)), "
             "codes_gone AS (DELETE FROM codes WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)), "
+            "sessions_gone AS (DELETE FROM login_sessions WHERE username = %s "
             "AND EXISTS (SELECT 1 FROM changed)) "
             "SELECT count(*) FROM changed",
-            [*(values[i] for i in changed), *[user.username] * 3],
+            [*(values[i] for i in changed), *[user.username] * 4],
         )
         return bool(rows[0][0])
 
@@ -866,10 +897,14 @@ class PostgreSQLStorage:
         return bool(rows[0][0])
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        count = self._count(
-            "UPDATE users SET record_id = %s WHERE username = %s", [record_id, username]
+        """One statement: the new record_id, and the user's login sessions gone with it."""
+        rows = self._rows(
+            "WITH changed AS (UPDATE users SET record_id = %s WHERE username = %s "
+            "RETURNING 1), sessions_gone AS (DELETE FROM login_sessions WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)) SELECT count(*) FROM changed",
+            [record_id, username, username],
         )
-        return count == 1
+        return bool(rows[0][0] == 1)
 
     # -- Login sessions and TOTP --------------------------------------------------------
 
@@ -892,6 +927,65 @@ class PostgreSQLStorage:
 
     def session_ended(self, sid: str) -> bool:
         return bool(self._rows("SELECT 1 FROM ended_sessions WHERE sid = %s", [sid]))
+
+    def save_login_session(self, session: LoginSession) -> None:
+        self._count(_LOGIN_SESSIONS.upsert, _LOGIN_SESSIONS.encode(session))
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        rows = self._rows(_LOGIN_SESSIONS.select + " WHERE sid = %s", [sid])
+        return _LOGIN_SESSIONS.decode(rows[0]) if rows else None
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        self._count(
+            "UPDATE login_sessions SET last_used_at = %s, address = %s WHERE sid = %s",
+            [last_used_at, address, sid],
+        )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        rows = self._rows(
+            _LOGIN_SESSIONS.select + " WHERE username = %s AND expires_at > %s "
+            "ORDER BY created_at DESC, sid DESC",
+            [username, now],
+        )
+        return [_LOGIN_SESSIONS.decode(row) for row in rows]
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        if sid is not None:
+            return self._count(
+                "DELETE FROM login_sessions WHERE username = %s AND sid = %s", [username, sid]
+            )
+        return self._count(
+            "DELETE FROM login_sessions WHERE username = %s AND sid IS DISTINCT FROM %s",
+            [username, keep],
+        )
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        hashes = list(code_hashes)
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM recovery_codes WHERE username = %s", [username])
+                conn.execute(
+                    "INSERT INTO recovery_codes (username, code_hash) "
+                    "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                    [username, hashes],
+                )
+
+        self._run(work)
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        count = self._count(
+            "DELETE FROM recovery_codes WHERE username = %s AND code_hash = %s",
+            [username, code_hash],
+        )
+        return count == 1
+
+    def recovery_codes_left(self, username: str) -> int:
+        rows = self._rows("SELECT count(*) FROM recovery_codes WHERE username = %s", [username])
+        count: int = rows[0][0]
+        return count
 
     # -- Settings and signing keys -----------------------------------------------------
 

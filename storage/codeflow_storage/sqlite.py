@@ -41,6 +41,7 @@ from codeflow import (
     AuthorizationCode,
     Client,
     Grant,
+    LoginSession,
     RemovedUser,
     Resource,
     SigningKey,
@@ -316,6 +317,25 @@ def _v14_self_registration(db: sqlite_utils.Database) -> None:
     clients.add_column("registered_metadata", str, not_null_default="{}")
 
 
+def _v15_account(db: sqlite_utils.Database) -> None:
+    """The account page (README "Your account"): login sessions kept server-side, so that a
+    user can list and end them (found by user, purged by expiry); and each user's recovery
+    codes, by hash, one row each so that using one is a single DELETE."""
+    db.table("login_sessions").create(
+        {"sid": str, "username": str, "created_at": float, "last_used_at": float,
+         "expires_at": float, "address": str, "user_agent": str},
+        pk="sid",
+        not_null=["username", "created_at", "last_used_at", "expires_at", "address",
+                  "user_agent"],
+    )  # fmt: skip
+    db.table("login_sessions").create_index(["username"], index_name="login_sessions_by_user")
+    db.table("login_sessions").create_index(
+        ["expires_at"], index_name="login_sessions_by_expiry"
+    )
+    db.table("recovery_codes").create({"username": str, "code_hash": str},
+                                      pk=("username", "code_hash"))  # fmt: skip
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -331,6 +351,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v12_logout,
     _v13_resources,
     _v14_self_registration,
+    _v15_account,
 ]
 
 
@@ -395,6 +416,7 @@ _TOKENS = _Rows(Token, "tokens")
 _KEYS = _Rows(SigningKey, "signing_keys")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users")
 _RESOURCES = _Rows(Resource, "resources")
+_LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
@@ -498,7 +520,8 @@ class SQLiteStorage:
                 _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
-            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS,
+                         _RESOURCES, _LOGIN_SESSIONS):
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -681,7 +704,8 @@ class SQLiteStorage:
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         when = time.time() if removed_at is None else removed_at
         with self._write() as db:
-            for table in ("tokens", "codes", "consents", "totp_steps"):
+            for table in ("tokens", "codes", "consents", "totp_steps", "recovery_codes",
+                          "login_sessions"):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
             # The tombstone and the removal, in one statement each of one transaction.
             db.execute(
@@ -713,6 +737,7 @@ class SQLiteStorage:
                 [user.username],
             )
             db.execute("DELETE FROM codes WHERE username = ?", [user.username])
+            db.execute("DELETE FROM login_sessions WHERE username = ?", [user.username])
             return True
 
     # -- Codes -------------------------------------------------------------------
@@ -870,11 +895,14 @@ class SQLiteStorage:
             return bool(found)
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        with self._locked() as db:
+        with self._write() as db:
             cursor = db.execute(
                 "UPDATE users SET record_id = ? WHERE username = ?", [record_id, username]
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            db.execute("DELETE FROM login_sessions WHERE username = ?", [username])
+            return True
 
     # -- Login sessions and TOTP --------------------------------------------------------
 
@@ -897,6 +925,62 @@ class SQLiteStorage:
 
     def session_ended(self, sid: str) -> bool:
         return bool(self._read("SELECT 1 FROM ended_sessions WHERE sid = ?", [sid]))
+
+    def save_login_session(self, session: LoginSession) -> None:
+        with self._locked() as db:
+            db.execute(_LOGIN_SESSIONS.insert, _LOGIN_SESSIONS.encode(session))
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        rows = self._read(_LOGIN_SESSIONS.select + " WHERE sid = ?", [sid])
+        return _LOGIN_SESSIONS.decode(rows[0]) if rows else None
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        with self._locked() as db:
+            db.execute(
+                "UPDATE login_sessions SET last_used_at = ?, address = ? WHERE sid = ?",
+                [last_used_at, address, sid],
+            )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        rows = self._read(
+            _LOGIN_SESSIONS.select + " WHERE username = ? AND expires_at > ? "
+            "ORDER BY created_at DESC, sid DESC",
+            [username, now],
+        )
+        return [_LOGIN_SESSIONS.decode(row) for row in rows]
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        with self._locked() as db:
+            only = "sid = ?" if sid is not None else "sid IS NOT ?"  # all but keep
+            count: int = db.execute(
+                f"DELETE FROM login_sessions WHERE username = ? AND {only}",  # noqa: S608
+                [username, sid if sid is not None else keep],
+            ).rowcount
+            return count
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM recovery_codes WHERE username = ?", [username])
+            for code_hash in code_hashes:
+                db.execute(
+                    "INSERT OR IGNORE INTO recovery_codes (username, code_hash) VALUES (?, ?)",
+                    [username, code_hash],
+                )
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "DELETE FROM recovery_codes WHERE username = ? AND code_hash = ?",
+                [username, code_hash],
+            )
+            return cursor.rowcount == 1
+
+    def recovery_codes_left(self, username: str) -> int:
+        rows = self._read("SELECT count(*) FROM recovery_codes WHERE username = ?", [username])
+        count: int = rows[0][0]
+        return count
 
     # -- Settings and signing keys -----------------------------------------------------
 
@@ -944,6 +1028,7 @@ class SQLiteStorage:
                 "DELETE FROM used_codes WHERE expires_at <= ?",
                 "DELETE FROM tokens WHERE expires_at <= ?",
                 "DELETE FROM ended_sessions WHERE until <= ?",
+                "DELETE FROM login_sessions WHERE expires_at <= ?",
             ):
                 gone += db.execute(sql, [now]).rowcount
             # A revoked family is remembered while it has tokens or a used code.
