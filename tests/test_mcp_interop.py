@@ -50,25 +50,11 @@ PRE_REGISTERED = "mcp-cli"
 
 
 @pytest.fixture
-def documents() -> Iterator[DocumentHost]:
-    """An https host on 127.0.0.1 for Client ID Metadata Documents (both SDKs require an
-    https client_id URL), under a CA of its own."""
-    with DocumentHost() as host:
-        yield host
-
-
-@pytest.fixture
-def open_site(
-    codeflow_factory: Any, codeflow_clock: Clock, documents: DocumentHost
-) -> Iterator[Site]:
-    """A live codeflow where clients register themselves, by RFC 7591 or by a Client ID
-    Metadata Document on a loopback https host whose CA it trusts; the example MCP server
-    in front of it."""
-    idp = codeflow_factory(
-        live=True, clock=codeflow_clock, registration="open",
-        client_id_metadata_documents=True, fetch_allowed_networks=["127.0.0.1/32"],
-        fetch_ca_file=documents.ca_file,
-    )  # fmt: skip
+def open_site(codeflow_factory: Any, codeflow_clock: Clock) -> Iterator[Site]:
+    """Issue 15 item 9, the pytest plugin's one line for MCP client authors: a live
+    codeflow where clients register themselves, by RFC 7591 or by a Client ID Metadata
+    Document on ``codeflow_documents``; the example MCP server in front of it."""
+    idp = codeflow_factory(live=True, self_registration=True, clock=codeflow_clock)
     with serve_mcp(idp.server, idp.url, codeflow_clock) as running:
         yield running
 
@@ -169,19 +155,19 @@ def test_python_sdk_every_step_registering_by_rfc7591(open_site: Site) -> None:
 
 
 def test_python_sdk_every_step_with_a_client_id_metadata_document(
-    open_site: Site, documents: DocumentHost
+    open_site: Site, codeflow_documents: DocumentHost
 ) -> None:
     """MCP "Client Registration" by Client ID Metadata Document: codeflow advertises
     client_id_metadata_document_supported, the SDK uses its https metadata URL as the
     client_id without registering, codeflow fetches and checks the document (its
     client_id equals the URL, the redirect_uri is listed) and every step completes."""
-    url = documents.publish_client(
+    url = codeflow_documents.publish_client(
         "/clients/python.json", [REDIRECT], client_name="MCP interop (Python SDK)"
     )
     client = PythonClient(open_site, client_metadata_url=url)
     result = client.run(lambda session: every_step(open_site, session))
     assert check_every_step(open_site, client, result) == url
-    assert documents.hits["/clients/python.json"] >= 1
+    assert codeflow_documents.hits["/clients/python.json"] >= 1
     assert not open_site.exchanges(registration_path(open_site), "POST")
 
 
