@@ -64,6 +64,7 @@ def example_idp(
     text = text.replace("127.0.0.1:5002", f"127.0.0.1:{mcp_port or free_port()}")
     config = tomllib.loads(text)
     assert config["issuer"] == "http://127.0.0.1:8000"  # what the examples default to
+    options = {"registration": config["registration"], **options}  # as serve reads it
     srv = codeflow.Server(**options)  # type: ignore[arg-type]
     with srv.running() as url:
         codeflow.load_config(srv, config)
@@ -239,7 +240,7 @@ def test_mcp_server_runs_as_documented() -> None:
     registers (RFC 7591), signs alice in and calls a tool. The whole flow with both MCP
     SDKs is in tests/test_mcp_interop.py and tests/test_mcp_interop_node.py."""
     port = free_port()
-    with example_idp(free_port(), free_port(), port, registration="open") as (srv, issuer):
+    with example_idp(free_port(), free_port(), port) as (srv, issuer):
         with run(["examples/mcp_server.py", "--issuer", issuer, "--port", str(port)], port):
             url = f"http://127.0.0.1:{port}/mcp"
             metadata = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
