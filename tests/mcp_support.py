@@ -23,7 +23,7 @@ import anyio
 import httpx2
 import requests
 import uvicorn
-from codeflow_sdk.testing import Clock, HeadlessBrowser
+from codeflow_sdk.testing import Clock, HeadlessBrowser, LoginError
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -167,6 +167,7 @@ class PythonClient:
     client_metadata_url: str | None = None
     authorize_urls: list[str] = field(default_factory=list)
     callbacks: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
     browser: HeadlessBrowser = field(default_factory=HeadlessBrowser)
 
     def __post_init__(self) -> None:
@@ -184,9 +185,13 @@ class PythonClient:
 
     async def _redirect(self, authorize_url: str) -> None:
         self.authorize_urls.append(authorize_url)
-        callback = await anyio.to_thread.run_sync(
-            self.browser.login, authorize_url, USERNAME, PASSWORD
-        )
+        try:
+            callback = await anyio.to_thread.run_sync(
+                self.browser.login, authorize_url, USERNAME, PASSWORD
+            )
+        except LoginError as err:  # the provider's page stopped the user: what it said
+            self.refusals.append(str(err))
+            raise
         self.callbacks.append(callback)
 
     async def _callback(self) -> AuthorizationCodeResult:

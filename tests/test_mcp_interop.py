@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from codeflow_sdk import BearerValidator
 from codeflow_sdk.testing import Clock, DocumentHost
+from document_hosts import document_host, drip, huge, make_pki, redirect_to
 from mcp.client.session import ClientSession
 from mcp.shared.auth import OAuthClientInformationFull
 from mcp_support import (
@@ -169,6 +171,50 @@ def test_python_sdk_every_step_with_a_client_id_metadata_document(
     assert check_every_step(open_site, client, result) == url
     assert codeflow_documents.hits["/clients/python.json"] >= 1
     assert not open_site.exchanges(registration_path(open_site), "POST")
+
+
+HOSTILE_HOSTS = {
+    # a document host that redirects to itself, forever: asked once
+    "redirect loop": (lambda host: redirect_to(host.url("/doc.json")),
+                      "redirects are not followed"),
+    # 10 MB, streamed without a length
+    "oversize": (lambda host: huge(10 * 1024 * 1024, declare_length=False),
+                 f"larger than {codeflow.CLIENT_METADATA_MAX_BYTES} bytes"),
+    # a byte at a time: cut off at the deadline (1 s here)
+    "slow": (lambda host: drip(in_headers=False), "did not answer within 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [*HOSTILE_HOSTS, "private address"])
+def test_python_sdk_with_a_hostile_metadata_document_host_stops_at_a_clear_error(
+    codeflow_factory: Any, codeflow_clock: Clock, tmp_path: Path, kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """draft-ietf-oauth-client-id-metadata-document, security considerations (SSRF, and a
+    document host that misbehaves): the SDK names a client_id whose host redirects in a
+    loop, answers 10 MB, drips, or is on a private address; codeflow refuses it on the
+    authorization page, which says why and never redirects to the client (RFC 6749
+    §4.1.2.1), and the SDK's flow stops there with no token."""
+    monkeypatch.setattr(codeflow, "FETCH_TIMEOUT", 1.0)
+    ca_file, tls = make_pki(tmp_path, ("127.0.0.1",))
+    with document_host(tls) as host:
+        if kind == "private address":
+            client_id, words = "https://10.255.255.1/doc.json", "is not public"
+        else:
+            handler, words = HOSTILE_HOSTS[kind]
+            host.routes["/doc.json"] = handler(host)
+            client_id = host.url("/doc.json")
+        idp = codeflow_factory(live=True, self_registration=True, clock=codeflow_clock,
+                               fetch_ca_file=ca_file)  # fmt: skip
+        with serve_mcp(idp.server, idp.url, codeflow_clock) as site:
+            client = PythonClient(site, client_metadata_url=client_id)
+            with pytest.raises(BaseException):  # noqa: B017 -- the SDK's own, in a group
+                client.run(lambda session: session.list_tools())
+            assert len(client.refusals) == 1 and words in client.refusals[0], client.refusals
+            assert "the provider answered 400" in client.refusals[0]
+            assert client.callbacks == [] and client.storage.tokens is None
+            assert not site.exchanges("/token", "POST")
+        assert host.hits.get("/doc.json", 0) <= 1
 
 
 def test_example_serves_rfc9728_metadata_and_bearer_challenges(site: Site) -> None:
