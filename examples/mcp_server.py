@@ -85,10 +85,10 @@ class Protect:
         if scope["path"] == self.validator.metadata_path:  # RFC 9728 §3.1
             return await respond(send, 200, self.metadata, [])
         try:
-            body, receive = await read_body(receive)
             token = bearer_token(header(scope, b"authorization"))
-            if token is None:
+            if token is None:  # nothing read: an anonymous request costs no buffering
                 return await self.refuse(send, None)
+            body, receive = await read_body(receive)
             needed = scopes_needed(body)
             access = await anyio.to_thread.run_sync(self.validator.validate, token, needed)
         except (InvalidRequestError, InvalidTokenError, InsufficientScopeError) as err:

@@ -34,6 +34,7 @@ from mcp_support import (
     Site,
     authorize_params,
     check_step_up_consent,
+    mcp_example,
     mcp_site,
     registration_path,
     serve_mcp,
@@ -239,9 +240,12 @@ def test_example_serves_rfc9728_metadata_and_bearer_challenges(site: Site) -> No
         assert r.status_code == 401
         assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
         assert f'resource_metadata="{site.metadata_url}"' in r.headers["WWW-Authenticate"]
-    with requests.post(site.url, data=b"{", headers={"Authorization": "Bearer x"},
-                       timeout=10) as r:  # fmt: skip
-        assert r.status_code in (400, 401)
+    # RFC 6750 §3.1 invalid_request: a body that is not JSON, or too large to buffer.
+    for body in (b"{", b" " * (mcp_example.MAX_BODY + 1)):
+        with requests.post(site.url, data=body, headers={"Authorization": "Bearer x"},
+                           timeout=10) as r:  # fmt: skip
+            assert r.status_code == 400
+            assert 'error="invalid_request"' in r.headers["WWW-Authenticate"]
 
 
 def test_token_for_another_resource_is_refused(site: Site) -> None:
