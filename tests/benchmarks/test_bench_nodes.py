@@ -80,6 +80,14 @@ COUNTED_FLOWS = 20  # flows whose statements and round trips are counted
 STARTUP = 60.0  # seconds a server may take to answer (a PostgreSQL schema to migrate)
 CODEFLOW = Path(sys.executable).with_name("codeflow")  # the console script pip installed
 TICK = os.sysconf("SC_CLK_TCK")
+# The floor of the HTTP rows: a bottle hello-world app served by codeflow.serve, as
+# `codeflow serve` serves (waitress, its threads and limits), loaded with as many
+# requests per "flow" as a flow has (bench_http_client's hello mode).
+FLOOR_SERVER = (
+    "import sys, bottle, codeflow; app = bottle.Bottle(); "
+    "app.route('/')(lambda: 'Hello, world!'); "
+    "codeflow.serve(app, '127.0.0.1', int(sys.argv[1]))"
+)
 GOALS = {  # issue 16, as ratios in one run
     "postgres_vs_memory": 0.6,  # PostgreSQL at one worker over memory, flows/s over HTTP
     "two_workers": 1.6,  # two workers over one, flows/s over HTTP, SQLite and PostgreSQL
@@ -154,6 +162,7 @@ class Node:
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     application_name: str = ""  # its PostgreSQL connections', if any
+    hello: bool = False  # the floor: hello-world requests instead of flows
     note: str = ""  # why it has no numbers
     times: list[float] = field(default_factory=list)
     wall: float = 0.0
@@ -244,7 +253,7 @@ def load(node: Node, seconds: float, max_flows: int, pg_url: str | None) -> None
     db_before = cpu_seconds(backends(pg_url, node.application_name))
     out = subprocess.run(  # noqa: S603 -- this interpreter, our script
         [sys.executable, bench_http_client.__file__, node.url, str(THREADS), str(seconds),
-         str(max_flows)],
+         str(max_flows), *(["hello"] if node.hello else [])],
         capture_output=True, text=True, timeout=seconds + 120, check=False,
     )  # fmt: skip
     after = cpu_seconds(pids)
@@ -306,11 +315,15 @@ def measure_http(tmp_path: Path, pg_url: str | None, pg_note: str) -> dict[str, 
               pg_url and "postgresql", 2)  # fmt: skip
         serve_peer("peer/memory", "Authlib + Flask peer, dicts", False)
         serve_peer("peer/postgresql", "Authlib + SQLAlchemy peer, PostgreSQL", True)
+        floor = nodes["floor"] = Node("floor: 4 x bottle hello, codeflow's waitress",
+                                      url=f"http://127.0.0.1:{free_port()}", hello=True)
+        start(floor, [sys.executable, "-c", FLOOR_SERVER, floor.url.rsplit(":", 1)[1]],
+              tmp_path / "floor.log", stack)  # fmt: skip
         serve("what-if/quiet", "what if: memory, --log-level warning", "memory", 1,
               "--log-level", "warning")  # fmt: skip
         running = [node for node in nodes.values() if node.process is not None]
         for node in running:  # warm-up: first connections, each worker's secret check
-            warm = Node(node.label, node.process, node.url)
+            warm = Node(node.label, node.process, node.url, hello=node.hello)
             load(warm, min(0.5, SECONDS), 200, None)
         for _ in range(ROUNDS):
             for node in running:
@@ -506,6 +519,13 @@ def test_node_benchmarks(
         parts.append(f"server busy {cores:.2f} cores")
         table.value(node.label, server, ", ".join(parts))
 
+    floor = nodes["floor"].per_flow(sum(nodes["floor"].server_cpu.values()))
+    for name, label in (("memory/1", "codeflow, memory"), ("peer/memory", "Authlib peer, dicts")):
+        node = nodes[name]
+        server = node.per_flow(sum(node.server_cpu.values()))
+        table.value(f"above the floor: {label}", server - floor if server and floor else None,
+                    "server CPU per flow - the floor's")  # fmt: skip
+
     table.section("in-process flow, every answer checked")
     for name, label in (
         ("codeflow/postgresql", "codeflow, PostgreSQLStorage"),
@@ -561,6 +581,10 @@ def test_node_benchmarks(
          ratio(cpu("postgresql/1"), cpu("peer/postgresql")), "none (info)", None),
         ("  the same, database CPU included",
          ratio(cpu("postgresql/1", True), cpu("peer/postgresql", True)), "none (info)", None),
+        ("  the same, above the floor",
+         ratio(cpu("memory/1") - floor if cpu("memory/1") and floor else None,
+               cpu("peer/memory") - floor if cpu("peer/memory") and floor else None),
+         "none (info)", None),
         ("codeflow/peer flows/s, in-process, memory",
          ratio(in_rate("codeflow/memory"), in_rate("peer/memory")),
          f">= {GOALS['in_process']}", lambda v: v >= GOALS["in_process"]),
