@@ -575,6 +575,12 @@ def test_node_benchmarks(
         ("2 / 1 workers flows/s, HTTP, PostgreSQL",
          ratio(rate("postgresql/2"), rate("postgresql/1")),
          f">= {GOALS['two_workers']}", lambda v: v >= GOALS["two_workers"]),
+        # What a second worker costs per flow (locks, a second pool): on two cores of
+        # its own, two workers could serve at most 2 / this as many flows/s as one.
+        ("  server CPU/flow, 2 / 1 workers, SQLite",
+         ratio(cpu("sqlite/2"), cpu("sqlite/1")), "none (info)", None),
+        ("  server CPU/flow, 2 / 1 workers, PostgreSQL",
+         ratio(cpu("postgresql/2"), cpu("postgresql/1")), "none (info)", None),
         ("server CPU/flow, codeflow/peer, memory", ratio(cpu("memory/1"), cpu("peer/memory")),
          f"<= {GOALS['cpu_vs_peer']}", lambda v: v <= GOALS["cpu_vs_peer"]),
         ("  the same, above the floor",
