@@ -8382,7 +8382,14 @@ def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirec
 def device_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
     # RFC 8628 §3.3: the page with the user code (GET, its form too); the decision (POST).
     if request.method == "GET":
-        return device_page_step(srv, single_params(query_pairs(request)), browser)
+        params = single_params(query_pairs(request))
+        # RFC 8628 §5.1: only a page the user loads checks a code (Fetch Metadata
+        # Sec-Fetch-Dest). An image or frame another site points here would spend its
+        # visitors' checks, guessing with their browsers or holding the throttle shut.
+        destination = request.environ.get("HTTP_SEC_FETCH_DEST")
+        if destination not in (None, "document"):
+            params.pop("user_code", None)
+        return device_page_step(srv, params, browser)
     refuse_cross_site(srv, request)
     return device_decision(srv, single_params(form_pairs(request)), browser)
 
