@@ -5,6 +5,11 @@ iss, aud, exp, scope) and opaque ones through RFC 7662 introspection, with a sho
 cache. ``require_bearer`` (WSGI middleware) and ``BottleBearer`` (a bottle plugin)
 put it in front of an application and answer failures as RFC 6750 §3 says: 401 with
 ``WWW-Authenticate: Bearer``, 403 ``insufficient_scope``, 400 ``invalid_request``.
+
+A validator made with ``resource=`` (its RFC 8707 resource indicator) accepts only tokens
+whose ``aud`` names it, and both helpers then serve its RFC 9728 protected-resource
+metadata at ``/.well-known/oauth-protected-resource[/path]`` and point clients to it from
+every 401 (``resource_metadata``, RFC 9728 §5.1).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +34,13 @@ from ._wire import (
     JWKS_REFETCH_INTERVAL,
     LEEWAY,
     TIMEOUT,
+    Form,
     Provider,
     audiences,
     check_times,
     is_number,
     post_authenticated,
+    resource_metadata_url,
     split_scope,
 )
 from .errors import (
@@ -89,6 +97,11 @@ class BearerValidator:
     ``introspection_client_secret`` (a confidential client of the provider) turn on
     introspection of opaque ones. At least one is needed. ``required_scopes`` apply to
     every token; ``validate`` may ask for more.
+
+    ``resource``: this API's resource indicator (RFC 8707 §2, the http(s) URL clients
+    name in ``resource``); it is then the audience, which every token must carry in
+    ``aud``, JWT or introspected (RFC 9068 §4, RFC 7662 §2.2), and ``metadata()`` is its
+    RFC 9728 protected-resource metadata, with ``scopes_supported`` and ``resource_name``.
     """
 
     def __init__(
@@ -106,7 +119,20 @@ class BearerValidator:
         timeout: float = TIMEOUT,
         jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
         jwks_refetch_interval: float = JWKS_REFETCH_INTERVAL,
+        resource: str | None = None,
+        scopes_supported: str | Iterable[str] = (),
+        resource_name: str | None = None,
     ) -> None:
+        if resource is not None:
+            self.metadata_url: str | None = resource_metadata_url(resource)
+            if audience not in (None, resource):
+                raise ValueError("BearerValidator: the audience of a resource is its URI")
+            audience = resource
+        else:
+            self.metadata_url = None
+        self.resource = resource
+        self.scopes_supported = split_scope(scopes_supported)
+        self.resource_name = resource_name
         if audience is None and introspection_client_id is None:
             raise ValueError(
                 "BearerValidator needs audience= (to check JWT access tokens) or "
@@ -199,7 +225,7 @@ class BearerValidator:
             return hit[1]
         # RFC 7662 §2.1: token REQUIRED, token_type_hint OPTIONAL; the caller is
         # authenticated (§2.1: "the endpoint MUST also require some form of authorization").
-        form = {"token": token, "token_type_hint": "access_token"}
+        form: Form = {"token": token, "token_type_hint": "access_token"}
         resp = post_authenticated(
             self.provider, "introspection_endpoint",
             self.introspection_client_id or "", self.introspection_client_secret, form,
@@ -215,7 +241,9 @@ class BearerValidator:
             raise InvalidTokenError("The token is not an access token.")
         if "iss" in body and body["iss"] != self.issuer:
             raise InvalidTokenError("The access token was issued by another issuer.")
-        if self.audience is not None and "aud" in body:
+        # RFC 7662 §2.2 aud; RFC 8707: a resource requires its own name there, a bare
+        # audience only when the provider says one.
+        if self.audience is not None and ("aud" in body or self.resource is not None):
             if self.audience not in audiences(body, InvalidTokenError):
                 raise InvalidTokenError("The access token is for another audience.")
         exp = body.get("exp")
@@ -240,6 +268,33 @@ class BearerValidator:
                     del self._cache[next(iter(self._cache))]
             self._cache[key] = (until, record)
         return record
+
+
+    # -- Protected-resource metadata: RFC 9728 §2 ----------------------------------
+
+    @property
+    def metadata_path(self) -> str | None:
+        """The path the metadata is served at (RFC 9728 §3.1), if this is a resource."""
+        if self.metadata_url is None:
+            return None
+        return urllib.parse.urlsplit(self.metadata_url).path
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 9728 §2: resource (REQUIRED), authorization_servers, scopes_supported,
+        bearer_methods_supported (the Authorization header only: RFC 6750 §2.1),
+        resource_name."""
+        if self.resource is None:
+            raise ValueError("protected-resource metadata needs BearerValidator(resource=...)")
+        body: dict[str, Any] = {
+            "resource": self.resource,
+            "authorization_servers": [self.issuer],
+            "bearer_methods_supported": ["header"],
+        }
+        if self.scopes_supported:
+            body["scopes_supported"] = list(self.scopes_supported)
+        if self.resource_name:
+            body["resource_name"] = self.resource_name
+        return body
 
 
 def _is_jws(token: str) -> bool:
@@ -275,25 +330,39 @@ def _quoted(value: str) -> str:
     return '"' + _NOT_QUOTABLE.sub("", value) + '"'
 
 
-def challenge(err: OAuthError | None, realm: str) -> str:
+def challenge(
+    err: OAuthError | None,
+    realm: str,
+    resource_metadata: str | None = None,
+    scope: str = "",
+) -> str:
     """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent).
 
     RFC 6750 §3.1: "If the request lacks any authentication information (e.g., the
     client was unaware that authentication is necessary or attempted using an
     unsupported authentication method), the resource server SHOULD NOT include an
-    error code or other error information."
+    error code or other error information." RFC 9728 §5.1: ``resource_metadata``, the
+    URL of the resource's metadata, tells the client where to find its authorization
+    server; with it, a 401 names the ``scope`` the request needs (RFC 6750 §3: the scope
+    attribute "MAY" be in any challenge), which is what an MCP client asks for.
     """
     parts = [f"realm={_quoted(realm)}"]
+    if resource_metadata is not None:
+        parts.append(f"resource_metadata={_quoted(resource_metadata)}")
     if err is not None:
         parts.append(f"error={_quoted(err.error)}")
         if err.description:
             parts.append(f"error_description={_quoted(err.description)}")
-        if isinstance(err, InsufficientScopeError) and err.scope:
-            parts.append(f"scope={_quoted(err.scope)}")
+    if isinstance(err, InsufficientScopeError) and err.scope:
+        parts.append(f"scope={_quoted(err.scope)}")
+    elif resource_metadata is not None and scope:
+        parts.append(f"scope={_quoted(scope)}")
     return "Bearer " + ", ".join(parts)
 
 
-def error_response(err: OAuthError | None, realm: str) -> tuple[int, dict[str, str], bytes]:
+def error_response(
+    err: OAuthError | None, realm: str, resource_metadata: str | None = None, scope: str = ""
+) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, JSON body) for a refused request."""
     if err is None:
         status, body = 401, {"error_description": "A bearer access token is required."}
@@ -303,9 +372,20 @@ def error_response(err: OAuthError | None, realm: str) -> tuple[int, dict[str, s
     headers = {
         "Content-Type": "application/json",
         "Cache-Control": "no-store",
-        "WWW-Authenticate": challenge(err, realm),
+        "WWW-Authenticate": challenge(err, realm, resource_metadata, scope),
     }
     return status, headers, json.dumps(body).encode()
+
+
+def metadata_response(validator: BearerValidator) -> tuple[int, dict[str, str], bytes]:
+    """RFC 9728 §3.2: the metadata as application/json with 200. Public, like a
+    provider's discovery document: any origin may read it (browser-based clients)."""
+    headers = {
+        "Content-Type": "application/json",
+        "Cache-Control": "max-age=300",
+        "Access-Control-Allow-Origin": "*",
+    }
+    return 200, headers, json.dumps(validator.metadata()).encode()
 
 
 _UNAVAILABLE = (
@@ -322,13 +402,14 @@ def _check(
     validator: BearerValidator, authorization: str | None, scopes: tuple[str, ...], realm: str
 ) -> AccessToken | tuple[int, dict[str, str], bytes]:
     """The validated token, or the response that refuses the request."""
+    needed = " ".join(dict.fromkeys((*validator.required_scopes, *scopes)))
     try:
         token = bearer_token(authorization)
         if token is None:
-            return error_response(None, realm)
+            return error_response(None, realm, validator.metadata_url, needed)
         return validator.validate(token, scopes)
     except _BEARER_ERRORS as err:
-        return error_response(err, realm)
+        return error_response(err, realm, validator.metadata_url, needed)
     except OAuthError:
         # The provider could not be asked (introspection or JWKS): neither the token's
         # fault nor a reason to let it through.
@@ -336,7 +417,8 @@ def _check(
         return _UNAVAILABLE
 
 
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            405: "Method Not Allowed", 503: "Service Unavailable"}  # fmt: skip
 
 
 def require_bearer(
@@ -347,13 +429,23 @@ def require_bearer(
     realm: str = "api",
 ) -> Callable[..., Iterable[bytes]]:
     """WSGI middleware: pass only requests whose bearer token is valid and has ``scopes``;
-    the app finds the AccessToken at ``environ["codeflow.token"]``."""
+    the app finds the AccessToken at ``environ["codeflow.token"]``. For a validator with
+    a ``resource``, GET of its metadata path answers the RFC 9728 metadata, no token
+    needed."""
     needed = split_scope(scopes)
 
     def middleware(
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        result = _check(validator, environ.get("HTTP_AUTHORIZATION"), needed, realm)
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        result: AccessToken | tuple[int, dict[str, str], bytes]
+        if validator.metadata_path is not None and path == validator.metadata_path:
+            if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                result = metadata_response(validator)
+            else:
+                result = 405, {"Allow": "GET, HEAD", "Content-Type": "text/plain"}, b""
+        else:
+            result = _check(validator, environ.get("HTTP_AUTHORIZATION"), needed, realm)
         if isinstance(result, AccessToken):
             environ[ENVIRON_KEY] = result
             return app(environ, start_response)
@@ -371,6 +463,8 @@ class BottleBearer:
     Routes add scopes with ``@app.get("/notes", scope="notes:read")`` and opt out with
     ``bearer=False``. A callback with a parameter named ``token`` (``keyword``)
     receives the AccessToken; it is also at ``bottle.request.environ["codeflow.token"]``.
+    Installed with a validator that has a ``resource``, it adds the route of its RFC 9728
+    metadata.
     """
 
     name = "codeflow_bearer"
@@ -388,6 +482,20 @@ class BottleBearer:
         self.scopes = split_scope(scopes)
         self.realm = realm
         self.keyword = keyword
+
+    def setup(self, app: Any) -> None:
+        """Bottle calls this on ``app.install(plugin)``: serve the metadata (RFC 9728 §3)."""
+        import bottle  # a dependency of the bottle helper only
+
+        path = self.validator.metadata_path
+        if path is None:
+            return
+
+        def metadata() -> Any:
+            status, headers, body = metadata_response(self.validator)
+            return bottle.HTTPResponse(body, status, headers)
+
+        app.route(path, ["GET"], metadata, bearer=False)
 
     def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
         import bottle  # a dependency of the bottle helper only
