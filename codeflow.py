@@ -91,10 +91,13 @@ __all__ = [
     "AuthorizationCode",
     "Browser",
     "Client",
+    "DeviceAuthorization",
     "Grant",
     "LoginSession",
     "MemoryStorage",
     "OAuthError",
+    "Passkey",
+    "PushedRequest",
     "RemovedUser",
     "Resource",
     "Server",
@@ -149,7 +152,22 @@ DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 -- a URN
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 -- a URN
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 -- a URN
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE)
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
+GRANT_TYPES = (
+    "authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE, DEVICE_CODE_GRANT,
+)
+# RFC 8628 §3.2 expires_in; §6.1: user codes "SHOULD have a limited lifetime" (§5.1: the
+# shorter it is, the fewer guesses it can meet).
+DEVICE_CODE_LIFETIME = 10 * 60
+DEVICE_POLL_INTERVAL = 5  # RFC 8628 §3.2 interval: "If no value is provided, clients MUST use 5"
+DEVICE_SLOW_DOWN = 5  # RFC 8628 §3.5 slow_down: "the interval MUST be increased by 5 seconds"
+# RFC 8628 §6.1: "BCDFGHJKLMNPQRSTVWXZ" ("base-20"), 8 characters shown as XXXX-XXXX:
+# 20^8 = 2.56e10 codes, "approximately 34.5 bits of entropy".
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+USER_CODE_LENGTH = 8
+# RFC 9126 §2.2: request_uri, one-time and short-lived ("expires_in" of 60 s in its example).
+PUSHED_REQUEST_LIFETIME = 60
+REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
 MAX_REGISTERED_CLIENTS = 10_000  # self-registered clients at most (RFC 7591; see its section)
 TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
@@ -164,6 +182,9 @@ REVOKE_PATH = "/revoke"
 USERINFO_PATH = "/userinfo"
 JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
+DEVICE_AUTHORIZATION_PATH = "/device_authorization"  # RFC 8628 §3.1
+DEVICE_PATH = "/device"  # RFC 8628 §3.3 verification_uri: where the user types the code
+PAR_PATH = "/par"  # RFC 9126 §2
 REGISTRATION_PATH = "/register"  # RFC 7591 §3; RFC 7592's client URIs are under it
 ACCOUNT_PATH = "/account"  # the user's own account area (README "Your account")
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -447,12 +468,15 @@ AUDIT_EVENTS = (
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
+    "device.code_issued", "device.approved", "device.denied", "device.user_code_failed",
+    "device.user_code_throttled", "device.redeemed", "request.pushed",
     "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
-    "account.reauth_required",
+    "account.reauth_required", "passkey.registered", "passkey.removed", "passkey.used",
+    "passkey.failed",
 )  # fmt: skip
 
 
@@ -584,6 +608,16 @@ class UnmetAuthenticationRequirements(OAuthError):
     error = "unmet_authentication_requirements"
 
 
+class AuthorizationPending(OAuthError):
+    error = "authorization_pending"  # RFC 8628 §3.5
+
+
+class SlowDown(OAuthError):
+    error = "slow_down"  # RFC 8628 §3.5
+
+
+class ExpiredToken(OAuthError):
+    error = "expired_token"  # RFC 8628 §3.5
 class InvalidRedirectUri(OAuthError):
     error = "invalid_redirect_uri"  # RFC 7591 §3.2.2
 
@@ -716,6 +750,8 @@ class Client:
     frontchannel_logout_uri: str | None = None
     frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
+    # RFC 9126 §6: authorization requests only through the PAR endpoint.
+    require_pushed_authorization_requests: bool = False
     # RFC 8707: the resources (Resource.uri) it may ask tokens for; none listed: any.
     resources: tuple[str, ...] = ()
     # RFC 8693: the resources it may get tokens for by token exchange, on behalf of a user
@@ -862,6 +898,44 @@ class Token:
         return not self.revoked and now < self.expires_at
 
 
+DeviceStatus = Literal["pending", "approved", "denied", "redeemed"]
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """A device authorization request (RFC 8628 §3.1), kept by the hashes of its device
+    code and user code. ``status``: pending until the user approves or denies it on the
+    /device page (once: §6.1 "user codes ... SHOULD be single use"), redeemed once the
+    client has its tokens. ``poll_interval``: the seconds the client must wait between polls,
+    grown by slow_down (§3.5); ``polled_at`` its last poll. Who approved and how they
+    signed in, for the tokens and the ID token (OIDC Core §2, RFC 8176)."""
+
+    device_code_hash: str
+    user_code_hash: str
+    client_id: str
+    scope: tuple[str, ...]
+    expires_at: float
+    poll_interval: int = DEVICE_POLL_INTERVAL
+    status: DeviceStatus = "pending"
+    polled_at: float | None = None
+    username: str | None = None
+    auth_time: int | None = None
+    amr: tuple[str, ...] = ()
+    nonce: str | None = None  # echoed in the ID token, if the client sent one
+    resources: tuple[str, ...] = ()  # RFC 8707: the resources asked for (Resource.uri)
+
+
+@dataclass(frozen=True)
+class PushedRequest:
+    """An authorization request a client pushed (RFC 9126 §2.1), kept by the hash of its
+    request_uri until it is used once or expires (§2.2)."""
+
+    request_uri_hash: str
+    client_id: str
+    params: dict[str, str]
+    expires_at: float
+
+
 @dataclass(frozen=True)
 class Grant:
     """What one user has granted one client (RFC 6749 §1.3): the scopes consented to on
@@ -892,6 +966,26 @@ class LoginSession:
     expires_at: float
     address: str = ""
     user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class Passkey:
+    """A WebAuthn credential (WebAuthn Level 2 §6.4.1 credential record) a user registered on
+    the account page: its id and COSE public key (base64url), the signature counter last
+    seen (§6.1.1), a name the user chose, whether it may sign in without a password (it
+    verified the user, §6.2.3), and whether it is backed up (synced: a software key, amr
+    ``swk``; else ``hwk``, RFC 8176 §2)."""
+
+    credential_id: str
+    username: str
+    public_key: str
+    sign_count: int
+    name: str
+    created_at: float
+    last_used_at: float | None = None
+    passwordless: bool = False
+    backed_up: bool = False
+    transports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -929,8 +1023,9 @@ class Storage(Protocol):
 
     def remove_client(self, client_id: str) -> bool:
         """Remove a client and, in the same transaction, every grant to it: its tokens,
-        its unredeemed codes and the consents users gave it, so that nothing passes to a
-        client registered later under the same client_id. The grants go even when the
+        its unredeemed codes, its device authorization and pushed requests and the consents
+        users gave it, so that nothing passes to a client registered later under the same
+        client_id. The grants go even when the
         client is already gone (a token request that raced the removal may have saved
         one). True if there was a client to remove."""
         ...
@@ -967,10 +1062,11 @@ class Storage(Protocol):
 
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         """Remove a user and, in the same transaction, everything of the user's: tokens,
-        unredeemed codes, consents, the TOTP steps used, recovery codes and login sessions,
-        so that nothing passes to a user added later under the same name (OIDC Core §2: a
-        sub is "never reassigned"). (Session cookies also carry a fingerprint that covers
-        ``User.record_id``, which a new user of that name does not share.) The grants go even
+        unredeemed codes and device authorizations, consents, the TOTP steps used,
+        recovery codes, passkeys and login sessions, so that nothing passes to a user added
+        later under the same name (OIDC Core §2: a sub is "never reassigned"). (Session
+        cookies also carry a fingerprint that covers ``User.record_id``, which a new user of
+        that name does not share.) The grants go even
         when the user is already gone. In the same transaction, a user that was there
         leaves a tombstone (``RemovedUser``: username, subject and ``removed_at``, the
         time now if None) that is kept for ever, never purged: ``add_user`` gives neither
@@ -984,9 +1080,10 @@ class Storage(Protocol):
     def change_credentials(self, user: User) -> bool:
         """Atomically replace the stored user of ``user.username`` with ``user`` (whose
         password or second factor changed), but for its subject, which stays; revoke every
-        refresh token the user holds, delete the user's unredeemed codes and login
-        sessions (RFC 9700 §4.14.2: a security event ends the grants made under the old
-        credentials). False, changing nothing, if there is no such user."""
+        refresh token the user holds, delete the user's unredeemed codes, device
+        authorizations and login sessions (RFC 9700 §4.14.2: a security event ends the
+        grants made under the old credentials). False, changing nothing, if there is no
+        such user."""
         ...
 
     def save_code(self, code: AuthorizationCode) -> None: ...
@@ -997,6 +1094,48 @@ class Storage(Protocol):
         The store remembers that the code was used, so that a replay can revoke
         the tokens it issued (``revoke_family(code_hash)``).
         """
+        ...
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        """Add a device authorization request (RFC 8628 §3.1); False, saving nothing, if a
+        stored one (expired or not, until purged) has the same user_code_hash or
+        device_code_hash: the caller makes another code."""
+        ...
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        """The device authorization request of a user code, in any status."""
+        ...
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        """Atomically give the request of ``decided.user_code_hash`` the status
+        ("approved" or "denied"), scope, username, auth_time and amr of ``decided``,
+        only if it is still pending and unexpired at ``now``; False, changing nothing,
+        otherwise: of N concurrent decisions on one user code, at most one is made
+        (RFC 8628 §6.1: a user code is used once)."""
+        ...
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        """Atomically note a token request's poll of the device code at ``now`` and return
+        the record as it was before it (``polled_at`` the previous poll), or None if there
+        is no such device code. A poll less than ``poll_interval`` seconds after the previous
+        one adds ``slow_down`` to the stored poll_interval, for this and every later poll
+        (RFC 8628 §3.5)."""
+        ...
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        """Atomically mark an approved request redeemed and return it (as approved): of N
+        concurrent callers, at most one gets it; None if it is not approved."""
+        ...
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        """Store an authorization request a client pushed (RFC 9126 §2.1)."""
+        ...
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        """Atomically take a pushed request: of N concurrent callers, at most one gets it
+        (RFC 9126 §4: a request_uri is used once)."""
         ...
 
     def save_token(self, *tokens: Token) -> None:
@@ -1044,7 +1183,8 @@ class Storage(Protocol):
     def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
         """Atomically end the grant of ``username`` to ``client_id``, in one transaction:
         delete the consent, revoke every token of the pair and delete its unredeemed codes
-        (RFC 7009 §2.1: revoking the grant revokes its tokens), so that a refresh-token
+        and device authorizations (RFC 7009 §2.1: revoking the grant revokes its tokens),
+        so that a refresh-token
         rotation racing it leaves no active token. True if there was a grant to end (a
         consent or an active token, as list_grants finds them)."""
         ...
@@ -1105,6 +1245,32 @@ class Storage(Protocol):
 
     def recovery_codes_left(self, username: str) -> int: ...
 
+    def save_passkey(self, passkey: Passkey) -> None:
+        """Store a passkey (a new one, or replace the one with its credential_id)."""
+        ...
+
+    def get_passkey(self, credential_id: str) -> Passkey | None: ...
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        """The user's passkeys, oldest first."""
+        ...
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        """Delete the passkey ``credential_id`` if it is the user's; True if it was."""
+        ...
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        """Atomically note a sign-in with the passkey: its new signature counter and when.
+        False, changing nothing, if the counter did not grow while either is not 0 (WebAuthn
+        §6.1.1: a signal that the authenticator may have been cloned), or if it is gone."""
+        ...
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        """Atomically remember until ``expires_at`` that a WebAuthn ceremony's challenge was
+        used; False if it was used before: of N concurrent callers, one gets True (WebAuthn
+        §13.4.3: challenges are single-use)."""
+        ...
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         """Atomically return the stored value of ``name``, storing ``candidate`` if none:
         processes sharing a store agree on one value (the cookie-signing key, say)."""
@@ -1124,8 +1290,9 @@ class Storage(Protocol):
         ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens, signing keys, ended-session records and login
-        sessions; return how many went."""
+        """Delete expired codes, tokens, signing keys, ended-session records, login
+        sessions, used WebAuthn challenges, device authorizations and pushed requests;
+        return how many went."""
         ...
 
 
@@ -1151,8 +1318,13 @@ class MemoryStorage:
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
         self._keys: list[SigningKey] = []  # newest first
+        self._devices: dict[str, DeviceAuthorization] = {}  # by device_code_hash
+        self._user_codes: dict[str, str] = {}  # user_code_hash -> device_code_hash
+        self._pushed: dict[str, PushedRequest] = {}
         self._login_sessions: dict[str, LoginSession] = {}
         self._recovery_codes: dict[str, set[str]] = {}
+        self._passkeys: dict[str, Passkey] = {}
+        self._used_challenges: dict[str, float] = {}  # challenge_hash -> until
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -1169,6 +1341,8 @@ class MemoryStorage:
             self._drop_tokens([h for h, t in self._tokens.items() if t.client_id == client_id])
             self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
             self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
+            self._drop_devices(lambda d: d.client_id == client_id)
+            self._pushed = {h: p for h, p in self._pushed.items() if p.client_id != client_id}
             return self._clients.pop(client_id, None) is not None
 
     def add_resource(self, resource: Resource) -> None:
@@ -1217,9 +1391,11 @@ class MemoryStorage:
             self._drop_tokens([h for h, t in self._tokens.items() if t.username == username])
             self._codes = {h: c for h, c in self._codes.items() if c.username != username}
             self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
+            self._drop_devices(lambda d: d.username == username)
             self._totp_steps.pop(username, None)
             self._recovery_codes.pop(username, None)
             self._drop_login_sessions(username)
+            self._passkeys = {k: p for k, p in self._passkeys.items() if p.username != username}
             user = self._users.pop(username, None)
             if user is None:
                 return False
@@ -1244,6 +1420,7 @@ class MemoryStorage:
             for token in refresh:
                 self._tokens[token.token_hash] = replace(token, revoked=True)
             self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
+            self._drop_devices(lambda d: d.username == user.username)
             self._drop_login_sessions(user.username)
             return True
 
@@ -1272,6 +1449,63 @@ class MemoryStorage:
             if code is not None:
                 self._used_codes[code_hash] = code.expires_at
             return code
+
+    def _drop_devices(self, which: Callable[[DeviceAuthorization], bool]) -> None:
+        for device in [d for d in self._devices.values() if which(d)]:
+            del self._devices[device.device_code_hash]
+            del self._user_codes[device.user_code_hash]
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        with self._lock:
+            taken = device.user_code_hash in self._user_codes
+            if taken or device.device_code_hash in self._devices:
+                return False
+            self._devices[device.device_code_hash] = device
+            self._user_codes[device.user_code_hash] = device.device_code_hash
+            return True
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        device_code_hash = self._user_codes.get(user_code_hash)
+        return None if device_code_hash is None else self._devices.get(device_code_hash)
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        with self._lock:
+            stored = self.get_device_authorization(decided.user_code_hash)
+            if stored is None or stored.status != "pending" or stored.expires_at <= now:
+                return False
+            self._devices[stored.device_code_hash] = replace(
+                stored, status=decided.status, scope=decided.scope, username=decided.username,
+                auth_time=decided.auth_time, amr=decided.amr,
+            )  # fmt: skip
+            return True
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        with self._lock:
+            device = self._devices.get(device_code_hash)
+            if device is None:
+                return None
+            soon = device.polled_at is not None and now - device.polled_at < device.poll_interval
+            interval = device.poll_interval + (slow_down if soon else 0)
+            self._devices[device_code_hash] = replace(device, polled_at=now, poll_interval=interval)
+            return device
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        with self._lock:
+            device = self._devices.get(device_code_hash)
+            if device is None or device.status != "approved":
+                return None
+            self._devices[device_code_hash] = replace(device, status="redeemed")
+            return device
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        with self._lock:
+            self._pushed[pushed.request_uri_hash] = pushed
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        with self._lock:
+            return self._pushed.pop(request_uri_hash, None)
 
     def save_token(self, *tokens: Token) -> None:
         with self._lock:
@@ -1359,6 +1593,7 @@ class MemoryStorage:
                 h: c for h, c in self._codes.items()
                 if (c.username, c.client_id) != (username, client_id)
             }  # fmt: skip
+            self._drop_devices(lambda d: (d.username, d.client_id) == (username, client_id))
             return found
 
     def change_record_id(self, username: str, record_id: str) -> bool:
@@ -1431,6 +1666,42 @@ class MemoryStorage:
     def recovery_codes_left(self, username: str) -> int:
         return len(self._recovery_codes.get(username, ()))
 
+    def save_passkey(self, passkey: Passkey) -> None:
+        with self._lock:
+            self._passkeys[passkey.credential_id] = passkey
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        return self._passkeys.get(credential_id)
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        found = [p for p in self._passkeys.values() if p.username == username]
+        return sorted(found, key=lambda p: (p.created_at, p.credential_id))
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or found.username != username:
+                return False
+            del self._passkeys[credential_id]
+            return True
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or ((sign_count or found.sign_count) and
+                                 sign_count <= found.sign_count):  # fmt: skip
+                return False
+            self._passkeys[credential_id] = replace(found, sign_count=sign_count,
+                                                    last_used_at=used_at)  # fmt: skip
+            return True
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        with self._lock:
+            if challenge_hash in self._used_challenges:
+                return False
+            self._used_challenges[challenge_hash] = expires_at
+            return True
+
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         with self._lock:
             return self._settings.setdefault(name, candidate)
@@ -1465,6 +1736,9 @@ class MemoryStorage:
             logins = [sid for sid, ls in self._login_sessions.items() if ls.expires_at <= now]
             for sid in logins:
                 del self._login_sessions[sid]
+            challenges = [h for h, until in self._used_challenges.items() if until <= now]
+            for h in challenges:
+                del self._used_challenges[h]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -1481,7 +1755,14 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(sessions) + len(logins) + len(codes) + len(used) + len(tokens)
+            devices = len(self._devices)
+            self._drop_devices(lambda d: d.expires_at <= now)
+            pushed = [h for h, p in self._pushed.items() if p.expires_at <= now]
+            for h in pushed:
+                del self._pushed[h]
+            gone = (len(keys) + len(sessions) + len(logins) + len(challenges) + len(codes)
+                    + len(used) + len(tokens))  # fmt: skip
+            return gone + devices - len(self._devices) + len(pushed)
 
 
 ###############################################################################
@@ -1541,7 +1822,8 @@ class Server:
     server in that mode accepts: see hash_password). Behind reverse proxies,
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
-    (see "The WSGI app").
+    (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
+    and login pages (see "Passkeys"), with the optional webauthn library.
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1568,6 +1850,7 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        require_pushed_authorization_requests: bool = False,
         fetch_allowed_networks: Iterable[str] = (),
         fetch_ca_file: str | None = None,
         client_id_metadata_documents: bool = False,
@@ -1575,6 +1858,7 @@ class Server:
         registration: RegistrationPolicy = "off",
         registration_tokens: Iterable[str] = (),
         max_registered_clients: int = MAX_REGISTERED_CLIENTS,
+        passkeys: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1589,6 +1873,11 @@ class Server:
         self.demo = demo
         # Reverse proxies whose forwarding headers give the client's address and scheme.
         self.trusted_proxies = proxy_networks(trusted_proxies)
+        # Passkeys (WebAuthn) on the account and login pages; they need the issuer's host to
+        # stay the same (it is their relying party ID) and the optional webauthn library.
+        self.passkeys = passkeys
+        # RFC 9126 §5: every client's authorization requests through the PAR endpoint only.
+        self.require_pushed_authorization_requests = require_pushed_authorization_requests
         self.login_limiter = LoginLimiter(clock)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
@@ -1695,6 +1984,7 @@ class Server:
         backchannel_logout_session_required: bool = False,
         frontchannel_logout_uri: str | None = None,
         frontchannel_logout_session_required: bool = False,
+        require_pushed_authorization_requests: bool = False,
         resources: Iterable[str] = (),
         token_exchange: Iterable[str] = (),
     ) -> Client:
@@ -1709,7 +1999,10 @@ class Server:
         signed-out page frames (Front-Channel Logout 1.0); absolute https, or http on a
         loopback address. ``resources``: the resources (RFC 8707) it may ask tokens for
         (none: any registered one); ``token_exchange``: the resources it may get tokens
-        for by token exchange (RFC 8693), for a user's token to a resource it serves."""
+        for by token exchange (RFC 8693), for a user's token to a resource it serves.
+        ``require_pushed_authorization_requests``: its authorization requests only through
+        the PAR endpoint (RFC 9126 §6). With ``urn:ietf:params:oauth:grant-type:device_code``
+        in ``grant_types``, it may use the device authorization grant (RFC 8628)."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1728,6 +2021,7 @@ class Server:
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
+            require_pushed_authorization_requests=require_pushed_authorization_requests,
             resources=tuple(resources),
             token_exchange=tuple(token_exchange),
         )
@@ -3787,6 +4081,10 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
+    # Where the request goes on after a sign-in, and the salt of its forms' signed request
+    # (see resume_url): "authorize" (RFC 6749 §4.1.1), "pushed" (a request the client
+    # pushed, RFC 9126), "device" (the /device page, RFC 8628 §3.3).
+    purpose: str = "authorize"
     resources: tuple[Resource, ...] = ()  # RFC 8707 §2.1
 
 
@@ -3794,14 +4092,16 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
     """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
 
     Answers with the login page, the consent page, or a redirect to the client
-    carrying a code or an error.
+    carrying a code or an error. A request by ``request_uri`` is the one its client
+    pushed (RFC 9126 §4), whose parameters replace the browser's.
     """
+    pairs, pushed = pushed_request(srv, pairs)
     client, redirect_uri, given = trusted_redirect(srv, pairs)
     states = [value for name, value in pairs if name == "state"]
     state = states[0] if len(states) == 1 else None  # a repeated state is not echoed
     try:
         params = single_params(pairs)
-        areq = validate_authorization_request(srv, client, redirect_uri, given, params)
+        areq = validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
         return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
@@ -3854,7 +4154,12 @@ def trusted_redirect(srv: Server, pairs: list[tuple[str, str]]) -> tuple[Client,
 
 
 def validate_authorization_request(
-    srv: Server, client: Client, redirect_uri: str, given: bool, params: dict[str, str]
+    srv: Server,
+    client: Client,
+    redirect_uri: str,
+    given: bool,
+    params: dict[str, str],
+    pushed: bool = False,
 ) -> AuthorizationRequest:
     """RFC 6749 §4.1.1 with RFC 7636 §4.3: check everything after the redirect is trusted.
 
@@ -3862,7 +4167,8 @@ def validate_authorization_request(
     unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state; from
     OIDC Core §3.1.2.1 nonce, prompt, max_age, login_hint, ui_locales (accepted; the
     pages are in English); RFC 8707 §2.1 resource, repeatable. Unrecognised parameters
-    are ignored (RFC 6749 §3.1).
+    are ignored (RFC 6749 §3.1). ``pushed``: the client pushed the request (RFC 9126
+    §2.1), which the PAR endpoint checks here too.
     """
     if "request" in params:
         raise RequestNotSupported("Request objects are not supported.")
@@ -3876,6 +4182,15 @@ def validate_authorization_request(
         raise UnsupportedResponseType("Only response_type=code is supported.")
     if "authorization_code" not in client.grant_types:
         raise UnauthorizedClient("This client may not use the authorization code grant.")
+    # RFC 9126 §5: with require_pushed_authorization_requests, "the authorization server
+    # only accepts authorization request data via the pushed authorization request method".
+    if not pushed and (
+        srv.require_pushed_authorization_requests or client.require_pushed_authorization_requests
+    ):
+        raise InvalidRequest(
+            "This client must push its authorization requests to the pushed authorization "
+            "request endpoint first (RFC 9126)."
+        )
     # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: response_mode "Informs the
     # Authorization Server of the mechanism to be used for returning Authorization Response
     # parameters"; one we cannot honour is refused, not silently replaced.
@@ -3931,6 +4246,7 @@ def validate_authorization_request(
         prompt=prompt,
         max_age=int(max_age) if max_age is not None else None,
         params=params,
+        purpose="pushed" if pushed else "authorize",
         resources=resources,
     )
 
@@ -4055,7 +4371,7 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The signed-in user is not the one the client asks for.")
         return login_page(srv, areq, browser, ANOTHER_ACCOUNT_ASKED)
-    if needs_second_factor(areq) and "otp" not in session.amr:
+    if needs_second_factor(areq) and "mfa" not in session.amr:
         return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(
         consent_scopes(areq)
@@ -4185,28 +4501,150 @@ def client_identified(client: Client, redirect_uri: str) -> bool:
 
 
 ###############################################################################
+# Pushed authorization requests: RFC 9126 ######################################
+###############################################################################
+
+# RFC 9126 §1: the client sends the authorization request to the server directly,
+# authenticated, and the browser carries only a request_uri that names it. The request's
+# parameters then come from the client, never from the browser: none can be altered on
+# the way, nor read from the URL. The request is checked at the PAR endpoint as the
+# authorization endpoint would check it, and stored (so that every node sharing the store
+# finds it), for PUSHED_REQUEST_LIFETIME and one use.
+#
+# Once the authorization endpoint has taken it, the request goes on through the login and
+# consent pages, whose forms carry it signed (purpose "pushed", see resume_url), and back
+# to the authorization endpoint after a sign-in as a request_uri of ours that holds it
+# signed (RESUME_URI_PREFIX): that proves it was pushed, which a request with plain
+# parameters cannot, so require_pushed_authorization_requests holds on every step.
+
+RESUME_URI_PREFIX = "urn:codeflow:pushed:"  # a pushed request going on after a sign-in
+
+
+def pushed_authorization_request(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 9126 §2: the PAR endpoint. The client authenticates as at the token endpoint
+    (§2: "the rules for client authentication as defined in [RFC6749] for token endpoint
+    requests ... apply"), and sends the authorization request's parameters (§2.1), which
+    are validated as the authorization endpoint would (§2.1: "The AS MUST validate the
+    pushed request as it would an authorization request sent to the authorization
+    endpoint"). Answers §2.2's request_uri and expires_in (with 201, set by the route);
+    errors as JSON (§2.3)."""
+    client = authenticate_client(srv, params, authorization, address)
+    # RFC 9126 §2.1: "The request_uri authorization request parameter MUST NOT be provided".
+    if "request_uri" in params:
+        raise InvalidRequest("request_uri cannot be pushed (RFC 9126 section 2.1).")
+    # The client's credentials are not part of the request and are not kept.
+    params = {k: v for k, v in params.items() if k != "client_secret"}
+    params["client_id"] = client.client_id
+    _, redirect_uri, given = trusted_redirect(srv, list(params.items()))
+    validate_authorization_request(srv, client, redirect_uri, given, params, pushed=True)
+    # After a sign-in the request goes on signed in one parameter (resume_url): refused
+    # now, with a clear error, if it would not fit there.
+    if len(RESUME_URI_PREFIX + srv.signer.request(params, "pushed")) > MAX_PARAM_LENGTH:
+        raise InvalidRequest(f"The pushed request is too large: at most about "
+                             f"{MAX_PARAM_LENGTH} bytes in all.")  # fmt: skip
+    request_uri = REQUEST_URI_PREFIX + new_secret()
+    srv.storage.save_pushed_request(
+        PushedRequest(
+            request_uri_hash=token_hash(request_uri),
+            client_id=client.client_id,
+            params=params,
+            expires_at=srv.clock() + PUSHED_REQUEST_LIFETIME,
+        )
+    )
+    audit("request.pushed", client=client.client_id)
+    return {"request_uri": request_uri, "expires_in": PUSHED_REQUEST_LIFETIME}
+
+
+def pushed_request(
+    srv: Server, pairs: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], bool]:
+    """The parameters of an authorization request, and whether its client pushed them.
+
+    RFC 9126 §4: with a request_uri the PAR endpoint issued, the pushed parameters are the
+    request, "the authorization server MUST ensure that the client_id ... matches", and the
+    other parameters sent to the authorization endpoint are ignored; the request_uri is
+    used once. A request_uri that is neither ours is left to the authorization request's
+    own checks (OIDC Core §6: request_uri_not_supported). Errors here come before a
+    redirect_uri is known, so they are a page, never a redirect (RFC 6749 §4.1.2.1).
+    """
+    request_uri = _only(pairs, "request_uri")
+    if request_uri is None or not request_uri.startswith((REQUEST_URI_PREFIX, RESUME_URI_PREFIX)):
+        return pairs, False
+    client_id = _only(pairs, "client_id")
+    if client_id is None:
+        raise UntrustedRequest("The request has no client_id (RFC 9126 section 4).")
+    if request_uri.startswith(REQUEST_URI_PREFIX):
+        pushed = srv.storage.consume_pushed_request(token_hash(request_uri))
+        if pushed is None or pushed.expires_at <= srv.clock():
+            raise UntrustedRequest(
+                "The request_uri is unknown, expired or already used: the application must "
+                "push its request again (RFC 9126 section 4)."
+            )
+        owner, params = pushed.client_id, pushed.params
+    else:
+        resumed = srv.signer.request_params(request_uri.removeprefix(RESUME_URI_PREFIX), "pushed")
+        if resumed is None:
+            raise FormExpired("Go back to the application and start again.")
+        owner, params = resumed.get("client_id", ""), resumed
+    if not hmac.compare_digest(owner.encode(), client_id.encode()):
+        raise UntrustedRequest("The request_uri was pushed by another client (RFC 9126 section 4).")
+    return request_pairs(params), True
+
+
+###############################################################################
 # Login and consent ##########################################################
 ###############################################################################
 
 
+# The purposes of the requests a login form can continue (AuthorizationRequest.purpose).
+RESUMABLE = ("authorize", "pushed", "device")
+
+
 def resume_request(srv: Server, form: dict[str, str], browser: Browser) -> AuthorizationRequest:
-    """Check a login or consent form's CSRF token and recover the authorization request."""
-    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+    """Check a login, consent or device form's CSRF token and recover the request it
+    continues, checked anew."""
+    found = [(purpose, srv.signer.request_params(form.get("request"), purpose))
+             for purpose in RESUMABLE]  # fmt: skip
+    purpose, params = next(((p, v) for p, v in found if v is not None), ("", None))
+    if params is None or not srv.signer.check_csrf(form.get("csrf_token"), browser):
         raise FormExpired("Start signing in again.", restart_url(srv, form))
-    params = srv.signer.request_params(form.get("request"))
-    if params is None:
-        raise FormExpired("Start signing in again.", restart_url(srv, form))
+    if purpose == "device":
+        return device_request(srv, params)
     pairs = list(params.items())
     client, redirect_uri, given = trusted_redirect(srv, pairs)
-    return validate_authorization_request(srv, client, redirect_uri, given, params)
+    pushed = purpose == "pushed"
+    return validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
+
+
+def resume_url(
+    srv: Server, areq: AuthorizationRequest, params: dict[str, str] | None = None
+) -> str:
+    """Where the request goes on after a sign-in, or from a link on its pages, with
+    ``params`` (its own unless given): the authorization endpoint; for a request its client
+    pushed, the parameters signed, since they may not come from the browser (RFC 9126 §4,
+    see "Pushed authorization requests"); for the device page, /device with the user code."""
+    params = areq.params if params is None else params
+    if areq.purpose == "device":
+        return f"{srv.issuer}{DEVICE_PATH}?{urllib.parse.urlencode(params)}"
+    if areq.purpose == "pushed":
+        signed = RESUME_URI_PREFIX + srv.signer.request(params, "pushed")
+        return authorize_url(srv, {"client_id": areq.client.client_id, "request_uri": signed})
+    return authorize_url(srv, params)
 
 
 def restart_url(
     srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH, purpose: str = "authorize"
 ) -> str | None:
     """Where an expired form's request began, if the form still carries one we signed:
-    that first request is safe to make again, since it is checked anew."""
+    that first request is safe to make again, since it is checked anew. A device form's
+    begins again at the /device page; a pushed request's only at its client, which must
+    push it again (RFC 9126 §4: a request_uri is short-lived)."""
     params = srv.signer.request_params(form.get("request"), purpose, expired=True)
+    if purpose == "authorize" and srv.signer.request_params(form.get("request"), "device",
+                                                            expired=True):  # fmt: skip
+        return srv.issuer + DEVICE_PATH
     return f"{srv.issuer}{path}?{urllib.parse.urlencode(request_pairs(params))}" if params else None
 
 
@@ -4219,6 +4657,11 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return login_page(srv, areq, browser, PASSKEY_REFUSED)
+        return signed_in(srv, areq, found[0], browser, found[1])
     username = form.get("username", "")
     user, wait = check_password(srv, username, form.get("password", ""), browser,
                                 client=areq.client.client_id)  # fmt: skip
@@ -4228,7 +4671,7 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
     if user is None:
         message = "Wrong username or password. Check both and try again."
         return login_page(srv, areq, browser, message, username=username)
-    if user.totp_secret:
+    if has_second_factor(srv, user):
         audit("second_factor.required", user=user.username, client=areq.client.client_id,
               address=browser.address)  # fmt: skip
         return otp_page(srv, areq, browser, user)
@@ -4269,6 +4712,9 @@ def check_password(
     return user, 0
 
 
+PASSKEY_REFUSED = "That passkey cannot sign you in. Try again, or use your password."
+
+
 def throttled_message(wait: int) -> str:
     return (
         "Too many failed sign-in attempts. For your safety, signing in is paused: "
@@ -4282,9 +4728,9 @@ def pending_sign_in(srv: Server, form: dict[str, str], browser: Browser) -> User
     sign-out everywhere) voids it (RFC 9700 §4.14.2 spirit)."""
     username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
     user = srv.storage.get_user(username) if username else None
-    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
+    if user is None or not has_second_factor(srv, user):
         return None
-    return user
+    return user if checked == credentials_fingerprint(user) else None
 
 
 def second_factor(
@@ -4296,9 +4742,14 @@ def second_factor(
     if user is None:
         raise FormExpired(
             "This sign-in has expired. Start signing in again.",
-            authorize_url(srv, areq.params),
+            resume_url(srv, areq),
             OTP_LIFETIME,
         )
+    if "credential" in form:
+        found = check_passkey(srv, form, browser, user)
+        if found is None:
+            return otp_page(srv, areq, browser, user, PASSKEY_REFUSED)
+        return signed_in(srv, areq, user, browser, found[1])
     amr, wait, message = check_second_factor(srv, user, form, browser,
                                              client=areq.client.client_id)  # fmt: skip
     if amr is None:
@@ -4393,7 +4844,7 @@ def signed_in(
     prompt = " ".join(p for p in split_scope(params.pop("prompt", None)) if p != "login")
     if prompt:
         params["prompt"] = prompt
-    return Redirect(authorize_url(srv, params), session=session)
+    return Redirect(resume_url(srv, areq, params), session=session)
 
 
 def remember_address(srv: Server, user: User, browser: Browser) -> None:
@@ -4406,6 +4857,8 @@ def remember_address(srv: Server, user: User, browser: Browser) -> None:
 def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
     """Record the user's decision and answer the client (RFC 6749 §4.1.2, §4.1.2.1)."""
     areq = resume_request(srv, form, browser)
+    if areq.purpose == "device":  # a device request is decided on the /device page
+        raise UntrustedRequest("This form belongs to the device page.")
     session = browser.session
     if session is None:
         return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
@@ -4567,11 +5020,21 @@ def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redire
         if user is None:
             raise FormExpired("This sign-in has expired. Start signing in again.",
                               account_url(srv, "/login"), OTP_LIFETIME)  # fmt: skip
+        if "credential" in form:
+            found = check_passkey(srv, form, browser, user)
+            if found is None:
+                return account_otp_page(srv, browser, user, PASSKEY_REFUSED)
+            return account_signed_in(srv, user, browser, found[1])
         amr, wait, message = check_second_factor(srv, user, form, browser)
         if amr is None:
             page = account_otp_page(srv, browser, user, message, 429 if wait else 200)
             return replace(page, retry_after=wait)
         return account_signed_in(srv, user, browser, amr)
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return account_login_page(srv, browser, PASSKEY_REFUSED)
+        return account_signed_in(srv, found[0], browser, found[1])
     username = form.get("username", "")
     user, wait = check_password(srv, username, form.get("password", ""), browser)
     if wait:
@@ -4580,7 +5043,7 @@ def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redire
     if user is None:
         message = "Wrong username or password. Check both and try again."
         return account_login_page(srv, browser, message, username=username)
-    if user.totp_secret:
+    if has_second_factor(srv, user):
         audit("second_factor.required", user=user.username, address=browser.address)
         return account_otp_page(srv, browser, user)
     return account_signed_in(srv, user, browser, AMR_PASSWORD)
@@ -4751,7 +5214,485 @@ ACCOUNT_NOTICES = {
     "app": "The app's access was revoked. It must ask you again to get it back.",
     "session": "That session was signed out.",
     "sessions": "All your other sessions were signed out.",
+    "passkey": "The passkey was added.",
+    "passkey-removed": "The passkey was removed.",
 }
+
+
+###############################################################################
+# Passkeys: WebAuthn Level 2 ##################################################
+###############################################################################
+
+# Passkeys (README "Your account") are WebAuthn credentials, checked with the `webauthn`
+# library (the optional extra "passkeys"; without it, or without Server(passkeys=True), no
+# page offers them). A user registers one on the account page; then it is the second
+# factor after the password, and, where the user allowed it and the authenticator verified
+# the user (WebAuthn §6.2.3, a PIN or biometric), a sign-in of its own. The pages offer it
+# progressively: a button that only their one script (allowed by hash) shows, when the
+# browser has WebAuthn's JSON helpers; without JavaScript, the password form works as ever.
+#
+# Ceremonies are stateless until they end: the options carry a random challenge, and a
+# signed state binds it to this browser (its CSRF cookie's id), to the login session (or
+# the pending sign-in) it is for, and to its kind; the state expires with the form. The
+# challenge is used once (Storage.use_webauthn_challenge, WebAuthn §13.4.3). The relying
+# party ID is the issuer's host (WebAuthn §5.1.3: a registrable domain of the origin, so an
+# IP address cannot be one: passkeys need the issuer to be a name, such as localhost).
+
+PASSKEY_TIMEOUT = 5 * 60 * 1000  # WebAuthn §5.4 timeout, in milliseconds
+PASSKEY_NAME_LENGTH = 60
+
+
+def passkeys_offered(srv: Server) -> bool:
+    """Whether this server offers passkeys: asked for, and the library is there."""
+    if not srv.passkeys:
+        return False
+    try:
+        import webauthn  # noqa: F401 -- optional (extra "passkeys")
+    except ImportError:
+        return False
+    return True
+
+
+def rp_id(srv: Server) -> str:
+    """WebAuthn §5.1.3 / §13.4.9: the relying party ID, the issuer's host."""
+    return urllib.parse.urlsplit(srv.issuer).hostname or ""
+
+
+def ceremony_state(
+    srv: Server, browser: Browser, kind: str, challenge: bytes, username: str = ""
+) -> str:
+    """The signed state of a ceremony: its challenge, bound to this browser, its session
+    and ``kind`` ("create", "2fa" for ``username``'s pending sign-in, "signin")."""
+    sid = browser.session.sid if browser.session else ""
+    payload = {"c": b64url(challenge), "k": kind, "b": browser.csrf, "s": sid, "u": username}
+    return srv.signer.dumps(payload, "webauthn", FORM_LIFETIME)
+
+
+def ceremony_challenge(
+    srv: Server, form: dict[str, str], browser: Browser, kind: str, username: str = ""
+) -> bytes | None:
+    """The challenge of the form's ceremony, if its state was made for this browser,
+    session, kind (and user) and the challenge was not used before; else None."""
+    payload = srv.signer.loads(form.get("state"), "webauthn")
+    sid = browser.session.sid if browser.session else ""
+    if (
+        not payload
+        or payload.get("k") != kind
+        or not hmac.compare_digest(str(payload.get("b")), browser.csrf)
+        or (kind == "create" and payload.get("s") != sid)
+        or payload.get("u") != username
+    ):
+        return None
+    challenge = str(payload.get("c", ""))
+    if not srv.storage.use_webauthn_challenge(token_hash(challenge), float(payload["e"])):
+        return None
+    return base64.urlsafe_b64decode(challenge + "==")
+
+
+def user_handle(user: User) -> bytes:
+    """WebAuthn §14.6.1: a user handle that is no personal information: a hash of the
+    subject (credentials are found by their id here, never by this handle)."""
+    return hashlib.sha256(f"codeflow-user\0{user.subject}".encode()).digest()[:16]
+
+
+def registration_options(srv: Server, browser: Browser, user: User) -> tuple[str, str]:
+    """WebAuthn §5.4: the options to create a passkey for ``user`` (JSON), and its state.
+    A discoverable credential is preferred (it can sign in without a username), the
+    user's passkeys are excluded (§5.4.3: not registered twice)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    options = webauthn.generate_registration_options(
+        rp_id=rp_id(srv), rp_name=f"codeflow {rp_id(srv)}", user_name=user.username,
+        user_id=user_handle(user), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        authenticator_selection=structs.AuthenticatorSelectionCriteria(
+            resident_key=structs.ResidentKeyRequirement.PREFERRED,
+            user_verification=structs.UserVerificationRequirement.PREFERRED,
+        ),
+        exclude_credentials=descriptors(srv.storage.list_passkeys(user.username)),
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "create", challenge)
+    return webauthn.options_to_json(options), state
+
+
+def authentication_options(
+    srv: Server, browser: Browser, user: User | None = None
+) -> tuple[str, str]:
+    """WebAuthn §5.5: the options to sign in with a passkey, and the state. For ``user``'s
+    second factor, that user's passkeys; else (a sign-in without a password) any
+    discoverable one, with the user verified (§6.2.3)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    allowed = descriptors(srv.storage.list_passkeys(user.username)) if user else []
+    verification = (
+        structs.UserVerificationRequirement.PREFERRED if user
+        else structs.UserVerificationRequirement.REQUIRED
+    )  # fmt: skip
+    options = webauthn.generate_authentication_options(
+        rp_id=rp_id(srv), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        allow_credentials=allowed, user_verification=verification,
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "2fa" if user else "signin", challenge,
+                           user.username if user else "")  # fmt: skip
+    return webauthn.options_to_json(options), state
+
+
+def descriptors(passkeys: Iterable[Passkey]) -> list[Any]:
+    """WebAuthn §5.8.3: the credential descriptors of ``passkeys``."""
+    from webauthn.helpers import structs
+
+    return [
+        structs.PublicKeyCredentialDescriptor(
+            id=base64.urlsafe_b64decode(p.credential_id + "=="),
+            transports=[structs.AuthenticatorTransport(t) for t in p.transports
+                        if t in structs.AuthenticatorTransport._value2member_map_],
+        )
+        for p in passkeys
+    ]  # fmt: skip
+
+
+def credential_id_of(form: dict[str, str]) -> str:
+    """The ``id`` of the form's credential (WebAuthn §5.1, PublicKeyCredential.toJSON())."""
+    try:
+        credential = json.loads(form.get("credential", ""))
+    except ValueError:
+        return ""
+    found = credential.get("id") if isinstance(credential, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+def check_passkey(
+    srv: Server, form: dict[str, str], browser: Browser, user: User | None
+) -> tuple[User, tuple[str, ...]] | None:
+    """WebAuthn §7.2: verify the form's assertion: the second factor of ``user`` (its pending
+    sign-in), or without ``user`` a sign-in without a password, which needs a passkey the
+    user allowed for it and a verified user. Returns the user and the sign-in's amr (RFC
+    8176 §2: ``hwk`` for a key bound to its device, ``swk`` for a synced one; with the
+    password ``pwd`` and ``mfa``; alone ``user``, and ``mfa`` since the authenticator
+    verified the user), or None (audited passkey.failed)."""
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    kind, name = ("2fa", user.username) if user else ("signin", "")
+    challenge = ceremony_challenge(srv, form, browser, kind, name)
+    passkey = srv.storage.get_passkey(credential_id_of(form))
+    holder = srv.storage.get_user(passkey.username) if passkey else None
+    who = {"user": name or (passkey.username if passkey else None), "address": browser.address}
+    if (
+        challenge is None or passkey is None or holder is None
+        or (user is not None and holder.username != user.username)
+        or (user is None and not passkey.passwordless)
+    ):  # fmt: skip
+        audit("passkey.failed", **who)
+        return None
+    try:
+        verified = webauthn.verify_authentication_response(
+            credential=form["credential"], expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            credential_public_key=base64.urlsafe_b64decode(passkey.public_key + "=="),
+            credential_current_sign_count=passkey.sign_count,
+            require_user_verification=user is None,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        audit("passkey.failed", **who)
+        return None
+    if not srv.storage.record_passkey_use(passkey.credential_id, verified.new_sign_count,
+                                          srv.clock()):  # fmt: skip
+        audit("passkey.failed", **who, reason="sign_count")
+        return None
+    key = "swk" if passkey.backed_up else "hwk"
+    amr = ("pwd", key, "mfa") if user else (key, "user", "mfa")
+    audit("passkey.used", user=holder.username, address=browser.address, amr=" ".join(amr))
+    return holder, amr
+
+
+def change_passkeys(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/passkeys, after a recent sign-in: ``step=create`` registers the
+    form's new credential (WebAuthn §7.1), ``step=remove`` deletes the passkey
+    ``credential_id``."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if not passkeys_offered(srv):
+        raise InvalidRequest("This server does not offer passkeys.")
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "passkeys")
+    step = form.get("step")
+    if step == "remove":
+        if srv.storage.delete_passkey(session.username, form.get("credential_id", "")):
+            audit("passkey.removed", user=session.username, address=browser.address)
+        return Redirect(account_url(srv, done="passkey-removed"))
+    if step != "create":
+        raise InvalidRequest("step must be create or remove.")
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    challenge = ceremony_challenge(srv, form, browser, "create")
+    if challenge is None:
+        raise FormExpired("Open your account page and add the passkey again.", account_url(srv))
+    passwordless = form.get("passwordless") == "yes"
+    try:
+        verified = webauthn.verify_registration_response(
+            credential=form.get("credential", ""), expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            require_user_verification=passwordless,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        return account_overview(srv, browser, session, "That passkey could not be added: it "
+                                "did not verify you. Try again, or another one.", 400)  # fmt: skip
+    name = (form.get("name") or "Passkey").strip()[:PASSKEY_NAME_LENGTH] or "Passkey"
+    transports = json.loads(form["credential"]).get("response", {}).get("transports", [])
+    srv.storage.save_passkey(Passkey(
+        credential_id=b64url(verified.credential_id), username=session.username,
+        public_key=b64url(verified.credential_public_key), sign_count=verified.sign_count,
+        name=name, created_at=srv.clock(), passwordless=passwordless,
+        backed_up=verified.credential_backed_up,
+        transports=tuple(t for t in transports if isinstance(t, str))[:8],
+    ))  # fmt: skip
+    audit("passkey.registered", user=session.username, address=browser.address,
+          passwordless=int(passwordless))  # fmt: skip
+    return Redirect(account_url(srv, done="passkey"))
+
+
+def has_second_factor(srv: Server, user: User) -> bool:
+    """A TOTP app, or (where passkeys are offered) a passkey."""
+    return bool(user.totp_secret) or (
+        passkeys_offered(srv) and bool(srv.storage.list_passkeys(user.username))
+    )
+
+
+###############################################################################
+# Device authorization grant: RFC 8628 #########################################
+###############################################################################
+
+# RFC 8628 §1: a device without a browser (a TV, a command-line tool) asks for a device
+# code and a user code (§3.1, §3.2); the user types the user code on the /device page in
+# a browser (§3.3), signs in there as at the authorization endpoint (password, TOTP) and
+# approves or denies the request; meanwhile the device polls the token endpoint with the
+# device code (§3.4, §3.5). The user code is the one secret a person types, so it is
+# short (§6.1: 8 characters of 20, about 34.5 bits), short-lived (DEVICE_CODE_LIFETIME),
+# used once, and its guesses are throttled (§5.1) by the sign-in throttle: per address,
+# and across all addresses (the account-wide gates of "Throttling failed sign-ins", under
+# the one key USER_CODE_THROTTLE). A right code is not counted as a success there, since
+# a success would reset the counts and anyone can make codes of their own to interleave
+# with guesses; a signed-in user's browser passes the account-wide gates (its sign-in was
+# throttled already), so guessing from elsewhere cannot keep it waiting.
+# What the page shows (the client's name, the scopes, the code to compare with the
+# device's) is what §5.4 asks for against remote phishing: the user confirms, always, even
+# when verification_uri_complete brought the code (§3.3.1).
+
+USER_CODE_THROTTLE = "device:user_code"  # one throttle key for every user code (§5.1)
+
+
+def device_authorization(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 8628 §3.1: the device authorization endpoint. REQUIRED: client_id (for a
+    public client; a confidential one authenticates as at the token endpoint: §3.1 "the
+    client authentication requirements of Section 3.2.1 of [RFC6749] apply"). OPTIONAL:
+    scope; RFC 8707 §2.1 resource, as in an authorization request. Answers §3.2's
+    device_code, user_code, verification_uri,
+    verification_uri_complete, expires_in and interval. An OpenID client's ``nonce`` is
+    kept for its ID token (no OpenID specification defines one for this grant; echoing it
+    costs nothing and lets a client that sends one check it). With auto-approve (a test
+    convenience), the request is approved at once as that user: the first poll gets the
+    tokens."""
+    client = authenticate_client(srv, params, authorization, address)
+    if DEVICE_CODE_GRANT not in client.grant_types:
+        raise UnauthorizedClient("This client may not use the device authorization grant.")
+    resources = requested_resources(srv, client, params)
+    scope = allowed_scope(client, resources, split_scope(params.get("scope")))
+    device_code = new_secret()
+    now = srv.clock()
+    for _ in range(5):  # a clash of user codes is one in billions: make another
+        user_code = new_user_code()
+        device = DeviceAuthorization(
+            device_code_hash=token_hash(device_code),
+            user_code_hash=token_hash(user_code),
+            client_id=client.client_id,
+            scope=scope,
+            expires_at=now + DEVICE_CODE_LIFETIME,
+            nonce=params.get("nonce"),
+            resources=tuple(r.uri for r in resources),
+        )
+        if srv.auto_approve is not None:
+            device = replace(device, status="approved", username=srv.auto_approve,
+                             auth_time=int(now))  # fmt: skip
+        if srv.storage.save_device_authorization(device):
+            break
+    else:
+        raise OAuthError("No free user code; try again.", error="temporarily_unavailable",
+                         status=503)  # fmt: skip
+    audit("device.code_issued", client=client.client_id, scope=" ".join(scope))
+    shown = show_user_code(user_code)
+    verification_uri = srv.issuer + DEVICE_PATH
+    return {
+        "device_code": device_code,
+        "user_code": shown,
+        "verification_uri": verification_uri,
+        # RFC 8628 §3.3.1: the code in the URI, for a QR code or a link; the page still
+        # asks the user to confirm.
+        "verification_uri_complete": add_query(verification_uri, {"user_code": shown}),
+        "expires_in": DEVICE_CODE_LIFETIME,
+        "interval": DEVICE_POLL_INTERVAL,
+    }
+
+
+def new_user_code() -> str:
+    """RFC 8628 §6.1: USER_CODE_LENGTH random characters of USER_CODE_ALPHABET."""
+    return "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
+
+
+def show_user_code(code: str) -> str:
+    """RFC 8628 §6.1: "BDWP-HQPK": two halves, easier to read and type."""
+    half = USER_CODE_LENGTH // 2
+    return f"{code[:half]}-{code[half:]}"
+
+
+def normal_user_code(typed: str) -> str | None:
+    """The user code a person typed, as it was made; None if it cannot be one. RFC 8628
+    §6.1: "the characters ... MAY be case-insensitive" and "dashes and other punctuation
+    ... MAY be ignored"; spaces too."""
+    code = re.sub(r"[\s\-]", "", typed).upper()
+    ok = len(code) == USER_CODE_LENGTH and all(c in USER_CODE_ALPHABET for c in code)
+    return code if ok else None
+
+
+def find_device(srv: Server, typed: str) -> DeviceAuthorization | None:
+    """The pending, unexpired request of a user code, if there is one."""
+    code = normal_user_code(typed)
+    device = srv.storage.get_device_authorization(token_hash(code)) if code else None
+    if device is None or device.status != "pending" or device.expires_at <= srv.clock():
+        return None
+    return device
+
+
+def device_request(srv: Server, params: dict[str, str]) -> AuthorizationRequest:
+    """A device request as the login pages continue it (purpose "device"): the client,
+    the scope and the user code (in ``params``) of the pending request it names."""
+    device = find_device(srv, params.get("user_code", ""))
+    client = srv.storage.get_client(device.client_id) if device else None
+    if device is None or client is None:
+        raise FormExpired(
+            "This code has expired or was used. Start again on your device.",
+            srv.issuer + DEVICE_PATH,
+        )
+    return AuthorizationRequest(
+        client=client, redirect_uri=srv.issuer + DEVICE_PATH, redirect_uri_given=False,
+        scope=device.scope, state=None, response_mode="query", acr_values=(), claims={},
+        code_challenge=None, nonce=None, login_hint=None,
+        prompt=frozenset(split_scope(params.get("prompt"))) & {"login"}, max_age=None,
+        params=params, purpose="device", resources=known_resources(srv.storage, device.resources),
+    )  # fmt: skip
+
+
+def device_page_step(srv: Server, params: dict[str, str], browser: Browser) -> Page:
+    """RFC 8628 §3.3: the /device page. Without a code, the form to type it; with one
+    (typed, or from verification_uri_complete), checked under the throttle, then the
+    sign-in (as at the authorization endpoint: login_page and its TOTP step) and the
+    confirmation with the client's name and the scopes."""
+    typed = params.get("user_code")
+    if typed is None:
+        return user_code_page(srv)
+    trusted = browser.session is not None
+    with srv.login_limiter.attempt(USER_CODE_THROTTLE, browser.address, trusted=trusted) as attempt:
+        if attempt.wait:
+            audit("device.user_code_throttled", address=browser.address)
+            message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
+            return replace(user_code_page(srv, message, 429, typed), retry_after=attempt.wait)
+        device = find_device(srv, typed)
+        attempt.ok = None if device is not None else False
+    if device is None:
+        audit("device.user_code_failed", address=browser.address)
+        message = "That code is not right, or it has expired. Check the code your device shows."
+        return user_code_page(srv, message, 200, typed)
+    asked = {"user_code": show_user_code(normal_user_code(typed) or "")}
+    if params.get("prompt") == "login":  # "Not you?" on the confirmation
+        asked["prompt"] = "login"
+    areq = device_request(srv, asked)
+    if browser.session is None or "login" in areq.prompt:
+        return login_page(srv, areq, browser)
+    return device_confirm_page(srv, areq, browser)
+
+
+def device_decision(srv: Server, form: dict[str, str], browser: Browser) -> Page:
+    """The user's answer on the /device page: the request is approved or denied once
+    (RFC 8628 §6.1: "user codes ... SHOULD be single use"); the device learns it when it
+    next polls (§3.5)."""
+    areq = resume_request(srv, form, browser)
+    if areq.purpose != "device":
+        raise UntrustedRequest("This form does not belong to the device page.")
+    session = browser.session
+    if session is None:
+        return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
+    decision = form.get("decision")
+    if decision not in ("approve", "deny"):
+        raise UntrustedRequest("The form's decision must be approve or deny.")
+    device = find_device(srv, areq.params["user_code"])
+    decided = device is not None and srv.storage.decide_device_authorization(
+        replace(device, status="approved" if decision == "approve" else "denied",
+                username=session.username, auth_time=session.auth_time, amr=session.amr),
+        srv.clock(),
+    )  # fmt: skip
+    if not decided:
+        message = "This code was already used, or it has expired. Start again on your device."
+        return user_code_page(srv, message, 400)
+    who = {"user": session.username, "client": areq.client.client_id}
+    if decision == "deny":
+        audit("device.denied", **who)
+        return device_done_page(areq, approved=False)
+    audit("device.approved", **who, scope=" ".join(areq.scope))
+    return device_done_page(areq, approved=True)
+
+
+def device_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+    """RFC 8628 §3.4. REQUIRED: grant_type, device_code, client_id (a public client's;
+    a confidential client authenticates). Until the user decides, §3.5's errors:
+    authorization_pending, or slow_down for a poll sooner than the interval after the
+    previous one (which grows the interval by DEVICE_SLOW_DOWN, remembered per device
+    code in storage); then access_denied, or the tokens, once; expired_token after
+    expires_in. Refresh tokens and the ID token come as in the code flow."""
+    value = params.get("device_code")
+    if value is None:
+        raise InvalidRequest("device_code is required.")
+    now = srv.clock()
+    device = srv.storage.poll_device_authorization(token_hash(value), now, DEVICE_SLOW_DOWN)
+    if device is None or not hmac.compare_digest(device.client_id.encode(),
+                                                 client.client_id.encode()):  # fmt: skip
+        raise InvalidGrant("The device_code is invalid.")
+    # RFC 8628 §3.5 expired_token: "The "device_code" has expired, and the device
+    # authorization session has concluded."
+    if device.expires_at <= now:
+        raise ExpiredToken("The device_code has expired: start again.")
+    if device.status == "pending":
+        # RFC 8628 §3.5 slow_down: "the interval MUST be increased by 5 seconds for this
+        # and all subsequent requests."
+        if device.polled_at is not None and now - device.polled_at < device.poll_interval:
+            wait = device.poll_interval + DEVICE_SLOW_DOWN
+            raise SlowDown(f"Polling too fast: wait {wait} seconds between requests.")
+        raise AuthorizationPending("The user has not yet approved or denied the request.")
+    if device.status == "denied":
+        raise AccessDenied("The user denied the request.")
+    redeemed = srv.storage.redeem_device_authorization(device.device_code_hash)
+    if redeemed is None or redeemed.username is None:
+        raise InvalidGrant("The device_code was already used.")
+    user = srv.storage.get_user(redeemed.username)
+    if user is None:
+        raise InvalidGrant("The user of this grant no longer exists.")
+    # RFC 8707 §2.2, as for a code: the access token for the resources asked for, or some.
+    granted, audience = token_resources(srv, client, params, redeemed.resources)
+    # OIDC Core §11, as for a code: a refresh token in an OpenID request means offline access.
+    offline = "openid" not in redeemed.scope or "offline_access" in redeemed.scope
+    body = issue_tokens(
+        srv, client, user, redeemed.scope, family_id=redeemed.device_code_hash,
+        refresh=offline, auth_time=redeemed.auth_time, nonce=redeemed.nonce,
+        amr=redeemed.amr, acr=acr_of(redeemed.amr), granted=granted, audience=audience,
+    )  # fmt: skip
+    audit("device.redeemed", user=user.username, client=client.client_id)
+    return body
 
 
 ###############################################################################
@@ -4984,6 +5925,7 @@ GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = 
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
     TOKEN_EXCHANGE: token_exchange_grant,
+    DEVICE_CODE_GRANT: device_code_grant,
 }
 
 
@@ -5594,6 +6536,9 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "userinfo_endpoint": back + USERINFO_PATH,
         "jwks_uri": back + JWKS_PATH,
         "end_session_endpoint": srv.issuer + LOGOUT_PATH,
+        "device_authorization_endpoint": back + DEVICE_AUTHORIZATION_PATH,  # RFC 8628 §4
+        "pushed_authorization_request_endpoint": back + PAR_PATH,  # RFC 9126 §5
+        "require_pushed_authorization_requests": srv.require_pushed_authorization_requests,
         "introspection_endpoint": back + INTROSPECT_PATH,
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
@@ -5671,6 +6616,8 @@ ul.items{list-style:none;padding:0}ul.items li{border-top:1px solid #d5d9e2;padd
 ul.codes{columns:2;font-size:1.05rem}figure.qr{background:#fff;padding:.75rem;margin:1rem 0;
 display:inline-block;border-radius:4px}figure.qr svg{width:12rem;height:12rem;display:block}
 summary{cursor:pointer;margin-top:1.5rem;color:#1f4fd1;font-weight:600}
+label.check{font-weight:400}label.check input{width:auto;margin:0 .5rem 0 0}
+[hidden]{display:none!important}
 .steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
 .steps-panel:has(.step:target) .step:not(:target){display:none}
 @media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
@@ -5783,6 +6730,83 @@ def _recovery_form(action: str, hidden: str, pending: str) -> str:
 </form></details>"""
 
 
+# The one script of pages that offer passkeys (allowed by its hash, CSP Level 3 §2.3.1):
+# it shows each passkey button only where the browser has WebAuthn and its JSON helpers
+# (WebAuthn Level 3 §5.1.9-§5.1.10), runs the ceremony on a click, and posts the form with
+# the credential as JSON. Without it the buttons stay hidden and the forms around them work.
+PASSKEY_SCRIPT = """for (const form of document.querySelectorAll("form[data-passkey]")) {
+  const PKC = window.PublicKeyCredential;
+  if (!PKC || !PKC.parseCreationOptionsFromJSON || !PKC.parseRequestOptionsFromJSON) continue;
+  const button = form.querySelector("[data-passkey-button]");
+  const status = form.querySelector("[data-passkey-status]");
+  button.hidden = false;
+  for (const note of document.querySelectorAll("[data-passkey-fallback]")) note.hidden = true;
+  button.addEventListener("click", async () => {
+    const options = JSON.parse(form.dataset.options);
+    try {
+      const credential = form.dataset.passkey === "create"
+        ? await navigator.credentials.create({publicKey: PKC.parseCreationOptionsFromJSON(options)})
+        : await navigator.credentials.get({publicKey: PKC.parseRequestOptionsFromJSON(options)});
+      form.elements.credential.value = JSON.stringify(credential.toJSON());
+      form.submit();
+    } catch (error) {
+      status.hidden = false;
+      status.textContent = "The passkey did not work (" + error.name + "). Try again.";
+    }
+  });
+}"""
+
+
+def _passkey_form(
+    action: str, hidden: str, kind: str, options: str, state: str, label: str, extra: str = ""
+) -> str:
+    """A form whose button (shown by PASSKEY_SCRIPT) runs a WebAuthn ceremony of ``kind``
+    ("create" or "get") with ``options`` and posts the credential with its ``state``."""
+    return f"""<form method="post" action="{action}" data-passkey="{kind}"
+ data-options="{esc(options)}">{hidden}<input type="hidden" name="state" value="{esc(state)}">
+<input type="hidden" name="credential" value="">{extra}
+<p class="error" role="alert" data-passkey-status hidden></p>
+<div class="actions"><button type="button" class="secondary" data-passkey-button hidden>{label}
+</button></div></form>"""
+
+
+def with_passkeys(page: Page, forms: str) -> Page:
+    """``page``, with the script that runs its passkey ``forms`` if it has any."""
+    return replace(page, script=PASSKEY_SCRIPT) if forms else page
+
+
+def passwordless_form(srv: Server, browser: Browser, action: str, hidden: str) -> str:
+    """The sign-in page's "Sign in with a passkey", where passkeys are offered."""
+    if not passkeys_offered(srv):
+        return ""
+    options, state = authentication_options(srv, browser)
+    return _passkey_form(action, hidden, "get", options, state, "Sign in with a passkey")
+
+
+def second_factor_forms(
+    srv: Server, browser: Browser, user: User, action: str, hidden: str, pending: str,
+    message: str,
+) -> tuple[str, str]:
+    """The second-factor step's forms: the TOTP code and a recovery code, for a user with an
+    app; and the user's passkeys (``second``, with its script)."""
+    forms = ""
+    if user.totp_secret:
+        forms = f"""<form method="post" action="{action}">{hidden}
+{_otp_field(pending, message)}
+<div class="actions"><button type="submit">Verify</button></div></form>
+{_recovery_form(action, hidden, pending)}"""
+    if not (passkeys_offered(srv) and srv.storage.list_passkeys(user.username)):
+        return forms, ""
+    options, state = authentication_options(srv, browser, user)
+    pending_field = f'<input type="hidden" name="pending" value="{esc(pending)}">'
+    fallback = "" if user.totp_secret else (
+        '<p class="muted" data-passkey-fallback>Confirming with a passkey needs JavaScript in '
+        "this browser.</p>"
+    )
+    return forms, fallback + _passkey_form(action, hidden + pending_field, "get", options, state,
+                                           "Use your passkey")  # fmt: skip
+
+
 def login_page(
     srv: Server,
     areq: AuthorizationRequest,
@@ -5792,12 +6816,14 @@ def login_page(
     username: str | None = None,
 ) -> Page:
     typed = username if username is not None else areq.login_hint or ""
+    hidden = _hidden_fields(srv, browser, areq.params, areq.purpose)
     body = f"""{BRAND}<h1>Sign in</h1>
 <p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="login">{hidden}
 {_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
+    passkey = passwordless_form(srv, browser, "login", hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
 
 
 def otp_page(
@@ -5809,16 +6835,14 @@ def otp_page(
     status: int = 200,
 ) -> Page:
     pending = srv.signer.pending(user, browser)
-    hidden = _hidden_fields(srv, browser, areq.params)
-    body = f"""{BRAND}<h1>Enter your code</h1>
+    hidden = _hidden_fields(srv, browser, areq.params, areq.purpose)
+    forms, passkey = second_factor_forms(srv, browser, user, "login", hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
 <p>Signing in as <strong>{esc(user.username)}</strong> to continue to
-<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
-<form method="post" action="login">{hidden}
-{_otp_field(pending, message)}
-<div class="actions"><button type="submit">Verify</button>
-<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>
-{_recovery_form("login", hidden, pending)}"""
-    return Page("Enter your code", body, status)
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}{forms}{passkey}
+<p><a href="{esc(resume_url(srv, areq))}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
 
 
 SECOND_FACTOR_ASKED = "This app asks for your authentication code too. Sign in again."
@@ -5833,7 +6857,7 @@ def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Brow
 second factor: a code from an authenticator app. Your account has no second factor, so you
 cannot continue to {app} this way.</p>
 <p>Ask your administrator to set up a second factor for your account, then try again.</p>
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
 </div></form>"""
     return Page("A second factor is needed", body, 403)
@@ -5894,14 +6918,14 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
         else ""
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
-    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
+    switch = resume_url(srv, areq, {**areq.params, "prompt": "login"})
     back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
     asks = "also asks to" if already else "asks to"
     body = f"""{BRAND}<h1>Allow access?</h1>{unverified_notice(areq.client, back_to)}
 <p><strong>{client_label(areq.client)}</strong> {asks}:</p><ul class="scopes">{items}</ul>{before}
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
-<form method="post" action="consent">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="consent">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions">
 <button type="submit" name="decision" value="approve">Allow</button>
 <button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
@@ -5909,6 +6933,56 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
     return Page("Allow access?", body)
 
 
+def user_code_page(srv: Server, message: str = "", status: int = 200, typed: str = "") -> Page:
+    """RFC 8628 §3.3: where the user types the code the device shows. A GET form: it only
+    shows the request the code names, which the user then confirms."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error code-help"' if message else (
+        ' aria-describedby="code-help"'
+    )
+    body = f"""{BRAND}<h1>Connect a device</h1>{_alert(message)}
+<form method="get" action="device">
+<label for="user_code">Code</label>
+<p class="muted hint" id="code-help">The code your device or app shows, such as
+<code>BDWP-HQPK</code>. Upper or lower case, with or without the dash.</p>
+<input id="user_code" name="user_code" autocomplete="off" autocapitalize="characters"
+ spellcheck="false" maxlength="20" required autofocus{invalid} value="{esc(typed)}">
+<div class="actions"><button type="submit">Continue</button></div></form>"""
+    return Page("Connect a device", body, status)
+
+
+def device_confirm_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """RFC 8628 §5.4 (remote phishing): the client's name, what it asks for and the code
+    to compare with the device's, and an explicit Allow or Deny."""
+    items = consent_items(areq, consent_scopes(areq))
+    switch = resume_url(srv, areq, {**areq.params, "prompt": "login"})
+    username = browser.session.username if browser.session else ""
+    body = f"""{BRAND}<h1>Allow a device?</h1>
+<p><strong>{client_label(areq.client)}</strong>, on a device, asks to:</p>
+<ul class="scopes">{items}</ul>
+<p>Check that your device shows this code:
+<strong><code>{esc(areq.params["user_code"])}</code></strong></p>
+<p>Signed in as <strong>{esc(username)}</strong>.
+<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
+<form method="post" action="device">{_hidden_fields(srv, browser, areq.params, "device")}
+<div class="actions">
+<button type="submit" name="decision" value="approve">Allow</button>
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
+<p class="muted">Allow only a device you are setting up yourself, right now. If someone
+sent you this code, choose Deny.</p>"""
+    return Page("Allow a device?", body)
+
+
+def device_done_page(areq: AuthorizationRequest, approved: bool) -> Page:
+    app = client_label(areq.client)
+    if approved:
+        body = f"""{BRAND}<h1>Device connected</h1>
+<p role="status"><strong>{app}</strong> is connected. Go back to your device: it continues
+by itself in a few seconds.</p><p>You can close this page.</p>"""
+        return Page("Device connected", body)
+    body = f"""{BRAND}<h1>Request denied</h1>
+<p role="status"><strong>{app}</strong> was not given access. Your device will say so.</p>
+<p>You can close this page.</p>"""
+    return Page("Request denied", body)
 def unverified_notice(client: Client, back_to: str) -> str:
     """For a client that described itself (see "Clients that register themselves"): its
     name is only what it says, so say so, with where its description comes from and the
@@ -6044,11 +7118,13 @@ def account_login_page(
         if reauth
         else "<p>to manage your account</p>"
     )
+    action, hidden = f"{ACCOUNT_PATH}/login", _account_hidden(srv, browser)
     body = f"""{BRAND}<h1>Sign in</h1>{intro}{_alert(message)}
-<form method="post" action="{ACCOUNT_PATH}/login">{_account_hidden(srv, browser)}
+<form method="post" action="{action}">{hidden}
 {_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
+    passkey = passwordless_form(srv, browser, action, hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
 
 
 def account_otp_page(
@@ -6057,14 +7133,12 @@ def account_otp_page(
     pending = srv.signer.pending(user, browser)
     hidden = _account_hidden(srv, browser)
     action = f"{ACCOUNT_PATH}/login"
-    body = f"""{BRAND}<h1>Enter your code</h1>
+    forms, passkey = second_factor_forms(srv, browser, user, action, hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
 <p>Signing in as <strong>{esc(user.username)}</strong> to manage your account.</p>
-{_alert(message)}<form method="post" action="{action}">{hidden}
-{_otp_field(pending, message)}
-<div class="actions"><button type="submit">Verify</button>
-<a href="{action}">Start over</a></div></form>
-{_recovery_form(action, hidden, pending)}"""
-    return Page("Enter your code", body, status)
+{_alert(message)}{forms}{passkey}<p><a href="{action}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
 
 
 def when(seconds: float | None) -> str:
@@ -6154,6 +7228,7 @@ access</button></form></li>""")
         else "<p>No app has access to your account.</p>"
     )
 
+    passkeys = passkeys_section(srv, browser, user, hidden)
     sessions = []
     for each in srv.storage.list_login_sessions(user.username, srv.clock()):
         this = each.sid == session.sid
@@ -6170,7 +7245,7 @@ from <code>{esc(each.address or "an unknown address")}</code>.</p>
 <a href="{LOGOUT_PATH}">Sign out</a></p>{done}{_alert(message)}
 {password}
 <section aria-labelledby="second-heading"><h2 id="second-heading">Two-factor sign-in</h2>
-{second}</section>
+{second}</section>{passkeys}
 <section aria-labelledby="apps-heading"><h2 id="apps-heading">Connected apps</h2>
 {apps_html}</section>
 <section aria-labelledby="sessions-heading"><h2 id="sessions-heading">Sessions</h2>
@@ -6178,7 +7253,40 @@ from <code>{esc(each.address or "an unknown address")}</code>.</p>
 <form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
 <div class="actions"><button type="submit" name="all" value="others" class="secondary">Sign
 out all other sessions</button></div></form></section></div>"""
-    return Page("Your account", body, status)
+    return with_passkeys(Page("Your account", body, status), passkeys)
+
+
+def passkeys_section(srv: Server, browser: Browser, user: User, hidden: str) -> str:
+    """The account page's passkeys (WebAuthn), where the server offers them: each with a
+    Remove button, and the form that adds one (its button needs JavaScript)."""
+    if not passkeys_offered(srv):
+        return ""
+    items = []
+    for passkey in srv.storage.list_passkeys(user.username):
+        name = esc(passkey.name)
+        used = f"last used {when(passkey.last_used_at)}" if passkey.last_used_at else "not used yet"
+        kind = "synced between your devices" if passkey.backed_up else "kept on one device"
+        alone = " It signs you in without a password too." if passkey.passwordless else ""
+        items.append(f"""<li><strong>{name}</strong>
+<p class="muted hint">Added {when(passkey.created_at)}, {used}; {kind}.{alone}</p>
+<form method="post" action="{ACCOUNT_PATH}/passkeys">{hidden}
+<input type="hidden" name="credential_id" value="{esc(passkey.credential_id)}">
+<button type="submit" name="step" value="remove" class="secondary"
+ aria-label="Remove the passkey {name}">Remove</button></form></li>""")
+    listed = f'<ul class="items">{"".join(items)}</ul>' if items else "<p>No passkeys yet.</p>"
+    options, state = registration_options(srv, browser, user)
+    extra = f"""<input type="hidden" name="step" value="create">
+<label for="passkey_name">Name of the new passkey</label>
+<input id="passkey_name" name="name" maxlength="{PASSKEY_NAME_LENGTH}" value="Passkey">
+<label class="check"><input type="checkbox" name="passwordless" value="yes"> Also sign in
+with it alone, without a password</label>"""
+    add = _passkey_form(f"{ACCOUNT_PATH}/passkeys", hidden, "create", options, state,
+                        "Add a passkey", extra)  # fmt: skip
+    return f"""<section aria-labelledby="passkeys-heading"><h2 id="passkeys-heading">Passkeys</h2>
+<p>A passkey confirms it is you with this device's screen lock or a security key. After
+your password it stands in for a code; it can also sign you in on its own.</p>{listed}
+<p class="muted" data-passkey-fallback>Adding a passkey needs JavaScript in this browser.</p>
+{add}</section>"""
 
 
 def totp_enrol_page(
@@ -6711,6 +7819,11 @@ def build_app(srv: Server) -> bottle.Bottle:
     browser(LOGIN_PATH, ["POST"], login_endpoint)
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
     api(TOKEN_PATH, token_endpoint)
+    api(DEVICE_AUTHORIZATION_PATH, device_authorization, cors=False)
+    # RFC 9126 §2.2: "the authorization server MUST return ... HTTP status code 201".
+    app.post(PAR_PATH)(answer("json", lambda: created(api_response(
+        srv, bottle.request, pushed_authorization_request, cors=True))))  # fmt: skip
+    browser(DEVICE_PATH, ["GET", "POST"], device_endpoint)
     api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
     get(OAUTH_METADATA_PATH, metadata_endpoint)
@@ -6724,6 +7837,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     for path in (OAUTH_METADATA_PATH, OIDC_METADATA_PATH, JWKS_PATH):
         preflight(path, "GET", any_origin=True)
     preflight(TOKEN_PATH, "POST")
+    preflight(PAR_PATH, "POST")
     preflight(REVOKE_PATH, "POST")
     preflight(USERINFO_PATH, "GET, POST")
     # RFC 7591 §3, RFC 7592 §2: JSON in and out, any origin (no cookie is ever used: the
@@ -7151,6 +8265,13 @@ def api_response(
     return response
 
 
+def created(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
+    """A success as 201 Created (RFC 9110 §15.3.2), an error as it was."""
+    if response.status_code == 200:
+        response.status = 201
+    return response
+
+
 def plain_error(error: bottle.HTTPError) -> str:
     # bottle's own errors (404, 405): short, HTML-escaped.
     return f"<!doctype html><title>{error.status}</title><h1>{esc(error.status)}</h1>"
@@ -7261,6 +8382,14 @@ def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirec
     return consent(srv, single_params(form_pairs(request)), browser)
 
 
+def device_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    # RFC 8628 §3.3: the page with the user code (GET, its form too); the decision (POST).
+    if request.method == "GET":
+        return device_page_step(srv, single_params(query_pairs(request)), browser)
+    refuse_cross_site(srv, request)
+    return device_decision(srv, single_params(form_pairs(request)), browser)
+
+
 def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
     # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
     if request.method == "GET":
@@ -7291,6 +8420,7 @@ ACCOUNT_FORMS: dict[str, AccountStep] = {
     "/recovery-codes": new_recovery_codes,
     "/apps": revoke_app,
     "/sessions": end_sessions,
+    "/passkeys": change_passkeys,
 }
 
 
@@ -7433,6 +8563,7 @@ REDACTED = "[redacted]"
 SECRET_NAMES = frozenset({
     "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
     "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
+    "device_code", "user_code", "verification_uri_complete",  # RFC 8628 §3.2
 })  # fmt: skip
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
 FAULT_ENDPOINTS = {
@@ -8300,6 +9431,7 @@ CLIENT_KEYS: dict[str, type] = {
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
     "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
+    "require_pushed_authorization_requests": bool,
     "resources": list, "token_exchange": list,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
@@ -8384,6 +9516,9 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             frontchannel_logout_uri=entry.get("frontchannel_logout_uri"),
             frontchannel_logout_session_required=entry.get(
                 "frontchannel_logout_session_required", False
+            ),
+            require_pushed_authorization_requests=entry.get(
+                "require_pushed_authorization_requests", False
             ),
             resources=entry.get("resources", []),
             token_exchange=entry.get("token_exchange", []),
@@ -8607,6 +9742,14 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--fetch-ca-file", metavar="PATH", help="a CA file to trust when fetching documents"
     )
+    serve_cmd.add_argument(
+        "--passkeys", action="store_true", default=None,
+        help="offer passkeys (WebAuthn) on the account and login pages (extra 'passkeys')",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--require-pushed-authorization-requests", action="store_true", default=None,
+        help="every client's authorization requests only through the PAR endpoint (RFC 9126)",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -8650,6 +9793,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--frontchannel-logout-session-required",
                          action=argparse.BooleanOptionalAction,
                          help="the app needs iss and sid on that page (always sent)")
+        cmd.add_argument("--require-pushed-authorization-requests",
+                         action=argparse.BooleanOptionalAction,
+                         help="its authorization requests only through the PAR endpoint "
+                         "(RFC 9126)")  # fmt: skip
         cmd.add_argument("--resource", action="append", dest="resources", metavar="URI",
                          help="a resource (RFC 8707) it may ask tokens for; none: any "
                          "(repeatable; update: replaces the list)")
@@ -8773,6 +9920,7 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
         frontchannel_logout_uri=args.frontchannel_logout_uri or None,
         frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
+        require_pushed_authorization_requests=bool(args.require_pushed_authorization_requests),
         resources=args.resources or (),
         token_exchange=args.token_exchange or (),
     )
@@ -8795,6 +9943,7 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pkce": args.pkce,
         "backchannel_logout_session_required": args.backchannel_logout_session_required,
         "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
+        "require_pushed_authorization_requests": args.require_pushed_authorization_requests,
         "resources": args.resources,
         "token_exchange": args.token_exchange,
     }
@@ -9102,6 +10251,14 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    passkeys = args.passkeys if args.passkeys is not None else config.get("passkeys", False)
+    if not isinstance(passkeys, bool):
+        parser.error("bad config: passkeys must be true or false")
+    require_par = args.require_pushed_authorization_requests or config.get(
+        "require_pushed_authorization_requests", False
+    )
+    if not isinstance(require_par, bool):
+        parser.error("bad config: require_pushed_authorization_requests must be true or false")
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
@@ -9109,7 +10266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies,
+                     trusted_proxies=proxies, passkeys=passkeys,
+                     require_pushed_authorization_requests=require_par,
                      password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")

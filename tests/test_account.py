@@ -62,8 +62,8 @@ def account(browser: WSGIClient) -> Response:
 
 def form_of(page: str, action: str) -> dict[str, str]:
     """The hidden fields of the form that posts to ``action``."""
-    match = re.search(rf'<form method="post" action="{re.escape(action)}">(.*?)</form>', page,
-                      re.S)  # fmt: skip
+    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
+                      page, re.S)  # fmt: skip
     assert match, f"no form for {action}"
     return form_fields(match.group(1))
 
@@ -444,4 +444,63 @@ def test_logout_deletes_the_session_record(server: codeflow.Server) -> None:
     r = browser.get("/logout")
     browser.post("/logout", data={**form_fields(r.text), "confirm": "yes"})
     assert server.storage.list_login_sessions(USERNAME, server.clock()) == []
+    assert browser.get("/account").status == 302
+
+
+# -- Passkeys: what the server refuses, without a browser (WebAuthn Level 2) --------------
+
+
+@pytest.fixture
+def passkey_server(clock: Clock) -> codeflow.Server:
+    pytest.importorskip("webauthn")
+    return make_server(clock, passkeys=True)
+
+
+def test_passkeys_are_offered_only_when_asked(server: codeflow.Server) -> None:
+    """Server(passkeys=False), the default: no passkey form, no script, and the form's
+    endpoint refuses."""
+    browser = signed_in(server)
+    page = account(browser)
+    assert "Passkeys" not in page.text and "<script" not in page.text
+    r = post(browser, "/account/passkeys", page.text.replace(
+        'action="/account/password"', 'action="/account/passkeys"'), step="create")  # fmt: skip
+    assert r.status == 400 and "does not offer passkeys" in r.text
+
+
+def test_registering_a_passkey_needs_a_recent_sign_in(passkey_server: codeflow.Server) -> None:
+    """As for the TOTP app: past ACCOUNT_REAUTH_AGE, sign in again first."""
+    browser = signed_in(passkey_server)
+    page = account(browser).text
+    assert "Add a passkey" in page and "<script>" in page
+    passkey_server.clock.advance(codeflow.ACCOUNT_REAUTH_AGE + 1)
+    r = post(browser, "/account/passkeys", page, step="create", credential="{}")
+    assert r.status == 303 and r.location.endswith("/account/login?reauth=yes")
+
+
+@pytest.mark.parametrize("credential", ["{}", "not json", '{"id": "x", "response": 5}'])
+def test_a_malformed_registration_is_a_4xx(passkey_server: codeflow.Server, credential: str
+                                          ) -> None:  # fmt: skip
+    """Bad input gets a clear 4xx, never a 5xx; the challenge is spent all the same."""
+    browser = signed_in(passkey_server)
+    page = account(browser).text
+    r = post(browser, "/account/passkeys", page, step="create", credential=credential)
+    assert r.status == 400 and "could not be added" in r.text
+    r = post(browser, "/account/passkeys", page, step="create", credential=credential)
+    assert r.status == 400 and "This form has expired" in r.text  # WebAuthn §13.4.3
+    assert passkey_server.storage.list_passkeys(USERNAME) == []
+
+
+@pytest.mark.parametrize("credential", ["{}", "[]", "not json", '{"id": 5}'])
+def test_a_malformed_assertion_is_refused_on_both_login_pages(
+    passkey_server: codeflow.Server, credential: str
+) -> None:
+    browser = WSGIClient(passkey_server.wsgi)
+    r = browser.get("/account/login")
+    assert "Sign in with a passkey" in r.text
+    r = browser.post("/account/login", data={**form_of(r.text, "/account/login"),
+                                             "credential": credential})  # fmt: skip
+    assert r.status == 200 and "That passkey cannot sign you in" in r.text
+    r = browser.get("/authorize", params=new_flow().params)
+    r = browser.post("/login", data={**form_fields(r.text), "credential": credential})
+    assert r.status == 200 and "That passkey cannot sign you in" in r.text
     assert browser.get("/account").status == 302

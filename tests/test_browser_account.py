@@ -16,15 +16,18 @@ import requests
 from conftest import CONFIDENTIAL, PASSWORD, REDIRECT, SECRET, USERNAME, new_flow, query_of
 from test_browser import (
     CHROMIUM,
+    CHROMIUM_ARGS,
     Tab,
     assert_accessible,
-    chromium,  # noqa: F401 -- the module's Chromium, a fixture shared with test_browser.py
     screenshot,
     submit,
     sync_playwright,
 )
 
 import codeflow
+
+if sync_playwright is not None:
+    from playwright.sync_api import Browser
 
 pytestmark = [
     pytest.mark.browser,
@@ -44,9 +47,21 @@ def provider() -> codeflow.Server:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, launched as tests/test_browser.py does (whose fixture would
+    delete the other modules' screenshots)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture
-def tab(request: pytest.FixtureRequest) -> Iterator[Tab]:
-    t = Tab(request.getfixturevalue("chromium"))
+def tab(chromium: Browser) -> Iterator[Tab]:
+    t = Tab(chromium)
     yield t
     t.close()
 

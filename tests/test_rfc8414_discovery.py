@@ -145,11 +145,24 @@ def token_exchange_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
     return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
 
 
+def device_code_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
+    """RFC 8628 §3.1, §3.4: a device code, approved at once (auto-approve), redeemed."""
+    grants = srv.storage.get_client(CONFIDENTIAL).grant_types  # type: ignore[union-attr]
+    srv.update_client(CONFIDENTIAL, grant_types=[*grants, DEVICE_CODE])
+    started = wc.post("/device_authorization", {"scope": "profile"},
+                      headers=basic(CONFIDENTIAL, SECRET))  # fmt: skip
+    assert started.status == 200, started.text
+    data = {"grant_type": DEVICE_CODE, "device_code": started.json()["device_code"]}
+    return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
+
+
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_EXERCISES: dict[str, Callable[[WSGIClient, codeflow.Server], Response]] = {
     "authorization_code": code_grant,
     "refresh_token": refresh_grant,
     "client_credentials": client_credentials_grant,
     "urn:ietf:params:oauth:grant-type:token-exchange": token_exchange_grant,
+    DEVICE_CODE: device_code_grant,
 }
 
 
@@ -287,7 +300,7 @@ def test_unlisted_grant_types_are_unsupported(wc: WSGIClient, metadata: dict[str
     by the authorization server"; RFC 9700 §2.4: "The resource owner password credentials
     grant MUST NOT be used"."""
     unlisted = [g for g in KNOWN_GRANT_TYPES if g not in metadata["grant_types_supported"]]
-    assert {"password", "implicit", "urn:ietf:params:oauth:grant-type:device_code"} <= set(unlisted)
+    assert {"password", "implicit"} <= set(unlisted)
     for grant_type in unlisted:
         data = {"grant_type": grant_type, "username": USERNAME, "password": "x", "code": "x"}
         r = wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
