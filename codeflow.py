@@ -12,6 +12,9 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
+- RFC 8707 (resource indicators: resources registered with their scopes, token format
+  and lifetime; tokens whose aud is the resource) and RFC 8693 (token exchange, for
+  services, by per-client policy);
 - CORS (the Fetch Standard) on the endpoints browser apps call;
 - RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
   Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
@@ -20,8 +23,8 @@ It implements the authorization code flow with PKCE and the grants around it:
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
 state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
-clients that register themselves, client authentication, PKCE, the authorization
-endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+clients that register themselves, client authentication, PKCE, resource indicators,
+the authorization endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
 userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
