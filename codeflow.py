@@ -3025,7 +3025,7 @@ def metadata_document_client(srv: Server, client_id: str) -> Client:
     # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
     # MUST NOT be used". With no other method offered here, that leaves none.
     for member in ("client_secret", "client_secret_expires_at"):
-        if member in document:
+        if document.get(member) is not None:
             raise FetchError(f"A client metadata document may not carry {member}.")
     if document.get("token_endpoint_auth_method", "none") != "none":
         raise FetchError(
@@ -3056,7 +3056,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
+    null; some client libraries send every member, unset ones as null)."""
+    metadata = {name: value for name, value in metadata.items() if value is not None}
     for member, reason in REFUSED_METADATA.items():
         if member in metadata:
             raise InvalidClientMetadata(f"{member}: {reason}.")
@@ -3125,8 +3128,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
         if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
                 and value.isprintable()):  # fmt: skip
             raise InvalidClientMetadata(f"{member} must be a printable string.")
-        if member.endswith("_uri") and not value.startswith("https://"):
-            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        # Shown or linked, never fetched by this server: https, or http on loopback for a
+        # developer's machine, like redirect URIs.
+        if member.endswith("_uri") and not logout_uri_ok(value):
+            raise InvalidClientMetadata(f"{member} must be an https URL (http on loopback).")
         if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
             raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
         echoed[member] = value

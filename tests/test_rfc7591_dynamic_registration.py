@@ -182,6 +182,8 @@ def test_default_auth_method_is_client_secret_basic(wc: WSGIClient) -> None:
          "invalid_client_metadata", "client_name"),
         ({"redirect_uris": ["https://a.example/cb"], "logo_uri": "http://a.example/logo.png"},
          "invalid_client_metadata", "logo_uri"),
+        ({"redirect_uris": ["https://a.example/cb"], "client_uri": "javascript:alert(1)"},
+         "invalid_client_metadata", "client_uri"),
         ({"redirect_uris": ["https://a.example/cb"], "scope": "openid \"quoted\""},
          "invalid_client_metadata", "scope"),
         ({"redirect_uris": ["https://a.example/cb"], "contacts": "ops@example.com"},
@@ -214,6 +216,17 @@ def test_unknown_members_ignored(wc: WSGIClient) -> None:
     client that it does not understand"."""
     body = register(wc, {**NATIVE, "x_vendor_flag": True, "software_statement": "ey.x.y"}).json()
     assert "x_vendor_flag" not in body and "client_id" in body
+
+
+def test_null_members_count_as_absent(wc: WSGIClient) -> None:
+    """RFC 7592 §2.2 treats omitted members as null; a client library that sends every
+    member, the unset ones as null (jwks_uri, contacts, ...), registers."""
+    nulls = dict.fromkeys(("client_uri", "logo_uri", "contacts", "tos_uri", "policy_uri",
+                           "jwks_uri", "jwks", "software_id", "software_version",
+                           "scope"))  # fmt: skip
+    r = register(wc, {**NATIVE, **nulls})
+    assert r.status == 201, r.text
+    assert not set(nulls) & set(r.json())
 
 
 def test_echoed_metadata(wc: WSGIClient) -> None:
