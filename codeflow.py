@@ -3154,11 +3154,16 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
 
 def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
     value = metadata.get(member, default)
+    # Printable: no control characters, and no lone surrogates, which JSON can carry but
+    # UTF-8 (and so storage) cannot.
     if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
-        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING and v.isprintable()
+        for v in value
     ):
         error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
-        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+        raise error(
+            f"{member} must be an array of at most {MAX_REDIRECT_URIS} printable strings."
+        )
     return list(dict.fromkeys(value))
 
 

@@ -211,6 +211,23 @@ def test_bad_metadata_refused_with_rfc7591_error_codes(
     assert srv.storage.list_clients() == []
 
 
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b", "line\nbreak"])
+@pytest.mark.parametrize("member", ["contacts", "redirect_uris", "client_name", "software_id",
+                                    "scope", "post_logout_redirect_uris"])  # fmt: skip
+def test_unprintable_strings_refused_on_sqlite(tmp_path: Path, member: str, bad: str) -> None:
+    """A lone surrogate (JSON carries it, UTF-8 cannot) or a control character in any
+    string member is a 400, not a 500 from storage; here on a real SQLite file."""
+    storage = codeflow.open_storage(f"sqlite:///{tmp_path / 'idp.db'}")
+    wc = WSGIClient(codeflow.Server(issuer=ISSUER, storage=storage, registration="open").wsgi)
+    value: Any = [f"https://a.example/{bad}"] if member.endswith("uris") else bad
+    if member == "contacts":
+        value = [bad]
+    r = register(wc, {"redirect_uris": ["https://a.example/cb"], member: value})
+    assert r.status == 400, r.text
+    assert r.json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+    assert storage.list_clients() == []
+
+
 def test_unknown_members_ignored(wc: WSGIClient) -> None:
     """RFC 7591 §2: "The authorization server MUST ignore any client metadata sent by the
     client that it does not understand"."""
