@@ -7852,6 +7852,8 @@ def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
 def client_list(srv: Server, args: argparse.Namespace) -> None:
     for c in srv.storage.list_clients():
         kind = "public" if c.public else "confidential"
+        if c.registration == REGISTERED_DYNAMICALLY:
+            kind += ", registered itself"  # RFC 7591: `client remove` deprovisions it
         print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
 
 

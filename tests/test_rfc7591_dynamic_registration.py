@@ -516,3 +516,26 @@ def test_serve_bad_settings_exit_with_a_clear_message(
     )  # fmt: skip
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_client_list_marks_registered_clients(tmp_path: Path) -> None:
+    """The operator sees which clients registered themselves (`codeflow client list`),
+    and can remove one (`codeflow client remove`) like any other."""
+    url = f"sqlite:///{tmp_path / 'idp.db'}"
+    srv = codeflow.Server(issuer=ISSUER, storage=codeflow.open_storage(url),
+                          registration="open")  # fmt: skip
+    srv.add_client("operator-app", redirect_uris=["https://op.example/cb"])
+    client_id = register(WSGIClient(srv.wsgi), NATIVE).json()["client_id"]
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, codeflow.__file__, *args, "--storage", url],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    rows = {line.split("\t")[0]: line.split("\t") for line in cli("client", "list").splitlines()}
+    assert rows[client_id][1:3] == ["public, registered itself", "Native Tool"]
+    assert rows["operator-app"][1] == "public"
+    cli("client", "remove", client_id)
+    assert client_id not in cli("client", "list")
