@@ -330,7 +330,12 @@ def _quoted(value: str) -> str:
     return '"' + _NOT_QUOTABLE.sub("", value) + '"'
 
 
-def challenge(err: OAuthError | None, realm: str, resource_metadata: str | None = None) -> str:
+def challenge(
+    err: OAuthError | None,
+    realm: str,
+    resource_metadata: str | None = None,
+    scope: str = "",
+) -> str:
     """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent).
 
     RFC 6750 §3.1: "If the request lacks any authentication information (e.g., the
@@ -338,7 +343,8 @@ def challenge(err: OAuthError | None, realm: str, resource_metadata: str | None 
     unsupported authentication method), the resource server SHOULD NOT include an
     error code or other error information." RFC 9728 §5.1: ``resource_metadata``, the
     URL of the resource's metadata, tells the client where to find its authorization
-    server.
+    server; with it, a 401 names the ``scope`` the request needs (RFC 6750 §3: the scope
+    attribute "MAY" be in any challenge), which is what an MCP client asks for.
     """
     parts = [f"realm={_quoted(realm)}"]
     if resource_metadata is not None:
@@ -347,13 +353,15 @@ def challenge(err: OAuthError | None, realm: str, resource_metadata: str | None 
         parts.append(f"error={_quoted(err.error)}")
         if err.description:
             parts.append(f"error_description={_quoted(err.description)}")
-        if isinstance(err, InsufficientScopeError) and err.scope:
-            parts.append(f"scope={_quoted(err.scope)}")
+    if isinstance(err, InsufficientScopeError) and err.scope:
+        parts.append(f"scope={_quoted(err.scope)}")
+    elif resource_metadata is not None and scope:
+        parts.append(f"scope={_quoted(scope)}")
     return "Bearer " + ", ".join(parts)
 
 
 def error_response(
-    err: OAuthError | None, realm: str, resource_metadata: str | None = None
+    err: OAuthError | None, realm: str, resource_metadata: str | None = None, scope: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, JSON body) for a refused request."""
     if err is None:
@@ -364,7 +372,7 @@ def error_response(
     headers = {
         "Content-Type": "application/json",
         "Cache-Control": "no-store",
-        "WWW-Authenticate": challenge(err, realm, resource_metadata),
+        "WWW-Authenticate": challenge(err, realm, resource_metadata, scope),
     }
     return status, headers, json.dumps(body).encode()
 
@@ -394,13 +402,14 @@ def _check(
     validator: BearerValidator, authorization: str | None, scopes: tuple[str, ...], realm: str
 ) -> AccessToken | tuple[int, dict[str, str], bytes]:
     """The validated token, or the response that refuses the request."""
+    needed = " ".join(dict.fromkeys((*validator.required_scopes, *scopes)))
     try:
         token = bearer_token(authorization)
         if token is None:
-            return error_response(None, realm, validator.metadata_url)
+            return error_response(None, realm, validator.metadata_url, needed)
         return validator.validate(token, scopes)
     except _BEARER_ERRORS as err:
-        return error_response(err, realm, validator.metadata_url)
+        return error_response(err, realm, validator.metadata_url, needed)
     except OAuthError:
         # The provider could not be asked (introspection or JWKS): neither the token's
         # fault nor a reason to let it through.
