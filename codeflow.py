@@ -3089,8 +3089,9 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
-#   slow hosts cannot hold every thread;
+# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
+#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
+#   slow host every slot; requests for one document at once share one fetch;
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3263,15 +3264,31 @@ def fetch_json_document(
     cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
-    if not FETCH_SLOTS.acquire(timeout=1):
-        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    # Requests for one document at once share one fetch (the first one's), so a burst of
+    # users of a new client costs its host one request and holds one slot.
+    flight, leader = srv.fetch_cache.board(key)
+    if not leader:
+        if not flight.done.wait(FETCH_TIMEOUT + 1):
+            raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+        if flight.error is not None:
+            raise FetchError(flight.error)
+        return flight.value
     try:
-        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        if not FETCH_SLOTS.acquire(timeout=1):
+            raise FetchError("Too many documents are being fetched at once; try again shortly.")
+        try:
+            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        finally:
+            FETCH_SLOTS.release()
+    except FetchError as err:
+        flight.error = err.description
+        raise
     finally:
-        FETCH_SLOTS.release()
+        srv.fetch_cache.land(key)
+        flight.done.set()
     if lifetime > 0:
-        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
-    return value
+        srv.fetch_cache.put(key, flight.value, srv.clock() + lifetime)
+    return flight.value
 
 
 def check_fetch_url(url: str) -> urllib.parse.SplitResult:
@@ -3306,33 +3323,69 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        connection = _PinnedConnection(host, port, address, tls, remaining)
-        # The deadline holds for the whole exchange: at it, the socket is shut, and the
-        # read under way (headers or body, however slowly they drip) fails.
-        timer = threading.Timer(remaining, connection.cut)
-        timer.start()
-        response = None
-        try:
-            connection.request("GET", target, headers={
-                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
-                "Accept-Encoding": "identity",
-            })  # fmt: skip
-            response = connection.getresponse()
-            return _read_document(host, response, max_bytes, deadline)
-        except ssl.SSLCertVerificationError:
-            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise FetchError(
-                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
-                ) from None
-            last_error = "it did not answer"
-        finally:
-            timer.cancel()
-            if response is not None:
-                response.close()  # it owns the socket once the connection handed it over
-            connection.close()
+        with address_slot(host, address):
+            found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
+        if found is not None:
+            return found
+        last_error = "it did not answer"
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+# Fetches under way to each address: a slow host (or many names for one) holds at most
+# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
+FETCHES_PER_ADDRESS = 2
+_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+_FETCHING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+    with _FETCHING_LOCK:
+        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
+            raise FetchError(f"{host} is being fetched from already; try again shortly.")
+        _FETCHING[address] += 1
+    try:
+        yield
+    finally:
+        with _FETCHING_LOCK:
+            _FETCHING[address] -= 1
+            if not _FETCHING[address]:
+                del _FETCHING[address]
+
+
+def _fetch_from(
+    host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None, target: str,
+    max_bytes: int, deadline: float,
+) -> tuple[Any, int] | None:  # fmt: skip
+    """One GET of ``target`` from ``address``: the document, None if the address did not
+    answer (the next may), FetchError for anything else."""
+    remaining = deadline - time.monotonic()
+    connection = _PinnedConnection(host, port, address, tls, remaining)
+    # The deadline holds for the whole exchange: at it, the socket is shut, and the
+    # read under way (headers or body, however slowly they drip) fails.
+    timer = threading.Timer(remaining, connection.cut)
+    timer.start()
+    response = None
+    try:
+        connection.request("GET", target, headers={
+            "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+            "Accept-Encoding": "identity",
+        })  # fmt: skip
+        response = connection.getresponse()
+        return _read_document(host, response, max_bytes, deadline)
+    except ssl.SSLCertVerificationError:
+        raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() >= deadline:
+            raise FetchError(
+                f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+            ) from None
+        return None
+    finally:
+        timer.cancel()
+        if response is not None:
+            response.close()  # it owns the socket once the connection handed it over
+        connection.close()
 
 
 def _read_document(
@@ -3396,6 +3449,7 @@ class FetchCache:
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Cached] = {}
+        self._flights: dict[str, FetchCache.Flight] = {}
         self._limit = entries
 
     def get(self, url: str, now: float) -> Cached | None:
@@ -3412,6 +3466,28 @@ class FetchCache:
             if len(self._entries) > self._limit:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
+
+    @dataclass
+    class Flight:
+        """A fetch under way, which later requests for the same document wait for."""
+
+        done: threading.Event = field(default_factory=threading.Event)
+        value: Any = None
+        error: str | None = None
+
+    def board(self, url: str) -> tuple[FetchCache.Flight, bool]:
+        """The fetch of ``url`` under way, and whether the caller is to make it (the
+        first), or to wait for it."""
+        with self._lock:
+            flight = self._flights.get(url)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[url] = FetchCache.Flight()
+            return flight, True
+
+    def land(self, url: str) -> None:
+        with self._lock:
+            self._flights.pop(url, None)
 
 
 
