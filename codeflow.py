@@ -1820,7 +1820,13 @@ class Server:
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
     (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
-    and login pages (see "Passkeys"), with the optional webauthn library.
+    and login pages (see "Passkeys"), with the optional webauthn library. Clients that
+    register themselves (see their section), off by default:
+    ``client_id_metadata_documents=True`` (from ``client_id_metadata_hosts`` only, if
+    given), ``registration="open"`` or ``"token"`` (with ``registration_tokens``), at most
+    ``max_registered_clients``; the fetches of their documents reach public addresses
+    only, and ``fetch_allowed_networks`` (a test suite's loopback), trusting
+    ``fetch_ca_file`` besides the system's CAs.
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
