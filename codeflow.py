@@ -1823,7 +1823,13 @@ class Server:
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
     (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
-    and login pages (see "Passkeys"), with the optional webauthn library.
+    and login pages (see "Passkeys"), with the optional webauthn library. Clients that
+    register themselves (see their section), off by default:
+    ``client_id_metadata_documents=True`` (from ``client_id_metadata_hosts`` only, if
+    given), ``registration="open"`` or ``"token"`` (with ``registration_tokens``), at most
+    ``max_registered_clients``; the fetches of their documents reach public addresses
+    only, and ``fetch_allowed_networks`` (a test suite's loopback), trusting
+    ``fetch_ca_file`` besides the system's CAs.
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -3092,8 +3098,9 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
-#   slow hosts cannot hold every thread;
+# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
+#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
+#   slow host every slot; requests for one document at once share one fetch;
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3266,15 +3273,31 @@ def fetch_json_document(
     cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
-    if not FETCH_SLOTS.acquire(timeout=1):
-        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    # Requests for one document at once share one fetch (the first one's), so a burst of
+    # users of a new client costs its host one request and holds one slot.
+    flight, leader = srv.fetch_cache.board(key)
+    if not leader:
+        if not flight.done.wait(FETCH_TIMEOUT + 1):
+            raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+        if flight.error is not None:
+            raise FetchError(flight.error)
+        return flight.value
     try:
-        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        if not FETCH_SLOTS.acquire(timeout=1):
+            raise FetchError("Too many documents are being fetched at once; try again shortly.")
+        try:
+            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        finally:
+            FETCH_SLOTS.release()
+    except FetchError as err:
+        flight.error = err.description
+        raise
     finally:
-        FETCH_SLOTS.release()
+        srv.fetch_cache.land(key)
+        flight.done.set()
     if lifetime > 0:
-        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
-    return value
+        srv.fetch_cache.put(key, flight.value, srv.clock() + lifetime)
+    return flight.value
 
 
 def check_fetch_url(url: str) -> urllib.parse.SplitResult:
@@ -3309,33 +3332,69 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        connection = _PinnedConnection(host, port, address, tls, remaining)
-        # The deadline holds for the whole exchange: at it, the socket is shut, and the
-        # read under way (headers or body, however slowly they drip) fails.
-        timer = threading.Timer(remaining, connection.cut)
-        timer.start()
-        response = None
-        try:
-            connection.request("GET", target, headers={
-                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
-                "Accept-Encoding": "identity",
-            })  # fmt: skip
-            response = connection.getresponse()
-            return _read_document(host, response, max_bytes, deadline)
-        except ssl.SSLCertVerificationError:
-            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise FetchError(
-                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
-                ) from None
-            last_error = "it did not answer"
-        finally:
-            timer.cancel()
-            if response is not None:
-                response.close()  # it owns the socket once the connection handed it over
-            connection.close()
+        with address_slot(host, address):
+            found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
+        if found is not None:
+            return found
+        last_error = "it did not answer"
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+# Fetches under way to each address: a slow host (or many names for one) holds at most
+# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
+FETCHES_PER_ADDRESS = 2
+_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+_FETCHING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+    with _FETCHING_LOCK:
+        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
+            raise FetchError(f"{host} is being fetched from already; try again shortly.")
+        _FETCHING[address] += 1
+    try:
+        yield
+    finally:
+        with _FETCHING_LOCK:
+            _FETCHING[address] -= 1
+            if not _FETCHING[address]:
+                del _FETCHING[address]
+
+
+def _fetch_from(
+    host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None, target: str,
+    max_bytes: int, deadline: float,
+) -> tuple[Any, int] | None:  # fmt: skip
+    """One GET of ``target`` from ``address``: the document, None if the address did not
+    answer (the next may), FetchError for anything else."""
+    remaining = deadline - time.monotonic()
+    connection = _PinnedConnection(host, port, address, tls, remaining)
+    # The deadline holds for the whole exchange: at it, the socket is shut, and the
+    # read under way (headers or body, however slowly they drip) fails.
+    timer = threading.Timer(remaining, connection.cut)
+    timer.start()
+    response = None
+    try:
+        connection.request("GET", target, headers={
+            "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+            "Accept-Encoding": "identity",
+        })  # fmt: skip
+        response = connection.getresponse()
+        return _read_document(host, response, max_bytes, deadline)
+    except ssl.SSLCertVerificationError:
+        raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() >= deadline:
+            raise FetchError(
+                f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+            ) from None
+        return None
+    finally:
+        timer.cancel()
+        if response is not None:
+            response.close()  # it owns the socket once the connection handed it over
+        connection.close()
 
 
 def _read_document(
@@ -3399,6 +3458,7 @@ class FetchCache:
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Cached] = {}
+        self._flights: dict[str, FetchCache.Flight] = {}
         self._limit = entries
 
     def get(self, url: str, now: float) -> Cached | None:
@@ -3415,6 +3475,28 @@ class FetchCache:
             if len(self._entries) > self._limit:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
+
+    @dataclass
+    class Flight:
+        """A fetch under way, which later requests for the same document wait for."""
+
+        done: threading.Event = field(default_factory=threading.Event)
+        value: Any = None
+        error: str | None = None
+
+    def board(self, url: str) -> tuple[FetchCache.Flight, bool]:
+        """The fetch of ``url`` under way, and whether the caller is to make it (the
+        first), or to wait for it."""
+        with self._lock:
+            flight = self._flights.get(url)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[url] = FetchCache.Flight()
+            return flight, True
+
+    def land(self, url: str) -> None:
+        with self._lock:
+            self._flights.pop(url, None)
 
 
 
@@ -3515,7 +3597,7 @@ def metadata_document_client(srv: Server, client_id: str) -> Client:
     # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
     # MUST NOT be used". With no other method offered here, that leaves none.
     for member in ("client_secret", "client_secret_expires_at"):
-        if member in document:
+        if document.get(member) is not None:
             raise FetchError(f"A client metadata document may not carry {member}.")
     if document.get("token_endpoint_auth_method", "none") != "none":
         raise FetchError(
@@ -3546,7 +3628,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
+    null; some client libraries send every member, unset ones as null)."""
+    metadata = {name: value for name, value in metadata.items() if value is not None}
     for member, reason in REFUSED_METADATA.items():
         if member in metadata:
             raise InvalidClientMetadata(f"{member}: {reason}.")
@@ -3615,8 +3700,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
         if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
                 and value.isprintable()):  # fmt: skip
             raise InvalidClientMetadata(f"{member} must be a printable string.")
-        if member.endswith("_uri") and not value.startswith("https://"):
-            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        # Shown or linked, never fetched by this server: https, or http on loopback for a
+        # developer's machine, like redirect URIs.
+        if member.endswith("_uri") and not logout_uri_ok(value):
+            raise InvalidClientMetadata(f"{member} must be an https URL (http on loopback).")
         if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
             raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
         echoed[member] = value
@@ -3639,11 +3726,16 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
 
 def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
     value = metadata.get(member, default)
+    # Printable: no control characters, and no lone surrogates, which JSON can carry but
+    # UTF-8 (and so storage) cannot.
     if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
-        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING and v.isprintable()
+        for v in value
     ):
         error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
-        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+        raise error(
+            f"{member} must be an array of at most {MAX_REDIRECT_URIS} printable strings."
+        )
     return list(dict.fromkeys(value))
 
 
@@ -9973,6 +10065,8 @@ def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
 def client_list(srv: Server, args: argparse.Namespace) -> None:
     for c in srv.storage.list_clients():
         kind = "public" if c.public else "confidential"
+        if c.registration == REGISTERED_DYNAMICALLY:
+            kind += ", registered itself"  # RFC 7591: `client remove` deprovisions it
         print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
 
 
