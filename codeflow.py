@@ -4492,9 +4492,9 @@ def ask_second_factor(
     srv: Server, areq: AuthorizationRequest, browser: Browser, username: str
 ) -> Page:
     """A signed-in user whose session has no second factor, for a request that asks for
-    one: sign in again, with the TOTP code; a user who has none is told so."""
+    one: sign in again, with the TOTP code or a passkey; a user who has none is told so."""
     user = srv.storage.get_user(username)
-    if user is not None and user.totp_secret:
+    if user is not None and has_second_factor(srv, user):
         if "none" in areq.prompt:
             raise LoginRequired("The client asks for a second factor: the user must sign in.")
         return login_page(srv, areq, browser, SECOND_FACTOR_ASKED)
@@ -6948,7 +6948,8 @@ def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Brow
 <p class="error" role="alert"><strong>{app}</strong> asks you to confirm who you are with a
 second factor: a code from an authenticator app. Your account has no second factor, so you
 cannot continue to {app} this way.</p>
-<p>Ask your administrator to set up a second factor for your account, then try again.</p>
+<p>Set up an authenticator app on <a href="{ACCOUNT_PATH}">your account page</a> (or ask
+your administrator to), then try again.</p>
 <form method="post" action="login">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
 </div></form>"""
