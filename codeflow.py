@@ -152,6 +152,19 @@ OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
 SIGNING_ALGS = ("RS256", "ES256")  # RS256 is OIDC Core §15.1's mandatory default
+# The asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037 §3.1) of the keys clients hold:
+# DPoP proofs (RFC 9449 §4.3: "not none or an identifier for a symmetric algorithm") and
+# client assertions (private_key_jwt: a key the server knows only the public half of).
+CLIENT_KEY_ALGS = ("ES256", "ES384", "ES512", "EdDSA", "PS256", "PS384", "PS512",
+                   "RS256", "RS384", "RS512")  # fmt: skip
+DPOP_PROOF_WINDOW = 60  # RFC 9449 §11.1: seconds a proof's iat may be from now, either way
+DPOP_NONCE_LIFETIME = 5 * 60  # RFC 9449 §8: how long a DPoP-Nonce the server gave is good for
+MAX_DPOP_PROOF = 8192  # characters: a proof with a 4096-bit RSA key is under 2,000
+# RFC 7523 §3: "The JWT MUST contain an exp claim that limits the time window during which
+# the JWT can be used": at most this far ahead (Authlib, for one, writes iat + 3600), so
+# that the replay cache holds a client's assertions for an hour at most.
+MAX_CLIENT_ASSERTION_LIFETIME = 3600
+CLOCK_SKEW = 60  # seconds a client's clock may run ahead of ours (iat, nbf)
 
 # OIDC Core §5.4: the claims each scope asks for.
 SCOPE_CLAIMS = {
@@ -449,6 +462,9 @@ class OAuthError(Exception):
 
     error = "server_error"
     status = 400
+    # The WWW-Authenticate scheme of this error at a resource (RFC 6750 §3, RFC 9449 §7.1);
+    # None: the scheme the request used.
+    challenge: str | None = None
 
     def __init__(
         self, description: str, *, error: str | None = None, status: int | None = None
@@ -544,6 +560,35 @@ class MissingToken(InvalidToken):
     """RFC 6750 §3.1: "If the request lacks any authentication information ..., the
     resource server SHOULD NOT include an error code or other error information."
     """
+
+
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: "If the DPoP proof is invalid, the authorization server issues an
+    error response per Section 5.2 of [RFC6749] with invalid_dpop_proof"; at a resource,
+    401 with a DPoP challenge (§7.1)."""
+
+    error = "invalid_dpop_proof"
+    challenge = "DPoP"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof lacks the nonce the server requires, or has an old one; the
+    answer carries a fresh one in ``DPoP-Nonce`` (400 at the token endpoint, 401 with a
+    DPoP challenge at a resource, §9)."""
+
+    error = "use_dpop_nonce"
+    challenge = "DPoP"
+
+    def __init__(self, description: str, nonce: str, *, status: int = 400) -> None:
+        super().__init__(description, status=status)
+        self.nonce = nonce
+
+
+class DPoPBoundToken(InvalidToken):
+    """RFC 9449 §7.2: a DPoP-bound token sent as a Bearer token, or a DPoP proof whose key
+    is not the one the token is bound to: refused with a DPoP challenge."""
+
+    challenge = "DPoP"
 
 
 class UntrustedRequest(OAuthError):
@@ -652,10 +697,23 @@ class Client:
     frontchannel_logout_uri: str | None = None
     frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
+    # RFC 7523 §2.2, OIDC Core §9 private_key_jwt: the client's public keys (a JWK Set,
+    # RFC 7517 §5), inline or where to fetch them (RFC 7591 §2 jwks, jwks_uri). A client
+    # with keys authenticates with signed assertions only; it has no secret.
+    jwks: dict[str, Any] = field(default_factory=dict)
+    jwks_uri: str | None = None
+    # RFC 9449 §5.2: every token request must carry a DPoP proof; no Bearer tokens.
+    dpop_bound_access_tokens: bool = False
 
     @property
     def public(self) -> bool:
-        return self.secret_hash is None
+        """RFC 6749 §2.1: a client that cannot authenticate: no secret and no keys."""
+        return self.secret_hash is None and not self.keyed
+
+    @property
+    def keyed(self) -> bool:
+        """The client authenticates with private_key_jwt (RFC 7523 §2.2)."""
+        return bool(self.jwks) or self.jwks_uri is not None
 
 
 @dataclass(frozen=True)
@@ -718,6 +776,8 @@ class AuthorizationCode:
     # Front-Channel Logout §3, Back-Channel Logout §2.4: the login session (Session.sid)
     # the code was issued in; None without a browser sign-in (auto-approve).
     sid: str | None = None
+    # RFC 9449 §10: the thumbprint of the DPoP key the code may be redeemed with only.
+    dpop_jkt: str | None = None
 
 
 TokenKind = Literal["access", "refresh"]
@@ -745,6 +805,9 @@ class Token:
     # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
     claims_request: dict[str, Any] = field(default_factory=dict)
     sid: str | None = None  # the login session of the grant, for refreshed ID tokens' sid
+    # RFC 9449 §6: the JWK thumbprint (RFC 7638) of the DPoP key the token is bound to
+    # (cnf.jkt); None for a Bearer token.
+    jkt: str | None = None
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -944,9 +1007,17 @@ class Storage(Protocol):
         """Atomically add ``new`` and give the current key of its alg ``retire_until``."""
         ...
 
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        """Atomically remember the one-time identifier ``key`` until ``expires_at``; False,
+        changing nothing, if it is remembered and not expired at ``now``: of N concurrent
+        callers with one key, at most one gets True. ``key`` is a hash that names its use
+        (a DPoP proof's jti, RFC 9449 §11.1; a client assertion's, RFC 7523 §3), so uses
+        never collide. An expired entry counts as absent; purge_expired deletes them."""
+        ...
+
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens, signing keys and ended-session records; return
-        how many went."""
+        """Delete expired codes, tokens, signing keys, ended-session records and one-time
+        identifiers; return how many went."""
         ...
 
 
@@ -971,6 +1042,8 @@ class MemoryStorage:
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
         self._keys: list[SigningKey] = []  # newest first
+        self._jtis: dict[str, float] = {}  # remember_jti: key -> expires_at
+        self._jtis_swept = 0  # how many there were after the last sweep of expired ones
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -1201,8 +1274,23 @@ class MemoryStorage:
                 for k in self._keys
             ]
 
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            if self._jtis.get(key, now) > now:
+                return False
+            self._jtis[key] = expires_at
+            # Expired entries go whenever the table has doubled since the last sweep, so
+            # that it stays bounded by what is unexpired even if nothing calls the purge.
+            if len(self._jtis) > 2 * max(self._jtis_swept, 512):
+                self._jtis = {k: exp for k, exp in self._jtis.items() if exp > now}
+                self._jtis_swept = len(self._jtis)
+            return True
+
     def purge_expired(self, now: float) -> int:
         with self._lock:
+            jtis = [k for k, exp in self._jtis.items() if exp <= now]
+            for k in jtis:
+                del self._jtis[k]
             keys = [k for k in self._keys if k.expires_at is not None and k.expires_at <= now]
             self._keys = [k for k in self._keys if k not in keys]
             sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
@@ -1224,7 +1312,7 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(sessions) + len(codes) + len(used) + len(tokens)
+            return len(keys) + len(sessions) + len(codes) + len(used) + len(tokens) + len(jtis)
 
 
 ###############################################################################
@@ -1284,7 +1372,8 @@ class Server:
     server in that mode accepts: see hash_password). Behind reverse proxies,
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
-    (see "The WSGI app").
+    (see "The WSGI app"). ``dpop_nonces=True``: DPoP proofs must carry a nonce the server
+    gave (RFC 9449 §8; see "Sender-constrained tokens").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1311,6 +1400,7 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        dpop_nonces: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1325,6 +1415,8 @@ class Server:
         self.demo = demo
         # Reverse proxies whose forwarding headers give the client's address and scheme.
         self.trusted_proxies = proxy_networks(trusted_proxies)
+        # RFC 9449 §8: whether DPoP proofs must carry a nonce the server gave (see "DPoP").
+        self.dpop_nonces = dpop_nonces
         self.login_limiter = LoginLimiter(clock)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
@@ -1405,6 +1497,9 @@ class Server:
         backchannel_logout_session_required: bool = False,
         frontchannel_logout_uri: str | None = None,
         frontchannel_logout_session_required: bool = False,
+        jwks: dict[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        dpop_bound_access_tokens: bool = False,
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
@@ -1415,7 +1510,10 @@ class Server:
         ``backchannel_logout_uri``: where logout tokens are POSTed when the user signs out
         (OIDC Back-Channel Logout 1.0); ``frontchannel_logout_uri``: the page the
         signed-out page frames (Front-Channel Logout 1.0); absolute https, or http on a
-        loopback address."""
+        loopback address. ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client
+        authenticates with private_key_jwt (RFC 7523 §2.2) instead of a secret.
+        ``dpop_bound_access_tokens``: its token requests must carry a DPoP proof (RFC 9449
+        §5.2), so that all its tokens are bound to its key."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1434,8 +1532,13 @@ class Server:
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
+            jwks=dict(jwks or {}),
+            jwks_uri=jwks_uri,
+            dpop_bound_access_tokens=dpop_bound_access_tokens,
         )
-        check_client(client, public=client_secret is None)
+        if client_secret is not None and client.keyed:
+            raise ValueError("a client authenticates with a secret or with keys, not both")
+        check_client(client, public=client_secret is None and not client.keyed)
         if client_secret is not None:
             secret_hash = hash_password(client_secret, hashing=self.password_hashing)
             client = replace(client, secret_hash=secret_hash)
@@ -1455,6 +1558,8 @@ class Server:
                   "allowed_origins")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
+        if client.secret_hash is not None and client.keyed:
+            raise ValueError("a client authenticates with a secret or with keys, not both")
         check_client(client, public=client.public)
         self.storage.add_client(client)
         audit("client.changed", client=client_id, changed=" ".join(sorted(changes)))
@@ -1466,8 +1571,9 @@ class Server:
         client = self.storage.get_client(client_id)
         if client is None:
             raise ValueError(f"no client {client_id!r}")
-        if client.public:
-            raise ValueError(f"{client_id!r} is a public client: it has no secret")
+        if client.secret_hash is None:
+            kind = "authenticates with keys" if client.keyed else "is a public client"
+            raise ValueError(f"{client_id!r} {kind}: it has no secret")
         secret = new_secret()
         secret_hash = hash_password(secret, hashing=self.password_hashing)
         self.storage.add_client(replace(client, secret_hash=secret_hash))
@@ -1697,6 +1803,7 @@ def check_client(client: Client, *, public: bool) -> None:
                 f"{setting} must be an absolute https URI (http only on a loopback address), "
                 f"without fragment: {uri!r}"
             )
+    check_client_keys(client)
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
             raise ValueError(
@@ -1704,6 +1811,54 @@ def check_client(client: Client, *, public: bool) -> None:
                 "as a browser sends it in Origin (no path, no trailing slash, no default "
                 "port, lower case; no wildcard)"
             )
+
+
+def check_client_keys(client: Client) -> None:
+    """RFC 7591 §2: "jwks" is a JWK Set (RFC 7517 §5) of the client's public keys and
+    "jwks_uri" where it is published; "These two parameters MUST NOT both be present".
+    Each key must be a public RSA, EC or OKP key (private_key_jwt verifies signatures
+    with it; RFC 7517 §9.2: a private key does not belong in a key set one publishes)."""
+    if client.jwks and client.jwks_uri is not None:
+        raise ValueError("jwks and jwks_uri cannot both be given (RFC 7591 2)")
+    if client.jwks_uri is not None and not logout_uri_ok(client.jwks_uri):
+        raise ValueError(
+            f"jwks_uri must be an absolute https URI (http only on a loopback address), "
+            f"without fragment: {client.jwks_uri!r}"
+        )
+    if not client.jwks:
+        return
+    keys = client.jwks.get("keys")
+    if not isinstance(keys, list) or not keys or set(client.jwks) != {"keys"}:
+        raise ValueError('jwks must be a JWK Set: {"keys": [...]} with at least one key')
+    for i, jwk in enumerate(keys):
+        owner = f"jwks key {i}"
+        try:
+            json.dumps(jwk, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{owner}: not a JSON object") from None
+        algs = jwk_algs(jwk) if isinstance(jwk, dict) else ()
+        if not algs:
+            raise ValueError(
+                f"{owner}: not an RSA, EC (P-256, P-384, P-521) or Ed25519 key, or its alg "
+                f"is not one of {', '.join(CLIENT_KEY_ALGS)}"
+            )
+        public_jwk(jwk, algs[0], owner)
+
+
+def jwk_algs(jwk: dict[str, Any]) -> tuple[str, ...]:
+    """The algorithms of CLIENT_KEY_ALGS a JWK may sign with: its own ``alg`` if it names
+    one (RFC 7517 §4.4), else every one its key type and curve fit."""
+    if jwk.get("alg") is not None:
+        return (jwk["alg"],) if jwk["alg"] in CLIENT_KEY_ALGS else ()
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    if kty == "RSA":
+        return ("PS256", "PS384", "PS512", "RS256", "RS384", "RS512")
+    if kty in ("EC", "OKP") and isinstance(crv, str):
+        # RFC 7518 §3.4, RFC 8037 §3.1: each curve signs with one algorithm.
+        curves = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+        alg = curves.get(crv)
+        return (alg,) if alg is not None and (kty == "OKP") == (alg == "EdDSA") else ()
+    return ()
 
 
 def logout_uri_ok(uri: str) -> bool:
@@ -2409,6 +2564,201 @@ def check_client_secret(srv: Server, client: Client, secret: str, address: str =
 
 
 ###############################################################################
+# Sender-constrained tokens: DPoP (RFC 9449) ##################################
+###############################################################################
+
+# RFC 9449 §1: a client proves, with each request, that it holds a private key: a DPoP
+# proof is a JWT it signs for that one request (method and URI) and time. Tokens issued
+# on such a request are bound to the key (cnf.jkt, its RFC 7638 thumbprint), so that a
+# stolen token is worth nothing without the key. The server checks proofs at the token
+# endpoint (§5) and at userinfo, its own resource (§7); resource servers check them with
+# the JWT's cnf.jkt or introspection's (§6), as codeflow_sdk's BearerValidator does.
+#
+# Replay (§11.1): a proof is good for DPOP_PROOF_WINDOW seconds either side of its iat,
+# and its jti is remembered in storage (shared by every process of the server) as long
+# as that, so that each proof is used once. Nonces (§8) are off unless the server asks
+# for them (``Server(dpop_nonces=True)``): with the window and the jti cache, a proof
+# that leaks is spent or stale within a minute, and a client whose key was stolen outright
+# is lost either way; a nonce narrows what an attacker who can run code beside the key
+# (XSS) signs in advance, at the price of a round trip for every client on its first
+# request and after each nonce's lifetime. A nonce is the server's signature on a time
+# (no storage): every process sharing the store's key accepts it.
+
+DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
+# RFC 7638 §3.2: the required members of each key type, the ones its thumbprint hashes.
+THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
+                      "OKP": ("crv", "kty", "x")}  # fmt: skip
+# RFC 7517 §9.2, RFC 7518 §6.2.2, §6.3.2, RFC 8037 §2: the members of private keys.
+PRIVATE_KEY_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# RFC 3986 §2.3: unreserved characters, which percent-encoding normalization decodes.
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+@dataclass(frozen=True)
+class DPoPRequest:
+    """What of an HTTP request its DPoP proof is checked against (RFC 9449 §4.3): the
+    ``DPoP`` header (None if absent; several fields arrive joined by commas), the method,
+    and the URL the client reached the endpoint at, as discovery gives it."""
+
+    proof: str | None
+    method: str
+    url: str
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 §3: the base64url SHA-256 of the key's required members, in lexicographic
+    order, as JSON without whitespace."""
+    members = {name: jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+
+
+def access_token_hash(access_token: str) -> str:
+    """RFC 9449 §4.2 ath: the base64url SHA-256 of the ASCII access token."""
+    return b64url(hashlib.sha256(access_token.encode("ascii", "replace")).digest())
+
+
+def public_jwk(jwk: Any, alg: str, owner: str) -> Any:
+    """The public key of the JWK ``jwk`` for ``alg`` (PyJWT parses it: kty, crv and
+    coordinates that fit ``alg``), else ValueError saying why. A private key, or a
+    symmetric one, is refused (RFC 9449 §4.3 #7: "does not contain a private key")."""
+    if not isinstance(jwk, dict):
+        raise ValueError(f"{owner}: the key is not a JSON object")
+    if any(name in jwk for name in PRIVATE_KEY_MEMBERS):
+        raise ValueError(f"{owner}: the key has private members; send the public key only")
+    members = THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if members is None or not all(isinstance(jwk.get(name), str) for name in members):
+        raise ValueError(f"{owner}: the key is not an RSA, EC or OKP public key")
+    try:
+        return jwt.PyJWK(jwk, alg).key
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{owner}: the key does not fit {alg}: {str(err)[:80]}") from None
+
+
+def verify_client_jwt(
+    token: str, key: Any, alg: str, required: list[str], owner: str
+) -> dict[str, Any]:
+    """The claims of the JWS ``token`` signed by ``key`` with ``alg`` (PyJWT checks the
+    signature, and refuses RSA keys under 2048 bits); ValueError if it does not verify.
+    Times are the caller's to check, against the server's clock."""
+    try:
+        return jwt.decode(
+            token, key, algorithms=[alg],
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                     "verify_aud": False, "verify_iss": False, "require": required,
+                     "enforce_minimum_key_length": True},
+        )  # fmt: skip
+    except jwt.PyJWTError as err:
+        raise ValueError(f"{owner}: {str(err)[:100]}") from None
+
+
+def normalized_url(uri: str) -> str | None:
+    """RFC 9449 §4.3 #9: the URI without query and fragment, after RFC 3986 §6.2.2
+    syntax-based (case, percent-encoding) and §6.2.3 scheme-based (default port, empty
+    path) normalization; None if it is not an absolute http(s) URI."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host + (f":{port}" if port not in (None, {"http": 80, "https": 443}[scheme]) else "")
+
+    def percent(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in UNRESERVED else match.group(0).upper()
+
+    path = re.sub(r"%([0-9A-Fa-f]{2})", percent, parts.path) or "/"
+    return f"{scheme}://{netloc}{path}"
+
+
+def new_dpop_nonce(srv: Server) -> str:
+    """RFC 9449 §8: a nonce for the client's next proofs; its characters are §8.1's
+    NQCHAR (base64url and dots)."""
+    return srv.signer.dumps({}, "dpop-nonce", DPOP_NONCE_LIFETIME)
+
+
+def check_dpop_proof(
+    srv: Server,
+    dpop: DPoPRequest,
+    *,
+    access_token: str | None = None,
+    bound_to: str | None = None,
+    status: int = 400,
+) -> str:
+    """RFC 9449 §4.3: check the request's DPoP proof and return the thumbprint (RFC 7638)
+    of its key. At a resource (``status`` 401), ``access_token`` is the token presented
+    with it (§4.3 #12: ``ath``) and ``bound_to`` the thumbprint the token is bound to.
+    InvalidDPoPProof, or UseDPoPNonce, says what is wrong."""
+
+    def invalid(description: str) -> InvalidDPoPProof:
+        return InvalidDPoPProof(description, status=status)
+
+    proof = dpop.proof
+    # §4.3 #1, #2: "not more than one DPoP HTTP request header field", a single JWT.
+    if proof is None:
+        raise invalid("A DPoP proof is required (the DPoP header, RFC 9449 4).")
+    if "," in proof or len(proof) > MAX_DPOP_PROOF:
+        raise invalid("Send one DPoP header with one proof JWT.")
+    try:
+        header = jwt.get_unverified_header(proof)
+    except jwt.PyJWTError:
+        raise invalid("The DPoP proof is not a JWT.") from None
+    # §4.3 #4, #5: typ dpop+jwt; alg asymmetric and supported.
+    if header.get("typ") != DPOP_TYP:
+        raise invalid("The DPoP proof's typ must be dpop+jwt.")
+    alg = header.get("alg")
+    if alg not in CLIENT_KEY_ALGS:
+        raise invalid(f"The DPoP proof's alg must be one of {' '.join(CLIENT_KEY_ALGS)}.")
+    # §4.3 #6, #7: the signature verifies with the header's jwk, a public key.
+    try:
+        key = public_jwk(header.get("jwk"), alg, "DPoP proof jwk")
+        claims = verify_client_jwt(proof, key, alg, ["jti", "htm", "htu", "iat"], "DPoP proof")
+    except ValueError as err:
+        raise invalid(str(err)) from None
+    jti, htm, htu, iat = (claims.get(name) for name in ("jti", "htm", "htu", "iat"))
+    if not (isinstance(jti, str) and 0 < len(jti) <= 256):
+        raise invalid("The DPoP proof's jti must be a string of 1 to 256 characters.")
+    # §4.3 #8, #9: the method and the URI, without query and fragment, normalized.
+    if htm != dpop.method:
+        raise invalid(f"The DPoP proof's htm must be {dpop.method}.")
+    if not isinstance(htu, str) or normalized_url(htu) != normalized_url(dpop.url):
+        raise invalid(f"The DPoP proof's htu must be {dpop.url}.")
+    # §4.3 #11: "the creation time of the JWT ... is within an acceptable window".
+    now = srv.clock()
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+        raise invalid("The DPoP proof's iat must be a number.")
+    if abs(now - iat) > DPOP_PROOF_WINDOW:
+        raise invalid(f"The DPoP proof's iat is more than {DPOP_PROOF_WINDOW} s from now.")
+    # §4.3 #10, §8: the nonce the server gave, when it asks for one.
+    if srv.dpop_nonces:
+        nonce = claims.get("nonce")
+        if not isinstance(nonce, str) or srv.signer.loads(nonce, "dpop-nonce") is None:
+            raise UseDPoPNonce(
+                "Sign the DPoP proof with the nonce in the DPoP-Nonce header (RFC 9449 8).",
+                new_dpop_nonce(srv), status=status,
+            )  # fmt: skip
+    # §4.3 #12: at a resource, the proof covers this token, and its key is the token's.
+    if access_token is not None:
+        ath = claims.get("ath")
+        if not isinstance(ath, str) or not hmac.compare_digest(
+            ath.encode("ascii", "replace"), access_token_hash(access_token).encode()
+        ):
+            raise invalid("The DPoP proof's ath is not the hash of this access token.")
+    jkt = jwk_thumbprint(header["jwk"])
+    if bound_to is not None and not hmac.compare_digest(jkt, bound_to):
+        raise DPoPBoundToken("The access token is bound to another DPoP key.")
+    # §11.1: each proof once; remembered while its iat is within the window.
+    key_id = token_hash(f"dpop\0{jkt}\0{jti}")
+    if not srv.storage.remember_jti(key_id, iat + DPOP_PROOF_WINDOW, now):
+        raise invalid("This DPoP proof was used before; sign a new one for each request.")
+    return jkt
+
+
+###############################################################################
 # PKCE: RFC 7636 §4 ############################################################
 ###############################################################################
 
@@ -2462,6 +2812,7 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
+    dpop_jkt: str | None = None  # RFC 9449 §10: the DPoP key the code will be bound to
 
 
 def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
@@ -2585,6 +2936,11 @@ def validate_authorization_request(
             raise InvalidRequest("code_challenge_method must be S256.")
         if not S256_CHALLENGE_RE.fullmatch(challenge):
             raise InvalidRequest("code_challenge must be 43 base64url characters (RFC 7636 4.2).")
+    # RFC 9449 §10: dpop_jkt, "the JWK SHA-256 Thumbprint ... of the proof-of-possession
+    # key" the code is to be redeemed with: base64url of 32 bytes, 43 characters.
+    dpop_jkt = params.get("dpop_jkt")
+    if dpop_jkt is not None and not S256_CHALLENGE_RE.fullmatch(dpop_jkt):
+        raise InvalidRequest("dpop_jkt must be a JWK SHA-256 thumbprint (RFC 9449 10).")
 
     return AuthorizationRequest(
         client=client,
@@ -2601,6 +2957,7 @@ def validate_authorization_request(
         prompt=prompt,
         max_age=int(max_age) if max_age is not None else None,
         params=params,
+        dpop_jkt=dpop_jkt,
     )
 
 
@@ -2780,6 +3137,7 @@ def issue_code(
             acr=acr_of(amr),
             claims_request=areq.claims,
             sid=sid or None,
+            dpop_jkt=areq.dpop_jkt,
         )
     )
     params = {"code": code}
@@ -3028,9 +3386,16 @@ def authorize_url(srv: Server, params: dict[str, str]) -> str:
 
 
 def token_endpoint(
-    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+    srv: Server,
+    params: dict[str, str],
+    authorization: str | None,
+    address: str = "",
+    dpop: DPoPRequest | None = None,
 ) -> dict[str, Any]:
-    """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body."""
+    """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body.
+
+    ``dpop``: the request's DPoP proof and where it was sent (RFC 9449 §5); with a proof,
+    the tokens are bound to its key and the handler of the grant gets its thumbprint."""
     client = authenticate_client(srv, params, authorization, address)
     grant_type = params.get("grant_type")
     if grant_type is None:
@@ -3040,12 +3405,24 @@ def token_endpoint(
         raise UnsupportedGrantType(f"Unsupported grant_type: {grant_type[:40]}.")
     if grant_type not in client.grant_types:
         raise UnauthorizedClient(f"This client may not use the {grant_type} grant.")
-    return handler(srv, client, params)
+    # Checked before the grant, so that a bad proof does not burn a code; after the
+    # client, so that only its requests reach the replay cache. RFC 9449 §5.2
+    # dpop_bound_access_tokens: "the authorization server MUST reject token requests from
+    # this client that do not contain the DPoP header".
+    jkt = None
+    if dpop is not None and (dpop.proof is not None or client.dpop_bound_access_tokens):
+        jkt = check_dpop_proof(srv, dpop)
+    elif client.dpop_bound_access_tokens:
+        raise InvalidDPoPProof("This client's tokens are DPoP-bound: send a DPoP proof.")
+    return handler(srv, client, params, jkt)
 
 
-def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def authorization_code_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
-    challenge was sent; redirect_uri when it was in the authorization request."""
+    challenge was sent; redirect_uri when it was in the authorization request. ``jkt``:
+    the thumbprint of the request's DPoP key, if it had a proof (RFC 9449 §5)."""
     code_value = params.get("code")
     if code_value is None:
         raise InvalidRequest("code is required.")
@@ -3074,6 +3451,10 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
+    # RFC 9449 §10: "the authorization server MUST ensure that the JWK thumbprint of the
+    # DPoP proof's public key matches the dpop_jkt value" of the authorization request.
+    if code.dpop_jkt is not None and (jkt is None or not hmac.compare_digest(jkt, code.dpop_jkt)):
+        raise InvalidDPoPProof("The code is bound to another DPoP key (dpop_jkt).")
     if code.code_challenge is None:
         srv.transcript.note_relaxation(
             client.client_id, "require_pkce=False: a code redeemed without code_verifier"
@@ -3087,15 +3468,18 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     body = issue_tokens(
         srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
-        claims_request=code.claims_request, sid=code.sid,
+        claims_request=code.claims_request, sid=code.sid, jkt=jkt,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
 
 
-def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def refresh_token_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
-    narrow the grant but never widen it."""
+    narrow the grant but never widen it. A refresh token bound to a DPoP key (a public
+    client's, RFC 9449 §5) is good only with a proof of that key, ``jkt``."""
     value = params.get("refresh_token")
     if value is None:
         raise InvalidRequest("refresh_token is required.")
@@ -3110,6 +3494,10 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if not old.active(srv.clock()):
         raise InvalidGrant("The refresh token has expired.")
+    # RFC 9449 §5: for a public client's bound refresh token, "the authorization server
+    # MUST ... ensure that the DPoP proof ... uses the same key".
+    if old.jkt is not None and (jkt is None or not hmac.compare_digest(jkt, old.jkt)):
+        raise InvalidDPoPProof("The refresh token is bound to another DPoP key.")
     user = srv.storage.get_user(old.username) if old.username is not None else None
     if old.username is not None and user is None:
         srv.storage.revoke_family(old.family_id)
@@ -3122,13 +3510,15 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
     body = issue_tokens(
         srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
-        claims_request=old.claims_request, sid=old.sid,
+        claims_request=old.claims_request, sid=old.sid, jkt=jkt,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
 
 
-def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def client_credentials_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope."""
     # RFC 6749 §4.4: "The client credentials grant type MUST only be used by
     # confidential clients."
@@ -3139,10 +3529,13 @@ def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]
     if unknown:
         raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
     # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
-    return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False)
+    return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False, jkt=jkt)
 
 
-GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = {
+# A grant's handler: the server, the authenticated client, the request's parameters, and
+# the thumbprint of its DPoP key (RFC 9449 §5) when it had a proof, to bind tokens to.
+GrantHandler = Callable[[Server, Client, dict[str, str], str | None], dict[str, Any]]
+GRANTS: dict[str, GrantHandler] = {
     "authorization_code": authorization_code_grant,
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
@@ -3165,8 +3558,13 @@ def issue_tokens(
     acr: str | None = None,
     claims_request: dict[str, Any] | None = None,
     sid: str | None = None,
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
+
+    With ``jkt``, the thumbprint of a DPoP key, the access token is bound to it
+    (``token_type`` DPoP, RFC 9449 §5), and so is a public client's refresh token: a
+    confidential client's refresh tokens are bound to its credentials already (§5).
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
@@ -3177,7 +3575,7 @@ def issue_tokens(
     now = srv.clock()
     username = user.username if user is not None else None
     access = (
-        jwt_access_token(srv, client, user, scope, auth_time)
+        jwt_access_token(srv, client, user, scope, auth_time, jkt)
         if client.access_token_jwt
         else new_secret()
     )
@@ -3186,11 +3584,12 @@ def issue_tokens(
             token_hash(access), "access", client.client_id, username, scope,
             issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
             auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
+            jkt=jkt,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt is not None else "Bearer",
         "expires_in": srv.access_token_lifetime,
         "scope": " ".join(scope),
     }
@@ -3203,6 +3602,7 @@ def issue_tokens(
                 token_hash(value), "refresh", client.client_id, username, granted,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
                 auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
+                jkt=jkt if client.public else None,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -3356,9 +3756,11 @@ def jwt_access_token(
     user: User | None,
     scope: tuple[str, ...],
     auth_time: int | None,
+    jkt: str | None = None,
 ) -> str:
     """RFC 9068 §2.2: a JWT access token. REQUIRED: iss, exp, aud, sub, client_id, iat,
-    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2)."""
+    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2). Bound to
+    a DPoP key, it says which: RFC 9449 §6.1 ``cnf`` with ``jkt``."""
     now = int(srv.clock())
     body: dict[str, Any] = {
         "iss": srv.issuer,
@@ -3372,6 +3774,8 @@ def jwt_access_token(
     }
     if auth_time is not None:
         body["auth_time"] = auth_time
+    if jkt is not None:
+        body["cnf"] = {"jkt": jkt}
     return sign(srv, body, "RS256", typ="at+jwt")
 
 
@@ -3391,13 +3795,17 @@ def jwks(srv: Server) -> dict[str, Any]:
     return {"keys": keys}
 
 
-def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
-    """RFC 6750 §2.1 (Authorization header) or §2.2 (form body); one method only."""
+def presented_token(authorization: str | None, form: dict[str, str] | None) -> tuple[str, bool]:
+    """The access token of a request to a resource, and whether it came with the DPoP
+    scheme: RFC 6750 §2.1 (Authorization: Bearer) or §2.2 (form body), or RFC 9449 §7.1
+    (Authorization: DPoP); one method only."""
     header = None
+    scheme = ""
     if authorization is not None:
         scheme, _, header = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not header.strip():
-            raise InvalidToken("Use the Authorization: Bearer scheme.")
+        scheme = scheme.lower()
+        if scheme not in ("bearer", "dpop") or not header.strip():
+            raise InvalidToken("Use the Authorization: Bearer or DPoP scheme.")
         header = header.strip()
     body = (form or {}).get("access_token")
     if header is not None and body is not None:
@@ -3406,14 +3814,34 @@ def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
     token = header or body
     if token is None:
         raise MissingToken("An access token is required.")
-    return token
+    return token, scheme == "dpop"
 
 
-def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None) -> dict[str, Any]:
-    """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4)."""
-    token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+def userinfo(
+    srv: Server,
+    authorization: str | None,
+    form: dict[str, str] | None,
+    dpop: DPoPRequest | None = None,
+) -> dict[str, Any]:
+    """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4).
+    A DPoP-bound token comes with the DPoP scheme and a proof of its key (RFC 9449 §7),
+    checked against ``dpop``, the request's."""
+    value, with_dpop = presented_token(authorization, form)
+    token = srv.storage.get_token(token_hash(value))
     if token is None or token.kind != "access" or not token.active(srv.clock()):
         raise InvalidToken("The access token is invalid, expired or revoked.")
+    if token.jkt is not None:
+        # RFC 9449 §7.2: a resource server "MUST NOT grant access to the resource unless
+        # a DPoP proof is received" for a DPoP-bound token presented as a Bearer token.
+        if not with_dpop:
+            raise DPoPBoundToken(
+                "This access token is DPoP-bound: send it with Authorization: DPoP and a "
+                "DPoP proof (RFC 9449 7)."
+            )
+        where = dpop or DPoPRequest(None, "GET", srv.issuer + USERINFO_PATH)
+        check_dpop_proof(srv, where, access_token=value, bound_to=token.jkt, status=401)
+    elif with_dpop:
+        raise InvalidToken("This access token is not DPoP-bound: send it as a Bearer token.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
     client = srv.storage.get_client(token.client_id)
@@ -3647,8 +4075,13 @@ def introspect(
         "exp": int(token.expires_at),
         "iat": int(token.issued_at),
         "iss": srv.issuer,
-        "token_type": "Bearer" if token.kind == "access" else "refresh_token",
+        # RFC 9449 §6.2: a DPoP-bound token's type is DPoP, and cnf names its key.
+        "token_type": (
+            "refresh_token" if token.kind == "refresh" else "DPoP" if token.jkt else "Bearer"
+        ),
     }
+    if token.jkt is not None:
+        body["cnf"] = {"jkt": token.jkt}
     if user is not None:
         body["sub"] = user.subject  # OIDC Core §2: the sub of the user's ID tokens
         body["username"] = user.username  # RFC 7662 §2.2: "Human-readable identifier"
@@ -3710,6 +4143,8 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": auth_methods[:2],
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
+        # RFC 9449 §5.1: the JWS algorithms of the DPoP proofs the server accepts.
+        "dpop_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
         "prompt_values_supported": list(PROMPT_VALUES),
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": True,
@@ -4422,7 +4857,7 @@ def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> b
 
 WSGIApp = Callable[..., Iterable[bytes]]
 Request: TypeAlias = Any  # bottle.BaseRequest; bottle has no annotations to check against
-ErrorKind = Literal["page", "redirect", "json", "bearer"]
+ErrorKind = Literal["page", "redirect", "json", "bearer", "dpop"]
 
 
 def build_wsgi(srv: Server) -> WSGIApp:
@@ -4467,7 +4902,8 @@ def build_app(srv: Server) -> bottle.Bottle:
     browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
     browser(LOGIN_PATH, ["POST"], login_endpoint)
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
-    api(TOKEN_PATH, token_endpoint)
+    api(TOKEN_PATH, lambda srv, params, authorization, address: token_endpoint(
+        srv, params, authorization, address, dpop_request(srv, bottle.request, TOKEN_PATH)))
     api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
     get(OAUTH_METADATA_PATH, metadata_endpoint)
@@ -4554,6 +4990,24 @@ def read_browser(srv: Server, request: Request) -> Browser:
     names = device.get("u") if device else None
     devices = frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
     return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""), devices)
+
+
+def endpoint_url(srv: Server, request: Request, path: str) -> str:
+    """The URL of our endpoint ``path`` as the client reached it, as discovery lists it:
+    on ``srv.internal_url`` when the request came there, else the issuer's (the public
+    URL, whatever proxies forwarded it; oauth_metadata lists the same two)."""
+    internal = bool(srv.internal_url) and (
+        request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
+    )
+    return (srv.internal_url if internal and srv.internal_url else srv.issuer) + path
+
+
+def dpop_request(srv: Server, request: Request, path: str) -> DPoPRequest:
+    """The request's DPoP header (several fields come joined by commas, PEP 3333), its
+    method and the URL of our endpoint ``path`` it was sent to (RFC 9449 §4.3 #8, #9)."""
+    return DPoPRequest(
+        request.environ.get("HTTP_DPOP"), request.method, endpoint_url(srv, request, path)
+    )
 
 
 def refuse_cross_site(srv: Server, request: Request) -> None:
@@ -4684,9 +5138,10 @@ def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
 # A preflight names no client, so it admits an origin that any client allows; the answer
 # itself is shared only with the origins of the client it is about.
 
-CORS_ALLOW_HEADERS = "Authorization, Content-Type"
-# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait.
-CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, DPoP"  # DPoP: RFC 9449 §4.1
+# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait,
+# RFC 9449 §8's nonce.
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After, DPoP-Nonce"
 CORS_MAX_AGE = "600"  # seconds a browser may cache a preflight's answer
 
 
@@ -4805,7 +5260,9 @@ def error_response(
       response_mode), with error, error_description, state and iss (RFC 6749 §4.1.2.1,
       RFC 9207), on the query or as a form_post page;
     - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
-    - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
+    - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``;
+      ``dpop``: the same for a request that used the DPoP scheme (RFC 9449 §7.1). An
+      error about DPoP itself (its ``challenge``) is always a DPoP challenge.
 
     StorageUnavailable is 503 with Retry-After (RFC 9110 §15.6.4): a page for a browser,
     never a redirect (the request was not handled, and reloading the page retries it
@@ -4822,8 +5279,15 @@ def error_response(
         answer = error_redirect(srv, redirect[0], redirect[1], err, redirect[2])
         return redirect_response(answer) if isinstance(answer, Redirect) else page_response(answer)
     headers = {}
-    if kind == "bearer":
-        challenge = 'Bearer realm="codeflow"'
+    if isinstance(err, UseDPoPNonce):
+        headers["DPoP-Nonce"] = err.nonce  # RFC 9449 §8, §9
+    if kind in ("bearer", "dpop"):
+        # RFC 6750 §3, RFC 9449 §7.1: the challenge of the scheme the error is about, and
+        # for DPoP the algorithms its proofs may use.
+        scheme = err.challenge or ("DPoP" if kind == "dpop" else "Bearer")
+        challenge = f'{scheme} realm="codeflow"'
+        if scheme == "DPoP":
+            challenge += f', algs="{" ".join(CLIENT_KEY_ALGS)}"'
         if not isinstance(err, MissingToken):
             challenge += f', error="{err.error}", error_description="{err.description}"'
         headers["WWW-Authenticate"] = challenge
@@ -4879,6 +5343,9 @@ def api_response(
         params = single_params(form_pairs(request))
         body = handler(srv, params, authorization, request.environ.get("REMOTE_ADDR", ""))
         response = json_response(body if body is not None else {})
+        if srv.dpop_nonces and "HTTP_DPOP" in request.environ:
+            # RFC 9449 §8.2: a fresh nonce with each answer, so the client never waits.
+            response.set_header("DPoP-Nonce", new_dpop_nonce(srv))
     except OAuthError as err:
         response = error_response(srv, err, "json")
     if cors:
@@ -5013,9 +5480,7 @@ ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
 
 
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
-    internal = bool(srv.internal_url) and (
-        request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
-    )
+    internal = endpoint_url(srv, request, "") != srv.issuer
     return bottle.HTTPResponse(
         json.dumps(oauth_metadata(srv, internal)), 200,
         {"Content-Type": "application/json", **ANY_ORIGIN},
@@ -5049,18 +5514,22 @@ def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     # and HTTP POST methods".
     authorization = request.environ.get("HTTP_AUTHORIZATION")
     form = None
+    dpop = dpop_request(srv, request, USERINFO_PATH)
     try:
         has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
         form = single_params(form_pairs(request)) if has_body else None
-        response = json_response(userinfo(srv, authorization, form))
+        response = json_response(userinfo(srv, authorization, form, dpop))
+        if srv.dpop_nonces and dpop.proof is not None:
+            response.set_header("DPoP-Nonce", new_dpop_nonce(srv))  # RFC 9449 §8.2
     except OAuthError as err:
-        response = error_response(srv, err, "bearer")
+        scheme = (authorization or "").partition(" ")[0].lower()
+        response = error_response(srv, err, "dpop" if scheme == "dpop" else "bearer")
     # The answer is about the access token's client; only a browser's request (with
     # Origin) costs the second look-up.
     client_id = None
     if request.environ.get("HTTP_ORIGIN"):
         with contextlib.suppress(OAuthError):
-            token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+            token = srv.storage.get_token(token_hash(presented_token(authorization, form)[0]))
             client_id = token.client_id if token is not None else None
     for name, value in cors_headers(srv, request, client_id).items():
         response.set_header(name, value)
@@ -5972,6 +6441,7 @@ CLIENT_KEYS: dict[str, type] = {
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
     "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
+    "jwks": dict, "jwks_uri": str, "dpop_bound_access_tokens": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -6033,6 +6503,9 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             frontchannel_logout_session_required=entry.get(
                 "frontchannel_logout_session_required", False
             ),
+            jwks=entry.get("jwks"),
+            jwks_uri=entry.get("jwks_uri"),
+            dpop_bound_access_tokens=entry.get("dpop_bound_access_tokens", False),
         )
         srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
@@ -6212,6 +6685,10 @@ def _parser() -> argparse.ArgumentParser:
         "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
         help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
     )  # fmt: skip
+    serve_cmd.add_argument(
+        "--dpop-nonces", action="store_true", default=None,
+        help="DPoP proofs must carry a nonce the server gave (RFC 9449 8)",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -6254,7 +6731,14 @@ def _parser() -> argparse.ArgumentParser:
                          "update: '' removes it")
         cmd.add_argument("--frontchannel-logout-session-required",
                          action=argparse.BooleanOptionalAction,
-                         help="the app needs iss and sid on that page (always sent)")  # fmt: skip
+                         help="the app needs iss and sid on that page (always sent)")
+        cmd.add_argument("--dpop-bound-access-tokens", action=argparse.BooleanOptionalAction,
+                         help="every token request must carry a DPoP proof (RFC 9449)")
+        cmd.add_argument("--jwks", metavar="FILE", type=argparse.FileType("rb"),
+                         help="a JSON file with the client's public keys (a JWK Set): it "
+                         "authenticates with private_key_jwt, no secret (RFC 7523)")
+        cmd.add_argument("--jwks-uri", metavar="URL",
+                         help="where the client publishes its keys (private_key_jwt)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
@@ -6332,7 +6816,9 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
     grants = args.grant_types or DEFAULT_GRANT_TYPES
     if "authorization_code" in grants and not args.redirect_uris:
         raise ValueError("an authorization-code client needs at least one --redirect-uri")
-    secret = None if args.public else secrets.token_urlsafe(32)
+    jwks = read_jwks(args.jwks)
+    keyed = jwks is not None or args.jwks_uri is not None
+    secret = None if args.public or keyed else secrets.token_urlsafe(32)
     srv.add_client(
         args.client_id,
         client_secret=secret,
@@ -6349,6 +6835,9 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
         frontchannel_logout_uri=args.frontchannel_logout_uri or None,
         frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
+        jwks=jwks,
+        jwks_uri=args.jwks_uri,
+        dpop_bound_access_tokens=bool(args.dpop_bound_access_tokens),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -6369,6 +6858,9 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pkce": args.pkce,
         "backchannel_logout_session_required": args.backchannel_logout_session_required,
         "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
+        "dpop_bound_access_tokens": args.dpop_bound_access_tokens,
+        "jwks": read_jwks(args.jwks),
+        "jwks_uri": args.jwks_uri,
     }
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     for setting in ("backchannel_logout_uri", "frontchannel_logout_uri"):
@@ -6378,6 +6870,20 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
     if not changes:
         raise ValueError("nothing to change: see `codeflow client update --help`")
     srv.update_client(args.client_id, **changes)
+
+
+def read_jwks(file: io.BufferedReader | None) -> dict[str, Any] | None:
+    """The JWK Set in the JSON file ``--jwks`` names (checked by add_client)."""
+    if file is None:
+        return None
+    with file:
+        try:
+            jwks = json.load(file)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{file.name}: not JSON: {err}") from None
+    if not isinstance(jwks, dict):
+        raise ValueError(f'{file.name}: a JWK Set is a JSON object: {{"keys": [...]}}')
+    return jwks
 
 
 def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
@@ -6600,13 +7106,16 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    dpop_nonces = args.dpop_nonces or config.get("dpop_nonces", False)
+    if not isinstance(dpop_nonces, bool):
+        parser.error("bad config: dpop_nonces must be true or false")
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies,
+                     trusted_proxies=proxies, dpop_nonces=dpop_nonces,
                      password_hashing=args.password_hashing)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
