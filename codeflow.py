@@ -1982,6 +1982,7 @@ class Page:
     retry_after: int = 0  # RFC 9110 §10.2.3: seconds before trying again (with a 429, 503)
     script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
     frames: tuple[str, ...] = ()  # the origins its CSP lets it frame (signed_out_page)
+    forward: str | None = None  # where it goes on to once loaded (signed_out_page)
 
 
 class Signer:
@@ -3943,6 +3944,10 @@ BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_TYPE = "logout+jwt"  # noqa: S105 -- a JWT type, no secret
 LOGOUT_TOKEN_LIFETIME = 120  # §2.4 exp: only to be checked on receipt, so short
 BACKCHANNEL_TIMEOUT = 5  # seconds a relying party has to answer a logout token (§2.8)
+# Seconds between the attempts to deliver a Logout Token an RP did not take (a 5xx, or no
+# answer): an RP restarting for a few seconds still hears of the logout. The thread is
+# per process: a codeflow stopped meanwhile drops what it had left to send.
+BACKCHANNEL_RETRY_DELAYS: tuple[float, ...] = (1, 5, 25)
 
 
 def tell_clients(srv: Server, session: Session, user: User, asking: Client | None) -> list[str]:
@@ -3997,7 +4002,10 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
     """Back-Channel Logout §2.5: "The OP uses an HTTP POST to the registered back-channel
     logout URI to send the Logout Token", as the form parameter logout_token. §2.8: a
     failure is the relying party's to deal with; it is logged, never raised, and never
-    keeps the user waiting (this runs in its own thread, with a short timeout)."""
+    keeps the user waiting (this runs in its own thread, with a short timeout). A 5xx or
+    no answer may be passing, so the same token is sent again after each of
+    BACKCHANNEL_RETRY_DELAYS; a 4xx is the RP's final word ("If the logout request was
+    invalid or failed, the RP MUST respond with HTTP 400")."""
     # check_client allows https, or http on loopback, only.
     request = urllib.request.Request(  # noqa: S310
         uri,
@@ -4005,16 +4013,19 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(request, timeout=BACKCHANNEL_TIMEOUT) as answer:  # noqa: S310
-            status = answer.status
-    except urllib.error.HTTPError as err:
-        audit("logout.backchannel_failed", client=client_id, status=err.code)
-        return
-    except (OSError, ValueError) as err:
-        audit("logout.backchannel_failed", client=client_id, reason=str(err))
-        return
-    audit("logout.backchannel_sent", client=client_id, status=status)
+    for delay in (*BACKCHANNEL_RETRY_DELAYS, None):
+        try:
+            with urllib.request.urlopen(request, timeout=BACKCHANNEL_TIMEOUT) as answer:  # noqa: S310
+                audit("logout.backchannel_sent", client=client_id, status=answer.status)
+                return
+        except urllib.error.HTTPError as err:
+            audit("logout.backchannel_failed", client=client_id, status=err.code)
+            if err.code < 500:
+                return
+        except (OSError, ValueError) as err:
+            audit("logout.backchannel_failed", client=client_id, reason=str(err))
+        if delay is not None:
+            time.sleep(delay)
 
 
 def logout(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
@@ -4410,11 +4421,17 @@ def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
     return Page("Returning to the application", body, script=FORM_POST_SCRIPT)
 
 
+# Seconds the signed-out page waits, after its front-channel frames loaded, before it goes
+# on to the relying party: time for a frame's own script, if it has one, to finish.
+FORWARD_DELAY = 2
+
+
 def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Page:
     """The end of a logout. Front-Channel Logout §2: the relying parties' logout pages
     ``frames``, each in an iframe, which the page's CSP allows by exact origin and nothing
     else; no script: they load as the page does. With ``target``, the link back to the
-    relying party (RP-Initiated Logout §3) that the frames stopped being a redirect."""
+    relying party (RP-Initiated Logout §3), which the page also follows by itself once the
+    frames have loaded (FORWARD_DELAY): the frames stopped it being a redirect."""
     frames = tuple(frames)
     iframes = "".join(
         f'<iframe src="{esc(uri)}" title="Signing out of an application" width="0" '
@@ -4435,7 +4452,7 @@ def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Pa
     body = f"""{BRAND}<h1>You are signed out</h1>
 <p role="status">You are no longer signed in here. {told}</p>{back}{iframes}"""
     origins = tuple(dict.fromkeys(o for o in map(web_origin, frames) if o is not None))
-    return Page("Signed out", body, signed_out=True, frames=origins)
+    return Page("Signed out", body, signed_out=True, frames=origins, forward=target)
 
 
 def logout_page(
@@ -4469,7 +4486,15 @@ def page_document(page: Page) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style></head>"
+        f"<title>{esc(page.title)} · codeflow</title><style>{STYLE}</style>"
+        # HTML §4.2.5.3: a refresh comes due once the document, frames included, "has
+        # completely loaded", and then after the given seconds; it needs no script.
+        + (
+            f'<meta http-equiv="refresh" content="{FORWARD_DELAY}; url={esc(page.forward)}">'
+            if page.forward
+            else ""
+        )
+        + "</head>"
         f"<body><main>{page.body}</main>"
         + (f"<script>{page.script}</script>" if page.script else "")
         + "</body></html>"

@@ -59,9 +59,10 @@ pytestmark = [
 
 
 _npm_lock = threading.Lock()
-# What npm_packages installs (from the lock file): the drivers' libraries, and
-# oidc-client-ts for the single-page app of tests/test_interop_spa.py.
-PACKAGES = ("openid-client", "oauth4webapi", "oidc-client-ts")
+# What npm_packages installs (from the lock file): the drivers' libraries, oidc-client-ts
+# for the single-page app of tests/test_interop_spa.py, and express-openid-connect (on
+# express) for the web app of tests/test_interop_express.py.
+PACKAGES = ("openid-client", "oauth4webapi", "oidc-client-ts", "express", "express-openid-connect")
 
 
 def npm_packages() -> None:

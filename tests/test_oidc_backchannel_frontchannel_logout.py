@@ -129,10 +129,11 @@ def test_logout_posts_a_logout_token_to_the_backchannel_uri(clock, receiver):
     assert received.empty()
 
 
-def test_a_receiver_that_is_down_does_not_hold_up_the_logout(clock, caplog):
+def test_a_receiver_that_is_down_does_not_hold_up_the_logout(clock, caplog, monkeypatch):
     """Back-Channel Logout §2.8: the OP sends the requests "in parallel" and a failure is
     the RP's to handle; the user's logout is not held up by it: the signed-out page comes
     at once, and the failure is logged (audit event logout.backchannel_failed)."""
+    monkeypatch.setattr(codeflow, "BACKCHANNEL_RETRY_DELAYS", ())  # no retries after the test
     srv = make_server(clock, f"http://127.0.0.1:{free_port()}/bc")  # nothing listens
     browser = WSGIClient(srv.wsgi)
     tokens = sign_in(browser, BACK_RP, BACK_SECRET)
@@ -147,6 +148,53 @@ def test_a_receiver_that_is_down_does_not_hold_up_the_logout(clock, caplog):
                   for rec in caplog.records):  # fmt: skip
         assert time.monotonic() < deadline, caplog.text
         time.sleep(0.05)
+
+
+def test_a_delivery_that_fails_for_a_while_is_retried(clock, monkeypatch):
+    """Back-Channel Logout §2.8: an RP that cannot process the token at once (a 5xx, or a
+    refused connection) is not a final answer; the OP tries again a few times, with the
+    same Logout Token, and then gives up (audit: logout.backchannel_failed per attempt,
+    logout.backchannel_sent once it arrived). A 400 ("the logout request was invalid or
+    failed") is final: the same token would fail again."""
+    monkeypatch.setattr(codeflow, "BACKCHANNEL_RETRY_DELAYS", (0.05, 0.05, 0.05))
+    answers = iter(["503 Service Unavailable", "502 Bad Gateway", "200 OK"])
+    received: queue.Queue[str] = queue.Queue()
+
+    def flaky(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        received.put(environ["wsgi.input"].read(size).decode())
+        start_response(next(answers), [("Cache-Control", "no-store")])
+        return [b""]
+
+    with serving(flaky) as url:
+        srv = make_server(clock, url + "/bc")
+        browser = WSGIClient(srv.wsgi)
+        tokens = sign_in(browser, BACK_RP, BACK_SECRET)
+        r = browser.get("/logout", params={"id_token_hint": tokens["id_token"]})
+        assert r.status == 200, r.text
+        bodies = [received.get(timeout=10) for _ in range(3)]
+    assert len(set(bodies)) == 1  # the same Logout Token each time
+    assert received.empty()
+
+
+def test_a_logout_token_the_rp_refuses_is_not_sent_again(clock):
+    """Back-Channel Logout §2.8: "If the logout request was invalid or failed, the RP
+    MUST respond with HTTP 400"; sending the same token again cannot succeed."""
+    received: queue.Queue[str] = queue.Queue()
+
+    def refusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        received.put(environ["PATH_INFO"])
+        start_response("400 Bad Request", [("Cache-Control", "no-store")])
+        return [b""]
+
+    with serving(refusing) as url:
+        srv = make_server(clock, url + "/bc")
+        browser = WSGIClient(srv.wsgi)
+        tokens = sign_in(browser, BACK_RP, BACK_SECRET)
+        browser.get("/logout", params={"id_token_hint": tokens["id_token"]})
+        assert received.get(timeout=10) == "/bc"
+        time.sleep(1.5)  # longer than the first retry delay
+    assert received.empty()
 
 
 def test_signed_out_page_frames_the_frontchannel_uri_with_iss_and_sid(clock, receiver):
