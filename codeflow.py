@@ -1820,11 +1820,10 @@ def check_client_keys(client: Client) -> None:
     with it; RFC 7517 §9.2: a private key does not belong in a key set one publishes)."""
     if client.jwks and client.jwks_uri is not None:
         raise ValueError("jwks and jwks_uri cannot both be given (RFC 7591 2)")
-    if client.jwks_uri is not None and not logout_uri_ok(client.jwks_uri):
-        raise ValueError(
-            f"jwks_uri must be an absolute https URI (http only on a loopback address), "
-            f"without fragment: {client.jwks_uri!r}"
-        )
+    if client.jwks_uri is not None:
+        # Keys at a URL the client names would come through the one hardened fetch of
+        # untrusted URLs, which this version does not have.
+        raise ValueError("jwks_uri is not supported yet: register the keys inline (jwks)")
     if not client.jwks:
         return
     keys = client.jwks.get("keys")
@@ -2484,14 +2483,22 @@ class SecretChecks:
 ###############################################################################
 
 
+# RFC 7523 §2.2: "The value of the client_assertion_type parameter MUST be ..."
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
 def authenticate_client(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
 ) -> Client:
-    """Identify the client of a token, introspection or revocation request.
+    """Identify the client of a token, introspection or revocation request: every
+    client-authenticated endpoint calls this one function.
 
     Methods: client_secret_basic (RFC 6749 §2.3.1, preferred), client_secret_post,
-    and none for public clients, which only name themselves with ``client_id``.
+    private_key_jwt (RFC 7523 §2.2, OIDC Core §9) for clients registered with keys, and
+    none for public clients, which only name themselves with ``client_id``.
     """
+    if "client_assertion" in params or "client_assertion_type" in params:
+        return authenticate_with_assertion(srv, params, authorization, address)
     if authorization and authorization[:6].lower() == "basic ":
         try:
             decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
@@ -2534,6 +2541,116 @@ def authenticate_client(
         audit("client_auth.failed", client=client_id, address=address, reason="wrong secret")
         raise InvalidClient("Client authentication failed.", basic=basic)
     return client
+
+
+def authenticate_with_assertion(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> Client:
+    """RFC 7523 §2.2 private_key_jwt (OIDC Core §9): the client signs a JWT with a key
+    whose public half it registered. REQUIRED: client_assertion_type (jwt-bearer) and
+    client_assertion; OPTIONAL: client_id, which must then be the assertion's.
+
+    The assertion (RFC 7523 §3): ``iss`` and ``sub`` the client_id; ``aud`` the issuer;
+    ``exp`` in the future, at most MAX_CLIENT_ASSERTION_LIFETIME ahead; ``jti`` used once
+    (kept in storage until ``exp``, beside DPoP's, under its own key); signed with an
+    asymmetric alg by one of the client's keys. On ``aud``: RFC 7523 §3 asks for "a value
+    that identifies the authorization server", and OIDC Core §9 once suggested the token
+    endpoint URL; but a client that takes the token endpoint (or any endpoint) from a
+    hostile server's metadata can be made to sign an assertion for our token endpoint that
+    the hostile server then replays here ("audience injection", the reason for the OIDC
+    Core errata of 2025 and draft-ietf-oauth-rfc7523bis). The issuer identifier cannot be
+    borrowed that way (RFC 8414 §3.3: a client checks the issuer of the metadata it
+    fetched), so it is the one value accepted, alone: oauth4webapi and openid-client send
+    exactly that; a library that sends the token endpoint URL is told to send the issuer.
+    """
+    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    # request."
+    if (authorization and authorization[:6].lower() == "basic ") or "client_secret" in params:
+        raise InvalidRequest("Use one client authentication method: an assertion or a secret.")
+    claimed = params.get("client_id")
+
+    def failed(reason: str, description: str = "Client authentication failed.") -> InvalidClient:
+        audit("client_auth.failed", client=claimed, address=address, reason=reason)
+        return InvalidClient(description)
+
+    if params.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise failed("assertion type", f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}.")
+    assertion = params.get("client_assertion")
+    if assertion is None:
+        raise failed("no assertion", "client_assertion is required.")
+    try:
+        header = jwt.get_unverified_header(assertion)
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise failed("malformed assertion", "The client assertion is not a JWT.") from None
+    # RFC 7523 §3 #1, #2; OIDC Core §9: iss and sub are both the client_id.
+    client_id = unverified.get("sub")
+    if not isinstance(client_id, str) or unverified.get("iss") != client_id:
+        raise failed("assertion iss/sub", "The assertion's iss and sub must be the client_id.")
+    if claimed is not None and claimed != client_id:
+        raise failed("assertion client_id", "client_id is not the client assertion's sub.")
+    claimed = client_id
+    client = srv.storage.get_client(client_id)
+    # An unknown client_id is answered as a client without keys: the same invalid_client.
+    if client is None or not client.keyed:
+        raise failed("no keys")
+    alg = header.get("alg")
+    if alg not in CLIENT_KEY_ALGS:
+        raise failed("assertion alg", f"The client assertion's alg must be one of "
+                                      f"{' '.join(CLIENT_KEY_ALGS)}.")  # fmt: skip
+    kid = header.get("kid")
+    keys = [k for k in client_keys(srv, client)
+            if alg in jwk_algs(k) and (kid is None or k.get("kid") == kid)]  # fmt: skip
+    claims = None
+    for jwk in keys:
+        try:
+            key = public_jwk(jwk, alg, "client key")
+            claims = verify_client_jwt(
+                assertion, key, alg, ["iss", "sub", "aud", "exp", "jti"], "client assertion"
+            )
+            break
+        except ValueError:
+            continue
+    if claims is None:
+        raise failed("assertion signature",
+                      "The client assertion is not signed by a registered key.")  # fmt: skip
+    aud = claims["aud"]
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if aud != srv.issuer:
+        raise failed("assertion aud", f"The client assertion's aud must be the issuer, "
+                                      f"{srv.issuer}, alone.")  # fmt: skip
+    now = srv.clock()
+    exp, jti = claims["exp"], claims["jti"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise failed("assertion exp", "The client assertion's exp must be a number.")
+    if exp <= now:
+        raise failed("assertion expired", "The client assertion has expired.")
+    if exp > now + MAX_CLIENT_ASSERTION_LIFETIME:
+        raise failed("assertion exp", f"The client assertion's exp may be at most "
+                                      f"{MAX_CLIENT_ASSERTION_LIFETIME} s ahead.")  # fmt: skip
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value > now + CLOCK_SKEW
+        ):  # fmt: skip
+            raise failed(f"assertion {name}", f"The client assertion's {name} is not valid yet.")
+    if not (isinstance(jti, str) and 0 < len(jti) <= 256):
+        raise failed("assertion jti", "The client assertion's jti must be 1 to 256 characters.")
+    # RFC 7523 §3 #7: "The authorization server MAY ensure that JWTs are not replayed by
+    # maintaining the set of used jti values for the length of time for which the JWT
+    # would be considered valid based on the applicable exp instant." OIDC Core §9: the
+    # jti "MUST only be used once". After the signature, so only the client fills it.
+    if not srv.storage.remember_jti(token_hash(f"client_assertion\0{client_id}\0{jti}"), exp, now):
+        raise failed("assertion replayed", "This client assertion was used before.")
+    return client
+
+
+def client_keys(srv: Server, client: Client) -> list[dict[str, Any]]:
+    """The public keys a client registered (RFC 7591 §2 jwks), each a JWK object."""
+    keys = client.jwks.get("keys", [])
+    return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
 
 
 def check_client_secret(srv: Server, client: Client, secret: str, address: str = "") -> bool:
@@ -4129,7 +4246,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
 
     ``internal``: the document was asked for on ``srv.internal_url``, so the back-channel
     endpoints are listed there; the browser-facing ones and the issuer stay public."""
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
     back = srv.internal_url if internal and srv.internal_url else srv.issuer
     return {
         "issuer": srv.issuer,
@@ -4151,8 +4268,12 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
         "token_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "introspection_endpoint_auth_methods_supported": auth_methods[:3],
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        # RFC 8414 §2: the algs of private_key_jwt's assertions (RFC 7523), asymmetric only.
+        "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
         "code_challenge_methods_supported": ["S256"],
         # RFC 9449 §5.1: the JWS algorithms of the DPoP proofs the server accepts.
         "dpop_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
