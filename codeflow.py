@@ -44,6 +44,7 @@ import getpass
 import hashlib
 import hmac
 import html
+import http.client
 import importlib
 import importlib.metadata
 import io
@@ -59,6 +60,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -86,6 +88,7 @@ __all__ = [
     "MemoryStorage",
     "OAuthError",
     "RemovedUser",
+    "Resource",
     "Server",
     "SigningKey",
     "Storage",
@@ -136,6 +139,7 @@ DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
+MAX_REGISTERED_CLIENTS = 10_000  # self-registered clients at most (RFC 7591; see its section)
 TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
 
 # Endpoint paths are ours to choose; clients find them through discovery (RFC 8414 §2).
@@ -148,6 +152,7 @@ REVOKE_PATH = "/revoke"
 USERINFO_PATH = "/userinfo"
 JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
+REGISTRATION_PATH = "/register"  # RFC 7591 §3; RFC 7592's client URIs are under it
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
@@ -351,13 +356,35 @@ def parse_pairs(raw: bytes) -> list[tuple[str, str]]:
 
 
 def single_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once." """
+    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
+
+    Except ``resource``: RFC 8707 §2 "Multiple resource parameters MAY be used", kept as
+    one value of space-separated URIs (a URI has no space, so a value with one is
+    refused: invalid_target); ``resources`` splits it again, ``request_pairs`` unfolds it.
+    """
     params: dict[str, str] = {}
     for name, value in pairs:
+        if name == "resource":
+            if not resource_uri_ok(value):
+                raise InvalidTarget(
+                    "resource must be an absolute URI without fragment (RFC 8707 section 2)."
+                )
+            params[name] = f"{params[name]} {value}" if name in params else value
+            continue
         if name in params:
             raise InvalidRequest(f"The {name[:40]!r} parameter is repeated.")
         params[name] = value
     return params
+
+
+def request_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
+    """``params`` as the request had them: each resource of the one ``resource`` value
+    (single_params) its own parameter again, as RFC 8707 §2 sends them."""
+    return [
+        (name, item)
+        for name, value in params.items()
+        for item in (value.split(" ") if name == "resource" else [value])
+    ]
 
 
 def add_query(uri: str, params: dict[str, str]) -> str:
@@ -416,6 +443,8 @@ AUDIT_EVENTS = (
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
+    "resource.added", "resource.removed", "token.exchanged",
+    "client.registered", "client.registration_changed", "client.registration_deleted",
 )  # fmt: skip
 
 
@@ -515,6 +544,12 @@ class InvalidScope(OAuthError):
     error = "invalid_scope"
 
 
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: "The requested resource is invalid, missing, unknown, or malformed"."""
+
+    error = "invalid_target"
+
+
 class AccessDenied(OAuthError):
     error = "access_denied"
 
@@ -542,6 +577,14 @@ class ConsentRequired(OAuthError):
 class UnmetAuthenticationRequirements(OAuthError):
     # OpenID Connect Core Error Code unmet_authentication_requirements 1.0 §2
     error = "unmet_authentication_requirements"
+
+
+class InvalidRedirectUri(OAuthError):
+    error = "invalid_redirect_uri"  # RFC 7591 §3.2.2
+
+
+class InvalidClientMetadata(OAuthError):
+    error = "invalid_client_metadata"  # RFC 7591 §3.2.2
 
 
 class InvalidToken(OAuthError):
@@ -697,6 +740,19 @@ class Client:
     frontchannel_logout_uri: str | None = None
     frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
+    # RFC 8707: the resources (Resource.uri) it may ask tokens for; none listed: any.
+    resources: tuple[str, ...] = ()
+    # RFC 8693: the resources it may get tokens for by token exchange, on behalf of a user
+    # whose token names a resource this client serves (Resource.client_id); none: no
+    # exchange at all.
+    token_exchange: tuple[str, ...] = ()
+    # A client that registered itself (see "Clients that register themselves"): how
+    # (REGISTERED_DYNAMICALLY, RFC 7591; REGISTERED_BY_DOCUMENT, a Client ID Metadata
+    # Document, never stored; "" for the operator's clients), the SHA-256 of its RFC 7592
+    # registration access token, and the metadata as registered (RFC 7591 §3.2.1).
+    registration: str = ""
+    registration_token_hash: str | None = None
+    registered_metadata: dict[str, Any] = field(default_factory=dict)
     # RFC 7523 §2.2, OIDC Core §9 private_key_jwt: the client's public keys (a JWK Set,
     # RFC 7517 §5), inline or where to fetch them (RFC 7591 §2 jwks, jwks_uri). A client
     # with keys authenticates with signed assertions only; it has no secret.
@@ -714,6 +770,33 @@ class Client:
     def keyed(self) -> bool:
         """The client authenticates with private_key_jwt (RFC 7523 §2.2)."""
         return bool(self.jwks) or self.jwks_uri is not None
+
+    @property
+    def unverified(self) -> bool:
+        """Whether the client described itself, unchecked by the operator: its name is
+        only what it says it is (the consent page says so)."""
+        return self.registration != ""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A protected resource (RFC 8707 §2, an API) that clients ask tokens for with the
+    ``resource`` parameter. ``uri`` is its resource indicator: an absolute URI without a
+    fragment, the ``aud`` of its access tokens (RFC 9068 §3). ``scopes`` are the scopes it
+    defines, which a client may ask for together with it and the consent page lists.
+    Access tokens for it are RFC 9068 JWTs unless ``access_token_jwt`` is False, living
+    ``access_token_lifetime`` seconds (None: the server's). ``client_id`` names the
+    confidential client its server authenticates as, to introspect its tokens
+    (``introspection``: whether it may, RFC 7662 §4) and to exchange them (RFC 8693)."""
+
+    uri: str
+    scopes: tuple[str, ...] = ()
+    name: str = ""
+    access_token_jwt: bool = True
+    access_token_lifetime: int | None = None
+    introspection: bool = True
+    client_id: str | None = None
+    declared: str = ""  # the config file's entry, hashed, if it declares this resource
 
 
 @dataclass(frozen=True)
@@ -776,6 +859,8 @@ class AuthorizationCode:
     # Front-Channel Logout §3, Back-Channel Logout §2.4: the login session (Session.sid)
     # the code was issued in; None without a browser sign-in (auto-approve).
     sid: str | None = None
+    # RFC 8707 §2.1: the resources (Resource.uri) the user authorized the client to reach.
+    resources: tuple[str, ...] = ()
     # RFC 9449 §10: the thumbprint of the DPoP key the code may be redeemed with only.
     dpop_jkt: str | None = None
 
@@ -805,6 +890,12 @@ class Token:
     # OIDC Core §5.5: the grant's claims request, for userinfo and refreshed ID tokens
     claims_request: dict[str, Any] = field(default_factory=dict)
     sid: str | None = None  # the login session of the grant, for refreshed ID tokens' sid
+    # RFC 8707: an access token's audience (its aud, RFC 9068 §3, and introspection's,
+    # RFC 7662 §2.2); a refresh token's, every resource granted, which a refresh may
+    # narrow (§2.2). Empty: the server's default audience, as before resources.
+    audience: tuple[str, ...] = ()
+    # RFC 8693 §4.1: the act claim of a token issued by token exchange: who acts for sub.
+    actor: dict[str, Any] = field(default_factory=dict)
     # RFC 9449 §6: the JWK thumbprint (RFC 7638) of the DPoP key the token is bound to
     # (cnf.jkt); None for a Bearer token.
     jkt: str | None = None
@@ -867,6 +958,18 @@ class Storage(Protocol):
         client registered later under the same client_id. The grants go even when the
         client is already gone (a token request that raced the removal may have saved
         one). True if there was a client to remove."""
+        ...
+
+    def add_resource(self, resource: Resource) -> None:
+        """Add a resource (RFC 8707), or replace the one with the same uri."""
+        ...
+
+    def get_resource(self, uri: str) -> Resource | None: ...
+    def list_resources(self) -> list[Resource]: ...
+
+    def remove_resource(self, uri: str) -> bool:
+        """Remove a resource; True if there was one. Tokens issued for it stay until they
+        expire or are revoked: a resource server keeps checking what it was given."""
         ...
 
     def add_user(self, user: User) -> User:
@@ -1027,6 +1130,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
+        self._resources: dict[str, Resource] = {}
         self._users: dict[str, User] = {}
         self._subjects: dict[str, str] = {}  # subject -> username, of the stored users
         self._removed_users: list[RemovedUser] = []  # tombstones, kept for ever
@@ -1061,6 +1165,20 @@ class MemoryStorage:
             self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
             self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
             return self._clients.pop(client_id, None) is not None
+
+    def add_resource(self, resource: Resource) -> None:
+        with self._lock:
+            self._resources[resource.uri] = resource
+
+    def get_resource(self, uri: str) -> Resource | None:
+        return self._resources.get(uri)
+
+    def list_resources(self) -> list[Resource]:
+        return sorted(self._resources.values(), key=lambda r: r.uri)
+
+    def remove_resource(self, uri: str) -> bool:
+        with self._lock:
+            return self._resources.pop(uri, None) is not None
 
     def add_user(self, user: User) -> User:
         with self._lock:
@@ -1400,6 +1518,13 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        fetch_allowed_networks: Iterable[str] = (),
+        fetch_ca_file: str | None = None,
+        client_id_metadata_documents: bool = False,
+        client_id_metadata_hosts: Iterable[str] = (),
+        registration: RegistrationPolicy = "off",
+        registration_tokens: Iterable[str] = (),
+        max_registered_clients: int = MAX_REGISTERED_CLIENTS,
         dpop_nonces: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
@@ -1442,6 +1567,33 @@ class Server:
                 "codeflow: password_hashing='fast': passwords and client secrets are hashed "
                 "for test suites, not with scrypt; never run this in production"
             )
+        # Outbound fetches of URLs others choose (see "Outbound fetches"): what they may
+        # reach besides public https hosts (test suites' loopback servers), and a cache.
+        self.fetch_policy = FetchPolicy(
+            proxy_networks(fetch_allowed_networks, "fetch_allowed_networks"), fetch_ca_file
+        )
+        if self.fetch_policy.allowed_networks:
+            log.warning(
+                "codeflow: outbound fetches may reach %s (fetch_allowed_networks); never "
+                "allow internal networks in production",
+                ", ".join(map(str, self.fetch_policy.allowed_networks)),
+            )
+        self.fetch_cache = FetchCache()
+        self.jwks_refetches = RefetchLimiter()  # private_key_jwt keys from a jwks_uri
+        # Clients that register themselves (see their section): Client ID Metadata
+        # Documents (only from these hosts, if any), and RFC 7591 registration.
+        self.client_id_metadata_documents = client_id_metadata_documents
+        self.client_id_metadata_hosts = tuple(h.lower() for h in client_id_metadata_hosts)
+        if registration not in REGISTRATION_POLICIES:
+            raise ValueError(f"registration must be one of {', '.join(REGISTRATION_POLICIES)}")
+        self.registration: RegistrationPolicy = registration
+        # RFC 7591 §3: the initial access tokens of the "token" policy, kept as hashes.
+        self.registration_token_hashes = tuple(token_hash(t) for t in registration_tokens if t)
+        if registration == "token" and not self.registration_token_hashes:
+            raise ValueError("registration='token' needs registration_tokens (initial access "
+                             "tokens, RFC 7591 §3)")  # fmt: skip
+        self.max_registered_clients = max_registered_clients
+        self.registration_limiter = RegistrationLimiter(clock)
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -1497,6 +1649,8 @@ class Server:
         backchannel_logout_session_required: bool = False,
         frontchannel_logout_uri: str | None = None,
         frontchannel_logout_session_required: bool = False,
+        resources: Iterable[str] = (),
+        token_exchange: Iterable[str] = (),
         jwks: dict[str, Any] | None = None,
         jwks_uri: str | None = None,
         dpop_bound_access_tokens: bool = False,
@@ -1510,10 +1664,13 @@ class Server:
         ``backchannel_logout_uri``: where logout tokens are POSTed when the user signs out
         (OIDC Back-Channel Logout 1.0); ``frontchannel_logout_uri``: the page the
         signed-out page frames (Front-Channel Logout 1.0); absolute https, or http on a
-        loopback address. ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client
-        authenticates with private_key_jwt (RFC 7523 §2.2) instead of a secret.
-        ``dpop_bound_access_tokens``: its token requests must carry a DPoP proof (RFC 9449
-        §5.2), so that all its tokens are bound to its key."""
+        loopback address. ``resources``: the resources (RFC 8707) it may ask tokens for
+        (none: any registered one); ``token_exchange``: the resources it may get tokens
+        for by token exchange (RFC 8693), for a user's token to a resource it serves.
+        ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client authenticates with
+        private_key_jwt (RFC 7523 §2.2) instead of a secret. ``dpop_bound_access_tokens``:
+        its token requests must carry a DPoP proof (RFC 9449 §5.2), so that all its tokens
+        are bound to its key."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -1532,6 +1689,8 @@ class Server:
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
+            resources=tuple(resources),
+            token_exchange=tuple(token_exchange),
             jwks=dict(jwks or {}),
             jwks_uri=jwks_uri,
             dpop_bound_access_tokens=dpop_bound_access_tokens,
@@ -1555,7 +1714,7 @@ class Server:
         if {"client_id", "secret_hash"} & set(changes):
             raise ValueError("client_id and the secret cannot be updated (rotate_client_secret)")
         tuples = ("redirect_uris", "scopes", "grant_types", "post_logout_redirect_uris",
-                  "allowed_origins")  # fmt: skip
+                  "allowed_origins", "resources", "token_exchange")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
         if client.secret_hash is not None and client.keyed:
@@ -1585,6 +1744,52 @@ class Server:
         removed = self.storage.remove_client(client_id)
         if removed:
             audit("client.removed", client=client_id)
+        return removed
+
+    # -- Resources (RFC 8707) ------------------------------------------------------
+
+    def add_resource(
+        self,
+        uri: str,
+        *,
+        scopes: Iterable[str] = (),
+        name: str = "",
+        access_token_jwt: bool = True,
+        access_token_lifetime: int | None = None,
+        introspection: bool = True,
+        client_id: str | None = None,
+    ) -> Resource:
+        """Register a protected resource (an API), or replace the one with that URI: its
+        resource indicator (RFC 8707 §2: an absolute URI without fragment), the scopes it
+        defines, the name users see on the consent page, its access tokens' format (RFC
+        9068 JWT unless ``access_token_jwt=False``) and lifetime in seconds (None: the
+        server's), and the confidential client its server authenticates as
+        (``client_id``), which may introspect its tokens when ``introspection`` and
+        exchange them by the client's ``token_exchange`` policy (RFC 8693)."""
+        resource = Resource(
+            uri=uri,
+            scopes=tuple(scopes),
+            name=name,
+            access_token_jwt=access_token_jwt,
+            access_token_lifetime=access_token_lifetime,
+            introspection=introspection,
+            client_id=client_id,
+        )
+        check_resource(resource)
+        self.storage.add_resource(resource)
+        audit("resource.added", resource=uri)
+        return resource
+
+    def list_resources(self) -> list[Resource]:
+        """Every registered resource, by URI."""
+        return self.storage.list_resources()
+
+    def remove_resource(self, uri: str) -> bool:
+        """Remove a resource; False if there was none. Clients can no longer ask for it;
+        tokens issued for it live until they expire or are revoked."""
+        removed = self.storage.remove_resource(uri)
+        if removed:
+            audit("resource.removed", resource=uri)
         return removed
 
     # -- Users ---------------------------------------------------------------------
@@ -1783,8 +1988,13 @@ def check_client(client: Client, *, public: bool) -> None:
     for uri in (*client.redirect_uris, *client.post_logout_redirect_uris):
         parts = urllib.parse.urlsplit(uri)
         # RFC 6749 §3.1.2: "The redirection endpoint URI MUST be an absolute URI" and
-        # "MUST NOT include a fragment component."
-        if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+        # "MUST NOT include a fragment component." A native app's private-use scheme has
+        # no authority (RFC 8252 §7.1: com.example.app:/oauth2redirect); a web URI has.
+        # (A "host:port/path" typed without a scheme parses as scheme "host": refused, as
+        # its path does not begin with "/".)
+        web = parts.scheme in ("http", "https")
+        rooted = bool(parts.netloc) or (not web and parts.path.startswith("/"))
+        if not parts.scheme or not rooted or parts.fragment or "#" in uri:
             raise ValueError(f"redirect_uri must be absolute, without fragment: {uri!r}")
     unknown = set(client.grant_types) - set(GRANT_TYPES)
     if unknown:
@@ -1803,6 +2013,9 @@ def check_client(client: Client, *, public: bool) -> None:
                 f"{setting} must be an absolute https URI (http only on a loopback address), "
                 f"without fragment: {uri!r}"
             )
+    for uri in (*client.resources, *client.token_exchange):
+        if not resource_uri_ok(uri):
+            raise ValueError(f"a resource must be an absolute URI without fragment: {uri!r}")
     check_client_keys(client)
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
@@ -1813,6 +2026,39 @@ def check_client(client: Client, *, public: bool) -> None:
             )
 
 
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def resource_uri_ok(uri: str) -> bool:
+    """RFC 8707 §2: a resource "MUST be an absolute URI, as specified by Section 4.3 of
+    [RFC3986]", which has a scheme and no fragment ("MUST NOT include a fragment
+    component"); nothing outside printable ASCII, so that it cannot smuggle anything into
+    a token, a header or a page."""
+    if not uri or len(uri) > MAX_PARAM_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", uri):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        return False
+    if "#" in uri or not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*", parts.scheme or ""):
+        return False
+    # An http(s) URI names a host; other schemes (urn:) need only something after ":".
+    return bool(parts.netloc) if parts.scheme.lower() in ("http", "https") else bool(parts.path)
+
+
+def check_resource(resource: Resource) -> None:
+    """A resource registration that makes sense, else ValueError naming what does not."""
+    if not resource_uri_ok(resource.uri):
+        raise ValueError(
+            f"a resource must be an absolute URI without fragment (RFC 8707 2): {resource.uri!r}"
+        )
+    for scope in resource.scopes:
+        if not SCOPE_TOKEN_RE.fullmatch(scope):
+            raise ValueError(f"resource scope {scope!r} is not a scope token (RFC 6749 3.3)")
+    if resource.access_token_lifetime is not None and resource.access_token_lifetime <= 0:
+        raise ValueError("access_token_lifetime must be a positive number of seconds")
 def check_client_keys(client: Client) -> None:
     """RFC 7591 §2: "jwks" is a JWK Set (RFC 7517 §5) of the client's public keys and
     "jwks_uri" where it is published; "These two parameters MUST NOT both be present".
@@ -1821,9 +2067,12 @@ def check_client_keys(client: Client) -> None:
     if client.jwks and client.jwks_uri is not None:
         raise ValueError("jwks and jwks_uri cannot both be given (RFC 7591 2)")
     if client.jwks_uri is not None:
-        # Keys at a URL the client names would come through the one hardened fetch of
-        # untrusted URLs, which this version does not have.
-        raise ValueError("jwks_uri is not supported yet: register the keys inline (jwks)")
+        # Fetched when the client authenticates, through fetch_json_document (see
+        # "Outbound fetches"): here only its form is checked.
+        try:
+            check_fetch_url(client.jwks_uri)
+        except FetchError as err:
+            raise ValueError(f"jwks_uri: {err.description}") from None
     if not client.jwks:
         return
     keys = client.jwks.get("keys")
@@ -2479,6 +2728,806 @@ class SecretChecks:
 
 
 ###############################################################################
+# Outbound fetches: documents at URLs that others choose ######################
+###############################################################################
+
+# Some URLs the server fetches are chosen by whoever sends a request: a Client ID Metadata
+# Document's client_id, a client's jwks_uri. Fetched naively, such a URL makes this server
+# a proxy into the network it sits in (server-side request forgery: the cloud metadata
+# service at 169.254.169.254, an admin page on 10.0.0.5, the database on localhost), and
+# a host that answers slowly or endlessly ties up its threads and memory. So every such
+# fetch goes through fetch_json_document, and only through it:
+#
+# - https only, certificate verified, for the URL's own host name (SNI and Host);
+#   plain http only to a loopback address an operator allowed (fetch_allowed_networks,
+#   for test suites);
+# - the name is resolved once, and every address it resolves to must be public
+#   (``ipaddress``'s is_global: no private, loopback, link-local, multicast, reserved
+#   or unspecified address, nor an IPv6 address that embeds one: IPv4-mapped, NAT64,
+#   6to4, Teredo), unless the operator's fetch_allowed_networks lists it; then the
+#   connection goes to an address that was checked, never to the name again, so a DNS
+#   answer that changes between the check and the connection (DNS rebinding) is moot;
+# - no redirect is followed: a 3xx is an error. A document's identity is its URL (the
+#   Client ID Metadata Document's client_id must equal it), and each hop would be one
+#   more host to check; a publisher moves a document by publishing the new URL;
+# - at most max_bytes of body, and one deadline (FETCH_TIMEOUT) for the whole exchange,
+#   from resolving the name to the last byte: a host that drips a byte a second is cut
+#   off when it runs out, whatever the socket timeouts would allow;
+# - a 200 answer of content type application/json (or application/<x>+json), a JSON
+#   value; nothing else is parsed;
+# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
+#   slow hosts cannot hold every thread;
+# - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
+#   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
+#   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
+
+FETCH_TIMEOUT = 5.0  # seconds for a whole fetch: DNS, connect, TLS, headers, body
+FETCH_MAX_BYTES = 64 * 1024  # a client's metadata or JWKS is a few KiB
+FETCHES_AT_ONCE = 8
+FETCH_CACHE_DEFAULT = 300  # seconds a document without caching headers is reused
+FETCH_CACHE_MIN = 30  # max-age below this counts as this (a floor against refetch storms)
+FETCH_CACHE_MAX = 24 * 3600
+FETCH_CACHE_ENTRIES = 1000
+FETCH_URL_LENGTH = 2048
+FETCH_SLOTS = threading.BoundedSemaphore(FETCHES_AT_ONCE)
+# RFC 6052 §2.1: the NAT64 well-known prefix, whose low 32 bits are an IPv4 address.
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class FetchError(Exception):
+    """A document could not be fetched, or is not one we accept; ``description`` says
+    why in words fit for an error_description (no address is disclosed beyond the
+    URL's own host)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What outbound fetches may reach, beyond public addresses over https: the
+    networks (CIDR) the operator allows although they are not public, for test suites
+    (``fetch_allowed_networks``); plain http is allowed to loopback addresses among them.
+    ``ca_file``: certificates to trust besides the system's (a test suite's own CA)."""
+
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    ca_file: str | None = None
+
+    def allows(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed_networks)
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, where a router would deliver to it:
+    IPv4-mapped (RFC 4291 §2.5.5.2), NAT64 (RFC 6052), 6to4 (RFC 3056), Teredo's
+    server or client (RFC 4380)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def public_address(address: IPAddress) -> bool:
+    """Whether ``address`` is on the public Internet: not private, loopback, link-local,
+    multicast, reserved or unspecified (RFC 6890's special-purpose registries, as
+    ``ipaddress`` knows them), nor an IPv6 address that carries such an IPv4 address."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not public_address(inner):
+        return False
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+def resolve_checked(host: str, port: int, policy: FetchPolicy, deadline: float) -> list[IPAddress]:
+    """Resolve ``host`` once and return its addresses, each public or allowed by the
+    policy; FetchError if any is not (a name that resolves to one public and one private
+    address is refused whole: which one a connection would get is the resolver's say)."""
+    literal = ip_address_literal(host)
+    if literal is not None:
+        found = [literal]
+    else:
+        found = [ipaddress.ip_address(a) for a in resolve_within(host, port, deadline)]
+    if not found:
+        raise FetchError(f"{host} has no address.")
+    for address in found:
+        if not public_address(address) and not policy.allows(address):
+            raise FetchError(
+                f"{host} resolves to an address that is not public (private, loopback, "
+                "link-local or reserved); such addresses are never fetched."
+            )
+    return found
+
+
+def ip_address_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def resolve_within(host: str, port: int, deadline: float) -> list[str]:
+    """getaddrinfo has no timeout of its own: it runs in a thread waited for until the
+    deadline, after which the fetch gives up (the thread ends when the resolver does)."""
+    answer: list[str] = []
+    failed: list[str] = []
+
+    def run() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answer.extend(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
+        except (OSError, UnicodeError) as err:
+            failed.append(str(err))
+
+    resolver = threading.Thread(target=run, daemon=True)
+    resolver.start()
+    resolver.join(max(0.0, deadline - time.monotonic()))
+    if resolver.is_alive():
+        raise FetchError(f"Resolving {host} took too long.")
+    if failed:
+        raise FetchError(f"{host} could not be resolved.")
+    return answer
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTP(S) connection to ``address``, a checked address of ``host``: the socket goes
+    to the address, while the Host header, the TLS server name (SNI) and the certificate
+    check use the host name, as if the name had been resolved here."""
+
+    def __init__(
+        self, host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:  # fmt: skip
+        super().__init__(host, port, timeout=timeout, context=tls)
+        self.address = address
+        self.tls = tls
+        self.raw: socket.socket | None = None
+
+    def connect(self) -> None:
+        raw = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.raw = raw
+        self.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+
+    def cut(self) -> None:
+        """End the exchange from another thread (the deadline): a read in progress
+        returns at once."""
+        sock = self.sock
+        with contextlib.suppress(OSError):
+            if sock is not None:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def fetch_json_document(
+    srv: Server,
+    url: str,
+    *,
+    max_bytes: int = FETCH_MAX_BYTES,
+    hosts: Iterable[str] = (),
+    fresh: bool = False,
+) -> Any:
+    """GET the JSON document at ``url``, a URL that someone other than the operator chose,
+    with the defences listed above this function; the parsed JSON value, or FetchError
+    saying why not. ``hosts``: if any, the only host names that may be fetched (an
+    allowlist of trusted hosts). ``fresh``: skip the cache (a JWKS that lacks a new kid)."""
+    allowed = {h.lower().rstrip(".") for h in hosts}
+    parts = check_fetch_url(url)
+    host = cast(str, parts.hostname)
+    if allowed and host not in allowed:
+        raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
+    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    if cached is not None:
+        return cached.value
+    if not FETCH_SLOTS.acquire(timeout=1):
+        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    try:
+        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+    finally:
+        FETCH_SLOTS.release()
+    if lifetime > 0:
+        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+    return value
+
+
+def check_fetch_url(url: str) -> urllib.parse.SplitResult:
+    """An absolute http(s) URL with a host, no userinfo and no fragment, in ASCII."""
+    if len(url) > FETCH_URL_LENGTH or not url.isascii() or any(c in url for c in " \t\r\n\\"):
+        raise FetchError("The URL is too long, or has characters a URL may not have.")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        raise FetchError("The URL does not parse.") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise FetchError("The URL must be an absolute https URL.")
+    if "@" in parts.netloc or parts.fragment or "#" in url:
+        raise FetchError("The URL may not carry a username, password or fragment.")
+    return parts
+
+
+def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int) -> tuple[Any, int]:
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    host = cast(str, parts.hostname)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = resolve_checked(host, port, policy, deadline)
+    if parts.scheme == "http" and not all(a.is_loopback and policy.allows(a) for a in addresses):
+        raise FetchError("The URL must be an https URL.")
+    tls = None
+    if parts.scheme == "https":
+        tls = ssl.create_default_context(cafile=policy.ca_file)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    last_error = "it could not be reached"
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        connection = _PinnedConnection(host, port, address, tls, remaining)
+        # The deadline holds for the whole exchange: at it, the socket is shut, and the
+        # read under way (headers or body, however slowly they drip) fails.
+        timer = threading.Timer(remaining, connection.cut)
+        timer.start()
+        response = None
+        try:
+            connection.request("GET", target, headers={
+                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+                "Accept-Encoding": "identity",
+            })  # fmt: skip
+            response = connection.getresponse()
+            return _read_document(host, response, max_bytes, deadline)
+        except ssl.SSLCertVerificationError:
+            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() >= deadline:
+                raise FetchError(
+                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+                ) from None
+            last_error = "it did not answer"
+        finally:
+            timer.cancel()
+            if response is not None:
+                response.close()  # it owns the socket once the connection handed it over
+            connection.close()
+    raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+def _read_document(
+    host: str, response: http.client.HTTPResponse, max_bytes: int, deadline: float
+) -> tuple[Any, int]:
+    if 300 <= response.status < 400:
+        raise FetchError(f"{host} answered with a redirect (HTTP {response.status}); "
+                         "redirects are not followed: use the document's own URL.")  # fmt: skip
+    if response.status != 200:
+        raise FetchError(f"{host} answered HTTP {response.status} instead of the document.")
+    ctype = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not re.fullmatch(r"application/[\w.+-]+\+json", ctype):
+        what = ctype[:60] or "no content type"
+        raise FetchError(f"{host} answered {what}, not application/json.")
+    length = response.getheader("Content-Length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    body = bytearray()
+    while len(body) <= max_bytes:
+        chunk = response.read1(16 * 1024)
+        if not chunk:
+            break
+        body += chunk
+    # A read cut at the deadline (see _fetch) ends like the body's end: tell them apart.
+    if time.monotonic() >= deadline:
+        raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+    if len(body) > max_bytes:
+        raise FetchError(f"The document at {host} is larger than {max_bytes} bytes.")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
+        raise FetchError(f"The document at {host} is not JSON.") from None
+    return value, cache_lifetime(response.getheader("Cache-Control"))
+
+
+def cache_lifetime(cache_control: str | None) -> int:
+    """RFC 9111 §5.2.2: the seconds a response may be reused: none for no-store or no-cache
+    (§5.2.2.5, §5.2.2.4), max-age (§5.2.2.1) within FETCH_CACHE_MIN..FETCH_CACHE_MAX, and
+    FETCH_CACHE_DEFAULT without either."""
+    lifetime = FETCH_CACHE_DEFAULT
+    for directive in (cache_control or "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in ("no-store", "no-cache"):
+            return 0
+        if name == "max-age" and value.strip('"').isdigit():
+            lifetime = min(max(int(value.strip('"')), FETCH_CACHE_MIN), FETCH_CACHE_MAX)
+    return lifetime
+
+
+@dataclass(frozen=True)
+class Cached:
+    value: Any
+    expires_at: float
+
+
+class FetchCache:
+    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
+    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
+    the caller must not change."""
+
+    def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, Cached] = {}
+        self._limit = entries
+
+    def get(self, url: str, now: float) -> Cached | None:
+        with self._lock:
+            cached = self._entries.get(url)
+            if cached is not None and cached.expires_at <= now:
+                del self._entries[url]
+                return None
+            return cached
+
+    def put(self, url: str, value: Any, expires_at: float) -> None:
+        with self._lock:
+            self._entries[url] = Cached(value, expires_at)
+            if len(self._entries) > self._limit:
+                first = min(self._entries, key=lambda u: self._entries[u].expires_at)
+                del self._entries[first]
+
+    def forget(self, url: str) -> None:
+        with self._lock:
+            self._entries.pop(url, None)
+
+
+###############################################################################
+# Clients that register themselves: Client ID Metadata Documents, RFC 7591, 7592
+###############################################################################
+
+# Two ways for a client the operator never heard of to take part (the MCP authorization
+# specification's "Client Registration" asks an authorization server for one of them):
+#
+# - A Client ID Metadata Document (draft-ietf-oauth-client-id-metadata-document): the
+#   client_id is an https URL, and the JSON document there is the client's metadata. It is
+#   fetched (fetch_json_document, with its SSRF defences) when the client is named, and
+#   never stored: the document is the registration, and its host may change it.
+# - Dynamic Client Registration (RFC 7591): the client POSTs its metadata to the
+#   registration endpoint and gets a client_id (and a secret, for a confidential client),
+#   plus a registration access token to read, update and delete the registration (RFC
+#   7592). Such clients are stored like the operator's, marked REGISTERED_DYNAMICALLY.
+#
+# Both are off unless the operator turns them on (Server's client_id_metadata_documents
+# and registration; codeflow serve's --client-id-metadata-documents and --registration).
+# Neither kind is vouched for by anyone: the consent page shows the name the client gives
+# itself as such, with the host that receives the answer, and never skips consent on
+# first use (a consent given is reused by the same rule as for every client:
+# client_identified). Self-registered clients always use PKCE (RFC 9700 §2.1.1).
+
+REGISTERED_DYNAMICALLY = "dynamic"  # Client.registration of an RFC 7591 registration
+REGISTERED_BY_DOCUMENT = "metadata_document"  # of a Client ID Metadata Document's client
+RegistrationPolicy: TypeAlias = Literal["off", "open", "token"]
+REGISTRATION_POLICIES: tuple[RegistrationPolicy, ...] = ("off", "open", "token")
+CLIENT_METADATA_MAX_BYTES = 16 * 1024  # a client's metadata is well under 2 KiB
+MAX_REDIRECT_URIS = 20
+MAX_METADATA_STRING = 1000  # characters in a name, URI or other metadata value
+# An open registration endpoint must not let anyone fill storage: from one address (an
+# IPv6 /56, address_group), REGISTRATION_BURST registrations, then one more each
+# REGISTRATION_INTERVAL; and, from everywhere together, no more than the server's
+# max_registered_clients (MAX_REGISTERED_CLIENTS) self-registered clients at a time.
+REGISTRATION_BURST = 10
+REGISTRATION_INTERVAL = 360
+REGISTRATION_LIMITER_ENTRIES = 10_000
+# RFC 7591 §2 / OIDC Registration §2 members this server takes, beside those it maps to
+# Client fields; others are ignored (RFC 7591 §2: "The authorization server MUST ignore
+# any client metadata sent by the client that it does not understand").
+ECHOED_STRINGS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "software_id",
+                  "software_version", "scope")  # fmt: skip
+# Members whose promise this server cannot keep for a client it does not know: refused
+# with a reason rather than ignored, so the client does not believe them honoured.
+REFUSED_METADATA = {
+    "jwks": "client keys (private_key_jwt) are not supported for self-registered clients",
+    "jwks_uri": "client keys (private_key_jwt) are not supported for self-registered clients",
+    "sector_identifier_uri": "pairwise subjects are not supported",
+    "request_uris": "request objects are not supported",
+    "backchannel_logout_uri": "back-channel logout is not offered to self-registered clients",
+    "frontchannel_logout_uri": "front-channel logout is not offered to self-registered clients",
+    "id_token_encrypted_response_alg": "encrypted ID tokens are not supported",
+    "userinfo_encrypted_response_alg": "encrypted userinfo is not supported",
+    "userinfo_signed_response_alg": "signed userinfo is not supported",
+}
+# RFC 3986 §3.1 scheme syntax; schemes a redirect must never use (script, local files).
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+UNSAFE_SCHEMES = frozenset(("javascript", "data", "vbscript", "file", "about", "blob",
+                            "filesystem", "ftp", "ws", "wss"))  # fmt: skip
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
+
+
+def find_client(srv: Server, client_id: str, *, quiet: bool = False) -> Client | None:
+    """The client ``client_id`` names: one registered (by the operator or RFC 7591), or,
+    with Client ID Metadata Documents on, the one the document at that URL describes.
+    FetchError if that document cannot be had or is not acceptable; None instead with
+    ``quiet`` (for the endpoints where such a client is simply unknown)."""
+    client = srv.storage.get_client(client_id)
+    if client is not None or not srv.client_id_metadata_documents:
+        return client
+    if not client_id.startswith(("https://", "http://")):
+        return None
+    try:
+        return metadata_document_client(srv, client_id)
+    except FetchError:
+        if quiet:
+            return None
+        raise
+
+
+def metadata_document_client(srv: Server, client_id: str) -> Client:
+    """CIMD §4: fetch the client's metadata from its client_id URL and check it."""
+    check_client_id_url(client_id)
+    document = fetch_json_document(
+        srv, client_id, max_bytes=CLIENT_METADATA_MAX_BYTES, hosts=srv.client_id_metadata_hosts
+    )
+    if not isinstance(document, dict):
+        raise FetchError("The client metadata document is not a JSON object.")
+    # CIMD §4.1: the document "MUST contain a client_id property whose value MUST match
+    # the URL of the document using simple string comparison".
+    if document.get("client_id") != client_id:
+        raise FetchError("The client metadata document's client_id is not its own URL.")
+    # CIMD §4.1: "the token_endpoint_auth_method property MUST NOT include
+    # client_secret_post, client_secret_basic, client_secret_jwt, or any other method
+    # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
+    # MUST NOT be used". With no other method offered here, that leaves none.
+    for member in ("client_secret", "client_secret_expires_at"):
+        if member in document:
+            raise FetchError(f"A client metadata document may not carry {member}.")
+    if document.get("token_endpoint_auth_method", "none") != "none":
+        raise FetchError(
+            "A client metadata document's token_endpoint_auth_method must be none: a "
+            "document cannot share a secret."
+        )
+    try:
+        fields = client_metadata(document, secret=False)
+    except OAuthError as err:
+        raise FetchError(
+            f"The client metadata document is not acceptable: {err.description}"
+        ) from None
+    return Client(client_id=client_id, registration=REGISTERED_BY_DOCUMENT, **fields)
+
+
+def check_client_id_url(client_id: str) -> None:
+    """CIMD §3: a client identifier URL "MUST have an https scheme", "MUST contain a path
+    component", "MUST NOT contain single-dot or double-dot path segments", "MUST NOT
+    contain a fragment component" and "MUST NOT contain a username or password"."""
+    parts = check_fetch_url(client_id)
+    if parts.path in ("", "/"):
+        raise FetchError("A client_id URL must have a path, such as /client.json.")
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        raise FetchError("A client_id URL may not have . or .. path segments.")
+
+
+def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]:
+    """RFC 7591 §2: check client metadata and return the Client fields it makes, with
+    ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
+    client may authenticate with a secret (RFC 7591 registration: yes; a metadata
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    for member, reason in REFUSED_METADATA.items():
+        if member in metadata:
+            raise InvalidClientMetadata(f"{member}: {reason}.")
+    # RFC 7591 §2: "If unspecified or omitted, the default is client_secret_basic".
+    default = "client_secret_basic" if secret else "none"
+    method = metadata.get("token_endpoint_auth_method", default)
+    methods = ("none", "client_secret_basic", "client_secret_post") if secret else ("none",)
+    if method not in methods:
+        raise InvalidClientMetadata(
+            f"token_endpoint_auth_method must be one of {', '.join(methods)}."
+        )
+    application_type = metadata.get("application_type", "web")
+    if application_type not in ("web", "native"):  # OIDC Registration §2
+        raise InvalidClientMetadata("application_type must be web or native.")
+    # RFC 7591 §2: grant_types defaults to authorization_code, response_types to code;
+    # §2.1: the two must agree.
+    grant_types = _string_list(metadata, "grant_types", ["authorization_code"])
+    allowed = {"authorization_code", "refresh_token"}
+    if method != "none":
+        allowed.add("client_credentials")  # RFC 6749 §4.4: confidential clients only
+    unsupported = [g for g in grant_types if g not in allowed]
+    if unsupported or not grant_types:
+        raise InvalidClientMetadata(
+            f"grant_types may list only {', '.join(sorted(allowed))} for this client."
+        )
+    response_types = _string_list(metadata, "response_types", ["code"])
+    if any(r != "code" for r in response_types):
+        raise InvalidClientMetadata("response_types may only be code (no implicit grant).")
+    if ("authorization_code" in grant_types) != ("code" in response_types):
+        raise InvalidClientMetadata(
+            "grant_types authorization_code and response_types code go together (RFC 7591 2.1)."
+        )
+    redirect_uris = _string_list(metadata, "redirect_uris", [])
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise InvalidRedirectUri("redirect_uris is required for the authorization code grant.")
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise InvalidRedirectUri(f"At most {MAX_REDIRECT_URIS} redirect_uris.")
+    for uri in redirect_uris:
+        check_registered_redirect_uri(uri, native=application_type == "native")
+    logout_uris = _string_list(metadata, "post_logout_redirect_uris", [])
+    for uri in logout_uris:
+        check_registered_redirect_uri(uri, native=application_type == "native")
+    name = metadata.get("client_name", "")
+    if not isinstance(name, str) or len(name) > 100 or not name.isprintable():
+        raise InvalidClientMetadata("client_name must be a printable string of 100 characters.")
+    alg = metadata.get("id_token_signed_response_alg", "RS256")
+    if alg not in SIGNING_ALGS:
+        raise InvalidClientMetadata(
+            f"id_token_signed_response_alg must be one of {', '.join(SIGNING_ALGS)}."
+        )
+    if metadata.get("subject_type", "public") != "public":
+        raise InvalidClientMetadata("subject_type must be public.")
+    echoed: dict[str, Any] = {
+        "redirect_uris": redirect_uris, "token_endpoint_auth_method": method,
+        "grant_types": grant_types, "response_types": response_types,
+        "application_type": application_type, "id_token_signed_response_alg": alg,
+    }  # fmt: skip
+    if name:
+        echoed["client_name"] = name
+    if logout_uris:
+        echoed["post_logout_redirect_uris"] = logout_uris
+    for member in ECHOED_STRINGS:
+        value = metadata.get(member)
+        if value is None:
+            continue
+        if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
+                and value.isprintable()):  # fmt: skip
+            raise InvalidClientMetadata(f"{member} must be a printable string.")
+        if member.endswith("_uri") and not value.startswith("https://"):
+            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
+            raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
+        echoed[member] = value
+    contacts = _string_list(metadata, "contacts", [])
+    if contacts:
+        echoed["contacts"] = contacts
+    return {
+        "redirect_uris": tuple(redirect_uris),
+        "name": name,
+        # The registered scope is echoed, not a cap: a self-registered client may ask for
+        # any scope the server offers, and the user consents to each.
+        "scopes": DEFAULT_SCOPES,
+        "grant_types": tuple(grant_types),
+        "require_pkce": True,
+        "id_token_signed_response_alg": alg,
+        "post_logout_redirect_uris": tuple(logout_uris),
+        "registered_metadata": echoed,
+    }
+
+
+def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
+    value = metadata.get(member, default)
+    if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+    ):
+        error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
+        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+    return list(dict.fromkeys(value))
+
+
+def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
+    """A redirect URI a client registers for itself (RFC 7591 §2 redirect_uris):
+
+    - RFC 6749 §3.1.2: absolute, no fragment;
+    - https; or http on a loopback address (127.0.0.1, [::1], or localhost, which only
+      this machine answers: RFC 8252 §7.3 for native apps, a developer's web app too);
+    - a native app (OIDC Registration §2 application_type) may also use a private-use
+      scheme (RFC 8252 §7.1), never one that runs script or reads files."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 -- a bad port raises here
+    except ValueError:
+        raise InvalidRedirectUri(f"redirect URI does not parse: {uri[:80]}") from None
+    if not uri.isprintable() or " " in uri or "#" in uri or not URI_SCHEME.fullmatch(parts.scheme):
+        raise InvalidRedirectUri(f"redirect URI must be absolute, without fragment: {uri[:80]}")
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname or "@" in parts.netloc:
+            raise InvalidRedirectUri(f"redirect URI must have a host and no userinfo: {uri[:80]}")
+        loopback = parts.hostname in (*LOOPBACK_HOSTS, "localhost")
+        if scheme == "http" and not loopback:
+            raise InvalidRedirectUri(
+                f"redirect URI must be https (http only on a loopback address): {uri[:80]}"
+            )
+        return
+    if not native or scheme in UNSAFE_SCHEMES:
+        raise InvalidRedirectUri(
+            f"redirect URI scheme {scheme[:20]} is not allowed "
+            "(https, http on loopback, or a native app's private-use scheme)."
+        )
+
+
+# -- RFC 7591: the registration endpoint ----------------------------------------------
+
+
+class RegistrationLimiter:
+    """Registrations per address (address_group): REGISTRATION_BURST, then one each
+    REGISTRATION_INTERVAL seconds; the state of at most REGISTRATION_LIMITER_ENTRIES
+    addresses, those with a full budget forgotten first (they hold no wait)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._budgets: dict[str, tuple[float, float]] = {}  # address -> (tokens, updated)
+
+    def spend(self, address: str) -> int:
+        """Take one registration from ``address``'s budget: 0, or the seconds to wait."""
+        key, now = address_group(address), self._clock()
+        with self._lock:
+            tokens, updated = self._budgets.get(key, (REGISTRATION_BURST, now))
+            tokens = min(tokens + max(now - updated, 0.0) / REGISTRATION_INTERVAL,
+                         REGISTRATION_BURST)  # fmt: skip
+            if tokens < 1:
+                self._budgets[key] = (tokens, now)
+                return math.ceil((1 - tokens) * REGISTRATION_INTERVAL)
+            self._budgets[key] = (tokens - 1, now)
+            if len(self._budgets) > REGISTRATION_LIMITER_ENTRIES:
+                oldest = min(self._budgets, key=lambda k: self._budgets[k][1])
+                del self._budgets[oldest]
+            return 0
+
+
+def registration_access(srv: Server, authorization: str | None) -> None:
+    """RFC 7591 §3: with the ``token`` policy, "the client ... MUST present [an initial
+    access token] as a Bearer token" (RFC 6750 §2.1), one the operator configured."""
+    if srv.registration == "off":
+        raise OAuthError("Client registration is not enabled on this server.",
+                         error="access_denied", status=403)  # fmt: skip
+    if srv.registration == "open":
+        return
+    presented = token_hash(bearer_token(authorization, None))
+    if not any(hmac.compare_digest(presented, h) for h in srv.registration_token_hashes):
+        raise InvalidToken("The initial access token is not valid.")
+
+
+def register_client(
+    srv: Server, body: bytes, authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 7591 §3.1: register a client from its metadata (a JSON object) and answer
+    §3.2.1's client information response: the client_id, a client_secret (once, only its
+    hash is kept) for a confidential client, the RFC 7592 registration access token and
+    registration_client_uri, and the metadata as registered."""
+    registration_access(srv, authorization)
+    metadata = json_object(body)
+    wait = srv.registration_limiter.spend(address)
+    if wait:
+        raise TooManyAttempts(f"Too many registrations from this address; try in {wait} s.", wait)
+    registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
+    if registered >= srv.max_registered_clients:
+        raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
+    fields = client_metadata(metadata, secret=True)
+    client_id = "dcr_" + secrets.token_urlsafe(16)
+    refuse_shared_subject(srv.storage, client_id)
+    public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
+    secret = None if public else new_secret()
+    access_token = new_secret()
+    issued_at = int(srv.clock())
+    fields["registered_metadata"]["client_id_issued_at"] = issued_at
+    client = Client(
+        client_id=client_id,
+        secret_hash=hash_password(secret, hashing=srv.password_hashing) if secret else None,
+        registration=REGISTERED_DYNAMICALLY,
+        registration_token_hash=token_hash(access_token),
+        **fields,
+    )
+    checked_registration(client)
+    srv.storage.add_client(client)
+    audit("client.registered", client=client_id, address=address, public=int(client.public),
+          name=client.name or None)  # fmt: skip
+    return client_information(srv, client, secret, access_token)
+
+
+def checked_registration(client: Client) -> None:
+    """The checks every client passes (check_client), as RFC 7591 §3.2.2 errors."""
+    try:
+        check_client(client, public=client.public)
+    except ValueError as err:
+        raise InvalidClientMetadata(str(err)) from None
+
+
+def client_information(
+    srv: Server, client: Client, secret: str | None, access_token: str | None
+) -> dict[str, Any]:
+    """RFC 7591 §3.2.1 / RFC 7592 §3: the registration as the client sees it."""
+    body: dict[str, Any] = {"client_id": client.client_id, **client.registered_metadata}
+    if secret is not None:
+        body["client_secret"] = secret
+    if not client.public:
+        body["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: REQUIRED; 0: never
+    if access_token is not None:
+        body["registration_access_token"] = access_token
+    body["registration_client_uri"] = registration_client_uri(srv, client.client_id)
+    return body
+
+
+def registration_client_uri(srv: Server, client_id: str) -> str:
+    return f"{srv.issuer}{REGISTRATION_PATH}/{urllib.parse.quote(client_id, safe='')}"
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """RFC 7591 §3.1: the request is "a JSON document" whose top level is an object."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is RecursionError
+        raise InvalidClientMetadata("The request body is not JSON (RFC 7591 3.1).") from None
+    if not isinstance(value, dict):
+        raise InvalidClientMetadata("The client metadata must be a JSON object.")
+    return value
+
+
+# -- RFC 7592: reading, updating and deleting a registration ----------------------------
+
+
+def registered_client(srv: Server, client_id: str, authorization: str | None) -> Client:
+    """RFC 7592 §2: the client whose registration access token this is. "If the client
+    does not exist on this server, the server MUST respond with HTTP 401 Unauthorized",
+    as for a wrong token: the answer does not tell which client_ids exist."""
+    presented = token_hash(bearer_token(authorization, None))
+    client = srv.storage.get_client(client_id)
+    stored = client.registration_token_hash if client is not None else None
+    if client is None or stored is None or not hmac.compare_digest(presented, stored):
+        raise InvalidToken("The registration access token is not valid for this client.")
+    return client
+
+
+def read_registration(srv: Server, client_id: str, authorization: str | None) -> dict[str, Any]:
+    """RFC 7592 §2.1: the client's current registration (its secret is not shown again:
+    only its hash is kept)."""
+    return client_information(srv, registered_client(srv, client_id, authorization), None, None)
+
+
+def update_registration(
+    srv: Server, client_id: str, body: bytes, authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 7592 §2.2: replace the client's metadata with the request's whole: "Omitted
+    fields MUST be treated as null or empty values by the server". The request "MUST
+    include all client metadata fields", the client_id among them, and a client_secret,
+    if sent, must be the current one. A client that starts using a secret gets a new one
+    (returned once); one that stops loses it."""
+    client = registered_client(srv, client_id, authorization)
+    metadata = json_object(body)
+    if metadata.get("client_id") != client_id:
+        raise InvalidRequest("The request's client_id must be the registration's (RFC 7592 2.2).")
+    for member in ("registration_access_token", "registration_client_uri",
+                   "client_secret_expires_at", "client_id_issued_at"):  # fmt: skip
+        if member in metadata:
+            raise InvalidRequest(f"{member} may not be sent in an update (RFC 7592 2.2).")
+    given_secret = metadata.get("client_secret")
+    if given_secret is not None and not (
+        isinstance(given_secret, str) and check_client_secret(srv, client, given_secret, address)
+    ):
+        raise InvalidRequest("client_secret is not this client's (RFC 7592 2.2).")
+    fields = client_metadata(metadata, secret=True)
+    fields["registered_metadata"]["client_id_issued_at"] = client.registered_metadata.get(
+        "client_id_issued_at"
+    )
+    public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
+    secret = new_secret() if not public and client.public else None
+    secret_hash = None if public else client.secret_hash
+    if secret is not None:
+        secret_hash = hash_password(secret, hashing=srv.password_hashing)
+    updated = replace(client, secret_hash=secret_hash, **fields)
+    checked_registration(updated)
+    srv.storage.add_client(updated)
+    audit("client.registration_changed", client=client_id, address=address)
+    return client_information(srv, updated, secret, None)
+
+
+def delete_registration(
+    srv: Server, client_id: str, authorization: str | None, address: str = ""
+) -> None:
+    """RFC 7592 §2.3: deprovision the client; its grants, tokens and codes go with it."""
+    registered_client(srv, client_id, authorization)
+    srv.storage.remove_client(client_id)
+    audit("client.registration_deleted", client=client_id, address=address)
+
+
+###############################################################################
 # Client authentication: RFC 6749 §2.3 #########################################
 ###############################################################################
 
@@ -2519,7 +3568,11 @@ def authenticate_client(
             raise InvalidClient("Client authentication is required.")
         client_id, secret, basic = params["client_id"], params.get("client_secret"), False
 
-    client = srv.storage.get_client(client_id)
+    try:
+        client = find_client(srv, client_id)
+    except FetchError as err:
+        raise InvalidClient(f"The client metadata document cannot be used: {err.description}",
+                            basic=basic) from None  # fmt: skip
     if client is not None and client.public:
         if secret is not None:
             raise InvalidClient("A public client has no secret.", basic=basic)
@@ -2599,18 +3652,11 @@ def authenticate_with_assertion(
         raise failed("assertion alg", f"The client assertion's alg must be one of "
                                       f"{' '.join(CLIENT_KEY_ALGS)}.")  # fmt: skip
     kid = header.get("kid")
-    keys = [k for k in client_keys(srv, client)
-            if alg in jwk_algs(k) and (kid is None or k.get("kid") == kid)]  # fmt: skip
-    claims = None
-    for jwk in keys:
-        try:
-            key = public_jwk(jwk, alg, "client key")
-            claims = verify_client_jwt(
-                assertion, key, alg, ["iss", "sub", "aud", "exp", "jti"], "client assertion"
-            )
-            break
-        except ValueError:
-            continue
+    try:
+        claims = verified_assertion(srv, client, assertion, alg, kid)
+    except FetchError as err:
+        description = f"The client's keys could not be fetched: {err.description}"
+        raise failed("jwks_uri", description) from None
     if claims is None:
         raise failed("assertion signature",
                       "The client assertion is not signed by a registered key.")  # fmt: skip
@@ -2647,10 +3693,65 @@ def authenticate_with_assertion(
     return client
 
 
-def client_keys(srv: Server, client: Client) -> list[dict[str, Any]]:
-    """The public keys a client registered (RFC 7591 §2 jwks), each a JWK object."""
-    keys = client.jwks.get("keys", [])
+def verified_assertion(
+    srv: Server, client: Client, assertion: str, alg: str, kid: Any
+) -> dict[str, Any] | None:
+    """The claims of ``assertion`` if one of the client's keys that may sign with ``alg``
+    (the one named ``kid``, if any) verifies it; else None. Keys from a jwks_uri are
+    fetched again, bypassing the cache, when none verifies (the client rotated its keys),
+    at most once a JWKS_REFETCH_INTERVAL per client, so that bad assertions cannot make
+    this server hammer the client's host. FetchError if they cannot be had."""
+    for fresh in (False, True):
+        if fresh and not srv.jwks_refetches.allow(client.client_id, srv.clock()):
+            return None
+        keys = [k for k in client_keys(srv, client, fresh=fresh)
+                if alg in jwk_algs(k) and (kid is None or k.get("kid") == kid)]  # fmt: skip
+        for jwk in keys:
+            try:
+                key = public_jwk(jwk, alg, "client key")
+                return verify_client_jwt(
+                    assertion, key, alg, ["iss", "sub", "aud", "exp", "jti"], "client assertion"
+                )
+            except ValueError:
+                continue
+        if client.jwks_uri is None:
+            return None
+    return None
+
+
+def client_keys(srv: Server, client: Client, *, fresh: bool = False) -> list[dict[str, Any]]:
+    """The public keys a client registered (RFC 7591 §2): its ``jwks``, or the JWK Set at
+    its ``jwks_uri`` through the one hardened fetch (``fresh``: not from the cache)."""
+    jwks: Any = client.jwks
+    if client.jwks_uri is not None:
+        jwks = fetch_json_document(srv, client.jwks_uri, fresh=fresh)
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
     return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
+
+
+# RFC 7517 §5 keys fetched from a client's jwks_uri again (past the cache) when an
+# assertion names a key they lack: at most once this often per client.
+JWKS_REFETCH_INTERVAL = 60
+
+
+class RefetchLimiter:
+    """When each client's keys were last fetched past the cache, so that a refetch per
+    client happens at most once a JWKS_REFETCH_INTERVAL (bounded: the oldest go first)."""
+
+    def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
+        self._last: dict[str, float] = {}
+        self._entries = entries
+        self._lock = threading.Lock()
+
+    def allow(self, client_id: str, now: float) -> bool:
+        with self._lock:
+            if now - self._last.get(client_id, -math.inf) < JWKS_REFETCH_INTERVAL:
+                return False
+            self._last.pop(client_id, None)
+            if len(self._last) >= self._entries:
+                del self._last[next(iter(self._last))]
+            self._last[client_id] = now
+            return True
 
 
 def check_client_secret(srv: Server, client: Client, secret: str, address: str = "") -> bool:
@@ -2908,6 +4009,81 @@ def check_pkce(code: AuthorizationCode, code_verifier: str | None) -> None:
 
 
 ###############################################################################
+# Resource indicators: RFC 8707 ################################################
+###############################################################################
+
+# A client names the APIs its token is for with ``resource`` (§2), at the authorization
+# endpoint (§2.1) and the token endpoint (§2.2). The token's audience is those resources
+# (RFC 9068 §3 aud), and its scopes are theirs: a resource's scopes may be asked for with
+# it, and the consent page shows which API the app reaches with which of its scopes.
+# Without ``resource`` nothing changes: the client's scopes, the default audience.
+
+
+def requested_resources(
+    srv: Server, client: Client, params: dict[str, str]
+) -> tuple[Resource, ...]:
+    """RFC 8707 §2: the registered resources named by ``resource`` (one value of
+    space-separated URIs, as single_params keeps them). §2: "the authorization server
+    SHOULD return an error response (invalid_target)" for one it does not know or the
+    client may not ask for."""
+    return known_resources(srv, split_scope(params.get("resource")), client)
+
+
+def known_resources(
+    srv: Server, uris: Iterable[str], client: Client | None = None
+) -> tuple[Resource, ...]:
+    """The registered resources of ``uris``, each one ``client`` may ask for (its
+    ``resources``, if it lists some); else invalid_target."""
+    found = []
+    for uri in uris:
+        resource = srv.storage.get_resource(uri)
+        if resource is None:
+            raise InvalidTarget(f"Unknown resource: {uri[:100]}")
+        if client is not None and client.resources and uri not in client.resources:
+            raise InvalidTarget(f"This client may not ask for the resource {uri[:100]}")
+        found.append(resource)
+    return tuple(found)
+
+
+def resource_scopes(resources: Iterable[Resource]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s for r in resources for s in r.scopes))
+
+
+def allowed_scope(
+    client: Client, resources: tuple[Resource, ...], requested: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The scope of a request for the user's grant: what it asks for, else the resources'
+    scopes (the client's own without resources); each scope the client's or one of the
+    resources' (a client's registered scopes do not cap a resource's). InvalidScope else."""
+    offered = resource_scopes(resources)
+    scope = requested or offered or client.scopes
+    unknown = [s for s in scope if s not in client.scopes and s not in offered]
+    if unknown:
+        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+    return scope
+
+
+def narrowed_scope(
+    scope: tuple[str, ...], granted: Iterable[Resource], audience: tuple[Resource, ...]
+) -> tuple[str, ...]:
+    """The scope of an access token for ``audience``, a part of the ``granted`` resources
+    (RFC 8707 §2.2): a resource's scopes only for that resource; the rest (openid, the
+    client's own) as granted."""
+    for_audience = set(resource_scopes(audience))
+    others = set(resource_scopes(granted)) - for_audience
+    return tuple(s for s in scope if s not in others)
+
+
+def audience_claim(srv: Server, audience: Iterable[str]) -> str | list[str]:
+    """RFC 9068 §3, RFC 7662 §2.2 aud: the resource, the list of several, or without
+    resources the server's default audience."""
+    uris = list(audience)
+    if not uris:
+        return srv.access_token_audience
+    return uris[0] if len(uris) == 1 else uris
+
+
+###############################################################################
 # Authorization endpoint: RFC 6749 §4.1.1, §4.1.2 ##############################
 ###############################################################################
 
@@ -2930,6 +4106,7 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
+    resources: tuple[Resource, ...] = ()  # RFC 8707 §2.1
     dpop_jkt: str | None = None  # RFC 9449 §10: the DPoP key the code will be bound to
 
 
@@ -2976,7 +4153,12 @@ def trusted_redirect(srv: Server, pairs: list[tuple[str, str]]) -> tuple[Client,
     client_id = _only(pairs, "client_id")
     if client_id is None:
         raise UntrustedRequest("The request has no client_id.")
-    client = srv.storage.get_client(client_id)
+    try:
+        client = find_client(srv, client_id)
+    except FetchError as err:
+        raise UntrustedRequest(
+            f"The client's metadata document cannot be used: {err.description}"
+        ) from None
     if client is None:
         raise UntrustedRequest("The client_id is not a registered client.")
     given = _only(pairs, "redirect_uri")
@@ -2999,7 +4181,8 @@ def validate_authorization_request(
     REQUIRED: response_type=code, client_id, code_challenge (+ code_challenge_method=S256)
     unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state; from
     OIDC Core §3.1.2.1 nonce, prompt, max_age, login_hint, ui_locales (accepted; the
-    pages are in English). Unrecognised parameters are ignored (RFC 6749 §3.1).
+    pages are in English); RFC 8707 §2.1 resource, repeatable. Unrecognised parameters
+    are ignored (RFC 6749 §3.1).
     """
     if "request" in params:
         raise RequestNotSupported("Request objects are not supported.")
@@ -3022,10 +4205,8 @@ def validate_authorization_request(
             f"response_mode {response_mode[:40]} is not supported: use query or form_post."
         )
 
-    scope = split_scope(params.get("scope")) or client.scopes
-    unknown = [s for s in scope if s not in client.scopes]
-    if unknown:
-        raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
+    resources = requested_resources(srv, client, params)
+    scope = allowed_scope(client, resources, split_scope(params.get("scope")))
 
     # OIDC Core §3.1.2.1: "If this parameter contains none with any other value, an
     # error is returned."
@@ -3075,6 +4256,7 @@ def validate_authorization_request(
         prompt=prompt,
         max_age=int(max_age) if max_age is not None else None,
         params=params,
+        resources=resources,
         dpop_jkt=dpop_jkt,
     )
 
@@ -3136,14 +4318,26 @@ def requested_value(areq: AuthorizationRequest, claim: str) -> list[str]:
 def consent_scopes(areq: AuthorizationRequest) -> tuple[str, ...]:
     """What the user consents to: the scopes asked for, and the scope of each claim asked
     for on its own (OIDC Core §5.5) that the client may ask for, so that the consent page
-    shows every kind of data the client gets."""
+    shows every kind of data the client gets.
+
+    A resource's scopes are the resource's (RFC 8707): consenting to "read" of one API is
+    no consent to "read" of another. So each resource asked for is an item of its own
+    (its URI: the app may reach that API), and each of its scopes is "URI scope" (a scope
+    has no space, RFC 6749 §3.3, so such an item is no plain scope)."""
     extra = [
         CLAIM_SCOPE[name]
         for member in areq.claims.values()
         for name in member
         if CLAIM_SCOPE.get(name) in areq.client.scopes
     ]
-    return tuple(dict.fromkeys((*areq.scope, *extra)))
+    owned = set(resource_scopes(areq.resources))
+    plain = [s for s in (*areq.scope, *extra) if s not in owned]
+    per_resource = [
+        item
+        for r in areq.resources
+        for item in (r.uri, *(f"{r.uri} {s}" for s in areq.scope if s in r.scopes))
+    ]
+    return tuple(dict.fromkeys((*plain, *per_resource)))
 
 
 def continue_authorization(
@@ -3255,6 +4449,7 @@ def issue_code(
             acr=acr_of(amr),
             claims_request=areq.claims,
             sid=sid or None,
+            resources=tuple(r.uri for r in areq.resources),
             dpop_jkt=areq.dpop_jkt,
         )
     )
@@ -3339,7 +4534,7 @@ def restart_url(
     """Where an expired form's request began, if the form still carries one we signed:
     that first request is safe to make again, since it is checked anew."""
     params = srv.signer.request_params(form.get("request"), purpose, expired=True)
-    return f"{srv.issuer}{path}?{urllib.parse.urlencode(params)}" if params else None
+    return f"{srv.issuer}{path}?{urllib.parse.urlencode(request_pairs(params))}" if params else None
 
 
 def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
@@ -3495,7 +4690,7 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
 
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
-    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(params)}"
+    return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(request_pairs(params))}"
 
 
 ###############################################################################
@@ -3539,7 +4734,8 @@ def authorization_code_grant(
     srv: Server, client: Client, params: dict[str, str], jkt: str | None
 ) -> dict[str, Any]:
     """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
-    challenge was sent; redirect_uri when it was in the authorization request. ``jkt``:
+    challenge was sent; redirect_uri when it was in the authorization request. OPTIONAL:
+    resource (RFC 8707 §2.2), some of the resources the code was authorized for. ``jkt``:
     the thumbprint of the request's DPoP key, if it had a proof (RFC 9449 §5)."""
     code_value = params.get("code")
     if code_value is None:
@@ -3580,24 +4776,45 @@ def authorization_code_grant(
     user = srv.storage.get_user(code.username)
     if user is None:
         raise InvalidGrant("The user of this code no longer exists.")
+    granted, audience = token_resources(srv, client, params, code.resources)
     # OIDC Core §11: in an OpenID request, a refresh token means offline access, which
     # the user must have granted with the offline_access scope.
     offline = "openid" not in code.scope or "offline_access" in code.scope
     body = issue_tokens(
         srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
-        claims_request=code.claims_request, sid=code.sid, jkt=jkt,
+        claims_request=code.claims_request, sid=code.sid, granted=granted, audience=audience,
+        jkt=jkt,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
+
+
+def token_resources(
+    srv: Server, client: Client, params: dict[str, str], granted_uris: tuple[str, ...]
+) -> tuple[tuple[Resource, ...], tuple[Resource, ...]]:
+    """RFC 8707 §2.2: the resources of a grant, and those the access token is for: the
+    ones ``resource`` names, which must be among the granted ones (so a refresh may
+    narrow the audience and never widen it: invalid_target); all granted ones without it."""
+    try:
+        granted = known_resources(srv, granted_uris)
+    except InvalidTarget:
+        raise InvalidTarget("A resource of this grant is no longer registered.") from None
+    asked = split_scope(params.get("resource"))
+    beyond = [uri for uri in asked if uri not in granted_uris]
+    if beyond:
+        raise InvalidTarget(f"This grant is not for the resource {beyond[0][:100]}")
+    return granted, tuple(r for r in granted if r.uri in asked) if asked else granted
 
 
 def refresh_token_grant(
     srv: Server, client: Client, params: dict[str, str], jkt: str | None
 ) -> dict[str, Any]:
     """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
-    narrow the grant but never widen it. A refresh token bound to a DPoP key (a public
-    client's, RFC 9449 §5) is good only with a proof of that key, ``jkt``."""
+    narrow the grant but never widen it; resource (RFC 8707 §2.2), which may narrow the
+    access token's audience to some of the grant's resources. A refresh token bound to a
+    DPoP key (a public client's, RFC 9449 §5) is good only with a proof of that key,
+    ``jkt``."""
     value = params.get("refresh_token")
     if value is None:
         raise InvalidRequest("refresh_token is required.")
@@ -3624,11 +4841,13 @@ def refresh_token_grant(
     # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted"
     if not set(scope) <= set(old.scope):
         raise InvalidScope("The requested scope exceeds the original grant.")
+    granted, audience = token_resources(srv, client, params, old.audience)
     # OIDC Core §12.2: an ID token again, for the same user, as of the original sign-in.
     body = issue_tokens(
         srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
-        claims_request=old.claims_request, sid=old.sid, jkt=jkt,
+        claims_request=old.claims_request, sid=old.sid, granted=granted, audience=audience,
+        jkt=jkt,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
@@ -3637,17 +4856,25 @@ def refresh_token_grant(
 def client_credentials_grant(
     srv: Server, client: Client, params: dict[str, str], jkt: str | None
 ) -> dict[str, Any]:
-    """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope."""
+    """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope; resource (RFC 8707 §2.2).
+
+    No user consents here, so the client's registered scopes cap what it gets, with a
+    resource too (of the client's scopes, the resource's by default)."""
     # RFC 6749 §4.4: "The client credentials grant type MUST only be used by
     # confidential clients."
     if client.public:
         raise UnauthorizedClient("Public clients may not use client_credentials.")
-    scope = split_scope(params.get("scope")) or client.scopes
+    audience = requested_resources(srv, client, params)
+    offered = [s for s in client.scopes if s in resource_scopes(audience)]
+    scope = split_scope(params.get("scope")) or tuple(offered) or client.scopes
     unknown = [s for s in scope if s not in client.scopes]
     if unknown:
         raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
     # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
-    return issue_tokens(srv, client, None, scope, family_id=new_secret(), refresh=False, jkt=jkt)
+    return issue_tokens(
+        srv, client, None, scope, family_id=new_secret(), refresh=False, audience=audience,
+        jkt=jkt,
+    )  # fmt: skip
 
 
 # A grant's handler: the server, the authenticated client, the request's parameters, and
@@ -3676,9 +4903,18 @@ def issue_tokens(
     acr: str | None = None,
     claims_request: dict[str, Any] | None = None,
     sid: str | None = None,
+    granted: tuple[Resource, ...] | None = None,
+    audience: tuple[Resource, ...] = (),
+    actor: dict[str, Any] | None = None,
     jkt: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
+
+    RFC 8707: the access token is for the resources ``audience`` (none: the default
+    audience), the refresh token for every resource ``granted`` (``audience`` if None),
+    which a refresh may narrow. A resource's settings choose the access token's format
+    (a JWT if any of them, or the client, asks for one) and lifetime (the shortest).
+    ``actor``: the act claim of a token exchange (RFC 8693 §4.1).
 
     With ``jkt``, the thumbprint of a DPoP key, the access token is bound to it
     (``token_type`` DPoP, RFC 9449 §5), and so is a public client's refresh token: a
@@ -3692,35 +4928,44 @@ def issue_tokens(
     """
     now = srv.clock()
     username = user.username if user is not None else None
+    granted = audience if granted is None else granted
+    access_scope = narrowed_scope(scope, granted, audience) if audience else scope
+    lifetime = min(
+        [r.access_token_lifetime for r in audience if r.access_token_lifetime is not None],
+        default=srv.access_token_lifetime,
+    )
+    uris = tuple(r.uri for r in audience)
     access = (
-        jwt_access_token(srv, client, user, scope, auth_time, jkt)
-        if client.access_token_jwt
+        jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor, jkt)
+        if client.access_token_jwt or any(r.access_token_jwt for r in audience)
         else new_secret()
     )
     tokens = [
         Token(
-            token_hash(access), "access", client.client_id, username, scope,
-            issued_at=now, expires_at=now + srv.access_token_lifetime, family_id=family_id,
+            token_hash(access), "access", client.client_id, username, access_scope,
+            issued_at=now, expires_at=now + lifetime, family_id=family_id,
             auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
-            jkt=jkt,
+            audience=uris, actor=actor or {}, jkt=jkt,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "DPoP" if jkt is not None else "Bearer",
-        "expires_in": srv.access_token_lifetime,
-        "scope": " ".join(scope),
+        "expires_in": lifetime,
+        "scope": " ".join(access_scope),
     }
     if refresh and "refresh_token" in client.grant_types:
         value = new_secret()
-        # RFC 6749 §6: a new refresh token's scope "MUST be identical" to the old one's.
-        granted = rotating.scope if rotating is not None else scope
+        # RFC 6749 §6: a new refresh token's scope "MUST be identical" to the old one's;
+        # RFC 8707 §2.2: and so are its resources, whatever this access token is for.
+        kept = rotating.scope if rotating is not None else scope
+        resources = rotating.audience if rotating is not None else tuple(r.uri for r in granted)
         tokens.append(
             Token(
-                token_hash(value), "refresh", client.client_id, username, granted,
+                token_hash(value), "refresh", client.client_id, username, kept,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
                 auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
-                jkt=jkt if client.public else None,
+                audience=resources, jkt=jkt if client.public else None,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -3874,16 +5119,21 @@ def jwt_access_token(
     user: User | None,
     scope: tuple[str, ...],
     auth_time: int | None,
+    audience: tuple[str, ...] = (),
+    lifetime: int | None = None,
+    actor: dict[str, Any] | None = None,
     jkt: str | None = None,
 ) -> str:
     """RFC 9068 §2.2: a JWT access token. REQUIRED: iss, exp, aud, sub, client_id, iat,
-    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2). Bound to
-    a DPoP key, it says which: RFC 9449 §6.1 ``cnf`` with ``jkt``."""
+    jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2). §3: aud is
+    the resources asked for (RFC 8707), else "a default resource indicator". RFC 8693
+    §4.1: act, the party acting for sub, in a token from token exchange. Bound to a DPoP
+    key, it says which: RFC 9449 §6.1 ``cnf`` with ``jkt``."""
     now = int(srv.clock())
     body: dict[str, Any] = {
         "iss": srv.issuer,
-        "exp": now + srv.access_token_lifetime,
-        "aud": srv.access_token_audience,
+        "exp": now + (srv.access_token_lifetime if lifetime is None else lifetime),
+        "aud": audience_claim(srv, audience),
         "sub": user.subject if user is not None else client.client_id,
         "client_id": client.client_id,
         "iat": now,
@@ -3892,6 +5142,8 @@ def jwt_access_token(
     }
     if auth_time is not None:
         body["auth_time"] = auth_time
+    if actor:
+        body["act"] = actor
     if jkt is not None:
         body["cnf"] = {"jkt": jkt}
     return sign(srv, body, "RS256", typ="at+jwt")
@@ -3935,6 +5187,15 @@ def presented_token(authorization: str | None, form: dict[str, str] | None) -> t
     return token, scheme == "dpop"
 
 
+def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
+    """RFC 6750 §2.1 (Authorization: Bearer) or §2.2 (form body), one method only: for
+    tokens that are never bound to a key (registration tokens)."""
+    token, with_dpop = presented_token(authorization, form)
+    if with_dpop:
+        raise InvalidToken("Use the Authorization: Bearer scheme.")
+    return token
+
+
 def userinfo(
     srv: Server,
     authorization: str | None,
@@ -3962,7 +5223,7 @@ def userinfo(
         raise InvalidToken("This access token is not DPoP-bound: send it as a Bearer token.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
-    client = srv.storage.get_client(token.client_id)
+    client = find_client(srv, token.client_id, quiet=True)
     if client is None:
         raise InvalidToken("The token's client no longer exists.")
     if token.username is None or "openid" not in token.scope:
@@ -4167,21 +5428,29 @@ def introspect(
     """RFC 7662 §2.1: "the endpoint MUST also require some form of authorization";
     we require a confidential client.
 
-    Any confidential client may introspect any access token, and its own refresh tokens.
-    RFC 7662 §4 says the server "SHOULD require protected resources to be specifically
-    authorized to call the introspection endpoint"; but resource servers are not yet
-    registrations of their own (RFC 8707 resources will be), only confidential clients
-    like any other, so no narrower rule would keep today's resource servers working. The
-    caller must hold a client secret, and what it learns of a token it presents (scope,
-    client, user) is what a resource server needs.
+    RFC 7662 §4: the server "SHOULD require protected resources to be specifically
+    authorized to call the introspection endpoint". A client that a registered resource
+    names as its server (``Resource.client_id``) introspects only if the resource allows it
+    (``introspection``), and sees as active only the access tokens whose audience is one
+    of its resources. Any other confidential client may introspect any access token, and
+    its own refresh tokens, as before resources were registrations: no narrower rule
+    would keep those resource servers working. The answer's aud (§2.2) is the token's.
     """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
         raise InvalidClient("Introspection needs a confidential client.")
+    served = [r for r in srv.storage.list_resources() if r.client_id == client.client_id]
+    if served and not any(r.introspection for r in served):
+        raise UnauthorizedClient("The resources of this client may not use introspection.")
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
+    if served and token is not None and token.client_id != client.client_id:
+        # RFC 7662 §2.2: a token the caller "is not allowed to introspect" is inactive to it.
+        mine = {r.uri for r in served if r.introspection}
+        if token.kind != "access" or not mine & set(token.audience):
+            return {"active": False}
     username = token.username if token is not None else None
     user = srv.storage.get_user(username) if username is not None else None
     # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}, and
@@ -4193,7 +5462,10 @@ def introspect(
         or not token.active(srv.clock())
         or (token.kind == "refresh" and token.client_id != client.client_id)
         or (token.username is not None and user is None)
-        or (token.client_id != client.client_id and srv.storage.get_client(token.client_id) is None)
+        or (
+            token.client_id != client.client_id
+            and find_client(srv, token.client_id, quiet=True) is None
+        )
     ):
         return {"active": False}
     body: dict[str, Any] = {
@@ -4208,6 +5480,10 @@ def introspect(
             "refresh_token" if token.kind == "refresh" else "DPoP" if token.jkt else "Bearer"
         ),
     }
+    if token.kind == "access":
+        body["aud"] = audience_claim(srv, token.audience)  # RFC 8707, RFC 9068 §3
+    if token.actor:
+        body["act"] = token.actor  # RFC 8693 §2.2.1, §4.1
     if token.jkt is not None:
         body["cnf"] = {"jkt": token.jkt}
     if user is not None:
@@ -4288,6 +5564,16 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "backchannel_logout_session_supported": True,
         "frontchannel_logout_supported": True,
         "frontchannel_logout_session_supported": True,
+        # RFC 8707: resource is honoured at the authorization and token endpoints. RFC 8414
+        # registers no member for it; this one is what MCP clients and other servers use
+        # (RFC 8414 §2: "Additional authorization server metadata parameters MAY also be
+        # used").
+        "resource_indicators_supported": True,
+        # RFC 7591 §3 and the Client ID Metadata Document draft §5: only when enabled.
+        **({"registration_endpoint": back + REGISTRATION_PATH}
+           if srv.registration != "off" else {}),
+        **({"client_id_metadata_document_supported": True}
+           if srv.client_id_metadata_documents else {}),
     }  # fmt: skip
 
 
@@ -4314,6 +5600,8 @@ button.secondary,a.secondary{background:#fff;color:#1f4fd1}button.secondary:hove
 :focus-visible{outline:3px solid #1d2330;outline-offset:2px}
 .error{color:#a4161a;background:#fdecea;border-left:4px solid #a4161a;padding:.5rem .75rem;
 font-weight:600;border-radius:0 4px 4px 0}.muted{color:#4a5468;font-size:.95rem}
+.warning{color:#5c3d00;background:#fff4d6;border-left:4px solid #a86f00;padding:.5rem .75rem;
+border-radius:0 4px 4px 0}
 ul.scopes{padding-left:1.2rem}ul.scopes li{margin:.3rem 0}.hint{margin:.1rem 0 0}
 code,pre{background:#eef0f4;padding:.1rem .3rem;border-radius:3px;font-size:.9em;
 overflow-wrap:anywhere}dl.params dt{margin-top:.75rem;font-weight:600}
@@ -4469,17 +5757,56 @@ cannot continue to {app} this way.</p>
 ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
 
 
-def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
-    items = "".join(
+def consent_items(areq: AuthorizationRequest, items: Iterable[str]) -> str:
+    """The list items of consent_scopes ``items``: each plain scope in words; each API
+    (RFC 8707 resource) the app will reach, by name and URI, with its scopes under it."""
+    items = list(items)
+    uris = {r.uri for r in areq.resources}
+    html_items = [
         f"<li>{esc(SCOPE_WORDS.get(s, s))} <code>{esc(s)}</code></li>"
-        for s in consent_scopes(areq)
+        for s in items
+        if " " not in s and s not in uris
+    ]
+    for r in areq.resources:
+        scopes = [item.partition(" ")[2] for item in items if item.startswith(r.uri + " ")]
+        if r.uri not in items and not scopes:
+            continue
+        inner = "".join(f"<li><code>{esc(scope)}</code></li>" for scope in scopes)
+        name = f"<strong>{esc(r.name)}</strong> " if r.name else ""
+        html_items.append(
+            f'<li class="resource">Use the API {name}<code>{esc(r.uri)}</code> as you'
+            + (f'<ul class="scopes">{inner}</ul>' if inner else "")
+            + "</li>"
+        )
+    return "".join(html_items)
+
+
+def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """The consent page: what the app asks for. When the user already allowed part of it
+    (a step-up for a larger scope, RFC 6750 §3.1 insufficient_scope), only what is new
+    is asked, and the rest is listed as already allowed."""
+    username = browser.session.username if browser.session else ""
+    asked = consent_scopes(areq)
+    granted = (
+        srv.storage.get_consent(username, areq.client.client_id)
+        if username and client_identified(areq.client, areq.redirect_uri)
+        else frozenset()
+    )
+    new = [item for item in asked if item not in granted] or list(asked)
+    already = [item for item in asked if item not in new]
+    items = consent_items(areq, new)
+    before = (
+        '<p class="muted">You already allowed it to:</p>'
+        f'<ul class="scopes granted">{consent_items(areq, already)}</ul>'
+        if already
+        else ""
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
     switch = authorize_url(srv, {**areq.params, "prompt": "login"})
     back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
-    username = browser.session.username if browser.session else ""
-    body = f"""{BRAND}<h1>Allow access?</h1>
-<p><strong>{client_label(areq.client)}</strong> asks to:</p><ul class="scopes">{items}</ul>
+    asks = "also asks to" if already else "asks to"
+    body = f"""{BRAND}<h1>Allow access?</h1>{unverified_notice(areq.client, back_to)}
+<p><strong>{client_label(areq.client)}</strong> {asks}:</p><ul class="scopes">{items}</ul>{before}
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
 <form method="post" action="consent">{_hidden_fields(srv, browser, areq.params)}
@@ -4488,6 +5815,23 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
 <button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
 <p class="muted">Either way, you go back to <strong>{esc(back_to)}</strong>.</p>"""
     return Page("Allow access?", body)
+
+
+def unverified_notice(client: Client, back_to: str) -> str:
+    """For a client that described itself (see "Clients that register themselves"): its
+    name is only what it says, so say so, with where its description comes from and the
+    host the answer goes to, which no client can fake."""
+    if not client.unverified:
+        return ""
+    if client.registration == REGISTERED_BY_DOCUMENT:
+        home = urllib.parse.urlsplit(client.client_id).netloc
+        source = f"describes itself in a document at <strong>{esc(home)}</strong>"
+    else:
+        source = "registered itself with this server"
+    return f"""
+<p class="warning" role="note"><strong>Unverified app.</strong> This app {source}; no one
+has checked that it is what its name says. Your answer goes to
+<strong>{esc(back_to)}</strong>. Allow only if you started this from an app you trust.</p>"""
 
 
 def error_page(err: OAuthError) -> Page:
@@ -5023,7 +6367,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         """The route's callback: ``respond``, or 503 if storage is down at any point of it
         (reading the session cookie, the CORS origins, the endpoint itself)."""
 
-        def callback() -> bottle.HTTPResponse:
+        def callback(**_url_args: str) -> bottle.HTTPResponse:  # read via request.url_args
             try:
                 return respond()
             except StorageUnavailable as err:
@@ -5065,6 +6409,17 @@ def build_app(srv: Server) -> bottle.Bottle:
     preflight(TOKEN_PATH, "POST")
     preflight(REVOKE_PATH, "POST")
     preflight(USERINFO_PATH, "GET, POST")
+    # RFC 7591 §3, RFC 7592 §2: JSON in and out, any origin (no cookie is ever used: the
+    # policy, or the registration access token, is the whole of the access control).
+    app.route(REGISTRATION_PATH, ["POST"],
+              answer("json", lambda: registration_endpoint(srv, bottle.request)))
+    app.route(REGISTRATION_PATH + "/<client_id>", ["GET", "PUT", "DELETE"],
+              answer("json", lambda: registration_endpoint(srv, bottle.request)))
+    app.route(REGISTRATION_PATH, ["OPTIONS"], answer("json", lambda: preflight_response(
+        srv, bottle.request, "POST", any_origin=True)))
+    app.route(REGISTRATION_PATH + "/<client_id>", ["OPTIONS"],
+              answer("json", lambda: preflight_response(
+                  srv, bottle.request, "GET, PUT, DELETE", any_origin=True)))  # fmt: skip
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
@@ -5193,16 +6548,17 @@ TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 FORWARDED_PAIR = re.compile(rf'[ \t]*({TCHARS})=({TCHARS}|"(?:[^"\\]|\\.)*")[ \t]*(;|,|$)')
 
 
-def proxy_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
-    """The ``trusted_proxies`` setting: addresses or CIDR networks, checked at once."""
+def proxy_networks(
+    cidrs: Iterable[str] | str, setting: str = "trusted_proxies"
+) -> tuple[IPNetwork, ...]:
+    """The ``trusted_proxies`` setting (or another list of networks, ``setting``):
+    addresses or CIDR networks, checked at once."""
     networks = []
     for cidr in [cidrs] if isinstance(cidrs, str) else cidrs:
         try:
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"trusted_proxies: {cidr!r} is not an IP address or CIDR network"
-            ) from None
+            raise ValueError(f"{setting}: {cidr!r} is not an IP address or CIDR network") from None
     return tuple(networks)
 
 
@@ -5623,6 +6979,38 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
 
 # Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
 ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
+
+def registration_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
+    """RFC 7591 §3: POST registers a client (201); RFC 7592 §2: GET, PUT and DELETE on a
+    registration_client_uri read, replace and delete it, with its registration access
+    token. Errors are RFC 7591 §3.2.2 JSON; a bad token is RFC 6750 §3's 401."""
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
+    address = request.environ.get("REMOTE_ADDR", "")
+    client_id = request.url_args.get("client_id")
+    try:
+        body = b""
+        if request.method in ("POST", "PUT"):
+            ctype = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise InvalidRequest("Content-Type must be application/json (RFC 7591 3.1).")
+            body = read_body(request)
+        if client_id is None:
+            registered = register_client(srv, body, authorization, address)
+            response = json_response(registered, 201)
+        elif request.method == "GET":
+            response = json_response(read_registration(srv, client_id, authorization))
+        elif request.method == "PUT":
+            changed = update_registration(srv, client_id, body, authorization, address)
+            response = json_response(changed)
+        else:
+            delete_registration(srv, client_id, authorization, address)
+            response = bottle.HTTPResponse(status=204, **{"Cache-Control": "no-store"})
+    except OAuthError as err:
+        response = error_response(srv, err, "bearer" if isinstance(err, InvalidToken) else "json")
+    for name, value in ANY_ORIGIN.items():
+        response.set_header(name, value)
+    return response
 
 
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
@@ -6587,11 +7975,17 @@ CLIENT_KEYS: dict[str, type] = {
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
     "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
+    "resources": list, "token_exchange": list,
     "jwks": dict, "jwks_uri": str, "dpop_bound_access_tokens": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
-TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table"}
+RESOURCE_KEYS: dict[str, type] = {
+    "uri": str, "scopes": list, "name": str, "access_token_jwt": bool,
+    "access_token_lifetime": int, "introspection": bool, "client_id": str,
+}  # fmt: skip
+TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list of strings", dict: "a table",
+              int: "a whole number"}  # fmt: skip
 
 
 def config_entries(
@@ -6607,8 +8001,10 @@ def config_entries(
             expected = types.get(key)
             if expected is None:
                 continue
-            if isinstance(value, expected) and (
-                not isinstance(value, list) or all(isinstance(v, str) for v in value)
+            if (
+                isinstance(value, expected)
+                and (not isinstance(value, list) or all(isinstance(v, str) for v in value))
+                and (expected is bool or not isinstance(value, bool))  # TOML true is no number
             ):
                 continue
             # A secret of the wrong type is still a secret: name its type only.
@@ -6621,9 +8017,25 @@ def config_entries(
 
 
 def load_config(srv: Server, config: dict[str, Any]) -> None:
-    """Apply the ``[[clients]]`` and ``[[users]]`` of a TOML config file to storage."""
+    """Apply the ``[[resources]]``, ``[[clients]]`` and ``[[users]]`` of a TOML config file
+    to storage."""
+    resources = {r["uri"]: r for r in config_entries(config, "resources", RESOURCE_KEYS)}
     clients = {c["client_id"]: c for c in config_entries(config, "clients", CLIENT_KEYS)}
     users = {u["username"]: u for u in config_entries(config, "users", USER_KEYS)}
+    for uri, entry in resources.items():
+        stored_resource = srv.storage.get_resource(uri)
+        if _declaration_is_current(srv, entry, stored_resource, "resource", uri):
+            continue
+        resource = srv.add_resource(
+            uri,
+            scopes=entry.get("scopes", []),
+            name=entry.get("name", ""),
+            access_token_jwt=entry.get("access_token_jwt", True),
+            access_token_lifetime=entry.get("access_token_lifetime"),
+            introspection=entry.get("introspection", True),
+            client_id=entry.get("client_id"),
+        )
+        srv.storage.add_resource(replace(resource, declared=_declaration(srv, entry)))
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
         if _declaration_is_current(srv, entry, stored_client, "client", client_id):
@@ -6649,6 +8061,8 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             frontchannel_logout_session_required=entry.get(
                 "frontchannel_logout_session_required", False
             ),
+            resources=entry.get("resources", []),
+            token_exchange=entry.get("token_exchange", []),
             jwks=entry.get("jwks"),
             jwks_uri=entry.get("jwks_uri"),
             dpop_bound_access_tokens=entry.get("dpop_bound_access_tokens", False),
@@ -6676,6 +8090,11 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             # Server.set_password does (RFC 9700 §4.14.2).
             srv.storage.change_credentials(user)
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
+    for r in srv.storage.list_resources():
+        if r.declared and r.uri not in resources:
+            log.warning("codeflow: resource %r is no longer in the config file: it stays in "
+                        "storage, managed with the CLI from now on", r.uri)  # fmt: skip
+            srv.storage.add_resource(replace(r, declared=""))
     for c in srv.storage.list_clients():
         if c.declared and c.client_id not in clients:
             log.warning("codeflow: client %r is no longer in the config file: it stays in "
@@ -6696,7 +8115,11 @@ def _declaration(srv: Server, entry: dict[str, Any]) -> str:
 
 
 def _declaration_is_current(
-    srv: Server, entry: dict[str, Any], record: Client | User | None, kind: str, name: str
+    srv: Server,
+    entry: dict[str, Any],
+    record: Client | User | Resource | None,
+    kind: str,
+    name: str,
 ) -> bool:
     """True when ``record`` was made from this very entry: leave storage as it is."""
     if record is None:
@@ -6712,7 +8135,7 @@ def _declaration_is_current(
     return False
 
 
-def refuse_declared(record: Client | User) -> None:
+def refuse_declared(record: Client | User | Resource) -> None:
     """The CLI edits no record the config file declares (a restart would undo the edit,
     or the edit would silently override the file): ValueError saying where to change it."""
     if record.declared:
@@ -6722,10 +8145,12 @@ def refuse_declared(record: Client | User) -> None:
         )
 
 
-def named(record: Client | User) -> str:
+def named(record: Client | User | Resource) -> str:
     """A client or user as a message names it: "client 'wiki'", "user 'alice'"."""
     if isinstance(record, Client):
         return f"client {record.client_id!r}"
+    if isinstance(record, Resource):
+        return f"resource {record.uri!r}"
     return f"user {record.username!r}"
 
 
@@ -6878,6 +8303,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--frontchannel-logout-session-required",
                          action=argparse.BooleanOptionalAction,
                          help="the app needs iss and sid on that page (always sent)")
+        cmd.add_argument("--resource", action="append", dest="resources", metavar="URI",
+                         help="a resource (RFC 8707) it may ask tokens for; none: any "
+                         "(repeatable; update: replaces the list)")
+        cmd.add_argument("--token-exchange", action="append", dest="token_exchange",
+                         metavar="URI", help="a resource it may get tokens for by token "
+                         "exchange, RFC 8693 (repeatable; update: replaces the list)")  # fmt: skip
         cmd.add_argument("--dpop-bound-access-tokens", action=argparse.BooleanOptionalAction,
                          help="every token request must carry a DPoP proof (RFC 9449)")
         cmd.add_argument("--jwks", metavar="FILE", type=argparse.FileType("rb"),
@@ -6891,6 +8322,26 @@ def _parser() -> argparse.ArgumentParser:
             "give a confidential client a new secret").add_argument("client_id")  # fmt: skip
     command(client, "list", client_list, "list clients")
     command(client, "remove", client_remove, "remove a client").add_argument("client_id")
+
+    resource = commands.add_parser(
+        "resource", help="manage resources: the APIs tokens are for (RFC 8707)"
+    ).add_subparsers(dest="action", required=True)
+    add = command(resource, "add", resource_add, "register a resource (an API)")
+    add.add_argument("uri", help="its resource indicator: an absolute URI without fragment")
+    add.add_argument("--scope", action="append", dest="scopes",
+                     help="a scope it defines (repeatable)")
+    add.add_argument("--name", help="the name users see on the consent page")
+    add.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
+                     help="RFC 9068 JWT access tokens (the default) or opaque ones")
+    add.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
+                     help="how long its access tokens live (default: the server's)")
+    add.add_argument("--client", metavar="CLIENT_ID",
+                     help="the confidential client its server authenticates as")
+    add.add_argument("--introspection", action=argparse.BooleanOptionalAction,
+                     help="whether that client may introspect its tokens (default: yes)")
+    replace_flag(add, "resource")
+    command(resource, "list", resource_list, "list resources")
+    command(resource, "remove", resource_remove, "remove a resource").add_argument("uri")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
@@ -6981,6 +8432,8 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
         frontchannel_logout_uri=args.frontchannel_logout_uri or None,
         frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
+        resources=args.resources or (),
+        token_exchange=args.token_exchange or (),
         jwks=jwks,
         jwks_uri=args.jwks_uri,
         dpop_bound_access_tokens=bool(args.dpop_bound_access_tokens),
@@ -7004,6 +8457,8 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pkce": args.pkce,
         "backchannel_logout_session_required": args.backchannel_logout_session_required,
         "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
+        "resources": args.resources,
+        "token_exchange": args.token_exchange,
         "dpop_bound_access_tokens": args.dpop_bound_access_tokens,
         "jwks": read_jwks(args.jwks),
         "jwks_uri": args.jwks_uri,
@@ -7048,6 +8503,34 @@ def client_remove(srv: Server, args: argparse.Namespace) -> None:
     _existing_client(srv, args.client_id)
     if not srv.remove_client(args.client_id):
         raise ValueError(f"no client {args.client_id!r}")
+
+
+def resource_add(srv: Server, args: argparse.Namespace) -> None:
+    _may_replace(srv.storage.get_resource(args.uri), args.replace, "another URI")
+    srv.add_resource(
+        args.uri,
+        scopes=args.scopes or (),
+        name=args.name or "",
+        access_token_jwt=args.jwt_access_tokens is not False,
+        access_token_lifetime=args.access_token_lifetime,
+        introspection=args.introspection is not False,
+        client_id=args.client,
+    )
+    print(f"resource: {args.uri}")
+
+
+def resource_list(srv: Server, args: argparse.Namespace) -> None:
+    for r in srv.list_resources():
+        kind = "jwt" if r.access_token_jwt else "opaque"
+        print(f"{r.uri}\t{kind}\t{r.name}\t{' '.join(r.scopes)}\t{r.client_id or '-'}")
+
+
+def resource_remove(srv: Server, args: argparse.Namespace) -> None:
+    resource = srv.storage.get_resource(args.uri)
+    if resource is None:
+        raise ValueError(f"no resource {args.uri!r}")
+    refuse_declared(resource)
+    srv.remove_resource(args.uri)
 
 
 def user_add(srv: Server, args: argparse.Namespace) -> None:
@@ -7154,7 +8637,9 @@ def purge(srv: Server, args: argparse.Namespace) -> None:
     print(f"purged {srv.purge()} expired records")
 
 
-def _may_replace(existing: Client | User | None, replace: bool, instead: str) -> None:
+def _may_replace(
+    existing: Client | User | Resource | None, replace: bool, instead: str
+) -> None:
     """`add` replaces nothing silently: a name that exists needs --replace, and a record
     the config file declares is never replaced from here."""
     if existing is None:
@@ -7268,7 +8753,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_config(srv, config)
     except KeyError as err:
-        parser.error(f"bad config: a [[clients]] or [[users]] entry has no {err}")
+        parser.error(f"bad config: a [[resources]], [[clients]] or [[users]] entry has no {err}")
     except (TypeError, ValueError) as err:
         parser.error(f"bad config: {err}")
     print(f"codeflow: serving {srv.issuer} (metadata at {srv.issuer}{OAUTH_METADATA_PATH})")

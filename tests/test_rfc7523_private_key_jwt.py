@@ -1,6 +1,7 @@
 """private_key_jwt: RFC 7523 §2.2 (client authentication with a JWT), §3 (its claims) and
 OpenID Connect Core §9, at the token, introspection and revocation endpoints; clients
-registered with a JWK Set (inline: Server.add_client, the config file, the CLI);
+registered with a JWK Set (inline: Server.add_client, the config file, the CLI; or at a
+jwks_uri, fetched by the one hardened outbound fetch);
 discovery (RFC 8414 §2 token_endpoint_auth_methods_supported and the signing algs).
 
 Assertions are signed here with PyJWT and keys from cryptography, never by codeflow.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -26,6 +28,7 @@ from conftest import (
     new_flow,
     query_of,
 )
+from document_hosts import DocumentHost, document_host, json_body
 from dpop_helpers import DPoPKey
 from wsgi_client import Response, WSGIClient, basic
 
@@ -304,11 +307,66 @@ def test_keys_and_a_secret_are_exclusive(srv: codeflow.Server, keys: ClientKeys)
         srv.update_client(CONFIDENTIAL, jwks=keys.jwks)
 
 
-def test_jwks_uri_is_refused_until_it_can_be_fetched(srv: codeflow.Server) -> None:
-    """RFC 7591 §2 jwks_uri: not accepted by this version (keys inline only), with a
-    message that says how to register instead."""
-    with pytest.raises(ValueError, match="inline"):
-        srv.add_client("fetched", jwks_uri="https://rp.example/jwks.json")
+@pytest.mark.parametrize(
+    "uri", ["ftp://rp.example/jwks", "https://user:pw@rp.example/jwks", "https://rp.example/#k",
+            "jwks.json"],
+)  # fmt: skip
+def test_a_jwks_uri_that_cannot_be_fetched_is_refused(srv: codeflow.Server, uri: str) -> None:
+    """RFC 7591 §2 jwks_uri: a URL; one the hardened fetch would never fetch (not
+    http(s), userinfo, a fragment, relative) is refused at registration."""
+    with pytest.raises(ValueError, match="jwks_uri"):
+        srv.add_client("fetched", jwks_uri=uri)
+    with pytest.raises(ValueError, match="both"):
+        srv.add_client("fetched", jwks_uri="https://rp.example/jwks", jwks={"keys": []})
+
+
+@pytest.fixture
+def jwks_host() -> Iterator[DocumentHost]:
+    with document_host() as host:
+        yield host
+
+
+def test_keys_from_jwks_uri_through_the_hardened_fetch(
+    clock: Clock, keys: ClientKeys, jwks_host: DocumentHost
+) -> None:
+    """RFC 7591 §2 jwks_uri: "URL string referencing the client's JSON Web Key (JWK) Set
+    document, which contains the client's public keys"; fetched with the outbound-fetch
+    defences (here a loopback host the operator allowed), cached, and fetched again past
+    the cache when an assertion names a key the cached set lacks (rotation), at most once
+    a minute per client."""
+    old, new = ClientKeys("ES256"), ClientKeys("ES256")
+    new.jwks["keys"][0]["kid"] = "k-new"
+    jwks_host.routes["/jwks"] = json_body(old.jwks)
+    srv = make_server(clock, fetch_allowed_networks=["127.0.0.0/8"])
+    srv.add_client("fetched", jwks_uri=jwks_host.url("/jwks"), grant_types=["client_credentials"])
+    wc = WSGIClient(srv.wsgi)
+    for _ in range(2):
+        assert client_credentials(wc, old.sign(now=clock.now, client_id="fetched")).status == 200
+    assert jwks_host.hits["/jwks"] == 1  # cached
+    jwks_host.routes["/jwks"] = json_body(new.jwks)
+    rotated = new.sign(now=clock.now, client_id="fetched", header={"kid": "k-new"})
+    assert client_credentials(wc, rotated).status == 200
+    assert jwks_host.hits["/jwks"] == 2
+    stranger = ClientKeys("ES256").sign(now=clock.now, client_id="fetched",
+                                        header={"kid": "k-other"})  # fmt: skip
+    for _ in range(3):
+        assert error_of(client_credentials(wc, stranger)) == (401, "invalid_client")
+    assert jwks_host.hits["/jwks"] == 2  # refetched at most once a minute
+
+
+def test_jwks_uri_on_an_internal_address_is_not_fetched(
+    clock: Clock, keys: ClientKeys, jwks_host: DocumentHost
+) -> None:
+    """SSRF (README "Outbound fetches"): a jwks_uri on a loopback or private address is
+    never fetched unless the operator allowed it; the client gets invalid_client, and
+    nothing reaches the host."""
+    jwks_host.routes["/jwks"] = json_body(keys.jwks)
+    srv = make_server(clock)
+    srv.add_client("fetched", jwks_uri=jwks_host.url("/jwks"), grant_types=["client_credentials"])
+    r = client_credentials(WSGIClient(srv.wsgi), keys.sign(now=clock.now, client_id="fetched"))
+    assert error_of(r) == (401, "invalid_client"), r.text
+    assert "could not be fetched" in r.json()["error_description"]
+    assert jwks_host.hits == {}
 
 
 def test_config_file_declares_a_client_with_keys(clock: Clock, keys: ClientKeys) -> None:

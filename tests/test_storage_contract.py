@@ -26,7 +26,16 @@ from codeflow_storage.sqlite import SQLiteStorage
 from postgres_support import fresh_schema
 
 import codeflow
-from codeflow import AuthorizationCode, Client, Grant, RemovedUser, SigningKey, Token, User
+from codeflow import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RemovedUser,
+    Resource,
+    SigningKey,
+    Token,
+    User,
+)
 
 THREADS = 16
 NOW = 1_800_000_000.0
@@ -171,6 +180,25 @@ class TestStorageContract:
         assert storage.get_client("public-app") == public
         assert storage.get_client("public-app").public
         assert storage.get_client("nobody") is None
+
+    def test_self_registered_client_round_trips(self, storage: codeflow.Storage) -> None:
+        """RFC 7591 §3.2.1, RFC 7592 §3: a client that registered itself keeps how it came
+        (registration), its registration access token as a hash, and its metadata."""
+        client = Client(
+            client_id="dcr_abc",
+            redirect_uris=("http://127.0.0.1/cb",),
+            name="Self-registered",
+            registration=codeflow.REGISTERED_DYNAMICALLY,
+            registration_token_hash=codeflow.token_hash("registration-access-token"),
+            registered_metadata={
+                "client_name": "Self-registered", "application_type": "native",
+                "contacts": ["ops@example.com"], "client_id_issued_at": 1800000000,
+            },
+        )  # fmt: skip
+        storage.add_client(client)
+        assert storage.get_client("dcr_abc") == client
+        assert storage.get_client("dcr_abc").unverified
+        assert [c.registration for c in storage.list_clients()] == ["dynamic"]
 
     def test_add_and_get_user(self, storage: codeflow.Storage) -> None:
         """DESIGN.md Storage contract: "Records in, records out", claims included."""
@@ -456,6 +484,57 @@ class TestStorageContract:
         storage.save_code(code)
         results = race(lambda i: storage.consume_code("code-1"))
         assert [r for r in results if r is not None] == [code]
+
+    # -- resources (RFC 8707) ----------------------------------------------------
+
+    def test_add_get_list_and_remove_resources(self, storage: codeflow.Storage) -> None:
+        """RFC 8707 §2: a resource is registered by its URI, "an absolute URI"; Storage
+        add_resource/get_resource/list_resources/remove_resource: records in, records out,
+        replaced by URI, removal says whether there was one."""
+        assert storage.list_resources() == []
+        api = Resource(
+            uri="https://api.example/v1",
+            scopes=("read", "write"),
+            name="Example API",
+            access_token_jwt=False,
+            access_token_lifetime=300,
+            introspection=False,
+            client_id="api-server",
+        )
+        mcp = Resource(uri="https://mcp.example/mcp")
+        storage.add_resource(api)
+        storage.add_resource(mcp)
+        assert storage.get_resource("https://api.example/v1") == api
+        assert storage.get_resource("https://mcp.example/mcp") == mcp
+        assert storage.get_resource("https://api.example/v1/") is None
+        assert storage.list_resources() == [api, mcp]
+        renamed = Resource(uri="https://mcp.example/mcp", name="MCP", scopes=("tools",))
+        storage.add_resource(renamed)
+        assert storage.list_resources() == [api, renamed]
+        assert storage.remove_resource("https://api.example/v1") is True
+        assert storage.remove_resource("https://api.example/v1") is False
+        assert storage.list_resources() == [renamed]
+
+    def test_resource_fields_of_clients_codes_and_tokens_round_trip(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 8707 §2.1-2.2: the resources a code was authorized for and a token's audience
+        are kept; RFC 8693 §4.1: an exchanged token's act claim; a client's allowed and
+        token-exchange resources."""
+        client = Client(
+            client_id="svc",
+            secret_hash="scrypt$16384$8$1$c2FsdA$a2V5",
+            resources=("https://api.example/v1",),
+            token_exchange=("https://db.example/", "https://mail.example/"),
+        )
+        storage.add_client(client)
+        assert storage.get_client("svc") == client
+        code = a_code(resources=("https://api.example/v1", "https://mcp.example/mcp"))
+        storage.save_code(code)
+        assert storage.consume_code("code-1") == code
+        token = a_token("x1", audience=("https://db.example/",), actor={"sub": "svc"})
+        storage.save_token(token)
+        assert storage.get_token("x1") == token
 
     # -- tokens ----------------------------------------------------------------
 

@@ -8,10 +8,11 @@ with cryptography (JOSE); the bottle plugin needs bottle.
 - ``Client``: the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636), the
   authorization response's ``iss`` (RFC 9207), ID token validation (OIDC Core
   §3.1.3.7), refresh (RFC 6749 §6), revocation (RFC 7009), userinfo (OIDC Core §5.3),
-  client credentials (RFC 6749 §4.4) and RP-initiated logout.
+  client credentials (RFC 6749 §4.4) and RP-initiated logout; ``resource`` (RFC 8707)
+  and the authorization server found from a resource's metadata (RFC 9728).
 - ``BearerValidator``: JWT access tokens (RFC 9068) checked locally, opaque ones
   through introspection (RFC 7662); ``require_bearer`` (WSGI) and ``BottleBearer``
-  (bottle) answer as RFC 6750 §3 says.
+  (bottle) answer as RFC 6750 §3 says; with ``resource=``, the API's RFC 9728 metadata.
 - DPoP (RFC 9449): ``Client(dpop_key=DPoPKey.generate())`` binds its tokens to a key
   and sends proofs; ``BearerValidator`` checks the proofs of DPoP-bound tokens (§7),
   remembering the ones seen in a ``ReplayCache``.
@@ -26,7 +27,7 @@ provider (registered by the ``pytest11`` entry point; the one part of the SDK th
 imports codeflow, inside its fixtures).
 """
 
-from .client import Client, LoginState, TokenSet
+from .client import Client, LoginState, TokenSet, resource_metadata
 from .dpop import DPoPKey, ReplayCache
 from .errors import (
     AuthorizationError,
@@ -75,4 +76,5 @@ __all__ = [
     "UserinfoError",
     "bearer_token",
     "require_bearer",
+    "resource_metadata",
 ]

@@ -35,6 +35,8 @@ JWKS_CACHE_SECONDS = 3600  # a fetched key set is trusted this long before a rou
 JWKS_REFETCH_INTERVAL = 10.0
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
 OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"
+RESOURCE_WELL_KNOWN = "/.well-known/oauth-protected-resource"  # RFC 9728 §3
+Form = dict[str, str | list[str]]  # a request body; a list is a repeated parameter
 # RFC 7518 §3.1: "none" and the HMAC algorithms are never acceptable from a provider
 # whose keys are public: HS* would verify with a public key used as a shared secret.
 FORBIDDEN_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})
@@ -84,12 +86,13 @@ def request(
     url: str,
     failure: type[OAuthError],
     *,
-    form: Mapping[str, str] | None = None,
+    form: Mapping[str, str | list[str]] | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = TIMEOUT,
 ) -> Response:
     """One HTTP exchange; any status is returned, a transport failure raises ``failure``."""
-    data = urllib.parse.urlencode(form).encode("ascii") if form is not None else None
+    # A list is a repeated parameter (RFC 8707 §2: several resource parameters).
+    data = urllib.parse.urlencode(form, doseq=True).encode("ascii") if form is not None else None
     all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
     if data is not None:
         all_headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -136,7 +139,7 @@ def authenticate(
     endpoint: str,
     client_id: str,
     client_secret: str | None,
-    form: dict[str, str],
+    form: Form,
     headers: dict[str, str],
 ) -> None:
     """Add client authentication to a back-channel request (RFC 6749 §2.3.1).
@@ -168,7 +171,7 @@ def post_authenticated(
     endpoint: str,
     client_id: str,
     client_secret: str | None,
-    form: dict[str, str],
+    form: Form,
     *,
     timeout: float,
     what: str,
@@ -221,6 +224,19 @@ def check_times(
         raise failure("The token was issued in the future (iat); check the clocks.")
     if nbf is not None and (not is_number(nbf) or nbf > now + leeway):
         raise failure("The token is not valid yet (nbf).")
+
+
+def resource_metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: where a resource's metadata is: the well-known suffix "inserted
+    between the host component and the path and/or query components", after "any
+    terminating slash (/) following the host component" is removed."""
+    parts = urllib.parse.urlsplit(resource)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise ValueError(f"a resource must be an http(s) URL without fragment: {resource!r}")
+    path = "" if parts.path == "/" else parts.path
+    return urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc, RESOURCE_WELL_KNOWN + path, parts.query, "")
+    )
 
 
 def split_scope(scope: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from ._wire import (
     JWKS_REFETCH_INTERVAL,
     LEEWAY,
     TIMEOUT,
+    Form,
     Provider,
     Response,
     audiences,
@@ -38,11 +39,13 @@ from ._wire import (
     is_number,
     post_authenticated,
     request,
+    resource_metadata_url,
     split_scope,
 )
 from .dpop import DPoPKey
 from .errors import (
     AuthorizationError,
+    DiscoveryError,
     IDTokenError,
     InsufficientScopeError,
     InvalidTokenError,
@@ -53,12 +56,12 @@ from .errors import (
     UserinfoError,
 )
 
-__all__ = ["Client", "LoginState", "TokenSet"]
+__all__ = ["Client", "LoginState", "TokenSet", "resource_metadata"]
 
 # The parameters start_login sets itself; passing them as extras would undo a check.
 RESERVED_PARAMS = frozenset({
     "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-    "code_challenge", "code_challenge_method", "dpop_jkt",
+    "code_challenge", "code_challenge_method", "resource", "dpop_jkt",
 })  # fmt: skip
 # RFC 6750 §3: auth-param = token "=" ( token / quoted-string )
 _AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
@@ -92,6 +95,9 @@ class LoginState:
     redirect_uri: str  # RFC 6749 §4.1.3: sent again when redeeming the code
     scope: str = ""
     max_age: int | None = None  # OIDC Core §3.1.2.1: checked against auth_time
+    # RFC 8707 §2: the resources asked for, space-separated, sent again to the token
+    # endpoint (§2.2); "" for none.
+    resource: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +112,8 @@ class LoginState:
             wanted = int if f.name == "max_age" else str
             if value is None and optional:
                 values[f.name] = None
+            elif value is None and f.name == "resource":  # kept by an older version
+                values[f.name] = ""
             elif isinstance(value, wanted) and not isinstance(value, bool):
                 values[f.name] = value
             else:
@@ -160,9 +168,12 @@ class Client:
         timeout: float = TIMEOUT,
         jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
         jwks_refetch_interval: float = JWKS_REFETCH_INTERVAL,
+        resource: str | Iterable[str] | None = None,
         dpop_key: DPoPKey | None = None,
     ) -> None:
         self.issuer = issuer
+        # RFC 8707 §2: the resources every request names unless a call names others.
+        self.resource = _resources(resource)
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uri = redirect_uri
@@ -179,6 +190,26 @@ class Client:
         self.dpop_key = dpop_key
         self._dpop_nonces: dict[str, str] = {}  # origin -> its latest DPoP-Nonce (§8)
 
+    @classmethod
+    def for_resource(
+        cls,
+        resource: str,
+        client_id: str,
+        client_secret: str | None = None,
+        redirect_uri: str | None = None,
+        **options: Any,
+    ) -> Client:
+        """A client of the authorization server that the protected resource ``resource``
+        names in its RFC 9728 metadata (the first of its ``authorization_servers``),
+        asking tokens for that resource (RFC 8707). Raises DiscoveryError when the
+        metadata cannot be had or does not name this resource."""
+        metadata = resource_metadata(resource, timeout=options.get("timeout", TIMEOUT))
+        servers = metadata.get("authorization_servers")
+        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+            raise DiscoveryError(f"The metadata of {resource} names no authorization server.")
+        return cls(servers[0], client_id, client_secret, redirect_uri, resource=resource,
+                   **options)  # fmt: skip
+
     @property
     def metadata(self) -> dict[str, Any]:
         """The provider's discovery document, fetched once (OIDC Discovery 1.0 §4)."""
@@ -191,12 +222,14 @@ class Client:
         scope: str = "openid profile email",
         *,
         redirect_uri: str | None = None,
+        resource: str | Iterable[str] | None = None,
         **extra: str | int | None,
     ) -> tuple[str, LoginState]:
         """Return the URL to send the browser to, and the LoginState to keep.
 
         ``extra`` adds request parameters such as ``prompt``, ``login_hint`` or
-        ``max_age`` (OIDC Core §3.1.2.1); ``None`` values are left out.
+        ``max_age`` (OIDC Core §3.1.2.1); ``None`` values are left out. ``resource``:
+        the APIs the token is for (RFC 8707 §2.1; default: the Client's).
         """
         redirect_uri = redirect_uri or self.redirect_uri
         if not redirect_uri:
@@ -210,7 +243,8 @@ class Client:
         challenge = b64url(hashlib.sha256(code_verifier.encode("ascii")).digest())
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24) if "openid" in split_scope(scope) else None
-        params: dict[str, str] = {
+        resources = _resources(resource) if resource is not None else self.resource
+        params: dict[str, str | list[str]] = {
             "response_type": "code",
             "client_id": self.client_id,
             "redirect_uri": redirect_uri,
@@ -226,6 +260,8 @@ class Client:
             # redeems it.
             params["dpop_jkt"] = self.dpop_key.thumbprint
         params.update({k: str(v) for k, v in extra.items() if v is not None})
+        if resources:
+            params["resource"] = list(resources)
         max_age = extra.get("max_age")
         record = LoginState(
             state=state,
@@ -234,6 +270,7 @@ class Client:
             redirect_uri=redirect_uri,
             scope=scope,
             max_age=int(max_age) if max_age is not None else None,
+            resource=" ".join(resources),
         )
         return _with_query(self.provider.endpoint("authorization_endpoint"), params), record
 
@@ -273,12 +310,15 @@ class Client:
         if not code:
             raise AuthorizationError("The response has neither a code nor an error.")
         # RFC 6749 §4.1.3 with RFC 7636 §4.5: code, redirect_uri and code_verifier.
-        body = self._token_request({
+        form: Form = {
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": record.redirect_uri,
             "code_verifier": record.code_verifier,
-        })  # fmt: skip
+        }
+        if record.resource:
+            form["resource"] = record.resource.split(" ")  # RFC 8707 §2.2
+        body = self._token_request(form)
         tokens = self._token_set(body, split_scope(record.scope))
         if record.nonce is not None and tokens.id_token is None:
             # OIDC Core §3.1.3.3: the token response of an openid request has an id_token.
@@ -373,17 +413,20 @@ class Client:
         *,
         scope: str | None = None,
         expected_sub: str | None = None,
+        resource: str | Iterable[str] | None = None,
     ) -> TokenSet:
-        """RFC 6749 §6: new tokens for a refresh token, optionally for a narrower scope.
+        """RFC 6749 §6: new tokens for a refresh token, optionally for a narrower scope,
+        and (RFC 8707 §2.2) for some of the grant's resources (default: the Client's).
 
         If the provider rotates refresh tokens the result has the new one; otherwise
         it carries the one given ("the client MUST discard the old refresh token" only
         when a new one is issued). A refreshed ID token is validated, and with
         ``expected_sub`` it must be about the same user (OIDC Core §12.2).
         """
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        form: Form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if scope is not None:
             form["scope"] = scope
+        self._add_resource(form, resource)
         tokens = self._token_set(self._token_request(form), split_scope(scope))
         if tokens.refresh_token is None:
             tokens = replace(tokens, refresh_token=refresh_token)
@@ -394,11 +437,15 @@ class Client:
         )
         return replace(tokens, id_token_claims=claims)
 
-    def client_credentials(self, scope: str | None = None) -> TokenSet:
-        """RFC 6749 §4.4: a token for the client itself (confidential clients only)."""
-        form = {"grant_type": "client_credentials"}
+    def client_credentials(
+        self, scope: str | None = None, *, resource: str | Iterable[str] | None = None
+    ) -> TokenSet:
+        """RFC 6749 §4.4: a token for the client itself (confidential clients only), for
+        ``resource`` (RFC 8707 §2.2; default: the Client's)."""
+        form: Form = {"grant_type": "client_credentials"}
         if scope is not None:
             form["scope"] = scope
+        self._add_resource(form, resource)
         return self._token_set(self._token_request(form), split_scope(scope))
 
     # -- Revocation: RFC 7009 ----------------------------------------------------
@@ -406,7 +453,7 @@ class Client:
     def revoke(self, token: str, token_type_hint: str | None = None) -> None:
         """RFC 7009 §2.1: revoke an access or refresh token. Revoking a token the provider
         does not know is not an error (§2.2)."""
-        form = {"token": token}
+        form: Form = {"token": token}
         if token_type_hint is not None:
             form["token_type_hint"] = token_type_hint
         # RFC 7009 §2.2: "The authorization server responds with HTTP status code 200 if
@@ -457,7 +504,7 @@ class Client:
         url: str,
         access_token: str | TokenSet,
         *,
-        form: Mapping[str, str] | None = None,
+        form: Form | None = None,
         headers: Mapping[str, str] | None = None,
         failure: type[OAuthError] = OAuthError,
     ) -> Response:
@@ -482,7 +529,7 @@ class Client:
         url: str,
         failure: type[OAuthError],
         *,
-        form: Mapping[str, str] | None,
+        form: Form | None,
         headers: Mapping[str, str],
         access_token: str | None = None,
     ) -> Response:
@@ -524,7 +571,12 @@ class Client:
 
     # -- The token endpoint: RFC 6749 §5 -----------------------------------------
 
-    def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
+    def _add_resource(self, form: Form, resource: str | Iterable[str] | None) -> None:
+        resources = _resources(resource) if resource is not None else self.resource
+        if resources:
+            form["resource"] = list(resources)
+
+    def _token_request(self, form: Form) -> dict[str, Any]:
         # A failure raises with RFC 6749 §5.2's error, error_description, error_uri.
         if self.dpop_key is None:
             resp = post_authenticated(
@@ -582,11 +634,42 @@ class Client:
 ###############################################################################
 
 
-def _with_query(url: str, params: Mapping[str, str]) -> str:
+def _resources(resource: str | Iterable[str] | None) -> tuple[str, ...]:
+    """RFC 8707 §2: one resource URI or several."""
+    if resource is None:
+        return ()
+    return (resource,) if isinstance(resource, str) else tuple(resource)
+
+
+def resource_metadata(
+    resource: str, *, metadata_url: str | None = None, timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """A protected resource's RFC 9728 metadata, from its well-known URL (§3.1), or from
+    ``metadata_url`` (the ``resource_metadata`` of its 401, §5.1). §3.3: "The resource
+    value returned MUST be identical to the protected resource's resource identifier
+    value into which the well-known URI path suffix was inserted to create the URL used
+    to retrieve the metadata. If these values are not identical, the data contained in
+    the response MUST NOT be used." Raises DiscoveryError."""
+    url = metadata_url or resource_metadata_url(resource)
+    resp = request("GET", url, DiscoveryError, timeout=timeout)
+    if resp.status != 200:
+        raise DiscoveryError(
+            f"The metadata of {resource} answered HTTP {resp.status}.", status=resp.status
+        )
+    metadata = resp.json_object(DiscoveryError, "protected-resource metadata")
+    if metadata.get("resource") != resource:
+        raise DiscoveryError(
+            f"The metadata at {url} is for {str(metadata.get('resource'))[:100]!r}, not for "
+            f"{resource!r} (RFC 9728 3.3): not used."
+        )
+    return metadata
+
+
+def _with_query(url: str, params: Mapping[str, str | list[str]]) -> str:
     """RFC 6749 §3.1: an endpoint URI's own query "MUST be retained when adding
     additional query parameters"."""
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.urlencode(params)
+    query = urllib.parse.urlencode(params, doseq=True)
     return urllib.parse.urlunsplit(
         parts._replace(query=f"{parts.query}&{query}" if parts.query else query)
     )

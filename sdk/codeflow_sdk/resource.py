@@ -7,6 +7,11 @@ DPoP scheme and a proof of that key for this request (§7). ``require_bearer`` (
 middleware) and ``BottleBearer`` (a bottle plugin) put it in front of an application
 and answer failures as RFC 6750 §3 says: 401 with ``WWW-Authenticate: Bearer`` (``DPoP``
 for DPoP's failures, RFC 9449 §7.1), 403 ``insufficient_scope``, 400 ``invalid_request``.
+
+A validator made with ``resource=`` (its RFC 8707 resource indicator) accepts only tokens
+whose ``aud`` names it, and both helpers then serve its RFC 9728 protected-resource
+metadata at ``/.well-known/oauth-protected-resource[/path]`` and point clients to it from
+every 401 (``resource_metadata``, RFC 9728 §5.1).
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ from ._wire import (
     JWKS_REFETCH_INTERVAL,
     LEEWAY,
     TIMEOUT,
+    Form,
     Provider,
     audiences,
     check_times,
     is_number,
     post_authenticated,
+    resource_metadata_url,
     split_scope,
 )
 from .dpop import DPOP_ALGS, ReplayCache, check_proof
@@ -105,6 +112,11 @@ class BearerValidator:
     of their key: ``validate(..., scheme="DPoP", proof=..., method=..., url=...)``;
     ``replay_cache`` remembers the proofs seen (one per validator by default, in this
     process: see ReplayCache).
+
+    ``resource``: this API's resource indicator (RFC 8707 §2, the http(s) URL clients
+    name in ``resource``); it is then the audience, which every token must carry in
+    ``aud``, JWT or introspected (RFC 9068 §4, RFC 7662 §2.2), and ``metadata()`` is its
+    RFC 9728 protected-resource metadata, with ``scopes_supported`` and ``resource_name``.
     """
 
     def __init__(
@@ -122,8 +134,21 @@ class BearerValidator:
         timeout: float = TIMEOUT,
         jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
         jwks_refetch_interval: float = JWKS_REFETCH_INTERVAL,
+        resource: str | None = None,
+        scopes_supported: str | Iterable[str] = (),
+        resource_name: str | None = None,
         replay_cache: ReplayCache | None = None,
     ) -> None:
+        if resource is not None:
+            self.metadata_url: str | None = resource_metadata_url(resource)
+            if audience not in (None, resource):
+                raise ValueError("BearerValidator: the audience of a resource is its URI")
+            audience = resource
+        else:
+            self.metadata_url = None
+        self.resource = resource
+        self.scopes_supported = split_scope(scopes_supported)
+        self.resource_name = resource_name
         if audience is None and introspection_client_id is None:
             raise ValueError(
                 "BearerValidator needs audience= (to check JWT access tokens) or "
@@ -244,7 +269,7 @@ class BearerValidator:
             return hit[1]
         # RFC 7662 §2.1: token REQUIRED, token_type_hint OPTIONAL; the caller is
         # authenticated (§2.1: "the endpoint MUST also require some form of authorization").
-        form = {"token": token, "token_type_hint": "access_token"}
+        form: Form = {"token": token, "token_type_hint": "access_token"}
         resp = post_authenticated(
             self.provider, "introspection_endpoint",
             self.introspection_client_id or "", self.introspection_client_secret, form,
@@ -263,7 +288,9 @@ class BearerValidator:
             raise InvalidTokenError("The token is not an access token.")
         if "iss" in body and body["iss"] != self.issuer:
             raise InvalidTokenError("The access token was issued by another issuer.")
-        if self.audience is not None and "aud" in body:
+        # RFC 7662 §2.2 aud; RFC 8707: a resource requires its own name there, a bare
+        # audience only when the provider says one.
+        if self.audience is not None and ("aud" in body or self.resource is not None):
             if self.audience not in audiences(body, InvalidTokenError):
                 raise InvalidTokenError("The access token is for another audience.")
         exp = body.get("exp")
@@ -289,6 +316,33 @@ class BearerValidator:
                     del self._cache[next(iter(self._cache))]
             self._cache[key] = (until, record)
         return record
+
+
+    # -- Protected-resource metadata: RFC 9728 §2 ----------------------------------
+
+    @property
+    def metadata_path(self) -> str | None:
+        """The path the metadata is served at (RFC 9728 §3.1), if this is a resource."""
+        if self.metadata_url is None:
+            return None
+        return urllib.parse.urlsplit(self.metadata_url).path
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 9728 §2: resource (REQUIRED), authorization_servers, scopes_supported,
+        bearer_methods_supported (the Authorization header only: RFC 6750 §2.1),
+        resource_name."""
+        if self.resource is None:
+            raise ValueError("protected-resource metadata needs BearerValidator(resource=...)")
+        body: dict[str, Any] = {
+            "resource": self.resource,
+            "authorization_servers": [self.issuer],
+            "bearer_methods_supported": ["header"],
+        }
+        if self.scopes_supported:
+            body["scopes_supported"] = list(self.scopes_supported)
+        if self.resource_name:
+            body["resource_name"] = self.resource_name
+        return body
 
 
 def _confirmation(claims: dict[str, Any]) -> str | None:
@@ -344,7 +398,10 @@ def _quoted(value: str) -> str:
     return '"' + _NOT_QUOTABLE.sub("", value) + '"'
 
 
-def challenge(err: OAuthError | None, realm: str, scheme: str = "Bearer") -> str:
+def challenge(
+    err: OAuthError | None, realm: str, resource_metadata: str | None = None,
+    scheme: str = "Bearer",
+) -> str:
     """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent);
     a DPoP challenge (RFC 9449 §7.1, with ``algs``) for a request with the DPoP scheme
     and for DPoP's own failures.
@@ -352,13 +409,17 @@ def challenge(err: OAuthError | None, realm: str, scheme: str = "Bearer") -> str
     RFC 6750 §3.1: "If the request lacks any authentication information (e.g., the
     client was unaware that authentication is necessary or attempted using an
     unsupported authentication method), the resource server SHOULD NOT include an
-    error code or other error information."
+    error code or other error information." RFC 9728 §5.1: ``resource_metadata``, the
+    URL of the resource's metadata, tells the client where to find its authorization
+    server.
     """
     if isinstance(err, InvalidDPoPProofError | DPoPRequired):
         scheme = "DPoP"
     parts = [f"realm={_quoted(realm)}"]
     if scheme == "DPoP":
         parts.append(f"algs={_quoted(' '.join(DPOP_ALGS))}")
+    if resource_metadata is not None:
+        parts.append(f"resource_metadata={_quoted(resource_metadata)}")
     if err is not None:
         parts.append(f"error={_quoted(err.error)}")
         if err.description:
@@ -369,7 +430,8 @@ def challenge(err: OAuthError | None, realm: str, scheme: str = "Bearer") -> str
 
 
 def error_response(
-    err: OAuthError | None, realm: str, scheme: str = "Bearer"
+    err: OAuthError | None, realm: str, resource_metadata: str | None = None,
+    scheme: str = "Bearer",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, JSON body) for a refused request."""
     if err is None:
@@ -380,9 +442,20 @@ def error_response(
     headers = {
         "Content-Type": "application/json",
         "Cache-Control": "no-store",
-        "WWW-Authenticate": challenge(err, realm, scheme),
+        "WWW-Authenticate": challenge(err, realm, resource_metadata, scheme),
     }
     return status, headers, json.dumps(body).encode()
+
+
+def metadata_response(validator: BearerValidator) -> tuple[int, dict[str, str], bytes]:
+    """RFC 9728 §3.2: the metadata as application/json with 200. Public, like a
+    provider's discovery document: any origin may read it (browser-based clients)."""
+    headers = {
+        "Content-Type": "application/json",
+        "Cache-Control": "max-age=300",
+        "Access-Control-Allow-Origin": "*",
+    }
+    return 200, headers, json.dumps(validator.metadata()).encode()
 
 
 _UNAVAILABLE = (
@@ -418,14 +491,14 @@ def _check(
     try:
         presented = _presented(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
-            return error_response(None, realm)
+            return error_response(None, realm, validator.metadata_url)
         scheme, token = presented
         return validator.validate(
             token, scopes, scheme=scheme, proof=environ.get("HTTP_DPOP"),
             method=environ.get("REQUEST_METHOD", "GET"), url=request_url(environ, base_url),
         )  # fmt: skip
     except _BEARER_ERRORS as err:
-        return error_response(err, realm, scheme)
+        return error_response(err, realm, validator.metadata_url, scheme)
     except OAuthError:
         # The provider could not be asked (introspection or JWKS): neither the token's
         # fault nor a reason to let it through.
@@ -433,7 +506,8 @@ def _check(
         return _UNAVAILABLE
 
 
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            405: "Method Not Allowed", 503: "Service Unavailable"}  # fmt: skip
 
 
 def require_bearer(
@@ -445,15 +519,25 @@ def require_bearer(
     base_url: str | None = None,
 ) -> Callable[..., Iterable[bytes]]:
     """WSGI middleware: pass only requests whose bearer token is valid and has ``scopes``;
-    the app finds the AccessToken at ``environ["codeflow.token"]``. ``base_url``: the
-    app's URL as clients reach it, which DPoP proofs name (RFC 9449 §4.3 #9), when a
-    proxy in front changes the scheme or host; default: the request's."""
+    the app finds the AccessToken at ``environ["codeflow.token"]``. For a validator with
+    a ``resource``, GET of its metadata path answers the RFC 9728 metadata, no token
+    needed. ``base_url``: the app's URL as clients reach it, which DPoP proofs name (RFC
+    9449 §4.3 #9), when a proxy in front changes the scheme or host; default: the
+    request's."""
     needed = split_scope(scopes)
 
     def middleware(
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        result = _check(validator, environ, needed, realm, base_url)
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        result: AccessToken | tuple[int, dict[str, str], bytes]
+        if validator.metadata_path is not None and path == validator.metadata_path:
+            if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                result = metadata_response(validator)
+            else:
+                result = 405, {"Allow": "GET, HEAD", "Content-Type": "text/plain"}, b""
+        else:
+            result = _check(validator, environ, needed, realm, base_url)
         if isinstance(result, AccessToken):
             environ[ENVIRON_KEY] = result
             return app(environ, start_response)
@@ -471,6 +555,8 @@ class BottleBearer:
     Routes add scopes with ``@app.get("/notes", scope="notes:read")`` and opt out with
     ``bearer=False``. A callback with a parameter named ``token`` (``keyword``)
     receives the AccessToken; it is also at ``bottle.request.environ["codeflow.token"]``.
+    Installed with a validator that has a ``resource``, it adds the route of its RFC 9728
+    metadata.
     ``base_url``: as for ``require_bearer``.
     """
 
@@ -491,6 +577,20 @@ class BottleBearer:
         self.realm = realm
         self.keyword = keyword
         self.base_url = base_url
+
+    def setup(self, app: Any) -> None:
+        """Bottle calls this on ``app.install(plugin)``: serve the metadata (RFC 9728 §3)."""
+        import bottle  # a dependency of the bottle helper only
+
+        path = self.validator.metadata_path
+        if path is None:
+            return
+
+        def metadata() -> Any:
+            status, headers, body = metadata_response(self.validator)
+            return bottle.HTTPResponse(body, status, headers)
+
+        app.route(path, ["GET"], metadata, bearer=False)
 
     def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
         import bottle  # a dependency of the bottle helper only

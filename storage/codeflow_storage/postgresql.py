@@ -64,6 +64,7 @@ from codeflow import (
     Client,
     Grant,
     RemovedUser,
+    Resource,
     SigningKey,
     StorageUnavailable,
     Token,
@@ -248,11 +249,41 @@ _V5_LOGOUT = [
     "ALTER TABLE tokens ADD COLUMN sid text",
 ]
 
-_V6_DPOP_AND_CLIENT_KEYS = [
+_V6_RESOURCES = [
+    # RFC 8707 resources, the resources a client may ask for and exchange tokens to (RFC
+    # 8693), a code's resources, a token's audience and act claim, as in
+    # codeflow_storage.sqlite's migration 13; rows already stored get none.
+    """CREATE TABLE resources (
+        uri text PRIMARY KEY,
+        scopes text[] NOT NULL,
+        name text NOT NULL,
+        access_token_jwt boolean NOT NULL,
+        access_token_lifetime bigint,
+        introspection boolean NOT NULL,
+        client_id text,
+        declared text NOT NULL DEFAULT ''
+    )""",
+    "ALTER TABLE clients ADD COLUMN resources text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE clients ADD COLUMN token_exchange text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE codes ADD COLUMN resources text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN audience text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE tokens ADD COLUMN actor jsonb NOT NULL DEFAULT '{}'",
+]
+
+_V7_SELF_REGISTRATION = [
+    # RFC 7591 / RFC 7592: how a client came to be (empty: the operator's; "dynamic": it
+    # registered itself), its registration access token's hash, and the metadata it
+    # registered. Clients already stored are the operator's.
+    "ALTER TABLE clients ADD COLUMN registration text NOT NULL DEFAULT ''",
+    "ALTER TABLE clients ADD COLUMN registration_token_hash text",
+    "ALTER TABLE clients ADD COLUMN registered_metadata jsonb NOT NULL DEFAULT '{}'",
+]
+
+_V8_DPOP_AND_CLIENT_KEYS = [
     # DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys and whether its
     # tokens must be DPoP-bound, the DPoP key a code (§10) and a token (§6) are bound to;
     # rows already stored get none. used_jtis: the one-time identifiers seen (DPoP proofs,
-    # client assertions) until they expire, as in codeflow_storage.sqlite's migration 13.
+    # client assertions) until they expire, as in codeflow_storage.sqlite's migration 15.
     "ALTER TABLE clients ADD COLUMN jwks jsonb NOT NULL DEFAULT '{}'",
     "ALTER TABLE clients ADD COLUMN jwks_uri text",
     "ALTER TABLE clients ADD COLUMN dpop_bound_access_tokens boolean NOT NULL DEFAULT false",
@@ -266,8 +297,8 @@ _V6_DPOP_AND_CLIENT_KEYS = [
 ]
 
 MIGRATIONS: list[list[str]] = [
-    _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT,
-    _V6_DPOP_AND_CLIENT_KEYS,
+    _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
+    _V7_SELF_REGISTRATION, _V8_DPOP_AND_CLIENT_KEYS,
 ]  # fmt: skip
 
 
@@ -344,6 +375,7 @@ _CODES = _Rows(AuthorizationCode, "codes", "code_hash")
 _TOKENS = _Rows(Token, "tokens", "token_hash")
 _KEYS = _Rows(SigningKey, "signing_keys", "kid")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
+_RESOURCES = _Rows(Resource, "resources", "uri")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
@@ -491,7 +523,7 @@ class PostgreSQLStorage:
                 "WHERE table_schema = %s",
                 [schema],
             ).fetchall()
-        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS):
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -609,6 +641,19 @@ class PostgreSQLStorage:
             )
             > 0
         )
+
+    def add_resource(self, resource: Resource) -> None:
+        self._count(_RESOURCES.upsert, _RESOURCES.encode(resource))
+
+    def get_resource(self, uri: str) -> Resource | None:
+        rows = self._rows(_RESOURCES.select + " WHERE uri = %s", [uri])
+        return _RESOURCES.decode(rows[0]) if rows else None
+
+    def list_resources(self) -> list[Resource]:
+        return [_RESOURCES.decode(row) for row in self._rows(_RESOURCES.select + " ORDER BY uri")]
+
+    def remove_resource(self, uri: str) -> bool:
+        return self._count("DELETE FROM resources WHERE uri = %s", [uri]) > 0
 
     def _users_locked(self, conn: Conn) -> None:
         """Begin a READ COMMITTED transaction holding the lock of user records: adding,

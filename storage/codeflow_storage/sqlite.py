@@ -42,6 +42,7 @@ from codeflow import (
     Client,
     Grant,
     RemovedUser,
+    Resource,
     SigningKey,
     StorageUnavailable,
     Token,
@@ -279,7 +280,41 @@ def _v12_logout(db: sqlite_utils.Database) -> None:
         db.table(table).add_column("sid", str)
 
 
-def _v13_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
+def _v13_resources(db: sqlite_utils.Database) -> None:
+    """RFC 8707 resources: a table of their registrations; the resources a client may ask
+    for and exchange tokens to (RFC 8693); the resources a code was authorized for and a
+    token's audience, and an exchanged token's act claim. Rows already stored get none
+    ("[]", "{}"): their tokens keep the server's default audience."""
+    db.table("resources").create(
+        {
+            "uri": str,
+            "scopes": str,
+            "name": str,
+            "access_token_jwt": int,
+            "access_token_lifetime": int,
+            "introspection": int,
+            "client_id": str,
+            "declared": str,
+        },
+        pk="uri",
+        not_null=["scopes", "name", "access_token_jwt", "introspection", "declared"],
+    )
+    db.table("clients").add_column("resources", str, not_null_default="[]")
+    db.table("clients").add_column("token_exchange", str, not_null_default="[]")
+    db.table("codes").add_column("resources", str, not_null_default="[]")
+    db.table("tokens").add_column("audience", str, not_null_default="[]")
+    db.table("tokens").add_column("actor", str, not_null_default="{}")
+
+
+def _v14_self_registration(db: sqlite_utils.Database) -> None:
+    """RFC 7591 / RFC 7592: how a client came to be ("" the operator's, "dynamic" it
+    registered itself), its registration access token's hash, and the metadata it
+    registered (JSON). Clients already stored are the operator's."""
+    clients = db.table("clients")
+    clients.add_column("registration", str, not_null_default="")
+    clients.add_column("registration_token_hash", str)
+    clients.add_column("registered_metadata", str, not_null_default="{}")
+def _v15_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
     """DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys (``jwks``, JSON;
     ``jwks_uri``) and ``dpop_bound_access_tokens``, the DPoP key a code is bound to
     (``dpop_jkt``, §10) and a token's (``jkt``, §6); rows already stored get none. And
@@ -310,7 +345,9 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v10_claims_request,
     _v11_subjects,
     _v12_logout,
-    _v13_dpop_and_client_keys,
+    _v13_resources,
+    _v14_self_registration,
+    _v15_dpop_and_client_keys,
 ]
 
 
@@ -374,6 +411,7 @@ _CODES = _Rows(AuthorizationCode, "codes")
 _TOKENS = _Rows(Token, "tokens")
 _KEYS = _Rows(SigningKey, "signing_keys")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users")
+_RESOURCES = _Rows(Resource, "resources")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
@@ -477,7 +515,7 @@ class SQLiteStorage:
                 _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
-            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS):
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -612,6 +650,21 @@ class SQLiteStorage:
                 db.execute(f"DELETE FROM {table} WHERE client_id = ?", [client_id])  # noqa: S608
             cursor = db.execute("DELETE FROM clients WHERE client_id = ?", [client_id])
             return cursor.rowcount > 0
+
+    def add_resource(self, resource: Resource) -> None:
+        with self._locked() as db:
+            db.execute(_RESOURCES.insert, _RESOURCES.encode(resource))
+
+    def get_resource(self, uri: str) -> Resource | None:
+        rows = self._read(_RESOURCES.select + " WHERE uri = ?", [uri])
+        return _RESOURCES.decode(rows[0]) if rows else None
+
+    def list_resources(self) -> list[Resource]:
+        return [_RESOURCES.decode(row) for row in self._read(_RESOURCES.select + " ORDER BY uri")]
+
+    def remove_resource(self, uri: str) -> bool:
+        with self._locked() as db:
+            return db.execute("DELETE FROM resources WHERE uri = ?", [uri]).rowcount > 0
 
     def add_user(self, user: User) -> User:
         """One ``BEGIN IMMEDIATE`` transaction: the subject is checked and written under

@@ -1,0 +1,213 @@
+"""Real HTTP(S) servers on 127.0.0.1 that serve documents for codeflow to fetch: well
+behaved ones, and hostile ones (a redirect loop, 10 MB, a slow drip, the wrong type), so
+that the outbound-fetch defences are tested against sockets, not mocks."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import ipaddress
+import json
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+def json_body(value: Any, *, status: int = 200, headers: dict[str, str] | None = None,
+              ctype: str = "application/json") -> Handler:  # fmt: skip
+    """A handler answering ``value`` as JSON (or the given content type)."""
+    body = json.dumps(value).encode() if not isinstance(value, bytes) else value
+
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        for name, val in (headers or {}).items():
+            h.send_header(name, val)
+        h.end_headers()
+        h.wfile.write(body)
+
+    return handle
+
+
+def redirect_to(location: str) -> Handler:
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    return handle
+
+
+def huge(size: int, *, declare_length: bool) -> Handler:
+    """``size`` bytes of a JSON string, with Content-Length or streamed without it."""
+
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if declare_length:
+            h.send_header("Content-Length", str(size))
+        else:
+            h.send_header("Connection", "close")
+        h.end_headers()
+        chunk = b" " * 65536
+        sent = 0
+        try:
+            while sent < size:
+                h.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the fetcher hung up, as it should
+
+    return handle
+
+
+def drip(*, in_headers: bool, interval: float = 0.2, total: float = 30.0) -> Handler:
+    """A slow-loris host: one byte every ``interval`` seconds, in the headers or the body."""
+
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        payload = b'{"client_id": "' + b"x" * 1000 + b'"}'
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n")  # fmt: skip
+        data = head + payload
+        start = 0
+        if not in_headers:
+            h.wfile.write(head)
+            h.wfile.flush()
+            start = len(head)
+        deadline = time.monotonic() + total
+        try:
+            for i in range(start, len(data)):
+                if time.monotonic() > deadline:
+                    return
+                h.wfile.write(data[i : i + 1])
+                h.wfile.flush()
+                time.sleep(interval)
+        except OSError:
+            pass
+
+    return handle
+
+
+@dataclass
+class DocumentHost:
+    """A running host: ``routes`` maps a path to its handler; ``hits`` counts requests
+    by path; ``url(path)`` is the URL of a path under ``host`` (an IP or a name)."""
+
+    port: int
+    scheme: str
+    routes: dict[str, Handler] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+    host_headers: list[str] = field(default_factory=list)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@contextmanager
+def document_host(tls: ssl.SSLContext | None = None) -> Iterator[DocumentHost]:
+    """Serve on a free port of 127.0.0.1 (over TLS with ``tls``) until the block ends."""
+    state: DocumentHost
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            path = self.path
+            state.hits[path] = state.hits.get(path, 0) + 1
+            state.host_headers.append(self.headers.get("Host", ""))
+            handler = state.routes.get(path)
+            if handler is None:
+                json_body({"error": "not found"}, status=404)(self)
+            else:
+                handler(self)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = _Server(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    state = DocumentHost(httpd.server_address[1], "https" if tls else "http")
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def make_pki(
+    directory: Path, names: tuple[str, ...] = ("localhost",)
+) -> tuple[str, ssl.SSLContext]:
+    """A CA of the test's own and a server certificate it signed for ``names`` (DNS names,
+    or IP addresses): the CA file to trust, and a server-side TLS context."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codeflow test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    ca_file = directory / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return str(ca_file), context
