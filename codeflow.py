@@ -1908,11 +1908,15 @@ class Server:
         client: Client | str,
         scope: str | Iterable[str] = (),
         claims: dict[str, Any] | None = None,
+        *,
+        dpop_jkt: str | None = None,
     ) -> dict[str, Any]:
         """Mint tokens without a browser, as the token endpoint would (for API tests). The
         tokens carry the stored user's subject as sub; for a username no user has, the
         name itself (minting for a user never added is a test's convenience), unless a
-        removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2)."""
+        removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2).
+        ``dpop_jkt``: bind them to the DPoP key of that RFC 7638 thumbprint, as a token
+        request with its proof would (RFC 9449 §5: token_type DPoP, cnf.jkt)."""
         if isinstance(client, str):
             found = self.storage.get_client(client)
             if found is None:
@@ -1932,7 +1936,7 @@ class Server:
         return issue_tokens(
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
-            auth_time=int(self.clock()), claims=claims,
+            auth_time=int(self.clock()), claims=claims, jkt=dpop_jkt,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:

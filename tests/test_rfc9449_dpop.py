@@ -166,6 +166,21 @@ def test_jwt_access_token_carries_cnf_jkt(
     assert body["token_type"] == "DPoP"
 
 
+def test_server_issue_tokens_can_bind_to_a_key(
+    srv: codeflow.Server, wc: WSGIClient, key: DPoPKey, clock: Clock
+) -> None:
+    """RFC 9449 §5, §6 for tests that mint tokens without a browser:
+    Server.issue_tokens(dpop_jkt=...) gives what a token request with a proof would."""
+    body = srv.issue_tokens(USERNAME, PUBLIC, "openid offline_access", dpop_jkt=key.jkt)
+    assert body["token_type"] == "DPoP"
+    assert introspect(wc, body["access_token"])["cnf"] == {"jkt": key.jkt}
+    at = body["access_token"]
+    ok = wc.get("/userinfo", headers={"Authorization": f"DPoP {at}", "DPoP": key.proof(
+        "GET", USERINFO_URL, clock.now, access_token=at)})  # fmt: skip
+    assert ok.status == 200, ok.text
+    assert refresh(wc, body["refresh_token"], None).status == 400  # bound, as §5 says
+
+
 def test_client_credentials_with_a_proof_is_bound(
     wc: WSGIClient, key: DPoPKey, clock: Clock
 ) -> None:
@@ -252,6 +267,23 @@ def none_alg(key: DPoPKey, clock: Clock) -> str:
     return f"{part[0]}.{part[1]}."
 
 
+def unsigned(header: dict[str, Any], payload: Any) -> str:
+    """A JWS with any header and payload, and a signature that verifies nothing."""
+    import json
+
+    return ".".join(b64url(json.dumps(x).encode()) for x in (header, payload)) + ".AAAA"
+
+
+def x25519_jwk() -> dict[str, Any]:
+    """RFC 8037 §2: an OKP key for key agreement (X25519), which signs nothing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    raw = x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # fmt: skip
+    return {"kty": "OKP", "crv": "X25519", "x": b64url(raw)}
+
+
 BAD_PROOFS = {
     # §4.3 #2: a well-formed JWT
     "not a JWT": lambda k, c: "not-a-jwt",
@@ -272,6 +304,15 @@ BAD_PROOFS = {
     # §4.3 #7: the jwk does not contain a private key
     "private jwk": lambda k, c: k.proof("POST", TOKEN_URL, c.now, header={"jwk": k.private_jwk}),
     "no jwk": lambda k, c: k.proof("POST", TOKEN_URL, c.now, header={"jwk": None}),
+    "X25519 jwk": lambda k, c: unsigned({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": x25519_jwk()},
+                                        {"jti": "j", "htm": "POST", "htu": TOKEN_URL}),
+    "jwk off the curve": lambda k, c: unsigned(
+        {"typ": "dpop+jwt", "alg": "ES256", "jwk": {**k.jwk, "x": "AAAA"}}, {"jti": "j"}),
+    "jwk of another curve": lambda k, c: unsigned(
+        {"typ": "dpop+jwt", "alg": "ES256", "jwk": {**k.jwk, "crv": "P-384"}}, {"jti": "j"}),
+    "payload not an object": lambda k, c: unsigned(
+        {"typ": "dpop+jwt", "alg": "ES256", "jwk": k.jwk}, [1, 2]),
+    "alg a list": lambda k, c: unsigned({"typ": "dpop+jwt", "alg": ["ES256"], "jwk": k.jwk}, {}),
     # §4.3 #3: all required claims
     "no jti": lambda k, c: k.proof("POST", TOKEN_URL, c.now, claims={"jti": None}),
     "no iat": lambda k, c: k.proof("POST", TOKEN_URL, c.now, claims={"iat": None}),
