@@ -12,13 +12,17 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
-- CORS (the Fetch Standard) on the endpoints browser apps call.
+- CORS (the Fetch Standard) on the endpoints browser apps call;
+- RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
+  Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
+  enabled, with hardened fetches of the URLs clients name.
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
-state (sessions, signed forms, CSRF), throttling failed sign-ins, client authentication,
-PKCE, the authorization endpoint, login and consent, the token endpoint, OpenID Connect
-(keys, ID tokens, userinfo, logout), introspection/revocation/discovery; then the pages
+state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
+clients that register themselves, client authentication, PKCE, the authorization
+endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
 
@@ -84,9 +88,13 @@ __all__ = [
     "AuthorizationCode",
     "Browser",
     "Client",
+    "DeviceAuthorization",
     "Grant",
+    "LoginSession",
     "MemoryStorage",
     "OAuthError",
+    "Passkey",
+    "PushedRequest",
     "RemovedUser",
     "Resource",
     "Server",
@@ -137,7 +145,26 @@ MAX_PARAMS = 64
 MAX_PARAM_LENGTH = 4096
 DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+# RFC 8693 §2.1: the grant type of token exchange, and §3 the token type identifiers.
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 -- a URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 -- a URN
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 -- a URN
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
+GRANT_TYPES = (
+    "authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE, DEVICE_CODE_GRANT,
+)
+# RFC 8628 §3.2 expires_in; §6.1: user codes "SHOULD have a limited lifetime" (§5.1: the
+# shorter it is, the fewer guesses it can meet).
+DEVICE_CODE_LIFETIME = 10 * 60
+DEVICE_POLL_INTERVAL = 5  # RFC 8628 §3.2 interval: "If no value is provided, clients MUST use 5"
+DEVICE_SLOW_DOWN = 5  # RFC 8628 §3.5 slow_down: "the interval MUST be increased by 5 seconds"
+# RFC 8628 §6.1: "BCDFGHJKLMNPQRSTVWXZ" ("base-20"), 8 characters shown as XXXX-XXXX:
+# 20^8 = 2.56e10 codes, "approximately 34.5 bits of entropy".
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+USER_CODE_LENGTH = 8
+# RFC 9126 §2.2: request_uri, one-time and short-lived ("expires_in" of 60 s in its example).
+PUSHED_REQUEST_LIFETIME = 60
+REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB per hash: memory-hard (RFC 9700 §2.4 spirit)
 MAX_REGISTERED_CLIENTS = 10_000  # self-registered clients at most (RFC 7591; see its section)
 TRANSCRIPT_LIMIT = 1000  # exchanges a test-mode transcript keeps, the oldest dropped first
@@ -152,7 +179,11 @@ REVOKE_PATH = "/revoke"
 USERINFO_PATH = "/userinfo"
 JWKS_PATH = "/jwks"
 LOGOUT_PATH = "/logout"
+DEVICE_AUTHORIZATION_PATH = "/device_authorization"  # RFC 8628 §3.1
+DEVICE_PATH = "/device"  # RFC 8628 §3.3 verification_uri: where the user types the code
+PAR_PATH = "/par"  # RFC 9126 §2
 REGISTRATION_PATH = "/register"  # RFC 7591 §3; RFC 7592's client URIs are under it
+ACCOUNT_PATH = "/account"  # the user's own account area (README "Your account")
 OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
@@ -355,17 +386,21 @@ def parse_pairs(raw: bytes) -> list[tuple[str, str]]:
     return [(name, value) for name, value in pairs if value != ""]
 
 
+REPEATABLE = ("resource", "audience")  # RFC 8707 §2, RFC 8693 §2.1
+
+
 def single_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
 
     Except ``resource``: RFC 8707 §2 "Multiple resource parameters MAY be used", kept as
     one value of space-separated URIs (a URI has no space, so a value with one is
-    refused: invalid_target); ``resources`` splits it again, ``request_pairs`` unfolds it.
+    refused: invalid_target); ``split_scope`` splits it again, ``request_pairs`` unfolds
+    it. The same for RFC 8693 §2.1 ``audience`` (of the token exchange, which checks it).
     """
     params: dict[str, str] = {}
     for name, value in pairs:
-        if name == "resource":
-            if not resource_uri_ok(value):
+        if name in REPEATABLE:
+            if name == "resource" and not resource_uri_ok(value):
                 raise InvalidTarget(
                     "resource must be an absolute URI without fragment (RFC 8707 section 2)."
                 )
@@ -383,7 +418,7 @@ def request_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     return [
         (name, item)
         for name, value in params.items()
-        for item in (value.split(" ") if name == "resource" else [value])
+        for item in (value.split(" ") if name in REPEATABLE else [value])
     ]
 
 
@@ -443,8 +478,15 @@ AUDIT_EVENTS = (
     "refresh.rotated", "refresh.reuse_detected", "token.revoked", "client_auth.failed",
     "key.rotated", "user.added", "user.changed", "user.removed", "client.added",
     "client.changed", "client.removed", "logout.backchannel_sent", "logout.backchannel_failed",
-    "resource.added", "resource.removed", "token.exchanged",
+    "device.code_issued", "device.approved", "device.denied", "device.user_code_failed",
+    "device.user_code_throttled", "device.redeemed", "request.pushed",
+    "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
+    "account.password_changed", "account.password_refused", "account.totp_enrolled",
+    "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
+    "account.app_revoked", "account.session_ended", "account.sessions_ended",
+    "account.reauth_required", "passkey.registered", "passkey.removed", "passkey.used",
+    "passkey.failed",
 )  # fmt: skip
 
 
@@ -579,6 +621,16 @@ class UnmetAuthenticationRequirements(OAuthError):
     error = "unmet_authentication_requirements"
 
 
+class AuthorizationPending(OAuthError):
+    error = "authorization_pending"  # RFC 8628 §3.5
+
+
+class SlowDown(OAuthError):
+    error = "slow_down"  # RFC 8628 §3.5
+
+
+class ExpiredToken(OAuthError):
+    error = "expired_token"  # RFC 8628 §3.5
 class InvalidRedirectUri(OAuthError):
     error = "invalid_redirect_uri"  # RFC 7591 §3.2.2
 
@@ -740,6 +792,8 @@ class Client:
     frontchannel_logout_uri: str | None = None
     frontchannel_logout_session_required: bool = False
     declared: str = ""  # the config file's entry, hashed, if it declares this client
+    # RFC 9126 §6: authorization requests only through the PAR endpoint.
+    require_pushed_authorization_requests: bool = False
     # RFC 8707: the resources (Resource.uri) it may ask tokens for; none listed: any.
     resources: tuple[str, ...] = ()
     # RFC 8693: the resources it may get tokens for by token exchange, on behalf of a user
@@ -904,6 +958,44 @@ class Token:
         return not self.revoked and now < self.expires_at
 
 
+DeviceStatus = Literal["pending", "approved", "denied", "redeemed"]
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """A device authorization request (RFC 8628 §3.1), kept by the hashes of its device
+    code and user code. ``status``: pending until the user approves or denies it on the
+    /device page (once: §6.1 "user codes ... SHOULD be single use"), redeemed once the
+    client has its tokens. ``poll_interval``: the seconds the client must wait between polls,
+    grown by slow_down (§3.5); ``polled_at`` its last poll. Who approved and how they
+    signed in, for the tokens and the ID token (OIDC Core §2, RFC 8176)."""
+
+    device_code_hash: str
+    user_code_hash: str
+    client_id: str
+    scope: tuple[str, ...]
+    expires_at: float
+    poll_interval: int = DEVICE_POLL_INTERVAL
+    status: DeviceStatus = "pending"
+    polled_at: float | None = None
+    username: str | None = None
+    auth_time: int | None = None
+    amr: tuple[str, ...] = ()
+    nonce: str | None = None  # echoed in the ID token, if the client sent one
+    resources: tuple[str, ...] = ()  # RFC 8707: the resources asked for (Resource.uri)
+
+
+@dataclass(frozen=True)
+class PushedRequest:
+    """An authorization request a client pushed (RFC 9126 §2.1), kept by the hash of its
+    request_uri until it is used once or expires (§2.2)."""
+
+    request_uri_hash: str
+    client_id: str
+    params: dict[str, str]
+    expires_at: float
+
+
 @dataclass(frozen=True)
 class Grant:
     """What one user has granted one client (RFC 6749 §1.3): the scopes consented to on
@@ -917,6 +1009,43 @@ class Grant:
     consented_at: float | None
     access_tokens: int
     refresh_tokens: int
+
+
+@dataclass(frozen=True)
+class LoginSession:
+    """A browser's login session as storage keeps it, so that the user can see and end it
+    (README "Your account"): ``sid`` is the session cookie's (``Session.sid``); when it
+    began, when it was last used (kept at most LAST_USED_INTERVAL stale), the client's
+    address as resolved through trusted proxies, its User-Agent (cut short), and when it
+    ends by itself. A session whose record is gone is over (``read_session``)."""
+
+    sid: str
+    username: str
+    created_at: float
+    last_used_at: float
+    expires_at: float
+    address: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class Passkey:
+    """A WebAuthn credential (WebAuthn Level 2 §6.4.1 credential record) a user registered on
+    the account page: its id and COSE public key (base64url), the signature counter last
+    seen (§6.1.1), a name the user chose, whether it may sign in without a password (it
+    verified the user, §6.2.3), and whether it is backed up (synced: a software key, amr
+    ``swk``; else ``hwk``, RFC 8176 §2)."""
+
+    credential_id: str
+    username: str
+    public_key: str
+    sign_count: int
+    name: str
+    created_at: float
+    last_used_at: float | None = None
+    passwordless: bool = False
+    backed_up: bool = False
+    transports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -954,8 +1083,9 @@ class Storage(Protocol):
 
     def remove_client(self, client_id: str) -> bool:
         """Remove a client and, in the same transaction, every grant to it: its tokens,
-        its unredeemed codes and the consents users gave it, so that nothing passes to a
-        client registered later under the same client_id. The grants go even when the
+        its unredeemed codes, its device authorization and pushed requests and the consents
+        users gave it, so that nothing passes to a client registered later under the same
+        client_id. The grants go even when the
         client is already gone (a token request that raced the removal may have saved
         one). True if there was a client to remove."""
         ...
@@ -992,10 +1122,11 @@ class Storage(Protocol):
 
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         """Remove a user and, in the same transaction, everything of the user's: tokens,
-        unredeemed codes, consents and the TOTP steps used, so that nothing passes to a
-        user added later under the same name (OIDC Core §2: a sub is "never reassigned").
-        Login sessions live in signed cookies whose fingerprint covers ``User.record_id``,
-        which a new user of that name does not share, so they end too. The grants go even
+        unredeemed codes and device authorizations, consents, the TOTP steps used,
+        recovery codes, passkeys and login sessions, so that nothing passes to a user added
+        later under the same name (OIDC Core §2: a sub is "never reassigned"). (Session
+        cookies also carry a fingerprint that covers ``User.record_id``, which a new user of
+        that name does not share.) The grants go even
         when the user is already gone. In the same transaction, a user that was there
         leaves a tombstone (``RemovedUser``: username, subject and ``removed_at``, the
         time now if None) that is kept for ever, never purged: ``add_user`` gives neither
@@ -1009,9 +1140,10 @@ class Storage(Protocol):
     def change_credentials(self, user: User) -> bool:
         """Atomically replace the stored user of ``user.username`` with ``user`` (whose
         password or second factor changed), but for its subject, which stays; revoke every
-        refresh token the user holds and delete the user's unredeemed codes (RFC 9700
-        §4.14.2: a security event ends the grants made under the old credentials). False,
-        changing nothing, if there is no such user."""
+        refresh token the user holds, delete the user's unredeemed codes, device
+        authorizations and login sessions (RFC 9700 §4.14.2: a security event ends the
+        grants made under the old credentials). False, changing nothing, if there is no
+        such user."""
         ...
 
     def save_code(self, code: AuthorizationCode) -> None: ...
@@ -1022,6 +1154,48 @@ class Storage(Protocol):
         The store remembers that the code was used, so that a replay can revoke
         the tokens it issued (``revoke_family(code_hash)``).
         """
+        ...
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        """Add a device authorization request (RFC 8628 §3.1); False, saving nothing, if a
+        stored one (expired or not, until purged) has the same user_code_hash or
+        device_code_hash: the caller makes another code."""
+        ...
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        """The device authorization request of a user code, in any status."""
+        ...
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        """Atomically give the request of ``decided.user_code_hash`` the status
+        ("approved" or "denied"), scope, username, auth_time and amr of ``decided``,
+        only if it is still pending and unexpired at ``now``; False, changing nothing,
+        otherwise: of N concurrent decisions on one user code, at most one is made
+        (RFC 8628 §6.1: a user code is used once)."""
+        ...
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        """Atomically note a token request's poll of the device code at ``now`` and return
+        the record as it was before it (``polled_at`` the previous poll), or None if there
+        is no such device code. A poll less than ``poll_interval`` seconds after the previous
+        one adds ``slow_down`` to the stored poll_interval, for this and every later poll
+        (RFC 8628 §3.5)."""
+        ...
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        """Atomically mark an approved request redeemed and return it (as approved): of N
+        concurrent callers, at most one gets it; None if it is not approved."""
+        ...
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        """Store an authorization request a client pushed (RFC 9126 §2.1)."""
+        ...
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        """Atomically take a pushed request: of N concurrent callers, at most one gets it
+        (RFC 9126 §4: a request_uri is used once)."""
         ...
 
     def save_token(self, *tokens: Token) -> None:
@@ -1069,15 +1243,17 @@ class Storage(Protocol):
     def revoke_grant(self, username: str, client_id: str, now: float) -> bool:
         """Atomically end the grant of ``username`` to ``client_id``, in one transaction:
         delete the consent, revoke every token of the pair and delete its unredeemed codes
-        (RFC 7009 §2.1: revoking the grant revokes its tokens), so that a refresh-token
+        and device authorizations (RFC 7009 §2.1: revoking the grant revokes its tokens),
+        so that a refresh-token
         rotation racing it leaves no active token. True if there was a grant to end (a
         consent or an active token, as list_grants finds them)."""
         ...
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        """Atomically give the user ``record_id`` and change nothing else: every login
-        session of the user ends (a session cookie's fingerprint covers ``User.record_id``)
-        while tokens and consents stay. False, changing nothing, if there is no such user."""
+        """Atomically give the user ``record_id``, delete the user's login sessions and change
+        nothing else: every login session of the user ends (a session cookie's fingerprint
+        covers ``User.record_id`` too) while tokens and consents stay. False, changing
+        nothing, if there is no such user."""
         ...
 
     def record_totp_step(self, username: str, step: int) -> bool:
@@ -1091,6 +1267,69 @@ class Storage(Protocol):
         ...
 
     def session_ended(self, sid: str) -> bool: ...
+
+    def save_login_session(self, session: LoginSession) -> None:
+        """Store a login session that has just begun (``LoginSession``)."""
+        ...
+
+    def get_login_session(self, sid: str) -> LoginSession | None: ...
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        """Remember when, and from which address, the session ``sid`` was last used; nothing
+        if it is gone."""
+        ...
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        """The user's login sessions that have not expired at ``now``, newest first."""
+        ...
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        """End login sessions of ``username``: the one ``sid``, if it is the user's; without
+        ``sid``, every one but ``keep``. Returns how many ended. (``remove_user``,
+        ``change_credentials`` and ``change_record_id`` end all of the user's, in their
+        own transaction.)"""
+        ...
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        """Replace the user's recovery codes (their hashes) with ``code_hashes``, in one
+        transaction; none removes them."""
+        ...
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        """Atomically take one of the user's recovery codes: of N concurrent callers with
+        the same code, at most one gets True (NIST SP 800-63B §5.1.2.1: a look-up secret
+        is used once)."""
+        ...
+
+    def recovery_codes_left(self, username: str) -> int: ...
+
+    def save_passkey(self, passkey: Passkey) -> None:
+        """Store a passkey (a new one, or replace the one with its credential_id)."""
+        ...
+
+    def get_passkey(self, credential_id: str) -> Passkey | None: ...
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        """The user's passkeys, oldest first."""
+        ...
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        """Delete the passkey ``credential_id`` if it is the user's; True if it was."""
+        ...
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        """Atomically note a sign-in with the passkey: its new signature counter and when.
+        False, changing nothing, if the counter did not grow while either is not 0 (WebAuthn
+        §6.1.1: a signal that the authenticator may have been cloned), or if it is gone."""
+        ...
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        """Atomically remember until ``expires_at`` that a WebAuthn ceremony's challenge was
+        used; False if it was used before: of N concurrent callers, one gets True (WebAuthn
+        §13.4.3: challenges are single-use)."""
+        ...
 
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         """Atomically return the stored value of ``name``, storing ``candidate`` if none:
@@ -1119,8 +1358,9 @@ class Storage(Protocol):
         ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete expired codes, tokens, signing keys, ended-session records and one-time
-        identifiers; return how many went."""
+        """Delete expired codes, tokens, signing keys, ended-session records, login
+        sessions, used WebAuthn challenges, device authorizations, pushed requests and
+        one-time identifiers; return how many went."""
         ...
 
 
@@ -1146,6 +1386,13 @@ class MemoryStorage:
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
         self._keys: list[SigningKey] = []  # newest first
+        self._devices: dict[str, DeviceAuthorization] = {}  # by device_code_hash
+        self._user_codes: dict[str, str] = {}  # user_code_hash -> device_code_hash
+        self._pushed: dict[str, PushedRequest] = {}
+        self._login_sessions: dict[str, LoginSession] = {}
+        self._recovery_codes: dict[str, set[str]] = {}
+        self._passkeys: dict[str, Passkey] = {}
+        self._used_challenges: dict[str, float] = {}  # challenge_hash -> until
         self._jtis: dict[str, float] = {}  # remember_jti: key -> expires_at
         self._jtis_swept = 0  # how many there were after the last sweep of expired ones
 
@@ -1164,6 +1411,8 @@ class MemoryStorage:
             self._drop_tokens([h for h, t in self._tokens.items() if t.client_id == client_id])
             self._codes = {h: c for h, c in self._codes.items() if c.client_id != client_id}
             self._consents = {k: v for k, v in self._consents.items() if k[1] != client_id}
+            self._drop_devices(lambda d: d.client_id == client_id)
+            self._pushed = {h: p for h, p in self._pushed.items() if p.client_id != client_id}
             return self._clients.pop(client_id, None) is not None
 
     def add_resource(self, resource: Resource) -> None:
@@ -1212,7 +1461,11 @@ class MemoryStorage:
             self._drop_tokens([h for h, t in self._tokens.items() if t.username == username])
             self._codes = {h: c for h, c in self._codes.items() if c.username != username}
             self._consents = {k: v for k, v in self._consents.items() if k[0] != username}
+            self._drop_devices(lambda d: d.username == username)
             self._totp_steps.pop(username, None)
+            self._recovery_codes.pop(username, None)
+            self._drop_login_sessions(username)
+            self._passkeys = {k: p for k, p in self._passkeys.items() if p.username != username}
             user = self._users.pop(username, None)
             if user is None:
                 return False
@@ -1237,7 +1490,16 @@ class MemoryStorage:
             for token in refresh:
                 self._tokens[token.token_hash] = replace(token, revoked=True)
             self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
+            self._drop_devices(lambda d: d.username == user.username)
+            self._drop_login_sessions(user.username)
             return True
+
+    def _drop_login_sessions(self, username: str, keep: str | None = None) -> int:
+        gone = [sid for sid, ls in self._login_sessions.items()
+                if ls.username == username and sid != keep]  # fmt: skip
+        for sid in gone:
+            del self._login_sessions[sid]
+        return len(gone)
 
     def _drop_tokens(self, hashes: list[str]) -> None:
         for h in hashes:
@@ -1257,6 +1519,63 @@ class MemoryStorage:
             if code is not None:
                 self._used_codes[code_hash] = code.expires_at
             return code
+
+    def _drop_devices(self, which: Callable[[DeviceAuthorization], bool]) -> None:
+        for device in [d for d in self._devices.values() if which(d)]:
+            del self._devices[device.device_code_hash]
+            del self._user_codes[device.user_code_hash]
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        with self._lock:
+            taken = device.user_code_hash in self._user_codes
+            if taken or device.device_code_hash in self._devices:
+                return False
+            self._devices[device.device_code_hash] = device
+            self._user_codes[device.user_code_hash] = device.device_code_hash
+            return True
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        device_code_hash = self._user_codes.get(user_code_hash)
+        return None if device_code_hash is None else self._devices.get(device_code_hash)
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        with self._lock:
+            stored = self.get_device_authorization(decided.user_code_hash)
+            if stored is None or stored.status != "pending" or stored.expires_at <= now:
+                return False
+            self._devices[stored.device_code_hash] = replace(
+                stored, status=decided.status, scope=decided.scope, username=decided.username,
+                auth_time=decided.auth_time, amr=decided.amr,
+            )  # fmt: skip
+            return True
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        with self._lock:
+            device = self._devices.get(device_code_hash)
+            if device is None:
+                return None
+            soon = device.polled_at is not None and now - device.polled_at < device.poll_interval
+            interval = device.poll_interval + (slow_down if soon else 0)
+            self._devices[device_code_hash] = replace(device, polled_at=now, poll_interval=interval)
+            return device
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        with self._lock:
+            device = self._devices.get(device_code_hash)
+            if device is None or device.status != "approved":
+                return None
+            self._devices[device_code_hash] = replace(device, status="redeemed")
+            return device
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        with self._lock:
+            self._pushed[pushed.request_uri_hash] = pushed
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        with self._lock:
+            return self._pushed.pop(request_uri_hash, None)
 
     def save_token(self, *tokens: Token) -> None:
         with self._lock:
@@ -1344,6 +1663,7 @@ class MemoryStorage:
                 h: c for h, c in self._codes.items()
                 if (c.username, c.client_id) != (username, client_id)
             }  # fmt: skip
+            self._drop_devices(lambda d: (d.username, d.client_id) == (username, client_id))
             return found
 
     def change_record_id(self, username: str, record_id: str) -> bool:
@@ -1352,6 +1672,7 @@ class MemoryStorage:
             if user is None:
                 return False
             self._users[username] = replace(user, record_id=record_id)
+            self._drop_login_sessions(username)
             return True
 
     def record_totp_step(self, username: str, step: int) -> bool:
@@ -1367,6 +1688,89 @@ class MemoryStorage:
 
     def session_ended(self, sid: str) -> bool:
         return sid in self._ended_sessions
+
+    def save_login_session(self, session: LoginSession) -> None:
+        with self._lock:
+            self._login_sessions[session.sid] = session
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        return self._login_sessions.get(sid)
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        with self._lock:
+            found = self._login_sessions.get(sid)
+            if found is not None:
+                self._login_sessions[sid] = replace(
+                    found, last_used_at=last_used_at, address=address
+                )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        found = [ls for ls in self._login_sessions.values()
+                 if ls.username == username and ls.expires_at > now]  # fmt: skip
+        return sorted(found, key=lambda ls: (ls.created_at, ls.sid), reverse=True)
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        with self._lock:
+            if sid is None:
+                return self._drop_login_sessions(username, keep)
+            found = self._login_sessions.get(sid)
+            if found is None or found.username != username:
+                return 0
+            del self._login_sessions[sid]
+            return 1
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        with self._lock:
+            self._recovery_codes[username] = set(code_hashes)
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        with self._lock:
+            codes = self._recovery_codes.get(username, set())
+            if code_hash not in codes:
+                return False
+            codes.discard(code_hash)
+            return True
+
+    def recovery_codes_left(self, username: str) -> int:
+        return len(self._recovery_codes.get(username, ()))
+
+    def save_passkey(self, passkey: Passkey) -> None:
+        with self._lock:
+            self._passkeys[passkey.credential_id] = passkey
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        return self._passkeys.get(credential_id)
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        found = [p for p in self._passkeys.values() if p.username == username]
+        return sorted(found, key=lambda p: (p.created_at, p.credential_id))
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or found.username != username:
+                return False
+            del self._passkeys[credential_id]
+            return True
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        with self._lock:
+            found = self._passkeys.get(credential_id)
+            if found is None or ((sign_count or found.sign_count) and
+                                 sign_count <= found.sign_count):  # fmt: skip
+                return False
+            self._passkeys[credential_id] = replace(found, sign_count=sign_count,
+                                                    last_used_at=used_at)  # fmt: skip
+            return True
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        with self._lock:
+            if challenge_hash in self._used_challenges:
+                return False
+            self._used_challenges[challenge_hash] = expires_at
+            return True
 
     def get_or_add_setting(self, name: str, candidate: str) -> str:
         with self._lock:
@@ -1414,6 +1818,12 @@ class MemoryStorage:
             sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
             for sid in sessions:
                 del self._ended_sessions[sid]
+            logins = [sid for sid, ls in self._login_sessions.items() if ls.expires_at <= now]
+            for sid in logins:
+                del self._login_sessions[sid]
+            challenges = [h for h, until in self._used_challenges.items() if until <= now]
+            for h in challenges:
+                del self._used_challenges[h]
             codes = [h for h, c in self._codes.items() if c.expires_at <= now]
             used = [h for h, exp in self._used_codes.items() if exp <= now]
             tokens = [h for h, t in self._tokens.items() if t.expires_at <= now]
@@ -1430,7 +1840,14 @@ class MemoryStorage:
             self._revoked_families = {
                 f for f in self._revoked_families if f in self._families or f in self._used_codes
             }
-            return len(keys) + len(sessions) + len(codes) + len(used) + len(tokens) + len(jtis)
+            devices = len(self._devices)
+            self._drop_devices(lambda d: d.expires_at <= now)
+            pushed = [h for h, p in self._pushed.items() if p.expires_at <= now]
+            for h in pushed:
+                del self._pushed[h]
+            gone = (len(keys) + len(sessions) + len(logins) + len(challenges) + len(codes)
+                    + len(used) + len(tokens))  # fmt: skip
+            return gone + devices - len(self._devices) + len(pushed) + len(jtis)
 
 
 ###############################################################################
@@ -1490,8 +1907,10 @@ class Server:
     server in that mode accepts: see hash_password). Behind reverse proxies,
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
-    (see "The WSGI app"). ``dpop_nonces=True``: DPoP proofs must carry a nonce the server
-    gave (RFC 9449 §8; see "Sender-constrained tokens").
+    (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
+    and login pages (see "Passkeys"), with the optional webauthn library.
+    ``dpop_nonces=True``: DPoP proofs must carry a nonce the server gave (RFC 9449 §8;
+    see "Sender-constrained tokens").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1518,6 +1937,7 @@ class Server:
         internal_url: str | None = None,
         trusted_proxies: Iterable[str] = (),
         password_hashing: PasswordHashing = "scrypt",  # noqa: S107 -- a mode, not a password
+        require_pushed_authorization_requests: bool = False,
         fetch_allowed_networks: Iterable[str] = (),
         fetch_ca_file: str | None = None,
         client_id_metadata_documents: bool = False,
@@ -1525,6 +1945,7 @@ class Server:
         registration: RegistrationPolicy = "off",
         registration_tokens: Iterable[str] = (),
         max_registered_clients: int = MAX_REGISTERED_CLIENTS,
+        passkeys: bool = False,
         dpop_nonces: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
@@ -1542,6 +1963,11 @@ class Server:
         self.trusted_proxies = proxy_networks(trusted_proxies)
         # RFC 9449 §8: whether DPoP proofs must carry a nonce the server gave (see "DPoP").
         self.dpop_nonces = dpop_nonces
+        # Passkeys (WebAuthn) on the account and login pages; they need the issuer's host to
+        # stay the same (it is their relying party ID) and the optional webauthn library.
+        self.passkeys = passkeys
+        # RFC 9126 §5: every client's authorization requests through the PAR endpoint only.
+        self.require_pushed_authorization_requests = require_pushed_authorization_requests
         self.login_limiter = LoginLimiter(clock)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
@@ -1649,6 +2075,7 @@ class Server:
         backchannel_logout_session_required: bool = False,
         frontchannel_logout_uri: str | None = None,
         frontchannel_logout_session_required: bool = False,
+        require_pushed_authorization_requests: bool = False,
         resources: Iterable[str] = (),
         token_exchange: Iterable[str] = (),
         jwks: dict[str, Any] | None = None,
@@ -1667,6 +2094,9 @@ class Server:
         loopback address. ``resources``: the resources (RFC 8707) it may ask tokens for
         (none: any registered one); ``token_exchange``: the resources it may get tokens
         for by token exchange (RFC 8693), for a user's token to a resource it serves.
+        ``require_pushed_authorization_requests``: its authorization requests only through
+        the PAR endpoint (RFC 9126 §6). With ``urn:ietf:params:oauth:grant-type:device_code``
+        in ``grant_types``, it may use the device authorization grant (RFC 8628).
         ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client authenticates with
         private_key_jwt (RFC 7523 §2.2) instead of a secret. ``dpop_bound_access_tokens``:
         its token requests must carry a DPoP proof (RFC 9449 §5.2), so that all its tokens
@@ -1689,6 +2119,7 @@ class Server:
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
+            require_pushed_authorization_requests=require_pushed_authorization_requests,
             resources=tuple(resources),
             token_exchange=tuple(token_exchange),
             jwks=dict(jwks or {}),
@@ -1778,6 +2209,23 @@ class Server:
         check_resource(resource)
         self.storage.add_resource(resource)
         audit("resource.added", resource=uri)
+        return resource
+
+    def update_resource(self, uri: str, **changes: Any) -> Resource:
+        """Change some of a resource's settings (``scopes``, ``name``, ``access_token_jwt``,
+        ``access_token_lifetime``, ``introspection``, ``client_id``); the URI stays. Tokens
+        already issued keep what they were issued with."""
+        resource = self.storage.get_resource(uri)
+        if resource is None:
+            raise ValueError(f"no resource {uri!r}")
+        if "uri" in changes:
+            raise ValueError("a resource's uri cannot change: add a resource with the new one")
+        if "scopes" in changes:
+            changes["scopes"] = tuple(changes["scopes"])
+        resource = replace(resource, **changes)
+        check_resource(resource)
+        self.storage.add_resource(resource)
+        audit("resource.changed", resource=uri, changed=" ".join(sorted(changes)))
         return resource
 
     def list_resources(self) -> list[Resource]:
@@ -1909,12 +2357,14 @@ class Server:
         scope: str | Iterable[str] = (),
         claims: dict[str, Any] | None = None,
         *,
+        resource: str | Iterable[str] = (),
         dpop_jkt: str | None = None,
     ) -> dict[str, Any]:
         """Mint tokens without a browser, as the token endpoint would (for API tests). The
         tokens carry the stored user's subject as sub; for a username no user has, the
         name itself (minting for a user never added is a test's convenience), unless a
         removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2).
+        ``resource``: registered resources the access token is for (RFC 8707, its aud).
         ``dpop_jkt``: bind them to the DPoP key of that RFC 7638 thumbprint, as a token
         request with its proof would (RFC 9449 §5: token_type DPoP, cnf.jkt)."""
         if isinstance(client, str):
@@ -1930,13 +2380,20 @@ class Server:
                 raise ValueError(f"no user {username!r}: a removed user had that name or sub")
             holder = holder or User(username, NO_PASSWORD)
         claims = check_claims(claims, "issue_tokens") if claims is not None else None
-        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or client.scopes
+        uris = split_scope(resource) if isinstance(resource, str) else tuple(resource)
+        try:
+            audience = known_resources(self.storage, uris)
+        except InvalidTarget as err:
+            raise ValueError(err.description) from None
+        scopes = (split_scope(scope) if isinstance(scope, str) else tuple(scope)) or (
+            resource_scopes(audience) or client.scopes
+        )
         # As at the token endpoint: OIDC Core §11 offline access decides the refresh token.
         offline = "openid" not in scopes or "offline_access" in scopes
         return issue_tokens(
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
-            auth_time=int(self.clock()), claims=claims, jkt=dpop_jkt,
+            auth_time=int(self.clock()), claims=claims, audience=audience, jkt=dpop_jkt,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
@@ -2020,6 +2477,8 @@ def check_client(client: Client, *, public: bool) -> None:
     for uri in (*client.resources, *client.token_exchange):
         if not resource_uri_ok(uri):
             raise ValueError(f"a resource must be an absolute URI without fragment: {uri!r}")
+    if client.token_exchange and TOKEN_EXCHANGE not in client.grant_types:
+        raise ValueError(f"token_exchange needs the grant type {TOKEN_EXCHANGE} (RFC 8693)")
     check_client_keys(client)
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
@@ -2199,6 +2658,7 @@ class Browser:
     # The accounts this browser completed a sign-in to before (its signed device cookie):
     # the account-wide throttling gates do not hold it (OWASP "device cookies").
     devices: frozenset[str] = frozenset()
+    user_agent: str = ""  # its User-Agent, cut short: what the account page's sessions show
 
     @classmethod
     def new(cls, session: Session | None = None, address: str = "") -> Browser:
@@ -2235,6 +2695,7 @@ class Page:
     script: str = ""  # an inline script, the only one its CSP allows (form_post_page)
     frames: tuple[str, ...] = ()  # the origins its CSP lets it frame (signed_out_page)
     forward: str | None = None  # where it goes on to once loaded (signed_out_page)
+    session: Session | None = None  # a login session it starts (an account page's)
 
 
 class Signer:
@@ -2339,19 +2800,49 @@ def credentials_fingerprint(user: User) -> str:
     return hashlib.sha256(material).hexdigest()[:16]
 
 
-def read_session(srv: Server, cookie: str | None) -> Session | None:
-    """The signed-in user, unless the session was ended (logout), or the user was
-    removed, changed password or second factor, or was signed out everywhere
-    (``Server.revoke_sessions``) since signing in."""
+# How stale a login session's last use may be in storage: a request writes it at most
+# once a minute, so that reading the session stays one primary-key look-up per request.
+LAST_USED_INTERVAL = 60
+USER_AGENT_LENGTH = 200  # what storage keeps of a User-Agent
+
+
+def read_session(srv: Server, cookie: str | None, address: str = "") -> Session | None:
+    """The signed-in user, unless the session was ended (logout, or from the account page:
+    its ``LoginSession`` record is gone), or the user was removed, changed password or
+    second factor, or was signed out everywhere (``Server.revoke_sessions``) since signing
+    in. Notes the session's use from ``address``, at most once per LAST_USED_INTERVAL."""
     payload = srv.signer.loads(cookie, "session")
-    if not payload or "s" not in payload or srv.storage.session_ended(payload["s"]):
+    if not payload or "s" not in payload:
+        return None
+    now = srv.clock()
+    record = srv.storage.get_login_session(str(payload["s"]))
+    if record is None or record.username != payload["u"] or record.expires_at <= now:
         return None
     user = srv.storage.get_user(payload["u"])
     if user is None or payload.get("f") != credentials_fingerprint(user):
         return None
+    if now - record.last_used_at >= LAST_USED_INTERVAL:
+        srv.storage.touch_login_session(record.sid, now, address or record.address)
     amr = payload.get("a")
     amr = tuple(str(m) for m in amr) if isinstance(amr, list) else ()
-    return Session(payload["u"], payload["t"], payload["s"], amr)
+    return Session(payload["u"], payload["t"], payload["s"], amr, str(payload.get("f", "")))
+
+
+def start_session(
+    srv: Server, user: User, browser: Browser, amr: tuple[str, ...], auth_time: int | None = None
+) -> Session:
+    """Begin the login session of ``user``, as its credentials were checked, signed in by
+    the methods ``amr`` (RFC 8176) at ``auth_time`` (now if None): a new sid, and its
+    record in storage (``LoginSession``), which replaces this browser's previous one."""
+    now = srv.clock()
+    session = Session(user.username, int(now) if auth_time is None else auth_time,
+                      secrets.token_urlsafe(16), amr, credentials_fingerprint(user))  # fmt: skip
+    if browser.session is not None:
+        srv.storage.delete_login_sessions(browser.session.username, browser.session.sid)
+    record = LoginSession(session.sid, user.username, now, now, now + SESSION_LIFETIME,
+                          browser.address, browser.user_agent)  # fmt: skip
+    srv.storage.save_login_session(record)
+    return session
 
 
 ###############################################################################
@@ -2927,7 +3418,10 @@ def fetch_json_document(
     host = cast(str, parts.hostname)
     if allowed and host not in allowed:
         raise FetchError(f"{host} is not one of the hosts this server fetches documents from.")
-    cached = None if fresh else srv.fetch_cache.get(url, srv.clock())
+    # One entry per URL and size limit: a document cached for a caller that allows more
+    # bytes is not handed to one that allows fewer.
+    key = f"{max_bytes} {url}"
+    cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
     if not FETCH_SLOTS.acquire(timeout=1):
@@ -2937,7 +3431,7 @@ def fetch_json_document(
     finally:
         FETCH_SLOTS.release()
     if lifetime > 0:
-        srv.fetch_cache.put(url, value, srv.clock() + lifetime)
+        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
     return value
 
 
@@ -3056,9 +3550,9 @@ class Cached:
 
 
 class FetchCache:
-    """Fetched documents by URL, until their HTTP lifetime ends (cache_lifetime); at most
-    FETCH_CACHE_ENTRIES, the one that expires first going first. Values are JSON values
-    the caller must not change."""
+    """Fetched documents by URL (and size limit), until their HTTP lifetime ends
+    (cache_lifetime); at most FETCH_CACHE_ENTRIES, the one that expires first going first.
+    Values are JSON values the caller must not change."""
 
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
@@ -3080,9 +3574,6 @@ class FetchCache:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
 
-    def forget(self, url: str) -> None:
-        with self._lock:
-            self._entries.pop(url, None)
 
 
 ###############################################################################
@@ -4027,20 +4518,19 @@ def requested_resources(
     srv: Server, client: Client, params: dict[str, str]
 ) -> tuple[Resource, ...]:
     """RFC 8707 §2: the registered resources named by ``resource`` (one value of
-    space-separated URIs, as single_params keeps them). §2: "the authorization server
-    SHOULD return an error response (invalid_target)" for one it does not know or the
-    client may not ask for."""
-    return known_resources(srv, split_scope(params.get("resource")), client)
+    space-separated URIs, as single_params keeps them); one the server does not know, or
+    the client may not ask for, is invalid_target."""
+    return known_resources(srv.storage, split_scope(params.get("resource")), client)
 
 
 def known_resources(
-    srv: Server, uris: Iterable[str], client: Client | None = None
+    storage: Storage, uris: Iterable[str], client: Client | None = None
 ) -> tuple[Resource, ...]:
     """The registered resources of ``uris``, each one ``client`` may ask for (its
     ``resources``, if it lists some); else invalid_target."""
     found = []
     for uri in uris:
-        resource = srv.storage.get_resource(uri)
+        resource = storage.get_resource(uri)
         if resource is None:
             raise InvalidTarget(f"Unknown resource: {uri[:100]}")
         if client is not None and client.resources and uri not in client.resources:
@@ -4110,6 +4600,10 @@ class AuthorizationRequest:
     prompt: frozenset[str]
     max_age: int | None
     params: dict[str, str]
+    # Where the request goes on after a sign-in, and the salt of its forms' signed request
+    # (see resume_url): "authorize" (RFC 6749 §4.1.1), "pushed" (a request the client
+    # pushed, RFC 9126), "device" (the /device page, RFC 8628 §3.3).
+    purpose: str = "authorize"
     resources: tuple[Resource, ...] = ()  # RFC 8707 §2.1
     dpop_jkt: str | None = None  # RFC 9449 §10: the DPoP key the code will be bound to
 
@@ -4118,14 +4612,16 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
     """The authorization endpoint: the first step of the flow (RFC 6749 §4.1.1).
 
     Answers with the login page, the consent page, or a redirect to the client
-    carrying a code or an error.
+    carrying a code or an error. A request by ``request_uri`` is the one its client
+    pushed (RFC 9126 §4), whose parameters replace the browser's.
     """
+    pairs, pushed = pushed_request(srv, pairs)
     client, redirect_uri, given = trusted_redirect(srv, pairs)
     states = [value for name, value in pairs if name == "state"]
     state = states[0] if len(states) == 1 else None  # a repeated state is not echoed
     try:
         params = single_params(pairs)
-        areq = validate_authorization_request(srv, client, redirect_uri, given, params)
+        areq = validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
         return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
@@ -4178,7 +4674,12 @@ def trusted_redirect(srv: Server, pairs: list[tuple[str, str]]) -> tuple[Client,
 
 
 def validate_authorization_request(
-    srv: Server, client: Client, redirect_uri: str, given: bool, params: dict[str, str]
+    srv: Server,
+    client: Client,
+    redirect_uri: str,
+    given: bool,
+    params: dict[str, str],
+    pushed: bool = False,
 ) -> AuthorizationRequest:
     """RFC 6749 §4.1.1 with RFC 7636 §4.3: check everything after the redirect is trusted.
 
@@ -4186,7 +4687,8 @@ def validate_authorization_request(
     unless the client opted out of PKCE. OPTIONAL: redirect_uri, scope, state; from
     OIDC Core §3.1.2.1 nonce, prompt, max_age, login_hint, ui_locales (accepted; the
     pages are in English); RFC 8707 §2.1 resource, repeatable. Unrecognised parameters
-    are ignored (RFC 6749 §3.1).
+    are ignored (RFC 6749 §3.1). ``pushed``: the client pushed the request (RFC 9126
+    §2.1), which the PAR endpoint checks here too.
     """
     if "request" in params:
         raise RequestNotSupported("Request objects are not supported.")
@@ -4200,6 +4702,15 @@ def validate_authorization_request(
         raise UnsupportedResponseType("Only response_type=code is supported.")
     if "authorization_code" not in client.grant_types:
         raise UnauthorizedClient("This client may not use the authorization code grant.")
+    # RFC 9126 §5: with require_pushed_authorization_requests, "the authorization server
+    # only accepts authorization request data via the pushed authorization request method".
+    if not pushed and (
+        srv.require_pushed_authorization_requests or client.require_pushed_authorization_requests
+    ):
+        raise InvalidRequest(
+            "This client must push its authorization requests to the pushed authorization "
+            "request endpoint first (RFC 9126)."
+        )
     # OAuth 2.0 Multiple Response Type Encoding Practices §2.1: response_mode "Informs the
     # Authorization Server of the mechanism to be used for returning Authorization Response
     # parameters"; one we cannot honour is refused, not silently replaced.
@@ -4260,6 +4771,7 @@ def validate_authorization_request(
         prompt=prompt,
         max_age=int(max_age) if max_age is not None else None,
         params=params,
+        purpose="pushed" if pushed else "authorize",
         resources=resources,
         dpop_jkt=dpop_jkt,
     )
@@ -4385,7 +4897,7 @@ def continue_authorization(
         if "none" in areq.prompt:
             raise LoginRequired("The signed-in user is not the one the client asks for.")
         return login_page(srv, areq, browser, ANOTHER_ACCOUNT_ASKED)
-    if needs_second_factor(areq) and "otp" not in session.amr:
+    if needs_second_factor(areq) and "mfa" not in session.amr:
         return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(
         consent_scopes(areq)
@@ -4516,28 +5028,150 @@ def client_identified(client: Client, redirect_uri: str) -> bool:
 
 
 ###############################################################################
+# Pushed authorization requests: RFC 9126 ######################################
+###############################################################################
+
+# RFC 9126 §1: the client sends the authorization request to the server directly,
+# authenticated, and the browser carries only a request_uri that names it. The request's
+# parameters then come from the client, never from the browser: none can be altered on
+# the way, nor read from the URL. The request is checked at the PAR endpoint as the
+# authorization endpoint would check it, and stored (so that every node sharing the store
+# finds it), for PUSHED_REQUEST_LIFETIME and one use.
+#
+# Once the authorization endpoint has taken it, the request goes on through the login and
+# consent pages, whose forms carry it signed (purpose "pushed", see resume_url), and back
+# to the authorization endpoint after a sign-in as a request_uri of ours that holds it
+# signed (RESUME_URI_PREFIX): that proves it was pushed, which a request with plain
+# parameters cannot, so require_pushed_authorization_requests holds on every step.
+
+RESUME_URI_PREFIX = "urn:codeflow:pushed:"  # a pushed request going on after a sign-in
+
+
+def pushed_authorization_request(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 9126 §2: the PAR endpoint. The client authenticates as at the token endpoint
+    (§2: "the rules for client authentication as defined in [RFC6749] for token endpoint
+    requests ... apply"), and sends the authorization request's parameters (§2.1), which
+    are validated as the authorization endpoint would (§2.1: "The AS MUST validate the
+    pushed request as it would an authorization request sent to the authorization
+    endpoint"). Answers §2.2's request_uri and expires_in (with 201, set by the route);
+    errors as JSON (§2.3)."""
+    client = authenticate_client(srv, params, authorization, address)
+    # RFC 9126 §2.1: "The request_uri authorization request parameter MUST NOT be provided".
+    if "request_uri" in params:
+        raise InvalidRequest("request_uri cannot be pushed (RFC 9126 section 2.1).")
+    # The client's credentials are not part of the request and are not kept.
+    params = {k: v for k, v in params.items() if k != "client_secret"}
+    params["client_id"] = client.client_id
+    _, redirect_uri, given = trusted_redirect(srv, list(params.items()))
+    validate_authorization_request(srv, client, redirect_uri, given, params, pushed=True)
+    # After a sign-in the request goes on signed in one parameter (resume_url): refused
+    # now, with a clear error, if it would not fit there.
+    if len(RESUME_URI_PREFIX + srv.signer.request(params, "pushed")) > MAX_PARAM_LENGTH:
+        raise InvalidRequest(f"The pushed request is too large: at most about "
+                             f"{MAX_PARAM_LENGTH} bytes in all.")  # fmt: skip
+    request_uri = REQUEST_URI_PREFIX + new_secret()
+    srv.storage.save_pushed_request(
+        PushedRequest(
+            request_uri_hash=token_hash(request_uri),
+            client_id=client.client_id,
+            params=params,
+            expires_at=srv.clock() + PUSHED_REQUEST_LIFETIME,
+        )
+    )
+    audit("request.pushed", client=client.client_id)
+    return {"request_uri": request_uri, "expires_in": PUSHED_REQUEST_LIFETIME}
+
+
+def pushed_request(
+    srv: Server, pairs: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], bool]:
+    """The parameters of an authorization request, and whether its client pushed them.
+
+    RFC 9126 §4: with a request_uri the PAR endpoint issued, the pushed parameters are the
+    request, "the authorization server MUST ensure that the client_id ... matches", and the
+    other parameters sent to the authorization endpoint are ignored; the request_uri is
+    used once. A request_uri that is neither ours is left to the authorization request's
+    own checks (OIDC Core §6: request_uri_not_supported). Errors here come before a
+    redirect_uri is known, so they are a page, never a redirect (RFC 6749 §4.1.2.1).
+    """
+    request_uri = _only(pairs, "request_uri")
+    if request_uri is None or not request_uri.startswith((REQUEST_URI_PREFIX, RESUME_URI_PREFIX)):
+        return pairs, False
+    client_id = _only(pairs, "client_id")
+    if client_id is None:
+        raise UntrustedRequest("The request has no client_id (RFC 9126 section 4).")
+    if request_uri.startswith(REQUEST_URI_PREFIX):
+        pushed = srv.storage.consume_pushed_request(token_hash(request_uri))
+        if pushed is None or pushed.expires_at <= srv.clock():
+            raise UntrustedRequest(
+                "The request_uri is unknown, expired or already used: the application must "
+                "push its request again (RFC 9126 section 4)."
+            )
+        owner, params = pushed.client_id, pushed.params
+    else:
+        resumed = srv.signer.request_params(request_uri.removeprefix(RESUME_URI_PREFIX), "pushed")
+        if resumed is None:
+            raise FormExpired("Go back to the application and start again.")
+        owner, params = resumed.get("client_id", ""), resumed
+    if not hmac.compare_digest(owner.encode(), client_id.encode()):
+        raise UntrustedRequest("The request_uri was pushed by another client (RFC 9126 section 4).")
+    return request_pairs(params), True
+
+
+###############################################################################
 # Login and consent ##########################################################
 ###############################################################################
 
 
+# The purposes of the requests a login form can continue (AuthorizationRequest.purpose).
+RESUMABLE = ("authorize", "pushed", "device")
+
+
 def resume_request(srv: Server, form: dict[str, str], browser: Browser) -> AuthorizationRequest:
-    """Check a login or consent form's CSRF token and recover the authorization request."""
-    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+    """Check a login, consent or device form's CSRF token and recover the request it
+    continues, checked anew."""
+    found = [(purpose, srv.signer.request_params(form.get("request"), purpose))
+             for purpose in RESUMABLE]  # fmt: skip
+    purpose, params = next(((p, v) for p, v in found if v is not None), ("", None))
+    if params is None or not srv.signer.check_csrf(form.get("csrf_token"), browser):
         raise FormExpired("Start signing in again.", restart_url(srv, form))
-    params = srv.signer.request_params(form.get("request"))
-    if params is None:
-        raise FormExpired("Start signing in again.", restart_url(srv, form))
+    if purpose == "device":
+        return device_request(srv, params)
     pairs = list(params.items())
     client, redirect_uri, given = trusted_redirect(srv, pairs)
-    return validate_authorization_request(srv, client, redirect_uri, given, params)
+    pushed = purpose == "pushed"
+    return validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
+
+
+def resume_url(
+    srv: Server, areq: AuthorizationRequest, params: dict[str, str] | None = None
+) -> str:
+    """Where the request goes on after a sign-in, or from a link on its pages, with
+    ``params`` (its own unless given): the authorization endpoint; for a request its client
+    pushed, the parameters signed, since they may not come from the browser (RFC 9126 §4,
+    see "Pushed authorization requests"); for the device page, /device with the user code."""
+    params = areq.params if params is None else params
+    if areq.purpose == "device":
+        return f"{srv.issuer}{DEVICE_PATH}?{urllib.parse.urlencode(params)}"
+    if areq.purpose == "pushed":
+        signed = RESUME_URI_PREFIX + srv.signer.request(params, "pushed")
+        return authorize_url(srv, {"client_id": areq.client.client_id, "request_uri": signed})
+    return authorize_url(srv, params)
 
 
 def restart_url(
     srv: Server, form: dict[str, str], path: str = AUTHORIZE_PATH, purpose: str = "authorize"
 ) -> str | None:
     """Where an expired form's request began, if the form still carries one we signed:
-    that first request is safe to make again, since it is checked anew."""
+    that first request is safe to make again, since it is checked anew. A device form's
+    begins again at the /device page; a pushed request's only at its client, which must
+    push it again (RFC 9126 §4: a request_uri is short-lived)."""
     params = srv.signer.request_params(form.get("request"), purpose, expired=True)
+    if purpose == "authorize" and srv.signer.request_params(form.get("request"), "device",
+                                                            expired=True):  # fmt: skip
+        return srv.issuer + DEVICE_PATH
     return f"{srv.issuer}{path}?{urllib.parse.urlencode(request_pairs(params))}" if params else None
 
 
@@ -4550,23 +5184,46 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
         return error_redirect(srv, areq.redirect_uri, areq.state, err, areq.response_mode)
     if "pending" in form:
         return second_factor(srv, areq, form, browser)
-    username, password = form.get("username", ""), form.get("password", "")
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return login_page(srv, areq, browser, PASSKEY_REFUSED)
+        return signed_in(srv, areq, found[0], browser, found[1])
+    username = form.get("username", "")
+    user, wait = check_password(srv, username, form.get("password", ""), browser,
+                                client=areq.client.client_id)  # fmt: skip
+    if wait:
+        page = login_page(srv, areq, browser, throttled_message(wait), 429, username)
+        return replace(page, retry_after=wait)
+    if user is None:
+        message = "Wrong username or password. Check both and try again."
+        return login_page(srv, areq, browser, message, username=username)
+    if has_second_factor(srv, user):
+        audit("second_factor.required", user=user.username, client=areq.client.client_id,
+              address=browser.address)  # fmt: skip
+        return otp_page(srv, areq, browser, user)
+    if needs_second_factor(areq):
+        return no_second_factor_page(srv, areq, browser)
+    return signed_in(srv, areq, user, browser, AMR_PASSWORD)
+
+
+def check_password(
+    srv: Server, username: str, password: str, browser: Browser, *, client: str | None = None
+) -> tuple[User | None, int]:
+    """The user whose password this is, or None (audited login.failed); or, when guessing
+    on the account is throttled (NIST SP 800-63B §5.2.2, see "Throttling"), the seconds to
+    wait (audited login.throttled), the password unchecked. An unknown username costs as
+    much as a wrong password and is throttled alike, so answers do not tell which names
+    exist. ``client``: for the audit events, the client signing in to, if any."""
     # What was typed as a username may be a password typed in the wrong field: logged short.
-    who = {"user": username[:64], "client": areq.client.client_id, "address": browser.address}
-    # NIST SP 800-63B §5.2.2: throttled per account and address (see "Throttling"); an
-    # unknown username alike, so that the answers do not tell which names exist.
+    who = {"user": username[:64], "client": client, "address": browser.address}
     trusted = username in browser.devices
     with srv.login_limiter.attempt(
         f"password:{username}", browser.address, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("login.throttled", **who)
-            message = (
-                "Too many failed sign-in attempts. For your safety, signing in is paused: "
-                f"try again in {in_words(attempt.wait)}."
-            )
-            page = login_page(srv, areq, browser, message, 429, username)
-            return replace(page, retry_after=attempt.wait)
+            return None, attempt.wait
         user = srv.storage.get_user(username)
         stored = user.password_hash if user and user.password_hash != NO_PASSWORD else None
         hashing = srv.password_hashing
@@ -4578,52 +5235,100 @@ def login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Pag
             srv.transcript.note_convenience(f"user {username!r}: {FAST_HASH_NOTE}")
     if not attempt.ok or user is None:
         audit("login.failed", **who)
-        message = "Wrong username or password. Check both and try again."
-        return login_page(srv, areq, browser, message, username=username)
-    if user.totp_secret:
-        audit("second_factor.required", **who)
-        return otp_page(srv, areq, browser, user)
-    if needs_second_factor(areq):
-        return no_second_factor_page(srv, areq, browser)
-    return signed_in(srv, areq, user, browser, AMR_PASSWORD)
+        return None, 0
+    return user, 0
+
+
+PASSKEY_REFUSED = "That passkey cannot sign you in. Try again, or use your password."
+
+
+def throttled_message(wait: int) -> str:
+    return (
+        "Too many failed sign-in attempts. For your safety, signing in is paused: "
+        f"try again in {in_words(wait)}."
+    )
+
+
+def pending_sign_in(srv: Server, form: dict[str, str], browser: Browser) -> User | None:
+    """The user of a pending sign-in (the password was right a moment ago), for the second
+    factor step; None if it expired, or the user changed since: a new password (or a
+    sign-out everywhere) voids it (RFC 9700 §4.14.2 spirit)."""
+    username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
+    user = srv.storage.get_user(username) if username else None
+    if user is None or not has_second_factor(srv, user):
+        return None
+    return user if checked == credentials_fingerprint(user) else None
 
 
 def second_factor(
     srv: Server, areq: AuthorizationRequest, form: dict[str, str], browser: Browser
 ) -> Redirect | Page:
-    """RFC 6238: check the TOTP code of a user whose password was right a moment ago."""
-    username, checked = srv.signer.pending_user(form.get("pending"), browser) or ("", "")
-    user = srv.storage.get_user(username) if username else None
-    # The password was checked against the user as it was then: a changed one since (or
-    # a sign-out everywhere) voids the pending sign-in (RFC 9700 §4.14.2 spirit).
-    if user is None or not user.totp_secret or checked != credentials_fingerprint(user):
+    """RFC 6238: check the TOTP code (or a recovery code) of a user whose password was
+    right a moment ago."""
+    user = pending_sign_in(srv, form, browser)
+    if user is None:
         raise FormExpired(
             "This sign-in has expired. Start signing in again.",
-            authorize_url(srv, areq.params),
+            resume_url(srv, areq),
             OTP_LIFETIME,
         )
-    # The guessing budget of "Throttling": well under 1% a day for a 6-digit code.
-    who = {"user": user.username, "client": areq.client.client_id, "address": browser.address}
+    if "credential" in form:
+        found = check_passkey(srv, form, browser, user)
+        if found is None:
+            return otp_page(srv, areq, browser, user, PASSKEY_REFUSED)
+        return signed_in(srv, areq, user, browser, found[1])
+    amr, wait, message = check_second_factor(srv, user, form, browser,
+                                             client=areq.client.client_id)  # fmt: skip
+    if amr is None:
+        page = otp_page(srv, areq, browser, user, message, 429 if wait else 200)
+        return replace(page, retry_after=wait)
+    return signed_in(srv, areq, user, browser, amr)
+
+
+def check_second_factor(
+    srv: Server, user: User, form: dict[str, str], browser: Browser, *, client: str | None = None
+) -> tuple[tuple[str, ...] | None, int, str]:
+    """Check the second factor of ``user``: the form's TOTP code ``otp`` (RFC 6238), or one
+    of the user's recovery codes ``recovery_code`` (NIST SP 800-63B §5.1.2 look-up secrets,
+    used once). Returns the sign-in's amr (RFC 8176: both are one-time passwords, "otp")
+    on success; else None, the seconds to wait if throttled, and what to tell the user.
+    Both kinds are throttled on the same count (see "Throttling failed sign-ins")."""
+    who = {"user": user.username, "client": client, "address": browser.address}
+    secret = user.totp_secret
+    if secret is None:  # pending_sign_in found one: it was removed since
+        return None, 0, "This account has no authenticator app now. Start signing in again."
+    recovery = form.get("recovery_code")
     trusted = user.username in browser.devices
     with srv.login_limiter.attempt(
         f"otp:{user.username}", browser.address, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("second_factor.throttled", **who)
-            message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
-            page = otp_page(srv, areq, browser, user, message, 429)
-            return replace(page, retry_after=attempt.wait)
-        step = totp_step(user.totp_secret, form.get("otp", ""), srv.clock())
-        # A code used once is a failure too (RFC 6238 §5.2).
-        attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
+            wait = attempt.wait
+            return None, wait, f"Too many wrong codes. Try again in {in_words(wait)}."
+        if recovery is not None:
+            attempt.ok = srv.storage.consume_recovery_code(
+                user.username, recovery_code_hash(user.username, recovery)
+            )
+            step = None
+        else:
+            step = totp_step(secret, form.get("otp", ""), srv.clock())
+            # A code used once is a failure too (RFC 6238 §5.2).
+            attempt.ok = step is not None and srv.storage.record_totp_step(user.username, step)
+    if recovery is not None:
+        if not attempt.ok:
+            audit("second_factor.failed", **who, kind="recovery_code")
+            return None, 0, "That recovery code is not right, or it was used before."
+        audit("account.recovery_code_used", **who,
+              left=srv.storage.recovery_codes_left(user.username))  # fmt: skip
+        return AMR_PASSWORD_AND_OTP, 0, ""
     if step is None:
         audit("second_factor.failed", **who)
-        return otp_page(srv, areq, browser, user, "That code is not right. Try again.")
+        return None, 0, "That code is not right. Try again."
     if not attempt.ok:
         audit("second_factor.replayed", **who)
-        message = "That code was already used. Wait for the next one."
-        return otp_page(srv, areq, browser, user, message)
-    return signed_in(srv, areq, user, browser, AMR_PASSWORD_AND_OTP)
+        return None, 0, "That code was already used. Wait for the next one."
+    return AMR_PASSWORD_AND_OTP, 0, ""
 
 
 def in_words(seconds: int) -> str:
@@ -4655,12 +5360,10 @@ def signed_in(
 ) -> Redirect:
     """Start the login session of ``user``, as its credentials were checked, signed in by
     the methods ``amr`` (RFC 8176), and go back to the authorization endpoint."""
-    session = Session(user.username, int(srv.clock()), secrets.token_urlsafe(16), amr,
-                      credentials_fingerprint(user))  # fmt: skip
+    session = start_session(srv, user, browser, amr)
     audit("login.succeeded", user=user.username, client=areq.client.client_id,
           address=browser.address, amr=" ".join(amr))  # fmt: skip
-    for step in ("password", "otp"):
-        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
+    remember_address(srv, user, browser)
     # The user has just signed in: prompt=login and max_age are satisfied, and must not
     # send the browser round again.
     params = dict(areq.params)
@@ -4668,12 +5371,21 @@ def signed_in(
     prompt = " ".join(p for p in split_scope(params.pop("prompt", None)) if p != "login")
     if prompt:
         params["prompt"] = prompt
-    return Redirect(authorize_url(srv, params), session=session)
+    return Redirect(resume_url(srv, areq, params), session=session)
+
+
+def remember_address(srv: Server, user: User, browser: Browser) -> None:
+    """A sign-in completed from the browser's address: one of the user's known ones for
+    throttling (see "Throttling failed sign-ins")."""
+    for step in ("password", "otp"):
+        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
 
 
 def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
     """Record the user's decision and answer the client (RFC 6749 §4.1.2, §4.1.2.1)."""
     areq = resume_request(srv, form, browser)
+    if areq.purpose == "device":  # a device request is decided on the /device page
+        raise UntrustedRequest("This form belongs to the device page.")
     session = browser.session
     if session is None:
         return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
@@ -4695,6 +5407,822 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
 
 def authorize_url(srv: Server, params: dict[str, str]) -> str:
     return f"{srv.issuer}{AUTHORIZE_PATH}?{urllib.parse.urlencode(request_pairs(params))}"
+
+
+###############################################################################
+# The user's account: password, second factor, apps, sessions ##################
+###############################################################################
+
+# /account lets users manage their own sign-in (README "Your account"). It has its own
+# sign-in (the same checks and throttling as the login page, without an authorization
+# request), and every form the same CSRF token and same-origin check as login and consent.
+# Changing the second factor asks for a recent sign-in, as max_age does (OIDC Core
+# §3.1.2.1): whoever sits at a browser someone left signed in for hours must not be able
+# to swap the authenticator app for their own. 15 minutes is long enough to sign in, find
+# the phone, scan the QR code and type the first code; a password change asks for the
+# current password instead, which is that re-authentication.
+ACCOUNT_REAUTH_AGE = 15 * 60
+# NIST SP 800-63B §5.1.1.2: "Memorized secrets SHALL be at least 8 characters in length if
+# chosen by the subscriber"; "at least 64 characters" SHOULD be allowed (MAX_PARAM_LENGTH).
+MIN_PASSWORD_LENGTH = 8
+RECOVERY_CODES = 10  # NIST SP 800-63B §5.1.2 look-up secrets, each 80 random bits
+RECOVERY_CODE_BYTES = 10
+
+# NIST SP 800-63B §5.1.1.2: "the list MAY include, but is not limited to: Passwords
+# obtained from previous breach corpuses. Dictionary words. Repetitive or sequential
+# characters (e.g. 'aaaaaa', '1234abcd'). Context-specific words, such as the name of the
+# service, the username". The most common passwords of at least MIN_PASSWORD_LENGTH
+# characters in public breach corpora (shorter ones fail the length rule already), lower
+# case; kept in this module so that it stays self-contained. Repetition, sequences, the
+# username and the service's name are checked by rule (password_problem).
+COMMON_PASSWORDS = frozenset("""
+password password1 password12 password123 password1234 passw0rd p@ssw0rd p@ssword
+12345678 123456789 1234567890 12345678910 0123456789 987654321 9876543210 87654321
+11111111 00000000 22222222 88888888 99999999 12341234 11223344 12344321 69696969
+qwertyuiop qwertyui qwerty123 qwerty1234 qwerty12 1q2w3e4r 1q2w3e4r5t 1qaz2wsx
+zaq12wsx zaq1zaq1 qazwsxedc 1qazxsw2 q1w2e3r4 q1w2e3r4t5 asdfghjk asdfghjkl
+zxcvbnm1 abcd1234 abc12345 abcdefgh a1b2c3d4 1234qwer 123qweasd qweasdzxc
+iloveyou iloveyou1 iloveyou2 sunshine sunshine1 football football1 baseball
+baseball1 basketball princess princess1 welcome1 welcome123 trustno1 superman
+superman1 whatever whatever1 starwars computer michelle jennifer letmein1
+letmein123 admin123 administrator changeme changeme1 mustang1 shadow12 monkey12
+dragon12 master12 charlie1 jordan23 liverpool chocolate butterfly michael1 maverick
+internet samsung1 blink182 pokemon1 freedom1 secret123 hello123 helloworld
+whatever! football! 1password firebird iloveyou! sunflower flower123 jessica1
+ashley12 matthew1 andrew12 justin12 thomas12 robert12 daniel12 danielle
+jonathan midnight november december elephant dolphins pineapple spiderman
+batman12 pass1234 pass12345 test1234 test12345 testtest 1234abcd abcd12345
+lovelove loveme12 mylove12 babygirl babygirl1 angel123 summer123 winter123
+autumn123 spring123 summer2024 summer2025 winter2024 winter2025 welcome2024
+welcome2025 password2024 password2025 football123 monkey123 dragon123 master123
+killer123 soccer123 hockey123 jordan123 hunter123 buster123 tigger123 ginger123
+purple123 orange123 yellow123 silver123 golden123 diamond1 cookie123 cheese123
+banana123 chelsea1 arsenal1 manchester barcelona qwerty11 zxcvbnm123 asdf1234
+asdfasdf qwerqwer 1qaz2wsx3edc 123123123 123321123 147258369 159753456 741852963
+147852369 789456123 456123789 963852741 google123 facebook yahoo123 linkedin
+microsoft apple123 netflix1 youtube1 instagram twitter1 codeflow codeflow1
+""".split())
+
+
+def password_problem(password: str, username: str) -> str | None:
+    """Why ``password`` may not be chosen (NIST SP 800-63B §5.1.1.2), or None. The rules
+    are the ones §5.1.1.2 names: length, and not a common, repetitive, sequential or
+    context-specific one; §5.1.1.2 "SHOULD NOT impose other composition rules"."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters."
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS:
+        return "That password is one of the most common ones, which attackers try first."
+    if len(set(lowered)) <= 2:
+        return "That password repeats the same characters. Choose a less predictable one."
+    runs = ("0123456789", "abcdefghijklmnopqrstuvwxyz", "qwertyuiopasdfghjklzxcvbnm")
+    if any(lowered in run or lowered in run[::-1] for run in runs):
+        return "That password is a run of keys in order. Choose a less predictable one."
+    if username and username.lower() in lowered:
+        return "Your password may not contain your username."
+    return None
+
+
+def new_recovery_code() -> str:
+    """A recovery code: 80 random bits in base32, as four groups of four (RFC 4648 §6)."""
+    raw = base64.b32encode(secrets.token_bytes(RECOVERY_CODE_BYTES)).decode("ascii")
+    return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+
+
+def recovery_code_hash(username: str, code: str) -> str:
+    """What storage keeps of a recovery code: the SHA-256 of the user's name and the code
+    as typed, less spaces, dashes and case. 80 random bits need no slow hash (NIST SP
+    800-63B §5.1.2.1 asks a salted hash of secrets with less than 112 bits of entropy
+    stored only where guessing offline is otherwise cheap; 2^80 SHA-256 is not)."""
+    normal = re.sub(r"[\s-]", "", code).upper()
+    return hashlib.sha256(f"{username}\0{normal}".encode()).hexdigest()
+
+
+def account_url(srv: Server, path: str = "", **query: str) -> str:
+    """An absolute URL of the account area (ACCOUNT_PATH + ``path``)."""
+    url = f"{srv.issuer}{ACCOUNT_PATH}{path}"
+    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+
+
+def account(srv: Server, query: dict[str, str], browser: Browser) -> Redirect | Page:
+    """GET /account: the overview, or the account's sign-in page for a browser without a
+    login session."""
+    session = browser.session
+    user = srv.storage.get_user(session.username) if session is not None else None
+    if session is None or user is None:
+        return Redirect(account_url(srv, "/login"))
+    return account_page(srv, browser, session, user, ACCOUNT_NOTICES.get(query.get("done", "")))
+
+
+def account_form(srv: Server, form: dict[str, str], browser: Browser) -> Session | Redirect:
+    """The login session a form of the account area acts for, after its CSRF check (RFC
+    6749 §10.12: the token is bound to the browser and to this session); a redirect to the
+    account's sign-in page when the browser has none (signed out meanwhile)."""
+    if browser.session is None:
+        return Redirect(account_url(srv, "/login"))
+    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+        raise FormExpired("Open your account page and try again.", account_url(srv))
+    return browser.session
+
+
+def recently_signed_in(srv: Server, session: Session) -> bool:
+    """Whether the session's sign-in is recent enough to change the second factor
+    (ACCOUNT_REAUTH_AGE, as max_age: OIDC Core §3.1.2.1)."""
+    return srv.clock() - session.auth_time <= ACCOUNT_REAUTH_AGE
+
+
+def ask_reauthentication(srv: Server, session: Session, change: str) -> Redirect:
+    audit("account.reauth_required", user=session.username, change=change)
+    return Redirect(account_url(srv, "/login", reauth="yes"))
+
+
+def account_login(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/login: the password, then the second factor of users who have one,
+    checked and throttled as on the login page (check_password, check_second_factor); on
+    success a new login session, and back to the account page."""
+    if not srv.signer.check_csrf(form.get("csrf_token"), browser):
+        raise FormExpired("Start signing in again.", account_url(srv, "/login"))
+    if "pending" in form:
+        user = pending_sign_in(srv, form, browser)
+        if user is None:
+            raise FormExpired("This sign-in has expired. Start signing in again.",
+                              account_url(srv, "/login"), OTP_LIFETIME)  # fmt: skip
+        if "credential" in form:
+            found = check_passkey(srv, form, browser, user)
+            if found is None:
+                return account_otp_page(srv, browser, user, PASSKEY_REFUSED)
+            return account_signed_in(srv, user, browser, found[1])
+        amr, wait, message = check_second_factor(srv, user, form, browser)
+        if amr is None:
+            page = account_otp_page(srv, browser, user, message, 429 if wait else 200)
+            return replace(page, retry_after=wait)
+        return account_signed_in(srv, user, browser, amr)
+    if "credential" in form and passkeys_offered(srv):  # a passkey, without a password
+        found = check_passkey(srv, form, browser, None)
+        if found is None:
+            return account_login_page(srv, browser, PASSKEY_REFUSED)
+        return account_signed_in(srv, found[0], browser, found[1])
+    username = form.get("username", "")
+    user, wait = check_password(srv, username, form.get("password", ""), browser)
+    if wait:
+        page = account_login_page(srv, browser, throttled_message(wait), 429, username)
+        return replace(page, retry_after=wait)
+    if user is None:
+        message = "Wrong username or password. Check both and try again."
+        return account_login_page(srv, browser, message, username=username)
+    if has_second_factor(srv, user):
+        audit("second_factor.required", user=user.username, address=browser.address)
+        return account_otp_page(srv, browser, user)
+    return account_signed_in(srv, user, browser, AMR_PASSWORD)
+
+
+def account_signed_in(
+    srv: Server, user: User, browser: Browser, amr: tuple[str, ...]
+) -> Redirect:
+    session = start_session(srv, user, browser, amr)
+    audit("login.succeeded", user=user.username, address=browser.address,
+          amr=" ".join(amr), to="account")  # fmt: skip
+    remember_address(srv, user, browser)
+    return Redirect(account_url(srv), session=session)
+
+
+def change_password(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/password: the current password (checked and throttled as a sign-in),
+    and a new one that NIST SP 800-63B §5.1.1.2 allows. Every other session of the user
+    ends, as do refresh tokens issued under the old password (Server.set_password); this
+    browser gets a new session."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    user, wait = check_password(srv, session.username, form.get("current_password", ""),
+                                browser, client=None)  # fmt: skip
+    if wait:
+        page = account_overview(srv, browser, session, throttled_message(wait), 429)
+        return replace(page, retry_after=wait)
+    if user is None:
+        audit("account.password_refused", user=session.username, reason="current_password")
+        message = "Your current password is not right. Nothing was changed."
+        return account_overview(srv, browser, session, message, 400, field="current_password")
+    problem = password_problem(form.get("new_password", ""), user.username)
+    if problem is not None:
+        audit("account.password_refused", user=user.username, reason="policy")
+        return account_overview(srv, browser, session, problem + " Nothing was changed.", 400,
+                                field="new_password")  # fmt: skip
+    user = srv.set_password(user.username, form["new_password"])
+    audit("account.password_changed", user=user.username, address=browser.address)
+    new = start_session(srv, user, browser, session.amr, session.auth_time)
+    return Redirect(account_url(srv, done="password"), session=new)
+
+
+def account_overview(
+    srv: Server, browser: Browser, session: Session, message: str, status: int,
+    field: str = "",
+) -> Page:
+    user = srv.storage.get_user(session.username)
+    if user is None:
+        raise FormExpired("Sign in again.", account_url(srv, "/login"))
+    return account_page(srv, browser, session, user, None, message, status, field)
+
+
+def change_totp(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/totp, after a recent sign-in: ``step=start`` shows a new secret (RFC
+    6238) as a QR code and as text; ``step=confirm`` turns it on once the app's first code
+    is right, with new recovery codes shown once; ``step=remove`` turns the second factor
+    off and deletes the recovery codes. A change ends the user's other sessions and
+    refresh tokens (Server.set_totp); this browser gets a new session."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    step = form.get("step")
+    if step not in ("start", "confirm", "remove"):
+        raise InvalidRequest("step must be start, confirm or remove.")
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "totp")
+    user = srv.storage.get_user(session.username)
+    if user is None:
+        return Redirect(account_url(srv, "/login"))
+    if step == "start":
+        return totp_enrol_page(srv, browser, session, pyotp.random_base32())
+    if step == "remove":
+        user = srv.set_totp(user.username, None)
+        srv.storage.set_recovery_codes(user.username, ())
+        audit("account.totp_removed", user=user.username, address=browser.address)
+        new = start_session(srv, user, browser, session.amr, session.auth_time)
+        return Redirect(account_url(srv, done="totp-removed"), session=new)
+    payload = srv.signer.loads(form.get("enrol"), "totp-enrol")
+    if not payload or payload.get("s") != session.sid or not isinstance(payload.get("k"), str):
+        raise FormExpired("Start setting up the app again.", account_url(srv))
+    secret = payload["k"]
+    totp = totp_step(secret, form.get("otp", ""), srv.clock())
+    if totp is None:
+        message = "That code is not right. Check the app and type the code it shows now."
+        return totp_enrol_page(srv, browser, session, secret, message, 400)
+    user = srv.set_totp(user.username, secret)
+    # The code that confirmed the app cannot sign anyone in afterwards (RFC 6238 §5.2).
+    srv.storage.record_totp_step(user.username, totp)
+    audit("account.totp_enrolled", user=user.username, address=browser.address)
+    codes = give_recovery_codes(srv, user.username)
+    new = start_session(srv, user, browser, session.amr, session.auth_time)
+    return replace(recovery_codes_page(srv, codes, enrolled=True), session=new)
+
+
+def new_recovery_codes(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/recovery-codes, after a recent sign-in: a new set of recovery codes,
+    shown once; the old ones stop working (NIST SP 800-63B §5.1.2)."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "recovery_codes")
+    user = srv.storage.get_user(session.username)
+    if user is None or not user.totp_secret:
+        raise InvalidRequest("Recovery codes go with an authenticator app: set one up first.")
+    return recovery_codes_page(srv, give_recovery_codes(srv, user.username))
+
+
+def give_recovery_codes(srv: Server, username: str) -> list[str]:
+    """New recovery codes for the user, replacing any before; returned to be shown once,
+    stored only as hashes."""
+    codes = [new_recovery_code() for _ in range(RECOVERY_CODES)]
+    srv.storage.set_recovery_codes(username, [recovery_code_hash(username, c) for c in codes])
+    audit("account.recovery_codes_created", user=username, count=len(codes))
+    return codes
+
+
+def revoke_app(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/apps: end what the user granted the client ``client_id``: its consent,
+    every token (a refresh token fails from now on) and unredeemed code (RFC 7009 §2.1,
+    Server.revoke_grant)."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    client_id = form.get("client_id")
+    if client_id is None:
+        raise InvalidRequest("Which app? The form names none.")
+    if srv.revoke_grant(session.username, client_id):
+        audit("account.app_revoked", user=session.username, client=client_id,
+              address=browser.address)  # fmt: skip
+    return Redirect(account_url(srv, done="app"))
+
+
+def end_sessions(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/sessions: sign out one of the user's sessions (``session``, its handle
+    on the account page) or, with ``all=others``, every one but this browser's."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if form.get("all") == "others":
+        count = srv.storage.delete_login_sessions(session.username, keep=session.sid)
+        audit("account.sessions_ended", user=session.username, count=count,
+              address=browser.address)  # fmt: skip
+        return Redirect(account_url(srv, done="sessions"))
+    handle = form.get("session", "")
+    sessions = srv.storage.list_login_sessions(session.username, srv.clock())
+    found = [s for s in sessions if hmac.compare_digest(session_handle(srv, s.sid), handle)]
+    if not found:
+        return Redirect(account_url(srv, done="session"))  # ended meanwhile
+    srv.storage.delete_login_sessions(session.username, found[0].sid)
+    audit("account.session_ended", user=session.username, address=browser.address,
+          this_browser=int(found[0].sid == session.sid))  # fmt: skip
+    if found[0].sid == session.sid:
+        return Redirect(account_url(srv, "/login"), signed_out=True)
+    return Redirect(account_url(srv, done="session"))
+
+
+def session_handle(srv: Server, sid: str) -> str:
+    """How the account page names a session in its forms: a MAC of the sid, so that the
+    page never shows one (a sid is in the ID tokens relying parties receive)."""
+    return srv.signer.mac("account-session\0" + sid)[:22]
+
+
+ACCOUNT_NOTICES = {
+    "password": "Your password was changed. Your other sessions were signed out.",
+    "totp-removed": "The authenticator app was removed, and your recovery codes with it.",
+    "app": "The app's access was revoked. It must ask you again to get it back.",
+    "session": "That session was signed out.",
+    "sessions": "All your other sessions were signed out.",
+    "passkey": "The passkey was added.",
+    "passkey-removed": "The passkey was removed.",
+}
+
+
+###############################################################################
+# Passkeys: WebAuthn Level 2 ##################################################
+###############################################################################
+
+# Passkeys (README "Your account") are WebAuthn credentials, checked with the `webauthn`
+# library (the optional extra "passkeys"; without it, or without Server(passkeys=True), no
+# page offers them). A user registers one on the account page; then it is the second
+# factor after the password, and, where the user allowed it and the authenticator verified
+# the user (WebAuthn §6.2.3, a PIN or biometric), a sign-in of its own. The pages offer it
+# progressively: a button that only their one script (allowed by hash) shows, when the
+# browser has WebAuthn's JSON helpers; without JavaScript, the password form works as ever.
+#
+# Ceremonies are stateless until they end: the options carry a random challenge, and a
+# signed state binds it to this browser (its CSRF cookie's id), to the login session (or
+# the pending sign-in) it is for, and to its kind; the state expires with the form. The
+# challenge is used once (Storage.use_webauthn_challenge, WebAuthn §13.4.3). The relying
+# party ID is the issuer's host (WebAuthn §5.1.3: a registrable domain of the origin, so an
+# IP address cannot be one: passkeys need the issuer to be a name, such as localhost).
+
+PASSKEY_TIMEOUT = 5 * 60 * 1000  # WebAuthn §5.4 timeout, in milliseconds
+PASSKEY_NAME_LENGTH = 60
+
+
+def passkeys_offered(srv: Server) -> bool:
+    """Whether this server offers passkeys: asked for, and the library is there."""
+    if not srv.passkeys:
+        return False
+    try:
+        import webauthn  # noqa: F401 -- optional (extra "passkeys")
+    except ImportError:
+        return False
+    return True
+
+
+def rp_id(srv: Server) -> str:
+    """WebAuthn §5.1.3 / §13.4.9: the relying party ID, the issuer's host."""
+    return urllib.parse.urlsplit(srv.issuer).hostname or ""
+
+
+def ceremony_state(
+    srv: Server, browser: Browser, kind: str, challenge: bytes, username: str = ""
+) -> str:
+    """The signed state of a ceremony: its challenge, bound to this browser, its session
+    and ``kind`` ("create", "2fa" for ``username``'s pending sign-in, "signin")."""
+    sid = browser.session.sid if browser.session else ""
+    payload = {"c": b64url(challenge), "k": kind, "b": browser.csrf, "s": sid, "u": username}
+    return srv.signer.dumps(payload, "webauthn", FORM_LIFETIME)
+
+
+def ceremony_challenge(
+    srv: Server, form: dict[str, str], browser: Browser, kind: str, username: str = ""
+) -> bytes | None:
+    """The challenge of the form's ceremony, if its state was made for this browser,
+    session, kind (and user) and the challenge was not used before; else None."""
+    payload = srv.signer.loads(form.get("state"), "webauthn")
+    sid = browser.session.sid if browser.session else ""
+    if (
+        not payload
+        or payload.get("k") != kind
+        or not hmac.compare_digest(str(payload.get("b")), browser.csrf)
+        or (kind == "create" and payload.get("s") != sid)
+        or payload.get("u") != username
+    ):
+        return None
+    challenge = str(payload.get("c", ""))
+    if not srv.storage.use_webauthn_challenge(token_hash(challenge), float(payload["e"])):
+        return None
+    return base64.urlsafe_b64decode(challenge + "==")
+
+
+def user_handle(user: User) -> bytes:
+    """WebAuthn §14.6.1: a user handle that is no personal information: a hash of the
+    subject (credentials are found by their id here, never by this handle)."""
+    return hashlib.sha256(f"codeflow-user\0{user.subject}".encode()).digest()[:16]
+
+
+def registration_options(srv: Server, browser: Browser, user: User) -> tuple[str, str]:
+    """WebAuthn §5.4: the options to create a passkey for ``user`` (JSON), and its state.
+    A discoverable credential is preferred (it can sign in without a username), the
+    user's passkeys are excluded (§5.4.3: not registered twice)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    options = webauthn.generate_registration_options(
+        rp_id=rp_id(srv), rp_name=f"codeflow {rp_id(srv)}", user_name=user.username,
+        user_id=user_handle(user), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        authenticator_selection=structs.AuthenticatorSelectionCriteria(
+            resident_key=structs.ResidentKeyRequirement.PREFERRED,
+            user_verification=structs.UserVerificationRequirement.PREFERRED,
+        ),
+        exclude_credentials=descriptors(srv.storage.list_passkeys(user.username)),
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "create", challenge)
+    return webauthn.options_to_json(options), state
+
+
+def authentication_options(
+    srv: Server, browser: Browser, user: User | None = None
+) -> tuple[str, str]:
+    """WebAuthn §5.5: the options to sign in with a passkey, and the state. For ``user``'s
+    second factor, that user's passkeys; else (a sign-in without a password) any
+    discoverable one, with the user verified (§6.2.3)."""
+    import webauthn
+    from webauthn.helpers import structs
+
+    challenge = secrets.token_bytes(32)
+    allowed = descriptors(srv.storage.list_passkeys(user.username)) if user else []
+    verification = (
+        structs.UserVerificationRequirement.PREFERRED if user
+        else structs.UserVerificationRequirement.REQUIRED
+    )  # fmt: skip
+    options = webauthn.generate_authentication_options(
+        rp_id=rp_id(srv), challenge=challenge, timeout=PASSKEY_TIMEOUT,
+        allow_credentials=allowed, user_verification=verification,
+    )  # fmt: skip
+    state = ceremony_state(srv, browser, "2fa" if user else "signin", challenge,
+                           user.username if user else "")  # fmt: skip
+    return webauthn.options_to_json(options), state
+
+
+def descriptors(passkeys: Iterable[Passkey]) -> list[Any]:
+    """WebAuthn §5.8.3: the credential descriptors of ``passkeys``."""
+    from webauthn.helpers import structs
+
+    return [
+        structs.PublicKeyCredentialDescriptor(
+            id=base64.urlsafe_b64decode(p.credential_id + "=="),
+            transports=[structs.AuthenticatorTransport(t) for t in p.transports
+                        if t in structs.AuthenticatorTransport._value2member_map_],
+        )
+        for p in passkeys
+    ]  # fmt: skip
+
+
+def credential_id_of(form: dict[str, str]) -> str:
+    """The ``id`` of the form's credential (WebAuthn §5.1, PublicKeyCredential.toJSON())."""
+    try:
+        credential = json.loads(form.get("credential", ""))
+    except ValueError:
+        return ""
+    found = credential.get("id") if isinstance(credential, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+def check_passkey(
+    srv: Server, form: dict[str, str], browser: Browser, user: User | None
+) -> tuple[User, tuple[str, ...]] | None:
+    """WebAuthn §7.2: verify the form's assertion: the second factor of ``user`` (its pending
+    sign-in), or without ``user`` a sign-in without a password, which needs a passkey the
+    user allowed for it and a verified user. Returns the user and the sign-in's amr (RFC
+    8176 §2: ``hwk`` for a key bound to its device, ``swk`` for a synced one; with the
+    password ``pwd`` and ``mfa``; alone ``user``, and ``mfa`` since the authenticator
+    verified the user), or None (audited passkey.failed)."""
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    kind, name = ("2fa", user.username) if user else ("signin", "")
+    challenge = ceremony_challenge(srv, form, browser, kind, name)
+    passkey = srv.storage.get_passkey(credential_id_of(form))
+    holder = srv.storage.get_user(passkey.username) if passkey else None
+    who = {"user": name or (passkey.username if passkey else None), "address": browser.address}
+    if (
+        challenge is None or passkey is None or holder is None
+        or (user is not None and holder.username != user.username)
+        or (user is None and not passkey.passwordless)
+    ):  # fmt: skip
+        audit("passkey.failed", **who)
+        return None
+    try:
+        verified = webauthn.verify_authentication_response(
+            credential=form["credential"], expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            credential_public_key=base64.urlsafe_b64decode(passkey.public_key + "=="),
+            credential_current_sign_count=passkey.sign_count,
+            require_user_verification=user is None,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        audit("passkey.failed", **who)
+        return None
+    if not srv.storage.record_passkey_use(passkey.credential_id, verified.new_sign_count,
+                                          srv.clock()):  # fmt: skip
+        audit("passkey.failed", **who, reason="sign_count")
+        return None
+    key = "swk" if passkey.backed_up else "hwk"
+    amr = ("pwd", key, "mfa") if user else (key, "user", "mfa")
+    audit("passkey.used", user=holder.username, address=browser.address, amr=" ".join(amr))
+    return holder, amr
+
+
+def change_passkeys(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:
+    """POST /account/passkeys, after a recent sign-in: ``step=create`` registers the
+    form's new credential (WebAuthn §7.1), ``step=remove`` deletes the passkey
+    ``credential_id``."""
+    session = account_form(srv, form, browser)
+    if isinstance(session, Redirect):
+        return session
+    if not passkeys_offered(srv):
+        raise InvalidRequest("This server does not offer passkeys.")
+    if not recently_signed_in(srv, session):
+        return ask_reauthentication(srv, session, "passkeys")
+    step = form.get("step")
+    if step == "remove":
+        if srv.storage.delete_passkey(session.username, form.get("credential_id", "")):
+            audit("passkey.removed", user=session.username, address=browser.address)
+        return Redirect(account_url(srv, done="passkey-removed"))
+    if step != "create":
+        raise InvalidRequest("step must be create or remove.")
+    import webauthn
+    from webauthn.helpers import exceptions
+
+    challenge = ceremony_challenge(srv, form, browser, "create")
+    if challenge is None:
+        raise FormExpired("Open your account page and add the passkey again.", account_url(srv))
+    passwordless = form.get("passwordless") == "yes"
+    try:
+        verified = webauthn.verify_registration_response(
+            credential=form.get("credential", ""), expected_challenge=challenge,
+            expected_rp_id=rp_id(srv), expected_origin=web_origin(srv.issuer) or "",
+            require_user_verification=passwordless,
+        )  # fmt: skip
+    except (exceptions.WebAuthnException, ValueError, KeyError, TypeError):
+        return account_overview(srv, browser, session, "That passkey could not be added: it "
+                                "did not verify you. Try again, or another one.", 400)  # fmt: skip
+    name = (form.get("name") or "Passkey").strip()[:PASSKEY_NAME_LENGTH] or "Passkey"
+    transports = json.loads(form["credential"]).get("response", {}).get("transports", [])
+    srv.storage.save_passkey(Passkey(
+        credential_id=b64url(verified.credential_id), username=session.username,
+        public_key=b64url(verified.credential_public_key), sign_count=verified.sign_count,
+        name=name, created_at=srv.clock(), passwordless=passwordless,
+        backed_up=verified.credential_backed_up,
+        transports=tuple(t for t in transports if isinstance(t, str))[:8],
+    ))  # fmt: skip
+    audit("passkey.registered", user=session.username, address=browser.address,
+          passwordless=int(passwordless))  # fmt: skip
+    return Redirect(account_url(srv, done="passkey"))
+
+
+def has_second_factor(srv: Server, user: User) -> bool:
+    """A TOTP app, or (where passkeys are offered) a passkey."""
+    return bool(user.totp_secret) or (
+        passkeys_offered(srv) and bool(srv.storage.list_passkeys(user.username))
+    )
+
+
+###############################################################################
+# Device authorization grant: RFC 8628 #########################################
+###############################################################################
+
+# RFC 8628 §1: a device without a browser (a TV, a command-line tool) asks for a device
+# code and a user code (§3.1, §3.2); the user types the user code on the /device page in
+# a browser (§3.3), signs in there as at the authorization endpoint (password, TOTP) and
+# approves or denies the request; meanwhile the device polls the token endpoint with the
+# device code (§3.4, §3.5). The user code is the one secret a person types, so it is
+# short (§6.1: 8 characters of 20, about 34.5 bits), short-lived (DEVICE_CODE_LIFETIME),
+# used once, and its guesses are throttled (§5.1) by the sign-in throttle: per address,
+# and across all addresses (the account-wide gates of "Throttling failed sign-ins", under
+# the one key USER_CODE_THROTTLE). A right code is not counted as a success there, since
+# a success would reset the counts and anyone can make codes of their own to interleave
+# with guesses; a signed-in user's browser passes the account-wide gates (its sign-in was
+# throttled already), so guessing from elsewhere cannot keep it waiting.
+# What the page shows (the client's name, the scopes, the code to compare with the
+# device's) is what §5.4 asks for against remote phishing: the user confirms, always, even
+# when verification_uri_complete brought the code (§3.3.1).
+
+USER_CODE_THROTTLE = "device:user_code"  # one throttle key for every user code (§5.1)
+
+
+def device_authorization(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> dict[str, Any]:
+    """RFC 8628 §3.1: the device authorization endpoint. REQUIRED: client_id (for a
+    public client; a confidential one authenticates as at the token endpoint: §3.1 "the
+    client authentication requirements of Section 3.2.1 of [RFC6749] apply"). OPTIONAL:
+    scope; RFC 8707 §2.1 resource, as in an authorization request. Answers §3.2's
+    device_code, user_code, verification_uri,
+    verification_uri_complete, expires_in and interval. An OpenID client's ``nonce`` is
+    kept for its ID token (no OpenID specification defines one for this grant; echoing it
+    costs nothing and lets a client that sends one check it). With auto-approve (a test
+    convenience), the request is approved at once as that user: the first poll gets the
+    tokens."""
+    client = authenticate_client(srv, params, authorization, address)
+    if DEVICE_CODE_GRANT not in client.grant_types:
+        raise UnauthorizedClient("This client may not use the device authorization grant.")
+    resources = requested_resources(srv, client, params)
+    scope = allowed_scope(client, resources, split_scope(params.get("scope")))
+    device_code = new_secret()
+    now = srv.clock()
+    for _ in range(5):  # a clash of user codes is one in billions: make another
+        user_code = new_user_code()
+        device = DeviceAuthorization(
+            device_code_hash=token_hash(device_code),
+            user_code_hash=token_hash(user_code),
+            client_id=client.client_id,
+            scope=scope,
+            expires_at=now + DEVICE_CODE_LIFETIME,
+            nonce=params.get("nonce"),
+            resources=tuple(r.uri for r in resources),
+        )
+        if srv.auto_approve is not None:
+            device = replace(device, status="approved", username=srv.auto_approve,
+                             auth_time=int(now))  # fmt: skip
+        if srv.storage.save_device_authorization(device):
+            break
+    else:
+        raise OAuthError("No free user code; try again.", error="temporarily_unavailable",
+                         status=503)  # fmt: skip
+    audit("device.code_issued", client=client.client_id, scope=" ".join(scope))
+    shown = show_user_code(user_code)
+    verification_uri = srv.issuer + DEVICE_PATH
+    return {
+        "device_code": device_code,
+        "user_code": shown,
+        "verification_uri": verification_uri,
+        # RFC 8628 §3.3.1: the code in the URI, for a QR code or a link; the page still
+        # asks the user to confirm.
+        "verification_uri_complete": add_query(verification_uri, {"user_code": shown}),
+        "expires_in": DEVICE_CODE_LIFETIME,
+        "interval": DEVICE_POLL_INTERVAL,
+    }
+
+
+def new_user_code() -> str:
+    """RFC 8628 §6.1: USER_CODE_LENGTH random characters of USER_CODE_ALPHABET."""
+    return "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
+
+
+def show_user_code(code: str) -> str:
+    """RFC 8628 §6.1: "BDWP-HQPK": two halves, easier to read and type."""
+    half = USER_CODE_LENGTH // 2
+    return f"{code[:half]}-{code[half:]}"
+
+
+def normal_user_code(typed: str) -> str | None:
+    """The user code a person typed, as it was made; None if it cannot be one. RFC 8628
+    §6.1: "the characters ... MAY be case-insensitive" and "dashes and other punctuation
+    ... MAY be ignored"; spaces too."""
+    code = re.sub(r"[\s\-]", "", typed).upper()
+    ok = len(code) == USER_CODE_LENGTH and all(c in USER_CODE_ALPHABET for c in code)
+    return code if ok else None
+
+
+def find_device(srv: Server, typed: str) -> DeviceAuthorization | None:
+    """The pending, unexpired request of a user code, if there is one."""
+    code = normal_user_code(typed)
+    device = srv.storage.get_device_authorization(token_hash(code)) if code else None
+    if device is None or device.status != "pending" or device.expires_at <= srv.clock():
+        return None
+    return device
+
+
+def device_request(srv: Server, params: dict[str, str]) -> AuthorizationRequest:
+    """A device request as the login pages continue it (purpose "device"): the client,
+    the scope and the user code (in ``params``) of the pending request it names."""
+    device = find_device(srv, params.get("user_code", ""))
+    client = srv.storage.get_client(device.client_id) if device else None
+    if device is None or client is None:
+        raise FormExpired(
+            "This code has expired or was used. Start again on your device.",
+            srv.issuer + DEVICE_PATH,
+        )
+    return AuthorizationRequest(
+        client=client, redirect_uri=srv.issuer + DEVICE_PATH, redirect_uri_given=False,
+        scope=device.scope, state=None, response_mode="query", acr_values=(), claims={},
+        code_challenge=None, nonce=None, login_hint=None,
+        prompt=frozenset(split_scope(params.get("prompt"))) & {"login"}, max_age=None,
+        params=params, purpose="device", resources=known_resources(srv.storage, device.resources),
+    )  # fmt: skip
+
+
+def device_page_step(srv: Server, params: dict[str, str], browser: Browser) -> Page:
+    """RFC 8628 §3.3: the /device page. Without a code, the form to type it; with one
+    (typed, or from verification_uri_complete), checked under the throttle, then the
+    sign-in (as at the authorization endpoint: login_page and its TOTP step) and the
+    confirmation with the client's name and the scopes."""
+    typed = params.get("user_code")
+    if typed is None:
+        return user_code_page(srv)
+    trusted = browser.session is not None
+    with srv.login_limiter.attempt(USER_CODE_THROTTLE, browser.address, trusted=trusted) as attempt:
+        if attempt.wait:
+            audit("device.user_code_throttled", address=browser.address)
+            message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
+            return replace(user_code_page(srv, message, 429, typed), retry_after=attempt.wait)
+        device = find_device(srv, typed)
+        attempt.ok = None if device is not None else False
+    if device is None:
+        audit("device.user_code_failed", address=browser.address)
+        message = "That code is not right, or it has expired. Check the code your device shows."
+        return user_code_page(srv, message, 200, typed)
+    asked = {"user_code": show_user_code(normal_user_code(typed) or "")}
+    if params.get("prompt") == "login":  # "Not you?" on the confirmation
+        asked["prompt"] = "login"
+    areq = device_request(srv, asked)
+    if browser.session is None or "login" in areq.prompt:
+        return login_page(srv, areq, browser)
+    return device_confirm_page(srv, areq, browser)
+
+
+def device_decision(srv: Server, form: dict[str, str], browser: Browser) -> Page:
+    """The user's answer on the /device page: the request is approved or denied once
+    (RFC 8628 §6.1: "user codes ... SHOULD be single use"); the device learns it when it
+    next polls (§3.5)."""
+    areq = resume_request(srv, form, browser)
+    if areq.purpose != "device":
+        raise UntrustedRequest("This form does not belong to the device page.")
+    session = browser.session
+    if session is None:
+        return login_page(srv, areq, browser, "Your sign-in has expired. Sign in again.")
+    decision = form.get("decision")
+    if decision not in ("approve", "deny"):
+        raise UntrustedRequest("The form's decision must be approve or deny.")
+    device = find_device(srv, areq.params["user_code"])
+    decided = device is not None and srv.storage.decide_device_authorization(
+        replace(device, status="approved" if decision == "approve" else "denied",
+                username=session.username, auth_time=session.auth_time, amr=session.amr),
+        srv.clock(),
+    )  # fmt: skip
+    if not decided:
+        message = "This code was already used, or it has expired. Start again on your device."
+        return user_code_page(srv, message, 400)
+    who = {"user": session.username, "client": areq.client.client_id}
+    if decision == "deny":
+        audit("device.denied", **who)
+        return device_done_page(areq, approved=False)
+    audit("device.approved", **who, scope=" ".join(areq.scope))
+    return device_done_page(areq, approved=True)
+
+
+def device_code_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
+    """RFC 8628 §3.4. REQUIRED: grant_type, device_code, client_id (a public client's;
+    a confidential client authenticates). Until the user decides, §3.5's errors:
+    authorization_pending, or slow_down for a poll sooner than the interval after the
+    previous one (which grows the interval by DEVICE_SLOW_DOWN, remembered per device
+    code in storage); then access_denied, or the tokens, once; expired_token after
+    expires_in. Refresh tokens and the ID token come as in the code flow."""
+    value = params.get("device_code")
+    if value is None:
+        raise InvalidRequest("device_code is required.")
+    now = srv.clock()
+    device = srv.storage.poll_device_authorization(token_hash(value), now, DEVICE_SLOW_DOWN)
+    if device is None or not hmac.compare_digest(device.client_id.encode(),
+                                                 client.client_id.encode()):  # fmt: skip
+        raise InvalidGrant("The device_code is invalid.")
+    # RFC 8628 §3.5 expired_token: "The "device_code" has expired, and the device
+    # authorization session has concluded."
+    if device.expires_at <= now:
+        raise ExpiredToken("The device_code has expired: start again.")
+    if device.status == "pending":
+        # RFC 8628 §3.5 slow_down: "the interval MUST be increased by 5 seconds for this
+        # and all subsequent requests."
+        if device.polled_at is not None and now - device.polled_at < device.poll_interval:
+            wait = device.poll_interval + DEVICE_SLOW_DOWN
+            raise SlowDown(f"Polling too fast: wait {wait} seconds between requests.")
+        raise AuthorizationPending("The user has not yet approved or denied the request.")
+    if device.status == "denied":
+        raise AccessDenied("The user denied the request.")
+    redeemed = srv.storage.redeem_device_authorization(device.device_code_hash)
+    if redeemed is None or redeemed.username is None:
+        raise InvalidGrant("The device_code was already used.")
+    user = srv.storage.get_user(redeemed.username)
+    if user is None:
+        raise InvalidGrant("The user of this grant no longer exists.")
+    # RFC 8707 §2.2, as for a code: the access token for the resources asked for, or some.
+    granted, audience = token_resources(srv, client, params, redeemed.resources)
+    # OIDC Core §11, as for a code: a refresh token in an OpenID request means offline access.
+    offline = "openid" not in redeemed.scope or "offline_access" in redeemed.scope
+    body = issue_tokens(
+        srv, client, user, redeemed.scope, family_id=redeemed.device_code_hash,
+        refresh=offline, auth_time=redeemed.auth_time, nonce=redeemed.nonce,
+        amr=redeemed.amr, acr=acr_of(redeemed.amr), granted=granted, audience=audience,
+        jkt=jkt,
+    )  # fmt: skip
+    audit("device.redeemed", user=user.username, client=client.client_id)
+    return body
 
 
 ###############################################################################
@@ -4801,7 +6329,7 @@ def token_resources(
     ones ``resource`` names, which must be among the granted ones (so a refresh may
     narrow the audience and never widen it: invalid_target); all granted ones without it."""
     try:
-        granted = known_resources(srv, granted_uris)
+        granted = known_resources(srv.storage, granted_uris)
     except InvalidTarget:
         raise InvalidTarget("A resource of this grant is no longer registered.") from None
     asked = split_scope(params.get("resource"))
@@ -4881,6 +6409,85 @@ def client_credentials_grant(
     )  # fmt: skip
 
 
+def token_exchange_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
+    """RFC 8693 §2.1, delegation (§1.1): a resource server trades the access token a user's
+    app gave it (its audience is a resource this client serves, ``Resource.client_id``)
+    for a token to a downstream resource that the client's ``token_exchange`` policy
+    names, with the same scope or less, and an act claim naming this client (§4.1).
+
+    REQUIRED: grant_type, subject_token, subject_token_type (access_token, the only type
+    we issue to be exchanged). OPTIONAL: resource and audience (§2.1: the target; here a
+    registered resource URI either way, at least one), scope, requested_token_type
+    (access_token, or jwt when the token will be one). actor_token is not taken: the
+    authenticated client is the actor.
+    """
+    # RFC 8693 §2.2.2: "If the request itself is not valid or if either the subject_token
+    # or actor_token are invalid for any reason, or are unacceptable based on policy, the
+    # invalid_request error code MUST be used."
+    if client.public:
+        raise UnauthorizedClient("Token exchange needs a confidential client.")
+    value, token_type = params.get("subject_token"), params.get("subject_token_type")
+    if value is None or token_type is None:
+        raise InvalidRequest("subject_token and subject_token_type are required.")
+    if token_type != ACCESS_TOKEN_TYPE:
+        raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}.")
+    if "actor_token" in params or "actor_token_type" in params:
+        raise InvalidRequest("actor_token is not supported: the authenticated client acts.")
+    subject = srv.storage.get_token(token_hash(value))
+    user = srv.storage.get_user(subject.username) if subject and subject.username else None
+    if subject is None or subject.kind != "access" or not subject.active(srv.clock()):
+        raise InvalidRequest("The subject_token is not an active access token.")
+    if user is None:
+        raise InvalidRequest("The subject_token is not a user's token.")
+    served = {r.uri for r in srv.storage.list_resources() if r.client_id == client.client_id}
+    if not served & set(subject.audience):
+        raise InvalidRequest("The subject_token is not for a resource this client serves.")
+    # RFC 8693 §2.2.2: "If the authorization server is unwilling or unable to issue a
+    # token for any target service indicated by the resource or audience parameters, the
+    # invalid_target error code SHOULD be used."
+    uris = split_scope(" ".join(filter(None, (params.get("resource"), params.get("audience")))))
+    if not uris:
+        raise InvalidTarget("Name the downstream resource with resource or audience.")
+    refused = [uri for uri in uris if uri not in client.token_exchange]
+    if refused:
+        raise InvalidTarget(f"This client may not exchange tokens for {refused[0][:100]}")
+    audience = known_resources(srv.storage, uris)
+    offered = set(resource_scopes(audience))
+    scope = split_scope(params.get("scope")) or tuple(s for s in subject.scope if s in offered)
+    if not scope:
+        raise InvalidScope("No scope of the subject_token is one of the target's.")
+    beyond = [s for s in scope if s not in subject.scope or (offered and s not in offered)]
+    if beyond:
+        raise InvalidScope(f"Scope beyond the subject_token or the target: {' '.join(beyond)}.")
+    jwt_format = any(r.access_token_jwt for r in audience) or client.access_token_jwt
+    requested = params.get("requested_token_type", ACCESS_TOKEN_TYPE)
+    if requested not in (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE) or (
+        requested == JWT_TOKEN_TYPE and not jwt_format
+    ):
+        raise InvalidRequest(f"requested_token_type {requested[:80]} cannot be issued here.")
+    # RFC 8693 §4.1: "A chain of delegation can be expressed by nesting one act claim
+    # within another": this client acts for whoever the subject token's actor acted for.
+    actor: dict[str, Any] = {"sub": client.client_id}
+    if subject.actor:
+        actor["act"] = subject.actor
+    # In the subject's family: what ends that grant (a refresh token's reuse, code replay)
+    # ends the exchanged token too; and it lives no longer than the subject token, so that
+    # exchanging again and again never outlives the user's grant.
+    body = issue_tokens(
+        srv, client, user, scope, family_id=subject.family_id, refresh=False,
+        auth_time=subject.auth_time, amr=subject.amr, acr=subject.acr, audience=audience,
+        actor=actor, not_after=subject.expires_at, jkt=jkt,
+    )  # fmt: skip
+    body.pop("id_token", None)
+    # RFC 8693 §2.2.1: issued_token_type is REQUIRED; token_type "Bearer" for an access token.
+    body["issued_token_type"] = requested
+    audit("token.exchanged", client=client.client_id, user=user.username,
+          resource=" ".join(uris))  # fmt: skip
+    return body
+
+
 # A grant's handler: the server, the authenticated client, the request's parameters, and
 # the thumbprint of its DPoP key (RFC 9449 §5) when it had a proof, to bind tokens to.
 GrantHandler = Callable[[Server, Client, dict[str, str], str | None], dict[str, Any]]
@@ -4888,6 +6495,8 @@ GRANTS: dict[str, GrantHandler] = {
     "authorization_code": authorization_code_grant,
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
+    TOKEN_EXCHANGE: token_exchange_grant,
+    DEVICE_CODE_GRANT: device_code_grant,
 }
 
 
@@ -4910,6 +6519,7 @@ def issue_tokens(
     granted: tuple[Resource, ...] | None = None,
     audience: tuple[Resource, ...] = (),
     actor: dict[str, Any] | None = None,
+    not_after: float | None = None,
     jkt: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
@@ -4918,7 +6528,8 @@ def issue_tokens(
     audience), the refresh token for every resource ``granted`` (``audience`` if None),
     which a refresh may narrow. A resource's settings choose the access token's format
     (a JWT if any of them, or the client, asks for one) and lifetime (the shortest).
-    ``actor``: the act claim of a token exchange (RFC 8693 §4.1).
+    ``actor``: the act claim of a token exchange (RFC 8693 §4.1), whose access token
+    expires by ``not_after`` (the subject token's expiry) at the latest.
 
     With ``jkt``, the thumbprint of a DPoP key, the access token is bound to it
     (``token_type`` DPoP, RFC 9449 §5), and so is a public client's refresh token: a
@@ -4938,6 +6549,8 @@ def issue_tokens(
         [r.access_token_lifetime for r in audience if r.access_token_lifetime is not None],
         default=srv.access_token_lifetime,
     )
+    if not_after is not None:
+        lifetime = max(1, min(lifetime, int(not_after - now)))
     uris = tuple(r.uri for r in audience)
     access = (
         jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor, jkt)
@@ -5230,6 +6843,11 @@ def userinfo(
     client = find_client(srv, token.client_id, quiet=True)
     if client is None:
         raise InvalidToken("The token's client no longer exists.")
+    # RFC 8707 §1: a token asked for a resource is for that resource alone, so that the
+    # API it was given to cannot use it here to read the user's claims. The client has
+    # them in its ID token; a token without resource is the one for userinfo.
+    if token.audience:
+        raise InvalidToken("The access token is for another resource (RFC 8707).")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
     user = srv.storage.get_user(token.username)
@@ -5311,6 +6929,7 @@ def end_session(
     if session is not None:
         # The cookie is deleted too, but a copy of it must not outlive the logout.
         srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
+        srv.storage.delete_login_sessions(session.username, session.sid)
         if user is not None:
             frames = tell_clients(srv, session, user, client)
     if target is not None:
@@ -5535,6 +7154,9 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "userinfo_endpoint": back + USERINFO_PATH,
         "jwks_uri": back + JWKS_PATH,
         "end_session_endpoint": srv.issuer + LOGOUT_PATH,
+        "device_authorization_endpoint": back + DEVICE_AUTHORIZATION_PATH,  # RFC 8628 §4
+        "pushed_authorization_request_endpoint": back + PAR_PATH,  # RFC 9126 §5
+        "require_pushed_authorization_requests": srv.require_pushed_authorization_requests,
         "introspection_endpoint": back + INTROSPECT_PATH,
         "revocation_endpoint": back + REVOKE_PATH,
         "scopes_supported": ["openid", "offline_access", *SCOPE_CLAIMS],
@@ -5614,6 +7236,12 @@ pre{padding:.75rem;white-space:pre-wrap;word-break:break-all;overflow-wrap:anywh
 .ok{color:#1b6b2f;font-weight:600}.bad{color:#a4161a;font-weight:600}
 nav.steps ol{display:flex;flex-wrap:wrap;gap:.25rem 1.25rem;list-style:none;padding:0}
 .step{border-top:1px solid #d5d9e2;margin-top:1.5rem}.spec{font-size:.95rem}
+ul.items{list-style:none;padding:0}ul.items li{border-top:1px solid #d5d9e2;padding:.75rem 0}
+ul.codes{columns:2;font-size:1.05rem}figure.qr{background:#fff;padding:.75rem;margin:1rem 0;
+display:inline-block;border-radius:4px}figure.qr svg{width:12rem;height:12rem;display:block}
+summary{cursor:pointer;margin-top:1.5rem;color:#1f4fd1;font-weight:600}
+label.check{font-weight:400}label.check input{width:auto;margin:0 .5rem 0 0}
+[hidden]{display:none!important}
 .steps-panel:not(:has(.step:target)) .step:not(:first-child){display:none}
 .steps-panel:has(.step:target) .step:not(:target){display:none}
 @media (max-width:32rem){body{padding:0}main{margin:0;border-radius:0;box-shadow:none;
@@ -5627,7 +7255,8 @@ button:hover,a.button:hover{background:#2449b5}
 button.secondary,a.secondary{background:transparent;color:#8fb0ff;border-color:#8fb0ff}
 button.secondary:hover{background:#2a2f3b}:focus-visible{outline-color:#e6e8ee}
 .error{color:#ffb4b0;background:#3a1d20;border-color:#ff8a80}code,pre{background:#2a2f3b}
-.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step{border-color:#3a4050}}
+.ok{color:#7ee2a0}.bad{color:#ffb4b0}.step,ul.items li{border-color:#3a4050}
+summary{color:#8fb0ff}}
 """.strip()
 
 
@@ -5687,6 +7316,121 @@ def _alert(message: str) -> str:
     return f'<p class="error" id="form-error" role="alert">{esc(message)}</p>' if message else ""
 
 
+def _password_fields(typed: str, message: str) -> str:
+    """The username and password fields of a sign-in form. After an error the alert
+    describes both fields; with a known username, the cursor starts in the password."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
+    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    return f"""<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required{password_focus}{invalid}>"""
+
+
+def _otp_field(pending: str, message: str) -> str:
+    """The second-factor step's code field, with the pending sign-in it continues."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    return f"""<input type="hidden" name="pending" value="{esc(pending)}">
+<label for="otp">Authentication code</label>
+<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ maxlength="8" required autofocus{invalid}>"""
+
+
+def _recovery_form(action: str, hidden: str, pending: str) -> str:
+    """NIST SP 800-63B §5.1.2: a recovery code instead of the app's code, in a form of its
+    own behind a disclosure (no JavaScript), so that the code field above stays required."""
+    return f"""<details><summary>Lost your authenticator app? Use a recovery code</summary>
+<form method="post" action="{action}">{hidden}
+<input type="hidden" name="pending" value="{esc(pending)}">
+<label for="recovery_code">Recovery code</label>
+<input id="recovery_code" name="recovery_code" autocomplete="off" autocapitalize="characters"
+ spellcheck="false" required>
+<div class="actions"><button type="submit" class="secondary">Use recovery code</button></div>
+</form></details>"""
+
+
+# The one script of pages that offer passkeys (allowed by its hash, CSP Level 3 §2.3.1):
+# it shows each passkey button only where the browser has WebAuthn and its JSON helpers
+# (WebAuthn Level 3 §5.1.9-§5.1.10), runs the ceremony on a click, and posts the form with
+# the credential as JSON. Without it the buttons stay hidden and the forms around them work.
+PASSKEY_SCRIPT = """for (const form of document.querySelectorAll("form[data-passkey]")) {
+  const PKC = window.PublicKeyCredential;
+  if (!PKC || !PKC.parseCreationOptionsFromJSON || !PKC.parseRequestOptionsFromJSON) continue;
+  const button = form.querySelector("[data-passkey-button]");
+  const status = form.querySelector("[data-passkey-status]");
+  button.hidden = false;
+  for (const note of document.querySelectorAll("[data-passkey-fallback]")) note.hidden = true;
+  button.addEventListener("click", async () => {
+    const options = JSON.parse(form.dataset.options);
+    try {
+      const credential = form.dataset.passkey === "create"
+        ? await navigator.credentials.create({publicKey: PKC.parseCreationOptionsFromJSON(options)})
+        : await navigator.credentials.get({publicKey: PKC.parseRequestOptionsFromJSON(options)});
+      form.elements.credential.value = JSON.stringify(credential.toJSON());
+      form.submit();
+    } catch (error) {
+      status.hidden = false;
+      status.textContent = "The passkey did not work (" + error.name + "). Try again.";
+    }
+  });
+}"""
+
+
+def _passkey_form(
+    action: str, hidden: str, kind: str, options: str, state: str, label: str, extra: str = ""
+) -> str:
+    """A form whose button (shown by PASSKEY_SCRIPT) runs a WebAuthn ceremony of ``kind``
+    ("create" or "get") with ``options`` and posts the credential with its ``state``."""
+    return f"""<form method="post" action="{action}" data-passkey="{kind}"
+ data-options="{esc(options)}">{hidden}<input type="hidden" name="state" value="{esc(state)}">
+<input type="hidden" name="credential" value="">{extra}
+<p class="error" role="alert" data-passkey-status hidden></p>
+<div class="actions"><button type="button" class="secondary" data-passkey-button hidden>{label}
+</button></div></form>"""
+
+
+def with_passkeys(page: Page, forms: str) -> Page:
+    """``page``, with the script that runs its passkey ``forms`` if it has any."""
+    return replace(page, script=PASSKEY_SCRIPT) if forms else page
+
+
+def passwordless_form(srv: Server, browser: Browser, action: str, hidden: str) -> str:
+    """The sign-in page's "Sign in with a passkey", where passkeys are offered."""
+    if not passkeys_offered(srv):
+        return ""
+    options, state = authentication_options(srv, browser)
+    return _passkey_form(action, hidden, "get", options, state, "Sign in with a passkey")
+
+
+def second_factor_forms(
+    srv: Server, browser: Browser, user: User, action: str, hidden: str, pending: str,
+    message: str,
+) -> tuple[str, str]:
+    """The second-factor step's forms: the TOTP code and a recovery code, for a user with an
+    app; and the user's passkeys (``second``, with its script)."""
+    forms = ""
+    if user.totp_secret:
+        forms = f"""<form method="post" action="{action}">{hidden}
+{_otp_field(pending, message)}
+<div class="actions"><button type="submit">Verify</button></div></form>
+{_recovery_form(action, hidden, pending)}"""
+    if not (passkeys_offered(srv) and srv.storage.list_passkeys(user.username)):
+        return forms, ""
+    options, state = authentication_options(srv, browser, user)
+    pending_field = f'<input type="hidden" name="pending" value="{esc(pending)}">'
+    fallback = "" if user.totp_secret else (
+        '<p class="muted" data-passkey-fallback>Confirming with a passkey needs JavaScript in '
+        "this browser.</p>"
+    )
+    return forms, fallback + _passkey_form(action, hidden + pending_field, "get", options, state,
+                                           "Use your passkey")  # fmt: skip
+
+
 def login_page(
     srv: Server,
     areq: AuthorizationRequest,
@@ -5696,21 +7440,14 @@ def login_page(
     username: str | None = None,
 ) -> Page:
     typed = username if username is not None else areq.login_hint or ""
-    # After an error the alert describes both fields; with a known username, the
-    # cursor starts in the password field.
-    invalid = ' aria-invalid="true" aria-describedby="form-error"' if message else ""
-    user_focus, password_focus = ("", " autofocus") if typed else (" autofocus", "")
+    hidden = _hidden_fields(srv, browser, areq.params, areq.purpose)
     body = f"""{BRAND}<h1>Sign in</h1>
 <p>to continue to <strong>{client_label(areq.client)}</strong></p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
-<label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" autocapitalize="none"
- spellcheck="false" required{user_focus}{invalid} value="{esc(typed)}">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password"
- required{password_focus}{invalid}>
+<form method="post" action="login">{hidden}
+{_password_fields(typed, message)}
 <div class="actions"><button type="submit">Sign in</button></div></form>"""
-    return Page("Sign in", body, status)
+    passkey = passwordless_form(srv, browser, "login", hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
 
 
 def otp_page(
@@ -5721,23 +7458,15 @@ def otp_page(
     message: str = "",
     status: int = 200,
 ) -> Page:
-    username = user.username
-    pending = esc(srv.signer.pending(user, browser))
-    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
-        ' aria-describedby="otp-help"'
-    )
-    body = f"""{BRAND}<h1>Enter your code</h1>
-<p>Signing in as <strong>{esc(username)}</strong> to continue to
-<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
-<input type="hidden" name="pending" value="{pending}">
-<label for="otp">Authentication code</label>
-<p class="muted hint" id="otp-help">The 6-digit code your authenticator app shows now.</p>
-<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
- maxlength="8" required autofocus{invalid}>
-<div class="actions"><button type="submit">Verify</button>
-<a href="{esc(authorize_url(srv, areq.params))}">Start over</a></div></form>"""
-    return Page("Enter your code", body, status)
+    pending = srv.signer.pending(user, browser)
+    hidden = _hidden_fields(srv, browser, areq.params, areq.purpose)
+    forms, passkey = second_factor_forms(srv, browser, user, "login", hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
+<p>Signing in as <strong>{esc(user.username)}</strong> to continue to
+<strong>{client_label(areq.client)}</strong>.</p>{_alert(message)}{forms}{passkey}
+<p><a href="{esc(resume_url(srv, areq))}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
 
 
 SECOND_FACTOR_ASKED = "This app asks for your authentication code too. Sign in again."
@@ -5752,13 +7481,20 @@ def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Brow
 second factor: a code from an authenticator app. Your account has no second factor, so you
 cannot continue to {app} this way.</p>
 <p>Ask your administrator to set up a second factor for your account, then try again.</p>
-<form method="post" action="login">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="login">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
 </div></form>"""
     return Page("A second factor is needed", body, 403)
 
 
 ANOTHER_ACCOUNT_ASKED = "This app asks for another account. Sign in as that user."
+
+
+def consent_label(item: str) -> str:
+    """A stored consent item (consent_scopes) as people read it: a scope in words, an API
+    by its URI, an API's scope as "scope at URI"."""
+    uri, _, scope = item.partition(" ")
+    return f"{scope} at {uri}" if scope else SCOPE_WORDS.get(item, item)
 
 
 def consent_items(areq: AuthorizationRequest, items: Iterable[str]) -> str:
@@ -5806,14 +7542,14 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
         else ""
     )
     # "Not you?" starts the same request over with a fresh sign-in (OIDC Core §3.1.2.1).
-    switch = authorize_url(srv, {**areq.params, "prompt": "login"})
+    switch = resume_url(srv, areq, {**areq.params, "prompt": "login"})
     back_to = urllib.parse.urlsplit(areq.redirect_uri).netloc or areq.redirect_uri
     asks = "also asks to" if already else "asks to"
     body = f"""{BRAND}<h1>Allow access?</h1>{unverified_notice(areq.client, back_to)}
 <p><strong>{client_label(areq.client)}</strong> {asks}:</p><ul class="scopes">{items}</ul>{before}
 <p>Signed in as <strong>{esc(username)}</strong>.
 <a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
-<form method="post" action="consent">{_hidden_fields(srv, browser, areq.params)}
+<form method="post" action="consent">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions">
 <button type="submit" name="decision" value="approve">Allow</button>
 <button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
@@ -5821,6 +7557,56 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
     return Page("Allow access?", body)
 
 
+def user_code_page(srv: Server, message: str = "", status: int = 200, typed: str = "") -> Page:
+    """RFC 8628 §3.3: where the user types the code the device shows. A GET form: it only
+    shows the request the code names, which the user then confirms."""
+    invalid = ' aria-invalid="true" aria-describedby="form-error code-help"' if message else (
+        ' aria-describedby="code-help"'
+    )
+    body = f"""{BRAND}<h1>Connect a device</h1>{_alert(message)}
+<form method="get" action="device">
+<label for="user_code">Code</label>
+<p class="muted hint" id="code-help">The code your device or app shows, such as
+<code>BDWP-HQPK</code>. Upper or lower case, with or without the dash.</p>
+<input id="user_code" name="user_code" autocomplete="off" autocapitalize="characters"
+ spellcheck="false" maxlength="20" required autofocus{invalid} value="{esc(typed)}">
+<div class="actions"><button type="submit">Continue</button></div></form>"""
+    return Page("Connect a device", body, status)
+
+
+def device_confirm_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> Page:
+    """RFC 8628 §5.4 (remote phishing): the client's name, what it asks for and the code
+    to compare with the device's, and an explicit Allow or Deny."""
+    items = consent_items(areq, consent_scopes(areq))
+    switch = resume_url(srv, areq, {**areq.params, "prompt": "login"})
+    username = browser.session.username if browser.session else ""
+    body = f"""{BRAND}<h1>Allow a device?</h1>
+<p><strong>{client_label(areq.client)}</strong>, on a device, asks to:</p>
+<ul class="scopes">{items}</ul>
+<p>Check that your device shows this code:
+<strong><code>{esc(areq.params["user_code"])}</code></strong></p>
+<p>Signed in as <strong>{esc(username)}</strong>.
+<a href="{esc(switch)}">Not you? Sign in as someone else</a></p>
+<form method="post" action="device">{_hidden_fields(srv, browser, areq.params, "device")}
+<div class="actions">
+<button type="submit" name="decision" value="approve">Allow</button>
+<button type="submit" name="decision" value="deny" class="secondary">Deny</button></div></form>
+<p class="muted">Allow only a device you are setting up yourself, right now. If someone
+sent you this code, choose Deny.</p>"""
+    return Page("Allow a device?", body)
+
+
+def device_done_page(areq: AuthorizationRequest, approved: bool) -> Page:
+    app = client_label(areq.client)
+    if approved:
+        body = f"""{BRAND}<h1>Device connected</h1>
+<p role="status"><strong>{app}</strong> is connected. Go back to your device: it continues
+by itself in a few seconds.</p><p>You can close this page.</p>"""
+        return Page("Device connected", body)
+    body = f"""{BRAND}<h1>Request denied</h1>
+<p role="status"><strong>{app}</strong> was not given access. Your device will say so.</p>
+<p>You can close this page.</p>"""
+    return Page("Request denied", body)
 def unverified_notice(client: Client, back_to: str) -> str:
     """For a client that described itself (see "Clients that register themselves"): its
     name is only what it says, so say so, with where its description comes from and the
@@ -5933,6 +7719,266 @@ def logout_page(
 <div class="actions"><button type="submit" name="confirm" value="yes">Sign out</button></div>
 </form><p class="muted">Did not ask for this? Close this page: you stay signed in.</p>"""
     return Page("Sign out?", body)
+
+
+def _account_hidden(srv: Server, browser: Browser) -> str:
+    """An account form's CSRF token, bound to the browser and its login session."""
+    return f'<input type="hidden" name="csrf_token" value="{esc(srv.signer.csrf_token(browser))}">'
+
+
+def account_login_page(
+    srv: Server,
+    browser: Browser,
+    message: str = "",
+    status: int = 200,
+    username: str | None = None,
+    reauth: bool = False,
+) -> Page:
+    typed = username if username is not None else (
+        browser.session.username if browser.session else ""
+    )
+    intro = (
+        "<p>To change how you sign in, confirm it is you: sign in again.</p>"
+        if reauth
+        else "<p>to manage your account</p>"
+    )
+    action, hidden = f"{ACCOUNT_PATH}/login", _account_hidden(srv, browser)
+    body = f"""{BRAND}<h1>Sign in</h1>{intro}{_alert(message)}
+<form method="post" action="{action}">{hidden}
+{_password_fields(typed, message)}
+<div class="actions"><button type="submit">Sign in</button></div></form>"""
+    passkey = passwordless_form(srv, browser, action, hidden)
+    return with_passkeys(Page("Sign in", body + passkey, status), passkey)
+
+
+def account_otp_page(
+    srv: Server, browser: Browser, user: User, message: str = "", status: int = 200
+) -> Page:
+    pending = srv.signer.pending(user, browser)
+    hidden = _account_hidden(srv, browser)
+    action = f"{ACCOUNT_PATH}/login"
+    forms, passkey = second_factor_forms(srv, browser, user, action, hidden, pending, message)
+    title = "Enter your code" if user.totp_secret else "Confirm it is you"
+    body = f"""{BRAND}<h1>{title}</h1>
+<p>Signing in as <strong>{esc(user.username)}</strong> to manage your account.</p>
+{_alert(message)}{forms}{passkey}<p><a href="{action}">Start over</a></p>"""
+    return with_passkeys(Page(title, body, status), passkey)
+
+
+def when(seconds: float | None) -> str:
+    """A time as the account page shows it (UTC, to the minute)."""
+    if seconds is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def browser_label(user_agent: str) -> str:
+    """A User-Agent as a person names it: "Firefox on Linux"; only a hint (it is the
+    browser's own claim), beside the address and times."""
+    names = (("Edg/", "Edge"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+             ("Safari/", "Safari"), ("curl/", "curl"), ("python-requests", "Python"))  # fmt: skip
+    systems = (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"),
+               ("Windows", "Windows"), ("Mac OS X", "macOS"), ("Linux", "Linux"))  # fmt: skip
+    name = next((label for mark, label in names if mark in user_agent), "A browser")
+    system = next((label for mark, label in systems if mark in user_agent), "")
+    return f"{name} on {system}" if system else name
+
+
+def account_page(
+    srv: Server,
+    browser: Browser,
+    session: Session,
+    user: User,
+    notice: str | None = None,
+    message: str = "",
+    status: int = 200,
+    field: str = "",
+) -> Page:
+    """The account overview: password, second factor, connected apps, sessions."""
+    hidden = _account_hidden(srv, browser)
+    done = f'<p class="ok" role="status">{esc(notice)}</p>' if notice else ""
+
+    def invalid(name: str) -> str:
+        return ' aria-invalid="true"' if field == name else ""
+
+    password = f"""<section aria-labelledby="password-heading">
+<h2 id="password-heading">Password</h2>
+<form method="post" action="{ACCOUNT_PATH}/password">{hidden}
+<label for="current_password">Current password</label>
+<input id="current_password" name="current_password" type="password"
+ autocomplete="current-password" required{invalid("current_password")}>
+<label for="new_password">New password</label>
+<p class="muted hint" id="new-password-help">At least {MIN_PASSWORD_LENGTH} characters; a long
+phrase is good. Common passwords are refused.</p>
+<input id="new_password" name="new_password" type="password" autocomplete="new-password"
+ minlength="{MIN_PASSWORD_LENGTH}" required aria-describedby="new-password-help"
+ {invalid("new_password")}>
+<div class="actions"><button type="submit">Change password</button></div></form></section>"""
+
+    totp_action = f"{ACCOUNT_PATH}/totp"
+    if user.totp_secret:
+        left = srv.storage.recovery_codes_left(user.username)
+        second = f"""<p>An authenticator app is set up: you enter its code after your password.
+You have <strong>{left}</strong> unused recovery code{"s" * (left != 1)}.</p>
+<form method="post" action="{totp_action}">{hidden}<div class="actions">
+<button type="submit" name="step" value="start" class="secondary">Replace the app</button>
+<button type="submit" name="step" value="remove" class="secondary">Remove the app</button>
+</div></form>
+<form method="post" action="{ACCOUNT_PATH}/recovery-codes">{hidden}<div class="actions">
+<button type="submit" class="secondary">Make new recovery codes</button></div></form>"""
+    else:
+        second = f"""<p>Add an authenticator app, so that a password alone cannot sign you in.</p>
+<form method="post" action="{totp_action}">{hidden}<div class="actions">
+<button type="submit" name="step" value="start">Set up an authenticator app</button>
+</div></form>"""
+
+    apps = []
+    for grant in srv.list_grants(user.username):
+        client = srv.storage.get_client(grant.client_id)
+        label = client_label(client) if client else esc(grant.client_id)
+        scopes = ", ".join(esc(consent_label(s)) for s in sorted(grant.scopes or ()))
+        allowed = f"Allowed: {scopes}. " if scopes else ""
+        since = f"Since {when(grant.consented_at)}." if grant.consented_at else (
+            "Signed in without a consent page."
+        )
+        apps.append(f"""<li><strong>{label}</strong>
+<p class="muted hint">{allowed}{since}</p>
+<form method="post" action="{ACCOUNT_PATH}/apps">{hidden}
+<input type="hidden" name="client_id" value="{esc(grant.client_id)}">
+<button type="submit" class="secondary" aria-label="Revoke access for {label}">Revoke
+access</button></form></li>""")
+    apps_html = (
+        f'<ul class="items">{"".join(apps)}</ul>' if apps
+        else "<p>No app has access to your account.</p>"
+    )
+
+    passkeys = passkeys_section(srv, browser, user, hidden)
+    sessions = []
+    for each in srv.storage.list_login_sessions(user.username, srv.clock()):
+        this = each.sid == session.sid
+        name = "This browser" if this else esc(browser_label(each.user_agent))
+        sessions.append(f"""<li><strong>{name}</strong>
+<p class="muted hint">Signed in {when(each.created_at)}; last used {when(each.last_used_at)}
+from <code>{esc(each.address or "an unknown address")}</code>.</p>
+<form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
+<input type="hidden" name="session" value="{session_handle(srv, each.sid)}">
+<button type="submit" class="secondary" aria-label="Sign out {name}, signed in
+{when(each.created_at)}">Sign out</button></form></li>""")
+    body = f"""{BRAND}<div class="wide"><h1>Your account</h1>
+<p>Signed in as <strong>{esc(user.username)}</strong>.
+<a href="{LOGOUT_PATH}">Sign out</a></p>{done}{_alert(message)}
+{password}
+<section aria-labelledby="second-heading"><h2 id="second-heading">Two-factor sign-in</h2>
+{second}</section>{passkeys}
+<section aria-labelledby="apps-heading"><h2 id="apps-heading">Connected apps</h2>
+{apps_html}</section>
+<section aria-labelledby="sessions-heading"><h2 id="sessions-heading">Sessions</h2>
+<ul class="items">{"".join(sessions)}</ul>
+<form method="post" action="{ACCOUNT_PATH}/sessions">{hidden}
+<div class="actions"><button type="submit" name="all" value="others" class="secondary">Sign
+out all other sessions</button></div></form></section></div>"""
+    return with_passkeys(Page("Your account", body, status), passkeys)
+
+
+def passkeys_section(srv: Server, browser: Browser, user: User, hidden: str) -> str:
+    """The account page's passkeys (WebAuthn), where the server offers them: each with a
+    Remove button, and the form that adds one (its button needs JavaScript)."""
+    if not passkeys_offered(srv):
+        return ""
+    items = []
+    for passkey in srv.storage.list_passkeys(user.username):
+        name = esc(passkey.name)
+        used = f"last used {when(passkey.last_used_at)}" if passkey.last_used_at else "not used yet"
+        kind = "synced between your devices" if passkey.backed_up else "kept on one device"
+        alone = " It signs you in without a password too." if passkey.passwordless else ""
+        items.append(f"""<li><strong>{name}</strong>
+<p class="muted hint">Added {when(passkey.created_at)}, {used}; {kind}.{alone}</p>
+<form method="post" action="{ACCOUNT_PATH}/passkeys">{hidden}
+<input type="hidden" name="credential_id" value="{esc(passkey.credential_id)}">
+<button type="submit" name="step" value="remove" class="secondary"
+ aria-label="Remove the passkey {name}">Remove</button></form></li>""")
+    listed = f'<ul class="items">{"".join(items)}</ul>' if items else "<p>No passkeys yet.</p>"
+    options, state = registration_options(srv, browser, user)
+    extra = f"""<input type="hidden" name="step" value="create">
+<label for="passkey_name">Name of the new passkey</label>
+<input id="passkey_name" name="name" maxlength="{PASSKEY_NAME_LENGTH}" value="Passkey">
+<label class="check"><input type="checkbox" name="passwordless" value="yes"> Also sign in
+with it alone, without a password</label>"""
+    add = _passkey_form(f"{ACCOUNT_PATH}/passkeys", hidden, "create", options, state,
+                        "Add a passkey", extra)  # fmt: skip
+    return f"""<section aria-labelledby="passkeys-heading"><h2 id="passkeys-heading">Passkeys</h2>
+<p>A passkey confirms it is you with this device's screen lock or a security key. After
+your password it stands in for a code; it can also sign you in on its own.</p>{listed}
+<p class="muted" data-passkey-fallback>Adding a passkey needs JavaScript in this browser.</p>
+{add}</section>"""
+
+
+def totp_enrol_page(
+    srv: Server,
+    browser: Browser,
+    session: Session,
+    secret: str,
+    message: str = "",
+    status: int = 200,
+) -> Page:
+    """Enrol an authenticator app (RFC 6238): the otpauth URI (Google Authenticator Key URI
+    Format) as a QR code in inline SVG, when the optional qrcode library is installed, and
+    always the secret as text, for apps without a camera or people who cannot scan."""
+    label = f"codeflow {urllib.parse.urlsplit(srv.issuer).netloc}"
+    uri = pyotp.TOTP(secret).provisioning_uri(name=session.username, issuer_name=label)
+    svg = qr_svg(uri)
+    qr = (
+        f'<figure class="qr" role="img" aria-label="QR code of the key below">{svg}</figure>'
+        if svg else ""
+    )
+    enrol = srv.signer.dumps({"k": secret, "s": session.sid}, "totp-enrol", FORM_LIFETIME)
+    grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    invalid = ' aria-invalid="true" aria-describedby="form-error otp-help"' if message else (
+        ' aria-describedby="otp-help"'
+    )
+    scan = "Scan this QR code with the app, or type" if svg else "Type"
+    body = f"""{BRAND}<h1>Set up an authenticator app</h1>{_alert(message)}
+<ol><li>Open your authenticator app and add an account.</li>
+<li>{scan} this key: <code id="totp-key">{esc(grouped)}</code></li>
+<li>Enter the 6-digit code the app then shows.</li></ol>{qr}
+<form method="post" action="{ACCOUNT_PATH}/totp">{_account_hidden(srv, browser)}
+<input type="hidden" name="enrol" value="{esc(enrol)}">
+<label for="otp">Code from the app</label>
+<p class="muted hint" id="otp-help">Your sign-ins will ask for it from now on.</p>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*"
+ maxlength="8" required autofocus{invalid}>
+<div class="actions"><button type="submit" name="step" value="confirm">Turn on</button>
+<a href="{ACCOUNT_PATH}">Cancel</a></div></form>"""
+    return Page("Set up an authenticator app", body, status)
+
+
+def qr_svg(data: str) -> str:
+    """``data`` as a QR code in SVG, to inline in a page (no script, no image fetched: the
+    CSP allows neither); "" without the optional qrcode library, whose pure-Python SVG
+    factory makes it."""
+    try:
+        import qrcode.image.svg  # optional, as for the CLI's TOTP enrolment
+    except ImportError:
+        return ""
+    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    svg: str = image.to_string(encoding="unicode")
+    return svg[svg.index("<svg") :]
+
+
+def recovery_codes_page(srv: Server, codes: list[str], *, enrolled: bool = False) -> Page:
+    """NIST SP 800-63B §5.1.2: the recovery codes, shown this once (storage keeps hashes)."""
+    items = "".join(f"<li><code>{esc(code)}</code></li>" for code in codes)
+    first = (
+        '<p class="ok" role="status">The authenticator app is on: sign-ins ask for its '
+        "code from now on.</p>" if enrolled else ""
+    )
+    body = f"""{BRAND}<h1>Save your recovery codes</h1>{first}
+<p>If you lose your authenticator app, each of these codes signs you in once, in place of
+its code. Keep them somewhere safe, such as a password manager: <strong>this is the only
+time they are shown</strong>. Codes you had before no longer work.</p>
+<ul class="codes">{items}</ul>
+<div class="actions"><a class="button" href="{ACCOUNT_PATH}">Back to your account</a></div>"""
+    return Page("Save your recovery codes", body)
 
 
 def home_page(srv: Server) -> Page:
@@ -6398,6 +8444,11 @@ def build_app(srv: Server) -> bottle.Bottle:
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
     api(TOKEN_PATH, lambda srv, params, authorization, address: token_endpoint(
         srv, params, authorization, address, dpop_request(srv, bottle.request, TOKEN_PATH)))
+    api(DEVICE_AUTHORIZATION_PATH, device_authorization, cors=False)
+    # RFC 9126 §2.2: "the authorization server MUST return ... HTTP status code 201".
+    app.post(PAR_PATH)(answer("json", lambda: created(api_response(
+        srv, bottle.request, pushed_authorization_request, cors=True))))  # fmt: skip
+    browser(DEVICE_PATH, ["GET", "POST"], device_endpoint)
     api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
     get(OAUTH_METADATA_PATH, metadata_endpoint)
@@ -6411,6 +8462,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     for path in (OAUTH_METADATA_PATH, OIDC_METADATA_PATH, JWKS_PATH):
         preflight(path, "GET", any_origin=True)
     preflight(TOKEN_PATH, "POST")
+    preflight(PAR_PATH, "POST")
     preflight(REVOKE_PATH, "POST")
     preflight(USERINFO_PATH, "GET, POST")
     # RFC 7591 §3, RFC 7592 §2: JSON in and out, any origin (no cookie is ever used: the
@@ -6425,6 +8477,10 @@ def build_app(srv: Server) -> bottle.Bottle:
               answer("json", lambda: preflight_response(
                   srv, bottle.request, "GET, PUT, DELETE", any_origin=True)))  # fmt: skip
     browser(LOGOUT_PATH, ["GET", "POST"], logout_endpoint)
+    browser(ACCOUNT_PATH, ["GET"], account_endpoint)
+    browser(ACCOUNT_PATH + "/login", ["GET", "POST"], account_login_endpoint)
+    for path, step in ACCOUNT_FORMS.items():
+        browser(ACCOUNT_PATH + path, ["POST"], account_form_endpoint(step))
     browser("/", ["GET"], home_endpoint)
     browser(DEMO_PATH, ["GET"], demo_endpoint)
     browser(DEMO_CALLBACK_PATH, ["GET"], demo_callback_endpoint)
@@ -6490,11 +8546,14 @@ def read_browser(srv: Server, request: Request) -> Browser:
     # bound to the session too (see "Browser state").
     ours = [v for v in cookie_values(srv, request, CSRF_COOKIE) if srv.signer.loads(v, "browser")]
     csrf = ours[0] if ours else srv.signer.browser_id()
-    session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE))
+    # REMOTE_ADDR is the client's own, as resolved through trusted proxies (_behind_proxies).
+    address = request.environ.get("REMOTE_ADDR", "")
+    session = read_session(srv, cookie_value(srv, request, SESSION_COOKIE), address)
     device = srv.signer.loads(cookie_value(srv, request, DEVICE_COOKIE), "device")
     names = device.get("u") if device else None
     devices = frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
-    return Browser(csrf, session, request.environ.get("REMOTE_ADDR", ""), devices)
+    agent = request.environ.get("HTTP_USER_AGENT", "")[:USER_AGENT_LENGTH]
+    return Browser(csrf, session, address, devices, agent)
 
 
 def endpoint_url(srv: Server, request: Request, path: str) -> str:
@@ -6662,8 +8721,9 @@ def cors_origins(client: Client) -> frozenset[str]:
 
 def cors_allowed(srv: Server, origin: str, client_id: str | None) -> bool:
     """Whether ``origin`` may read an answer about ``client_id``; about no known client
-    (a preflight, an unknown token), whether any registered client allows it."""
-    client = srv.storage.get_client(client_id) if client_id else None
+    (a preflight, an unknown token), whether any registered client allows it. A client of
+    a metadata document is known by its document (cached since the request fetched it)."""
+    client = find_client(srv, client_id, quiet=True) if client_id else None
     if client is not None:
         return origin in cors_origins(client)
     return any(origin in cors_origins(c) for c in srv.storage.list_clients())
@@ -6821,7 +8881,7 @@ def browser_response(srv: Server, request: Request, step: BrowserStep) -> bottle
     csrf = browser.csrf
     if result.signed_out:
         response.delete_cookie(cookie_name(srv, SESSION_COOKIE), **cookie)
-    elif isinstance(result, Redirect) and result.session is not None:
+    elif result.session is not None:
         value = srv.signer.session_cookie(result.session)
         response.set_cookie(cookie_name(srv, SESSION_COOKIE), value, **cookie)
         device = srv.signer.dumps(
@@ -6858,6 +8918,13 @@ def api_response(
         client_id = claimed_client_id(params, authorization)
         for name, value in cors_headers(srv, request, client_id).items():
             response.set_header(name, value)
+    return response
+
+
+def created(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
+    """A success as 201 Created (RFC 9110 §15.3.2), an error as it was."""
+    if response.status_code == 200:
+        response.status = 201
     return response
 
 
@@ -6971,6 +9038,14 @@ def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirec
     return consent(srv, single_params(form_pairs(request)), browser)
 
 
+def device_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    # RFC 8628 §3.3: the page with the user code (GET, its form too); the decision (POST).
+    if request.method == "GET":
+        return device_page_step(srv, single_params(query_pairs(request)), browser)
+    refuse_cross_site(srv, request)
+    return device_decision(srv, single_params(form_pairs(request)), browser)
+
+
 def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
     # RP-Initiated Logout §2: "The OP MUST support the use of the HTTP GET and POST".
     if request.method == "GET":
@@ -6979,6 +9054,40 @@ def logout_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect
     if "csrf_token" in form:  # our confirmation form, not a relying party's request
         refuse_cross_site(srv, request)
     return logout(srv, form, browser)
+
+
+def account_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    return account(srv, single_params(query_pairs(request)), browser)
+
+
+def account_login_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+    if request.method == "GET":
+        reauth = single_params(query_pairs(request)).get("reauth") == "yes"
+        return account_login_page(srv, browser, reauth=reauth)
+    refuse_cross_site(srv, request)
+    return account_login(srv, single_params(form_pairs(request)), browser)
+
+
+AccountStep = Callable[[Server, dict[str, str], Browser], "Redirect | Page"]
+# The account area's forms, by path under ACCOUNT_PATH.
+ACCOUNT_FORMS: dict[str, AccountStep] = {
+    "/password": change_password,
+    "/totp": change_totp,
+    "/recovery-codes": new_recovery_codes,
+    "/apps": revoke_app,
+    "/sessions": end_sessions,
+    "/passkeys": change_passkeys,
+}
+
+
+def account_form_endpoint(step: AccountStep) -> BrowserStep:
+    """A form of the account area: from our own origin only (RFC 9700 §4.4)."""
+
+    def endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
+        refuse_cross_site(srv, request)
+        return step(srv, single_params(form_pairs(request)), browser)
+
+    return endpoint
 
 
 # Public documents: any page may read them (Fetch §3.2.3 "*"; no credentials).
@@ -7112,6 +9221,7 @@ REDACTED = "[redacted]"
 SECRET_NAMES = frozenset({
     "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
     "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
+    "device_code", "user_code", "verification_uri_complete",  # RFC 8628 §3.2
 })  # fmt: skip
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
 FAULT_ENDPOINTS = {
@@ -7979,6 +10089,7 @@ CLIENT_KEYS: dict[str, type] = {
     "post_logout_redirect_uris": list, "allowed_origins": list, "minimal_id_token": bool,
     "backchannel_logout_uri": str, "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
+    "require_pushed_authorization_requests": bool,
     "resources": list, "token_exchange": list,
     "jwks": dict, "jwks_uri": str, "dpop_bound_access_tokens": bool,
 }  # fmt: skip
@@ -8064,6 +10175,9 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             frontchannel_logout_uri=entry.get("frontchannel_logout_uri"),
             frontchannel_logout_session_required=entry.get(
                 "frontchannel_logout_session_required", False
+            ),
+            require_pushed_authorization_requests=entry.get(
+                "require_pushed_authorization_requests", False
             ),
             resources=entry.get("resources", []),
             token_exchange=entry.get("token_exchange", []),
@@ -8260,6 +10374,44 @@ def _parser() -> argparse.ArgumentParser:
         "--trusted-proxy", action="append", default=[], dest="trusted_proxies", metavar="CIDR",
         help="a reverse proxy whose X-Forwarded-For / Forwarded is believed (repeatable)",
     )  # fmt: skip
+    # Clients that register themselves (RFC 7591; Client ID Metadata Documents): off unless
+    # asked for. Each option has a config-file key of the same name (underscores).
+    serve_cmd.add_argument(
+        "--registration", choices=REGISTRATION_POLICIES,
+        help="RFC 7591 dynamic client registration: off (default), open, or token (an "
+        "initial access token, --registration-token or registration_tokens in --config)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--registration-token", action="append", default=[], dest="registration_tokens",
+        metavar="TOKEN", help="an initial access token for --registration token (repeatable; "
+        "prefer the config file: a command line is visible to other users)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-documents", action="store_true", default=None,
+        help="accept https client_ids whose metadata document the server fetches",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--client-id-metadata-host", action="append", default=[], metavar="HOST",
+        dest="client_id_metadata_hosts",
+        help="fetch client metadata documents only from this host (repeatable)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-allow-network", action="append", default=[], metavar="CIDR",
+        dest="fetch_allowed_networks",
+        help="a network the server may fetch documents from though not public, http on "
+        "loopback (repeatable; test suites: 127.0.0.0/8; never an internal network)",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--fetch-ca-file", metavar="PATH", help="a CA file to trust when fetching documents"
+    )
+    serve_cmd.add_argument(
+        "--passkeys", action="store_true", default=None,
+        help="offer passkeys (WebAuthn) on the account and login pages (extra 'passkeys')",
+    )  # fmt: skip
+    serve_cmd.add_argument(
+        "--require-pushed-authorization-requests", action="store_true", default=None,
+        help="every client's authorization requests only through the PAR endpoint (RFC 9126)",
+    )  # fmt: skip
     serve_cmd.add_argument(
         "--dpop-nonces", action="store_true", default=None,
         help="DPoP proofs must carry a nonce the server gave (RFC 9449 8)",
@@ -8307,6 +10459,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--frontchannel-logout-session-required",
                          action=argparse.BooleanOptionalAction,
                          help="the app needs iss and sid on that page (always sent)")
+        cmd.add_argument("--require-pushed-authorization-requests",
+                         action=argparse.BooleanOptionalAction,
+                         help="its authorization requests only through the PAR endpoint "
+                         "(RFC 9126)")  # fmt: skip
         cmd.add_argument("--resource", action="append", dest="resources", metavar="URI",
                          help="a resource (RFC 8707) it may ask tokens for; none: any "
                          "(repeatable; update: replaces the list)")
@@ -8331,19 +10487,22 @@ def _parser() -> argparse.ArgumentParser:
         "resource", help="manage resources: the APIs tokens are for (RFC 8707)"
     ).add_subparsers(dest="action", required=True)
     add = command(resource, "add", resource_add, "register a resource (an API)")
-    add.add_argument("uri", help="its resource indicator: an absolute URI without fragment")
-    add.add_argument("--scope", action="append", dest="scopes",
-                     help="a scope it defines (repeatable)")
-    add.add_argument("--name", help="the name users see on the consent page")
-    add.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
-                     help="RFC 9068 JWT access tokens (the default) or opaque ones")
-    add.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
-                     help="how long its access tokens live (default: the server's)")
-    add.add_argument("--client", metavar="CLIENT_ID",
-                     help="the confidential client its server authenticates as")
-    add.add_argument("--introspection", action=argparse.BooleanOptionalAction,
-                     help="whether that client may introspect its tokens (default: yes)")
     replace_flag(add, "resource")
+    update = command(resource, "update", resource_update, "change a resource's settings")
+    for cmd in (add, update):
+        cmd.add_argument("uri", help="its resource indicator: an absolute URI, no fragment")
+        cmd.add_argument("--scope", action="append", dest="scopes",
+                         help="a scope it defines (repeatable; update: replaces the list)")
+        cmd.add_argument("--name", help="the name users see on the consent page")
+        cmd.add_argument("--jwt-access-tokens", action=argparse.BooleanOptionalAction,
+                         help="RFC 9068 JWT access tokens (the default) or opaque ones")
+        cmd.add_argument("--access-token-lifetime", type=int, metavar="SECONDS",
+                         help="how long its access tokens live (default: the server's)")
+        cmd.add_argument("--client", metavar="CLIENT_ID",
+                         help="the confidential client its server authenticates as "
+                         "(update: '' removes it)")
+        cmd.add_argument("--introspection", action=argparse.BooleanOptionalAction,
+                         help="whether that client may introspect its tokens (default: yes)")
     command(resource, "list", resource_list, "list resources")
     command(resource, "remove", resource_remove, "remove a resource").add_argument("uri")
 
@@ -8436,6 +10595,7 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         backchannel_logout_session_required=bool(args.backchannel_logout_session_required),
         frontchannel_logout_uri=args.frontchannel_logout_uri or None,
         frontchannel_logout_session_required=bool(args.frontchannel_logout_session_required),
+        require_pushed_authorization_requests=bool(args.require_pushed_authorization_requests),
         resources=args.resources or (),
         token_exchange=args.token_exchange or (),
         jwks=jwks,
@@ -8461,6 +10621,7 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pkce": args.pkce,
         "backchannel_logout_session_required": args.backchannel_logout_session_required,
         "frontchannel_logout_session_required": args.frontchannel_logout_session_required,
+        "require_pushed_authorization_requests": args.require_pushed_authorization_requests,
         "resources": args.resources,
         "token_exchange": args.token_exchange,
         "dpop_bound_access_tokens": args.dpop_bound_access_tokens,
@@ -8521,6 +10682,26 @@ def resource_add(srv: Server, args: argparse.Namespace) -> None:
         client_id=args.client,
     )
     print(f"resource: {args.uri}")
+
+
+def resource_update(srv: Server, args: argparse.Namespace) -> None:
+    resource = srv.storage.get_resource(args.uri)
+    if resource is None:
+        raise ValueError(f"no resource {args.uri!r}")
+    refuse_declared(resource)
+    given = {
+        "scopes": args.scopes,
+        "name": args.name,
+        "access_token_jwt": args.jwt_access_tokens,
+        "access_token_lifetime": args.access_token_lifetime,
+        "introspection": args.introspection,
+    }
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.client is not None:
+        changes["client_id"] = args.client or None  # '' removes it
+    if not changes:
+        raise ValueError("nothing to change: see `codeflow resource update --help`")
+    srv.update_resource(args.uri, **changes)
 
 
 def resource_list(srv: Server, args: argparse.Namespace) -> None:
@@ -8597,7 +10778,8 @@ def grants_list(srv: Server, args: argparse.Namespace) -> None:
     for g in srv.list_grants(args.user, args.client):
         scopes, when = "-", "-"  # tokens issued without a consent page (auto-approve)
         if g.scopes is not None:
-            scopes = " ".join(sorted(g.scopes))
+            # A resource's scope is stored as "URI scope" (consent_scopes): shown scope@URI.
+            scopes = " ".join(sorted("@".join(reversed(s.split(" ", 1))) for s in g.scopes))
             # A consent stored before codeflow recorded consent times has none.
             when = "unknown" if g.consented_at is None else time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.consented_at)
@@ -8710,6 +10892,29 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def self_registration_options(
+    args: argparse.Namespace, config: dict[str, Any], parser: argparse.ArgumentParser
+) -> dict[str, Any]:
+    """The Server options of clients that register themselves, from the command line or
+    else the config file (keys named as the options)."""
+    options: dict[str, Any] = {}
+    lists = ("registration_tokens", "client_id_metadata_hosts", "fetch_allowed_networks")
+    for key in lists:
+        value = getattr(args, key) or config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            parser.error(f"bad config: {key} must be a list of strings")
+        options[key] = value
+    for key, kind in (("registration", str), ("client_id_metadata_documents", bool),
+                      ("fetch_ca_file", str)):  # fmt: skip
+        value = getattr(args, key)
+        value = config.get(key) if value is None else value
+        if value is not None and not isinstance(value, kind):
+            parser.error(f"bad config: {key} must be a {kind.__name__}")
+        if value is not None:
+            options[key] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``codeflow`` command: a thin layer over Server and its storage."""
     parser = _parser()
@@ -8741,17 +10946,27 @@ def main(argv: list[str] | None = None) -> int:
     proxies = args.trusted_proxies or config.get("trusted_proxies", [])
     if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
         parser.error("bad config: trusted_proxies must be a list of CIDR strings")
+    passkeys = args.passkeys if args.passkeys is not None else config.get("passkeys", False)
+    if not isinstance(passkeys, bool):
+        parser.error("bad config: passkeys must be true or false")
+    require_par = args.require_pushed_authorization_requests or config.get(
+        "require_pushed_authorization_requests", False
+    )
+    if not isinstance(require_par, bool):
+        parser.error("bad config: require_pushed_authorization_requests must be true or false")
     dpop_nonces = args.dpop_nonces or config.get("dpop_nonces", False)
     if not isinstance(dpop_nonces, bool):
         parser.error("bad config: dpop_nonces must be true or false")
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
+    registering = self_registration_options(args, config, parser)
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies, dpop_nonces=dpop_nonces,
-                     password_hashing=args.password_hashing)  # fmt: skip
+                     trusted_proxies=proxies, passkeys=passkeys, dpop_nonces=dpop_nonces,
+                     require_pushed_authorization_requests=require_par,
+                     password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"codeflow: error: {err}\n")
     try:
@@ -8772,6 +10987,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_hashing == "fast":  # noqa: S105 -- a mode, not a password
         print("WARNING: --password-hashing fast: passwords and client secrets get test-only "
               "hashes, which a server without it refuses.")  # fmt: skip
+    if srv.registration != "off":
+        print(f"Registration ({srv.registration}): {srv.issuer}{REGISTRATION_PATH} (RFC 7591).")
+    if srv.fetch_policy.allowed_networks:
+        print("WARNING: --fetch-allow-network: the server fetches documents from "
+              f"{', '.join(map(str, srv.fetch_policy.allowed_networks))} for anyone who "
+              "names them; never an internal network in production.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():

@@ -334,3 +334,38 @@ def test_registered_client_wins_over_a_document(host: DocumentHost) -> None:
         srv.add_client(client_id, redirect_uris=[REDIRECT])
         assert authorize_page(url, client_id).status_code == 302
     assert host.hits == {}
+
+
+def test_fixture_enables_self_registration_in_one_line(
+    codeflow_factory: Any, host: DocumentHost
+) -> None:
+    """The pytest plugin: ``codeflow_factory(live=True, self_registration=True)`` accepts
+    documents served on 127.0.0.1 and RFC 7591 registration, for MCP client authors."""
+    live = codeflow_factory(live=True, self_registration=True, auto_approve="alice")
+    meta = get(live.url + "/.well-known/oauth-authorization-server").json()
+    assert meta["client_id_metadata_document_supported"] is True
+    assert meta["registration_endpoint"] == live.url + "/register"
+    r = authorize_page(live.url, publish(host))
+    assert r.status_code == 302 and "code=" in r.headers["Location"], r.text
+    assert post(live.url + "/register", json={"redirect_uris": [REDIRECT],
+                                              "token_endpoint_auth_method": "none"}).ok
+
+
+def test_browser_client_reads_the_token_answer_cors(host: DocumentHost) -> None:
+    """Fetch §3.2.3: a browser app identified by its document (a public client) may read
+    the token answer from the origin of its redirect URIs, as a registered one may."""
+    for _, url in serve(auto_approve=USERNAME):
+        client_id = publish(host, redirect_uris=["http://127.0.0.1:5173/callback"])
+        flow = new_flow(client_id, redirect_uri="http://127.0.0.1:5173/callback")
+        r = get(url + "/authorize", params=flow.params, allow_redirects=False)
+        code = query_of(r.headers["Location"])["code"]
+        r = post(url + "/token", data={
+            "grant_type": "authorization_code", "code": code, "client_id": client_id,
+            "redirect_uri": "http://127.0.0.1:5173/callback", "code_verifier": flow.verifier,
+        }, headers={"Origin": "http://127.0.0.1:5173"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:5173"
+        r = post(url + "/token", data={"grant_type": "refresh_token", "refresh_token": "x",
+                                       "client_id": client_id},
+                 headers={"Origin": "https://evil.example"})  # fmt: skip
+        assert "Access-Control-Allow-Origin" not in r.headers

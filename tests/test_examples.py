@@ -1,5 +1,6 @@
 """Every example against a live codeflow: examples/webapp.py (log in, show claims, log
-out), examples/api.py (a JSON API that requires a scope) and the third-party test suite
+out), examples/api.py (a JSON API that requires a scope), examples/device_login.py (the
+device authorization grant from a command line) and the third-party test suite
 examples/test_thirdparty_login.py.
 
 The provider is configured from examples/codeflow.toml, the file the README tells users
@@ -223,6 +224,43 @@ def test_api_runs_as_documented() -> None:
                 assert r.status_code == 200 and r.json()["caller"] == "notes-cli"
             with requests.get(url, timeout=10) as r:
                 assert r.status_code == 401
+
+
+def test_device_login_runs_as_documented() -> None:
+    """README: ``python examples/device_login.py`` prints a code and where to type it (RFC
+    8628 §3.3); a browser types it on /device, signs in as alice and allows; the command
+    then says who signed in (§3.4, §3.5: it polled meanwhile)."""
+    with example_idp(free_port(), free_port()) as (_, issuer):
+        with tempfile.TemporaryFile() as log, subprocess.Popen(  # noqa: S603 -- our example
+            [sys.executable, "examples/device_login.py", "--issuer", issuer], cwd=ROOT,
+            env=child_env(), stdout=subprocess.PIPE, stderr=log, text=True,
+        ) as proc:  # fmt: skip
+            try:
+                assert proc.stdout is not None
+                first = proc.stdout.readline()
+                match = re.search(r"open (\S+) and enter the code (\S+)", first)
+                assert match, first
+                assert match.group(1) == issuer + "/device"
+                with requests.Session() as browser:
+                    page = browser.get(match.group(1), params={"user_code": match.group(2)},
+                                       timeout=10)  # fmt: skip
+                    assert "Example CLI" in page.text and "Sign in" in page.text
+                    form = {**hidden_fields(page.text), "username": "alice",
+                            "password": "wonderland"}  # fmt: skip
+                    page = browser.post(issuer + "/login", data=form, timeout=10)
+                    assert "Allow a device?" in page.text, page.text
+                    form = {**hidden_fields(page.text), "decision": "approve"}
+                    done = browser.post(issuer + "/device", data=form, timeout=10)
+                    assert "Device connected" in done.text
+                out, _ = proc.communicate(timeout=60)
+                assert proc.returncode == 0, out
+                assert "Signed in as Alice Liddell" in out
+                assert '"refresh_token": true' in out
+            except BaseException:
+                proc.kill()
+                log.seek(0)
+                print(log.read().decode(errors="replace"))
+                raise
 
 
 def test_thirdparty_suite_passes() -> None:

@@ -6,11 +6,20 @@ with a flow over a live socket at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
+import subprocess
+import sys
 import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from conftest import (
@@ -338,6 +347,32 @@ def test_registered_scope_does_not_cap_later_requests(srv: codeflow.Server, wc: 
     assert r.status == 302 and "code=" in r.headers["location"], r.text
 
 
+def test_registered_client_reaches_a_resource_beyond_its_registered_scope(
+    srv: codeflow.Server, wc: WSGIClient
+) -> None:
+    """RFC 8707 §2.1 with RFC 7591 §2 scope: a client registered with scope "openid" asks
+    for a resource's scope with ``resource`` (step-up within the resource's scopes); the
+    access token is for that resource, with that scope."""
+    srv.add_resource("https://mcp.example/mcp", scopes=["mcp:tools"])
+    body = register(wc, {**NATIVE, "scope": "openid"}).json()
+    srv.auto_approve = USERNAME
+    redirect = "http://127.0.0.1:4000/callback"
+    flow = new_flow(body["client_id"], redirect_uri=redirect, scope="mcp:tools",
+                    resource="https://mcp.example/mcp")  # fmt: skip
+    r = wc.get("/authorize", params=flow.params)
+    assert r.status == 302, r.text
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.headers["location"]).query))["code"]
+    tokens = wc.post("/token", {
+        "grant_type": "authorization_code", "code": code, "client_id": body["client_id"],
+        "redirect_uri": redirect, "code_verifier": flow.verifier,
+        "resource": "https://mcp.example/mcp",
+    }).json()  # fmt: skip
+    assert tokens["scope"] == "mcp:tools", tokens
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == "https://mcp.example/mcp"
+    assert claims["client_id"] == body["client_id"]
+
+
 def test_consent_marks_a_registered_client_unverified() -> None:
     """A self-registered client's name is its own claim: the consent page says so, with
     the host the answer goes to; then the flow completes with PKCE over real HTTP."""
@@ -368,3 +403,86 @@ def test_consent_marks_a_registered_client_unverified() -> None:
         })  # fmt: skip
         assert tokens.status_code == 200, tokens.text
         assert tokens.json()["token_type"] == "Bearer"
+
+
+# -- codeflow serve: the options and config keys -------------------------------------
+
+
+@contextmanager
+def serve_process(*args: str) -> Iterator[str]:
+    """``python codeflow.py serve ARGS`` on a free port until the block ends; its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, codeflow.__file__, "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            with contextlib.suppress(requests.ConnectionError):
+                if get(base + "/.well-known/oauth-authorization-server").ok:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_serve_options_enable_registration_and_metadata_documents() -> None:
+    """`codeflow serve --registration open --client-id-metadata-documents`: discovery lists
+    both (RFC 8414 §2, CIMD §5) and a client registers (RFC 7591 §3)."""
+    with serve_process("--registration", "open", "--client-id-metadata-documents",
+                       "--fetch-allow-network", "127.0.0.0/8") as base:  # fmt: skip
+        meta = get(base + "/.well-known/openid-configuration").json()
+        assert meta["registration_endpoint"] == base + "/register"
+        assert meta["client_id_metadata_document_supported"] is True
+        assert post(base + "/register", json=NATIVE).status_code == 201
+
+
+def test_serve_config_keys(tmp_path: Path) -> None:
+    """The same settings in the config file: registration = "token" with its
+    registration_tokens (kept off the command line, which other users can see)."""
+    config = tmp_path / "codeflow.toml"
+    config.write_text('registration = "token"\nregistration_tokens = ["iat-secret"]\n'
+                      "client_id_metadata_documents = true\n")  # fmt: skip
+    with serve_process("--config", str(config)) as base:
+        meta = get(base + "/.well-known/oauth-authorization-server").json()
+        assert meta["client_id_metadata_document_supported"] is True
+        assert post(base + "/register", json=NATIVE).status_code == 401
+        headers = {"Authorization": "Bearer iat-secret"}
+        assert post(base + "/register", json=NATIVE, headers=headers).status_code == 201
+
+
+def test_serve_defaults_are_off() -> None:
+    with serve_process() as base:
+        meta = get(base + "/.well-known/oauth-authorization-server").json()
+        assert "registration_endpoint" not in meta
+        assert "client_id_metadata_document_supported" not in meta
+        assert post(base + "/register", json=NATIVE).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('registration = "token"\n', "registration_tokens"),
+     ('registration = "sometimes"\n', "registration must be one of"),
+     ("registration_tokens = \"one\"\n", "registration_tokens must be a list"),
+     ("client_id_metadata_documents = \"yes\"\n", "must be a bool"),
+     ('fetch_allowed_networks = ["intranet"]\n', "fetch_allowed_networks")],
+)  # fmt: skip
+def test_serve_bad_settings_exit_with_a_clear_message(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    config = tmp_path / "codeflow.toml"
+    config.write_text(content)
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, codeflow.__file__, "serve", "--config", str(config), "--port", "0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

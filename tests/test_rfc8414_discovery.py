@@ -151,10 +151,38 @@ def client_credentials_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
     return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
 
 
+def token_exchange_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
+    """RFC 8693 §2.1: CONFIDENTIAL serves an API and may exchange its tokens for another."""
+    api, downstream = "https://api.example/", "https://downstream.example/"
+    srv.add_resource(api, scopes=["api:read"], client_id=CONFIDENTIAL)
+    srv.add_resource(downstream, scopes=["api:read"])
+    grants = [*srv.storage.get_client(CONFIDENTIAL).grant_types, codeflow.TOKEN_EXCHANGE]
+    srv.update_client(CONFIDENTIAL, grant_types=grants, token_exchange=[downstream])
+    subject = srv.issue_tokens(USERNAME, CONFIDENTIAL, "api:read", resource=api)
+    data = {"grant_type": codeflow.TOKEN_EXCHANGE, "subject_token": subject["access_token"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": downstream}  # fmt: skip
+    return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
+
+
+def device_code_grant(wc: WSGIClient, srv: codeflow.Server) -> Response:
+    """RFC 8628 §3.1, §3.4: a device code, approved at once (auto-approve), redeemed."""
+    grants = srv.storage.get_client(CONFIDENTIAL).grant_types  # type: ignore[union-attr]
+    srv.update_client(CONFIDENTIAL, grant_types=[*grants, DEVICE_CODE])
+    started = wc.post("/device_authorization", {"scope": "profile"},
+                      headers=basic(CONFIDENTIAL, SECRET))  # fmt: skip
+    assert started.status == 200, started.text
+    data = {"grant_type": DEVICE_CODE, "device_code": started.json()["device_code"]}
+    return wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
+
+
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_EXERCISES: dict[str, Callable[[WSGIClient, codeflow.Server], Response]] = {
     "authorization_code": code_grant,
     "refresh_token": refresh_grant,
     "client_credentials": client_credentials_grant,
+    "urn:ietf:params:oauth:grant-type:token-exchange": token_exchange_grant,
+    DEVICE_CODE: device_code_grant,
 }
 
 
@@ -299,7 +327,7 @@ def test_unlisted_grant_types_are_unsupported(wc: WSGIClient, metadata: dict[str
     by the authorization server"; RFC 9700 §2.4: "The resource owner password credentials
     grant MUST NOT be used"."""
     unlisted = [g for g in KNOWN_GRANT_TYPES if g not in metadata["grant_types_supported"]]
-    assert {"password", "implicit", "urn:ietf:params:oauth:grant-type:device_code"} <= set(unlisted)
+    assert {"password", "implicit"} <= set(unlisted)
     for grant_type in unlisted:
         data = {"grant_type": grant_type, "username": USERNAME, "password": "x", "code": "x"}
         r = wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET))
@@ -403,6 +431,31 @@ def test_iss_appears_in_authorization_responses(wc: WSGIClient, metadata: dict[s
     assert success.get("code") and success.get("iss") == metadata["issuer"]
     failure = authorize(wc, response_type="token")
     assert failure.get("error") and failure.get("iss") == metadata["issuer"]
+
+
+def test_resource_indicators_are_advertised_and_honoured(
+    wc: WSGIClient, srv: codeflow.Server, metadata: dict[str, Any]
+) -> None:
+    """resource_indicators_supported (no RFC 8414 member exists for RFC 8707; RFC 8414 §2
+    allows additional ones, and this is the one MCP clients read) is true, and true to its
+    word: resource at the authorization and token endpoints makes the token's audience
+    (RFC 7662 §2.2 aud); an unknown one is invalid_target (RFC 8707 §2)."""
+    assert metadata["resource_indicators_supported"] is True
+    api = "https://api.example/"
+    srv.add_resource(api, scopes=["api:read"])
+    flow = new_flow(scope="api:read")
+    r = wc.get("/authorize", params=[*flow.params.items(), ("resource", api)])
+    code = query_of(r.location or "")["code"]
+    data = {"grant_type": "authorization_code", "code": code, "resource": api,
+            "redirect_uri": flow.params["redirect_uri"],
+            "code_verifier": flow.verifier}  # fmt: skip
+    token = wc.post("/token", data, headers=basic(CONFIDENTIAL, SECRET)).json()["access_token"]
+    info = wc.post(metadata["introspection_endpoint"].removeprefix(ISSUER), {"token": token},
+                   headers=basic(CONFIDENTIAL, SECRET)).json()  # fmt: skip
+    assert info["aud"] == api
+    unknown = wc.get("/authorize", params=[*new_flow().params.items(),
+                                           ("resource", "https://unknown.example/")])  # fmt: skip
+    assert query_of(unknown.location or "")["error"] == "invalid_target"
 
 
 @pytest.mark.parametrize(

@@ -428,7 +428,55 @@ def test_cli_resource_add_list_remove(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "absolute URI" in bad.stderr and "Traceback" not in bad.stderr
     listed = cli("resource", "list")
     assert listed.stdout.split("\t")[:4] == [API, "jwt", "API", "read write"]
+    changed = cli("resource", "update", API, "--scope", "read", "--no-jwt-access-tokens",
+                  "--client", "")  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert cli("resource", "list").stdout.strip().split("\t") == [API, "opaque", "API", "read", "-"]
+    nothing = cli("resource", "update", API)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
     assert cli("resource", "remove", API).returncode == 0
     assert cli("resource", "list").stdout == ""
     gone = cli("resource", "remove", API)
     assert gone.returncode == 2 and "no resource" in gone.stderr
+
+
+def test_grants_list_shows_an_apis_scopes_with_its_uri(
+    server: codeflow.Server, browser: WSGIClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`codeflow grants list`: consent to an API's scope is shown as scope@URI, so that one
+    API's read is told apart from another's."""
+    import argparse
+
+    code_for(browser, pairs(new_flow(CONFIDENTIAL, scope="openid read").params, API))
+    codeflow.grants_list(server, argparse.Namespace(user=None, client=None))
+    fields = capsys.readouterr().out.split("\t")
+    assert fields[:2] == [USERNAME, CONFIDENTIAL]
+    assert fields[2].split(" ") == [API, "openid", f"read@{API}"]
+
+
+def test_userinfo_refuses_a_token_for_a_resource(
+    server: codeflow.Server, browser: WSGIClient
+) -> None:
+    """RFC 8707 §1: a token for a resource is for it alone: the API it was given to cannot
+    read the user's claims at userinfo with it (RFC 6750 §3.1 invalid_token); a token
+    without resource still works there (OIDC Core §5.3)."""
+    flow = new_flow(CONFIDENTIAL, scope="openid profile read")
+    body = redeem(browser, flow, code_for(browser, pairs(flow.params, API))).json()
+    r = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert r.status == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert body["id_token"]  # the client has the user's claims there
+    flow = new_flow(CONFIDENTIAL, scope="openid profile")
+    body = redeem(browser, flow, code_for(browser, list(flow.params.items()))).json()
+    r = browser.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert r.status == 200 and r.json()["name"] == "Alice"
+
+
+def test_the_account_page_names_an_apis_scope_with_its_uri(server: codeflow.Server) -> None:
+    """The connected apps of /account: consent to an API's scope reads "read at URI", not
+    the stored item (RFC 8707: scopes are the resource's)."""
+    from test_account import account, signed_in
+
+    browser = signed_in(server)
+    code_for(browser, pairs(new_flow(CONFIDENTIAL, scope="openid read").params, API))
+    page = account(browser).text
+    assert f"read at {API}" in page and f"{API} read" not in page

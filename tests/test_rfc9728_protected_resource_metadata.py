@@ -122,14 +122,14 @@ def test_the_api_serves_its_metadata_without_a_token(idp: IdP) -> None:
 
 def test_401_points_to_the_metadata_and_403_names_the_scope(idp: IdP) -> None:
     """RFC 9728 §5.1: WWW-Authenticate carries resource_metadata; RFC 6750 §3.1: without a
-    token no error code, and for too small a scope 403 with error="insufficient_scope"
-    and the scope needed."""
+    token no error code (the scope needed, RFC 6750 §3's scope attribute), and for too
+    small a scope 403 with error="insufficient_scope" and the scope needed."""
     with api(idp, scope="notes:write") as (resource, validator):
         r = call(resource)
         assert r.status_code == 401
         challenge = r.headers["WWW-Authenticate"]
         assert f'resource_metadata="{validator.metadata_url}"' in challenge
-        assert "error=" not in challenge
+        assert "error=" not in challenge and 'scope="notes:write"' in challenge
         client = Client.for_resource(resource, CONFIDENTIAL, SECRET, REDIRECT)
         tokens, _ = login(client, "notes:read")
         r = call(resource, tokens.access_token)
@@ -238,3 +238,14 @@ def test_a_login_state_kept_before_resources_still_reads() -> None:
     old = {"state": "s", "nonce": None, "code_verifier": "v" * 43,
            "redirect_uri": REDIRECT, "scope": "openid", "max_age": None}  # fmt: skip
     assert LoginState.from_dict(old).resource == ""
+
+
+def test_a_client_that_pins_its_server_refuses_a_resource_naming_another(idp: IdP) -> None:
+    """RFC 9728 §7 (security considerations): with ``issuer``, the resource must name
+    that server; the pinned one is used, another one refused."""
+    with api(idp) as (resource, _):
+        assert Client.for_resource(resource, CONFIDENTIAL, SECRET, REDIRECT,
+                                   issuer=idp.url).issuer == idp.url  # fmt: skip
+        with pytest.raises(DiscoveryError, match="does not name"):
+            Client.for_resource(resource, CONFIDENTIAL, SECRET, REDIRECT,
+                                issuer="https://trusted.example")  # fmt: skip

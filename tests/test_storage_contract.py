@@ -29,7 +29,11 @@ import codeflow
 from codeflow import (
     AuthorizationCode,
     Client,
+    DeviceAuthorization,
     Grant,
+    LoginSession,
+    Passkey,
+    PushedRequest,
     RemovedUser,
     Resource,
     SigningKey,
@@ -122,6 +126,37 @@ def a_key(kid: str, alg: str = "RS256", created_at: float = NOW, **fields: Any) 
     """A signing key record; storage keeps the PEM as given and never parses it."""
     pem = f"-----BEGIN PRIVATE KEY-----\n{kid}\n-----END PRIVATE KEY-----\n"
     return SigningKey(kid=kid, alg=alg, private_pem=pem, created_at=created_at, **fields)
+
+
+def a_device(
+    device_code_hash: str = "device-1", user_code_hash: str = "user-1", **fields: Any
+) -> DeviceAuthorization:
+    values: dict[str, Any] = {
+        "device_code_hash": device_code_hash,
+        "user_code_hash": user_code_hash,
+        "client_id": "tv",
+        "scope": ("openid", "profile"),
+        "expires_at": NOW + 600,
+        **fields,
+    }
+    return DeviceAuthorization(**values)
+
+
+def approved(device: DeviceAuthorization, username: str = "alice") -> DeviceAuthorization:
+    return replace(device, status="approved", username=username, auth_time=int(NOW),
+                   amr=("pwd", "otp", "mfa"), scope=("openid",))  # fmt: skip
+
+
+def a_pushed(request_uri_hash: str = "uri-1", **fields: Any) -> PushedRequest:
+    values: dict[str, Any] = {
+        "request_uri_hash": request_uri_hash,
+        "client_id": "app",
+        "params": {"response_type": "code", "client_id": "app", "scope": "openid",
+                   "claims": '{"id_token": {"email": null}}'},
+        "expires_at": NOW + 60,
+        **fields,
+    }  # fmt: skip
+    return PushedRequest(**values)
 
 
 def current_keys(storage: codeflow.Storage, alg: str) -> list[SigningKey]:
@@ -933,6 +968,345 @@ class TestStorageContract:
         assert revoked(storage, "r1")
         assert storage.get_token("r2") == a_token("r2", kind="refresh")
         assert storage.get_token("a2") == a_token("a2")
+
+    # -- device authorization (RFC 8628) ------------------------------------------
+
+    def test_device_authorization_round_trips_and_is_found_by_user_code(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 8628 §3.3: the user code finds its request; Storage.save_device_authorization
+        keeps the record as given (records in, records out)."""
+        device = a_device(nonce="n-1")
+        assert storage.save_device_authorization(device)
+        assert storage.get_device_authorization("user-1") == device
+        assert storage.get_device_authorization("user-2") is None
+
+    def test_a_user_code_names_one_request(self, storage: codeflow.Storage) -> None:
+        """RFC 8628 §6.1: a user code identifies one request: saving another with the same
+        user code (or device code) saves nothing and says so."""
+        assert storage.save_device_authorization(a_device())
+        assert not storage.save_device_authorization(a_device("device-2", "user-1"))
+        assert not storage.save_device_authorization(a_device("device-1", "user-2"))
+        assert storage.get_device_authorization("user-2") is None
+
+    def test_decide_device_authorization_once(self, storage: codeflow.Storage) -> None:
+        """RFC 8628 §6.1: user codes "SHOULD be single use": a decision is made once, only
+        while pending and unexpired, and keeps who decided and how they signed in."""
+        storage.save_device_authorization(a_device())
+        storage.save_device_authorization(a_device("device-2", "user-2", expires_at=NOW))
+        decided = approved(a_device())
+        assert storage.decide_device_authorization(decided, NOW)
+        assert storage.get_device_authorization("user-1") == decided
+        assert not storage.decide_device_authorization(replace(decided, status="denied"), NOW)
+        assert storage.get_device_authorization("user-1") == decided
+        # expired: refused
+        late = approved(a_device("device-2", "user-2"))
+        assert not storage.decide_device_authorization(late, NOW)
+        assert storage.get_device_authorization("user-2").status == "pending"
+
+    def test_decide_device_authorization_race_has_one_winner(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.decide_device_authorization: of N concurrent decisions, at most one is made."""
+        storage.save_device_authorization(a_device())
+        results = race(lambda i: storage.decide_device_authorization(
+            approved(a_device(), f"user{i}"), NOW))  # fmt: skip
+        assert results.count(True) == 1
+        winner = results.index(True)
+        assert storage.get_device_authorization("user-1").username == f"user{winner}"
+
+    def test_polling_too_soon_slows_the_device_code_down(self, storage: codeflow.Storage) -> None:
+        """RFC 8628 §3.5 slow_down: "the interval MUST be increased by 5 seconds for this and
+        all subsequent requests": a poll sooner than the interval after the previous one
+        grows the stored interval; the record comes back as it was before the poll."""
+        storage.save_device_authorization(a_device())
+        first = storage.poll_device_authorization("device-1", NOW, 5)
+        assert first is not None and first.polled_at is None and first.poll_interval == 5
+        second = storage.poll_device_authorization("device-1", NOW + 2, 5)
+        assert second is not None and second.polled_at == NOW and second.poll_interval == 5
+        third = storage.poll_device_authorization("device-1", NOW + 12, 5)
+        assert third is not None and third.polled_at == NOW + 2 and third.poll_interval == 10
+        fourth = storage.poll_device_authorization("device-1", NOW + 22, 5)
+        assert fourth is not None and fourth.poll_interval == 10
+        assert storage.poll_device_authorization("device-2", NOW, 5) is None
+
+    def test_redeem_device_authorization_once(self, storage: codeflow.Storage) -> None:
+        """Storage.redeem_device_authorization: an approved request gives its tokens once;
+        a pending or denied one none."""
+        storage.save_device_authorization(a_device())
+        assert storage.redeem_device_authorization("device-1") is None  # pending
+        decided = approved(a_device())
+        storage.decide_device_authorization(decided, NOW)
+        assert storage.redeem_device_authorization("device-1") == decided
+        assert storage.redeem_device_authorization("device-1") is None
+        assert storage.get_device_authorization("user-1").status == "redeemed"
+
+    def test_redeem_device_authorization_race_has_one_winner(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.redeem_device_authorization: of N concurrent callers, at most one gets it."""
+        storage.save_device_authorization(a_device())
+        storage.decide_device_authorization(approved(a_device()), NOW)
+        results = race(lambda i: storage.redeem_device_authorization("device-1"))
+        assert len([r for r in results if r is not None]) == 1
+
+    def test_removing_the_client_or_user_removes_device_authorizations(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """DESIGN.md: "Removing a user or client removes its grants in the same transaction";
+        a device authorization, pending or approved, is one."""
+        storage.add_client(Client("tv"))
+        storage.add_user(User("alice", "x"))
+        storage.save_device_authorization(a_device())
+        storage.save_device_authorization(a_device("device-2", "user-2"))
+        storage.decide_device_authorization(approved(a_device("device-2", "user-2")), NOW)
+        storage.remove_user("alice")
+        assert storage.get_device_authorization("user-2") is None
+        assert storage.get_device_authorization("user-1") is not None
+        storage.remove_client("tv")
+        assert storage.get_device_authorization("user-1") is None
+
+    def test_revoking_the_grant_or_credentials_drops_approved_device_codes(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.revoke_grant and change_credentials delete the user's unredeemed device
+        authorizations, as they do unredeemed codes (RFC 9700 §4.14.2)."""
+        storage.add_user(User("alice", "x"))
+        storage.save_device_authorization(a_device())
+        storage.save_device_authorization(a_device("device-2", "user-2"))
+        storage.decide_device_authorization(approved(a_device()), NOW)
+        storage.decide_device_authorization(approved(a_device("device-2", "user-2")), NOW)
+        assert storage.revoke_grant("alice", "tv", NOW) is False  # no consent, no token
+        assert storage.get_device_authorization("user-1") is None
+        storage.save_device_authorization(a_device("device-3", "user-3"))
+        storage.decide_device_authorization(approved(a_device("device-3", "user-3")), NOW)
+        storage.change_credentials(User("alice", "y"))
+        assert storage.get_device_authorization("user-3") is None
+
+    def test_purge_expired_deletes_device_and_pushed_requests(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.purge_expired: expired device authorization and pushed requests go."""
+        storage.save_device_authorization(a_device(expires_at=NOW))
+        storage.save_device_authorization(a_device("device-2", "user-2", expires_at=NOW + 1))
+        storage.save_pushed_request(a_pushed(expires_at=NOW))
+        storage.save_pushed_request(a_pushed("uri-2", expires_at=NOW + 1))
+        assert storage.purge_expired(NOW) == 2
+        assert storage.get_device_authorization("user-1") is None
+        assert storage.get_device_authorization("user-2") is not None
+        assert storage.consume_pushed_request("uri-1") is None
+        assert storage.consume_pushed_request("uri-2") is not None
+        # The user code is free again once its request is purged.
+        assert storage.save_device_authorization(a_device("device-3", "user-1"))
+
+    # -- pushed authorization requests (RFC 9126) ----------------------------------
+
+    def test_consume_pushed_request_once(self, storage: codeflow.Storage) -> None:
+        """RFC 9126 §4: the request_uri is used once; the parameters come back as pushed."""
+        storage.save_pushed_request(a_pushed())
+        assert storage.consume_pushed_request("uri-1") == a_pushed()
+        assert storage.consume_pushed_request("uri-1") is None
+        assert storage.consume_pushed_request("uri-2") is None
+
+    def test_consume_pushed_request_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """Storage.consume_pushed_request: of N concurrent callers, at most one gets it."""
+        storage.save_pushed_request(a_pushed())
+        results = race(lambda i: storage.consume_pushed_request("uri-1"))
+        assert [r for r in results if r is not None] == [a_pushed()]
+
+    def test_removing_the_client_removes_its_pushed_requests(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """DESIGN.md: removing a client removes what was granted to, or asked by, it."""
+        storage.add_client(Client("app"))
+        storage.save_pushed_request(a_pushed())
+        storage.remove_client("app")
+        assert storage.consume_pushed_request("uri-1") is None
+
+def a_login_session(sid: str = "sid-1", username: str = "alice", **fields: Any) -> LoginSession:
+    values: dict[str, Any] = {
+        "sid": sid,
+        "username": username,
+        "created_at": NOW,
+        "last_used_at": NOW,
+        "expires_at": NOW + 8 * 3600,
+        "address": "192.0.2.1",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120",
+    }
+    values.update(fields)
+    return LoginSession(**values)
+
+
+class TestAccountStorageContract:
+    """The records of the account page (README "Your account"): login sessions kept
+    server-side, and recovery codes (NIST SP 800-63B §5.1.2 look-up secrets)."""
+
+    def test_login_sessions_are_saved_listed_newest_first_and_expire(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.list_login_sessions: "The user's login sessions that have not expired at
+        now, newest first"; another user's are not listed."""
+        storage.save_login_session(a_login_session("s1"))
+        storage.save_login_session(a_login_session("s2", created_at=NOW + 10))
+        storage.save_login_session(a_login_session("s3", expires_at=NOW - 1))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        assert storage.get_login_session("s1") == a_login_session("s1")
+        assert storage.get_login_session("nope") is None
+        assert [s.sid for s in storage.list_login_sessions("alice", NOW)] == ["s2", "s1"]
+        assert [s.sid for s in storage.list_login_sessions("bob", NOW)] == ["b1"]
+
+    def test_touch_login_session_updates_last_use_and_address_only(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_login_session(a_login_session("s1"))
+        storage.touch_login_session("s1", NOW + 120, "198.51.100.7")
+        storage.touch_login_session("gone", NOW + 120, "198.51.100.7")  # no error, no row
+        assert storage.get_login_session("s1") == a_login_session(
+            "s1", last_used_at=NOW + 120, address="198.51.100.7"
+        )
+        assert storage.get_login_session("gone") is None
+
+    def test_delete_login_sessions_one_all_or_all_but_one(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.delete_login_sessions: the one sid "if it is the user's"; else every one
+        but keep."""
+        for sid in ("s1", "s2", "s3"):
+            storage.save_login_session(a_login_session(sid))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        assert storage.delete_login_sessions("alice", "b1") == 0  # not alice's
+        assert storage.get_login_session("b1") is not None
+        assert storage.delete_login_sessions("alice", "s1") == 1
+        assert storage.get_login_session("s1") is None
+        assert storage.delete_login_sessions("alice", keep="s2") == 1
+        assert [s.sid for s in storage.list_login_sessions("alice", NOW)] == ["s2"]
+        assert storage.delete_login_sessions("alice") == 1
+        assert storage.list_login_sessions("alice", NOW) == []
+        assert [s.sid for s in storage.list_login_sessions("bob", NOW)] == ["b1"]
+
+    def test_credential_changes_and_removal_end_the_users_login_sessions(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9700 §4.14.2: a password change (change_credentials), a sign-out everywhere
+        (change_record_id) and remove_user end the user's login sessions in their own
+        transaction; another user's stay."""
+        storage.add_user(User("alice", "hash"))
+        storage.save_login_session(a_login_session("b1", username="bob"))
+        for change in (
+            lambda: storage.change_credentials(User("alice", "new-hash")),
+            lambda: storage.change_record_id("alice", "another-record"),
+            lambda: storage.remove_user("alice", NOW),
+        ):
+            storage.save_login_session(a_login_session("s1"))
+            assert change()
+            assert storage.get_login_session("s1") is None
+        assert storage.get_login_session("b1") is not None
+
+    def test_purge_expired_deletes_expired_login_sessions(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_login_session(a_login_session("s1", expires_at=NOW + 10))
+        assert storage.purge_expired(NOW) == 0
+        assert storage.purge_expired(NOW + 10) == 1
+        assert storage.get_login_session("s1") is None
+
+    def test_recovery_codes_are_replaced_and_each_used_once(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """NIST SP 800-63B §5.1.2.1: a look-up secret is used once; set_recovery_codes
+        replaces the whole set."""
+        storage.set_recovery_codes("alice", ["h1", "h2", "h3"])
+        storage.set_recovery_codes("bob", ["h1"])
+        assert storage.recovery_codes_left("alice") == 3
+        assert storage.consume_recovery_code("alice", "h2")
+        assert not storage.consume_recovery_code("alice", "h2")
+        assert not storage.consume_recovery_code("alice", "unknown")
+        assert storage.recovery_codes_left("alice") == 2
+        storage.set_recovery_codes("alice", ["h9"])
+        assert not storage.consume_recovery_code("alice", "h1")
+        assert storage.recovery_codes_left("alice") == 1
+        storage.set_recovery_codes("alice", [])
+        assert storage.recovery_codes_left("alice") == 0
+        assert storage.consume_recovery_code("bob", "h1")
+
+    def test_remove_user_deletes_recovery_codes(self, storage: codeflow.Storage) -> None:
+        storage.add_user(User("alice", "hash"))
+        storage.set_recovery_codes("alice", ["h1"])
+        assert storage.remove_user("alice", NOW)
+        assert storage.recovery_codes_left("alice") == 0
+
+    def test_consume_recovery_code_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """16 threads present the same recovery code at once: exactly one gets in."""
+        storage.set_recovery_codes("alice", ["h1"])
+        results = race(lambda i: storage.consume_recovery_code("alice", "h1"))
+        assert results.count(True) == 1, results
+
+
+def a_passkey(credential_id: str = "cred-1", username: str = "alice", **fields: Any) -> Passkey:
+    values: dict[str, Any] = {
+        "credential_id": credential_id,
+        "username": username,
+        "public_key": "pQECAyYgASFYIA",
+        "sign_count": 0,
+        "name": "Laptop",
+        "created_at": NOW,
+        "transports": ("internal", "hybrid"),
+    }
+    values.update(fields)
+    return Passkey(**values)
+
+
+class TestPasskeyStorageContract:
+    """Passkeys (WebAuthn Level 2 §6.4.1 credential records) and single-use challenges."""
+
+    def test_passkeys_are_saved_listed_and_deleted_per_user(
+        self, storage: codeflow.Storage
+    ) -> None:
+        storage.save_passkey(a_passkey("c1", passwordless=True, backed_up=True))
+        storage.save_passkey(a_passkey("c2", created_at=NOW + 1, last_used_at=NOW + 5))
+        storage.save_passkey(a_passkey("b1", username="bob"))
+        assert storage.get_passkey("c1") == a_passkey("c1", passwordless=True, backed_up=True)
+        assert [p.credential_id for p in storage.list_passkeys("alice")] == ["c1", "c2"]
+        assert storage.list_passkeys("alice")[1].last_used_at == NOW + 5
+        assert not storage.delete_passkey("alice", "b1")  # not alice's
+        assert storage.delete_passkey("alice", "c1")
+        assert not storage.delete_passkey("alice", "c1")
+        assert storage.get_passkey("c1") is None
+        assert storage.get_passkey("b1") is not None
+
+    def test_record_passkey_use_refuses_a_counter_that_did_not_grow(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """WebAuthn §6.1.1: a signature counter that does not grow (unless both are 0)
+        signals a cloned authenticator."""
+        storage.save_passkey(a_passkey("zero"))
+        assert storage.record_passkey_use("zero", 0, NOW + 1)
+        assert storage.get_passkey("zero").last_used_at == NOW + 1
+        storage.save_passkey(a_passkey("c1", sign_count=5))
+        assert not storage.record_passkey_use("c1", 5, NOW + 2)
+        assert not storage.record_passkey_use("c1", 3, NOW + 2)
+        assert not storage.record_passkey_use("c1", 0, NOW + 2)
+        assert storage.record_passkey_use("c1", 6, NOW + 3)
+        assert storage.get_passkey("c1").sign_count == 6
+        assert not storage.record_passkey_use("gone", 1, NOW)
+
+    def test_remove_user_deletes_passkeys(self, storage: codeflow.Storage) -> None:
+        storage.add_user(User("alice", "hash"))
+        storage.save_passkey(a_passkey("c1"))
+        assert storage.remove_user("alice", NOW)
+        assert storage.list_passkeys("alice") == []
+
+    def test_a_webauthn_challenge_is_used_once_until_purged(
+        self, storage: codeflow.Storage
+    ) -> None:
+        assert storage.use_webauthn_challenge("h1", NOW + 60)
+        assert not storage.use_webauthn_challenge("h1", NOW + 60)
+        assert storage.use_webauthn_challenge("h2", NOW + 60)
+        assert storage.purge_expired(NOW + 60) == 2
+
+    def test_use_webauthn_challenge_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        results = race(lambda i: storage.use_webauthn_challenge("h1", NOW + 60))
+        assert results.count(True) == 1, results
 
     # -- DPoP and private_key_jwt (RFC 9449, RFC 7523) -----------------------------
 

@@ -197,17 +197,30 @@ class Client:
         client_id: str,
         client_secret: str | None = None,
         redirect_uri: str | None = None,
+        *,
+        issuer: str | None = None,
         **options: Any,
     ) -> Client:
         """A client of the authorization server that the protected resource ``resource``
-        names in its RFC 9728 metadata (the first of its ``authorization_servers``),
-        asking tokens for that resource (RFC 8707). Raises DiscoveryError when the
-        metadata cannot be had or does not name this resource."""
+        names in its RFC 9728 metadata (the first of its ``authorization_servers``, or
+        ``issuer`` if given, which must be among them), asking tokens for that resource
+        (RFC 8707). Raises DiscoveryError when the metadata cannot be had, does not name
+        this resource, or names no (or not that) authorization server.
+
+        The resource chooses where its users sign in (RFC 9728 §7, security
+        considerations): a client that knows which server it trusts passes ``issuer``,
+        and a resource naming another is refused.
+        """
         metadata = resource_metadata(resource, timeout=options.get("timeout", TIMEOUT))
         servers = metadata.get("authorization_servers")
-        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            servers = []
+        if issuer is not None and issuer not in servers:
+            raise DiscoveryError(f"The metadata of {resource} does not name {issuer}.")
+        chosen = issuer or (servers[0] if servers else None)
+        if chosen is None:
             raise DiscoveryError(f"The metadata of {resource} names no authorization server.")
-        return cls(servers[0], client_id, client_secret, redirect_uri, resource=resource,
+        return cls(chosen, client_id, client_secret, redirect_uri, resource=resource,
                    **options)  # fmt: skip
 
     @property

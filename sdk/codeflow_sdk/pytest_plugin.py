@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     import codeflow
 
 
+# Where a test suite's own client metadata documents are served (self_registration).
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
 @dataclass(frozen=True)
 class UserAndClient:
     """What ``add_user_and_client`` registered: give the client's side to the app under
@@ -147,9 +151,17 @@ class _Factory:
         self._key = key
         self._stack = contextlib.ExitStack()
 
-    def __call__(self, *, live: bool = False, **options: Any) -> Any:
+    def __call__(self, *, live: bool = False, self_registration: bool = False,
+                 **options: Any) -> Any:  # fmt: skip
         import codeflow
 
+        if self_registration:
+            # Clients that register themselves, as MCP clients do: RFC 7591 registration
+            # open to all, and Client ID Metadata Documents served from this machine
+            # (loopback document hosts, plain http allowed there).
+            options.setdefault("registration", "open")
+            options.setdefault("client_id_metadata_documents", True)
+            options.setdefault("fetch_allowed_networks", LOOPBACK_NETWORKS)
         options.setdefault("test_mode", True)
         options.setdefault("clock", Clock())
         # No fixture pays scrypt's tens of milliseconds per user, client and sign-in; the
@@ -189,7 +201,9 @@ def codeflow_clock() -> Iterator[Clock]:
 @pytest.fixture
 def codeflow_factory(codeflow_signing_key: Any) -> Iterator[Callable[..., Any]]:
     """``codeflow_factory(live=False, **Server options)``: a new Server, or a LiveServer
-    with ``live=True`` (stopped at the end of the test)."""
+    with ``live=True`` (stopped at the end of the test). ``self_registration=True``:
+    clients may register themselves (RFC 7591, open) and use Client ID Metadata
+    Documents served on 127.0.0.1."""
     factory = _Factory(codeflow_signing_key)
     yield factory
     factory.close()

@@ -399,7 +399,10 @@ def _quoted(value: str) -> str:
 
 
 def challenge(
-    err: OAuthError | None, realm: str, resource_metadata: str | None = None,
+    err: OAuthError | None,
+    realm: str,
+    resource_metadata: str | None = None,
+    scope: str = "",
     scheme: str = "Bearer",
 ) -> str:
     """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent);
@@ -411,7 +414,8 @@ def challenge(
     unsupported authentication method), the resource server SHOULD NOT include an
     error code or other error information." RFC 9728 §5.1: ``resource_metadata``, the
     URL of the resource's metadata, tells the client where to find its authorization
-    server.
+    server; with it, a 401 names the ``scope`` the request needs (RFC 6750 §3: the scope
+    attribute "MAY" be in any challenge), which is what an MCP client asks for.
     """
     if isinstance(err, InvalidDPoPProofError | DPoPRequired):
         scheme = "DPoP"
@@ -424,13 +428,18 @@ def challenge(
         parts.append(f"error={_quoted(err.error)}")
         if err.description:
             parts.append(f"error_description={_quoted(err.description)}")
-        if isinstance(err, InsufficientScopeError) and err.scope:
-            parts.append(f"scope={_quoted(err.scope)}")
+    if isinstance(err, InsufficientScopeError) and err.scope:
+        parts.append(f"scope={_quoted(err.scope)}")
+    elif resource_metadata is not None and scope:
+        parts.append(f"scope={_quoted(scope)}")
     return f"{scheme} " + ", ".join(parts)
 
 
 def error_response(
-    err: OAuthError | None, realm: str, resource_metadata: str | None = None,
+    err: OAuthError | None,
+    realm: str,
+    resource_metadata: str | None = None,
+    scope: str = "",
     scheme: str = "Bearer",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, JSON body) for a refused request."""
@@ -442,7 +451,7 @@ def error_response(
     headers = {
         "Content-Type": "application/json",
         "Cache-Control": "no-store",
-        "WWW-Authenticate": challenge(err, realm, resource_metadata, scheme),
+        "WWW-Authenticate": challenge(err, realm, resource_metadata, scope, scheme),
     }
     return status, headers, json.dumps(body).encode()
 
@@ -487,18 +496,19 @@ def _check(
     base_url: str | None = None,
 ) -> AccessToken | tuple[int, dict[str, str], bytes]:
     """The validated token, or the response that refuses the request."""
+    needed = " ".join(dict.fromkeys((*validator.required_scopes, *scopes)))
     scheme = "Bearer"
     try:
         presented = _presented(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
-            return error_response(None, realm, validator.metadata_url)
+            return error_response(None, realm, validator.metadata_url, needed)
         scheme, token = presented
         return validator.validate(
             token, scopes, scheme=scheme, proof=environ.get("HTTP_DPOP"),
             method=environ.get("REQUEST_METHOD", "GET"), url=request_url(environ, base_url),
         )  # fmt: skip
     except _BEARER_ERRORS as err:
-        return error_response(err, realm, validator.metadata_url, scheme)
+        return error_response(err, realm, validator.metadata_url, needed, scheme)
     except OAuthError:
         # The provider could not be asked (introspection or JWKS): neither the token's
         # fault nor a reason to let it through.

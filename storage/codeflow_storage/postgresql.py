@@ -62,7 +62,11 @@ from psycopg.types.json import Jsonb
 from codeflow import (
     AuthorizationCode,
     Client,
+    DeviceAuthorization,
     Grant,
+    LoginSession,
+    Passkey,
+    PushedRequest,
     RemovedUser,
     Resource,
     SigningKey,
@@ -279,11 +283,94 @@ _V7_SELF_REGISTRATION = [
     "ALTER TABLE clients ADD COLUMN registered_metadata jsonb NOT NULL DEFAULT '{}'",
 ]
 
-_V8_DPOP_AND_CLIENT_KEYS = [
+_V8_ACCOUNT = [
+    # The account page (README "Your account"): login sessions kept server-side, so that a
+    # user can list and end them (found by user, purged by expiry); and each user's
+    # recovery codes, by hash, one row each so that using one is a single DELETE. As in
+    # codeflow_storage.sqlite's migration 15.
+    """CREATE TABLE login_sessions (
+        sid text PRIMARY KEY,
+        username text NOT NULL,
+        created_at double precision NOT NULL,
+        last_used_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        address text NOT NULL,
+        user_agent text NOT NULL
+    )""",
+    "CREATE INDEX login_sessions_by_user ON login_sessions (username)",
+    "CREATE INDEX login_sessions_by_expiry ON login_sessions (expires_at)",
+    """CREATE TABLE recovery_codes (
+        username text NOT NULL,
+        code_hash text NOT NULL,
+        PRIMARY KEY (username, code_hash)
+    )""",
+]
+
+_V9_PASSKEYS = [
+    # Passkeys (WebAuthn Level 2 credential records, found by credential id and by user),
+    # and the WebAuthn challenges used, remembered until they expire (single-use). As in
+    # codeflow_storage.sqlite's migration 16.
+    """CREATE TABLE passkeys (
+        credential_id text PRIMARY KEY,
+        username text NOT NULL,
+        public_key text NOT NULL,
+        sign_count bigint NOT NULL,
+        name text NOT NULL,
+        created_at double precision NOT NULL,
+        last_used_at double precision,
+        passwordless boolean NOT NULL,
+        backed_up boolean NOT NULL,
+        transports text[] NOT NULL
+    )""",
+    "CREATE INDEX passkeys_by_user ON passkeys (username)",
+    """CREATE TABLE used_challenges (
+        challenge_hash text PRIMARY KEY,
+        until double precision NOT NULL
+    )""",
+    "CREATE INDEX used_challenges_by_expiry ON used_challenges (until)",
+]
+
+_V10_DEVICE_AND_PUSHED_REQUESTS = [
+    # RFC 8628 device authorization requests, by device code (the key) and by user code
+    # (unique: one user code names one request); RFC 9126 pushed authorization requests, by
+    # request_uri; both by expiry for purge_expired. Client.require_pushed_authorization_
+    # requests (clients already stored get false). As in codeflow_storage.sqlite's
+    # migration 17. A device request keeps the resources it asks for (RFC 8707).
+    """CREATE TABLE device_authorizations (
+        device_code_hash text PRIMARY KEY,
+        user_code_hash text NOT NULL UNIQUE,
+        client_id text NOT NULL,
+        scope text[] NOT NULL,
+        expires_at double precision NOT NULL,
+        poll_interval bigint NOT NULL,
+        status text NOT NULL,
+        polled_at double precision,
+        username text,
+        auth_time bigint,
+        amr text[] NOT NULL DEFAULT '{}',
+        nonce text,
+        resources text[] NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX device_authorizations_by_expiry ON device_authorizations (expires_at)",
+    "CREATE INDEX device_authorizations_by_client ON device_authorizations (client_id)",
+    "CREATE INDEX device_authorizations_by_username ON device_authorizations (username)",
+    """CREATE TABLE pushed_requests (
+        request_uri_hash text PRIMARY KEY,
+        client_id text NOT NULL,
+        params jsonb NOT NULL,
+        expires_at double precision NOT NULL
+    )""",
+    "CREATE INDEX pushed_requests_by_expiry ON pushed_requests (expires_at)",
+    "CREATE INDEX pushed_requests_by_client ON pushed_requests (client_id)",
+    "ALTER TABLE clients ADD COLUMN require_pushed_authorization_requests boolean NOT NULL"
+    " DEFAULT false",
+]
+
+_V11_DPOP_AND_CLIENT_KEYS = [
     # DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys and whether its
     # tokens must be DPoP-bound, the DPoP key a code (§10) and a token (§6) are bound to;
     # rows already stored get none. used_jtis: the one-time identifiers seen (DPoP proofs,
-    # client assertions) until they expire, as in codeflow_storage.sqlite's migration 15.
+    # client assertions) until they expire, as in codeflow_storage.sqlite's migration 18.
     "ALTER TABLE clients ADD COLUMN jwks jsonb NOT NULL DEFAULT '{}'",
     "ALTER TABLE clients ADD COLUMN jwks_uri text",
     "ALTER TABLE clients ADD COLUMN dpop_bound_access_tokens boolean NOT NULL DEFAULT false",
@@ -298,7 +385,8 @@ _V8_DPOP_AND_CLIENT_KEYS = [
 
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
-    _V7_SELF_REGISTRATION, _V8_DPOP_AND_CLIENT_KEYS,
+    _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
+    _V11_DPOP_AND_CLIENT_KEYS,
 ]  # fmt: skip
 
 
@@ -376,6 +464,10 @@ _TOKENS = _Rows(Token, "tokens", "token_hash")
 _KEYS = _Rows(SigningKey, "signing_keys", "kid")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users", "subject")
 _RESOURCES = _Rows(Resource, "resources", "uri")
+_LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions", "sid")
+_PASSKEYS = _Rows(Passkey, "passkeys", "credential_id")
+_DEVICES = _Rows(DeviceAuthorization, "device_authorizations", "device_code_hash")
+_PUSHED = _Rows(PushedRequest, "pushed_requests", "request_uri_hash")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
@@ -423,7 +515,11 @@ _EXPIRING = [
     ("used_codes", "expires_at"),
     ("tokens", "expires_at"),
     ("ended_sessions", "until"),
+    ("login_sessions", "expires_at"),
+    ("used_challenges", "until"),
     ("revoked_families", "until"),
+    ("device_authorizations", "expires_at"),
+    ("pushed_requests", "expires_at"),
     ("used_jtis", "expires_at"),
 ]
 
@@ -523,7 +619,8 @@ class PostgreSQLStorage:
                 "WHERE table_schema = %s",
                 [schema],
             ).fetchall()
-        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
+        for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES,
+                     _LOGIN_SESSIONS, _PASSKEYS, _DEVICES, _PUSHED):  # fmt: skip
             missing = rows.missing_columns({(table, column) for table, column in present})
             if missing:
                 raise RuntimeError(
@@ -635,7 +732,9 @@ class PostgreSQLStorage:
             self._count(
                 "WITH tokens_gone AS (DELETE FROM tokens WHERE client_id = %(id)s), "
                 "codes_gone AS (DELETE FROM codes WHERE client_id = %(id)s), "
-                "consents_gone AS (DELETE FROM consents WHERE client_id = %(id)s) "
+                "consents_gone AS (DELETE FROM consents WHERE client_id = %(id)s), "
+                "devices_gone AS (DELETE FROM device_authorizations WHERE client_id = %(id)s), "
+                "pushed_gone AS (DELETE FROM pushed_requests WHERE client_id = %(id)s) "
                 "DELETE FROM clients WHERE client_id = %(id)s",
                 {"id": client_id},
             )
@@ -717,6 +816,11 @@ class PostgreSQLStorage:
                     "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
                     "consents_gone AS (DELETE FROM consents WHERE username = %(name)s), "
                     "steps_gone AS (DELETE FROM totp_steps WHERE username = %(name)s), "
+                    "recovery_gone AS (DELETE FROM recovery_codes WHERE username = %(name)s), "
+                    "sessions_gone AS (DELETE FROM login_sessions WHERE username = %(name)s), "
+                    "passkeys_gone AS (DELETE FROM passkeys WHERE username = %(name)s), "
+                    "devices_gone AS (DELETE FROM device_authorizations "
+                    "WHERE username = %(name)s), "
                     "gone AS (DELETE FROM users WHERE username = %(name)s "
                     "RETURNING username, subject) "
                     "INSERT INTO removed_users (username, subject, removed_at) "
@@ -737,9 +841,13 @@ class PostgreSQLStorage:
             "refresh_revoked AS (UPDATE tokens SET revoked = TRUE WHERE username = %s "
             "AND kind = 'refresh' AND NOT revoked AND EXISTS (SELECT 1 FROM changed)), "
             "codes_gone AS (DELETE FROM codes WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)), "
+            "sessions_gone AS (DELETE FROM login_sessions WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)), "
+            "devices_gone AS (DELETE FROM device_authorizations WHERE username = %s "
             "AND EXISTS (SELECT 1 FROM changed)) "
             "SELECT count(*) FROM changed",
-            [*(values[i] for i in changed), *[user.username] * 3],
+            [*(values[i] for i in changed), *[user.username] * 5],
         )
         return bool(rows[0][0])
 
@@ -762,6 +870,69 @@ class PostgreSQLStorage:
             [code_hash],
         )
         return _CODES.decode(rows[0]) if rows else None
+
+    # -- Device authorization (RFC 8628) and pushed requests (RFC 9126) --------------
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        count = self._count(
+            f"INSERT INTO device_authorizations ({_DEVICES.columns}) "  # noqa: S608
+            f"VALUES {_DEVICES.values} ON CONFLICT DO NOTHING",
+            _DEVICES.encode(device),
+        )
+        return count == 1
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        rows = self._rows(_DEVICES.select + " WHERE user_code_hash = %s", [user_code_hash])
+        return _DEVICES.decode(rows[0]) if rows else None
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        """One UPDATE that finds the row only while it is pending and unexpired."""
+        count = self._count(
+            "UPDATE device_authorizations SET status = %(status)s, scope = %(scope)s::text[], "
+            "username = %(username)s, auth_time = %(auth_time)s::bigint, "
+            "amr = %(amr)s::text[] "
+            "WHERE user_code_hash = %(hash)s AND status = 'pending' AND expires_at > %(now)s",
+            {"status": decided.status, "scope": list(decided.scope),
+             "username": decided.username, "auth_time": decided.auth_time,
+             "amr": list(decided.amr), "hash": decided.user_code_hash,
+             "now": now},
+        )  # fmt: skip
+        return count == 1
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        """One statement: the UPDATE's FROM names the row as it was before it."""
+        old = ", ".join(f"old.{name}" for name in _DEVICES.names)
+        rows = self._rows(
+            f"UPDATE device_authorizations AS d SET polled_at = %(now)s, "  # noqa: S608
+            "poll_interval = d.poll_interval + CASE WHEN d.polled_at IS NOT NULL "
+            "AND %(now)s - d.polled_at < d.poll_interval THEN %(slow)s ELSE 0 END "
+            "FROM device_authorizations AS old WHERE d.device_code_hash = %(hash)s "
+            f"AND old.device_code_hash = d.device_code_hash RETURNING {old}",
+            {"now": now, "slow": slow_down, "hash": device_code_hash},
+        )
+        return _DEVICES.decode(rows[0]) if rows else None
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        rows = self._rows(
+            "UPDATE device_authorizations SET status = 'redeemed' "  # noqa: S608
+            "WHERE device_code_hash = %s AND status = 'approved' "
+            f"RETURNING {_DEVICES.columns}",
+            [device_code_hash],
+        )
+        return replace(_DEVICES.decode(rows[0]), status="approved") if rows else None
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        self._count(_PUSHED.upsert, _PUSHED.encode(pushed))
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        rows = self._rows(
+            f"DELETE FROM pushed_requests WHERE request_uri_hash = %s "  # noqa: S608
+            f"RETURNING {_PUSHED.columns}",
+            [request_uri_hash],
+        )
+        return _PUSHED.decode(rows[0]) if rows else None
 
     # -- Tokens --------------------------------------------------------------------
 
@@ -877,6 +1048,8 @@ class PostgreSQLStorage:
             "tokens_revoked AS (UPDATE tokens SET revoked = TRUE "
             "WHERE username = %(user)s AND client_id = %(client)s AND NOT revoked), "
             "codes_gone AS (DELETE FROM codes "
+            "WHERE username = %(user)s AND client_id = %(client)s), "
+            "devices_gone AS (DELETE FROM device_authorizations "
             "WHERE username = %(user)s AND client_id = %(client)s) "
             "SELECT yes FROM found",
             {"user": username, "client": client_id, "now": now},
@@ -884,10 +1057,14 @@ class PostgreSQLStorage:
         return bool(rows[0][0])
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        count = self._count(
-            "UPDATE users SET record_id = %s WHERE username = %s", [record_id, username]
+        """One statement: the new record_id, and the user's login sessions gone with it."""
+        rows = self._rows(
+            "WITH changed AS (UPDATE users SET record_id = %s WHERE username = %s "
+            "RETURNING 1), sessions_gone AS (DELETE FROM login_sessions WHERE username = %s "
+            "AND EXISTS (SELECT 1 FROM changed)) SELECT count(*) FROM changed",
+            [record_id, username, username],
         )
-        return count == 1
+        return bool(rows[0][0] == 1)
 
     # -- Login sessions and TOTP --------------------------------------------------------
 
@@ -926,6 +1103,104 @@ class PostgreSQLStorage:
 
     def session_ended(self, sid: str) -> bool:
         return bool(self._rows("SELECT 1 FROM ended_sessions WHERE sid = %s", [sid]))
+
+    def save_login_session(self, session: LoginSession) -> None:
+        self._count(_LOGIN_SESSIONS.upsert, _LOGIN_SESSIONS.encode(session))
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        rows = self._rows(_LOGIN_SESSIONS.select + " WHERE sid = %s", [sid])
+        return _LOGIN_SESSIONS.decode(rows[0]) if rows else None
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        self._count(
+            "UPDATE login_sessions SET last_used_at = %s, address = %s WHERE sid = %s",
+            [last_used_at, address, sid],
+        )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        rows = self._rows(
+            _LOGIN_SESSIONS.select + " WHERE username = %s AND expires_at > %s "
+            "ORDER BY created_at DESC, sid DESC",
+            [username, now],
+        )
+        return [_LOGIN_SESSIONS.decode(row) for row in rows]
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        if sid is not None:
+            return self._count(
+                "DELETE FROM login_sessions WHERE username = %s AND sid = %s", [username, sid]
+            )
+        return self._count(
+            "DELETE FROM login_sessions WHERE username = %s AND sid IS DISTINCT FROM %s",
+            [username, keep],
+        )
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        hashes = list(code_hashes)
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM recovery_codes WHERE username = %s", [username])
+                conn.execute(
+                    "INSERT INTO recovery_codes (username, code_hash) "
+                    "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                    [username, hashes],
+                )
+
+        self._run(work)
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        count = self._count(
+            "DELETE FROM recovery_codes WHERE username = %s AND code_hash = %s",
+            [username, code_hash],
+        )
+        return count == 1
+
+    def recovery_codes_left(self, username: str) -> int:
+        rows = self._rows("SELECT count(*) FROM recovery_codes WHERE username = %s", [username])
+        count: int = rows[0][0]
+        return count
+
+    def save_passkey(self, passkey: Passkey) -> None:
+        self._count(_PASSKEYS.upsert, _PASSKEYS.encode(passkey))
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        rows = self._rows(_PASSKEYS.select + " WHERE credential_id = %s", [credential_id])
+        return _PASSKEYS.decode(rows[0]) if rows else None
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        rows = self._rows(
+            _PASSKEYS.select + " WHERE username = %s ORDER BY created_at, credential_id",
+            [username],
+        )
+        return [_PASSKEYS.decode(row) for row in rows]
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        count = self._count(
+            "DELETE FROM passkeys WHERE username = %s AND credential_id = %s",
+            [username, credential_id],
+        )
+        return count == 1
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        # One statement: the counter checked and written together (WebAuthn §6.1.1).
+        count = self._count(
+            "UPDATE passkeys SET sign_count = %(count)s::bigint, last_used_at = %(at)s "
+            "WHERE credential_id = %(id)s AND ((%(count)s::bigint = 0 AND sign_count = 0) "
+            "OR %(count)s::bigint > sign_count)",
+            {"count": sign_count, "at": used_at, "id": credential_id},
+        )
+        return count == 1
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        count = self._count(
+            "INSERT INTO used_challenges (challenge_hash, until) VALUES (%s, %s) "
+            "ON CONFLICT (challenge_hash) DO NOTHING",
+            [challenge_hash, expires_at],
+        )
+        return count == 1
 
     # -- Settings and signing keys -----------------------------------------------------
 

@@ -40,7 +40,11 @@ import sqlite_utils
 from codeflow import (
     AuthorizationCode,
     Client,
+    DeviceAuthorization,
     Grant,
+    LoginSession,
+    Passkey,
+    PushedRequest,
     RemovedUser,
     Resource,
     SigningKey,
@@ -314,7 +318,77 @@ def _v14_self_registration(db: sqlite_utils.Database) -> None:
     clients.add_column("registration", str, not_null_default="")
     clients.add_column("registration_token_hash", str)
     clients.add_column("registered_metadata", str, not_null_default="{}")
-def _v15_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
+
+
+def _v15_account(db: sqlite_utils.Database) -> None:
+    """The account page (README "Your account"): login sessions kept server-side, so that a
+    user can list and end them (found by user, purged by expiry); and each user's recovery
+    codes, by hash, one row each so that using one is a single DELETE."""
+    db.table("login_sessions").create(
+        {"sid": str, "username": str, "created_at": float, "last_used_at": float,
+         "expires_at": float, "address": str, "user_agent": str},
+        pk="sid",
+        not_null=["username", "created_at", "last_used_at", "expires_at", "address",
+                  "user_agent"],
+    )  # fmt: skip
+    db.table("login_sessions").create_index(["username"], index_name="login_sessions_by_user")
+    db.table("login_sessions").create_index(
+        ["expires_at"], index_name="login_sessions_by_expiry"
+    )
+    db.table("recovery_codes").create({"username": str, "code_hash": str},
+                                      pk=("username", "code_hash"))  # fmt: skip
+
+
+def _v16_passkeys(db: sqlite_utils.Database) -> None:
+    """Passkeys (WebAuthn Level 2 credential records, found by credential id and by user),
+    and the WebAuthn challenges used, remembered until they expire (single-use)."""
+    db.table("passkeys").create(
+        {"credential_id": str, "username": str, "public_key": str, "sign_count": int,
+         "name": str, "created_at": float, "last_used_at": float, "passwordless": int,
+         "backed_up": int, "transports": str},
+        pk="credential_id",
+        not_null=["username", "public_key", "sign_count", "name", "created_at",
+                  "passwordless", "backed_up", "transports"],
+    )  # fmt: skip
+    db.table("passkeys").create_index(["username"], index_name="passkeys_by_user")
+    db.table("used_challenges").create({"challenge_hash": str, "until": float},
+                                       pk="challenge_hash", not_null=["until"])  # fmt: skip
+    db.table("used_challenges").create_index(["until"], index_name="used_challenges_by_expiry")
+
+
+def _v17_device_and_pushed_requests(db: sqlite_utils.Database) -> None:
+    """RFC 8628 device authorization requests, found by device code (the key) and by user
+    code (unique: one user code names one request); RFC 9126 pushed authorization
+    requests, by request_uri; both by expiry for purge_expired. A device request keeps the
+    resources it asks for (RFC 8707), as codes do. ``Client.require_pushed_
+    authorization_requests`` (clients already stored get false)."""
+    db.table("device_authorizations").create(
+        {
+            "device_code_hash": str, "user_code_hash": str, "client_id": str, "scope": str,
+            "expires_at": float, "poll_interval": int, "status": str, "polled_at": float,
+            "username": str, "auth_time": int, "amr": str, "nonce": str, "resources": str,
+        },
+        pk="device_code_hash",
+        not_null=["user_code_hash", "client_id", "scope", "expires_at", "poll_interval", "status",
+                  "amr", "resources"],
+    )  # fmt: skip
+    devices = db.table("device_authorizations")
+    devices.create_index(["user_code_hash"], index_name="devices_by_user_code", unique=True)
+    devices.create_index(["expires_at"], index_name="devices_by_expiry")
+    devices.create_index(["client_id"], index_name="devices_by_client")
+    devices.create_index(["username"], index_name="devices_by_username")
+    db.table("pushed_requests").create(
+        {"request_uri_hash": str, "client_id": str, "params": str, "expires_at": float},
+        pk="request_uri_hash",
+        not_null=["client_id", "params", "expires_at"],
+    )
+    db.table("pushed_requests").create_index(["expires_at"], index_name="pushed_by_expiry")
+    db.table("clients").add_column(
+        "require_pushed_authorization_requests", int, not_null_default=0
+    )
+
+
+def _v18_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
     """DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys (``jwks``, JSON;
     ``jwks_uri``) and ``dpop_bound_access_tokens``, the DPoP key a code is bound to
     (``dpop_jkt``, §10) and a token's (``jkt``, §6); rows already stored get none. And
@@ -347,7 +421,10 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v12_logout,
     _v13_resources,
     _v14_self_registration,
-    _v15_dpop_and_client_keys,
+    _v15_account,
+    _v16_passkeys,
+    _v17_device_and_pushed_requests,
+    _v18_dpop_and_client_keys,
 ]
 
 
@@ -412,6 +489,10 @@ _TOKENS = _Rows(Token, "tokens")
 _KEYS = _Rows(SigningKey, "signing_keys")
 _REMOVED_USERS = _Rows(RemovedUser, "removed_users")
 _RESOURCES = _Rows(Resource, "resources")
+_LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions")
+_PASSKEYS = _Rows(Passkey, "passkeys")
+_DEVICES = _Rows(DeviceAuthorization, "device_authorizations")
+_PUSHED = _Rows(PushedRequest, "pushed_requests")
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
@@ -515,7 +596,8 @@ class SQLiteStorage:
                 _owner_only_journals(self.path)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
-            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS, _RESOURCES):
+            for rows in (_CLIENTS, _USERS, _CODES, _TOKENS, _KEYS, _REMOVED_USERS,
+                         _RESOURCES, _LOGIN_SESSIONS, _PASSKEYS, _DEVICES, _PUSHED):  # fmt: skip
                 missing = rows.missing_columns(db)
                 if missing:
                     raise RuntimeError(
@@ -646,7 +728,8 @@ class SQLiteStorage:
 
     def remove_client(self, client_id: str) -> bool:
         with self._write() as db:
-            for table in ("tokens", "codes", "consents"):
+            for table in ("tokens", "codes", "consents", "device_authorizations",
+                          "pushed_requests"):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE client_id = ?", [client_id])  # noqa: S608
             cursor = db.execute("DELETE FROM clients WHERE client_id = ?", [client_id])
             return cursor.rowcount > 0
@@ -698,7 +781,8 @@ class SQLiteStorage:
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
         when = time.time() if removed_at is None else removed_at
         with self._write() as db:
-            for table in ("tokens", "codes", "consents", "totp_steps"):
+            for table in ("tokens", "codes", "consents", "totp_steps", "recovery_codes",
+                          "login_sessions", "passkeys", "device_authorizations"):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
             # The tombstone and the removal, in one statement each of one transaction.
             db.execute(
@@ -730,6 +814,8 @@ class SQLiteStorage:
                 [user.username],
             )
             db.execute("DELETE FROM codes WHERE username = ?", [user.username])
+            db.execute("DELETE FROM login_sessions WHERE username = ?", [user.username])
+            db.execute("DELETE FROM device_authorizations WHERE username = ?", [user.username])
             return True
 
     # -- Codes -------------------------------------------------------------------
@@ -755,6 +841,79 @@ class SQLiteStorage:
                 [code_hash, code.expires_at],
             )
             return code
+
+    # -- Device authorization (RFC 8628) and pushed requests (RFC 9126) --------------
+
+    def save_device_authorization(self, device: DeviceAuthorization) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                _DEVICES.insert.replace("INSERT OR REPLACE", "INSERT OR IGNORE"),
+                _DEVICES.encode(device),
+            )
+            return cursor.rowcount == 1
+
+    def get_device_authorization(self, user_code_hash: str) -> DeviceAuthorization | None:
+        rows = self._read(_DEVICES.select + " WHERE user_code_hash = ?", [user_code_hash])
+        return _DEVICES.decode(rows[0]) if rows else None
+
+    def decide_device_authorization(self, decided: DeviceAuthorization, now: float) -> bool:
+        """One UPDATE that finds the row only while it is pending and unexpired."""
+        values = dict(zip(_DEVICES.names, _DEVICES.encode(decided), strict=True))
+        with self._locked() as db:
+            cursor = db.execute(
+                "UPDATE device_authorizations SET status = :status, scope = :scope, "
+                "username = :username, auth_time = :auth_time, amr = :amr "
+                "WHERE user_code_hash = :user_code_hash AND status = 'pending' "
+                "AND expires_at > :now",
+                {**values, "now": now},
+            )
+            return cursor.rowcount == 1
+
+    def poll_device_authorization(
+        self, device_code_hash: str, now: float, slow_down: int
+    ) -> DeviceAuthorization | None:
+        """One statement: the row as it was (SQLite's RETURNING gives the new values, so
+        the old ones are read first in the same IMMEDIATE transaction)."""
+        with self._write() as db:
+            row = db.execute(
+                _DEVICES.select + " WHERE device_code_hash = ?", [device_code_hash]
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE device_authorizations SET polled_at = :now, poll_interval = poll_interval "
+                "+ CASE WHEN polled_at IS NOT NULL AND :now - polled_at < poll_interval "
+                "THEN :slow_down ELSE 0 END WHERE device_code_hash = :hash",
+                {"now": now, "slow_down": slow_down, "hash": device_code_hash},
+            )
+            return _DEVICES.decode(row)
+
+    def redeem_device_authorization(self, device_code_hash: str) -> DeviceAuthorization | None:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE device_authorizations SET status = 'redeemed' "
+                "WHERE device_code_hash = ? AND status = 'approved'",
+                [device_code_hash],
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                _DEVICES.select + " WHERE device_code_hash = ?", [device_code_hash]
+            ).fetchone()
+            return replace(_DEVICES.decode(row), status="approved")
+
+    def save_pushed_request(self, pushed: PushedRequest) -> None:
+        with self._locked() as db:
+            db.execute(_PUSHED.insert, _PUSHED.encode(pushed))
+
+    def consume_pushed_request(self, request_uri_hash: str) -> PushedRequest | None:
+        with self._write() as db:
+            rows = db.execute(
+                f"DELETE FROM pushed_requests WHERE request_uri_hash = ? "  # noqa: S608
+                f"RETURNING {_PUSHED.columns}",
+                [request_uri_hash],
+            ).fetchall()
+            return _PUSHED.decode(rows[0]) if rows else None
 
     # -- Tokens --------------------------------------------------------------------
 
@@ -884,14 +1043,20 @@ class SQLiteStorage:
                 pair,
             )
             db.execute("DELETE FROM codes WHERE username = ? AND client_id = ?", pair)
+            db.execute(
+                "DELETE FROM device_authorizations WHERE username = ? AND client_id = ?", pair
+            )
             return bool(found)
 
     def change_record_id(self, username: str, record_id: str) -> bool:
-        with self._locked() as db:
+        with self._write() as db:
             cursor = db.execute(
                 "UPDATE users SET record_id = ? WHERE username = ?", [record_id, username]
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            db.execute("DELETE FROM login_sessions WHERE username = ?", [username])
+            return True
 
     # -- Login sessions and TOTP --------------------------------------------------------
 
@@ -925,6 +1090,104 @@ class SQLiteStorage:
 
     def session_ended(self, sid: str) -> bool:
         return bool(self._read("SELECT 1 FROM ended_sessions WHERE sid = ?", [sid]))
+
+    def save_login_session(self, session: LoginSession) -> None:
+        with self._locked() as db:
+            db.execute(_LOGIN_SESSIONS.insert, _LOGIN_SESSIONS.encode(session))
+
+    def get_login_session(self, sid: str) -> LoginSession | None:
+        rows = self._read(_LOGIN_SESSIONS.select + " WHERE sid = ?", [sid])
+        return _LOGIN_SESSIONS.decode(rows[0]) if rows else None
+
+    def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
+        with self._locked() as db:
+            db.execute(
+                "UPDATE login_sessions SET last_used_at = ?, address = ? WHERE sid = ?",
+                [last_used_at, address, sid],
+            )
+
+    def list_login_sessions(self, username: str, now: float) -> list[LoginSession]:
+        rows = self._read(
+            _LOGIN_SESSIONS.select + " WHERE username = ? AND expires_at > ? "
+            "ORDER BY created_at DESC, sid DESC",
+            [username, now],
+        )
+        return [_LOGIN_SESSIONS.decode(row) for row in rows]
+
+    def delete_login_sessions(
+        self, username: str, sid: str | None = None, *, keep: str | None = None
+    ) -> int:
+        with self._locked() as db:
+            only = "sid = ?" if sid is not None else "sid IS NOT ?"  # all but keep
+            count: int = db.execute(
+                f"DELETE FROM login_sessions WHERE username = ? AND {only}",  # noqa: S608
+                [username, sid if sid is not None else keep],
+            ).rowcount
+            return count
+
+    def set_recovery_codes(self, username: str, code_hashes: Iterable[str]) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM recovery_codes WHERE username = ?", [username])
+            for code_hash in code_hashes:
+                db.execute(
+                    "INSERT OR IGNORE INTO recovery_codes (username, code_hash) VALUES (?, ?)",
+                    [username, code_hash],
+                )
+
+    def consume_recovery_code(self, username: str, code_hash: str) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "DELETE FROM recovery_codes WHERE username = ? AND code_hash = ?",
+                [username, code_hash],
+            )
+            return cursor.rowcount == 1
+
+    def recovery_codes_left(self, username: str) -> int:
+        rows = self._read("SELECT count(*) FROM recovery_codes WHERE username = ?", [username])
+        count: int = rows[0][0]
+        return count
+
+    def save_passkey(self, passkey: Passkey) -> None:
+        with self._locked() as db:
+            db.execute(_PASSKEYS.insert, _PASSKEYS.encode(passkey))
+
+    def get_passkey(self, credential_id: str) -> Passkey | None:
+        rows = self._read(_PASSKEYS.select + " WHERE credential_id = ?", [credential_id])
+        return _PASSKEYS.decode(rows[0]) if rows else None
+
+    def list_passkeys(self, username: str) -> list[Passkey]:
+        rows = self._read(
+            _PASSKEYS.select + " WHERE username = ? ORDER BY created_at, credential_id",
+            [username],
+        )
+        return [_PASSKEYS.decode(row) for row in rows]
+
+    def delete_passkey(self, username: str, credential_id: str) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "DELETE FROM passkeys WHERE username = ? AND credential_id = ?",
+                [username, credential_id],
+            )
+            return cursor.rowcount == 1
+
+    def record_passkey_use(self, credential_id: str, sign_count: int, used_at: float) -> bool:
+        with self._locked() as db:
+            # One statement: the counter checked and written together (WebAuthn §6.1.1).
+            cursor = db.execute(
+                "UPDATE passkeys SET sign_count = :count, last_used_at = :at "
+                "WHERE credential_id = :id AND ((:count = 0 AND sign_count = 0) "
+                "OR :count > sign_count)",
+                {"count": sign_count, "at": used_at, "id": credential_id},
+            )
+            return cursor.rowcount == 1
+
+    def use_webauthn_challenge(self, challenge_hash: str, expires_at: float) -> bool:
+        with self._locked() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO used_challenges (challenge_hash, until) VALUES (?, ?)",
+                [challenge_hash, expires_at],
+            )
+            return cursor.rowcount == 1
 
     # -- Settings and signing keys -----------------------------------------------------
 
@@ -972,6 +1235,10 @@ class SQLiteStorage:
                 "DELETE FROM used_codes WHERE expires_at <= ?",
                 "DELETE FROM tokens WHERE expires_at <= ?",
                 "DELETE FROM ended_sessions WHERE until <= ?",
+                "DELETE FROM login_sessions WHERE expires_at <= ?",
+                "DELETE FROM used_challenges WHERE until <= ?",
+                "DELETE FROM device_authorizations WHERE expires_at <= ?",
+                "DELETE FROM pushed_requests WHERE expires_at <= ?",
                 "DELETE FROM used_jtis WHERE expires_at <= ?",
             ):
                 gone += db.execute(sql, [now]).rowcount

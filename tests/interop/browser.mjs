@@ -173,3 +173,27 @@ export async function signInAndApprove(authorizationUrl, { username, password })
 export function jwtHeader(token) {
   return JSON.parse(Buffer.from(token.split('.')[0], 'base64url').toString('utf8'))
 }
+
+/**
+ * The user's side of the device flow (RFC 8628 §3.3, §3.3.1): open
+ * verification_uri_complete (the user code prefilled), sign in, and allow the device on
+ * the confirmation page, which must name the user code the device was given.
+ */
+export async function approveDevice(verificationUriComplete, userCode, { username, password }) {
+  const browser = new Browser()
+  let url = new URL(verificationUriComplete)
+  let response = await browser.request(url)
+  let page = await expectPage(response, url, 'name="password"')
+  const loginUrl = formAction(page, url)
+  response = await browser.postForm(loginUrl, { ...hiddenFields(page), username, password })
+  if (response.status !== 303) {
+    throw new Error(`login answered ${response.status}: ${(await response.text()).slice(0, 500)}`)
+  }
+  url = expectRedirect(response, loginUrl)
+  response = await browser.request(url)
+  page = await expectPage(response, url, 'name="decision"')
+  if (!page.includes(userCode)) throw new Error(`the confirmation page does not show ${userCode}`)
+  const decideUrl = formAction(page, url)
+  response = await browser.postForm(decideUrl, { ...hiddenFields(page), decision: 'approve' })
+  await expectPage(response, decideUrl, 'Device connected')
+}
