@@ -393,3 +393,18 @@ def test_cli_client_add_with_a_jwks_file(tmp_path, keys: ClientKeys, capsys) -> 
     with SQLiteStorage(db) as store:
         client = store.get_client("cli-keyed")
         assert client.jwks == keys.jwks and client.secret_hash is None and not client.public
+
+
+def test_pushed_authorization_requests_take_private_key_jwt(
+    wc: WSGIClient, keys: ClientKeys, clock: Clock
+) -> None:
+    """RFC 9126 §2: "the client authenticates ... using the same method(s) as for the
+    token endpoint": a private_key_jwt assertion at /par gets a request_uri (201); a bad
+    one, 401 invalid_client."""
+    flow = new_flow(KEYED, scope="openid")
+    fields = {k: v for k, v in flow.params.items() if k != "client_id"}
+    r = wc.post("/par", {**fields, **authenticated(keys.sign(now=clock.now))})
+    assert r.status == 201, r.text
+    assert r.json()["request_uri"].startswith("urn:ietf:params:oauth:request_uri:")
+    bad = wc.post("/par", {**fields, **authenticated(keys.sign(now=clock.now, aud=TOKEN_URL))})
+    assert error_of(bad) == (401, "invalid_client"), bad.text

@@ -710,3 +710,27 @@ def test_cli_client_add_dpop_bound(tmp_path) -> None:
                    "--no-dpop-bound-access-tokens"])  # fmt: skip
     with SQLiteStorage(db) as store:
         assert store.get_client("machine").dpop_bound_access_tokens is False
+
+
+###############################################################################
+# Other grants: device authorization (RFC 8628), token exchange (RFC 8693) ###
+###############################################################################
+
+
+def test_device_code_grant_with_a_proof_is_bound(
+    srv: codeflow.Server, wc: WSGIClient, key: DPoPKey, clock: Clock
+) -> None:
+    """RFC 9449 §5 for RFC 8628 §3.4: the device's token request carries a proof, and the
+    tokens are bound to its key (a public client's refresh token too)."""
+    srv.add_client("tv", grant_types=[codeflow.DEVICE_CODE_GRANT, "refresh_token"],
+                   scopes=["openid", "offline_access"])  # fmt: skip
+    r = wc.post("/device_authorization", {"client_id": "tv", "scope": "openid offline_access"})
+    assert r.status == 200, r.text
+    data = {"grant_type": codeflow.DEVICE_CODE_GRANT, "device_code": r.json()["device_code"],
+            "client_id": "tv"}  # fmt: skip
+    r = token(wc, data, None, key.proof("POST", TOKEN_URL, clock.now))
+    assert r.status == 200 and r.json()["token_type"] == "DPoP", r.text
+    assert introspect(wc, r.json()["access_token"])["cnf"] == {"jkt": key.jkt}
+    stolen = token(wc, {"grant_type": "refresh_token", "refresh_token": r.json()["refresh_token"],
+                        "client_id": "tv"}, None, None)  # fmt: skip
+    assert error_of(stolen) == (400, "invalid_dpop_proof")
