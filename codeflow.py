@@ -5048,7 +5048,11 @@ RESUME_URI_PREFIX = "urn:codeflow:pushed:"  # a pushed request going on after a 
 
 
 def pushed_authorization_request(
-    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+    srv: Server,
+    params: dict[str, str],
+    authorization: str | None,
+    address: str = "",
+    dpop: DPoPRequest | None = None,
 ) -> dict[str, Any]:
     """RFC 9126 §2: the PAR endpoint. The client authenticates as at the token endpoint
     (§2: "the rules for client authentication as defined in [RFC6749] for token endpoint
@@ -5056,11 +5060,17 @@ def pushed_authorization_request(
     are validated as the authorization endpoint would (§2.1: "The AS MUST validate the
     pushed request as it would an authorization request sent to the authorization
     endpoint"). Answers §2.2's request_uri and expires_in (with 201, set by the route);
-    errors as JSON (§2.3)."""
+    errors as JSON (§2.3). ``dpop``: the request's DPoP proof, if any (RFC 9449 §10.1)."""
     client = authenticate_client(srv, params, authorization, address)
     # RFC 9126 §2.1: "The request_uri authorization request parameter MUST NOT be provided".
     if "request_uri" in params:
         raise InvalidRequest("request_uri cannot be pushed (RFC 9126 section 2.1).")
+    # RFC 9449 §10.1: a DPoP proof with the pushed request binds the code to its key, as
+    # dpop_jkt does; with both, "the authorization server MUST ... ensure they match".
+    if dpop is not None and dpop.proof is not None:
+        jkt = check_dpop_proof(srv, dpop)
+        if params.setdefault("dpop_jkt", jkt) != jkt:
+            raise InvalidDPoPProof("dpop_jkt is not the thumbprint of the DPoP proof's key.")
     # The client's credentials are not part of the request and are not kept.
     params = {k: v for k, v in params.items() if k != "client_secret"}
     params["client_id"] = client.client_id
@@ -8447,7 +8457,10 @@ def build_app(srv: Server) -> bottle.Bottle:
     api(DEVICE_AUTHORIZATION_PATH, device_authorization, cors=False)
     # RFC 9126 §2.2: "the authorization server MUST return ... HTTP status code 201".
     app.post(PAR_PATH)(answer("json", lambda: created(api_response(
-        srv, bottle.request, pushed_authorization_request, cors=True))))  # fmt: skip
+        srv, bottle.request, lambda srv, params, authorization, address:
+        pushed_authorization_request(srv, params, authorization, address,
+                                     dpop_request(srv, bottle.request, PAR_PATH)),
+        cors=True))))  # fmt: skip
     browser(DEVICE_PATH, ["GET", "POST"], device_endpoint)
     api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)

@@ -734,3 +734,35 @@ def test_device_code_grant_with_a_proof_is_bound(
     stolen = token(wc, {"grant_type": "refresh_token", "refresh_token": r.json()["refresh_token"],
                         "client_id": "tv"}, None, None)  # fmt: skip
     assert error_of(stolen) == (400, "invalid_dpop_proof")
+
+
+def test_a_proof_at_the_par_endpoint_binds_the_code(
+    wc: WSGIClient, key: DPoPKey, clock: Clock
+) -> None:
+    """RFC 9449 §10.1: a DPoP proof sent with the pushed authorization request (RFC 9126)
+    binds the code to its key, as dpop_jkt would: redeemed with another key it is
+    refused; a dpop_jkt that is not the proof's key is invalid_dpop_proof at once."""
+    par_url = ISSUER + "/par"
+
+    def pushed_code(proof: str, **extra: str) -> dict[str, str]:
+        flow = new_flow(PUBLIC, scope="openid", **extra)
+        r = wc.post("/par", flow.params, headers={"DPoP": proof})
+        assert r.status == 201, r.text
+        auth = wc.get("/authorize", params={"client_id": PUBLIC,
+                                            "request_uri": r.json()["request_uri"]})  # fmt: skip
+        code = query_of(auth.location or "")["code"]
+        return {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+                "code_verifier": flow.verifier, "client_id": PUBLIC}  # fmt: skip
+
+    data = pushed_code(key.proof("POST", par_url, clock.now))
+    other = token(wc, data, None, DPoPKey().proof("POST", TOKEN_URL, clock.now))
+    assert error_of(other) == (400, "invalid_dpop_proof"), other.text
+    data = pushed_code(key.proof("POST", par_url, clock.now))
+    r = token(wc, data, None, key.proof("POST", TOKEN_URL, clock.now))
+    assert r.status == 200 and r.json()["token_type"] == "DPoP", r.text
+    flow = new_flow(PUBLIC, dpop_jkt=DPoPKey().jkt)
+    mismatch = wc.post("/par", flow.params, headers={"DPoP": key.proof("POST", par_url, clock.now)})
+    assert error_of(mismatch) == (400, "invalid_dpop_proof"), mismatch.text
+    wrong_htu = wc.post("/par", new_flow(PUBLIC).params,
+                        headers={"DPoP": key.proof("POST", TOKEN_URL, clock.now)})  # fmt: skip
+    assert error_of(wrong_htu) == (400, "invalid_dpop_proof"), wrong_htu.text
