@@ -278,3 +278,27 @@ def test_sdk_client_calls_an_sdk_protected_api(idp: IdP, api: str) -> None:
     r = client.request("GET", api, tokens)
     assert r.status == 200, r.body
     assert json.loads(r.body)["jkt"] == key.thumbprint
+
+
+def test_bottle_plugin_checks_dpop_too(idp: IdP) -> None:
+    """RFC 9449 §7.1, §7.2 through BottleBearer: the same checks as require_bearer, and
+    the callback gets the AccessToken with its jkt."""
+    import bottle
+    from codeflow_sdk import BottleBearer
+
+    validator = BearerValidator(idp.url, introspection_client_id=INTROSPECTOR,
+                                introspection_client_secret=INTROSPECTOR_SECRET)  # fmt: skip
+    app = bottle.Bottle()
+    app.install(BottleBearer(validator))
+
+    @app.get("/notes")
+    def notes(token) -> dict:  # type: ignore[no-untyped-def]
+        return {"jkt": token.jkt}
+
+    key = ProofKey()
+    token = bound_token(idp, key, CONFIDENTIAL, SECRET)
+    with serving(app) as url:
+        proof = key.proof("GET", url + "/notes", time.time(), access_token=token)
+        r = call(url + "/notes", token, proof=proof)
+        assert r.status_code == 200 and r.json() == {"jkt": key.jkt}, r.text
+        dpop_challenge(call(url + "/notes", token, "Bearer"), "invalid_token")
