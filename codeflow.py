@@ -12,6 +12,9 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
+- RFC 8707 (resource indicators: resources registered with their scopes, token format
+  and lifetime; tokens whose aud is the resource) and RFC 8693 (token exchange, for
+  services, by per-client policy);
 - CORS (the Fetch Standard) on the endpoints browser apps call;
 - RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
   Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
@@ -20,8 +23,8 @@ It implements the authorization code flow with PKCE and the grants around it:
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
 state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
-clients that register themselves, client authentication, PKCE, the authorization
-endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+clients that register themselves, client authentication, PKCE, resource indicators,
+the authorization endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
 userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
@@ -188,6 +191,19 @@ OAUTH_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_METADATA_PATH = "/.well-known/openid-configuration"
 HEALTH_PATH = "/healthz"
 SIGNING_ALGS = ("RS256", "ES256")  # RS256 is OIDC Core §15.1's mandatory default
+# The asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037 §3.1) of the keys clients hold:
+# DPoP proofs (RFC 9449 §4.3: "not none or an identifier for a symmetric algorithm") and
+# client assertions (private_key_jwt: a key the server knows only the public half of).
+CLIENT_KEY_ALGS = ("ES256", "ES384", "ES512", "EdDSA", "PS256", "PS384", "PS512",
+                   "RS256", "RS384", "RS512")  # fmt: skip
+DPOP_PROOF_WINDOW = 60  # RFC 9449 §11.1: seconds a proof's iat may be from now, either way
+DPOP_NONCE_LIFETIME = 5 * 60  # RFC 9449 §8: how long a DPoP-Nonce the server gave is good for
+MAX_DPOP_PROOF = 8192  # characters: a proof with a 4096-bit RSA key is under 2,000
+# RFC 7523 §3: "The JWT MUST contain an exp claim that limits the time window during which
+# the JWT can be used": at most this far ahead (Authlib, for one, writes iat + 3600), so
+# that the replay cache holds a client's assertions for an hour at most.
+MAX_CLIENT_ASSERTION_LIFETIME = 3600
+CLOCK_SKEW = 60  # seconds a client's clock may run ahead of ours (iat, nbf)
 
 # OIDC Core §5.4: the claims each scope asks for.
 SCOPE_CLAIMS = {
@@ -520,6 +536,9 @@ class OAuthError(Exception):
 
     error = "server_error"
     status = 400
+    # The WWW-Authenticate scheme of this error at a resource (RFC 6750 §3, RFC 9449 §7.1);
+    # None: the scheme the request used.
+    challenge: str | None = None
 
     def __init__(
         self, description: str, *, error: str | None = None, status: int | None = None
@@ -639,6 +658,35 @@ class MissingToken(InvalidToken):
     """RFC 6750 §3.1: "If the request lacks any authentication information ..., the
     resource server SHOULD NOT include an error code or other error information."
     """
+
+
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: "If the DPoP proof is invalid, the authorization server issues an
+    error response per Section 5.2 of [RFC6749] with invalid_dpop_proof"; at a resource,
+    401 with a DPoP challenge (§7.1)."""
+
+    error = "invalid_dpop_proof"
+    challenge = "DPoP"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof lacks the nonce the server requires, or has an old one; the
+    answer carries a fresh one in ``DPoP-Nonce`` (400 at the token endpoint, 401 with a
+    DPoP challenge at a resource, §9)."""
+
+    error = "use_dpop_nonce"
+    challenge = "DPoP"
+
+    def __init__(self, description: str, nonce: str, *, status: int = 400) -> None:
+        super().__init__(description, status=status)
+        self.nonce = nonce
+
+
+class DPoPBoundToken(InvalidToken):
+    """RFC 9449 §7.2: a DPoP-bound token sent as a Bearer token, or a DPoP proof whose key
+    is not the one the token is bound to: refused with a DPoP challenge."""
+
+    challenge = "DPoP"
 
 
 class UntrustedRequest(OAuthError):
@@ -762,10 +810,23 @@ class Client:
     registration: str = ""
     registration_token_hash: str | None = None
     registered_metadata: dict[str, Any] = field(default_factory=dict)
+    # RFC 7523 §2.2, OIDC Core §9 private_key_jwt: the client's public keys (a JWK Set,
+    # RFC 7517 §5), inline or where to fetch them (RFC 7591 §2 jwks, jwks_uri). A client
+    # with keys authenticates with signed assertions only; it has no secret.
+    jwks: dict[str, Any] = field(default_factory=dict)
+    jwks_uri: str | None = None
+    # RFC 9449 §5.2: every token request must carry a DPoP proof; no Bearer tokens.
+    dpop_bound_access_tokens: bool = False
 
     @property
     def public(self) -> bool:
-        return self.secret_hash is None
+        """RFC 6749 §2.1: a client that cannot authenticate: no secret and no keys."""
+        return self.secret_hash is None and not self.keyed
+
+    @property
+    def keyed(self) -> bool:
+        """The client authenticates with private_key_jwt (RFC 7523 §2.2)."""
+        return bool(self.jwks) or self.jwks_uri is not None
 
     @property
     def unverified(self) -> bool:
@@ -857,6 +918,8 @@ class AuthorizationCode:
     sid: str | None = None
     # RFC 8707 §2.1: the resources (Resource.uri) the user authorized the client to reach.
     resources: tuple[str, ...] = ()
+    # RFC 9449 §10: the thumbprint of the DPoP key the code may be redeemed with only.
+    dpop_jkt: str | None = None
 
 
 TokenKind = Literal["access", "refresh"]
@@ -890,6 +953,9 @@ class Token:
     audience: tuple[str, ...] = ()
     # RFC 8693 §4.1: the act claim of a token issued by token exchange: who acts for sub.
     actor: dict[str, Any] = field(default_factory=dict)
+    # RFC 9449 §6: the JWK thumbprint (RFC 7638) of the DPoP key the token is bound to
+    # (cnf.jkt); None for a Bearer token.
+    jkt: str | None = None
 
     def active(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -1286,10 +1352,18 @@ class Storage(Protocol):
         """Atomically add ``new`` and give the current key of its alg ``retire_until``."""
         ...
 
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        """Atomically remember the one-time identifier ``key`` until ``expires_at``; False,
+        changing nothing, if it is remembered and not expired at ``now``: of N concurrent
+        callers with one key, at most one gets True. ``key`` is a hash that names its use
+        (a DPoP proof's jti, RFC 9449 §11.1; a client assertion's, RFC 7523 §3), so uses
+        never collide. An expired entry counts as absent; purge_expired deletes them."""
+        ...
+
     def purge_expired(self, now: float) -> int:
         """Delete expired codes, tokens, signing keys, ended-session records, login
-        sessions, used WebAuthn challenges, device authorizations and pushed requests;
-        return how many went."""
+        sessions, used WebAuthn challenges, device authorizations, pushed requests and
+        one-time identifiers; return how many went."""
         ...
 
 
@@ -1322,6 +1396,8 @@ class MemoryStorage:
         self._recovery_codes: dict[str, set[str]] = {}
         self._passkeys: dict[str, Passkey] = {}
         self._used_challenges: dict[str, float] = {}  # challenge_hash -> until
+        self._jtis: dict[str, float] = {}  # remember_jti: key -> expires_at
+        self._jtis_swept = 0  # how many there were after the last sweep of expired ones
 
     def add_client(self, client: Client) -> None:
         with self._lock:
@@ -1723,8 +1799,23 @@ class MemoryStorage:
                 for k in self._keys
             ]
 
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            if self._jtis.get(key, now) > now:
+                return False
+            self._jtis[key] = expires_at
+            # Expired entries go whenever the table has doubled since the last sweep, so
+            # that it stays bounded by what is unexpired even if nothing calls the purge.
+            if len(self._jtis) > 2 * max(self._jtis_swept, 512):
+                self._jtis = {k: exp for k, exp in self._jtis.items() if exp > now}
+                self._jtis_swept = len(self._jtis)
+            return True
+
     def purge_expired(self, now: float) -> int:
         with self._lock:
+            jtis = [k for k, exp in self._jtis.items() if exp <= now]
+            for k in jtis:
+                del self._jtis[k]
             keys = [k for k in self._keys if k.expires_at is not None and k.expires_at <= now]
             self._keys = [k for k in self._keys if k not in keys]
             sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
@@ -1759,7 +1850,7 @@ class MemoryStorage:
                 del self._pushed[h]
             gone = (len(keys) + len(sessions) + len(logins) + len(challenges) + len(codes)
                     + len(used) + len(tokens))  # fmt: skip
-            return gone + devices - len(self._devices) + len(pushed)
+            return gone + devices - len(self._devices) + len(pushed) + len(jtis)
 
 
 ###############################################################################
@@ -1820,7 +1911,15 @@ class Server:
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
     (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
-    and login pages (see "Passkeys"), with the optional webauthn library.
+    and login pages (see "Passkeys"), with the optional webauthn library. Clients that
+    register themselves (see their section), off by default:
+    ``client_id_metadata_documents=True`` (from ``client_id_metadata_hosts`` only, if
+    given), ``registration="open"`` or ``"token"`` (with ``registration_tokens``), at most
+    ``max_registered_clients``; the fetches of their documents reach public addresses
+    only, and ``fetch_allowed_networks`` (a test suite's loopback), trusting
+    ``fetch_ca_file`` besides the system's CAs.
+    ``dpop_nonces=True``: DPoP proofs must carry a nonce the server gave (RFC 9449 §8;
+    see "Sender-constrained tokens").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1856,6 +1955,7 @@ class Server:
         registration_tokens: Iterable[str] = (),
         max_registered_clients: int = MAX_REGISTERED_CLIENTS,
         passkeys: bool = False,
+        dpop_nonces: bool = False,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
@@ -1870,6 +1970,8 @@ class Server:
         self.demo = demo
         # Reverse proxies whose forwarding headers give the client's address and scheme.
         self.trusted_proxies = proxy_networks(trusted_proxies)
+        # RFC 9449 §8: whether DPoP proofs must carry a nonce the server gave (see "DPoP").
+        self.dpop_nonces = dpop_nonces
         # Passkeys (WebAuthn) on the account and login pages; they need the issuer's host to
         # stay the same (it is their relying party ID) and the optional webauthn library.
         self.passkeys = passkeys
@@ -1912,6 +2014,7 @@ class Server:
                 ", ".join(map(str, self.fetch_policy.allowed_networks)),
             )
         self.fetch_cache = FetchCache()
+        self.jwks_refetches = RefetchLimiter()  # private_key_jwt keys from a jwks_uri
         # Clients that register themselves (see their section): Client ID Metadata
         # Documents (only from these hosts, if any), and RFC 7591 registration.
         self.client_id_metadata_documents = client_id_metadata_documents
@@ -1984,6 +2087,9 @@ class Server:
         require_pushed_authorization_requests: bool = False,
         resources: Iterable[str] = (),
         token_exchange: Iterable[str] = (),
+        jwks: dict[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        dpop_bound_access_tokens: bool = False,
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
@@ -1999,7 +2105,11 @@ class Server:
         for by token exchange (RFC 8693), for a user's token to a resource it serves.
         ``require_pushed_authorization_requests``: its authorization requests only through
         the PAR endpoint (RFC 9126 §6). With ``urn:ietf:params:oauth:grant-type:device_code``
-        in ``grant_types``, it may use the device authorization grant (RFC 8628)."""
+        in ``grant_types``, it may use the device authorization grant (RFC 8628).
+        ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client authenticates with
+        private_key_jwt (RFC 7523 §2.2) instead of a secret. ``dpop_bound_access_tokens``:
+        its token requests must carry a DPoP proof (RFC 9449 §5.2), so that all its tokens
+        are bound to its key."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -2021,8 +2131,13 @@ class Server:
             require_pushed_authorization_requests=require_pushed_authorization_requests,
             resources=tuple(resources),
             token_exchange=tuple(token_exchange),
+            jwks=dict(jwks or {}),
+            jwks_uri=jwks_uri,
+            dpop_bound_access_tokens=dpop_bound_access_tokens,
         )
-        check_client(client, public=client_secret is None)
+        if client_secret is not None and client.keyed:
+            raise ValueError("a client authenticates with a secret or with keys, not both")
+        check_client(client, public=client_secret is None and not client.keyed)
         if client_secret is not None:
             secret_hash = hash_password(client_secret, hashing=self.password_hashing)
             client = replace(client, secret_hash=secret_hash)
@@ -2042,6 +2157,8 @@ class Server:
                   "allowed_origins", "resources", "token_exchange")  # fmt: skip
         changes = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         client = replace(client, **changes)
+        if client.secret_hash is not None and client.keyed:
+            raise ValueError("a client authenticates with a secret or with keys, not both")
         check_client(client, public=client.public)
         self.storage.add_client(client)
         audit("client.changed", client=client_id, changed=" ".join(sorted(changes)))
@@ -2053,8 +2170,9 @@ class Server:
         client = self.storage.get_client(client_id)
         if client is None:
             raise ValueError(f"no client {client_id!r}")
-        if client.public:
-            raise ValueError(f"{client_id!r} is a public client: it has no secret")
+        if client.secret_hash is None:
+            kind = "authenticates with keys" if client.keyed else "is a public client"
+            raise ValueError(f"{client_id!r} {kind}: it has no secret")
         secret = new_secret()
         secret_hash = hash_password(secret, hashing=self.password_hashing)
         self.storage.add_client(replace(client, secret_hash=secret_hash))
@@ -2249,12 +2367,15 @@ class Server:
         claims: dict[str, Any] | None = None,
         *,
         resource: str | Iterable[str] = (),
+        dpop_jkt: str | None = None,
     ) -> dict[str, Any]:
         """Mint tokens without a browser, as the token endpoint would (for API tests). The
         tokens carry the stored user's subject as sub; for a username no user has, the
         name itself (minting for a user never added is a test's convenience), unless a
         removed user had it: ValueError, as its sub is never reassigned (OIDC Core §2).
-        ``resource``: registered resources the access token is for (RFC 8707, its aud)."""
+        ``resource``: registered resources the access token is for (RFC 8707, its aud).
+        ``dpop_jkt``: bind them to the DPoP key of that RFC 7638 thumbprint, as a token
+        request with its proof would (RFC 9449 §5: token_type DPoP, cnf.jkt)."""
         if isinstance(client, str):
             found = self.storage.get_client(client)
             if found is None:
@@ -2281,7 +2402,7 @@ class Server:
         return issue_tokens(
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
-            auth_time=int(self.clock()), claims=claims, audience=audience,
+            auth_time=int(self.clock()), claims=claims, audience=audience, jkt=dpop_jkt,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
@@ -2367,6 +2488,7 @@ def check_client(client: Client, *, public: bool) -> None:
             raise ValueError(f"a resource must be an absolute URI without fragment: {uri!r}")
     if client.token_exchange and TOKEN_EXCHANGE not in client.grant_types:
         raise ValueError(f"token_exchange needs the grant type {TOKEN_EXCHANGE} (RFC 8693)")
+    check_client_keys(client)
     for origin in client.allowed_origins:
         if web_origin(origin) != origin:
             raise ValueError(
@@ -2409,6 +2531,54 @@ def check_resource(resource: Resource) -> None:
             raise ValueError(f"resource scope {scope!r} is not a scope token (RFC 6749 3.3)")
     if resource.access_token_lifetime is not None and resource.access_token_lifetime <= 0:
         raise ValueError("access_token_lifetime must be a positive number of seconds")
+def check_client_keys(client: Client) -> None:
+    """RFC 7591 §2: "jwks" is a JWK Set (RFC 7517 §5) of the client's public keys and
+    "jwks_uri" where it is published; "These two parameters MUST NOT both be present".
+    Each key must be a public RSA, EC or OKP key (private_key_jwt verifies signatures
+    with it; RFC 7517 §9.2: a private key does not belong in a key set one publishes)."""
+    if client.jwks and client.jwks_uri is not None:
+        raise ValueError("jwks and jwks_uri cannot both be given (RFC 7591 2)")
+    if client.jwks_uri is not None:
+        # Fetched when the client authenticates, through fetch_json_document (see
+        # "Outbound fetches"): here only its form is checked.
+        try:
+            check_fetch_url(client.jwks_uri)
+        except FetchError as err:
+            raise ValueError(f"jwks_uri: {err.description}") from None
+    if not client.jwks:
+        return
+    keys = client.jwks.get("keys")
+    if not isinstance(keys, list) or not keys or set(client.jwks) != {"keys"}:
+        raise ValueError('jwks must be a JWK Set: {"keys": [...]} with at least one key')
+    for i, jwk in enumerate(keys):
+        owner = f"jwks key {i}"
+        try:
+            json.dumps(jwk, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{owner}: not a JSON object") from None
+        algs = jwk_algs(jwk) if isinstance(jwk, dict) else ()
+        if not algs:
+            raise ValueError(
+                f"{owner}: not an RSA, EC (P-256, P-384, P-521) or Ed25519 key, or its alg "
+                f"is not one of {', '.join(CLIENT_KEY_ALGS)}"
+            )
+        public_jwk(jwk, algs[0], owner)
+
+
+def jwk_algs(jwk: dict[str, Any]) -> tuple[str, ...]:
+    """The algorithms of CLIENT_KEY_ALGS a JWK may sign with: its own ``alg`` if it names
+    one (RFC 7517 §4.4), else every one its key type and curve fit."""
+    if jwk.get("alg") is not None:
+        return (jwk["alg"],) if jwk["alg"] in CLIENT_KEY_ALGS else ()
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    if kty == "RSA":
+        return ("PS256", "PS384", "PS512", "RS256", "RS384", "RS512")
+    if kty in ("EC", "OKP") and isinstance(crv, str):
+        # RFC 7518 §3.4, RFC 8037 §3.1: each curve signs with one algorithm.
+        curves = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+        alg = curves.get(crv)
+        return (alg,) if alg is not None and (kty == "OKP") == (alg == "EdDSA") else ()
+    return ()
 
 
 def logout_uri_ok(uri: str) -> bool:
@@ -3089,8 +3259,9 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
-#   slow hosts cannot hold every thread;
+# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
+#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
+#   slow host every slot; requests for one document at once share one fetch;
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3263,15 +3434,31 @@ def fetch_json_document(
     cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
-    if not FETCH_SLOTS.acquire(timeout=1):
-        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    # Requests for one document at once share one fetch (the first one's), so a burst of
+    # users of a new client costs its host one request and holds one slot.
+    flight, leader = srv.fetch_cache.board(key)
+    if not leader:
+        if not flight.done.wait(FETCH_TIMEOUT + 1):
+            raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+        if flight.error is not None:
+            raise FetchError(flight.error)
+        return flight.value
     try:
-        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        if not FETCH_SLOTS.acquire(timeout=1):
+            raise FetchError("Too many documents are being fetched at once; try again shortly.")
+        try:
+            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        finally:
+            FETCH_SLOTS.release()
+    except FetchError as err:
+        flight.error = err.description
+        raise
     finally:
-        FETCH_SLOTS.release()
+        srv.fetch_cache.land(key)
+        flight.done.set()
     if lifetime > 0:
-        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
-    return value
+        srv.fetch_cache.put(key, flight.value, srv.clock() + lifetime)
+    return flight.value
 
 
 def check_fetch_url(url: str) -> urllib.parse.SplitResult:
@@ -3306,33 +3493,69 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        connection = _PinnedConnection(host, port, address, tls, remaining)
-        # The deadline holds for the whole exchange: at it, the socket is shut, and the
-        # read under way (headers or body, however slowly they drip) fails.
-        timer = threading.Timer(remaining, connection.cut)
-        timer.start()
-        response = None
-        try:
-            connection.request("GET", target, headers={
-                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
-                "Accept-Encoding": "identity",
-            })  # fmt: skip
-            response = connection.getresponse()
-            return _read_document(host, response, max_bytes, deadline)
-        except ssl.SSLCertVerificationError:
-            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise FetchError(
-                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
-                ) from None
-            last_error = "it did not answer"
-        finally:
-            timer.cancel()
-            if response is not None:
-                response.close()  # it owns the socket once the connection handed it over
-            connection.close()
+        with address_slot(host, address):
+            found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
+        if found is not None:
+            return found
+        last_error = "it did not answer"
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+# Fetches under way to each address: a slow host (or many names for one) holds at most
+# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
+FETCHES_PER_ADDRESS = 2
+_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+_FETCHING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+    with _FETCHING_LOCK:
+        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
+            raise FetchError(f"{host} is being fetched from already; try again shortly.")
+        _FETCHING[address] += 1
+    try:
+        yield
+    finally:
+        with _FETCHING_LOCK:
+            _FETCHING[address] -= 1
+            if not _FETCHING[address]:
+                del _FETCHING[address]
+
+
+def _fetch_from(
+    host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None, target: str,
+    max_bytes: int, deadline: float,
+) -> tuple[Any, int] | None:  # fmt: skip
+    """One GET of ``target`` from ``address``: the document, None if the address did not
+    answer (the next may), FetchError for anything else."""
+    remaining = deadline - time.monotonic()
+    connection = _PinnedConnection(host, port, address, tls, remaining)
+    # The deadline holds for the whole exchange: at it, the socket is shut, and the
+    # read under way (headers or body, however slowly they drip) fails.
+    timer = threading.Timer(remaining, connection.cut)
+    timer.start()
+    response = None
+    try:
+        connection.request("GET", target, headers={
+            "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+            "Accept-Encoding": "identity",
+        })  # fmt: skip
+        response = connection.getresponse()
+        return _read_document(host, response, max_bytes, deadline)
+    except ssl.SSLCertVerificationError:
+        raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() >= deadline:
+            raise FetchError(
+                f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+            ) from None
+        return None
+    finally:
+        timer.cancel()
+        if response is not None:
+            response.close()  # it owns the socket once the connection handed it over
+        connection.close()
 
 
 def _read_document(
@@ -3396,6 +3619,7 @@ class FetchCache:
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Cached] = {}
+        self._flights: dict[str, FetchCache.Flight] = {}
         self._limit = entries
 
     def get(self, url: str, now: float) -> Cached | None:
@@ -3412,6 +3636,28 @@ class FetchCache:
             if len(self._entries) > self._limit:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
+
+    @dataclass
+    class Flight:
+        """A fetch under way, which later requests for the same document wait for."""
+
+        done: threading.Event = field(default_factory=threading.Event)
+        value: Any = None
+        error: str | None = None
+
+    def board(self, url: str) -> tuple[FetchCache.Flight, bool]:
+        """The fetch of ``url`` under way, and whether the caller is to make it (the
+        first), or to wait for it."""
+        with self._lock:
+            flight = self._flights.get(url)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[url] = FetchCache.Flight()
+            return flight, True
+
+    def land(self, url: str) -> None:
+        with self._lock:
+            self._flights.pop(url, None)
 
 
 
@@ -3512,7 +3758,7 @@ def metadata_document_client(srv: Server, client_id: str) -> Client:
     # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
     # MUST NOT be used". With no other method offered here, that leaves none.
     for member in ("client_secret", "client_secret_expires_at"):
-        if member in document:
+        if document.get(member) is not None:
             raise FetchError(f"A client metadata document may not carry {member}.")
     if document.get("token_endpoint_auth_method", "none") != "none":
         raise FetchError(
@@ -3543,7 +3789,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
+    null; some client libraries send every member, unset ones as null)."""
+    metadata = {name: value for name, value in metadata.items() if value is not None}
     for member, reason in REFUSED_METADATA.items():
         if member in metadata:
             raise InvalidClientMetadata(f"{member}: {reason}.")
@@ -3612,8 +3861,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
         if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
                 and value.isprintable()):  # fmt: skip
             raise InvalidClientMetadata(f"{member} must be a printable string.")
-        if member.endswith("_uri") and not value.startswith("https://"):
-            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        # Shown or linked, never fetched by this server: https, or http on loopback for a
+        # developer's machine, like redirect URIs.
+        if member.endswith("_uri") and not logout_uri_ok(value):
+            raise InvalidClientMetadata(f"{member} must be an https URL (http on loopback).")
         if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
             raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
         echoed[member] = value
@@ -3636,11 +3887,16 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
 
 def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
     value = metadata.get(member, default)
+    # Printable: no control characters, and no lone surrogates, which JSON can carry but
+    # UTF-8 (and so storage) cannot.
     if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
-        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING and v.isprintable()
+        for v in value
     ):
         error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
-        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+        raise error(
+            f"{member} must be an array of at most {MAX_REDIRECT_URIS} printable strings."
+        )
     return list(dict.fromkeys(value))
 
 
@@ -3866,14 +4122,22 @@ def delete_registration(
 ###############################################################################
 
 
+# RFC 7523 §2.2: "The value of the client_assertion_type parameter MUST be ..."
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
 def authenticate_client(
     srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
 ) -> Client:
-    """Identify the client of a token, introspection or revocation request.
+    """Identify the client of a token, introspection or revocation request: every
+    client-authenticated endpoint calls this one function.
 
     Methods: client_secret_basic (RFC 6749 §2.3.1, preferred), client_secret_post,
-    and none for public clients, which only name themselves with ``client_id``.
+    private_key_jwt (RFC 7523 §2.2, OIDC Core §9) for clients registered with keys, and
+    none for public clients, which only name themselves with ``client_id``.
     """
+    if "client_assertion" in params or "client_assertion_type" in params:
+        return authenticate_with_assertion(srv, params, authorization, address)
     if authorization and authorization[:6].lower() == "basic ":
         try:
             decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
@@ -3922,6 +4186,164 @@ def authenticate_client(
     return client
 
 
+def authenticate_with_assertion(
+    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+) -> Client:
+    """RFC 7523 §2.2 private_key_jwt (OIDC Core §9): the client signs a JWT with a key
+    whose public half it registered. REQUIRED: client_assertion_type (jwt-bearer) and
+    client_assertion; OPTIONAL: client_id, which must then be the assertion's.
+
+    The assertion (RFC 7523 §3): ``iss`` and ``sub`` the client_id; ``aud`` the issuer;
+    ``exp`` in the future, at most MAX_CLIENT_ASSERTION_LIFETIME ahead; ``jti`` used once
+    (kept in storage until ``exp``, beside DPoP's, under its own key); signed with an
+    asymmetric alg by one of the client's keys. On ``aud``: RFC 7523 §3 asks for "a value
+    that identifies the authorization server", and OIDC Core §9 once suggested the token
+    endpoint URL; but a client that takes the token endpoint (or any endpoint) from a
+    hostile server's metadata can be made to sign an assertion for our token endpoint that
+    the hostile server then replays here ("audience injection", the reason for the OIDC
+    Core errata of 2025 and draft-ietf-oauth-rfc7523bis). The issuer identifier cannot be
+    borrowed that way (RFC 8414 §3.3: a client checks the issuer of the metadata it
+    fetched), so it is the one value accepted, alone: oauth4webapi and openid-client send
+    exactly that; a library that sends the token endpoint URL is told to send the issuer.
+    """
+    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    # request."
+    if (authorization and authorization[:6].lower() == "basic ") or "client_secret" in params:
+        raise InvalidRequest("Use one client authentication method: an assertion or a secret.")
+    claimed = params.get("client_id")
+
+    def failed(reason: str, description: str = "Client authentication failed.") -> InvalidClient:
+        audit("client_auth.failed", client=claimed, address=address, reason=reason)
+        return InvalidClient(description)
+
+    if params.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise failed("assertion type", f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}.")
+    assertion = params.get("client_assertion")
+    if assertion is None:
+        raise failed("no assertion", "client_assertion is required.")
+    try:
+        header = jwt.get_unverified_header(assertion)
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise failed("malformed assertion", "The client assertion is not a JWT.") from None
+    # RFC 7523 §3 #1, #2; OIDC Core §9: iss and sub are both the client_id.
+    client_id = unverified.get("sub")
+    if not isinstance(client_id, str) or unverified.get("iss") != client_id:
+        raise failed("assertion iss/sub", "The assertion's iss and sub must be the client_id.")
+    if claimed is not None and claimed != client_id:
+        raise failed("assertion client_id", "client_id is not the client assertion's sub.")
+    claimed = client_id
+    client = srv.storage.get_client(client_id)
+    # An unknown client_id is answered as a client without keys: the same invalid_client.
+    if client is None or not client.keyed:
+        raise failed("no keys")
+    alg = header.get("alg")
+    if alg not in CLIENT_KEY_ALGS:
+        raise failed("assertion alg", f"The client assertion's alg must be one of "
+                                      f"{' '.join(CLIENT_KEY_ALGS)}.")  # fmt: skip
+    kid = header.get("kid")
+    try:
+        claims = verified_assertion(srv, client, assertion, alg, kid)
+    except FetchError as err:
+        description = f"The client's keys could not be fetched: {err.description}"
+        raise failed("jwks_uri", description) from None
+    if claims is None:
+        raise failed("assertion signature",
+                      "The client assertion is not signed by a registered key.")  # fmt: skip
+    aud = claims["aud"]
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if aud != srv.issuer:
+        raise failed("assertion aud", f"The client assertion's aud must be the issuer, "
+                                      f"{srv.issuer}, alone.")  # fmt: skip
+    now = srv.clock()
+    exp, jti = claims["exp"], claims["jti"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise failed("assertion exp", "The client assertion's exp must be a number.")
+    if exp <= now:
+        raise failed("assertion expired", "The client assertion has expired.")
+    if exp > now + MAX_CLIENT_ASSERTION_LIFETIME:
+        raise failed("assertion exp", f"The client assertion's exp may be at most "
+                                      f"{MAX_CLIENT_ASSERTION_LIFETIME} s ahead.")  # fmt: skip
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value > now + CLOCK_SKEW
+        ):  # fmt: skip
+            raise failed(f"assertion {name}", f"The client assertion's {name} is not valid yet.")
+    if not (isinstance(jti, str) and 0 < len(jti) <= 256):
+        raise failed("assertion jti", "The client assertion's jti must be 1 to 256 characters.")
+    # RFC 7523 §3 #7: "The authorization server MAY ensure that JWTs are not replayed by
+    # maintaining the set of used jti values for the length of time for which the JWT
+    # would be considered valid based on the applicable exp instant." OIDC Core §9: the
+    # jti "MUST only be used once". After the signature, so only the client fills it.
+    if not srv.storage.remember_jti(token_hash(f"client_assertion\0{client_id}\0{jti}"), exp, now):
+        raise failed("assertion replayed", "This client assertion was used before.")
+    return client
+
+
+def verified_assertion(
+    srv: Server, client: Client, assertion: str, alg: str, kid: Any
+) -> dict[str, Any] | None:
+    """The claims of ``assertion`` if one of the client's keys that may sign with ``alg``
+    (the one named ``kid``, if any) verifies it; else None. Keys from a jwks_uri are
+    fetched again, bypassing the cache, when none verifies (the client rotated its keys),
+    at most once a JWKS_REFETCH_INTERVAL per client, so that bad assertions cannot make
+    this server hammer the client's host. FetchError if they cannot be had."""
+    for fresh in (False, True):
+        if fresh and not srv.jwks_refetches.allow(client.client_id, srv.clock()):
+            return None
+        keys = [k for k in client_keys(srv, client, fresh=fresh)
+                if alg in jwk_algs(k) and (kid is None or k.get("kid") == kid)]  # fmt: skip
+        for jwk in keys:
+            try:
+                key = public_jwk(jwk, alg, "client key")
+                return verify_client_jwt(
+                    assertion, key, alg, ["iss", "sub", "aud", "exp", "jti"], "client assertion"
+                )
+            except ValueError:
+                continue
+        if client.jwks_uri is None:
+            return None
+    return None
+
+
+def client_keys(srv: Server, client: Client, *, fresh: bool = False) -> list[dict[str, Any]]:
+    """The public keys a client registered (RFC 7591 §2): its ``jwks``, or the JWK Set at
+    its ``jwks_uri`` through the one hardened fetch (``fresh``: not from the cache)."""
+    jwks: Any = client.jwks
+    if client.jwks_uri is not None:
+        jwks = fetch_json_document(srv, client.jwks_uri, fresh=fresh)
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
+
+
+# RFC 7517 §5 keys fetched from a client's jwks_uri again (past the cache) when an
+# assertion names a key they lack: at most once this often per client.
+JWKS_REFETCH_INTERVAL = 60
+
+
+class RefetchLimiter:
+    """When each client's keys were last fetched past the cache, so that a refetch per
+    client happens at most once a JWKS_REFETCH_INTERVAL (bounded: the oldest go first)."""
+
+    def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
+        self._last: dict[str, float] = {}
+        self._entries = entries
+        self._lock = threading.Lock()
+
+    def allow(self, client_id: str, now: float) -> bool:
+        with self._lock:
+            if now - self._last.get(client_id, -math.inf) < JWKS_REFETCH_INTERVAL:
+                return False
+            self._last.pop(client_id, None)
+            if len(self._last) >= self._entries:
+                del self._last[next(iter(self._last))]
+            self._last[client_id] = now
+            return True
+
+
 def check_client_secret(srv: Server, client: Client, secret: str, address: str = "") -> bool:
     """Verify a client secret against its scrypt hash, within the budget of scrypt runs
     of this client at ``address`` (SecretChecks; TooManyAttempts beyond it).
@@ -3948,6 +4370,201 @@ def check_client_secret(srv: Server, client: Client, secret: str, address: str =
         return True
 
     return srv.secret_checks.run(client, address, digest, verify)
+
+
+###############################################################################
+# Sender-constrained tokens: DPoP (RFC 9449) ##################################
+###############################################################################
+
+# RFC 9449 §1: a client proves, with each request, that it holds a private key: a DPoP
+# proof is a JWT it signs for that one request (method and URI) and time. Tokens issued
+# on such a request are bound to the key (cnf.jkt, its RFC 7638 thumbprint), so that a
+# stolen token is worth nothing without the key. The server checks proofs at the token
+# endpoint (§5) and at userinfo, its own resource (§7); resource servers check them with
+# the JWT's cnf.jkt or introspection's (§6), as codeflow_sdk's BearerValidator does.
+#
+# Replay (§11.1): a proof is good for DPOP_PROOF_WINDOW seconds either side of its iat,
+# and its jti is remembered in storage (shared by every process of the server) as long
+# as that, so that each proof is used once. Nonces (§8) are off unless the server asks
+# for them (``Server(dpop_nonces=True)``): with the window and the jti cache, a proof
+# that leaks is spent or stale within a minute, and a client whose key was stolen outright
+# is lost either way; a nonce narrows what an attacker who can run code beside the key
+# (XSS) signs in advance, at the price of a round trip for every client on its first
+# request and after each nonce's lifetime. A nonce is the server's signature on a time
+# (no storage): every process sharing the store's key accepts it.
+
+DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
+# RFC 7638 §3.2: the required members of each key type, the ones its thumbprint hashes.
+THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
+                      "OKP": ("crv", "kty", "x")}  # fmt: skip
+# RFC 7517 §9.2, RFC 7518 §6.2.2, §6.3.2, RFC 8037 §2: the members of private keys.
+PRIVATE_KEY_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# RFC 3986 §2.3: unreserved characters, which percent-encoding normalization decodes.
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+@dataclass(frozen=True)
+class DPoPRequest:
+    """What of an HTTP request its DPoP proof is checked against (RFC 9449 §4.3): the
+    ``DPoP`` header (None if absent; several fields arrive joined by commas), the method,
+    and the URL the client reached the endpoint at, as discovery gives it."""
+
+    proof: str | None
+    method: str
+    url: str
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 §3: the base64url SHA-256 of the key's required members, in lexicographic
+    order, as JSON without whitespace."""
+    members = {name: jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+
+
+def access_token_hash(access_token: str) -> str:
+    """RFC 9449 §4.2 ath: the base64url SHA-256 of the ASCII access token."""
+    return b64url(hashlib.sha256(access_token.encode("ascii", "replace")).digest())
+
+
+def public_jwk(jwk: Any, alg: str, owner: str) -> Any:
+    """The public key of the JWK ``jwk`` for ``alg`` (PyJWT parses it: kty, crv and
+    coordinates that fit ``alg``), else ValueError saying why. A private key, or a
+    symmetric one, is refused (RFC 9449 §4.3 #7: "does not contain a private key")."""
+    if not isinstance(jwk, dict):
+        raise ValueError(f"{owner}: the key is not a JSON object")
+    if any(name in jwk for name in PRIVATE_KEY_MEMBERS):
+        raise ValueError(f"{owner}: the key has private members; send the public key only")
+    members = THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if members is None or not all(isinstance(jwk.get(name), str) for name in members):
+        raise ValueError(f"{owner}: the key is not an RSA, EC or OKP public key")
+    try:
+        return jwt.PyJWK(jwk, alg).key
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{owner}: the key does not fit {alg}: {str(err)[:80]}") from None
+
+
+def verify_client_jwt(
+    token: str, key: Any, alg: str, required: list[str], owner: str
+) -> dict[str, Any]:
+    """The claims of the JWS ``token`` signed by ``key`` with ``alg`` (PyJWT checks the
+    signature, and refuses RSA keys under 2048 bits); ValueError if it does not verify.
+    Times are the caller's to check, against the server's clock."""
+    try:
+        return jwt.decode(
+            token, key, algorithms=[alg],
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                     "verify_aud": False, "verify_iss": False, "require": required,
+                     "enforce_minimum_key_length": True},
+        )  # fmt: skip
+    except jwt.PyJWTError as err:
+        raise ValueError(f"{owner}: {str(err)[:100]}") from None
+
+
+def normalized_url(uri: str) -> str | None:
+    """RFC 9449 §4.3 #9: the URI without query and fragment, after RFC 3986 §6.2.2
+    syntax-based (case, percent-encoding) and §6.2.3 scheme-based (default port, empty
+    path) normalization; None if it is not an absolute http(s) URI."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host + (f":{port}" if port not in (None, {"http": 80, "https": 443}[scheme]) else "")
+
+    def percent(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in UNRESERVED else match.group(0).upper()
+
+    path = re.sub(r"%([0-9A-Fa-f]{2})", percent, parts.path) or "/"
+    return f"{scheme}://{netloc}{path}"
+
+
+def new_dpop_nonce(srv: Server) -> str:
+    """RFC 9449 §8: a nonce for the client's next proofs; its characters are §8.1's
+    NQCHAR (base64url and dots)."""
+    return srv.signer.dumps({}, "dpop-nonce", DPOP_NONCE_LIFETIME)
+
+
+def check_dpop_proof(
+    srv: Server,
+    dpop: DPoPRequest,
+    *,
+    access_token: str | None = None,
+    bound_to: str | None = None,
+    status: int = 400,
+) -> str:
+    """RFC 9449 §4.3: check the request's DPoP proof and return the thumbprint (RFC 7638)
+    of its key. At a resource (``status`` 401), ``access_token`` is the token presented
+    with it (§4.3 #12: ``ath``) and ``bound_to`` the thumbprint the token is bound to.
+    InvalidDPoPProof, or UseDPoPNonce, says what is wrong."""
+
+    def invalid(description: str) -> InvalidDPoPProof:
+        return InvalidDPoPProof(description, status=status)
+
+    proof = dpop.proof
+    # §4.3 #1, #2: "not more than one DPoP HTTP request header field", a single JWT.
+    if proof is None:
+        raise invalid("A DPoP proof is required (the DPoP header, RFC 9449 4).")
+    if "," in proof or len(proof) > MAX_DPOP_PROOF:
+        raise invalid("Send one DPoP header with one proof JWT.")
+    try:
+        header = jwt.get_unverified_header(proof)
+    except jwt.PyJWTError:
+        raise invalid("The DPoP proof is not a JWT.") from None
+    # §4.3 #4, #5: typ dpop+jwt; alg asymmetric and supported.
+    if header.get("typ") != DPOP_TYP:
+        raise invalid("The DPoP proof's typ must be dpop+jwt.")
+    alg = header.get("alg")
+    if alg not in CLIENT_KEY_ALGS:
+        raise invalid(f"The DPoP proof's alg must be one of {' '.join(CLIENT_KEY_ALGS)}.")
+    # §4.3 #6, #7: the signature verifies with the header's jwk, a public key.
+    try:
+        key = public_jwk(header.get("jwk"), alg, "DPoP proof jwk")
+        claims = verify_client_jwt(proof, key, alg, ["jti", "htm", "htu", "iat"], "DPoP proof")
+    except ValueError as err:
+        raise invalid(str(err)) from None
+    jti, htm, htu, iat = (claims.get(name) for name in ("jti", "htm", "htu", "iat"))
+    if not (isinstance(jti, str) and 0 < len(jti) <= 256):
+        raise invalid("The DPoP proof's jti must be a string of 1 to 256 characters.")
+    # §4.3 #8, #9: the method and the URI, without query and fragment, normalized.
+    if htm != dpop.method:
+        raise invalid(f"The DPoP proof's htm must be {dpop.method}.")
+    if not isinstance(htu, str) or normalized_url(htu) != normalized_url(dpop.url):
+        raise invalid(f"The DPoP proof's htu must be {dpop.url}.")
+    # §4.3 #11: "the creation time of the JWT ... is within an acceptable window".
+    now = srv.clock()
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+        raise invalid("The DPoP proof's iat must be a number.")
+    if abs(now - iat) > DPOP_PROOF_WINDOW:
+        raise invalid(f"The DPoP proof's iat is more than {DPOP_PROOF_WINDOW} s from now.")
+    # §4.3 #10, §8: the nonce the server gave, when it asks for one.
+    if srv.dpop_nonces:
+        nonce = claims.get("nonce")
+        if not isinstance(nonce, str) or srv.signer.loads(nonce, "dpop-nonce") is None:
+            raise UseDPoPNonce(
+                "Sign the DPoP proof with the nonce in the DPoP-Nonce header (RFC 9449 8).",
+                new_dpop_nonce(srv), status=status,
+            )  # fmt: skip
+    # §4.3 #12: at a resource, the proof covers this token, and its key is the token's.
+    if access_token is not None:
+        ath = claims.get("ath")
+        if not isinstance(ath, str) or not hmac.compare_digest(
+            ath.encode("ascii", "replace"), access_token_hash(access_token).encode()
+        ):
+            raise invalid("The DPoP proof's ath is not the hash of this access token.")
+    jkt = jwk_thumbprint(header["jwk"])
+    if bound_to is not None and not hmac.compare_digest(jkt, bound_to):
+        raise DPoPBoundToken("The access token is bound to another DPoP key.")
+    # §11.1: each proof once; remembered while its iat is within the window.
+    key_id = token_hash(f"dpop\0{jkt}\0{jti}")
+    if not srv.storage.remember_jti(key_id, iat + DPOP_PROOF_WINDOW, now):
+        raise invalid("This DPoP proof was used before; sign a new one for each request.")
+    return jkt
 
 
 ###############################################################################
@@ -4083,6 +4700,7 @@ class AuthorizationRequest:
     # pushed, RFC 9126), "device" (the /device page, RFC 8628 §3.3).
     purpose: str = "authorize"
     resources: tuple[Resource, ...] = ()  # RFC 8707 §2.1
+    dpop_jkt: str | None = None  # RFC 9449 §10: the DPoP key the code will be bound to
 
 
 def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Redirect | Page:
@@ -4227,6 +4845,11 @@ def validate_authorization_request(
             raise InvalidRequest("code_challenge_method must be S256.")
         if not S256_CHALLENGE_RE.fullmatch(challenge):
             raise InvalidRequest("code_challenge must be 43 base64url characters (RFC 7636 4.2).")
+    # RFC 9449 §10: dpop_jkt, "the JWK SHA-256 Thumbprint ... of the proof-of-possession
+    # key" the code is to be redeemed with: base64url of 32 bytes, 43 characters.
+    dpop_jkt = params.get("dpop_jkt")
+    if dpop_jkt is not None and not S256_CHALLENGE_RE.fullmatch(dpop_jkt):
+        raise InvalidRequest("dpop_jkt must be a JWK SHA-256 thumbprint (RFC 9449 10).")
 
     return AuthorizationRequest(
         client=client,
@@ -4245,6 +4868,7 @@ def validate_authorization_request(
         params=params,
         purpose="pushed" if pushed else "authorize",
         resources=resources,
+        dpop_jkt=dpop_jkt,
     )
 
 
@@ -4437,6 +5061,7 @@ def issue_code(
             claims_request=areq.claims,
             sid=sid or None,
             resources=tuple(r.uri for r in areq.resources),
+            dpop_jkt=areq.dpop_jkt,
         )
     )
     params = {"code": code}
@@ -4518,7 +5143,11 @@ RESUME_URI_PREFIX = "urn:codeflow:pushed:"  # a pushed request going on after a 
 
 
 def pushed_authorization_request(
-    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+    srv: Server,
+    params: dict[str, str],
+    authorization: str | None,
+    address: str = "",
+    dpop: DPoPRequest | None = None,
 ) -> dict[str, Any]:
     """RFC 9126 §2: the PAR endpoint. The client authenticates as at the token endpoint
     (§2: "the rules for client authentication as defined in [RFC6749] for token endpoint
@@ -4526,11 +5155,17 @@ def pushed_authorization_request(
     are validated as the authorization endpoint would (§2.1: "The AS MUST validate the
     pushed request as it would an authorization request sent to the authorization
     endpoint"). Answers §2.2's request_uri and expires_in (with 201, set by the route);
-    errors as JSON (§2.3)."""
+    errors as JSON (§2.3). ``dpop``: the request's DPoP proof, if any (RFC 9449 §10.1)."""
     client = authenticate_client(srv, params, authorization, address)
     # RFC 9126 §2.1: "The request_uri authorization request parameter MUST NOT be provided".
     if "request_uri" in params:
         raise InvalidRequest("request_uri cannot be pushed (RFC 9126 section 2.1).")
+    # RFC 9449 §10.1: a DPoP proof with the pushed request binds the code to its key, as
+    # dpop_jkt does; with both, "the authorization server MUST ... ensure they match".
+    if dpop is not None and dpop.proof is not None:
+        jkt = check_dpop_proof(srv, dpop)
+        if params.setdefault("dpop_jkt", jkt) != jkt:
+            raise InvalidDPoPProof("dpop_jkt is not the thumbprint of the DPoP proof's key.")
     # The client's credentials are not part of the request and are not kept.
     params = {k: v for k, v in params.items() if k != "client_secret"}
     params["client_id"] = client.client_id
@@ -5647,7 +6282,9 @@ def device_decision(srv: Server, form: dict[str, str], browser: Browser) -> Page
     return device_done_page(areq, approved=True)
 
 
-def device_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def device_code_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 8628 §3.4. REQUIRED: grant_type, device_code, client_id (a public client's;
     a confidential client authenticates). Until the user decides, §3.5's errors:
     authorization_pending, or slow_down for a poll sooner than the interval after the
@@ -5689,6 +6326,7 @@ def device_code_grant(srv: Server, client: Client, params: dict[str, str]) -> di
         srv, client, user, redeemed.scope, family_id=redeemed.device_code_hash,
         refresh=offline, auth_time=redeemed.auth_time, nonce=redeemed.nonce,
         amr=redeemed.amr, acr=acr_of(redeemed.amr), granted=granted, audience=audience,
+        jkt=jkt,
     )  # fmt: skip
     audit("device.redeemed", user=user.username, client=client.client_id)
     return body
@@ -5700,9 +6338,16 @@ def device_code_grant(srv: Server, client: Client, params: dict[str, str]) -> di
 
 
 def token_endpoint(
-    srv: Server, params: dict[str, str], authorization: str | None, address: str = ""
+    srv: Server,
+    params: dict[str, str],
+    authorization: str | None,
+    address: str = "",
+    dpop: DPoPRequest | None = None,
 ) -> dict[str, Any]:
-    """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body."""
+    """Exchange a grant for tokens. Returns the RFC 6749 §5.1 response body.
+
+    ``dpop``: the request's DPoP proof and where it was sent (RFC 9449 §5); with a proof,
+    the tokens are bound to its key and the handler of the grant gets its thumbprint."""
     client = authenticate_client(srv, params, authorization, address)
     grant_type = params.get("grant_type")
     if grant_type is None:
@@ -5712,13 +6357,25 @@ def token_endpoint(
         raise UnsupportedGrantType(f"Unsupported grant_type: {grant_type[:40]}.")
     if grant_type not in client.grant_types:
         raise UnauthorizedClient(f"This client may not use the {grant_type} grant.")
-    return handler(srv, client, params)
+    # Checked before the grant, so that a bad proof does not burn a code; after the
+    # client, so that only its requests reach the replay cache. RFC 9449 §5.2
+    # dpop_bound_access_tokens: "the authorization server MUST reject token requests from
+    # this client that do not contain the DPoP header".
+    jkt = None
+    if dpop is not None and (dpop.proof is not None or client.dpop_bound_access_tokens):
+        jkt = check_dpop_proof(srv, dpop)
+    elif client.dpop_bound_access_tokens:
+        raise InvalidDPoPProof("This client's tokens are DPoP-bound: send a DPoP proof.")
+    return handler(srv, client, params, jkt)
 
 
-def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def authorization_code_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §4.1.3. REQUIRED: grant_type, code, code_verifier (RFC 7636 §4.5) when a
     challenge was sent; redirect_uri when it was in the authorization request. OPTIONAL:
-    resource (RFC 8707 §2.2), some of the resources the code was authorized for."""
+    resource (RFC 8707 §2.2), some of the resources the code was authorized for. ``jkt``:
+    the thumbprint of the request's DPoP key, if it had a proof (RFC 9449 §5)."""
     code_value = params.get("code")
     if code_value is None:
         raise InvalidRequest("code is required.")
@@ -5747,6 +6404,10 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
     ) and redirect_uri != code.redirect_uri:
         raise InvalidGrant("redirect_uri does not match the authorization request.")
     check_pkce(code, params.get("code_verifier"))
+    # RFC 9449 §10: "the authorization server MUST ensure that the JWK thumbprint of the
+    # DPoP proof's public key matches the dpop_jkt value" of the authorization request.
+    if code.dpop_jkt is not None and (jkt is None or not hmac.compare_digest(jkt, code.dpop_jkt)):
+        raise InvalidDPoPProof("The code is bound to another DPoP key (dpop_jkt).")
     if code.code_challenge is None:
         srv.transcript.note_relaxation(
             client.client_id, "require_pkce=False: a code redeemed without code_verifier"
@@ -5762,6 +6423,7 @@ def authorization_code_grant(srv: Server, client: Client, params: dict[str, str]
         srv, client, user, code.scope, family_id=code_hash, refresh=offline,
         auth_time=code.auth_time, nonce=code.nonce, amr=code.amr, acr=code.acr,
         claims_request=code.claims_request, sid=code.sid, granted=granted, audience=audience,
+        jkt=jkt,
     )  # fmt: skip
     audit("code.redeemed", user=code.username, client=client.client_id)
     return body
@@ -5784,10 +6446,14 @@ def token_resources(
     return granted, tuple(r for r in granted if r.uri in asked) if asked else granted
 
 
-def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def refresh_token_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §6. REQUIRED: grant_type, refresh_token. OPTIONAL: scope, which may
     narrow the grant but never widen it; resource (RFC 8707 §2.2), which may narrow the
-    access token's audience to some of the grant's resources."""
+    access token's audience to some of the grant's resources. A refresh token bound to a
+    DPoP key (a public client's, RFC 9449 §5) is good only with a proof of that key,
+    ``jkt``."""
     value = params.get("refresh_token")
     if value is None:
         raise InvalidRequest("refresh_token is required.")
@@ -5802,6 +6468,10 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         raise InvalidGrant("The refresh token was already used; this grant is revoked.")
     if not old.active(srv.clock()):
         raise InvalidGrant("The refresh token has expired.")
+    # RFC 9449 §5: for a public client's bound refresh token, "the authorization server
+    # MUST ... ensure that the DPoP proof ... uses the same key".
+    if old.jkt is not None and (jkt is None or not hmac.compare_digest(jkt, old.jkt)):
+        raise InvalidDPoPProof("The refresh token is bound to another DPoP key.")
     user = srv.storage.get_user(old.username) if old.username is not None else None
     if old.username is not None and user is None:
         srv.storage.revoke_family(old.family_id)
@@ -5816,12 +6486,15 @@ def refresh_token_grant(srv: Server, client: Client, params: dict[str, str]) -> 
         srv, client, user, scope, family_id=old.family_id, refresh=True,
         auth_time=old.auth_time, amr=old.amr, acr=old.acr, rotating=old,
         claims_request=old.claims_request, sid=old.sid, granted=granted, audience=audience,
+        jkt=jkt,
     )  # fmt: skip
     audit("refresh.rotated", user=old.username, client=client.client_id)
     return body
 
 
-def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def client_credentials_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 6749 §4.4.2. REQUIRED: grant_type. OPTIONAL: scope; resource (RFC 8707 §2.2).
 
     No user consents here, so the client's registered scopes cap what it gets, with a
@@ -5838,11 +6511,14 @@ def client_credentials_grant(srv: Server, client: Client, params: dict[str, str]
         raise InvalidScope(f"Scope not allowed for this client: {' '.join(unknown)}.")
     # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
     return issue_tokens(
-        srv, client, None, scope, family_id=new_secret(), refresh=False, audience=audience
-    )
+        srv, client, None, scope, family_id=new_secret(), refresh=False, audience=audience,
+        jkt=jkt,
+    )  # fmt: skip
 
 
-def token_exchange_grant(srv: Server, client: Client, params: dict[str, str]) -> dict[str, Any]:
+def token_exchange_grant(
+    srv: Server, client: Client, params: dict[str, str], jkt: str | None
+) -> dict[str, Any]:
     """RFC 8693 §2.1, delegation (§1.1): a resource server trades the access token a user's
     app gave it (its audience is a resource this client serves, ``Resource.client_id``)
     for a token to a downstream resource that the client's ``token_exchange`` policy
@@ -5909,7 +6585,7 @@ def token_exchange_grant(srv: Server, client: Client, params: dict[str, str]) ->
     body = issue_tokens(
         srv, client, user, scope, family_id=subject.family_id, refresh=False,
         auth_time=subject.auth_time, amr=subject.amr, acr=subject.acr, audience=audience,
-        actor=actor, not_after=subject.expires_at,
+        actor=actor, not_after=subject.expires_at, jkt=jkt,
     )  # fmt: skip
     body.pop("id_token", None)
     # RFC 8693 §2.2.1: issued_token_type is REQUIRED; token_type "Bearer" for an access token.
@@ -5919,7 +6595,10 @@ def token_exchange_grant(srv: Server, client: Client, params: dict[str, str]) ->
     return body
 
 
-GRANTS: dict[str, Callable[[Server, Client, dict[str, str]], dict[str, Any]]] = {
+# A grant's handler: the server, the authenticated client, the request's parameters, and
+# the thumbprint of its DPoP key (RFC 9449 §5) when it had a proof, to bind tokens to.
+GrantHandler = Callable[[Server, Client, dict[str, str], str | None], dict[str, Any]]
+GRANTS: dict[str, GrantHandler] = {
     "authorization_code": authorization_code_grant,
     "refresh_token": refresh_token_grant,
     "client_credentials": client_credentials_grant,
@@ -5948,6 +6627,7 @@ def issue_tokens(
     audience: tuple[Resource, ...] = (),
     actor: dict[str, Any] | None = None,
     not_after: float | None = None,
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -5957,6 +6637,10 @@ def issue_tokens(
     (a JWT if any of them, or the client, asks for one) and lifetime (the shortest).
     ``actor``: the act claim of a token exchange (RFC 8693 §4.1), whose access token
     expires by ``not_after`` (the subject token's expiry) at the latest.
+
+    With ``jkt``, the thumbprint of a DPoP key, the access token is bound to it
+    (``token_type`` DPoP, RFC 9449 §5), and so is a public client's refresh token: a
+    confidential client's refresh tokens are bound to its credentials already (§5).
 
     With ``rotating``, the refresh token being used (RFC 6749 §6), its successor and the
     new access token are saved in the same atomic step that revokes it. An ID token is
@@ -5976,7 +6660,7 @@ def issue_tokens(
         lifetime = max(1, min(lifetime, int(not_after - now)))
     uris = tuple(r.uri for r in audience)
     access = (
-        jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor)
+        jwt_access_token(srv, client, user, access_scope, auth_time, uris, lifetime, actor, jkt)
         if client.access_token_jwt or any(r.access_token_jwt for r in audience)
         else new_secret()
     )
@@ -5985,12 +6669,12 @@ def issue_tokens(
             token_hash(access), "access", client.client_id, username, access_scope,
             issued_at=now, expires_at=now + lifetime, family_id=family_id,
             auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
-            audience=uris, actor=actor or {},
+            audience=uris, actor=actor or {}, jkt=jkt,
         )
     ]  # fmt: skip
     body: dict[str, Any] = {
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt is not None else "Bearer",
         "expires_in": lifetime,
         "scope": " ".join(access_scope),
     }
@@ -6005,7 +6689,7 @@ def issue_tokens(
                 token_hash(value), "refresh", client.client_id, username, kept,
                 issued_at=now, expires_at=now + srv.refresh_token_lifetime, family_id=family_id,
                 auth_time=auth_time, amr=amr, acr=acr, claims_request=claims_request or {}, sid=sid,
-                audience=resources,
+                audience=resources, jkt=jkt if client.public else None,
             )
         )  # fmt: skip
         body["refresh_token"] = value
@@ -6162,11 +6846,13 @@ def jwt_access_token(
     audience: tuple[str, ...] = (),
     lifetime: int | None = None,
     actor: dict[str, Any] | None = None,
+    jkt: str | None = None,
 ) -> str:
     """RFC 9068 §2.2: a JWT access token. REQUIRED: iss, exp, aud, sub, client_id, iat,
     jti; typ "at+jwt" (§2.1). For client_credentials, sub is the client (§2.2). §3: aud is
     the resources asked for (RFC 8707), else "a default resource indicator". RFC 8693
-    §4.1: act, the party acting for sub, in a token from token exchange."""
+    §4.1: act, the party acting for sub, in a token from token exchange. Bound to a DPoP
+    key, it says which: RFC 9449 §6.1 ``cnf`` with ``jkt``."""
     now = int(srv.clock())
     body: dict[str, Any] = {
         "iss": srv.issuer,
@@ -6182,6 +6868,8 @@ def jwt_access_token(
         body["auth_time"] = auth_time
     if actor:
         body["act"] = actor
+    if jkt is not None:
+        body["cnf"] = {"jkt": jkt}
     return sign(srv, body, "RS256", typ="at+jwt")
 
 
@@ -6201,13 +6889,17 @@ def jwks(srv: Server) -> dict[str, Any]:
     return {"keys": keys}
 
 
-def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
-    """RFC 6750 §2.1 (Authorization header) or §2.2 (form body); one method only."""
+def presented_token(authorization: str | None, form: dict[str, str] | None) -> tuple[str, bool]:
+    """The access token of a request to a resource, and whether it came with the DPoP
+    scheme: RFC 6750 §2.1 (Authorization: Bearer) or §2.2 (form body), or RFC 9449 §7.1
+    (Authorization: DPoP); one method only."""
     header = None
+    scheme = ""
     if authorization is not None:
         scheme, _, header = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not header.strip():
-            raise InvalidToken("Use the Authorization: Bearer scheme.")
+        scheme = scheme.lower()
+        if scheme not in ("bearer", "dpop") or not header.strip():
+            raise InvalidToken("Use the Authorization: Bearer or DPoP scheme.")
         header = header.strip()
     body = (form or {}).get("access_token")
     if header is not None and body is not None:
@@ -6216,14 +6908,43 @@ def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
     token = header or body
     if token is None:
         raise MissingToken("An access token is required.")
+    return token, scheme == "dpop"
+
+
+def bearer_token(authorization: str | None, form: dict[str, str] | None) -> str:
+    """RFC 6750 §2.1 (Authorization: Bearer) or §2.2 (form body), one method only: for
+    tokens that are never bound to a key (registration tokens)."""
+    token, with_dpop = presented_token(authorization, form)
+    if with_dpop:
+        raise InvalidToken("Use the Authorization: Bearer scheme.")
     return token
 
 
-def userinfo(srv: Server, authorization: str | None, form: dict[str, str] | None) -> dict[str, Any]:
-    """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4)."""
-    token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+def userinfo(
+    srv: Server,
+    authorization: str | None,
+    form: dict[str, str] | None,
+    dpop: DPoPRequest | None = None,
+) -> dict[str, Any]:
+    """OIDC Core §5.3: the claims of the access token's user, as its scopes allow (§5.4).
+    A DPoP-bound token comes with the DPoP scheme and a proof of its key (RFC 9449 §7),
+    checked against ``dpop``, the request's."""
+    value, with_dpop = presented_token(authorization, form)
+    token = srv.storage.get_token(token_hash(value))
     if token is None or token.kind != "access" or not token.active(srv.clock()):
         raise InvalidToken("The access token is invalid, expired or revoked.")
+    if token.jkt is not None:
+        # RFC 9449 §7.2: a resource server "MUST NOT grant access to the resource unless
+        # a DPoP proof is received" for a DPoP-bound token presented as a Bearer token.
+        if not with_dpop:
+            raise DPoPBoundToken(
+                "This access token is DPoP-bound: send it with Authorization: DPoP and a "
+                "DPoP proof (RFC 9449 7)."
+            )
+        where = dpop or DPoPRequest(None, "GET", srv.issuer + USERINFO_PATH)
+        check_dpop_proof(srv, where, access_token=value, bound_to=token.jkt, status=401)
+    elif with_dpop:
+        raise InvalidToken("This access token is not DPoP-bound: send it as a Bearer token.")
     # Removing a client deletes its tokens; this also refuses one that a token request
     # racing the removal saved after it (RFC 6750 §3.1: "invalid for other reasons").
     client = find_client(srv, token.client_id, quiet=True)
@@ -6484,12 +7205,17 @@ def introspect(
         "exp": int(token.expires_at),
         "iat": int(token.issued_at),
         "iss": srv.issuer,
-        "token_type": "Bearer" if token.kind == "access" else "refresh_token",
+        # RFC 9449 §6.2: a DPoP-bound token's type is DPoP, and cnf names its key.
+        "token_type": (
+            "refresh_token" if token.kind == "refresh" else "DPoP" if token.jkt else "Bearer"
+        ),
     }
     if token.kind == "access":
         body["aud"] = audience_claim(srv, token.audience)  # RFC 8707, RFC 9068 §3
     if token.actor:
         body["act"] = token.actor  # RFC 8693 §2.2.1, §4.1
+    if token.jkt is not None:
+        body["cnf"] = {"jkt": token.jkt}
     if user is not None:
         body["sub"] = user.subject  # OIDC Core §2: the sub of the user's ID tokens
         body["username"] = user.username  # RFC 7662 §2.2: "Human-readable identifier"
@@ -6526,7 +7252,7 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
 
     ``internal``: the document was asked for on ``srv.internal_url``, so the back-channel
     endpoints are listed there; the browser-facing ones and the issuer stay public."""
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
     back = srv.internal_url if internal and srv.internal_url else srv.issuer
     return {
         "issuer": srv.issuer,
@@ -6551,9 +7277,15 @@ def oauth_metadata(srv: Server, internal: bool = False) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
         "token_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "introspection_endpoint_auth_methods_supported": auth_methods[:3],
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        # RFC 8414 §2: the algs of private_key_jwt's assertions (RFC 7523), asymmetric only.
+        "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
         "code_challenge_methods_supported": ["S256"],
+        # RFC 9449 §5.1: the JWS algorithms of the DPoP proofs the server accepts.
+        "dpop_signing_alg_values_supported": list(CLIENT_KEY_ALGS),
         "prompt_values_supported": list(PROMPT_VALUES),
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": True,
@@ -7773,7 +8505,7 @@ def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> b
 
 WSGIApp = Callable[..., Iterable[bytes]]
 Request: TypeAlias = Any  # bottle.BaseRequest; bottle has no annotations to check against
-ErrorKind = Literal["page", "redirect", "json", "bearer"]
+ErrorKind = Literal["page", "redirect", "json", "bearer", "dpop"]
 
 
 def build_wsgi(srv: Server) -> WSGIApp:
@@ -7818,11 +8550,15 @@ def build_app(srv: Server) -> bottle.Bottle:
     browser(AUTHORIZE_PATH, ["GET", "POST"], authorization_endpoint)
     browser(LOGIN_PATH, ["POST"], login_endpoint)
     browser(CONSENT_PATH, ["POST"], consent_endpoint)
-    api(TOKEN_PATH, token_endpoint)
+    api(TOKEN_PATH, lambda srv, params, authorization, address: token_endpoint(
+        srv, params, authorization, address, dpop_request(srv, bottle.request, TOKEN_PATH)))
     api(DEVICE_AUTHORIZATION_PATH, device_authorization, cors=False)
     # RFC 9126 §2.2: "the authorization server MUST return ... HTTP status code 201".
     app.post(PAR_PATH)(answer("json", lambda: created(api_response(
-        srv, bottle.request, pushed_authorization_request, cors=True))))  # fmt: skip
+        srv, bottle.request, lambda srv, params, authorization, address:
+        pushed_authorization_request(srv, params, authorization, address,
+                                     dpop_request(srv, bottle.request, PAR_PATH)),
+        cors=True))))  # fmt: skip
     browser(DEVICE_PATH, ["GET", "POST"], device_endpoint)
     api(INTROSPECT_PATH, introspect, cors=False)
     api(REVOKE_PATH, revoke)
@@ -7929,6 +8665,24 @@ def read_browser(srv: Server, request: Request) -> Browser:
     devices = frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
     agent = request.environ.get("HTTP_USER_AGENT", "")[:USER_AGENT_LENGTH]
     return Browser(csrf, session, address, devices, agent)
+
+
+def endpoint_url(srv: Server, request: Request, path: str) -> str:
+    """The URL of our endpoint ``path`` as the client reached it, as discovery lists it:
+    on ``srv.internal_url`` when the request came there, else the issuer's (the public
+    URL, whatever proxies forwarded it; oauth_metadata lists the same two)."""
+    internal = bool(srv.internal_url) and (
+        request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
+    )
+    return (srv.internal_url if internal and srv.internal_url else srv.issuer) + path
+
+
+def dpop_request(srv: Server, request: Request, path: str) -> DPoPRequest:
+    """The request's DPoP header (several fields come joined by commas, PEP 3333), its
+    method and the URL of our endpoint ``path`` it was sent to (RFC 9449 §4.3 #8, #9)."""
+    return DPoPRequest(
+        request.environ.get("HTTP_DPOP"), request.method, endpoint_url(srv, request, path)
+    )
 
 
 def refuse_cross_site(srv: Server, request: Request) -> None:
@@ -8060,9 +8814,10 @@ def forwarded_client(srv: Server, environ: dict[str, Any]) -> tuple[str, str]:
 # A preflight names no client, so it admits an origin that any client allows; the answer
 # itself is shared only with the origins of the client it is about.
 
-CORS_ALLOW_HEADERS = "Authorization, Content-Type"
-# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait.
-CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, DPoP"  # DPoP: RFC 9449 §4.1
+# Not CORS-safelisted, and needed by the app: RFC 6750 §3's challenge, RFC 9110's wait,
+# RFC 9449 §8's nonce.
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Retry-After, DPoP-Nonce"
 CORS_MAX_AGE = "600"  # seconds a browser may cache a preflight's answer
 
 
@@ -8182,7 +8937,9 @@ def error_response(
       response_mode), with error, error_description, state and iss (RFC 6749 §4.1.2.1,
       RFC 9207), on the query or as a form_post page;
     - ``json``: RFC 6749 §5.2, with ``WWW-Authenticate`` where a client used HTTP Basic;
-    - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``.
+    - ``bearer``: RFC 6750 §3, whose errors always carry ``WWW-Authenticate: Bearer``;
+      ``dpop``: the same for a request that used the DPoP scheme (RFC 9449 §7.1). An
+      error about DPoP itself (its ``challenge``) is always a DPoP challenge.
 
     StorageUnavailable is 503 with Retry-After (RFC 9110 §15.6.4): a page for a browser,
     never a redirect (the request was not handled, and reloading the page retries it
@@ -8199,8 +8956,15 @@ def error_response(
         answer = error_redirect(srv, redirect[0], redirect[1], err, redirect[2])
         return redirect_response(answer) if isinstance(answer, Redirect) else page_response(answer)
     headers = {}
-    if kind == "bearer":
-        challenge = 'Bearer realm="codeflow"'
+    if isinstance(err, UseDPoPNonce):
+        headers["DPoP-Nonce"] = err.nonce  # RFC 9449 §8, §9
+    if kind in ("bearer", "dpop"):
+        # RFC 6750 §3, RFC 9449 §7.1: the challenge of the scheme the error is about, and
+        # for DPoP the algorithms its proofs may use.
+        scheme = err.challenge or ("DPoP" if kind == "dpop" else "Bearer")
+        challenge = f'{scheme} realm="codeflow"'
+        if scheme == "DPoP":
+            challenge += f', algs="{" ".join(CLIENT_KEY_ALGS)}"'
         if not isinstance(err, MissingToken):
             challenge += f', error="{err.error}", error_description="{err.description}"'
         headers["WWW-Authenticate"] = challenge
@@ -8256,6 +9020,9 @@ def api_response(
         params = single_params(form_pairs(request))
         body = handler(srv, params, authorization, request.environ.get("REMOTE_ADDR", ""))
         response = json_response(body if body is not None else {})
+        if srv.dpop_nonces and "HTTP_DPOP" in request.environ:
+            # RFC 9449 §8.2: a fresh nonce with each answer, so the client never waits.
+            response.set_header("DPoP-Nonce", new_dpop_nonce(srv))
     except OAuthError as err:
         response = error_response(srv, err, "json")
     if cors:
@@ -8385,7 +9152,14 @@ def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirec
 def device_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
     # RFC 8628 §3.3: the page with the user code (GET, its form too); the decision (POST).
     if request.method == "GET":
-        return device_page_step(srv, single_params(query_pairs(request)), browser)
+        params = single_params(query_pairs(request))
+        # RFC 8628 §5.1: only a page the user loads checks a code (Fetch Metadata
+        # Sec-Fetch-Dest). An image or frame another site points here would spend its
+        # visitors' checks, guessing with their browsers or holding the throttle shut.
+        destination = request.environ.get("HTTP_SEC_FETCH_DEST")
+        if destination not in (None, "document"):
+            params.pop("user_code", None)
+        return device_page_step(srv, params, browser)
     refuse_cross_site(srv, request)
     return device_decision(srv, single_params(form_pairs(request)), browser)
 
@@ -8471,9 +9245,7 @@ def registration_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
 
 
 def metadata_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
-    internal = bool(srv.internal_url) and (
-        request.urlparts.netloc == urllib.parse.urlsplit(srv.internal_url).netloc
-    )
+    internal = endpoint_url(srv, request, "") != srv.issuer
     return bottle.HTTPResponse(
         json.dumps(oauth_metadata(srv, internal)), 200,
         {"Content-Type": "application/json", **ANY_ORIGIN},
@@ -8507,18 +9279,22 @@ def userinfo_endpoint(srv: Server, request: Request) -> bottle.HTTPResponse:
     # and HTTP POST methods".
     authorization = request.environ.get("HTTP_AUTHORIZATION")
     form = None
+    dpop = dpop_request(srv, request, USERINFO_PATH)
     try:
         has_body = request.environ.get("CONTENT_LENGTH") not in (None, "", "0")
         form = single_params(form_pairs(request)) if has_body else None
-        response = json_response(userinfo(srv, authorization, form))
+        response = json_response(userinfo(srv, authorization, form, dpop))
+        if srv.dpop_nonces and dpop.proof is not None:
+            response.set_header("DPoP-Nonce", new_dpop_nonce(srv))  # RFC 9449 §8.2
     except OAuthError as err:
-        response = error_response(srv, err, "bearer")
+        scheme = (authorization or "").partition(" ")[0].lower()
+        response = error_response(srv, err, "dpop" if scheme == "dpop" else "bearer")
     # The answer is about the access token's client; only a browser's request (with
     # Origin) costs the second look-up.
     client_id = None
     if request.environ.get("HTTP_ORIGIN"):
         with contextlib.suppress(OAuthError):
-            token = srv.storage.get_token(token_hash(bearer_token(authorization, form)))
+            token = srv.storage.get_token(token_hash(presented_token(authorization, form)[0]))
             client_id = token.client_id if token is not None else None
     for name, value in cors_headers(srv, request, client_id).items():
         response.set_header(name, value)
@@ -9433,6 +10209,7 @@ CLIENT_KEYS: dict[str, type] = {
     "frontchannel_logout_uri": str, "frontchannel_logout_session_required": bool,
     "require_pushed_authorization_requests": bool,
     "resources": list, "token_exchange": list,
+    "jwks": dict, "jwks_uri": str, "dpop_bound_access_tokens": bool,
 }  # fmt: skip
 USER_KEYS: dict[str, type] = {"username": str, "password": str, "claims": dict,
                               "totp_secret": str}  # fmt: skip
@@ -9522,6 +10299,9 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             ),
             resources=entry.get("resources", []),
             token_exchange=entry.get("token_exchange", []),
+            jwks=entry.get("jwks"),
+            jwks_uri=entry.get("jwks_uri"),
+            dpop_bound_access_tokens=entry.get("dpop_bound_access_tokens", False),
         )
         srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
@@ -9750,6 +10530,10 @@ def _parser() -> argparse.ArgumentParser:
         "--require-pushed-authorization-requests", action="store_true", default=None,
         help="every client's authorization requests only through the PAR endpoint (RFC 9126)",
     )  # fmt: skip
+    serve_cmd.add_argument(
+        "--dpop-nonces", action="store_true", default=None,
+        help="DPoP proofs must carry a nonce the server gave (RFC 9449 8)",
+    )  # fmt: skip
 
     client = commands.add_parser("client", help="manage clients").add_subparsers(
         dest="action", required=True
@@ -9803,6 +10587,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--token-exchange", action="append", dest="token_exchange",
                          metavar="URI", help="a resource it may get tokens for by token "
                          "exchange, RFC 8693 (repeatable; update: replaces the list)")  # fmt: skip
+        cmd.add_argument("--dpop-bound-access-tokens", action=argparse.BooleanOptionalAction,
+                         help="every token request must carry a DPoP proof (RFC 9449)")
+        cmd.add_argument("--jwks", metavar="FILE", type=argparse.FileType("rb"),
+                         help="a JSON file with the client's public keys (a JWK Set): it "
+                         "authenticates with private_key_jwt, no secret (RFC 7523)")
+        cmd.add_argument("--jwks-uri", metavar="URL",
+                         help="where the client publishes its keys (private_key_jwt)")  # fmt: skip
     update.add_argument("--pkce", action=argparse.BooleanOptionalAction,
                         help="require PKCE (--no-pkce: a confidential client may skip it)")
     command(client, "rotate-secret", client_rotate_secret,
@@ -9903,7 +10694,9 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
     grants = args.grant_types or DEFAULT_GRANT_TYPES
     if "authorization_code" in grants and not args.redirect_uris:
         raise ValueError("an authorization-code client needs at least one --redirect-uri")
-    secret = None if args.public else secrets.token_urlsafe(32)
+    jwks = read_jwks(args.jwks)
+    keyed = jwks is not None or args.jwks_uri is not None
+    secret = None if args.public or keyed else secrets.token_urlsafe(32)
     srv.add_client(
         args.client_id,
         client_secret=secret,
@@ -9923,6 +10716,9 @@ def client_add(srv: Server, args: argparse.Namespace) -> None:
         require_pushed_authorization_requests=bool(args.require_pushed_authorization_requests),
         resources=args.resources or (),
         token_exchange=args.token_exchange or (),
+        jwks=jwks,
+        jwks_uri=args.jwks_uri,
+        dpop_bound_access_tokens=bool(args.dpop_bound_access_tokens),
     )
     print(f"client_id: {args.client_id}")
     if secret is not None:
@@ -9946,6 +10742,9 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
         "require_pushed_authorization_requests": args.require_pushed_authorization_requests,
         "resources": args.resources,
         "token_exchange": args.token_exchange,
+        "dpop_bound_access_tokens": args.dpop_bound_access_tokens,
+        "jwks": read_jwks(args.jwks),
+        "jwks_uri": args.jwks_uri,
     }
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     for setting in ("backchannel_logout_uri", "frontchannel_logout_uri"):
@@ -9957,6 +10756,20 @@ def client_update(srv: Server, args: argparse.Namespace) -> None:
     srv.update_client(args.client_id, **changes)
 
 
+def read_jwks(file: io.BufferedReader | None) -> dict[str, Any] | None:
+    """The JWK Set in the JSON file ``--jwks`` names (checked by add_client)."""
+    if file is None:
+        return None
+    with file:
+        try:
+            jwks = json.load(file)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{file.name}: not JSON: {err}") from None
+    if not isinstance(jwks, dict):
+        raise ValueError(f'{file.name}: a JWK Set is a JSON object: {{"keys": [...]}}')
+    return jwks
+
+
 def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
     _existing_client(srv, args.client_id)
     secret = srv.rotate_client_secret(args.client_id)
@@ -9966,6 +10779,8 @@ def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
 def client_list(srv: Server, args: argparse.Namespace) -> None:
     for c in srv.storage.list_clients():
         kind = "public" if c.public else "confidential"
+        if c.registration == REGISTERED_DYNAMICALLY:
+            kind += ", registered itself"  # RFC 7591: `client remove` deprovisions it
         print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
 
 
@@ -10259,6 +11074,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not isinstance(require_par, bool):
         parser.error("bad config: require_pushed_authorization_requests must be true or false")
+    dpop_nonces = args.dpop_nonces or config.get("dpop_nonces", False)
+    if not isinstance(dpop_nonces, bool):
+        parser.error("bad config: dpop_nonces must be true or false")
     if args.password_hashing == "fast" and not args.test_mode:  # noqa: S105 -- a mode
         # Fast hashes are a test convenience; a production server must not make them.
         parser.error("--password-hashing fast is for test suites: it needs --test-mode")
@@ -10266,7 +11084,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         srv = Server(issuer, open_storage(storage_url), auto_approve=args.auto_approve,
                      demo=args.demo, test_mode=args.test_mode, internal_url=args.internal_url,
-                     trusted_proxies=proxies, passkeys=passkeys,
+                     trusted_proxies=proxies, passkeys=passkeys, dpop_nonces=dpop_nonces,
                      require_pushed_authorization_requests=require_par,
                      password_hashing=args.password_hashing, **registering)  # fmt: skip
     except ValueError as err:

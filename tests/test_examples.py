@@ -1,7 +1,8 @@
 """Every example against a live codeflow: examples/webapp.py (log in, show claims, log
 out), examples/api.py (a JSON API that requires a scope), examples/device_login.py (the
-device authorization grant from a command line) and the third-party test suite
-examples/test_thirdparty_login.py.
+device authorization grant from a command line), examples/mcp_server.py (an MCP server;
+its flows with the MCP SDKs are in tests/test_mcp_interop.py) and the third-party test
+suite examples/test_thirdparty_login.py.
 
 The provider is configured from examples/codeflow.toml, the file the README tells users
 to serve, with its example ports replaced by free ones. The apps run in-process for the
@@ -22,10 +23,14 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import requests
 from codeflow_sdk import BearerValidator, Client
+from codeflow_sdk.testing import Clock
+from mcp.client.session import ClientSession
+from mcp_support import PythonClient, Site
 from sdk_support import free_port, serving, wait_for_port
 
 import codeflow
@@ -50,15 +55,17 @@ api = load_example("api")
 
 @contextlib.contextmanager
 def example_idp(
-    webapp_port: int, api_port: int, **options: object
+    webapp_port: int, api_port: int, mcp_port: int | None = None, **options: object
 ) -> Iterator[tuple[codeflow.Server, str]]:
-    """codeflow with examples/codeflow.toml's clients and users, the example apps' ports
-    replaced by the given ones and the issuer by the running server's URL."""
+    """codeflow with examples/codeflow.toml's clients, resources and users, the example
+    apps' ports replaced by the given ones and the issuer by the running server's URL."""
     text = (EXAMPLES / "codeflow.toml").read_text()
     text = text.replace("127.0.0.1:5000", f"127.0.0.1:{webapp_port}")
     text = text.replace("127.0.0.1:5001", f"127.0.0.1:{api_port}")
+    text = text.replace("127.0.0.1:5002", f"127.0.0.1:{mcp_port or free_port()}")
     config = tomllib.loads(text)
     assert config["issuer"] == "http://127.0.0.1:8000"  # what the examples default to
+    options = {"registration": config["registration"], **options}  # as serve reads it
     srv = codeflow.Server(**options)  # type: ignore[arg-type]
     with srv.running() as url:
         codeflow.load_config(srv, config)
@@ -261,6 +268,36 @@ def test_device_login_runs_as_documented() -> None:
                 log.seek(0)
                 print(log.read().decode(errors="replace"))
                 raise
+
+
+def test_mcp_server_runs_as_documented() -> None:
+    """README "Protect an MCP server": with the provider serving examples/codeflow.toml
+    and registration open, ``python examples/mcp_server.py`` serves its RFC 9728 metadata,
+    which names the provider (§3.2), answers a request without a token with 401 naming that
+    metadata (§5.1), and the official MCP Python SDK, registered by nobody beforehand,
+    registers (RFC 7591), signs alice in and calls a tool. The whole flow with both MCP
+    SDKs is in tests/test_mcp_interop.py and tests/test_mcp_interop_node.py."""
+    port = free_port()
+    with example_idp(free_port(), free_port(), port) as (srv, issuer):
+        with run(["examples/mcp_server.py", "--issuer", issuer, "--port", str(port)], port):
+            url = f"http://127.0.0.1:{port}/mcp"
+            metadata = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+            with requests.get(metadata, timeout=10) as r:
+                assert r.status_code == 200
+                assert r.json()["resource"] == url
+                assert r.json()["authorization_servers"] == [issuer]
+            with requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               timeout=10) as r:  # fmt: skip
+                assert r.status_code == 401
+                assert f'resource_metadata="{metadata}"' in r.headers["WWW-Authenticate"]
+            client = PythonClient(Site(srv, issuer, url, Clock()))
+
+            async def whoami(session: ClientSession) -> Any:
+                return (await session.call_tool("whoami", {})).structured_content
+
+            me = client.run(whoami)
+            assert me["sub"] == "alice" and "mcp:read" in me["scopes"]
+            assert srv.storage.get_client(me["client_id"]) is not None  # it registered
 
 
 def test_thirdparty_suite_passes() -> None:

@@ -3,6 +3,8 @@ fixtures of codeflow_sdk.pytest_plugin, used here exactly as a third party uses 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 import sys
 import time
@@ -124,3 +126,31 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
+def test_documents_fixture_serves_https_client_ids_self_registration_accepts(
+    codeflow_factory, codeflow_documents
+) -> None:
+    """Issue 15 item 9: ``codeflow_documents`` serves a Client ID Metadata Document over
+    https on 127.0.0.1 (the MCP SDKs take no other client_id URL), and a server made with
+    ``self_registration=True`` trusts its CA and takes that client_id at once; a server
+    without it does not (the document is never fetched)."""
+    client_id = codeflow_documents.publish_client("/plugin-test.json", [REDIRECT])
+    assert client_id.startswith("https://127.0.0.1:")
+    verifier = "v" * 43
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    )  # fmt: skip
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT,
+              "code_challenge": challenge.decode(), "code_challenge_method": "S256",
+              "state": "s"}  # fmt: skip
+    live = codeflow_factory(live=True, self_registration=True, auto_approve="alice")
+    live.add_user("alice")
+    r = requests.get(live.url + "/authorize", params=params, allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT + "?code="), r.text
+    assert codeflow_documents.hits["/plugin-test.json"] == 1
+
+    closed = codeflow_factory(live=True, auto_approve="alice")
+    r = requests.get(closed.url + "/authorize", params=params, allow_redirects=False, timeout=10)
+    assert r.status_code == 400 and "Location" not in r.headers
+    assert codeflow_documents.hits["/plugin-test.json"] == 1

@@ -12,16 +12,19 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from conftest import (
     CONFIDENTIAL,
     ISSUER,
     PUBLIC,
+    REDIRECT,
     SECRET,
     USERNAME,
     Clock,
@@ -30,6 +33,7 @@ from conftest import (
     pkce_pair,
     query_of,
 )
+from dpop_helpers import DPoPKey
 from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
@@ -58,17 +62,24 @@ KNOWN_GRANT_TYPES = [
     "urn:ietf:params:oauth:grant-type:saml2-bearer",
     "urn:ietf:params:oauth:grant-type:token-exchange",
 ]
-KNOWN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+KNOWN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt",
+                      "client_secret_jwt", "none"]  # fmt: skip
 # OAuth 2.0 Multiple Response Type Encoding Practices §2.1, Form Post Response Mode §2, JARM.
 KNOWN_RESPONSE_MODES = ["query", "fragment", "form_post", "query.jwt", "fragment.jwt",
                         "form_post.jwt", "jwt", "web_message"]  # fmt: skip
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+KEYED = "keyed-app"  # a private_key_jwt client (RFC 7523 §2.2)
+CLIENT_KEY = DPoPKey("ES256")  # its key pair, made with cryptography (tests/dpop_helpers.py)
 
 
 @pytest.fixture
 def srv(clock: Clock) -> codeflow.Server:
-    """The conftest server, approving every authorization request as alice at once."""
-    return make_server(clock, auto_approve=USERNAME)
+    """The conftest server, approving every authorization request as alice at once, with
+    a client that authenticates with private_key_jwt (RFC 7523)."""
+    srv = make_server(clock, auto_approve=USERNAME)
+    srv.add_client(KEYED, jwks={"keys": [CLIENT_KEY.jwk]}, redirect_uris=[REDIRECT],
+                   scopes=["profile"])  # fmt: skip
+    return srv
 
 
 @pytest.fixture
@@ -89,14 +100,23 @@ def path_of(url: str) -> str:
     return url.removeprefix(ISSUER)
 
 
-def as_client(method: str) -> tuple[str, dict[str, str], dict[str, str] | None]:
-    """(client_id, extra form fields, headers) that authenticate with ``method``."""
+def as_client(
+    method: str, now: float = 0.0
+) -> tuple[str, dict[str, str], dict[str, str] | None]:
+    """(client_id, extra form fields, headers) that authenticate with ``method`` at
+    ``now`` (an assertion's time)."""
     if method == "client_secret_basic":
         return CONFIDENTIAL, {}, basic(CONFIDENTIAL, SECRET)
     if method == "client_secret_post":
         return CONFIDENTIAL, {"client_id": CONFIDENTIAL, "client_secret": SECRET}, None
     if method == "none":
         return PUBLIC, {"client_id": PUBLIC}, None
+    if method in ("private_key_jwt", "client_secret_jwt"):
+        # RFC 7523 §2.2; client_secret_jwt is OIDC Core §9's HS256 with the client secret.
+        keyed = method == "private_key_jwt"
+        assertion = private_key_jwt(now) if keyed else client_secret_jwt(ISSUER)
+        fields = {"client_assertion_type": JWT_BEARER_ASSERTION, "client_assertion": assertion}
+        return (KEYED if keyed else CONFIDENTIAL), fields, None
     raise AssertionError(f"the metadata lists {method!r}: teach this test to use it")
 
 
@@ -164,6 +184,13 @@ GRANT_EXERCISES: dict[str, Callable[[WSGIClient, codeflow.Server], Response]] = 
     "urn:ietf:params:oauth:grant-type:token-exchange": token_exchange_grant,
     DEVICE_CODE: device_code_grant,
 }
+
+
+def private_key_jwt(now: float, alg: str = "ES256") -> str:
+    """An RFC 7523 §3 client assertion of KEYED, signed with its registered key."""
+    claims = {"iss": KEYED, "sub": KEYED, "aud": ISSUER, "exp": int(now) + 60,
+              "jti": secrets.token_urlsafe(8)}  # fmt: skip
+    return jwt.encode(claims, CLIENT_KEY.private, algorithm=alg)
 
 
 def client_secret_jwt(audience: str) -> str:
@@ -325,7 +352,7 @@ def test_listed_client_auth_methods_work_and_no_other(
     listed = metadata[list_name]
     path = path_of(metadata[endpoint])
     for method in KNOWN_AUTH_METHODS:
-        client_id, fields, headers = as_client(method)
+        client_id, fields, headers = as_client(method, srv.clock())
         issued = srv.issue_tokens(USERNAME, client_id, "profile")
         if endpoint == "token_endpoint":
             data = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
@@ -350,7 +377,7 @@ def test_unlisted_client_auth_methods_are_refused(
     other HTTP schemes; and RFC 6749 §2.3.1: the credentials "MUST NOT be included in the
     request URI"."""
     listed = set(metadata["token_endpoint_auth_methods_supported"])
-    assert not listed & {"client_secret_jwt", "private_key_jwt"}
+    assert "client_secret_jwt" not in listed
     path = path_of(metadata[endpoint])
     issued = srv.issue_tokens(USERNAME, CONFIDENTIAL, "profile")
     if endpoint == "token_endpoint":
@@ -429,3 +456,34 @@ def test_resource_indicators_are_advertised_and_honoured(
     unknown = wc.get("/authorize", params=[*new_flow().params.items(),
                                            ("resource", "https://unknown.example/")])  # fmt: skip
     assert query_of(unknown.location or "")["error"] == "invalid_target"
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["token_endpoint", "introspection_endpoint", "revocation_endpoint"]
+)
+def test_listed_client_assertion_algs_work_and_no_other(
+    wc: WSGIClient, srv: codeflow.Server, metadata: dict[str, Any], endpoint: str
+) -> None:
+    """RFC 8414 §2 token_endpoint_auth_signing_alg_values_supported (and the introspection
+    and revocation lists): "JSON array containing a list of the JWS signing algorithms
+    ("alg" values) supported by the token endpoint for the signature on the JWT"; "The
+    value "none" MUST NOT be used". Each listed alg authenticates a private_key_jwt
+    client; none and HS* (client_secret_jwt, refused: see the test above) are not listed."""
+    prefix = endpoint.removesuffix("_endpoint")
+    listed = metadata[f"{prefix}_endpoint_auth_signing_alg_values_supported"]
+    assert listed and "none" not in listed and not any(a.startswith("HS") for a in listed)
+    path = path_of(metadata[endpoint])
+    for alg in listed:
+        key = DPoPKey(alg)
+        srv.update_client(KEYED, jwks={"keys": [key.jwk]})
+        claims = {"iss": KEYED, "sub": KEYED, "aud": ISSUER, "exp": int(srv.clock()) + 60,
+                  "jti": secrets.token_urlsafe(8)}  # fmt: skip
+        fields = {"client_assertion_type": JWT_BEARER_ASSERTION,
+                  "client_assertion": jwt.encode(claims, key.private, algorithm=alg)}  # fmt: skip
+        issued = srv.issue_tokens(USERNAME, KEYED, "profile")
+        if endpoint == "token_endpoint":
+            data = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+        else:
+            data = {"token": issued["access_token"]}
+        r = wc.post(path, {**data, **fields})
+        assert r.status == 200, (alg, r.text)

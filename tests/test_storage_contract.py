@@ -1307,3 +1307,52 @@ class TestPasskeyStorageContract:
     def test_use_webauthn_challenge_race_has_one_winner(self, storage: codeflow.Storage) -> None:
         results = race(lambda i: storage.use_webauthn_challenge("h1", NOW + 60))
         assert results.count(True) == 1, results
+
+    # -- DPoP and private_key_jwt (RFC 9449, RFC 7523) -----------------------------
+
+    def test_client_keys_and_dpop_binding_round_trip(self, storage: codeflow.Storage) -> None:
+        """RFC 7523 §2.2 and RFC 9449 §5.2, §6, §10: a client's JWK Set, jwks_uri and
+        dpop_bound_access_tokens, a code's dpop_jkt and a token's jkt: records in, records
+        out."""
+        jwks = {"keys": [{"kty": "EC", "crv": "P-256", "x": "f83O", "y": "x_FE", "kid": "k1"}]}
+        keyed = Client(client_id="keyed", jwks=jwks, dpop_bound_access_tokens=True)
+        fetched = Client(client_id="fetched", jwks_uri="https://rp.example/jwks.json")
+        storage.add_client(keyed)
+        storage.add_client(fetched)
+        assert storage.get_client("keyed") == keyed
+        assert storage.get_client("fetched") == fetched
+        assert not keyed.public and not fetched.public  # keys authenticate the client
+        code = a_code(dpop_jkt="0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        storage.save_code(code)
+        assert storage.consume_code("code-1") == code
+        bound = a_token("a1", jkt="0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        storage.save_token(bound)
+        assert storage.get_token("a1") == bound
+
+    def test_remember_jti_refuses_a_replay_until_it_expires(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9449 §11.1: the server "can store, in the context of the target URI, the jti
+        value of each DPoP proof for the time window in which the respective DPoP proof
+        JWT would be accepted" and reject a replay; RFC 7523 §3: a jti "MAY" be
+        single-use. Storage.remember_jti: False while remembered, then free again."""
+        assert storage.remember_jti("dpop:k1:j1", NOW + 60, NOW)
+        assert not storage.remember_jti("dpop:k1:j1", NOW + 120, NOW + 30)
+        assert storage.remember_jti("assertion:app:j1", NOW + 60, NOW)  # another use
+        assert storage.remember_jti("dpop:k1:j1", NOW + 200, NOW + 60)  # expired: free
+        assert not storage.remember_jti("dpop:k1:j1", NOW + 300, NOW + 100)
+
+    def test_purge_deletes_expired_jtis(self, storage: codeflow.Storage) -> None:
+        """Storage.purge_expired deletes one-time identifiers once expired (the replay
+        cache stays bounded by what is still within its window) and counts them."""
+        storage.remember_jti("j-old", NOW + 10, NOW)
+        storage.remember_jti("j-new", NOW + 100, NOW)
+        assert storage.purge_expired(NOW + 10) == 1
+        assert not storage.remember_jti("j-new", NOW + 200, NOW + 50)
+        assert storage.purge_expired(NOW + 10**6) == 1
+
+    def test_remember_jti_race_has_one_winner(self, storage: codeflow.Storage) -> None:
+        """Storage.remember_jti: "of N concurrent callers with one key, at most one gets
+        True": one DPoP proof or client assertion sent N times at once is accepted once."""
+        results = race(lambda i: storage.remember_jti("dpop:k1:raced", NOW + 60, NOW))
+        assert results.count(True) == 1, results

@@ -13,6 +13,9 @@ with cryptography (JOSE); the bottle plugin needs bottle.
 - ``BearerValidator``: JWT access tokens (RFC 9068) checked locally, opaque ones
   through introspection (RFC 7662); ``require_bearer`` (WSGI) and ``BottleBearer``
   (bottle) answer as RFC 6750 §3 says; with ``resource=``, the API's RFC 9728 metadata.
+- DPoP (RFC 9449): ``Client(dpop_key=DPoPKey.generate())`` binds its tokens to a key
+  and sends proofs; ``BearerValidator`` checks the proofs of DPoP-bound tokens (§7),
+  remembering the ones seen in a ``ReplayCache``.
 
 Every failure raises a subclass of ``OAuthError``, with ``error``, ``description`` and
 ``status``.
@@ -25,11 +28,13 @@ imports codeflow, inside its fixtures).
 """
 
 from .client import Client, LoginState, TokenSet, resource_metadata
+from .dpop import DPoPKey, ReplayCache
 from .errors import (
     AuthorizationError,
     DiscoveryError,
     IDTokenError,
     InsufficientScopeError,
+    InvalidDPoPProofError,
     InvalidRequestError,
     InvalidTokenError,
     IssuerMismatch,
@@ -54,14 +59,17 @@ __all__ = [
     "BearerValidator",
     "BottleBearer",
     "Client",
+    "DPoPKey",
     "DiscoveryError",
     "IDTokenError",
     "InsufficientScopeError",
+    "InvalidDPoPProofError",
     "InvalidRequestError",
     "InvalidTokenError",
     "IssuerMismatch",
     "LoginState",
     "OAuthError",
+    "ReplayCache",
     "StateMismatch",
     "TokenError",
     "TokenSet",

@@ -5,7 +5,9 @@ RFC 7636 §4.1-§4.3, OIDC Core §3.1.2.1 nonce); ``Client.finish_login`` checks
 authorization response (state, RFC 9207 ``iss``, errors), redeems the code
 (RFC 6749 §4.1.3) and validates the ID token (OIDC Core §3.1.3.7). ``refresh``,
 ``revoke``, ``userinfo`` and ``client_credentials`` cover RFC 6749 §6, RFC 7009,
-OIDC Core §5.3 and RFC 6749 §4.4.
+OIDC Core §5.3 and RFC 6749 §4.4. With a ``dpop_key`` every token request carries a
+DPoP proof, so that the tokens are bound to the key (RFC 9449 §5), and ``userinfo`` and
+``request`` present them with proofs (§7), retrying once with the server's nonce (§8, §9).
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ from ._wire import (
     Provider,
     Response,
     audiences,
+    authenticate,
     check_times,
+    error_from,
     is_number,
     post_authenticated,
     request,
     resource_metadata_url,
     split_scope,
 )
+from .dpop import DPoPKey
 from .errors import (
     AuthorizationError,
     DiscoveryError,
@@ -56,7 +61,7 @@ __all__ = ["Client", "LoginState", "TokenSet", "resource_metadata"]
 # The parameters start_login sets itself; passing them as extras would undo a check.
 RESERVED_PARAMS = frozenset({
     "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-    "code_challenge", "code_challenge_method", "resource",
+    "code_challenge", "code_challenge_method", "resource", "dpop_jkt",
 })  # fmt: skip
 # RFC 6750 §3: auth-param = token "=" ( token / quoted-string )
 _AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
@@ -147,6 +152,8 @@ class Client:
     is the time source for every expiry check; tests may pass their own. One
     instance may serve every request of an application: it caches the provider's
     metadata and keys, and keeps no per-login state (that is the ``LoginState``).
+    ``dpop_key`` (a ``DPoPKey``) binds the tokens to that key (RFC 9449): keep the key
+    as long as the tokens; the client remembers each server's latest DPoP nonce.
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class Client:
         jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
         jwks_refetch_interval: float = JWKS_REFETCH_INTERVAL,
         resource: str | Iterable[str] | None = None,
+        dpop_key: DPoPKey | None = None,
     ) -> None:
         self.issuer = issuer
         # RFC 8707 §2: the resources every request names unless a call names others.
@@ -179,6 +187,8 @@ class Client:
             jwks_cache_seconds=jwks_cache_seconds,
             jwks_refetch_interval=jwks_refetch_interval,
         )
+        self.dpop_key = dpop_key
+        self._dpop_nonces: dict[str, str] = {}  # origin -> its latest DPoP-Nonce (§8)
 
     @classmethod
     def for_resource(
@@ -258,6 +268,10 @@ class Client:
         }
         if nonce is not None:
             params["nonce"] = nonce
+        if self.dpop_key is not None:
+            # RFC 9449 §10: the code is bound to the key, so that only this client's proof
+            # redeems it.
+            params["dpop_jkt"] = self.dpop_key.thumbprint
         params.update({k: str(v) for k, v in extra.items() if v is not None})
         if resources:
             params["resource"] = list(resources)
@@ -465,14 +479,16 @@ class Client:
 
     # -- UserInfo: OIDC Core §5.3 ------------------------------------------------
 
-    def userinfo(self, access_token: str, *, expected_sub: str | None = None) -> dict[str, Any]:
+    def userinfo(
+        self, access_token: str | TokenSet, *, expected_sub: str | None = None
+    ) -> dict[str, Any]:
         """OIDC Core §5.3: the user's claims. With ``expected_sub`` (the ID token's sub),
-        a response about another user is rejected (§5.3.4)."""
+        a response about another user is rejected (§5.3.4). A TokenSet's token goes as
+        its token_type says; a bare token with the DPoP scheme if this client has a key."""
         url = self.provider.endpoint("userinfo_endpoint")
         # OIDC Core §5.3.1: the access token is sent "using the Authorization header
-        # field" (RFC 6750 §2.1).
-        headers = {"Authorization": f"Bearer {access_token}"}
-        resp = request("GET", url, UserinfoError, headers=headers, timeout=self.timeout)
+        # field" (RFC 6750 §2.1; RFC 9449 §7.1 for a DPoP-bound one).
+        resp = self.request("GET", url, access_token, failure=UserinfoError)
         if resp.status in (400, 401, 403):
             raise _bearer_error(resp)
         if resp.status != 200:
@@ -492,6 +508,58 @@ class Client:
         if expected_sub is not None and sub != expected_sub:
             raise UserinfoError("The userinfo response is about another user.", error="invalid_sub")
         return claims
+
+    # -- Protected resources: RFC 6750 §2.1, RFC 9449 §7 ----------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        access_token: str | TokenSet,
+        *,
+        form: Form | None = None,
+        headers: Mapping[str, str] | None = None,
+        failure: type[OAuthError] = OAuthError,
+    ) -> Response:
+        """Call a protected resource with the access token (any status is returned;
+        ``failure`` is raised if the server cannot be reached). A DPoP-bound token goes
+        with ``Authorization: DPoP`` and a proof with its ``ath`` (RFC 9449 §7.1); asked
+        for a nonce (§9: 401 with ``error="use_dpop_nonce"``), the request is sent once
+        more with it."""
+        token, bound = _token_and_binding(access_token, self.dpop_key is not None)
+        scheme = "DPoP" if bound else "Bearer"
+        for attempt in range(2):
+            sent = {**(headers or {}), "Authorization": f"{scheme} {token}"}
+            resp = self._send(method, url, failure, form=form, headers=sent,
+                              access_token=token if bound else None)  # fmt: skip
+            if not (bound and attempt == 0 and _nonce_asked(resp)):
+                return resp
+        return resp
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        failure: type[OAuthError],
+        *,
+        form: Form | None,
+        headers: Mapping[str, str],
+        access_token: str | None = None,
+    ) -> Response:
+        """One request; with this client's key, a DPoP proof for it (RFC 9449 §4.2) with
+        the server's latest nonce, and the nonce of its answer remembered (§8.2)."""
+        if self.dpop_key is None:
+            return request(method, url, failure, form=form, headers=headers,
+                           timeout=self.timeout)  # fmt: skip
+        origin = _origin(url)
+        proof = self.dpop_key.proof(method, url, now=self.clock(), access_token=access_token,
+                                    nonce=self._dpop_nonces.get(origin))  # fmt: skip
+        resp = request(method, url, failure, form=form, headers={**headers, "DPoP": proof},
+                       timeout=self.timeout)  # fmt: skip
+        nonce = resp.headers.get("DPoP-Nonce")
+        if nonce:
+            self._dpop_nonces[origin] = nonce
+        return resp
 
     # -- Logout: OpenID Connect RP-Initiated Logout 1.0 --------------------------
 
@@ -523,10 +591,23 @@ class Client:
 
     def _token_request(self, form: Form) -> dict[str, Any]:
         # A failure raises with RFC 6749 §5.2's error, error_description, error_uri.
-        resp = post_authenticated(
-            self.provider, "token_endpoint", self.client_id, self.client_secret, form,
-            timeout=self.timeout, what="token endpoint",
-        )  # fmt: skip
+        if self.dpop_key is None:
+            resp = post_authenticated(
+                self.provider, "token_endpoint", self.client_id, self.client_secret, form,
+                timeout=self.timeout, what="token endpoint",
+            )  # fmt: skip
+            return resp.json_object(TokenError, "token response")
+        url = self.provider.endpoint("token_endpoint")
+        for attempt in range(2):
+            body, headers = dict(form), dict[str, str]()
+            authenticate(self.provider.metadata(), "token_endpoint", self.client_id,
+                         self.client_secret, body, headers)  # fmt: skip
+            resp = self._send("POST", url, TokenError, form=body, headers=headers)
+            # RFC 9449 §8: "use_dpop_nonce": send the request again, with the nonce.
+            if not (attempt == 0 and _nonce_asked(resp)):
+                break
+        if resp.status != 200:
+            raise error_from(resp, TokenError, "token endpoint")
         return resp.json_object(TokenError, "token response")
 
     def _token_set(self, body: dict[str, Any], requested: tuple[str, ...]) -> TokenSet:
@@ -536,9 +617,11 @@ class Client:
             raise TokenError("The token response has no access_token.")
         token_type = body.get("token_type")
         # RFC 6749 §7.1: "The client MUST NOT use an access token if it does not
-        # understand the token type." Token type names are case-insensitive (§5.1).
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise TokenError(f"The token_type {token_type!r} is not Bearer.")
+        # understand the token type." Token type names are case-insensitive (§5.1); DPoP
+        # (RFC 9449 §5) is understood by a client with a key, Bearer by every client.
+        understood = ("bearer", "dpop") if self.dpop_key is not None else ("bearer",)
+        if not isinstance(token_type, str) or token_type.lower() not in understood:
+            raise TokenError(f"The token_type {token_type!r} is not one this client can use.")
         expires_in = body.get("expires_in")
         if isinstance(expires_in, str) and expires_in.isdigit():
             expires_in = int(expires_in)  # some providers send a string
@@ -620,6 +703,34 @@ def _callback_params(callback_url: str) -> dict[str, str]:
     return params
 
 
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _token_and_binding(access_token: str | TokenSet, has_key: bool) -> tuple[str, bool]:
+    """The token, and whether it goes with the DPoP scheme (RFC 9449 §7.1)."""
+    if isinstance(access_token, TokenSet):
+        bound = access_token.token_type.lower() == "dpop"
+        if bound and not has_key:
+            raise ValueError("a DPoP-bound token needs the Client's dpop_key")
+        return access_token.access_token, bound
+    return access_token, has_key
+
+
+def _nonce_asked(resp: Response) -> bool:
+    """RFC 9449 §8 (400 ``use_dpop_nonce`` from the token endpoint) or §9 (401 with a
+    DPoP challenge ``error="use_dpop_nonce"`` from a resource), with a DPoP-Nonce."""
+    if not resp.headers.get("DPoP-Nonce") or resp.status not in (400, 401):
+        return False
+    if 'error="use_dpop_nonce"' in resp.headers.get("WWW-Authenticate", ""):
+        return True
+    try:
+        return resp.json_object(OAuthError, "error").get("error") == "use_dpop_nonce"
+    except OAuthError:
+        return False
+
+
 def _bearer_error(resp: Response) -> OAuthError:
     """RFC 6750 §3: the error in a resource's ``WWW-Authenticate: Bearer`` challenge."""
     challenge = resp.headers.get("WWW-Authenticate", "")
@@ -638,7 +749,7 @@ def _bearer_error(resp: Response) -> OAuthError:
         description = description or str(body.get("error_description", ""))
     if error == "insufficient_scope":
         return InsufficientScopeError(description, scope=attrs.get("scope", ""))
-    if error == "invalid_token" or (error is None and resp.status == 401):
+    if error in ("invalid_token", "invalid_dpop_proof") or (error is None and resp.status == 401):
         return InvalidTokenError(description, error=error)
     return UserinfoError(description, error=error, status=resp.status)
 

@@ -101,3 +101,11 @@ class InsufficientScopeError(OAuthError):
     def __init__(self, description: str = "", *, scope: str = "", **kwargs: object) -> None:
         super().__init__(description, **kwargs)  # type: ignore[arg-type]
         self.scope = scope
+
+
+class InvalidDPoPProofError(OAuthError):
+    """RFC 9449 §7.1 invalid_dpop_proof: the DPoP proof sent with a DPoP-bound access
+    token is missing or fails a check of §4.3 (answered with a DPoP challenge)."""
+
+    error = "invalid_dpop_proof"
+    status = 401

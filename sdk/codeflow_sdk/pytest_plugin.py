@@ -8,7 +8,10 @@ Installed with codeflow (entry point ``pytest11``), so its fixtures need no impo
   its base URL (and issuer), every other attribute is the Server's; it adds
   ``add_user_and_client(redirect_uri)`` and ``login(app_login_url, user=...)``.
 - ``codeflow_session_server``, ``codeflow_session_live``: the same, shared by a session.
-- ``codeflow_factory``: makes more servers with options (``live=True`` to serve them).
+- ``codeflow_factory``: makes more servers with options (``live=True`` to serve them;
+  ``self_registration=True`` for clients that register themselves, as MCP clients do).
+- ``codeflow_documents``: an https host on 127.0.0.1 for the Client ID Metadata Documents
+  of clients under test, whose CA the ``self_registration`` servers trust.
 - ``codeflow_signing_key``: one RS256 key for every server of the session, so a server
   starts in milliseconds instead of generating an RSA key.
 
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .testing import Clock, HeadlessBrowser, Response
+from .testing import Clock, DocumentHost, HeadlessBrowser, Response
 
 if TYPE_CHECKING:
     import codeflow
@@ -144,11 +147,30 @@ class LiveServer:
         )
 
 
+class _Documents:
+    """The session's DocumentHost (codeflow_documents), started when a test first needs it:
+    by the fixture, or by a server made with ``self_registration=True``, which trusts its CA."""
+
+    def __init__(self) -> None:
+        self.host: DocumentHost | None = None
+
+    def get(self) -> DocumentHost:
+        if self.host is None:
+            self.host = DocumentHost()
+            self.host.start()
+        return self.host
+
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
+
 class _Factory:
     """Makes servers that share the session's signing key; stops the live ones after."""
 
-    def __init__(self, key: Any) -> None:
+    def __init__(self, key: Any, documents: _Documents) -> None:
         self._key = key
+        self._documents = documents
         self._stack = contextlib.ExitStack()
 
     def __call__(self, *, live: bool = False, self_registration: bool = False,
@@ -162,6 +184,9 @@ class _Factory:
             options.setdefault("registration", "open")
             options.setdefault("client_id_metadata_documents", True)
             options.setdefault("fetch_allowed_networks", LOOPBACK_NETWORKS)
+            # MCP SDKs take only an https client_id URL: the session's DocumentHost serves
+            # one on 127.0.0.1, under a CA that these servers, and no others, trust.
+            options.setdefault("fetch_ca_file", self._documents.get().ca_file)
         options.setdefault("test_mode", True)
         options.setdefault("clock", Clock())
         # No fixture pays scrypt's tens of milliseconds per user, client and sign-in; the
@@ -198,13 +223,30 @@ def codeflow_clock() -> Iterator[Clock]:
     clock.restore_time()
 
 
+@pytest.fixture(scope="session")
+def _codeflow_documents() -> Iterator[_Documents]:
+    documents = _Documents()
+    yield documents
+    documents.close()
+
+
 @pytest.fixture
-def codeflow_factory(codeflow_signing_key: Any) -> Iterator[Callable[..., Any]]:
+def codeflow_documents(_codeflow_documents: _Documents) -> DocumentHost:
+    """The session's https host on 127.0.0.1 for Client ID Metadata Documents:
+    ``codeflow_documents.publish_client("/my-app.json", [redirect_uri])`` returns a
+    client_id that servers made with ``self_registration=True`` accept."""
+    return _codeflow_documents.get()
+
+
+@pytest.fixture
+def codeflow_factory(
+    codeflow_signing_key: Any, _codeflow_documents: _Documents
+) -> Iterator[Callable[..., Any]]:
     """``codeflow_factory(live=False, **Server options)``: a new Server, or a LiveServer
     with ``live=True`` (stopped at the end of the test). ``self_registration=True``:
     clients may register themselves (RFC 7591, open) and use Client ID Metadata
-    Documents served on 127.0.0.1."""
-    factory = _Factory(codeflow_signing_key)
+    Documents served on 127.0.0.1 (over http, or https from ``codeflow_documents``)."""
+    factory = _Factory(codeflow_signing_key, _codeflow_documents)
     yield factory
     factory.close()
 
@@ -223,8 +265,10 @@ def codeflow_live(codeflow_factory: Callable[..., Any], codeflow_clock: Clock) -
 
 
 @pytest.fixture(scope="session")
-def _codeflow_session_factory(codeflow_signing_key: Any) -> Iterator[Callable[..., Any]]:
-    factory = _Factory(codeflow_signing_key)
+def _codeflow_session_factory(
+    codeflow_signing_key: Any, _codeflow_documents: _Documents
+) -> Iterator[Callable[..., Any]]:
+    factory = _Factory(codeflow_signing_key, _codeflow_documents)
     yield factory
     factory.close()
 

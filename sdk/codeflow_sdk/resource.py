@@ -2,9 +2,11 @@
 
 ``BearerValidator`` checks RFC 9068 JWT access tokens locally (the provider's JWKS,
 iss, aud, exp, scope) and opaque ones through RFC 7662 introspection, with a short
-cache. ``require_bearer`` (WSGI middleware) and ``BottleBearer`` (a bottle plugin)
-put it in front of an application and answer failures as RFC 6750 §3 says: 401 with
-``WWW-Authenticate: Bearer``, 403 ``insufficient_scope``, 400 ``invalid_request``.
+cache. A token bound to a DPoP key (``cnf.jkt``, RFC 9449 §6) is accepted only with the
+DPoP scheme and a proof of that key for this request (§7). ``require_bearer`` (WSGI
+middleware) and ``BottleBearer`` (a bottle plugin) put it in front of an application
+and answer failures as RFC 6750 §3 says: 401 with ``WWW-Authenticate: Bearer`` (``DPoP``
+for DPoP's failures, RFC 9449 §7.1), 403 ``insufficient_scope``, 400 ``invalid_request``.
 
 A validator made with ``resource=`` (its RFC 8707 resource indicator) accepts only tokens
 whose ``aud`` names it, and both helpers then serve its RFC 9728 protected-resource
@@ -23,6 +25,7 @@ import re
 import threading
 import time
 import urllib.parse
+import wsgiref.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +46,10 @@ from ._wire import (
     resource_metadata_url,
     split_scope,
 )
+from .dpop import DPOP_ALGS, ReplayCache, check_proof
 from .errors import (
     InsufficientScopeError,
+    InvalidDPoPProofError,
     InvalidRequestError,
     InvalidTokenError,
     OAuthError,
@@ -84,9 +89,16 @@ class AccessToken:
     claims: dict[str, Any] = field(repr=False)  # the JWT's claims or the introspection body
     expires_at: float | None
     source: str  # "jwt" (RFC 9068, checked locally) or "introspection" (RFC 7662)
+    # RFC 9449 §6: the thumbprint of the DPoP key the token is bound to (cnf.jkt), if any.
+    jkt: str | None = None
 
     def has_scopes(self, scopes: str | Iterable[str]) -> bool:
         return set(split_scope(scopes)) <= set(self.scopes)
+
+
+class DPoPRequired(InvalidTokenError):
+    """RFC 9449 §7.2: a DPoP-bound token sent as a Bearer token (answered with a DPoP
+    challenge), or a token not bound to any key sent with the DPoP scheme."""
 
 
 class BearerValidator:
@@ -96,7 +108,10 @@ class BearerValidator:
     local validation of JWT access tokens; ``introspection_client_id`` and
     ``introspection_client_secret`` (a confidential client of the provider) turn on
     introspection of opaque ones. At least one is needed. ``required_scopes`` apply to
-    every token; ``validate`` may ask for more.
+    every token; ``validate`` may ask for more. DPoP-bound tokens (RFC 9449) need a proof
+    of their key: ``validate(..., scheme="DPoP", proof=..., method=..., url=...)``;
+    ``replay_cache`` remembers the proofs seen (one per validator by default, in this
+    process: see ReplayCache).
 
     ``resource``: this API's resource indicator (RFC 8707 §2, the http(s) URL clients
     name in ``resource``); it is then the audience, which every token must carry in
@@ -122,6 +137,7 @@ class BearerValidator:
         resource: str | None = None,
         scopes_supported: str | Iterable[str] = (),
         resource_name: str | None = None,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         if resource is not None:
             self.metadata_url: str | None = resource_metadata_url(resource)
@@ -155,13 +171,29 @@ class BearerValidator:
             jwks_cache_seconds=jwks_cache_seconds,
             jwks_refetch_interval=jwks_refetch_interval,
         )
+        self.replay_cache = replay_cache if replay_cache is not None else ReplayCache()
         self._cache: dict[str, tuple[float, AccessToken]] = {}
         self._cache_lock = threading.Lock()
 
-    def validate(self, token: str, scopes: str | Iterable[str] = ()) -> AccessToken:
+    def validate(
+        self,
+        token: str,
+        scopes: str | Iterable[str] = (),
+        *,
+        scheme: str = "Bearer",
+        proof: str | None = None,
+        method: str = "GET",
+        url: str = "",
+    ) -> AccessToken:
         """Return the validated token, or raise InvalidTokenError (401) or
         InsufficientScopeError (403). TokenError or DiscoveryError mean the provider
-        could not be asked, not that the token is bad."""
+        could not be asked, not that the token is bad.
+
+        ``scheme`` is the Authorization scheme the token came with. RFC 9449 §7.1: with
+        ``DPoP``, ``proof`` is the request's DPoP header, checked against its ``method``
+        and ``url`` (as the client addressed it) and the key the token is bound to
+        (InvalidDPoPProofError); a DPoP-bound token sent as ``Bearer`` is refused (§7.2).
+        """
         if not isinstance(token, str) or not _B64TOKEN.fullmatch(token):
             raise InvalidTokenError("The access token is malformed.")
         if self.audience is not None and _is_jws(token):
@@ -170,6 +202,17 @@ class BearerValidator:
             record = self._introspect(token)
         else:
             raise InvalidTokenError("The access token is not a JWT access token.")
+        if scheme.lower() == "dpop":
+            if record.jkt is None:
+                raise DPoPRequired("The access token is not DPoP-bound: send it as Bearer.")
+            check_proof(
+                proof, method=method, url=url, access_token=token, jkt=record.jkt,
+                now=self.clock(), replay=self.replay_cache,
+            )  # fmt: skip
+        elif record.jkt is not None:
+            # RFC 9449 §7.2: "the resource server MUST NOT grant access to the resource
+            # unless a DPoP proof is received" for a DPoP-bound token.
+            raise DPoPRequired("The access token is DPoP-bound: send it with the DPoP scheme.")
         needed = self.required_scopes + tuple(
             s for s in split_scope(scopes) if s not in self.required_scopes
         )
@@ -212,6 +255,7 @@ class BearerValidator:
             claims=claims,
             expires_at=float(claims["exp"]),
             source="jwt",
+            jkt=_confirmation(claims),
         )
 
     # -- Opaque tokens: RFC 7662 -------------------------------------------------
@@ -235,9 +279,12 @@ class BearerValidator:
         # RFC 7662 §2.2: active is REQUIRED; false for an unknown, expired or revoked token.
         if body.get("active") is not True:
             raise InvalidTokenError("The access token is not active (expired or revoked).")
-        # RFC 7662 §2.2 token_type: a refresh token is not a bearer access token.
+        # RFC 7662 §2.2 token_type: a refresh token is not an access token; RFC 9449 §6.2:
+        # a DPoP-bound one is "DPoP".
         token_type = body.get("token_type")
-        if isinstance(token_type, str) and token_type.lower() not in ("bearer", "access_token"):
+        if isinstance(token_type, str) and token_type.lower() not in (
+            "bearer", "access_token", "dpop"
+        ):  # fmt: skip
             raise InvalidTokenError("The token is not an access token.")
         if "iss" in body and body["iss"] != self.issuer:
             raise InvalidTokenError("The access token was issued by another issuer.")
@@ -257,6 +304,7 @@ class BearerValidator:
             claims=body,
             expires_at=float(exp) if is_number(exp) else None,
             source="introspection",
+            jkt=_confirmation(body),
         )
         until = now + self.cache_seconds
         if record.expires_at is not None:
@@ -297,6 +345,18 @@ class BearerValidator:
         return body
 
 
+def _confirmation(claims: dict[str, Any]) -> str | None:
+    """RFC 9449 §6: the ``jkt`` of a token's ``cnf`` (RFC 7800 §3.1), if it is bound."""
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if not isinstance(jkt, str) or not jkt:
+        # A confirmation we do not understand binds the token to something we cannot check.
+        raise InvalidTokenError("The access token's cnf has no jkt this server can check.")
+    return jkt
+
+
 def _is_jws(token: str) -> bool:
     """RFC 7515 §7.1: three base64url parts, the first a JSON header with an alg."""
     if token.count(".") != 2:
@@ -315,15 +375,23 @@ def _is_jws(token: str) -> bool:
 def bearer_token(authorization: str | None) -> str | None:
     """RFC 6750 §2.1: the token of an ``Authorization: Bearer <token>`` header, or None
     when the request carries no bearer credentials at all."""
+    presented = _presented(authorization)
+    return presented[1] if presented is not None and presented[0] == "Bearer" else None
+
+
+def _presented(authorization: str | None) -> tuple[str, str] | None:
+    """The scheme ("Bearer" or "DPoP", RFC 9449 §7.1) and token of an Authorization
+    header; None without one of those schemes."""
     if not authorization:
         return None
     scheme, _, rest = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme.lower() not in ("bearer", "dpop"):
         return None
+    scheme = "DPoP" if scheme.lower() == "dpop" else "Bearer"
     token = rest.strip()
     if not _B64TOKEN.fullmatch(token):
-        raise InvalidRequestError("The Authorization header is not 'Bearer <token>'.")
-    return token
+        raise InvalidRequestError(f"The Authorization header is not '{scheme} <token>'.")
+    return scheme, token
 
 
 def _quoted(value: str) -> str:
@@ -335,8 +403,11 @@ def challenge(
     realm: str,
     resource_metadata: str | None = None,
     scope: str = "",
+    scheme: str = "Bearer",
 ) -> str:
-    """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent).
+    """The RFC 6750 §3 ``WWW-Authenticate`` value for ``err`` (None: no token was sent);
+    a DPoP challenge (RFC 9449 §7.1, with ``algs``) for a request with the DPoP scheme
+    and for DPoP's own failures.
 
     RFC 6750 §3.1: "If the request lacks any authentication information (e.g., the
     client was unaware that authentication is necessary or attempted using an
@@ -346,7 +417,11 @@ def challenge(
     server; with it, a 401 names the ``scope`` the request needs (RFC 6750 §3: the scope
     attribute "MAY" be in any challenge), which is what an MCP client asks for.
     """
+    if isinstance(err, InvalidDPoPProofError | DPoPRequired):
+        scheme = "DPoP"
     parts = [f"realm={_quoted(realm)}"]
+    if scheme == "DPoP":
+        parts.append(f"algs={_quoted(' '.join(DPOP_ALGS))}")
     if resource_metadata is not None:
         parts.append(f"resource_metadata={_quoted(resource_metadata)}")
     if err is not None:
@@ -357,11 +432,15 @@ def challenge(
         parts.append(f"scope={_quoted(err.scope)}")
     elif resource_metadata is not None and scope:
         parts.append(f"scope={_quoted(scope)}")
-    return "Bearer " + ", ".join(parts)
+    return f"{scheme} " + ", ".join(parts)
 
 
 def error_response(
-    err: OAuthError | None, realm: str, resource_metadata: str | None = None, scope: str = ""
+    err: OAuthError | None,
+    realm: str,
+    resource_metadata: str | None = None,
+    scope: str = "",
+    scheme: str = "Bearer",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, JSON body) for a refused request."""
     if err is None:
@@ -372,7 +451,7 @@ def error_response(
     headers = {
         "Content-Type": "application/json",
         "Cache-Control": "no-store",
-        "WWW-Authenticate": challenge(err, realm, resource_metadata, scope),
+        "WWW-Authenticate": challenge(err, realm, resource_metadata, scope, scheme),
     }
     return status, headers, json.dumps(body).encode()
 
@@ -395,21 +474,41 @@ _UNAVAILABLE = (
     b'"error_description": "The access token cannot be checked right now."}',
 )
 
-_BEARER_ERRORS = (InvalidRequestError, InvalidTokenError, InsufficientScopeError)
+_BEARER_ERRORS = (
+    InvalidRequestError, InvalidTokenError, InsufficientScopeError, InvalidDPoPProofError
+)  # fmt: skip
+
+
+def request_url(environ: dict[str, Any], base_url: str | None) -> str:
+    """The URL a request was sent to, without query, as the client addressed it (RFC 9449
+    §4.3 #9 htu): ``base_url`` (the app's public URL, behind a proxy) and the path within
+    the app; else the request's own scheme, Host and path."""
+    if base_url is None:
+        return wsgiref.util.request_uri(environ, include_query=False)
+    return base_url.rstrip("/") + urllib.parse.quote(environ.get("PATH_INFO", ""))
 
 
 def _check(
-    validator: BearerValidator, authorization: str | None, scopes: tuple[str, ...], realm: str
+    validator: BearerValidator,
+    environ: dict[str, Any],
+    scopes: tuple[str, ...],
+    realm: str,
+    base_url: str | None = None,
 ) -> AccessToken | tuple[int, dict[str, str], bytes]:
     """The validated token, or the response that refuses the request."""
     needed = " ".join(dict.fromkeys((*validator.required_scopes, *scopes)))
+    scheme = "Bearer"
     try:
-        token = bearer_token(authorization)
-        if token is None:
+        presented = _presented(environ.get("HTTP_AUTHORIZATION"))
+        if presented is None:
             return error_response(None, realm, validator.metadata_url, needed)
-        return validator.validate(token, scopes)
+        scheme, token = presented
+        return validator.validate(
+            token, scopes, scheme=scheme, proof=environ.get("HTTP_DPOP"),
+            method=environ.get("REQUEST_METHOD", "GET"), url=request_url(environ, base_url),
+        )  # fmt: skip
     except _BEARER_ERRORS as err:
-        return error_response(err, realm, validator.metadata_url, needed)
+        return error_response(err, realm, validator.metadata_url, needed, scheme)
     except OAuthError:
         # The provider could not be asked (introspection or JWKS): neither the token's
         # fault nor a reason to let it through.
@@ -427,11 +526,14 @@ def require_bearer(
     scopes: str | Iterable[str] = (),
     *,
     realm: str = "api",
+    base_url: str | None = None,
 ) -> Callable[..., Iterable[bytes]]:
     """WSGI middleware: pass only requests whose bearer token is valid and has ``scopes``;
     the app finds the AccessToken at ``environ["codeflow.token"]``. For a validator with
     a ``resource``, GET of its metadata path answers the RFC 9728 metadata, no token
-    needed."""
+    needed. ``base_url``: the app's URL as clients reach it, which DPoP proofs name (RFC
+    9449 §4.3 #9), when a proxy in front changes the scheme or host; default: the
+    request's."""
     needed = split_scope(scopes)
 
     def middleware(
@@ -445,7 +547,7 @@ def require_bearer(
             else:
                 result = 405, {"Allow": "GET, HEAD", "Content-Type": "text/plain"}, b""
         else:
-            result = _check(validator, environ.get("HTTP_AUTHORIZATION"), needed, realm)
+            result = _check(validator, environ, needed, realm, base_url)
         if isinstance(result, AccessToken):
             environ[ENVIRON_KEY] = result
             return app(environ, start_response)
@@ -465,6 +567,7 @@ class BottleBearer:
     receives the AccessToken; it is also at ``bottle.request.environ["codeflow.token"]``.
     Installed with a validator that has a ``resource``, it adds the route of its RFC 9728
     metadata.
+    ``base_url``: as for ``require_bearer``.
     """
 
     name = "codeflow_bearer"
@@ -477,11 +580,13 @@ class BottleBearer:
         *,
         realm: str = "api",
         keyword: str = "token",
+        base_url: str | None = None,
     ) -> None:
         self.validator = validator
         self.scopes = split_scope(scopes)
         self.realm = realm
         self.keyword = keyword
+        self.base_url = base_url
 
     def setup(self, app: Any) -> None:
         """Bottle calls this on ``app.install(plugin)``: serve the metadata (RFC 9728 §3)."""
@@ -511,8 +616,8 @@ class BottleBearer:
             inject = False
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorization = bottle.request.environ.get("HTTP_AUTHORIZATION")
-            result = _check(self.validator, authorization, needed, self.realm)
+            environ = bottle.request.environ
+            result = _check(self.validator, environ, needed, self.realm, self.base_url)
             if not isinstance(result, AccessToken):
                 status, headers, body = result
                 raise bottle.HTTPResponse(body, status, headers)

@@ -6,13 +6,23 @@ against any provider whose login and consent forms use codeflow's stable field n
 ``csrf_token``, ``request``, ``pending``), with a cookie jar and no JavaScript; and
 ``app_login`` plays the whole round trip through the app under test: the app's login
 URL, its redirect to the provider, the provider's forms, and the way back.
+``DocumentHost`` serves JSON documents over https on 127.0.0.1 with a CA of its own: the
+Client ID Metadata Documents of clients under test, whose client_id must be an https URL.
 """
 
 from __future__ import annotations
 
+import datetime
 import html
 import http.cookiejar
+import http.server
+import ipaddress
+import json
 import re
+import shutil
+import socketserver
+import ssl
+import tempfile
 import threading
 import time
 import urllib.error
@@ -20,9 +30,18 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Clock", "HeadlessBrowser", "LoginError", "Response", "app_login", "headless_login"]
+__all__ = [
+    "Clock",
+    "DocumentHost",
+    "HeadlessBrowser",
+    "LoginError",
+    "Response",
+    "app_login",
+    "headless_login",
+]
 
 
 # The clock underneath, for a time.time that a test patched with a Clock itself. Bound at
@@ -344,3 +363,151 @@ def _totp(secret: str | None, clock: Callable[[], float]) -> str:
     import pyotp  # RFC 6238; only needed for users with a second factor
 
     return pyotp.TOTP(secret).at(clock())
+
+
+class DocumentHost:
+    """JSON documents over https on 127.0.0.1, under a certificate from a CA of its own.
+
+    For Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document): a
+    client's ``client_id`` is the https URL of its metadata, which the authorization server
+    fetches. A codeflow server reaches this host when told to trust its CA and its loopback
+    address (``fetch_ca_file=host.ca_file``, ``fetch_allowed_networks=["127.0.0.1/32"]``,
+    which the pytest plugin's ``codeflow_factory(..., registration="open")`` passes); no
+    production server would. ``publish(path, document)`` serves a document and returns its
+    URL; ``publish_client(path, redirect_uris, ...)`` publishes a client's metadata with
+    ``client_id`` set to that URL; ``hits`` counts GETs by path. Use it as a context
+    manager, or ``start()`` and ``close()``.
+    """
+
+    def __init__(self) -> None:
+        self.documents: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.hits: dict[str, int] = {}
+        self._dir = Path(tempfile.mkdtemp(prefix="codeflow-documents-"))
+        self.ca_file = str(self._dir / "ca.pem")
+        self._httpd: socketserver.TCPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    def __enter__(self) -> DocumentHost:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def publish(
+        self, path: str, document: Any, *, headers: dict[str, str] | None = None
+    ) -> str:
+        """Serve ``document`` (JSON) at ``path`` with ``headers`` (Cache-Control, say);
+        returns its URL."""
+        if not path.startswith("/"):
+            raise ValueError("path must start with /")
+        self.documents[path] = (json.dumps(document).encode(), dict(headers or {}))
+        return self.url(path)
+
+    def publish_client(
+        self, path: str, redirect_uris: list[str], *, client_name: str = "Test client",
+        **metadata: Any,
+    ) -> str:  # fmt: skip
+        """A public native client's metadata document at ``path``; its client_id (the URL)."""
+        url = self.url(path)
+        document = {"client_id": url, "client_name": client_name,
+                    "redirect_uris": list(redirect_uris),
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"], "token_endpoint_auth_method": "none",
+                    **metadata}  # fmt: skip
+        return self.publish(path, document)
+
+    def start(self) -> None:
+        if self._httpd is not None:
+            return
+        tls = _loopback_tls(self._dir)
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                path = self.path.partition("?")[0]
+                host.hits[path] = host.hits.get(path, 0) + 1
+                body, headers = host.documents.get(path, (b'{"error": "not found"}', {}))
+                self.send_response(200 if path in host.documents else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        httpd = Server(("127.0.0.1", 0), Handler)
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+        self._httpd, self.port = httpd, int(httpd.server_address[1])
+        self._thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _loopback_tls(directory: Path) -> ssl.SSLContext:
+    """A CA (written to ``directory``/ca.pem for the server to trust) and a certificate it
+    signs for 127.0.0.1 and localhost; the server-side TLS context with that certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codeflow DocumentHost CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return tls

@@ -366,9 +366,27 @@ _V10_DEVICE_AND_PUSHED_REQUESTS = [
     " DEFAULT false",
 ]
 
+_V11_DPOP_AND_CLIENT_KEYS = [
+    # DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys and whether its
+    # tokens must be DPoP-bound, the DPoP key a code (§10) and a token (§6) are bound to;
+    # rows already stored get none. used_jtis: the one-time identifiers seen (DPoP proofs,
+    # client assertions) until they expire, as in codeflow_storage.sqlite's migration 18.
+    "ALTER TABLE clients ADD COLUMN jwks jsonb NOT NULL DEFAULT '{}'",
+    "ALTER TABLE clients ADD COLUMN jwks_uri text",
+    "ALTER TABLE clients ADD COLUMN dpop_bound_access_tokens boolean NOT NULL DEFAULT false",
+    "ALTER TABLE codes ADD COLUMN dpop_jkt text",
+    "ALTER TABLE tokens ADD COLUMN jkt text",
+    """CREATE TABLE used_jtis (
+        key text PRIMARY KEY,
+        expires_at double precision NOT NULL
+    )""",
+    "CREATE INDEX used_jtis_by_expiry ON used_jtis (expires_at)",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
     _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
+    _V11_DPOP_AND_CLIENT_KEYS,
 ]  # fmt: skip
 
 
@@ -502,6 +520,7 @@ _EXPIRING = [
     ("revoked_families", "until"),
     ("device_authorizations", "expires_at"),
     ("pushed_requests", "expires_at"),
+    ("used_jtis", "expires_at"),
 ]
 
 
@@ -1058,6 +1077,22 @@ class PostgreSQLStorage:
             [username, step],
         )
         return count == 1
+
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        # One statement: insert, or take over an entry that has expired. READ COMMITTED:
+        # a racing insert of the same key makes this one wait for it and then see its row,
+        # so exactly one of them counts a row, and no caller gets a serialization failure.
+        def remember(conn: Conn) -> int:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                return conn.execute(
+                    "INSERT INTO used_jtis (key, expires_at) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                    "WHERE used_jtis.expires_at <= %s",
+                    [key, expires_at, now],
+                ).rowcount
+
+        return self._run(remember) == 1
 
     def end_session(self, sid: str, until: float) -> None:
         self._count(

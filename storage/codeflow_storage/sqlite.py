@@ -388,6 +388,24 @@ def _v17_device_and_pushed_requests(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v18_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
+    """DPoP (RFC 9449) and private_key_jwt (RFC 7523): a client's keys (``jwks``, JSON;
+    ``jwks_uri``) and ``dpop_bound_access_tokens``, the DPoP key a code is bound to
+    (``dpop_jkt``, §10) and a token's (``jkt``, §6); rows already stored get none. And
+    ``used_jtis``: the one-time identifiers seen (DPoP proofs, client assertions) until
+    they expire, with an index for deleting the expired ones."""
+    clients = db.table("clients")
+    clients.add_column("jwks", str, not_null_default="{}")
+    clients.add_column("jwks_uri", str)
+    clients.add_column("dpop_bound_access_tokens", int, not_null_default=0)
+    db.table("codes").add_column("dpop_jkt", str)
+    db.table("tokens").add_column("jkt", str)
+    db.table("used_jtis").create(
+        {"key": str, "expires_at": float}, pk="key", not_null=["expires_at"]
+    )
+    db.table("used_jtis").create_index(["expires_at"], index_name="used_jtis_by_expiry")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -406,6 +424,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v15_account,
     _v16_passkeys,
     _v17_device_and_pushed_requests,
+    _v18_dpop_and_client_keys,
 ]
 
 
@@ -1052,6 +1071,17 @@ class SQLiteStorage:
             )
             return cursor.rowcount == 1
 
+    def remember_jti(self, key: str, expires_at: float, now: float) -> bool:
+        with self._write() as db:
+            # One statement: insert, or take over an entry that has expired.
+            cursor = db.execute(
+                "INSERT INTO used_jtis (key, expires_at) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE used_jtis.expires_at <= ?",
+                [key, expires_at, now],
+            )
+            return cursor.rowcount == 1
+
     def end_session(self, sid: str, until: float) -> None:
         with self._write() as db:
             db.execute(
@@ -1209,6 +1239,7 @@ class SQLiteStorage:
                 "DELETE FROM used_challenges WHERE until <= ?",
                 "DELETE FROM device_authorizations WHERE expires_at <= ?",
                 "DELETE FROM pushed_requests WHERE expires_at <= ?",
+                "DELETE FROM used_jtis WHERE expires_at <= ?",
             ):
                 gone += db.execute(sql, [now]).rowcount
             # A revoked family is remembered while it has tokens or a used code.

@@ -1,11 +1,13 @@
 """Load for the HTTP rows, from a process of its own so that the client's threads do not
 share the server's GIL:
 
-    python bench_http_client.py URL THREADS SECONDS MAX_FLOWS
+    python bench_http_client.py URL THREADS SECONDS MAX_FLOWS [hello]
 
-runs the checked flow (bench_flow.run_flow) from THREADS threads, each on its own
-keep-alive connection, until MAX_FLOWS in all or SECONDS; prints JSON: the seconds of
-each flow and the wall time.
+runs the checked flow (bench_flow.run_flow), or with ``hello`` four GET / answered
+"Hello, world!" (the floor: as many requests as a flow, no OAuth), from THREADS
+threads, each on its own keep-alive connection, until MAX_FLOWS in all or SECONDS,
+after one warm-up flow per thread; prints JSON: the seconds of each timed flow, the
+wall time, and the CPU seconds this process spent in load() (warm-up included).
 """
 
 from __future__ import annotations
@@ -13,26 +15,37 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from bench_flow import HTTPCaller, Target, run_flow
+from bench_flow import STEPS, Caller, HTTPCaller, Target, run_flow
 
 
-def load(url: str, threads: int, seconds: float, max_flows: int) -> tuple[list[float], float]:
+def hello(call: Caller, target: Target) -> None:
+    """As many requests as a flow has, to a hello-world app: the floor of the HTTP rows."""
+    for _ in STEPS:
+        r = call("GET", "/")
+        assert r.status == 200 and r.body == b"Hello, world!", r
+
+
+def load(
+    url: str, threads: int, seconds: float, max_flows: int,
+    flow: Callable[[Caller, Target], None] = run_flow,
+) -> tuple[list[float], float]:  # fmt: skip
     """Flows from ``threads`` threads; (seconds of each flow, wall seconds)."""
     target = Target(url)
     quota = max(1, max_flows // threads)
     calls = [HTTPCaller(url) for _ in range(threads)]
     try:
         for call in calls:
-            run_flow(call, target)  # warm-up: connect, first request
+            flow(call, target)  # warm-up: connect, first request
         deadline = time.perf_counter() + seconds
 
         def client(call: HTTPCaller) -> list[float]:
             times: list[float] = []
             while len(times) < quota and time.perf_counter() < deadline:
                 start = time.perf_counter()
-                run_flow(call, target)
+                flow(call, target)
                 times.append(time.perf_counter() - start)
             return times
 
@@ -48,5 +61,8 @@ def load(url: str, threads: int, seconds: float, max_flows: int) -> tuple[list[f
 
 if __name__ == "__main__":
     url, threads, seconds, max_flows = sys.argv[1:5]
-    times, wall = load(url, int(threads), float(seconds), int(max_flows))
-    json.dump({"times": times, "wall": wall}, sys.stdout)
+    flow = hello if sys.argv[5:] == ["hello"] else run_flow
+    cpu = time.process_time()
+    times, wall = load(url, int(threads), float(seconds), int(max_flows), flow)
+    cpu = time.process_time() - cpu
+    json.dump({"times": times, "wall": wall, "cpu": cpu}, sys.stdout)

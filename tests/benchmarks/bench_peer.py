@@ -10,11 +10,20 @@ Authlib's public API only, as its documentation and example OIDC server build on
   (``IssuerParameter``); client_secret_basic everywhere;
 - the user is approved at once, as codeflow's ``auto_approve``.
 
-Two stores: plain dicts, and SQLAlchemy on a SQLite file with Authlib's own model mixins
-and helpers (``authlib.integrations.sqla_oauth2``), in WAL mode with synchronous=NORMAL
-like codeflow's SQLite backend by default. Where Authlib asks for a hook codeflow has no
+Two stores: plain dicts, and SQLAlchemy with Authlib's own model mixins and helpers
+(``authlib.integrations.sqla_oauth2``), either on a SQLite file in WAL mode with
+synchronous=NORMAL like codeflow's SQLite backend by default, or on PostgreSQL through
+psycopg 3 (``postgresql+psycopg``, the driver codeflow's backend uses) in a schema of its
+own, at PostgreSQL's default READ COMMITTED isolation (codeflow's backend runs
+SERIALIZABLE transactions). Where Authlib asks for a hook codeflow has no
 counterpart for (``exists_nonce``), the peer does the cheapest correct thing, so the
 comparison is with Authlib at its best.
+
+Run as a script, it serves the peer under waitress (test_bench_nodes.py's HTTP rows):
+
+    python bench_peer.py PORT [POSTGRESQL_URL SCHEMA]
+
+on dicts, or on SQLAlchemy in SCHEMA of the PostgreSQL database at POSTGRESQL_URL.
 
 Differences that remain, by design of each: Authlib keeps tokens and the client secret
 in clear (codeflow keeps SHA-256 hashes, and a scrypt hash of the secret whose check is
@@ -25,6 +34,7 @@ consumes it in one atomic step).
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -48,7 +58,7 @@ from authlib.oidc.core.grants import OpenIDCode
 from authlib.oidc.core.models import AuthorizationCodeMixin
 from bench_flow import CLIENT_ID, CLIENT_SECRET, REDIRECT, USERNAME
 from joserfc.jwk import RSAKey
-from sqlalchemy import Column, ForeignKey, Integer, String, create_engine, event
+from sqlalchemy import Column, ForeignKey, Integer, String, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, scoped_session, sessionmaker
 
 ISSUER = "https://127.0.0.1:8001"  # Authlib refuses plain http unless told otherwise
@@ -251,16 +261,27 @@ class Token(Base, OAuth2TokenMixin):
 
 
 class SQLStore:
-    """The peer's storage on SQLAlchemy + SQLite, a session per request (as
-    Flask-SQLAlchemy scopes it)."""
+    """The peer's storage on SQLAlchemy, a session per request (as Flask-SQLAlchemy
+    scopes it): on the SQLite file at ``path``, or, given ``url`` (``postgresql://...``)
+    and ``schema``, on PostgreSQL with every table in that schema (created if missing)."""
 
-    def __init__(self, path: str) -> None:
-        self.engine = create_engine(f"sqlite:///{path}")
+    def __init__(self, path: str = "", *, url: str = "", schema: str = "") -> None:
+        if url:
+            # psycopg 3, as codeflow's PostgreSQL backend; the tables in a schema of their
+            # own, which every connection of the engine's pool searches first.
+            self.engine = create_engine(
+                url.replace("postgresql://", "postgresql+psycopg://", 1),
+                connect_args={"options": f"-c search_path={schema}"},
+            )
+            with self.engine.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        else:
+            self.engine = create_engine(f"sqlite:///{path}")
 
-        @event.listens_for(self.engine, "connect")
-        def pragmas(conn: Any, record: Any) -> None:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            @event.listens_for(self.engine, "connect")
+            def pragmas(conn: Any, record: Any) -> None:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
 
         Base.metadata.create_all(self.engine)
         self.session = scoped_session(sessionmaker(self.engine))
@@ -313,8 +334,11 @@ class SQLStore:
 ###############################################################################
 
 
-def create_app(store: DictStore | SQLStore, key: RSAKey, kid: str) -> flask.Flask:
-    """The Flask app of the peer over ``store``, signing ID tokens with ``key``."""
+def create_app(
+    store: DictStore | SQLStore, key: RSAKey, kid: str, issuer: str = ISSUER
+) -> flask.Flask:
+    """The Flask app of the peer over ``store``, signing ID tokens with ``key``, as
+    ``issuer``."""
 
     class CodeGrant(grants.AuthorizationCodeGrant):
         TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic"]
@@ -352,7 +376,7 @@ def create_app(store: DictStore | SQLStore, key: RSAKey, kid: str) -> flask.Flas
             return {"alg": "RS256", "kid": kid}
 
         def get_client_claims(self, client: Any) -> dict[str, Any]:
-            return {"iss": ISSUER, "aud": [client.get_client_id()]}
+            return {"iss": issuer, "aud": [client.get_client_id()]}
 
         def generate_user_info(self, user: Any, scope: str) -> UserInfo:
             return UserInfo(sub=user.username)  # codeflow's ID token has no profile claims
@@ -391,14 +415,14 @@ def create_app(store: DictStore | SQLStore, key: RSAKey, kid: str) -> flask.Flas
                 "username": user.username,
                 "sub": user.username,
                 "scope": token.get_scope(),
-                "iss": ISSUER,
+                "iss": issuer,
                 "exp": token.issued_at + token.expires_in,
                 "iat": token.issued_at,
             }
 
     class Issuer(IssuerParameter):
         def get_issuer(self) -> str:
-            return ISSUER
+            return issuer
 
     app = flask.Flask("codeflow_bench_peer")
     app.config["OAUTH2_REFRESH_TOKEN_GENERATOR"] = True
@@ -427,3 +451,23 @@ def create_app(store: DictStore | SQLStore, key: RSAKey, kid: str) -> flask.Flas
     if isinstance(store, SQLStore):
         app.teardown_appcontext(lambda exc: store.session.remove())
     return app
+
+
+def main(argv: list[str]) -> None:
+    """Serve the peer under waitress on 127.0.0.1:PORT, with waitress's 8 threads as
+    codeflow serve has, until killed (see the module docstring)."""
+    import waitress
+
+    port = int(argv[0])
+    store = SQLStore(url=argv[1], schema=argv[2]) if len(argv) > 1 else DictStore()
+    key = RSAKey.generate_key(2048, private=True)
+    # The issuer is the http URL the load client knows; waitress tells the app the scheme
+    # is https (url_scheme), as behind a TLS-terminating proxy, because Authlib refuses
+    # plain http (its insecure-transport check) and the benchmark has no certificate.
+    app = create_app(store, key, "peer-key", issuer=f"http://127.0.0.1:{port}")
+    print("serving", flush=True)
+    waitress.serve(app, host="127.0.0.1", port=port, threads=8, url_scheme="https", _quiet=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
