@@ -699,7 +699,8 @@ class PostgreSQLStorage:
           server is back: after a restart the first request does not fail.
         - A connection lost while the call was on it is not retried here: a statement
           whose answer was lost may have committed, and only the client, told 503, can
-          tell whether to send its request again. It marks the server down.
+          tell whether to send its request again. It marks the server down, and the
+          next call probes it at once.
         - While the server is down, calls answer StorageUnavailable at once, without
           waiting POOL_TIMEOUT for a connection that cannot come; one call at a time,
           at most every PROBE_INTERVAL seconds, probes the server (a new connection,
@@ -751,12 +752,13 @@ class PostgreSQLStorage:
 
     def _went_down(self, pool: Pool, why: str) -> None:
         """Mark the server down, if ``pool`` (the pool a call just failed on) is still the
-        current one: a call that failed on a pool replaced since says nothing new."""
+        current one: a call that failed on a pool replaced since says nothing new. The
+        next call probes at once: one lost connection need not mean a server down."""
         with self._lock:
             if pool is not self._pool or self._down_since is not None:
                 return
             self._down_since = time.time()
-            self._probed_at = time.monotonic()
+            self._probed_at = 0.0
         log.warning("codeflow: PostgreSQL unreachable: %s", why)
 
     def _reconnect(self, seen: Pool) -> Pool:
