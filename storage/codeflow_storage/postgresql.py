@@ -28,9 +28,10 @@ every codeflow node (processes on one machine or many) behind one issuer.
   process: one for each of waitress's 8 request threads, one for the purge thread and one
   spare. A forked child (a pre-forking server) opens a pool of its own.
 - Outages (``PostgreSQLStorage._run``): a call answers ``StorageUnavailable`` (503) when the
-  server cannot be reached, at once while it is known down; one probe at a time, at most
-  every PROBE_INTERVAL seconds, reconnects; connections the server hung up on while idle
-  (a restart) are found before use and replaced, so the first call after a restart works.
+  server cannot be reached, at once while it is known down; one probe at a time, in the
+  background, at most every PROBE_INTERVAL seconds, reconnects; connections the server
+  hung up on while idle (a restart) are found before use and replaced, so the first call
+  after a restart works.
 - Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
   kept. Tuples (scopes, redirect URIs) are ``text[]``, claims ``jsonb``.
 
@@ -42,6 +43,7 @@ the query too. Install with ``pip install 'codeflow[postgres]'``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -702,11 +704,11 @@ class PostgreSQLStorage:
           tell whether to send its request again. It marks the server down, and the
           next call probes it at once.
         - While the server is down, calls answer StorageUnavailable at once, without
-          waiting POOL_TIMEOUT for a connection that cannot come; one call at a time,
-          at most every PROBE_INTERVAL seconds, probes the server (a new connection,
-          PROBE_CONNECT_TIMEOUT) and, when it answers, replaces the pool with a fresh
-          one (the old pool's connections are dead and its own reconnection attempts
-          back off to many seconds apart).
+          waiting POOL_TIMEOUT for a connection that cannot come; at most every
+          PROBE_INTERVAL seconds one probe, in the background, tries the server (a new
+          connection, PROBE_CONNECT_TIMEOUT) and, when it answers, replaces the pool
+          with a fresh one (the old pool's connections are dead and its own
+          reconnection attempts back off to many seconds apart).
         - No pooled connection free within POOL_TIMEOUT (every one busy) is
           StorageUnavailable too; the server is not marked down for it."""
         for attempt in range(RETRIES):
@@ -738,13 +740,19 @@ class PostgreSQLStorage:
 
     def _pool_for_call(self) -> Pool:
         """The pool to run a call on; while the server is down, StorageUnavailable at once,
-        unless this call is the one to probe it (then the pool it reconnected)."""
+        and, if PROBE_INTERVAL has passed since the last probe, a probe started in the
+        background (a connection attempt can take PROBE_CONNECT_TIMEOUT: a server
+        shutting down may leave connections unanswered; no request waits for it)."""
         pool = self._current_pool()
         if self._down_since is None:
             return pool
-        if time.monotonic() - self._probed_at >= PROBE_INTERVAL:
-            return self._reconnect(pool)
+        if time.monotonic() - self._probed_at >= PROBE_INTERVAL and not self._probing.locked():
+            threading.Thread(target=self._probe, args=(pool,), daemon=True).start()
         raise self._unavailable()
+
+    def _probe(self, pool: Pool) -> None:
+        with contextlib.suppress(StorageUnavailable, RuntimeError):  # down, or closed
+            self._reconnect(pool)
 
     def _unavailable(self) -> StorageUnavailable:
         down = time.time() - (self._down_since or time.time())
@@ -762,11 +770,17 @@ class PostgreSQLStorage:
         log.warning("codeflow: PostgreSQL unreachable: %s", why)
 
     def _reconnect(self, seen: Pool) -> Pool:
-        """Probe the server and, if it answers, replace the pool ``seen`` (whose connections
-        the server hung up on) with a fresh one; return the pool to use. One probe at a
-        time: a call arriving while the server is known down answers StorageUnavailable
-        at once; one arriving while it is not yet known (right after a restart, when
-        several calls find dead connections together) waits for the probe's verdict."""
+        """Probe the server (a new connection) and, if it answers, make ``seen`` (the pool
+        a call found a dead connection in) usable again; return the pool to use.
+
+        After an outage (the server known down), ``seen`` is replaced by a fresh pool: its
+        own attempts to reconnect back off to many seconds apart. Otherwise (a restart
+        that no call saw, or one idle connection cut by a proxy or idle_session_timeout)
+        ``seen`` is kept, its idle connections checked, and the dead ones replaced at
+        once (``ConnectionPool.check``). One probe at a time: a call arriving while the
+        server is known down answers StorageUnavailable at once; one arriving while it
+        is not (right after a restart, when several calls find dead connections
+        together) waits for the probe's verdict."""
         if self._down_since is not None:
             probing = self._probing.acquire(blocking=False)
         else:  # at most a probe's connection and a new pool's, each PROBE_CONNECT_TIMEOUT
@@ -778,14 +792,18 @@ class PostgreSQLStorage:
                 current = self._pool
             if current is not seen and current is not None:
                 return current  # another call reconnected meanwhile
-            if self._down_since is not None and (
-                time.monotonic() - self._probed_at < PROBE_INTERVAL
-            ):
-                raise self._unavailable()  # a probe just failed: this call is not another
+            if time.monotonic() - self._probed_at < PROBE_INTERVAL:
+                if self._down_since is not None:
+                    raise self._unavailable()  # a probe just failed: no second one yet
+                return seen  # a probe just found the server up, and checked the pool
             self._probed_at = time.monotonic()
+            down = self._down_since
             try:
                 probe = psycopg.connect(self._conninfo, connect_timeout=PROBE_CONNECT_TIMEOUT)
                 probe.close()
+                if down is None:
+                    seen.check()
+                    return seen
                 fresh = self._new_pool(timeout=PROBE_CONNECT_TIMEOUT)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
                 with self._lock:
@@ -797,11 +815,8 @@ class PostgreSQLStorage:
                 if self._closed:
                     fresh.close()
                     raise RuntimeError("this PostgreSQLStorage is closed")
-                old, self._pool = self._pool, fresh
-                down, self._down_since = self._down_since, None
-            if down is not None:
-                log.warning("codeflow: PostgreSQL reachable again after %.1f s",
-                            time.time() - down)  # fmt: skip
+                old, self._pool, self._down_since = self._pool, fresh, None
+            log.warning("codeflow: PostgreSQL reachable again after %.1f s", time.time() - down)
             if old is not None:
                 # Its connections are dead; calls still on them fail (503) and return them
                 # to a closed pool, which closes them. Closing waits for its workers, which
