@@ -12,6 +12,9 @@ It implements the authorization code flow with PKCE and the grants around it:
   refreshed ID tokens, userinfo, the claims parameter), Discovery 1.0, RP-Initiated Logout
   1.0, OAuth 2.0 Form Post Response Mode; RFC 7517 (JWKS, with key rotation) and RFC 9068
   (JWT access tokens);
+- RFC 8707 (resource indicators: resources registered with their scopes, token format
+  and lifetime; tokens whose aud is the resource) and RFC 8693 (token exchange, for
+  services, by per-client policy);
 - CORS (the Fetch Standard) on the endpoints browser apps call;
 - RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
   Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
@@ -23,8 +26,8 @@ The module reads top to bottom in the order a request meets it, one banner a sec
 helpers, errors, records, storage, the server (configuration and registration), browser
 state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
 clients that register themselves, client authentication, sender-constrained tokens
-(DPoP), PKCE, the authorization
-endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+(DPoP), PKCE, resource indicators, the authorization endpoint, login and consent, the
+token endpoint, OpenID Connect (keys, ID tokens,
 userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
@@ -1911,7 +1914,13 @@ class Server:
     ``trusted_proxies`` lists their addresses or CIDR networks: from them, and only from
     them, X-Forwarded-For or Forwarded (RFC 7239) give the client's address and scheme
     (see "The WSGI app"). ``passkeys=True`` offers passkeys (WebAuthn) on the account
-    and login pages (see "Passkeys"), with the optional webauthn library.
+    and login pages (see "Passkeys"), with the optional webauthn library. Clients that
+    register themselves (see their section), off by default:
+    ``client_id_metadata_documents=True`` (from ``client_id_metadata_hosts`` only, if
+    given), ``registration="open"`` or ``"token"`` (with ``registration_tokens``), at most
+    ``max_registered_clients``; the fetches of their documents reach public addresses
+    only, and ``fetch_allowed_networks`` (a test suite's loopback), trusting
+    ``fetch_ca_file`` besides the system's CAs.
     ``dpop_nonces=True``: DPoP proofs must carry a nonce the server gave (RFC 9449 §8;
     see "Sender-constrained tokens").
 
@@ -3253,8 +3262,9 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, so a burst of requests naming
-#   slow hosts cannot hold every thread;
+# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
+#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
+#   slow host every slot; requests for one document at once share one fetch;
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3427,15 +3437,31 @@ def fetch_json_document(
     cached = None if fresh else srv.fetch_cache.get(key, srv.clock())
     if cached is not None:
         return cached.value
-    if not FETCH_SLOTS.acquire(timeout=1):
-        raise FetchError("Too many documents are being fetched at once; try again shortly.")
+    # Requests for one document at once share one fetch (the first one's), so a burst of
+    # users of a new client costs its host one request and holds one slot.
+    flight, leader = srv.fetch_cache.board(key)
+    if not leader:
+        if not flight.done.wait(FETCH_TIMEOUT + 1):
+            raise FetchError(f"{host} did not answer within {FETCH_TIMEOUT:g} seconds.")
+        if flight.error is not None:
+            raise FetchError(flight.error)
+        return flight.value
     try:
-        value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        if not FETCH_SLOTS.acquire(timeout=1):
+            raise FetchError("Too many documents are being fetched at once; try again shortly.")
+        try:
+            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+        finally:
+            FETCH_SLOTS.release()
+    except FetchError as err:
+        flight.error = err.description
+        raise
     finally:
-        FETCH_SLOTS.release()
+        srv.fetch_cache.land(key)
+        flight.done.set()
     if lifetime > 0:
-        srv.fetch_cache.put(key, value, srv.clock() + lifetime)
-    return value
+        srv.fetch_cache.put(key, flight.value, srv.clock() + lifetime)
+    return flight.value
 
 
 def check_fetch_url(url: str) -> urllib.parse.SplitResult:
@@ -3470,33 +3496,69 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        connection = _PinnedConnection(host, port, address, tls, remaining)
-        # The deadline holds for the whole exchange: at it, the socket is shut, and the
-        # read under way (headers or body, however slowly they drip) fails.
-        timer = threading.Timer(remaining, connection.cut)
-        timer.start()
-        response = None
-        try:
-            connection.request("GET", target, headers={
-                "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
-                "Accept-Encoding": "identity",
-            })  # fmt: skip
-            response = connection.getresponse()
-            return _read_document(host, response, max_bytes, deadline)
-        except ssl.SSLCertVerificationError:
-            raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise FetchError(
-                    f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
-                ) from None
-            last_error = "it did not answer"
-        finally:
-            timer.cancel()
-            if response is not None:
-                response.close()  # it owns the socket once the connection handed it over
-            connection.close()
+        with address_slot(host, address):
+            found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
+        if found is not None:
+            return found
+        last_error = "it did not answer"
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
+
+
+# Fetches under way to each address: a slow host (or many names for one) holds at most
+# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
+FETCHES_PER_ADDRESS = 2
+_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+_FETCHING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+    with _FETCHING_LOCK:
+        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
+            raise FetchError(f"{host} is being fetched from already; try again shortly.")
+        _FETCHING[address] += 1
+    try:
+        yield
+    finally:
+        with _FETCHING_LOCK:
+            _FETCHING[address] -= 1
+            if not _FETCHING[address]:
+                del _FETCHING[address]
+
+
+def _fetch_from(
+    host: str, port: int, address: IPAddress, tls: ssl.SSLContext | None, target: str,
+    max_bytes: int, deadline: float,
+) -> tuple[Any, int] | None:  # fmt: skip
+    """One GET of ``target`` from ``address``: the document, None if the address did not
+    answer (the next may), FetchError for anything else."""
+    remaining = deadline - time.monotonic()
+    connection = _PinnedConnection(host, port, address, tls, remaining)
+    # The deadline holds for the whole exchange: at it, the socket is shut, and the
+    # read under way (headers or body, however slowly they drip) fails.
+    timer = threading.Timer(remaining, connection.cut)
+    timer.start()
+    response = None
+    try:
+        connection.request("GET", target, headers={
+            "Accept": "application/json", "User-Agent": f"codeflow/{__version__}",
+            "Accept-Encoding": "identity",
+        })  # fmt: skip
+        response = connection.getresponse()
+        return _read_document(host, response, max_bytes, deadline)
+    except ssl.SSLCertVerificationError:
+        raise FetchError(f"{host}'s TLS certificate could not be verified.") from None
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() >= deadline:
+            raise FetchError(
+                f"{host} did not answer within {FETCH_TIMEOUT:g} seconds."
+            ) from None
+        return None
+    finally:
+        timer.cancel()
+        if response is not None:
+            response.close()  # it owns the socket once the connection handed it over
+        connection.close()
 
 
 def _read_document(
@@ -3560,6 +3622,7 @@ class FetchCache:
     def __init__(self, entries: int = FETCH_CACHE_ENTRIES) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Cached] = {}
+        self._flights: dict[str, FetchCache.Flight] = {}
         self._limit = entries
 
     def get(self, url: str, now: float) -> Cached | None:
@@ -3576,6 +3639,28 @@ class FetchCache:
             if len(self._entries) > self._limit:
                 first = min(self._entries, key=lambda u: self._entries[u].expires_at)
                 del self._entries[first]
+
+    @dataclass
+    class Flight:
+        """A fetch under way, which later requests for the same document wait for."""
+
+        done: threading.Event = field(default_factory=threading.Event)
+        value: Any = None
+        error: str | None = None
+
+    def board(self, url: str) -> tuple[FetchCache.Flight, bool]:
+        """The fetch of ``url`` under way, and whether the caller is to make it (the
+        first), or to wait for it."""
+        with self._lock:
+            flight = self._flights.get(url)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[url] = FetchCache.Flight()
+            return flight, True
+
+    def land(self, url: str) -> None:
+        with self._lock:
+            self._flights.pop(url, None)
 
 
 
@@ -3676,7 +3761,7 @@ def metadata_document_client(srv: Server, client_id: str) -> Client:
     # based around a shared symmetric secret"; "client_secret and client_secret_expires_at
     # MUST NOT be used". With no other method offered here, that leaves none.
     for member in ("client_secret", "client_secret_expires_at"):
-        if member in document:
+        if document.get(member) is not None:
             raise FetchError(f"A client metadata document may not carry {member}.")
     if document.get("token_endpoint_auth_method", "none") != "none":
         raise FetchError(
@@ -3707,7 +3792,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2)."""
+    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
+    null; some client libraries send every member, unset ones as null)."""
+    metadata = {name: value for name, value in metadata.items() if value is not None}
     for member, reason in REFUSED_METADATA.items():
         if member in metadata:
             raise InvalidClientMetadata(f"{member}: {reason}.")
@@ -3776,8 +3864,10 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
         if not (isinstance(value, str) and len(value) <= MAX_METADATA_STRING
                 and value.isprintable()):  # fmt: skip
             raise InvalidClientMetadata(f"{member} must be a printable string.")
-        if member.endswith("_uri") and not value.startswith("https://"):
-            raise InvalidClientMetadata(f"{member} must be an https URL.")
+        # Shown or linked, never fetched by this server: https, or http on loopback for a
+        # developer's machine, like redirect URIs.
+        if member.endswith("_uri") and not logout_uri_ok(value):
+            raise InvalidClientMetadata(f"{member} must be an https URL (http on loopback).")
         if member == "scope" and not all(SCOPE_TOKEN.fullmatch(s) for s in split_scope(value)):
             raise InvalidClientMetadata("scope must be scope tokens (RFC 6749 3.3).")
         echoed[member] = value
@@ -3800,11 +3890,16 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
 
 def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> list[str]:
     value = metadata.get(member, default)
+    # Printable: no control characters, and no lone surrogates, which JSON can carry but
+    # UTF-8 (and so storage) cannot.
     if not isinstance(value, list) or len(value) > MAX_REDIRECT_URIS or not all(
-        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING for v in value
+        isinstance(v, str) and 0 < len(v) <= MAX_METADATA_STRING and v.isprintable()
+        for v in value
     ):
         error = InvalidRedirectUri if member == "redirect_uris" else InvalidClientMetadata
-        raise error(f"{member} must be an array of at most {MAX_REDIRECT_URIS} strings.")
+        raise error(
+            f"{member} must be an array of at most {MAX_REDIRECT_URIS} printable strings."
+        )
     return list(dict.fromkeys(value))
 
 
@@ -4929,9 +5024,9 @@ def ask_second_factor(
     srv: Server, areq: AuthorizationRequest, browser: Browser, username: str
 ) -> Page:
     """A signed-in user whose session has no second factor, for a request that asks for
-    one: sign in again, with the TOTP code; a user who has none is told so."""
+    one: sign in again, with the TOTP code or a passkey; a user who has none is told so."""
     user = srv.storage.get_user(username)
-    if user is not None and user.totp_secret:
+    if user is not None and has_second_factor(srv, user):
         if "none" in areq.prompt:
             raise LoginRequired("The client asks for a second factor: the user must sign in.")
         return login_page(srv, areq, browser, SECOND_FACTOR_ASKED)
@@ -5631,6 +5726,8 @@ def account_overview(
     srv: Server, browser: Browser, session: Session, message: str, status: int,
     field: str = "",
 ) -> Page:
+    """The account page again, saying what was wrong with a form (``message``; its
+    ``field`` marked invalid), with ``status``."""
     user = srv.storage.get_user(session.username)
     if user is None:
         raise FormExpired("Sign in again.", account_url(srv, "/login"))
@@ -7493,7 +7590,8 @@ def no_second_factor_page(srv: Server, areq: AuthorizationRequest, browser: Brow
 <p class="error" role="alert"><strong>{app}</strong> asks you to confirm who you are with a
 second factor: a code from an authenticator app. Your account has no second factor, so you
 cannot continue to {app} this way.</p>
-<p>Ask your administrator to set up a second factor for your account, then try again.</p>
+<p>Set up an authenticator app on <a href="{ACCOUNT_PATH}">your account page</a> (or ask
+your administrator to), then try again.</p>
 <form method="post" action="login">{_hidden_fields(srv, browser, areq.params, areq.purpose)}
 <div class="actions"><button type="submit" name="cancel" value="yes">Back to {app}</button>
 </div></form>"""
@@ -9057,7 +9155,14 @@ def consent_endpoint(srv: Server, request: Request, browser: Browser) -> Redirec
 def device_endpoint(srv: Server, request: Request, browser: Browser) -> Redirect | Page:
     # RFC 8628 §3.3: the page with the user code (GET, its form too); the decision (POST).
     if request.method == "GET":
-        return device_page_step(srv, single_params(query_pairs(request)), browser)
+        params = single_params(query_pairs(request))
+        # RFC 8628 §5.1: only a page the user loads checks a code (Fetch Metadata
+        # Sec-Fetch-Dest). An image or frame another site points here would spend its
+        # visitors' checks, guessing with their browsers or holding the throttle shut.
+        destination = request.environ.get("HTTP_SEC_FETCH_DEST")
+        if destination not in (None, "document"):
+            params.pop("user_code", None)
+        return device_page_step(srv, params, browser)
     refuse_cross_site(srv, request)
     return device_decision(srv, single_params(form_pairs(request)), browser)
 
@@ -10677,6 +10782,8 @@ def client_rotate_secret(srv: Server, args: argparse.Namespace) -> None:
 def client_list(srv: Server, args: argparse.Namespace) -> None:
     for c in srv.storage.list_clients():
         kind = "public" if c.public else "confidential"
+        if c.registration == REGISTERED_DYNAMICALLY:
+            kind += ", registered itself"  # RFC 7591: `client remove` deprovisions it
         print(f"{c.client_id}\t{kind}\t{c.name}\t{' '.join(c.redirect_uris)}")
 
 

@@ -43,6 +43,17 @@ def json_body(value: Any, *, status: int = 200, headers: dict[str, str] | None =
     return handle
 
 
+def delayed(value: Any, delay: float) -> Handler:
+    """``value`` as JSON, after ``delay`` seconds of silence."""
+    answer = json_body(value)
+
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        time.sleep(delay)
+        answer(h)
+
+    return handle
+
+
 def redirect_to(location: str) -> Handler:
     def handle(h: http.server.BaseHTTPRequestHandler) -> None:
         h.send_response(302)

@@ -504,3 +504,44 @@ def test_a_malformed_assertion_is_refused_on_both_login_pages(
     r = browser.post("/login", data={**form_fields(r.text), "credential": credential})
     assert r.status == 200 and "That passkey cannot sign you in" in r.text
     assert browser.get("/account").status == 302
+
+
+def test_a_passkey_is_removed_from_the_account_page(
+    passkey_server: codeflow.Server, caplog
+) -> None:
+    """Removing a passkey (after a recent sign-in) deletes it; another user's cannot be
+    named."""
+    store = passkey_server.storage
+    browser = signed_in(passkey_server)
+    for cid, user in (("mine", USERNAME), ("theirs", "bob")):
+        store.save_passkey(codeflow.Passkey(cid, user, "key", 0, "Laptop", passkey_server.clock()))
+    page = account(browser).text
+    assert 'aria-label="Remove the passkey Laptop"' in page
+    # After the password, the passkey is now the second factor.
+    other = WSGIClient(passkey_server.wsgi)
+    r = other.get("/account/login")
+    r = other.post("/account/login", data={**form_of(r.text, "/account/login"),
+                                           "username": USERNAME, "password": PASSWORD})  # fmt: skip
+    assert r.status == 200 and "Confirm it is you" in r.text and "Use your passkey" in r.text
+    with caplog.at_level(logging.INFO, "codeflow.audit"):
+        r = post(browser, "/account/passkeys", page, step="remove", credential_id="theirs")
+        assert r.status == 303 and store.get_passkey("theirs") is not None
+        r = post(browser, "/account/passkeys", page, step="remove", credential_id="mine")
+    assert r.status == 303 and r.location.endswith("done=passkey-removed")
+    assert store.get_passkey("mine") is None
+    assert [rec.event for rec in caplog.records].count("passkey.removed") == 1
+
+
+def test_an_app_asking_for_mfa_gets_it_from_a_passkey_user(passkey_server: codeflow.Server
+                                                           ) -> None:  # fmt: skip
+    """OIDC Core §3.1.2.1 acr_values: a user signed in with a password alone whose second
+    factor is a passkey (no TOTP app) is asked to sign in again, not told there is none."""
+    browser = WSGIClient(passkey_server.wsgi)
+    r = browser.get("/authorize", params=new_flow().params)
+    r = browser.post("/login", data={**form_fields(r.text), "username": USERNAME,
+                                     "password": PASSWORD})  # fmt: skip
+    assert r.status == 303
+    passkey_server.storage.save_passkey(
+        codeflow.Passkey("cred", USERNAME, "key", 0, "Laptop", passkey_server.clock()))
+    r = browser.get("/authorize", params=new_flow(acr_values=codeflow.ACR_MFA).params)
+    assert r.status == 200 and "asks for your authentication code too" in r.text

@@ -206,3 +206,33 @@ def test_revoking_an_app_in_the_browser_makes_its_refresh_token_fail(
     r = requests.post(provider.issuer + "/token", auth=(CONFIDENTIAL, SECRET), data=refresh,
                       timeout=10)  # fmt: skip
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_the_account_pages_in_dark_mode(chromium: Browser, provider: codeflow.Server) -> None:
+    """With the system in dark mode the account pages keep their contrast (WCAG 2.1
+    §1.4.3): the overview with a refused password, the enrolment page (its QR code on a
+    light card, for cameras) and the recovery codes."""
+    t = Tab(chromium, color_scheme="dark")
+    try:
+        page = t.page
+        page.goto(provider.issuer + "/account")
+        page.get_by_label("Username").fill(USERNAME)
+        page.get_by_label("Password").fill(PASSWORD)
+        submit(page, "Sign in")
+        page.get_by_label("Current password").fill("wrong")
+        page.get_by_label("New password").fill("correct horse battery staple")
+        submit(page, "Change password")
+        assert_accessible(t, "Your account")
+        screenshot(t, "account-5-dark", phone=False)
+        submit(page, "Set up an authenticator app")
+        assert page.evaluate(
+            "getComputedStyle(document.querySelector('figure.qr')).backgroundColor"
+        ) == "rgb(255, 255, 255)"
+        assert_accessible(t, "Set up an authenticator app")
+        key = page.locator("#totp-key").inner_text().replace(" ", "")
+        page.get_by_label("Code from the app").fill(pyotp.TOTP(key).now())
+        submit(page, "Turn on")
+        assert_accessible(t, "Save your recovery codes")
+        screenshot(t, "account-6-dark-recovery-codes", phone=False)
+    finally:
+        t.close()

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Clock
 from document_hosts import (
     DocumentHost,
+    delayed,
     document_host,
     drip,
     huge,
@@ -304,3 +306,58 @@ def test_https_verified_for_the_name_while_connecting_to_the_checked_address(
 def test_bad_allowed_network_setting_refused() -> None:
     with pytest.raises(ValueError, match="fetch_allowed_networks"):
         server(fetch_allowed_networks=["not-a-network"])
+
+
+def in_parallel(count: int, call: Callable[[], object]) -> list[object]:
+    """``call()`` from ``count`` threads at once; each one's result or exception."""
+    results: list[object] = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = call()
+        except Exception as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_requests_for_one_document_share_one_fetch(host: DocumentHost) -> None:
+    """A burst of requests for a document not yet cached costs its host one request:
+    the others wait for the first one's answer."""
+    host.routes["/burst"] = delayed(DOC, 0.5)
+    srv = server(fetch_allowed_networks=LOOPBACK)
+    results = in_parallel(6, lambda: codeflow.fetch_json_document(srv, host.url("/burst")))
+    assert results == [DOC] * 6
+    assert host.hits == {"/burst": 1}
+
+
+def test_one_slow_address_holds_few_of_the_fetch_slots(
+    host: DocumentHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow host (under any number of URLs or names) is fetched from at most
+    FETCHES_PER_ADDRESS times at once; one more is refused at once, not queued."""
+    monkeypatch.setattr(codeflow, "FETCH_TIMEOUT", 1.5)
+    for i in range(3):
+        host.routes[f"/slow{i}"] = drip(in_headers=True)
+    srv = server(fetch_allowed_networks=LOOPBACK)
+    urls = iter(host.url(f"/slow{i}") for i in range(3))
+    lock = threading.Lock()
+
+    def fetch() -> object:
+        with lock:
+            url = next(urls)
+        return codeflow.fetch_json_document(srv, url)
+
+    started = time.monotonic()
+    results = in_parallel(3, fetch)
+    descriptions = sorted(str(r) for r in results)
+    assert sum("is being fetched from already" in d for d in descriptions) == 1, descriptions
+    assert sum("did not answer within" in d for d in descriptions) == 2, descriptions
+    assert time.monotonic() - started < 3

@@ -182,6 +182,8 @@ def test_default_auth_method_is_client_secret_basic(wc: WSGIClient) -> None:
          "invalid_client_metadata", "client_name"),
         ({"redirect_uris": ["https://a.example/cb"], "logo_uri": "http://a.example/logo.png"},
          "invalid_client_metadata", "logo_uri"),
+        ({"redirect_uris": ["https://a.example/cb"], "client_uri": "javascript:alert(1)"},
+         "invalid_client_metadata", "client_uri"),
         ({"redirect_uris": ["https://a.example/cb"], "scope": "openid \"quoted\""},
          "invalid_client_metadata", "scope"),
         ({"redirect_uris": ["https://a.example/cb"], "contacts": "ops@example.com"},
@@ -209,11 +211,39 @@ def test_bad_metadata_refused_with_rfc7591_error_codes(
     assert srv.storage.list_clients() == []
 
 
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b", "line\nbreak"])
+@pytest.mark.parametrize("member", ["contacts", "redirect_uris", "client_name", "software_id",
+                                    "scope", "post_logout_redirect_uris"])  # fmt: skip
+def test_unprintable_strings_refused_on_sqlite(tmp_path: Path, member: str, bad: str) -> None:
+    """A lone surrogate (JSON carries it, UTF-8 cannot) or a control character in any
+    string member is a 400, not a 500 from storage; here on a real SQLite file."""
+    storage = codeflow.open_storage(f"sqlite:///{tmp_path / 'idp.db'}")
+    wc = WSGIClient(codeflow.Server(issuer=ISSUER, storage=storage, registration="open").wsgi)
+    value: Any = [f"https://a.example/{bad}"] if member.endswith("uris") else bad
+    if member == "contacts":
+        value = [bad]
+    r = register(wc, {"redirect_uris": ["https://a.example/cb"], member: value})
+    assert r.status == 400, r.text
+    assert r.json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+    assert storage.list_clients() == []
+
+
 def test_unknown_members_ignored(wc: WSGIClient) -> None:
     """RFC 7591 §2: "The authorization server MUST ignore any client metadata sent by the
     client that it does not understand"."""
     body = register(wc, {**NATIVE, "x_vendor_flag": True, "software_statement": "ey.x.y"}).json()
     assert "x_vendor_flag" not in body and "client_id" in body
+
+
+def test_null_members_count_as_absent(wc: WSGIClient) -> None:
+    """RFC 7592 §2.2 treats omitted members as null; a client library that sends every
+    member, the unset ones as null (jwks_uri, contacts, ...), registers."""
+    nulls = dict.fromkeys(("client_uri", "logo_uri", "contacts", "tos_uri", "policy_uri",
+                           "jwks_uri", "jwks", "software_id", "software_version",
+                           "scope"))  # fmt: skip
+    r = register(wc, {**NATIVE, **nulls})
+    assert r.status == 201, r.text
+    assert not set(nulls) & set(r.json())
 
 
 def test_echoed_metadata(wc: WSGIClient) -> None:
@@ -486,3 +516,26 @@ def test_serve_bad_settings_exit_with_a_clear_message(
     )  # fmt: skip
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_client_list_marks_registered_clients(tmp_path: Path) -> None:
+    """The operator sees which clients registered themselves (`codeflow client list`),
+    and can remove one (`codeflow client remove`) like any other."""
+    url = f"sqlite:///{tmp_path / 'idp.db'}"
+    srv = codeflow.Server(issuer=ISSUER, storage=codeflow.open_storage(url),
+                          registration="open")  # fmt: skip
+    srv.add_client("operator-app", redirect_uris=["https://op.example/cb"])
+    client_id = register(WSGIClient(srv.wsgi), NATIVE).json()["client_id"]
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, codeflow.__file__, *args, "--storage", url],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    rows = {line.split("\t")[0]: line.split("\t") for line in cli("client", "list").splitlines()}
+    assert rows[client_id][1:3] == ["public, registered itself", "Native Tool"]
+    assert rows["operator-app"][1] == "public"
+    cli("client", "remove", client_id)
+    assert client_id not in cli("client", "list")

@@ -503,3 +503,23 @@ def test_resource_indicators_in_the_device_flow(server, device, browser) -> None
     unknown = {"client_id": TV, "resource": "https://unknown.example/"}
     r = device.post("/device_authorization", data=unknown)
     assert r.status == 400 and r.json()["error"] == "invalid_target"
+
+
+def test_a_page_elsewhere_cannot_spend_a_browsers_code_checks(server, device) -> None:
+    """RFC 8628 §5.1 with Fetch Metadata: a user code reaches the throttled check only in a
+    top-level page load (Sec-Fetch-Dest: document). An image or frame that another site
+    points at /device?user_code=... (in its visitors' browsers) is answered with the plain
+    entry page, unchecked, so it can neither guess nor spend the throttle's budget."""
+    body = start(device)
+    visitor = WSGIClient(server.wsgi, remote_addr="198.51.100.50")
+    for dest in ("image", "iframe", "script", "empty"):
+        headers = {"Sec-Fetch-Dest": dest, "Sec-Fetch-Site": "cross-site"}
+        for _ in range(3):
+            r = visitor.get("/device", params={"user_code": "BBBB-BBBB"}, headers=headers)
+            assert r.status == 200 and "not right" not in r.text and 'name="user_code"' in r.text
+    r = visitor.get("/device", params={"user_code": body["user_code"]},
+                    headers={"Sec-Fetch-Dest": "iframe"})  # fmt: skip
+    assert 'action="login"' not in r.text
+    link = {"Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "cross-site"}
+    r = visitor.get("/device", params={"user_code": body["user_code"]}, headers=link)
+    assert r.status == 200 and 'action="login"' in r.text  # a link from elsewhere works

@@ -480,3 +480,19 @@ def test_the_account_page_names_an_apis_scope_with_its_uri(server: codeflow.Serv
     code_for(browser, pairs(new_flow(CONFIDENTIAL, scope="openid read").params, API))
     page = account(browser).text
     assert f"read at {API}" in page and f"{API} read" not in page
+
+
+def test_several_resources_through_a_pushed_request(
+    server: codeflow.Server, browser: WSGIClient
+) -> None:
+    """RFC 9126 §2.1 with RFC 8707 §2.1: the resource parameters of a pushed authorization
+    request, several of them, make the audience as they would in the query."""
+    server.auto_approve = USERNAME
+    flow = new_flow(CONFIDENTIAL, scope="read mail.read")
+    r = browser.post("/par", data=pairs(flow.params, API, MAIL),
+                     headers=basic(CONFIDENTIAL, SECRET))  # fmt: skip
+    assert r.status == 201, r.text
+    r = browser.get("/authorize", params={"client_id": CONFIDENTIAL,
+                                          "request_uri": r.json()["request_uri"]})  # fmt: skip
+    token = redeem(browser, flow, query_of(r.location)["code"]).json()["access_token"]
+    assert introspect(browser, token)["aud"] == [API, MAIL]
