@@ -1308,8 +1308,11 @@ class Storage(Protocol):
 
     def recovery_codes_left(self, username: str) -> int: ...
 
-    def save_passkey(self, passkey: Passkey) -> None:
-        """Store a passkey (a new one, or replace the one with its credential_id)."""
+    def save_passkey(self, passkey: Passkey) -> bool:
+        """Store a new passkey; False, storing nothing, if a passkey with its credential_id
+        is stored already, whoever's it is (WebAuthn Level 2 §7.1 step 22: a credential id
+        "not yet registered to any other user"; an authenticator chooses its ids, so
+        replacing would let one user overwrite another's passkey)."""
         ...
 
     def get_passkey(self, credential_id: str) -> Passkey | None: ...
@@ -1739,9 +1742,12 @@ class MemoryStorage:
     def recovery_codes_left(self, username: str) -> int:
         return len(self._recovery_codes.get(username, ()))
 
-    def save_passkey(self, passkey: Passkey) -> None:
+    def save_passkey(self, passkey: Passkey) -> bool:
         with self._lock:
+            if passkey.credential_id in self._passkeys:
+                return False
             self._passkeys[passkey.credential_id] = passkey
+            return True
 
     def get_passkey(self, credential_id: str) -> Passkey | None:
         return self._passkeys.get(credential_id)
@@ -6078,14 +6084,24 @@ def change_passkeys(srv: Server, form: dict[str, str], browser: Browser) -> Redi
         return account_overview(srv, browser, session, "That passkey could not be added: it "
                                 "did not verify you. Try again, or another one.", 400)  # fmt: skip
     name = (form.get("name") or "Passkey").strip()[:PASSKEY_NAME_LENGTH] or "Passkey"
-    transports = json.loads(form["credential"]).get("response", {}).get("transports", [])
-    srv.storage.save_passkey(Passkey(
+    # WebAuthn §5.2.1.1 getTransports(): a list of strings; anything else is no hint.
+    response = json.loads(form["credential"]).get("response")
+    transports = response.get("transports") if isinstance(response, dict) else None
+    saved = srv.storage.save_passkey(Passkey(
         credential_id=b64url(verified.credential_id), username=session.username,
         public_key=b64url(verified.credential_public_key), sign_count=verified.sign_count,
         name=name, created_at=srv.clock(), passwordless=passwordless,
         backed_up=verified.credential_backed_up,
-        transports=tuple(t for t in transports if isinstance(t, str))[:8],
+        transports=tuple(t for t in transports if isinstance(t, str))[:8]
+        if isinstance(transports, list) else (),
     ))  # fmt: skip
+    # WebAuthn Level 2 §7.1 step 22: "Check that the credentialId is not yet registered to
+    # any other user" (nor again to this one): an id is never handed over.
+    if not saved:
+        audit("passkey.failed", user=session.username, address=browser.address,
+              reason="credential id registered")  # fmt: skip
+        return account_overview(srv, browser, session, "That passkey is already registered. "
+                                "Nothing was changed.", 400)  # fmt: skip
     audit("passkey.registered", user=session.username, address=browser.address,
           passwordless=int(passwordless))  # fmt: skip
     return Redirect(account_url(srv, done="passkey"))
