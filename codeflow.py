@@ -7180,7 +7180,9 @@ def introspect(
     (``introspection``), and sees as active only the access tokens whose audience is one
     of its resources. Any other confidential client may introspect any access token, and
     its own refresh tokens, as before resources were registrations: no narrower rule
-    would keep those resource servers working. The answer's aud (§2.2) is the token's.
+    would keep those resource servers working. A client that registered itself (RFC
+    7591) is no resource server anyone vouched for: it sees only its own tokens. The
+    answer's aud (§2.2) is the token's.
     """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
@@ -7192,10 +7194,13 @@ def introspect(
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
-    if served and token is not None and token.client_id != client.client_id:
+    if token is not None and token.client_id != client.client_id:
         # RFC 7662 §2.2: a token the caller "is not allowed to introspect" is inactive to it.
+        # §4: only "protected resources ... specifically authorized": one the operator
+        # registered, never a client that anyone could register (open RFC 7591).
         mine = {r.uri for r in served if r.introspection}
-        if token.kind != "access" or not mine & set(token.audience):
+        if client.unverified or (served and (token.kind != "access"
+                                             or not mine & set(token.audience))):  # fmt: skip
             return {"active": False}
     username = token.username if token is not None else None
     user = srv.storage.get_user(username) if username is not None else None

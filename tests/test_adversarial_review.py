@@ -14,13 +14,15 @@ import re
 
 import pytest
 from conftest import (
+    CONFIDENTIAL,
     PASSWORD,
+    SECRET,
     USERNAME,
     Clock,
     form_fields,
     make_server,
 )
-from wsgi_client import WSGIClient
+from wsgi_client import WSGIClient, basic
 
 import codeflow
 
@@ -123,3 +125,33 @@ def test_a_registration_with_odd_transports_is_no_5xx(transports: object) -> Non
     assert r.status == 303, r.errors
     (passkey,) = server.storage.list_passkeys(USERNAME)
     assert passkey.transports == ()
+
+
+# -- Self-registered clients: RFC 7591 -------------------------------------------------
+
+
+def test_a_self_registered_client_cannot_introspect_other_clients_tokens() -> None:
+    """RFC 7662 §4: "the authorization server SHOULD require protected resources to be
+    specifically authorized to call the introspection endpoint". With open registration
+    (RFC 7591), anyone could register a confidential client and then read, for any access
+    token they held or found, whose it is (sub, username), its scope and client: every
+    confidential client was treated as a resource server the operator trusts. A client
+    that registered itself now sees only its own tokens as active."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://app.example/cb"],
+        "grant_types": ["authorization_code", "client_credentials"]}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status == 201, r.text
+    mine = r.json()
+    auth = basic(mine["client_id"], mine["client_secret"])
+    victims = server.issue_tokens(USERNAME, CONFIDENTIAL, "openid profile")["access_token"]
+    r = wc.post("/introspect", {"token": victims}, headers=auth)
+    assert r.status == 200 and r.json() == {"active": False}, r.text
+    own = wc.post("/token", {"grant_type": "client_credentials"}, headers=auth).json()
+    r = wc.post("/introspect", {"token": own["access_token"]}, headers=auth)
+    assert r.json()["active"] is True and r.json()["client_id"] == mine["client_id"]
+    # The operator's own confidential clients keep introspecting as before.
+    r = wc.post("/introspect", {"token": victims}, headers=basic(CONFIDENTIAL, SECRET))
+    assert r.json()["active"] is True and r.json()["username"] == USERNAME
