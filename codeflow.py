@@ -4130,6 +4130,10 @@ def delete_registration(
 
 # RFC 7523 §2.2: "The value of the client_assertion_type parameter MUST be ..."
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The parameters that carry a client's credentials in a request's body (RFC 6749 §2.3.1,
+# RFC 7523 §2.2), never kept with the request they authenticate.
+CLIENT_CREDENTIAL_PARAMS = frozenset(("client_secret", "client_assertion",
+                                      "client_assertion_type"))  # fmt: skip
 
 
 def authenticate_client(
@@ -5172,8 +5176,9 @@ def pushed_authorization_request(
         jkt = check_dpop_proof(srv, dpop)
         if params.setdefault("dpop_jkt", jkt) != jkt:
             raise InvalidDPoPProof("dpop_jkt is not the thumbprint of the DPoP proof's key.")
-    # The client's credentials are not part of the request and are not kept.
-    params = {k: v for k, v in params.items() if k != "client_secret"}
+    # The client's credentials (a secret, or RFC 7523 §2.2's assertion) are not part of the
+    # request and are not kept: they would be stored, and shown to the browser after it.
+    params = {k: v for k, v in params.items() if k not in CLIENT_CREDENTIAL_PARAMS}
     params["client_id"] = client.client_id
     _, redirect_uri, given = trusted_redirect(srv, list(params.items()))
     validate_authorization_request(srv, client, redirect_uri, given, params, pushed=True)

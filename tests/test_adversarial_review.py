@@ -16,11 +16,13 @@ import pytest
 from conftest import (
     CONFIDENTIAL,
     PASSWORD,
+    REDIRECT,
     SECRET,
     USERNAME,
     Clock,
     form_fields,
     make_server,
+    new_flow,
 )
 from wsgi_client import WSGIClient, basic
 
@@ -155,3 +157,31 @@ def test_a_self_registered_client_cannot_introspect_other_clients_tokens() -> No
     # The operator's own confidential clients keep introspecting as before.
     r = wc.post("/introspect", {"token": victims}, headers=basic(CONFIDENTIAL, SECRET))
     assert r.json()["active"] is True and r.json()["username"] == USERNAME
+
+
+# -- Pushed authorization requests: RFC 9126 ----------------------------------------------
+
+
+def test_a_pushed_request_keeps_no_client_assertion() -> None:
+    """RFC 9126 §2.1: the client authenticates the push "as ... for token endpoint
+    requests"; its credentials are not part of the authorization request. A
+    private_key_jwt client's client_assertion was kept with the pushed parameters (only
+    client_secret was dropped): stored, then carried, readable, through the browser in
+    the login form and the resume URI, while the assertion is good for up to an hour."""
+    from test_rfc7523_private_key_jwt import KEYED, ClientKeys
+
+    clock = Clock()
+    server = make_server(clock)
+    keys = ClientKeys("ES256")
+    server.add_client(KEYED, jwks=keys.jwks, redirect_uris=[REDIRECT])
+    flow = new_flow(KEYED)
+    wc = WSGIClient(server.wsgi)
+    r = wc.post("/par", {**flow.params, "client_assertion_type": codeflow.CLIENT_ASSERTION_TYPE,
+                         "client_assertion": keys.sign(now=clock())})  # fmt: skip
+    assert r.status == 201, r.text
+    request_uri = r.json()["request_uri"]
+    r = wc.get("/authorize", params={"client_id": KEYED, "request_uri": request_uri})
+    assert r.status == 200 and 'action="login"' in r.text
+    signed = form_fields(r.text)["request"]
+    shown = json.dumps(server.signer.request_params(signed, "pushed"))
+    assert "client_assertion" not in shown and KEYED in shown
