@@ -7127,6 +7127,18 @@ def logout_token(srv: Server, client: Client, user: User, sid: str) -> str:
     return sign(srv, claims, client.id_token_signed_response_alg, typ=LOGOUT_TOKEN_TYPE)
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a new address to send to: following it would let a relying
+    party's host make this server request any URL it reaches (server-side request
+    forgery), as fetch_json_document refuses to for the same reason."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 def post_logout_token(client_id: str, uri: str, token: str) -> None:
     """Back-Channel Logout §2.5: "The OP uses an HTTP POST to the registered back-channel
     logout URI to send the Logout Token", as the form parameter logout_token. §2.8: a
@@ -7134,7 +7146,8 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
     keeps the user waiting (this runs in its own thread, with a short timeout). A 5xx or
     no answer may be passing, so the same token is sent again after each of
     BACKCHANNEL_RETRY_DELAYS; a 4xx is the RP's final word ("If the logout request was
-    invalid or failed, the RP MUST respond with HTTP 400")."""
+    invalid or failed, the RP MUST respond with HTTP 400"); so is a 3xx, which is never
+    followed (§2.5: the token goes to "the registered back-channel logout URI")."""
     # check_client allows https, or http on loopback, only.
     request = urllib.request.Request(  # noqa: S310
         uri,
@@ -7144,7 +7157,7 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
     )
     for delay in (*BACKCHANNEL_RETRY_DELAYS, None):
         try:
-            with urllib.request.urlopen(request, timeout=BACKCHANNEL_TIMEOUT) as answer:  # noqa: S310
+            with _NO_REDIRECTS.open(request, timeout=BACKCHANNEL_TIMEOUT) as answer:
                 audit("logout.backchannel_sent", client=client_id, status=answer.status)
                 return
         except urllib.error.HTTPError as err:

@@ -185,3 +185,37 @@ def test_a_pushed_request_keeps_no_client_assertion() -> None:
     signed = form_fields(r.text)["request"]
     shown = json.dumps(server.signer.request_params(signed, "pushed"))
     assert "client_assertion" not in shown and KEYED in shown
+
+
+# -- Back-Channel Logout 1.0 ----------------------------------------------------------------
+
+
+def test_a_backchannel_logout_follows_no_redirect() -> None:
+    """Back-Channel Logout 1.0 §2.5: the Logout Token is POSTed "to the registered
+    back-channel logout URI", and §2.8 the RP answers it (200, or 400). urllib followed a
+    3xx: a relying party (or whoever took over its host) could turn the OP's delivery
+    into a GET of any address the OP reaches (its own admin page, a cloud metadata
+    service: server-side request forgery), and a redirect to a 200 counted as delivered.
+    A 3xx is now a failed delivery, logged, and final (like a 4xx)."""
+    import queue
+    import time
+
+    from sdk_support import serving
+    from test_oidc_backchannel_frontchannel_logout import BACK_RP, BACK_SECRET, sign_in
+    from test_oidc_backchannel_frontchannel_logout import make_server as logout_server
+
+    paths: queue.Queue[str] = queue.Queue()
+
+    def redirecting(environ, start_response):
+        paths.put(environ["PATH_INFO"])
+        start_response("302 Found", [("Location", "/internal-admin")])
+        return [b""]
+
+    with serving(redirecting) as url:
+        srv = logout_server(Clock(), url + "/bc")
+        browser = WSGIClient(srv.wsgi)
+        tokens = sign_in(browser, BACK_RP, BACK_SECRET)
+        assert browser.get("/logout", params={"id_token_hint": tokens["id_token"]}).status == 200
+        assert paths.get(timeout=10) == "/bc"
+        time.sleep(1.5)  # past the first retry delay
+    assert paths.empty(), paths.get()
