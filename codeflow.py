@@ -3791,11 +3791,15 @@ def check_client_id_url(client_id: str) -> None:
         raise FetchError("A client_id URL may not have . or .. path segments.")
 
 
-def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]:
+def client_metadata(
+    metadata: dict[str, Any], *, secret: bool, vouched: bool = False
+) -> dict[str, Any]:
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    document: no). ``vouched``: whether the operator vouched for the registration (it
+    came with an initial access token), which client_credentials needs. Raises
+    InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
     A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
     null; some client libraries send every member, unset ones as null)."""
     metadata = {name: value for name, value in metadata.items() if value is not None}
@@ -3817,12 +3821,19 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     # §2.1: the two must agree.
     grant_types = _string_list(metadata, "grant_types", ["authorization_code"])
     allowed = {"authorization_code", "refresh_token"}
-    if method != "none":
-        allowed.add("client_credentials")  # RFC 6749 §4.4: confidential clients only
+    # RFC 6749 §4.4: confidential clients only, acting on their own behalf on resources
+    # "previously arranged with the authorization server": with no user to consent, a
+    # client anyone registered (open registration) would mint tokens for any resource.
+    if method != "none" and vouched:
+        allowed.add("client_credentials")
     unsupported = [g for g in grant_types if g not in allowed]
     if unsupported or not grant_types:
+        unvouched = " (client_credentials needs an initial access token)" if (
+            method != "none" and not vouched and "client_credentials" in unsupported
+        ) else ""  # fmt: skip
         raise InvalidClientMetadata(
-            f"grant_types may list only {', '.join(sorted(allowed))} for this client."
+            f"grant_types may list only {', '.join(sorted(allowed))} for this client"
+            f"{unvouched}."
         )
     response_types = _string_list(metadata, "response_types", ["code"])
     if any(r != "code" for r in response_types):
@@ -3996,7 +4007,7 @@ def register_client(
     registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
     if registered >= srv.max_registered_clients:
         raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
-    fields = client_metadata(metadata, secret=True)
+    fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
     client_id = "dcr_" + secrets.token_urlsafe(16)
     refuse_shared_subject(srv.storage, client_id)
     public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
@@ -4098,7 +4109,7 @@ def update_registration(
         isinstance(given_secret, str) and check_client_secret(srv, client, given_secret, address)
     ):
         raise InvalidRequest("client_secret is not this client's (RFC 7592 2.2).")
-    fields = client_metadata(metadata, secret=True)
+    fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
     fields["registered_metadata"]["client_id_issued_at"] = client.registered_metadata.get(
         "client_id_issued_at"
     )

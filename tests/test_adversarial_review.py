@@ -142,8 +142,7 @@ def test_a_self_registered_client_cannot_introspect_other_clients_tokens() -> No
     server = make_server(Clock(), registration="open")
     wc = WSGIClient(server.wsgi)
     r = wc.request("POST", "/register", body=json.dumps({
-        "redirect_uris": ["https://app.example/cb"],
-        "grant_types": ["authorization_code", "client_credentials"]}).encode(),
+        "redirect_uris": ["https://app.example/cb"]}).encode(),
         headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status == 201, r.text
     mine = r.json()
@@ -151,8 +150,8 @@ def test_a_self_registered_client_cannot_introspect_other_clients_tokens() -> No
     victims = server.issue_tokens(USERNAME, CONFIDENTIAL, "openid profile")["access_token"]
     r = wc.post("/introspect", {"token": victims}, headers=auth)
     assert r.status == 200 and r.json() == {"active": False}, r.text
-    own = wc.post("/token", {"grant_type": "client_credentials"}, headers=auth).json()
-    r = wc.post("/introspect", {"token": own["access_token"]}, headers=auth)
+    own = server.issue_tokens(USERNAME, mine["client_id"], "openid")["access_token"]
+    r = wc.post("/introspect", {"token": own}, headers=auth)
     assert r.json()["active"] is True and r.json()["client_id"] == mine["client_id"]
     # The operator's own confidential clients keep introspecting as before.
     r = wc.post("/introspect", {"token": victims}, headers=basic(CONFIDENTIAL, SECRET))
@@ -219,3 +218,56 @@ def test_a_backchannel_logout_follows_no_redirect() -> None:
         assert paths.get(timeout=10) == "/bc"
         time.sleep(1.5)  # past the first retry delay
     assert paths.empty(), paths.get()
+
+
+MACHINE = {"token_endpoint_auth_method": "client_secret_basic",
+           "grant_types": ["client_credentials"], "response_types": []}  # fmt: skip
+
+
+def test_open_registration_gives_no_tokens_without_a_user() -> None:
+    """RFC 6749 §4.4 client_credentials: the client acts "on its own behalf", on
+    "protected resources under its control" or arranged with the authorization server
+    beforehand (§4.4: "previously arranged"). Under open registration (RFC 7591) anyone
+    registered a confidential client with client_credentials and then minted, with no
+    user and no consent, access tokens whose aud was any registered resource (RFC 8707):
+    an API that checked aud (RFC 9068 §4) and no particular scope let them in. Open
+    registration now refuses client_credentials; registration with an initial access
+    token, which the operator hands out, still allows it."""
+    server = make_server(Clock(), registration="open")
+    server.add_resource("https://api.example/", scopes=["api:read"])
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps(MACHINE).encode(),
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status == 400 and r.json()["error"] == "invalid_client_metadata", r.text
+    assert "client_credentials" in r.json()["error_description"]
+
+    vouched = make_server(Clock(), registration="token", registration_tokens=["operator-t"])
+    vouched.add_resource("https://api.example/", scopes=["api:read"])
+    wc = WSGIClient(vouched.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps(MACHINE).encode(), headers={
+        "Content-Type": "application/json", "Authorization": "Bearer operator-t"})  # fmt: skip
+    assert r.status == 201, r.text
+    auth = basic(r.json()["client_id"], r.json()["client_secret"])
+    r = wc.post("/token", {"grant_type": "client_credentials"}, headers=auth)
+    assert r.status == 200, r.text
+
+
+def test_an_update_under_open_registration_cannot_add_client_credentials() -> None:
+    """RFC 7592 §2.2: an update is checked as a registration is; a client registered for
+    the code flow could not add client_credentials to its grant_types afterwards."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    web = {"redirect_uris": ["https://app.example/cb"],
+           "token_endpoint_auth_method": "client_secret_basic"}  # fmt: skip
+    r = wc.request("POST", "/register", body=json.dumps(web).encode(),
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status == 201, r.text
+    body = r.json()
+    update = {**web, "client_id": body["client_id"],
+              "grant_types": ["authorization_code", "client_credentials"]}  # fmt: skip
+    headers = {"Content-Type": "application/json",
+               "Authorization": "Bearer " + body["registration_access_token"]}  # fmt: skip
+    r = wc.request("PUT", f"/register/{body['client_id']}", body=json.dumps(update).encode(),
+                   headers=headers)  # fmt: skip
+    assert r.status == 400 and r.json()["error"] == "invalid_client_metadata", r.text
+    assert server.storage.get_client(body["client_id"]).grant_types == ("authorization_code",)
