@@ -271,3 +271,33 @@ def test_an_update_under_open_registration_cannot_add_client_credentials() -> No
                    headers=headers)  # fmt: skip
     assert r.status == 400 and r.json()["error"] == "invalid_client_metadata", r.text
     assert server.storage.get_client(body["client_id"]).grant_types == ("authorization_code",)
+
+
+# -- codeflow_sdk: DPoP-bound tokens at a resource server (RFC 9449) ---------------------
+
+
+def test_the_sdk_refuses_a_dpop_token_whose_introspection_names_no_key() -> None:
+    """RFC 9449 §6.2: introspection of a DPoP-bound token answers token_type "DPoP" and
+    cnf.jkt, the key a resource server must see a proof of (§7.1). A provider answering
+    "DPoP" without cnf (an older or other provider, or a proxy that drops members) made
+    BearerValidator take the token as a plain Bearer token: a stolen bound token passed
+    without any proof. Without the key it cannot check, the token is refused."""
+    from codeflow_sdk import BearerValidator, InvalidTokenError
+    from sdk_support import serving
+
+    def provider(environ, start_response):
+        base = f"http://{environ['HTTP_HOST']}"
+        if environ["PATH_INFO"].startswith("/.well-known/"):
+            body = {"issuer": base, "introspection_endpoint": base + "/introspect",
+                    "jwks_uri": base + "/jwks"}  # fmt: skip
+        else:
+            body = {"active": True, "token_type": "DPoP", "scope": "api:read", "sub": "alice",
+                    "client_id": "app", "iss": base, "exp": 4_000_000_000}  # fmt: skip
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    with serving(provider) as url:
+        validator = BearerValidator(url, introspection_client_id="rs",
+                                    introspection_client_secret="rs-secret")  # fmt: skip
+        with pytest.raises(InvalidTokenError, match="DPoP"):
+            validator.validate("a-stolen-bound-token", "api:read")
