@@ -6145,7 +6145,9 @@ def has_second_factor(srv: Server, user: User) -> bool:
 # the one key USER_CODE_THROTTLE). A right code is not counted as a success there, since
 # a success would reset the counts and anyone can make codes of their own to interleave
 # with guesses; a signed-in user's browser passes the account-wide gates (its sign-in was
-# throttled already), so guessing from elsewhere cannot keep it waiting.
+# throttled already), so guessing from elsewhere cannot keep it waiting, and its own
+# wrong codes count against its user rather than its address (one account, many
+# addresses, is still one guesser).
 # What the page shows (the client's name, the scopes, the code to compare with the
 # device's) is what §5.4 asks for against remote phishing: the user confirms, always, even
 # when verification_uri_complete brought the code (§3.3.1).
@@ -6263,8 +6265,12 @@ def device_page_step(srv: Server, params: dict[str, str], browser: Browser) -> P
     typed = params.get("user_code")
     if typed is None:
         return user_code_page(srv)
+    # A signed-in browser passes the account-wide gates (its sign-in was throttled), and
+    # its wrong codes count against its user wherever it sends them from: one account's
+    # session cookie sent from ever new addresses would otherwise guess without end.
     trusted = browser.session is not None
-    with srv.login_limiter.attempt(USER_CODE_THROTTLE, browser.address, trusted=trusted) as attempt:
+    who = f"user:{browser.session.username}" if browser.session else browser.address
+    with srv.login_limiter.attempt(USER_CODE_THROTTLE, who, trusted=trusted) as attempt:
         if attempt.wait:
             audit("device.user_code_throttled", address=browser.address)
             message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."

@@ -301,3 +301,32 @@ def test_the_sdk_refuses_a_dpop_token_whose_introspection_names_no_key() -> None
                                     introspection_client_secret="rs-secret")  # fmt: skip
         with pytest.raises(InvalidTokenError, match="DPoP"):
             validator.validate("a-stolen-bound-token", "api:read")
+
+
+# -- Device authorization grant: RFC 8628 ---------------------------------------------------
+
+
+def test_a_signed_in_guesser_cannot_spread_user_code_guesses_over_addresses() -> None:
+    """RFC 8628 §5.1: "the authorization server SHOULD rate-limit user code attempts". A
+    signed-in browser passes the throttle's account-wide gates (its sign-in was
+    throttled already), so its wrong codes were counted per address only: one account,
+    its session cookie sent from ever new addresses, guessed without end (each address
+    stayed under the per-address limit). A signed-in browser's wrong codes now count
+    against its user, whatever the address: the 6th waits."""
+    server = make_server(Clock())
+    tv = "tv"
+    server.add_client(tv, name="TV", grant_types=["urn:ietf:params:oauth:grant-type:device_code"])
+    device = WSGIClient(server.wsgi, remote_addr="192.0.2.10")
+    right = device.post("/device_authorization", data={"client_id": tv}).json()["user_code"]
+    guesser = signed_in(server)
+    statuses = []
+    for i in range(6):
+        r = guesser.get("/device", params={"user_code": "BBBB-BBBB"},
+                        REMOTE_ADDR=f"203.0.113.{i + 1}")  # fmt: skip
+        statuses.append(r.status)
+    assert statuses == [200] * 5 + [429], statuses
+    r = guesser.get("/device", params={"user_code": right}, REMOTE_ADDR="203.0.113.77")
+    assert r.status == 429 and int(r.headers["retry-after"]) > 0
+    # The user's own typos hold no one else: another browser, signed out, goes on.
+    other = WSGIClient(server.wsgi, remote_addr="198.51.100.9")
+    assert 'action="login"' in other.get("/device", params={"user_code": right}).text
