@@ -3724,6 +3724,9 @@ REFUSED_METADATA = {
 }
 # RFC 3986 §3.1 scheme syntax; schemes a redirect must never use (script, local files).
 URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# RFC 3986 §2: a URI's characters: unreserved, reserved, and percent-encoded octets (ASCII
+# only; an IRI, RFC 3987, is not a URI).
+URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 UNSAFE_SCHEMES = frozenset(("javascript", "data", "vbscript", "file", "about", "blob",
                             "filesystem", "ftp", "ws", "wss"))  # fmt: skip
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
@@ -3920,7 +3923,10 @@ def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> l
 def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
     """A redirect URI a client registers for itself (RFC 7591 §2 redirect_uris):
 
-    - RFC 6749 §3.1.2: absolute, no fragment;
+    - RFC 6749 §3.1.2: absolute, no fragment; RFC 3986 §2: ASCII URI characters only,
+      and a host name without percent-encoding, so that the host the consent page shows
+      is the one a browser goes to (its URL parser ends a host at a backslash and
+      decodes %-escapes in it; an IRI's non-ASCII host may be a homograph);
     - https; or http on a loopback address (127.0.0.1, [::1], or localhost, which only
       this machine answers: RFC 8252 §7.3 for native apps, a developer's web app too);
     - a native app (OIDC Registration §2 application_type) may also use a private-use
@@ -3932,8 +3938,15 @@ def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
         raise InvalidRedirectUri(f"redirect URI does not parse: {uri[:80]}") from None
     if not uri.isprintable() or " " in uri or "#" in uri or not URI_SCHEME.fullmatch(parts.scheme):
         raise InvalidRedirectUri(f"redirect URI must be absolute, without fragment: {uri[:80]}")
+    if not URI_CHARACTERS.fullmatch(uri):
+        raise InvalidRedirectUri(
+            "redirect URI must be a URI of ASCII characters (RFC 3986 2; a host name in "
+            f"punycode): {uri[:80]!a}"
+        )
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
+        if "%" in parts.netloc:
+            raise InvalidRedirectUri(f"redirect URI's host may not be percent-encoded: {uri[:80]}")
         if not parts.hostname or "@" in parts.netloc:
             raise InvalidRedirectUri(f"redirect URI must have a host and no userinfo: {uri[:80]}")
         loopback = parts.hostname in (*LOOPBACK_HOSTS, "localhost")

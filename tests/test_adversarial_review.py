@@ -330,3 +330,25 @@ def test_a_signed_in_guesser_cannot_spread_user_code_guesses_over_addresses() ->
     # The user's own typos hold no one else: another browser, signed out, goes on.
     other = WSGIClient(server.wsgi, remote_addr="198.51.100.9")
     assert 'action="login"' in other.get("/device", params={"user_code": right}).text
+
+
+@pytest.mark.parametrize("uri", [
+    "https://attacker.example\\.bank.example/cb",  # WHATWG URL: \\ ends the host
+    "https://bank.example%2eattacker.example/cb",  # WHATWG URL: the host is %-decoded
+    "https://b\u0430nk.example/cb",  # a Cyrillic a: an IRI, not a URI (RFC 3987 §1.1)
+    "https://bank.example/c b",
+    "https://bank.example/cb\u200b",
+])  # fmt: skip
+def test_a_registered_redirect_uri_is_an_ascii_uri_whose_host_shows_as_it_goes(uri: str) -> None:
+    """RFC 3986 §2: a URI is ASCII, of its unreserved and reserved characters and
+    percent-encodings; RFC 7591 §2 redirect_uris are URIs. The consent page tells the
+    user the host the answer goes to (back_to, from urlsplit), but a browser follows the
+    WHATWG URL parser: a registered "https://attacker.example\\\\.bank.example/cb" showed
+    as going to "attacker.example\\\\.bank.example" and went to attacker.example; a %-encoded
+    or homograph host misled the same way. Such redirect URIs are refused at registration
+    (invalid_redirect_uri), and in Client ID Metadata Documents."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({"redirect_uris": [uri]}).encode(),
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status == 400 and r.json()["error"] == "invalid_redirect_uri", r.text
