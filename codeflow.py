@@ -5860,7 +5860,10 @@ def end_sessions(srv: Server, form: dict[str, str], browser: Browser) -> Redirec
         return Redirect(account_url(srv, done="sessions"))
     handle = form.get("session", "")
     sessions = srv.storage.list_login_sessions(session.username, srv.clock())
-    found = [s for s in sessions if hmac.compare_digest(session_handle(srv, s.sid), handle)]
+    # compare_digest takes str only when ASCII; the form's handle may be any text.
+    given = handle.encode("utf-8", "surrogatepass")
+    found = [s for s in sessions
+             if hmac.compare_digest(session_handle(srv, s.sid).encode(), given)]  # fmt: skip
     if not found:
         return Redirect(account_url(srv, done="session"))  # ended meanwhile
     srv.storage.delete_login_sessions(session.username, found[0].sid)

@@ -352,3 +352,20 @@ def test_a_registered_redirect_uri_is_an_ascii_uri_whose_host_shows_as_it_goes(u
     r = wc.request("POST", "/register", body=json.dumps({"redirect_uris": [uri]}).encode(),
                    headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status == 400 and r.json()["error"] == "invalid_redirect_uri", r.text
+
+
+# -- The account area -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handle", ["é", "\u2603" * 30])
+def test_a_non_ascii_session_handle_is_no_5xx(handle: str) -> None:
+    """DESIGN "nothing a client sends makes a 5xx": the sessions form's ``session`` handle
+    was compared with hmac.compare_digest on str, which raises TypeError for non-ASCII
+    text: a 500. It is now a session that is not found."""
+    server = make_server(Clock())
+    browser = signed_in(server)
+    page = browser.get("/account").text
+    r = browser.post("/account/sessions", data={**form_of(page, "/account/sessions"),
+                                                "session": handle})  # fmt: skip
+    assert r.status == 303 and r.location.endswith("done=session"), r.errors
+    assert browser.get("/account").status == 200  # still signed in
