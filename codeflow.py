@@ -8016,6 +8016,8 @@ You have <strong>{left}</strong> unused recovery code{"s" * (left != 1)}.</p>
     for grant in srv.list_grants(user.username):
         client = srv.storage.get_client(grant.client_id)
         label = client_label(client) if client else esc(grant.client_id)
+        # A name a client gave itself may be another app's (see unverified_notice).
+        label += " (unverified)" if client is not None and client.unverified else ""
         scopes = ", ".join(esc(consent_label(s)) for s in sorted(grant.scopes or ()))
         allowed = f"Allowed: {scopes}. " if scopes else ""
         since = f"Since {when(grant.consented_at)}." if grant.consented_at else (

@@ -369,3 +369,22 @@ def test_a_non_ascii_session_handle_is_no_5xx(handle: str) -> None:
                                                 "session": handle})  # fmt: skip
     assert r.status == 303 and r.location.endswith("done=session"), r.errors
     assert browser.get("/account").status == 200  # still signed in
+
+
+def test_connected_apps_mark_a_self_registered_app_that_borrows_a_name() -> None:
+    """Impersonation (RFC 7591 §5: a client's self-asserted name "cannot be trusted"): a
+    client registered by anyone under the name of the operator's app was listed under
+    Connected apps exactly as that app, so a user could not tell which one to revoke.
+    The consent page marks such clients unverified; the account page now does too."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "client_name": "Confidential App", "redirect_uris": ["https://app.example/cb"]}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    impostor = r.json()["client_id"]
+    server.issue_tokens(USERNAME, impostor, "openid")
+    server.issue_tokens(USERNAME, CONFIDENTIAL, "openid")
+    page = signed_in(server).get("/account").text
+    apps = page.split('id="apps-heading"')[1].split("</section>")[0]
+    items = re.findall(r"<li><strong>(.*?)</strong>", apps)
+    assert sorted(items) == ["Confidential App", "Confidential App (unverified)"], items
