@@ -4122,7 +4122,10 @@ def update_registration(
         isinstance(given_secret, str) and check_client_secret(srv, client, given_secret, address)
     ):
         raise InvalidRequest("client_secret is not this client's (RFC 7592 2.2).")
-    fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
+    # client_credentials is kept by a client the operator vouched for, never added by an
+    # update: the registration access token is the client's, not the operator's.
+    vouched = srv.registration == "token" and "client_credentials" in client.grant_types
+    fields = client_metadata(metadata, secret=True, vouched=vouched)
     fields["registered_metadata"]["client_id_issued_at"] = client.registered_metadata.get(
         "client_id_issued_at"
     )

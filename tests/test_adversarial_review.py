@@ -254,7 +254,8 @@ def test_open_registration_gives_no_tokens_without_a_user() -> None:
 
 def test_an_update_under_open_registration_cannot_add_client_credentials() -> None:
     """RFC 7592 §2.2: an update is checked as a registration is; a client registered for
-    the code flow could not add client_credentials to its grant_types afterwards."""
+    the code flow could add client_credentials to its grant_types afterwards (and so
+    mint tokens no user granted), also after the operator turned to the token policy."""
     server = make_server(Clock(), registration="open")
     wc = WSGIClient(server.wsgi)
     web = {"redirect_uris": ["https://app.example/cb"],
@@ -271,6 +272,11 @@ def test_an_update_under_open_registration_cannot_add_client_credentials() -> No
                    headers=headers)  # fmt: skip
     assert r.status == 400 and r.json()["error"] == "invalid_client_metadata", r.text
     assert server.storage.get_client(body["client_id"]).grant_types == ("authorization_code",)
+    # Nor once the operator turned to the token policy: the update is the client's word.
+    server.registration = "token"
+    r = wc.request("PUT", f"/register/{body['client_id']}", body=json.dumps(update).encode(),
+                   headers=headers)  # fmt: skip
+    assert r.status == 400 and r.json()["error"] == "invalid_client_metadata", r.text
 
 
 # -- codeflow_sdk: DPoP-bound tokens at a resource server (RFC 9449) ---------------------
