@@ -9417,6 +9417,10 @@ SECRET_NAMES = frozenset({
     "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
     "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
     "device_code", "user_code", "verification_uri_complete",  # RFC 8628 §3.2
+    "registration_access_token",  # RFC 7592 §3
+    "subject_token", "actor_token",  # RFC 8693 §2.1
+    "client_assertion",  # RFC 7523 §2.2
+    "current_password", "new_password", "recovery_code", "enrol", "credential",  # /account
 })  # fmt: skip
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
 FAULT_ENDPOINTS = {
@@ -9438,9 +9442,11 @@ FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAUL
 MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
 MAX_PENDING_FAULTS = 100  # a plan longer than any test needs cannot grow without bound
 # The demo's pages show, as text, secrets of the flow they play: its PKCE verifier (/demo),
-# and the code, token request and tokens (/demo/callback). They are recorded without
-# their body, so that nothing the demo shows, now or after an edit, reaches a transcript.
-UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH)
+# and the code, token request and tokens (/demo/callback); the account pages that set up
+# the second factor show a new TOTP key and recovery codes. They are recorded without
+# their body, so that nothing they show, now or after an edit, reaches a transcript.
+UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH, ACCOUNT_PATH + "/totp",
+                     ACCOUNT_PATH + "/recovery-codes")  # fmt: skip
 
 
 class ScriptedClaims:

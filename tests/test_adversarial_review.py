@@ -394,3 +394,55 @@ def test_connected_apps_mark_a_self_registered_app_that_borrows_a_name() -> None
     apps = page.split('id="apps-heading"')[1].split("</section>")[0]
     items = re.findall(r"<li><strong>(.*?)</strong>", apps)
     assert sorted(items) == ["Confidential App", "Confidential App (unverified)"], items
+
+
+# -- The fake IdP's transcript ----------------------------------------------------------------
+
+
+def test_the_transcript_keeps_none_of_the_new_secrets() -> None:
+    """DESIGN "Test conveniences": the transcript never records a secret (SECRET_NAMES).
+    Issues 15, 18 and 19 brought new ones that it recorded in clear: the registration
+    access token (RFC 7592 §3), token exchange's subject_token (RFC 8693 §2.1), a
+    client_assertion (RFC 7523 §2.2), the account forms' current and new passwords and
+    recovery codes, and the pages that show a new TOTP key (RFC 6238) and recovery codes."""
+    import pyotp
+
+    server = make_server(Clock(), transcript=True, registration="open")
+    server.add_resource("https://api.example/", scopes=["api:read"], client_id="rs")
+    server.add_resource("https://down.example/", scopes=["api:read"])
+    server.add_client("rs", client_secret="rs-secret", grant_types=[codeflow.TOKEN_EXCHANGE],
+                      token_exchange=["https://down.example/"])  # fmt: skip
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://app.example/cb"]}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    registration = r.json()
+    subject = server.issue_tokens(USERNAME, CONFIDENTIAL, "api:read",
+                                  resource="https://api.example/")["access_token"]  # fmt: skip
+    r = wc.post("/token", {"grant_type": codeflow.TOKEN_EXCHANGE, "subject_token": subject,
+                           "subject_token_type": codeflow.ACCESS_TOKEN_TYPE,
+                           "resource": "https://down.example/"},
+                headers=basic("rs", "rs-secret"))  # fmt: skip
+    assert r.status == 200, r.text
+    browser = signed_in(server)
+    page = browser.get("/account").text
+    new_password = "a long and unusual phrase"
+    r = browser.post("/account/password", data={**form_of(page, "/account/password"),
+                                                 "current_password": PASSWORD,
+                                                 "new_password": new_password})  # fmt: skip
+    assert r.status == 303, r.text
+    page = browser.get("/account").text
+    r = browser.post("/account/totp", data={**form_of(page, "/account/totp"), "step": "start"})
+    shown = re.search(r'<code id="totp-key">([A-Z2-7 ]+)</code>', r.text).group(1)
+    key = shown.replace(" ", "")
+    r = browser.post("/account/totp", data={**form_of(r.text, "/account/totp"), "step": "confirm",
+                                            "otp": pyotp.TOTP(key).at(server.clock())})  # fmt: skip
+    codes = re.findall(r"<li><code>([A-Z2-7]{4}(?:-[A-Z2-7]{4}){3})</code></li>", r.text)
+    assert codes, r.text
+    dumped = json.dumps(server.transcript.to_json())
+    leaked = [name for name, value in [
+        ("registration_access_token", registration["registration_access_token"]),
+        ("client_secret", registration["client_secret"]), ("subject_token", subject),
+        ("new_password", new_password), ("current_password", PASSWORD), ("totp key", shown),
+        ("recovery code", codes[0])] if value in dumped]  # fmt: skip
+    assert leaked == [], leaked
