@@ -485,6 +485,7 @@ AUDIT_EVENTS = (
     "device.user_code_throttled", "device.redeemed", "request.pushed",
     "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
+    "client.grants_ended",
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
@@ -4138,6 +4139,17 @@ def update_registration(
     checked_registration(updated)
     srv.storage.add_client(updated)
     audit("client.registration_changed", client=client_id, address=address)
+    # RFC 8252 §8.6, RFC 6819 §5.2.3.5: a consent answers later requests without a page
+    # only while the redirect URI proves which client asks. Codes that may now go to a
+    # new place, or be redeemed without the secret, end what users granted before (a
+    # leaked registration access token must not inherit their consent): each is asked
+    # again.
+    if set(updated.redirect_uris) - set(client.redirect_uris) or (
+        updated.public and not client.public
+    ):
+        for grant in srv.list_grants(client_id=client_id):
+            srv.revoke_grant(grant.username, client_id)
+        audit("client.grants_ended", client=client_id, reason="redirect or authentication")
     return client_information(srv, updated, secret, None)
 
 

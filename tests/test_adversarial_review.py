@@ -446,3 +446,44 @@ def test_the_transcript_keeps_none_of_the_new_secrets() -> None:
         ("new_password", new_password), ("current_password", PASSWORD), ("totp key", shown),
         ("recovery code", codes[0])] if value in dumped]  # fmt: skip
     assert leaked == [], leaked
+
+
+def test_an_update_that_sends_codes_elsewhere_ends_the_users_grants() -> None:
+    """RFC 6819 §5.2.3.5 / RFC 8252 §8.6: a consent given before answers a later request
+    without a page only while the redirect URI proves which client asks. RFC 7592 §2.2
+    lets whoever holds the registration access token (a leaked one too) add a redirect
+    URI and make the client public: consent was then reused silently, and with
+    prompt=none each user's code went to the new host, redeemable there with a PKCE pair
+    of its own. An update that adds a redirect URI, or drops the client's secret, now ends
+    the users' grants (consent and tokens): each user is asked again."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    web = {"redirect_uris": ["https://app.example/cb"],
+           "grant_types": ["authorization_code", "refresh_token"]}  # fmt: skip
+    body = wc.request("POST", "/register", body=json.dumps(web).encode(),
+                      headers={"Content-Type": "application/json"}).json()  # fmt: skip
+    client_id = body["client_id"]
+    headers = {"Content-Type": "application/json",
+               "Authorization": "Bearer " + body["registration_access_token"]}  # fmt: skip
+
+    def grant() -> str:
+        server.storage.save_consent(USERNAME, client_id, ["openid"], server.clock())
+        return server.issue_tokens(USERNAME, client_id, "openid offline_access")["refresh_token"]
+
+    def update(metadata: dict) -> None:
+        r = wc.request("PUT", f"/register/{client_id}", headers=headers,
+                       body=json.dumps({**metadata, "client_id": client_id}).encode())  # fmt: skip
+        assert r.status == 200, r.text
+
+    refresh = grant()
+    update({**web, "client_name": "Renamed"})  # nothing about where codes go: kept
+    assert server.storage.get_consent(USERNAME, client_id) == frozenset({"openid"})
+    update({**web, "redirect_uris": ["https://app.example/cb", "https://elsewhere.example/cb"]})
+    assert server.storage.get_consent(USERNAME, client_id) == frozenset()
+    assert server.storage.get_token(codeflow.token_hash(refresh)).revoked
+    assert server.list_grants(USERNAME, client_id) == []
+
+    grant()
+    update({**web, "redirect_uris": ["https://app.example/cb"],
+            "token_endpoint_auth_method": "none"})  # fmt: skip
+    assert server.list_grants(USERNAME, client_id) == []
