@@ -18,13 +18,16 @@ It implements the authorization code flow with PKCE and the grants around it:
 - CORS (the Fetch Standard) on the endpoints browser apps call;
 - RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
   Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
-  enabled, with hardened fetches of the URLs clients name.
+  enabled, with hardened fetches of the URLs clients name;
+- RFC 9449 (DPoP: tokens bound to a client's key, proofs checked at the token, PAR and
+  userinfo endpoints) and RFC 7523 §2.2 (private_key_jwt client authentication).
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
 state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
-clients that register themselves, client authentication, PKCE, resource indicators,
-the authorization endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+clients that register themselves, client authentication, sender-constrained tokens
+(DPoP), PKCE, resource indicators, the authorization endpoint, login and consent, the
+token endpoint, OpenID Connect (keys, ID tokens,
 userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
@@ -4262,7 +4265,7 @@ def delete_registration(
 
 
 ###############################################################################
-# Client authentication: RFC 6749 §2.3 #########################################
+# Client authentication: RFC 6749 §2.3, RFC 7523 §2.2 ##########################
 ###############################################################################
 
 
