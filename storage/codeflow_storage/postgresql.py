@@ -1299,8 +1299,13 @@ class PostgreSQLStorage:
         count: int = rows[0][0]
         return count
 
-    def save_passkey(self, passkey: Passkey) -> None:
-        self._count(_PASSKEYS.upsert, _PASSKEYS.encode(passkey))
+    def save_passkey(self, passkey: Passkey) -> bool:
+        # A credential id is one user's for good (WebAuthn §7.1 step 22): never replaced.
+        statement = (
+            f"INSERT INTO passkeys ({_PASSKEYS.columns}) VALUES {_PASSKEYS.values} "  # noqa: S608
+            "ON CONFLICT (credential_id) DO NOTHING"
+        )
+        return self._count(statement, _PASSKEYS.encode(passkey)) == 1
 
     def get_passkey(self, credential_id: str) -> Passkey | None:
         rows = self._rows(_PASSKEYS.select + " WHERE credential_id = %s", [credential_id])
