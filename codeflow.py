@@ -7108,12 +7108,17 @@ def end_session(
         srv.storage.delete_login_sessions(session.username, session.sid)
         if user is not None:
             frames = tell_clients(srv, session, user, client)
+    # RFC 9700 §4.11.2: the server redirects by itself only to a URI it trusts. A client
+    # that registered itself chose its URIs alone (anyone could make this endpoint bounce
+    # visitors to any site): unless an ID token of the signed-in user vouches for the
+    # request, the page links there, naming the host, and the user follows or not.
+    follow = client is None or not client.unverified or vouched
     if target is not None:
         state = params.get("state")
         target = add_query(target, {"state": state} if state else {})
-        if not frames:
+        if not frames and follow:
             return Redirect(target, signed_out=True)
-    return signed_out_page(frames, target)
+    return signed_out_page(frames, target, follow=follow)
 
 
 # OIDC Back-Channel Logout 1.0 §2.4: the event a Logout Token carries, and its JWT type.
@@ -7876,12 +7881,15 @@ def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
 FORWARD_DELAY = 2
 
 
-def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Page:
+def signed_out_page(
+    frames: Iterable[str] = (), target: str | None = None, *, follow: bool = True
+) -> Page:
     """The end of a logout. Front-Channel Logout §2: the relying parties' logout pages
     ``frames``, each in an iframe, which the page's CSP allows by exact origin and nothing
     else; no script: they load as the page does. With ``target``, the link back to the
     relying party (RP-Initiated Logout §3), which the page also follows by itself once the
-    frames have loaded (FORWARD_DELAY): the frames stopped it being a redirect."""
+    frames have loaded (FORWARD_DELAY): the frames stopped it being a redirect. Without
+    ``follow`` (a target the server does not trust), only the link, with its host."""
     frames = tuple(frames)
     iframes = "".join(
         f'<iframe src="{esc(uri)}" title="Signing out of an application" width="0" '
@@ -7893,16 +7901,20 @@ def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Pa
         if frames
         else "Applications you used may keep you signed in until you sign out of them too."
     )
+    host = urllib.parse.urlsplit(target).netloc if target is not None else ""
     back = (
-        f'<div class="actions"><a class="button" href="{esc(target)}">Return to the '
-        "application</a></div>"
-        if target is not None
-        else "<p>You can close this page.</p>"
-    )
+        "<p>You can close this page.</p>" if target is None
+        else f'<div class="actions"><a class="button" href="{esc(target)}">Return to the '
+        "application</a></div>" if follow
+        else f'<div class="actions"><a class="button secondary" href="{esc(target)}">Go on '
+        f"to {esc(host or target)}</a></div><p class=\"muted\">An app that registered "
+        "itself asked to send you there; no one has checked it.</p>"
+    )  # fmt: skip
     body = f"""{BRAND}<h1>You are signed out</h1>
 <p role="status">You are no longer signed in here. {told}</p>{back}{iframes}"""
     origins = tuple(dict.fromkeys(o for o in map(web_origin, frames) if o is not None))
-    return Page("Signed out", body, signed_out=True, frames=origins, forward=target)
+    return Page("Signed out", body, signed_out=True, frames=origins,
+                forward=target if follow else None)  # fmt: skip
 
 
 def logout_page(

@@ -487,3 +487,29 @@ def test_an_update_that_sends_codes_elsewhere_ends_the_users_grants() -> None:
     update({**web, "redirect_uris": ["https://app.example/cb"],
             "token_endpoint_auth_method": "none"})  # fmt: skip
     assert server.list_grants(USERNAME, client_id) == []
+
+
+# -- RP-Initiated Logout 1.0 ------------------------------------------------------------------
+
+
+def test_logout_is_no_open_redirector_for_self_registered_clients() -> None:
+    """RFC 9700 §4.11.2 (the authorization server as open redirector): the server should
+    "only automatically redirect the user agent if it trusts the redirection URI".
+    RP-Initiated Logout §3 redirects to a registered post_logout_redirect_uri; under
+    open registration anyone registers one, so /logout?client_id=...&
+    post_logout_redirect_uri=https://evil.example/ bounced any visitor from the
+    provider's own URL to any site (phishing). For a self-registered client, unless an
+    ID token of the signed-in user vouches for the request, the signed-out page now only
+    links there, naming the host, and goes on by itself nowhere."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none",
+        "post_logout_redirect_uris": ["https://evil.example/phish"]}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    params = {"client_id": r.json()["client_id"],
+              "post_logout_redirect_uri": "https://evil.example/phish", "state": "s"}  # fmt: skip
+    r = WSGIClient(server.wsgi).get("/logout", params=params)
+    assert r.status == 200 and "location" not in r.headers, r.headers
+    assert 'href="https://evil.example/phish?state=s"' in r.text
+    assert "evil.example" in r.text and 'http-equiv="refresh"' not in r.text
