@@ -4768,6 +4768,12 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
         areq = validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
+        # RFC 9700 §4.11.2: an erroneous or silent (prompt=none) request must not make this
+        # server bounce the browser, unasked, to a redirect URI it does not trust: a client
+        # that registered itself chose its own. The user reads what went wrong and decides.
+        if client.unverified:
+            onward = cast(Redirect, error_redirect(srv, redirect_uri, state, err))
+            return error_page(err, onward=onward.location)
         return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
 
 
@@ -7824,7 +7830,10 @@ has checked that it is what its name says. Your answer goes to
 <strong>{esc(back_to)}</strong>. Allow only if you started this from an app you trust.</p>"""
 
 
-def error_page(err: OAuthError) -> Page:
+def error_page(err: OAuthError, onward: str | None = None) -> Page:
+    """The page of an error that is not sent back to the client; with ``onward``, the
+    error response a client that registered itself would have had, as a link the user
+    may follow (RFC 9700 §4.11.2), naming its host."""
     if isinstance(err, FormExpired):
         again = (
             f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
@@ -7843,6 +7852,13 @@ that opened it. {esc(err.description)}</p>{again}"""
 <p>For your safety you were not sent back to the application. Go back to it and try
 again; if this keeps happening, tell its developers this error code:
 <code>{esc(err.error)}</code>.</p>"""
+    if onward is not None:
+        host = urllib.parse.urlsplit(onward).netloc or onward
+        body += f"""
+<p class="muted">The application registered itself; no one has checked where it sends
+you. Go on to it only if you trust <strong>{esc(host)}</strong>.</p>
+<div class="actions"><a class="button secondary" href="{esc(onward)}">Go on to
+{esc(host)}</a></div>"""
     return Page("Error", body, err.status)
 
 

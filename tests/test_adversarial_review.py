@@ -513,3 +513,36 @@ def test_logout_is_no_open_redirector_for_self_registered_clients() -> None:
     assert r.status == 200 and "location" not in r.headers, r.headers
     assert 'href="https://evil.example/phish?state=s"' in r.text
     assert "evil.example" in r.text and 'http-equiv="refresh"' not in r.text
+
+
+@pytest.mark.parametrize("params", [
+    {"response_type": "token"},  # RFC 9700 §4.11.2 #1: an erroneous request
+    {"prompt": "none"},  # #3: a silent request, the user not signed in
+])  # fmt: skip
+def test_authorize_errors_do_not_bounce_to_a_self_registered_redirect_uri(params) -> None:
+    """RFC 9700 §4.11.2: an attacker "could ... register a client via dynamic client
+    registration" and "intentionally send an erroneous authorization request" or a
+    silent one (prompt=none), "thus instructing the authorization server to redirect the
+    user agent to its phishing site"; "The authorization server SHOULD only automatically
+    redirect the user agent if it trusts the redirect URI. If the URI is not trusted, the
+    authorization server MAY inform the user and rely on the user". Errors for a client
+    that registered itself were redirected at once; they are now a page that says what
+    went wrong and links to the client, naming its host. The operator's clients still get
+    the RFC 6749 §4.1.2.1 redirect."""
+    from conftest import PUBLIC
+
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://evil.example/cb"],
+        "token_endpoint_auth_method": "none"}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    flow = new_flow(r.json()["client_id"], redirect_uri="https://evil.example/cb", state="s1",
+                    **params)  # fmt: skip
+    r = WSGIClient(server.wsgi).get("/authorize", params=flow.params)
+    assert r.status == 400 and "location" not in r.headers, r.headers
+    link = re.search(r'href="(https://evil\.example/cb\?[^"]*)"', r.text)
+    assert link and "error=" in link.group(1) and "state=s1" in link.group(1), r.text
+    assert "evil.example" in r.text
+    r = WSGIClient(server.wsgi).get("/authorize", params=new_flow(PUBLIC, **params).params)
+    assert r.status == 302 and "error=" in r.location
