@@ -18,13 +18,16 @@ It implements the authorization code flow with PKCE and the grants around it:
 - CORS (the Fetch Standard) on the endpoints browser apps call;
 - RFC 7591 and RFC 7592 (dynamic client registration and its management) and OAuth
   Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document), off unless
-  enabled, with hardened fetches of the URLs clients name.
+  enabled, with hardened fetches of the URLs clients name;
+- RFC 9449 (DPoP: tokens bound to a client's key, proofs checked at the token, PAR and
+  userinfo endpoints) and RFC 7523 §2.2 (private_key_jwt client authentication).
 
 The module reads top to bottom in the order a request meets it, one banner a section:
 helpers, errors, records, storage, the server (configuration and registration), browser
 state (sessions, signed forms, CSRF), throttling failed sign-ins, outbound fetches,
-clients that register themselves, client authentication, PKCE, resource indicators,
-the authorization endpoint, login and consent, the token endpoint, OpenID Connect (keys, ID tokens,
+clients that register themselves, client authentication, sender-constrained tokens
+(DPoP), PKCE, resource indicators, the authorization endpoint, login and consent, the
+token endpoint, OpenID Connect (keys, ID tokens,
 userinfo, logout), introspection/revocation/discovery; then the pages
 (all HTML), the demo client, the WSGI app (the only place that touches bottle), the fake
 IdP for test suites, running it, and configuration and the CLI.
@@ -1860,6 +1863,135 @@ class MemoryStorage:
             return gone + devices - len(self._devices) + len(pushed) + len(jtis)
 
 
+# Per-process caches (README "Run several nodes"): a node reads the records that change
+# rarely and are read on every request (clients, resources, signing keys) from its own
+# memory, at most CACHE_SECONDS old. Their staleness is what a node may miss of a change
+# another node made: a removed client, or its new secret, takes effect on every node
+# within the bound (at once on the node that made it: a write through a cache forgets
+# what it changes); a new signing key signs only once it has been in storage that long,
+# so every node publishes it before any node signs with it (signing_key). Users are not
+# cached: a password changed, a user removed or sessions ended act at once everywhere.
+# Not what a miss finds: a client registered on one node is found on the next at once.
+CACHE_SECONDS = 5.0
+CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
+
+
+class CachedStorage:
+    """A Storage whose reads of clients, resources and signing keys a process answers
+    from memory, at most ``seconds`` old by ``clock``; every other operation, and every
+    read it has not cached, goes to ``storage``. Writes through it forget what they change,
+    and a read that raced a write does not cache what it read (``_writes``), so this
+    process sees its own changes at once."""
+
+    def __init__(self, storage: Storage, seconds: float, clock: Callable[[], float]) -> None:
+        self.storage = storage
+        self.seconds = seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._writes = 0  # writes through this cache so far
+        self._clients: dict[str, tuple[float, Client]] = {}
+        self._resources: tuple[float, list[Resource]] | None = None
+        self._keys: tuple[float, list[SigningKey]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def _wrote(self, clients: Iterable[str] = (), resources: bool = False,
+               keys: bool = False) -> None:  # fmt: skip
+        with self._lock:
+            self._writes += 1
+            for client_id in clients:
+                self._clients.pop(client_id, None)
+            if resources:
+                self._resources = None
+            if keys:
+                self._keys = None
+
+    def get_client(self, client_id: str) -> Client | None:
+        now = self.clock()
+        cached = self._clients.get(client_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        writes = self._writes
+        client = self.storage.get_client(client_id)
+        if client is not None:
+            with self._lock:
+                if writes == self._writes:
+                    if len(self._clients) >= CACHE_ENTRIES:
+                        self._clients.clear()
+                    self._clients[client_id] = (now + self.seconds, client)
+        return client
+
+    def add_client(self, client: Client) -> None:
+        try:
+            self.storage.add_client(client)
+        finally:
+            self._wrote(clients=[client.client_id])
+
+    def remove_client(self, client_id: str) -> bool:
+        try:
+            return self.storage.remove_client(client_id)
+        finally:
+            self._wrote(clients=[client_id])
+
+    def list_resources(self) -> list[Resource]:
+        now = self.clock()
+        cached = self._resources
+        if cached is not None and cached[0] > now:
+            return list(cached[1])
+        writes = self._writes
+        resources = self.storage.list_resources()
+        with self._lock:
+            if writes == self._writes:
+                self._resources = (now + self.seconds, resources)
+        return list(resources)
+
+    def get_resource(self, uri: str) -> Resource | None:
+        return next((r for r in self.list_resources() if r.uri == uri), None)
+
+    def add_resource(self, resource: Resource) -> None:
+        try:
+            self.storage.add_resource(resource)
+        finally:
+            self._wrote(resources=True)
+
+    def remove_resource(self, uri: str) -> bool:
+        try:
+            return self.storage.remove_resource(uri)
+        finally:
+            self._wrote(resources=True)
+
+    def signing_keys(self) -> list[SigningKey]:
+        now = self.clock()
+        cached = self._keys
+        if cached is not None and cached[0] > now:
+            return list(cached[1])
+        writes = self._writes
+        keys = self.storage.signing_keys()
+        with self._lock:
+            if writes == self._writes:
+                self._keys = (now + self.seconds, keys)
+        return list(keys)
+
+    def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
+        try:
+            return self.storage.get_or_add_signing_key(candidate)
+        finally:
+            self._wrote(keys=True)
+
+    def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
+        try:
+            self.storage.rotate_signing_key(new, retire_until)
+        finally:
+            self._wrote(keys=True)
+
+    def purge_expired(self, now: float) -> int:
+        try:
+            return self.storage.purge_expired(now)
+        finally:
+            self._wrote(keys=True)
+
+
 ###############################################################################
 # The server: configuration and registration ##################################
 ###############################################################################
@@ -1926,7 +2058,9 @@ class Server:
     only, and ``fetch_allowed_networks`` (a test suite's loopback), trusting
     ``fetch_ca_file`` besides the system's CAs.
     ``dpop_nonces=True``: DPoP proofs must carry a nonce the server gave (RFC 9449 §8;
-    see "Sender-constrained tokens").
+    see "Sender-constrained tokens"). ``cache_seconds``: how stale this process's copies
+    of clients, resources and signing keys may be (CACHE_SECONDS; 0 over MemoryStorage;
+    see CachedStorage and README "Run several nodes").
 
     The protocol below is plain functions of a Server and the request's parameters;
     this class holds only what they share: configuration, storage, the signer of
@@ -1963,10 +2097,22 @@ class Server:
         max_registered_clients: int = MAX_REGISTERED_CLIENTS,
         passkeys: bool = False,
         dpop_nonces: bool = False,
+        cache_seconds: float | None = None,
     ) -> None:
         self._issuer_given = issuer is not None
         self.issuer = (issuer or "http://127.0.0.1").rstrip("/")
-        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        storage = storage if storage is not None else MemoryStorage()
+        # How stale this process's reads of clients, resources and keys may be (see
+        # CachedStorage): none over MemoryStorage, which no other process shares and
+        # whose reads cost what a cache's would.
+        if cache_seconds is None:
+            cache_seconds = 0.0 if isinstance(storage, MemoryStorage) else CACHE_SECONDS
+        self.cache_seconds = cache_seconds
+        self.storage: Storage = (
+            cast(Storage, CachedStorage(storage, cache_seconds, clock))
+            if cache_seconds > 0
+            else storage
+        )
         self.clock = clock
         self.code_lifetime = code_lifetime
         self.access_token_lifetime = access_token_lifetime
@@ -2418,7 +2564,8 @@ class Server:
         self.scripted_claims.add(check_claims(claims, "next_claims"), username)
 
     def rotate_keys(self) -> list[SigningKey]:
-        """Start signing with new keys at once (see rotate_signing_keys)."""
+        """Publish new signing keys, which sign from ``cache_seconds`` on (at once over
+        MemoryStorage; see rotate_signing_keys)."""
         return rotate_signing_keys(self)
 
     def purge(self) -> int:
@@ -4163,7 +4310,7 @@ def delete_registration(
 
 
 ###############################################################################
-# Client authentication: RFC 6749 §2.3 #########################################
+# Client authentication: RFC 6749 §2.3, RFC 7523 §2.2 ##########################
 ###############################################################################
 
 
@@ -6809,12 +6956,30 @@ def new_signing_key(alg: str, now: float) -> SigningKey:
 
 
 def signing_key(srv: Server, alg: str = "RS256") -> SigningKey:
-    """The key that signs now; made on first use and kept in storage, so that
-    processes sharing a store share keys."""
-    for key in srv.storage.signing_keys():
-        if key.alg == alg and key.expires_at is None:
+    """The key of ``alg`` that signs now, kept in storage so that processes sharing a
+    store share keys. A rotated-in key is published (in every node's JWKS) before any node
+    signs with it: of the live keys, the newest that has been in storage for
+    ``srv.cache_seconds`` signs, the staleness bound of every node's cached keys (see
+    CachedStorage), so the key it replaces signs meanwhile. A store's first key of an alg
+    signs at once, as none other could; behind a cache the first keys are made together,
+    one of each alg, so that a node whose cache has one has all (and publishes all)."""
+    now = srv.clock()
+
+    def live() -> list[SigningKey]:  # newest first
+        return [
+            k for k in srv.storage.signing_keys()
+            if k.alg == alg and (k.expires_at is None or k.expires_at > now)
+        ]  # fmt: skip
+
+    keys = live()
+    if not any(k.expires_at is None for k in keys):
+        for each in SIGNING_ALGS if srv.cache_seconds else (alg,):
+            srv.storage.get_or_add_signing_key(new_signing_key(each, now))
+        keys = live()
+    for key in keys:
+        if key.created_at + srv.cache_seconds <= now:
             return key
-    return srv.storage.get_or_add_signing_key(new_signing_key(alg, srv.clock()))
+    return keys[-1]
 
 
 def private_key(key: SigningKey) -> Any:
@@ -6830,10 +6995,13 @@ def private_key(key: SigningKey) -> Any:
 
 
 def rotate_signing_keys(srv: Server) -> list[SigningKey]:
-    """Start signing with new keys at once. The old keys stay in the JWKS until the
-    longest-lived token they signed has expired, then purge_expired drops them."""
+    """Publish new keys, which sign once every node has them (``srv.cache_seconds``
+    later, see signing_key; at once without caches). The old keys sign until then and
+    stay in the JWKS until the longest-lived token they signed has expired, then
+    purge_expired drops them."""
     now = srv.clock()
-    retire_until = now + max(srv.id_token_lifetime, srv.access_token_lifetime)
+    lifetime = max(srv.id_token_lifetime, srv.access_token_lifetime)
+    retire_until = now + srv.cache_seconds + lifetime
     new = [new_signing_key(alg, now) for alg in SIGNING_ALGS]
     for key in new:
         srv.storage.rotate_signing_key(key, retire_until)
@@ -11044,10 +11212,17 @@ def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
 def keys_list(srv: Server, args: argparse.Namespace) -> None:
     if not srv.storage.signing_keys():
         print("no signing keys yet: the first is made when the server first signs", file=sys.stderr)
-    for key in srv.storage.signing_keys():  # newest first
+    keys = srv.storage.signing_keys()
+    algs = {k.alg for k in keys if k.expires_at is None}
+    signing = {signing_key(srv, alg).kid for alg in algs}
+    for key in keys:  # newest first
         made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at))
+        # A rotated-in key is published a while before it signs (see signing_key).
         state = (
-            "signing" if key.expires_at is None
+            "signing" if key.kid in signing
+            else "published, signs from " + time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at + srv.cache_seconds))
+            if key.expires_at is None
             else "published until " + time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                     time.gmtime(key.expires_at))
         )  # fmt: skip

@@ -465,9 +465,12 @@ class DocumentHost:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _loopback_tls(directory: Path) -> ssl.SSLContext:
+def _loopback_tls(
+    directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")
+) -> ssl.SSLContext:
     """A CA (written to ``directory``/ca.pem for the server to trust) and a certificate it
-    signs for 127.0.0.1 and localhost; the server-side TLS context with that certificate."""
+    signs for ``names`` (IP addresses or DNS names); the server-side TLS context with that
+    certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -490,14 +493,19 @@ def _loopback_tls(directory: Path) -> ssl.SSLContext:
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
-    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(valid[0]).not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
