@@ -1864,7 +1864,7 @@ class MemoryStorage:
 # what it changes); a new signing key signs only once it has been in storage that long,
 # so every node publishes it before any node signs with it (signing_key). Users are not
 # cached: a password changed, a user removed or sessions ended act at once everywhere.
-# Not what a miss finds: a client registered on one node is found on the next at once.
+# A miss is not cached either: a client registered on one node is found on the next at once.
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
 
