@@ -11083,7 +11083,10 @@ def grants_revoke(srv: Server, args: argparse.Namespace) -> None:
 
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
     for key in srv.rotate_keys():
-        print(f"new {key.alg} signing key: kid {key.kid}")
+        # It signs once every node's cache has it (see signing_key).
+        signs_from = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                   time.gmtime(key.created_at + srv.cache_seconds))
+        print(f"new {key.alg} signing key: kid {key.kid}, published now, signs from {signs_from}")
 
 
 def keys_list(srv: Server, args: argparse.Namespace) -> None:
