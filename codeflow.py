@@ -488,6 +488,7 @@ AUDIT_EVENTS = (
     "device.user_code_throttled", "device.redeemed", "request.pushed",
     "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
+    "client.grants_ended",
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
@@ -1311,8 +1312,11 @@ class Storage(Protocol):
 
     def recovery_codes_left(self, username: str) -> int: ...
 
-    def save_passkey(self, passkey: Passkey) -> None:
-        """Store a passkey (a new one, or replace the one with its credential_id)."""
+    def save_passkey(self, passkey: Passkey) -> bool:
+        """Store a new passkey; False, storing nothing, if a passkey with its credential_id
+        is stored already, whoever's it is (WebAuthn Level 2 §7.1 step 22: a credential id
+        "not yet registered to any other user"; an authenticator chooses its ids, so
+        replacing would let one user overwrite another's passkey)."""
         ...
 
     def get_passkey(self, credential_id: str) -> Passkey | None: ...
@@ -1742,9 +1746,12 @@ class MemoryStorage:
     def recovery_codes_left(self, username: str) -> int:
         return len(self._recovery_codes.get(username, ()))
 
-    def save_passkey(self, passkey: Passkey) -> None:
+    def save_passkey(self, passkey: Passkey) -> bool:
         with self._lock:
+            if passkey.credential_id in self._passkeys:
+                return False
             self._passkeys[passkey.credential_id] = passkey
+            return True
 
     def get_passkey(self, credential_id: str) -> Passkey | None:
         return self._passkeys.get(credential_id)
@@ -3865,6 +3872,9 @@ REFUSED_METADATA = {
 }
 # RFC 3986 §3.1 scheme syntax; schemes a redirect must never use (script, local files).
 URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# RFC 3986 §2: a URI's characters: unreserved, reserved, and percent-encoded octets (ASCII
+# only; an IRI, RFC 3987, is not a URI).
+URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 UNSAFE_SCHEMES = frozenset(("javascript", "data", "vbscript", "file", "about", "blob",
                             "filesystem", "ftp", "ws", "wss"))  # fmt: skip
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
@@ -3932,11 +3942,15 @@ def check_client_id_url(client_id: str) -> None:
         raise FetchError("A client_id URL may not have . or .. path segments.")
 
 
-def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]:
+def client_metadata(
+    metadata: dict[str, Any], *, secret: bool, vouched: bool = False
+) -> dict[str, Any]:
     """RFC 7591 §2: check client metadata and return the Client fields it makes, with
     ``registered_metadata`` (what RFC 7591 §3.2.1 echoes back). ``secret``: whether the
     client may authenticate with a secret (RFC 7591 registration: yes; a metadata
-    document: no). Raises InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
+    document: no). ``vouched``: whether the operator vouched for the registration (it
+    came with an initial access token), which client_credentials needs. Raises
+    InvalidRedirectUri or InvalidClientMetadata (RFC 7591 §3.2.2).
     A member whose value is null counts as absent (RFC 7592 §2.2 treats omitted members as
     null; some client libraries send every member, unset ones as null)."""
     metadata = {name: value for name, value in metadata.items() if value is not None}
@@ -3958,12 +3972,19 @@ def client_metadata(metadata: dict[str, Any], *, secret: bool) -> dict[str, Any]
     # §2.1: the two must agree.
     grant_types = _string_list(metadata, "grant_types", ["authorization_code"])
     allowed = {"authorization_code", "refresh_token"}
-    if method != "none":
-        allowed.add("client_credentials")  # RFC 6749 §4.4: confidential clients only
+    # RFC 6749 §4.4: confidential clients only, acting on their own behalf on resources
+    # "previously arranged with the authorization server": with no user to consent, a
+    # client anyone registered (open registration) would mint tokens for any resource.
+    if method != "none" and vouched:
+        allowed.add("client_credentials")
     unsupported = [g for g in grant_types if g not in allowed]
     if unsupported or not grant_types:
+        unvouched = " (client_credentials needs an initial access token)" if (
+            method != "none" and not vouched and "client_credentials" in unsupported
+        ) else ""  # fmt: skip
         raise InvalidClientMetadata(
-            f"grant_types may list only {', '.join(sorted(allowed))} for this client."
+            f"grant_types may list only {', '.join(sorted(allowed))} for this client"
+            f"{unvouched}."
         )
     response_types = _string_list(metadata, "response_types", ["code"])
     if any(r != "code" for r in response_types):
@@ -4050,7 +4071,10 @@ def _string_list(metadata: dict[str, Any], member: str, default: list[str]) -> l
 def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
     """A redirect URI a client registers for itself (RFC 7591 §2 redirect_uris):
 
-    - RFC 6749 §3.1.2: absolute, no fragment;
+    - RFC 6749 §3.1.2: absolute, no fragment; RFC 3986 §2: ASCII URI characters only,
+      and a host name without percent-encoding, so that the host the consent page shows
+      is the one a browser goes to (its URL parser ends a host at a backslash and
+      decodes %-escapes in it; an IRI's non-ASCII host may be a homograph);
     - https; or http on a loopback address (127.0.0.1, [::1], or localhost, which only
       this machine answers: RFC 8252 §7.3 for native apps, a developer's web app too);
     - a native app (OIDC Registration §2 application_type) may also use a private-use
@@ -4062,8 +4086,15 @@ def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
         raise InvalidRedirectUri(f"redirect URI does not parse: {uri[:80]}") from None
     if not uri.isprintable() or " " in uri or "#" in uri or not URI_SCHEME.fullmatch(parts.scheme):
         raise InvalidRedirectUri(f"redirect URI must be absolute, without fragment: {uri[:80]}")
+    if not URI_CHARACTERS.fullmatch(uri):
+        raise InvalidRedirectUri(
+            "redirect URI must be a URI of ASCII characters (RFC 3986 2; a host name in "
+            f"punycode): {uri[:80]!a}"
+        )
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
+        if "%" in parts.netloc:
+            raise InvalidRedirectUri(f"redirect URI's host may not be percent-encoded: {uri[:80]}")
         if not parts.hostname or "@" in parts.netloc:
             raise InvalidRedirectUri(f"redirect URI must have a host and no userinfo: {uri[:80]}")
         loopback = parts.hostname in (*LOOPBACK_HOSTS, "localhost")
@@ -4137,7 +4168,7 @@ def register_client(
     registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
     if registered >= srv.max_registered_clients:
         raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
-    fields = client_metadata(metadata, secret=True)
+    fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
     client_id = "dcr_" + secrets.token_urlsafe(16)
     refuse_shared_subject(srv.storage, client_id)
     public = fields["registered_metadata"]["token_endpoint_auth_method"] == "none"  # noqa: S105
@@ -4239,7 +4270,10 @@ def update_registration(
         isinstance(given_secret, str) and check_client_secret(srv, client, given_secret, address)
     ):
         raise InvalidRequest("client_secret is not this client's (RFC 7592 2.2).")
-    fields = client_metadata(metadata, secret=True)
+    # client_credentials is kept by a client the operator vouched for, never added by an
+    # update: the registration access token is the client's, not the operator's.
+    vouched = srv.registration == "token" and "client_credentials" in client.grant_types
+    fields = client_metadata(metadata, secret=True, vouched=vouched)
     fields["registered_metadata"]["client_id_issued_at"] = client.registered_metadata.get(
         "client_id_issued_at"
     )
@@ -4252,6 +4286,17 @@ def update_registration(
     checked_registration(updated)
     srv.storage.add_client(updated)
     audit("client.registration_changed", client=client_id, address=address)
+    # RFC 8252 §8.6, RFC 6819 §5.2.3.5: a consent answers later requests without a page
+    # only while the redirect URI proves which client asks. Codes that may now go to a
+    # new place, or be redeemed without the secret, end what users granted before (a
+    # leaked registration access token must not inherit their consent): each is asked
+    # again.
+    if set(updated.redirect_uris) - set(client.redirect_uris) or (
+        updated.public and not client.public
+    ):
+        for grant in srv.list_grants(client_id=client_id):
+            srv.revoke_grant(grant.username, client_id)
+        audit("client.grants_ended", client=client_id, reason="redirect or authentication")
     return client_information(srv, updated, secret, None)
 
 
@@ -4271,6 +4316,10 @@ def delete_registration(
 
 # RFC 7523 §2.2: "The value of the client_assertion_type parameter MUST be ..."
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The parameters that carry a client's credentials in a request's body (RFC 6749 §2.3.1,
+# RFC 7523 §2.2), never kept with the request they authenticate.
+CLIENT_CREDENTIAL_PARAMS = frozenset(("client_secret", "client_assertion",
+                                      "client_assertion_type"))  # fmt: skip
 
 
 def authenticate_client(
@@ -5313,8 +5362,9 @@ def pushed_authorization_request(
         jkt = check_dpop_proof(srv, dpop)
         if params.setdefault("dpop_jkt", jkt) != jkt:
             raise InvalidDPoPProof("dpop_jkt is not the thumbprint of the DPoP proof's key.")
-    # The client's credentials are not part of the request and are not kept.
-    params = {k: v for k, v in params.items() if k != "client_secret"}
+    # The client's credentials (a secret, or RFC 7523 §2.2's assertion) are not part of the
+    # request and are not kept: they would be stored, and shown to the browser after it.
+    params = {k: v for k, v in params.items() if k not in CLIENT_CREDENTIAL_PARAMS}
     params["client_id"] = client.client_id
     _, redirect_uri, given = trusted_redirect(srv, list(params.items()))
     validate_authorization_request(srv, client, redirect_uri, given, params, pushed=True)
@@ -5972,7 +6022,10 @@ def end_sessions(srv: Server, form: dict[str, str], browser: Browser) -> Redirec
         return Redirect(account_url(srv, done="sessions"))
     handle = form.get("session", "")
     sessions = srv.storage.list_login_sessions(session.username, srv.clock())
-    found = [s for s in sessions if hmac.compare_digest(session_handle(srv, s.sid), handle)]
+    # compare_digest takes str only when ASCII; the form's handle may be any text.
+    given = handle.encode("utf-8", "surrogatepass")
+    found = [s for s in sessions
+             if hmac.compare_digest(session_handle(srv, s.sid).encode(), given)]  # fmt: skip
     if not found:
         return Redirect(account_url(srv, done="session"))  # ended meanwhile
     srv.storage.delete_login_sessions(session.username, found[0].sid)
@@ -6225,14 +6278,24 @@ def change_passkeys(srv: Server, form: dict[str, str], browser: Browser) -> Redi
         return account_overview(srv, browser, session, "That passkey could not be added: it "
                                 "did not verify you. Try again, or another one.", 400)  # fmt: skip
     name = (form.get("name") or "Passkey").strip()[:PASSKEY_NAME_LENGTH] or "Passkey"
-    transports = json.loads(form["credential"]).get("response", {}).get("transports", [])
-    srv.storage.save_passkey(Passkey(
+    # WebAuthn §5.2.1.1 getTransports(): a list of strings; anything else is no hint.
+    response = json.loads(form["credential"]).get("response")
+    transports = response.get("transports") if isinstance(response, dict) else None
+    saved = srv.storage.save_passkey(Passkey(
         credential_id=b64url(verified.credential_id), username=session.username,
         public_key=b64url(verified.credential_public_key), sign_count=verified.sign_count,
         name=name, created_at=srv.clock(), passwordless=passwordless,
         backed_up=verified.credential_backed_up,
-        transports=tuple(t for t in transports if isinstance(t, str))[:8],
+        transports=tuple(t for t in transports if isinstance(t, str))[:8]
+        if isinstance(transports, list) else (),
     ))  # fmt: skip
+    # WebAuthn Level 2 §7.1 step 22: "Check that the credentialId is not yet registered to
+    # any other user" (nor again to this one): an id is never handed over.
+    if not saved:
+        audit("passkey.failed", user=session.username, address=browser.address,
+              reason="credential id registered")  # fmt: skip
+        return account_overview(srv, browser, session, "That passkey is already registered. "
+                                "Nothing was changed.", 400)  # fmt: skip
     audit("passkey.registered", user=session.username, address=browser.address,
           passwordless=int(passwordless))  # fmt: skip
     return Redirect(account_url(srv, done="passkey"))
@@ -6260,7 +6323,9 @@ def has_second_factor(srv: Server, user: User) -> bool:
 # the one key USER_CODE_THROTTLE). A right code is not counted as a success there, since
 # a success would reset the counts and anyone can make codes of their own to interleave
 # with guesses; a signed-in user's browser passes the account-wide gates (its sign-in was
-# throttled already), so guessing from elsewhere cannot keep it waiting.
+# throttled already), so guessing from elsewhere cannot keep it waiting, and its own
+# wrong codes count against its user rather than its address (one account, many
+# addresses, is still one guesser).
 # What the page shows (the client's name, the scopes, the code to compare with the
 # device's) is what §5.4 asks for against remote phishing: the user confirms, always, even
 # when verification_uri_complete brought the code (§3.3.1).
@@ -6378,8 +6443,12 @@ def device_page_step(srv: Server, params: dict[str, str], browser: Browser) -> P
     typed = params.get("user_code")
     if typed is None:
         return user_code_page(srv)
+    # A signed-in browser passes the account-wide gates (its sign-in was throttled), and
+    # its wrong codes count against its user wherever it sends them from: one account's
+    # session cookie sent from ever new addresses would otherwise guess without end.
     trusted = browser.session is not None
-    with srv.login_limiter.attempt(USER_CODE_THROTTLE, browser.address, trusted=trusted) as attempt:
+    who = f"user:{browser.session.username}" if browser.session else browser.address
+    with srv.login_limiter.attempt(USER_CODE_THROTTLE, who, trusted=trusted) as attempt:
         if attempt.wait:
             audit("device.user_code_throttled", address=browser.address)
             message = f"Too many wrong codes. Try again in {in_words(attempt.wait)}."
@@ -7274,6 +7343,18 @@ def logout_token(srv: Server, client: Client, user: User, sid: str) -> str:
     return sign(srv, claims, client.id_token_signed_response_alg, typ=LOGOUT_TOKEN_TYPE)
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a new address to send to: following it would let a relying
+    party's host make this server request any URL it reaches (server-side request
+    forgery), as fetch_json_document refuses to for the same reason."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 def post_logout_token(client_id: str, uri: str, token: str) -> None:
     """Back-Channel Logout §2.5: "The OP uses an HTTP POST to the registered back-channel
     logout URI to send the Logout Token", as the form parameter logout_token. §2.8: a
@@ -7281,7 +7362,8 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
     keeps the user waiting (this runs in its own thread, with a short timeout). A 5xx or
     no answer may be passing, so the same token is sent again after each of
     BACKCHANNEL_RETRY_DELAYS; a 4xx is the RP's final word ("If the logout request was
-    invalid or failed, the RP MUST respond with HTTP 400")."""
+    invalid or failed, the RP MUST respond with HTTP 400"); so is a 3xx, which is never
+    followed (§2.5: the token goes to "the registered back-channel logout URI")."""
     # check_client allows https, or http on loopback, only.
     request = urllib.request.Request(  # noqa: S310
         uri,
@@ -7291,7 +7373,7 @@ def post_logout_token(client_id: str, uri: str, token: str) -> None:
     )
     for delay in (*BACKCHANNEL_RETRY_DELAYS, None):
         try:
-            with urllib.request.urlopen(request, timeout=BACKCHANNEL_TIMEOUT) as answer:  # noqa: S310
+            with _NO_REDIRECTS.open(request, timeout=BACKCHANNEL_TIMEOUT) as answer:
                 audit("logout.backchannel_sent", client=client_id, status=answer.status)
                 return
         except urllib.error.HTTPError as err:
@@ -7332,7 +7414,9 @@ def introspect(
     (``introspection``), and sees as active only the access tokens whose audience is one
     of its resources. Any other confidential client may introspect any access token, and
     its own refresh tokens, as before resources were registrations: no narrower rule
-    would keep those resource servers working. The answer's aud (§2.2) is the token's.
+    would keep those resource servers working. A client that registered itself (RFC
+    7591) is no resource server anyone vouched for: it sees only its own tokens. The
+    answer's aud (§2.2) is the token's.
     """
     client = authenticate_client(srv, params, authorization, address)
     if client.public:
@@ -7344,10 +7428,13 @@ def introspect(
     if value is None:
         raise InvalidRequest("token is required.")
     token = srv.storage.get_token(token_hash(value))
-    if served and token is not None and token.client_id != client.client_id:
+    if token is not None and token.client_id != client.client_id:
         # RFC 7662 §2.2: a token the caller "is not allowed to introspect" is inactive to it.
+        # §4: only "protected resources ... specifically authorized": one the operator
+        # registered, never a client that anyone could register (open RFC 7591).
         mine = {r.uri for r in served if r.introspection}
-        if token.kind != "access" or not mine & set(token.audience):
+        if client.unverified or (served and (token.kind != "access"
+                                             or not mine & set(token.audience))):  # fmt: skip
             return {"active": False}
     username = token.username if token is not None else None
     user = srv.storage.get_user(username) if username is not None else None
@@ -8112,6 +8199,8 @@ You have <strong>{left}</strong> unused recovery code{"s" * (left != 1)}.</p>
     for grant in srv.list_grants(user.username):
         client = srv.storage.get_client(grant.client_id)
         label = client_label(client) if client else esc(grant.client_id)
+        # A name a client gave itself may be another app's (see unverified_notice).
+        label += " (unverified)" if client is not None and client.unverified else ""
         scopes = ", ".join(esc(consent_label(s)) for s in sorted(grant.scopes or ()))
         allowed = f"Allowed: {scopes}. " if scopes else ""
         since = f"Since {when(grant.consented_at)}." if grant.consented_at else (
@@ -9508,6 +9597,10 @@ SECRET_NAMES = frozenset({
     "password", "client_secret", "code", "code_verifier", "access_token", "refresh_token",
     "id_token", "token", "otp", "id_token_hint", "csrf_token", "pending",
     "device_code", "user_code", "verification_uri_complete",  # RFC 8628 §3.2
+    "registration_access_token",  # RFC 7592 §3
+    "subject_token", "actor_token",  # RFC 8693 §2.1
+    "client_assertion",  # RFC 7523 §2.2
+    "current_password", "new_password", "recovery_code", "enrol", "credential",  # /account
 })  # fmt: skip
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie"})
 FAULT_ENDPOINTS = {
@@ -9529,9 +9622,11 @@ FAULT_KINDS = ("oauth_error", "http_500", "delay", "malformed_json", *TOKEN_FAUL
 MAX_FAULT_DELAY = 300  # seconds: longer than any client timeout worth testing
 MAX_PENDING_FAULTS = 100  # a plan longer than any test needs cannot grow without bound
 # The demo's pages show, as text, secrets of the flow they play: its PKCE verifier (/demo),
-# and the code, token request and tokens (/demo/callback). They are recorded without
-# their body, so that nothing the demo shows, now or after an edit, reaches a transcript.
-UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH)
+# and the code, token request and tokens (/demo/callback); the account pages that set up
+# the second factor show a new TOTP key and recovery codes. They are recorded without
+# their body, so that nothing they show, now or after an edit, reaches a transcript.
+UNRECORDED_BODIES = (DEMO_PATH, DEMO_CALLBACK_PATH, ACCOUNT_PATH + "/totp",
+                     ACCOUNT_PATH + "/recovery-codes")  # fmt: skip
 
 
 class ScriptedClaims:

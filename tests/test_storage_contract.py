@@ -1274,6 +1274,18 @@ class TestPasskeyStorageContract:
         assert storage.get_passkey("c1") is None
         assert storage.get_passkey("b1") is not None
 
+    def test_a_credential_id_is_saved_once_and_never_replaced(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """WebAuthn Level 2 §7.1 step 22: a credential id "not yet registered to any other
+        user": saving another passkey under a stored id (another user's, or the same
+        user's) changes nothing and says so."""
+        assert storage.save_passkey(a_passkey("c1"))
+        assert not storage.save_passkey(a_passkey("c1", username="mallory", public_key="k2"))
+        assert not storage.save_passkey(a_passkey("c1", name="Again"))
+        assert storage.get_passkey("c1") == a_passkey("c1")
+        assert storage.list_passkeys("mallory") == []
+
     def test_record_passkey_use_refuses_a_counter_that_did_not_grow(
         self, storage: codeflow.Storage
     ) -> None:

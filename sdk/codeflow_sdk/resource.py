@@ -306,6 +306,11 @@ class BearerValidator:
             source="introspection",
             jkt=_confirmation(body),
         )
+        # RFC 9449 §6.2: a DPoP-bound token's introspection names its key in cnf.jkt; one
+        # said to be DPoP without it could only be taken as a Bearer token, unbound.
+        if record.jkt is None and isinstance(token_type, str) and token_type.lower() == "dpop":
+            raise InvalidTokenError("The token is DPoP-bound, but its introspection names no "
+                                    "key (cnf.jkt) to check a proof against.")  # fmt: skip
         until = now + self.cache_seconds
         if record.expires_at is not None:
             until = min(until, record.expires_at)

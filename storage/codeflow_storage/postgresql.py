@@ -27,6 +27,11 @@ every codeflow node (processes on one machine or many) behind one issuer.
 - Pool: ``pool_min_size`` (default 1) to ``pool_max_size`` (default 10) connections per
   process: one for each of waitress's 8 request threads, one for the purge thread and one
   spare. A forked child (a pre-forking server) opens a pool of its own.
+- Outages (``PostgreSQLStorage._run``): a call answers ``StorageUnavailable`` (503) when the
+  server cannot be reached, at once while it is known down; one probe at a time, in the
+  background, at most every PROBE_INTERVAL seconds, reconnects; connections the server
+  hung up on while idle (a restart) are found before use and replaced, so the first call
+  after a restart works.
 - Secrets: codes and tokens arrive as hashes (``codeflow.token_hash``) and only those are
   kept. Tuples (scopes, redirect URIs) are ``text[]``, claims ``jsonb``.
 
@@ -38,10 +43,13 @@ the query too. Install with ``pip install 'codeflow[postgres]'``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import random
 import re
+import select
 import threading
 import time
 import types
@@ -86,6 +94,8 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10  # codeflow's 8 waitress threads, the purge thread, one spare
 POOL_TIMEOUT = 10.0  # seconds a call waits for a free pooled connection
 CONNECT_TIMEOUT = 10  # seconds libpq waits for a server, unless the URL says otherwise
+PROBE_CONNECT_TIMEOUT = 2  # seconds a reconnection probe waits for a server (libpq's least)
+PROBE_INTERVAL = 0.5  # seconds between reconnection probes of one process while it is down
 RETRIES = 12  # runs of a call that keeps losing serialization races, before giving up
 RETRY_PAUSE = 0.001  # seconds; the pause before retry n is random up to this * 2**n
 PURGE_BATCH = 1000  # rows one purge transaction deletes, so that locks are held briefly
@@ -93,7 +103,9 @@ USERS_LOCK = 0x636F6465666C6F77  # pg_advisory_xact_lock key of user records ("c
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # an unquoted PostgreSQL identifier
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+Pool = psycopg_pool.ConnectionPool[Conn]
 T = TypeVar("T")
+log = logging.getLogger("codeflow")
 
 
 ###############################################################################
@@ -564,11 +576,17 @@ class PostgreSQLStorage:
             self._search_path = sql.Identifier(self.schema).as_string(conn)
         self._lock = threading.Lock()
         self._closed = False
-        self._pool: psycopg_pool.ConnectionPool[Conn] | None = self._new_pool()
+        self._pool: Pool | None = self._new_pool()
         # A pooled connection must not be used in a child process after fork() (its socket
         # is the parent's): a forked child opens a pool of its own and keeps the inherited
         # one, unused, so that nothing of it is closed there.
-        self._inherited: list[psycopg_pool.ConnectionPool[Conn]] = []
+        self._inherited: list[Pool] = []
+        # The server's state as this process last saw it (see _run): since when it has
+        # been unreachable (None: it answers), when a probe last tried it, and the lock the
+        # one probe at a time holds.
+        self._down_since: float | None = None
+        self._probed_at = 0.0
+        self._probing = threading.Lock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
@@ -638,7 +656,9 @@ class PostgreSQLStorage:
             [self._search_path],
         )
 
-    def _new_pool(self) -> psycopg_pool.ConnectionPool[Conn]:
+    def _new_pool(self, timeout: float = POOL_TIMEOUT) -> Pool:
+        """A pool with min_size connections open and ready (PoolTimeout if they are not
+        within ``timeout`` seconds)."""
         min_size, max_size = self._pool_sizes
         pool = psycopg_pool.ConnectionPool(
             self._conninfo,
@@ -650,10 +670,14 @@ class PostgreSQLStorage:
             name="codeflow",
             open=False,
         )
-        pool.open(wait=True, timeout=POOL_TIMEOUT)  # min_size connections, ready
+        try:
+            pool.open(wait=True, timeout=timeout)
+        except psycopg_pool.PoolTimeout:
+            pool.close(timeout=0)
+            raise
         return pool
 
-    def _current_pool(self) -> psycopg_pool.ConnectionPool[Conn]:
+    def _current_pool(self) -> Pool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this PostgreSQLStorage is closed")
@@ -666,26 +690,141 @@ class PostgreSQLStorage:
         snapshot, if PostgreSQL rolled it back as the loser of a serialization race or a
         deadlock (nothing of it was kept).
 
-        A failure of the connection itself (the server down or restarting, a connection it
-        terminated, no pooled connection free within POOL_TIMEOUT) is StorageUnavailable,
-        not retried here: a statement whose answer was lost may have committed, and only
-        the client, told 503, can tell whether to send its request again. The pool drops a
-        broken connection when it comes back and opens new ones by itself."""
-        pool = self._current_pool()
+        The server going away (down, restarting, a connection it terminated) is
+        StorageUnavailable, answered 503, and handled so that an outage costs as few 503s
+        and as little waiting as it can:
+
+        - A pooled connection the server hung up on while it sat idle in the pool (a
+          restart terminates every connection) is found before anything is sent on it
+          (``_hung_up``): nothing of the call can have reached the server, so it is safe
+          to reconnect (``_reconnect``) and run the call, which then succeeds if the
+          server is back: after a restart the first request does not fail.
+        - A connection lost while the call was on it is not retried here: a statement
+          whose answer was lost may have committed, and only the client, told 503, can
+          tell whether to send its request again. It marks the server down, and the
+          next call probes it at once.
+        - While the server is down, calls answer StorageUnavailable at once, without
+          waiting POOL_TIMEOUT for a connection that cannot come; at most every
+          PROBE_INTERVAL seconds one probe, in the background, tries the server (a new
+          connection, PROBE_CONNECT_TIMEOUT) and, when it answers, replaces the pool
+          with a fresh one (the old pool's connections are dead and its own
+          reconnection attempts back off to many seconds apart).
+        - No pooled connection free within POOL_TIMEOUT (every one busy) is
+          StorageUnavailable too; the server is not marked down for it."""
         for attempt in range(RETRIES):
+            pool = self._pool_for_call()
+            lost = False
             try:
                 with pool.connection() as conn:
-                    return work(conn)
+                    if _hung_up(conn):
+                        conn.close()  # the pool drops it when it comes back
+                        self._reconnect(pool)
+                        continue  # nothing was sent: run the call on the new pool
+                    try:
+                        return work(conn)
+                    except psycopg.OperationalError:
+                        lost = conn.broken
+                        raise
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 if attempt == RETRIES - 1:
                     raise
             except psycopg_pool.PoolTimeout as err:
                 raise StorageUnavailable(f"PostgreSQL: no pooled connection: {err}") from err
             except psycopg.OperationalError as err:  # connection-level (SQLSTATE 08, 57P)
+                if lost:
+                    self._went_down(pool, _first_line(err))
                 raise StorageUnavailable(f"PostgreSQL: {_first_line(err)}") from err
             # Random, growing pauses, so that the losers of one race do not meet again.
             time.sleep(random.uniform(0, RETRY_PAUSE * 2**attempt))  # noqa: S311 -- not a secret
         raise AssertionError("unreachable")
+
+    def _pool_for_call(self) -> Pool:
+        """The pool to run a call on; while the server is down, StorageUnavailable at once,
+        and, if PROBE_INTERVAL has passed since the last probe, a probe started in the
+        background (a connection attempt can take PROBE_CONNECT_TIMEOUT: a server
+        shutting down may leave connections unanswered; no request waits for it)."""
+        pool = self._current_pool()
+        if self._down_since is None:
+            return pool
+        if time.monotonic() - self._probed_at >= PROBE_INTERVAL and not self._probing.locked():
+            threading.Thread(target=self._probe, args=(pool,), daemon=True).start()
+        raise self._unavailable()
+
+    def _probe(self, pool: Pool) -> None:
+        with contextlib.suppress(StorageUnavailable, RuntimeError):  # down, or closed
+            self._reconnect(pool)
+
+    def _unavailable(self) -> StorageUnavailable:
+        down = time.time() - (self._down_since or time.time())
+        return StorageUnavailable(f"PostgreSQL unreachable for {down:.1f} s")
+
+    def _went_down(self, pool: Pool, why: str) -> None:
+        """Mark the server down, if ``pool`` (the pool a call just failed on) is still the
+        current one: a call that failed on a pool replaced since says nothing new. The
+        next call probes at once: one lost connection need not mean a server down."""
+        with self._lock:
+            if pool is not self._pool or self._down_since is not None:
+                return
+            self._down_since = time.time()
+            self._probed_at = 0.0
+        log.warning("codeflow: PostgreSQL unreachable: %s", why)
+
+    def _reconnect(self, seen: Pool) -> Pool:
+        """Probe the server (a new connection) and, if it answers, make ``seen`` (the pool
+        a call found a dead connection in) usable again; return the pool to use.
+
+        After an outage (the server known down), ``seen`` is replaced by a fresh pool: its
+        own attempts to reconnect back off to many seconds apart. Otherwise (a restart
+        that no call saw, or one idle connection cut by a proxy or idle_session_timeout)
+        ``seen`` is kept, its idle connections checked, and the dead ones replaced at
+        once (``ConnectionPool.check``). One probe at a time: a call arriving while the
+        server is known down answers StorageUnavailable at once; one arriving while it
+        is not (right after a restart, when several calls find dead connections
+        together) waits for the probe's verdict."""
+        if self._down_since is not None:
+            probing = self._probing.acquire(blocking=False)
+        else:  # at most a probe's connection and a new pool's, each PROBE_CONNECT_TIMEOUT
+            probing = self._probing.acquire(timeout=2 * PROBE_CONNECT_TIMEOUT + 1)
+        if not probing:
+            raise self._unavailable()
+        try:
+            with self._lock:
+                current = self._pool
+            if current is not seen and current is not None:
+                return current  # another call reconnected meanwhile
+            if time.monotonic() - self._probed_at < PROBE_INTERVAL:
+                if self._down_since is not None:
+                    raise self._unavailable()  # a probe just failed: no second one yet
+                return seen  # a probe just found the server up, and checked the pool
+            self._probed_at = time.monotonic()
+            down = self._down_since
+            try:
+                probe = psycopg.connect(self._conninfo, connect_timeout=PROBE_CONNECT_TIMEOUT)
+                probe.close()
+                if down is None:
+                    seen.check()
+                    return seen
+                fresh = self._new_pool(timeout=PROBE_CONNECT_TIMEOUT)
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
+                with self._lock:
+                    if self._down_since is None:
+                        self._down_since = time.time()
+                        log.warning("codeflow: PostgreSQL unreachable: %s", _first_line(err))
+                raise self._unavailable() from err
+            with self._lock:
+                if self._closed:
+                    fresh.close()
+                    raise RuntimeError("this PostgreSQLStorage is closed")
+                old, self._pool, self._down_since = self._pool, fresh, None
+            log.warning("codeflow: PostgreSQL reachable again after %.1f s", time.time() - down)
+            if old is not None:
+                # Its connections are dead; calls still on them fail (503) and return them
+                # to a closed pool, which closes them. Closing waits for its workers, which
+                # may be inside a connection attempt: not in this request.
+                threading.Thread(target=old.close, daemon=True).start()
+            return fresh
+        finally:
+            self._probing.release()
 
     def _rows(self, query: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """The rows of one statement, run as its own transaction."""
@@ -710,6 +849,7 @@ class PostgreSQLStorage:
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # the parent's may have been held at fork()
+        self._probing = threading.Lock()
         if self._pool is not None:
             self._inherited.append(self._pool)
             self._pool = None
@@ -1163,8 +1303,13 @@ class PostgreSQLStorage:
         count: int = rows[0][0]
         return count
 
-    def save_passkey(self, passkey: Passkey) -> None:
-        self._count(_PASSKEYS.upsert, _PASSKEYS.encode(passkey))
+    def save_passkey(self, passkey: Passkey) -> bool:
+        # A credential id is one user's for good (WebAuthn §7.1 step 22): never replaced.
+        statement = (
+            f"INSERT INTO passkeys ({_PASSKEYS.columns}) VALUES {_PASSKEYS.values} "  # noqa: S608
+            "ON CONFLICT (credential_id) DO NOTHING"
+        )
+        return self._count(statement, _PASSKEYS.encode(passkey)) == 1
 
     def get_passkey(self, credential_id: str) -> Passkey | None:
         rows = self._rows(_PASSKEYS.select + " WHERE credential_id = %s", [credential_id])
@@ -1299,6 +1444,21 @@ class PostgreSQLStorage:
             gone += deleted
             if deleted < PURGE_BATCH:
                 return gone
+
+
+def _hung_up(conn: Conn) -> bool:
+    """Whether the server closed ``conn`` while it sat idle in the pool. An idle
+    connection is sent nothing unasked (no LISTEN here), so a socket with something to
+    read has the server's goodbye on it (SQLSTATE 57P01 "terminating connection due to
+    administrator command", as a restart sends each connection) or its end; finding that
+    out costs a poll of the socket, not a round trip to the server."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return bool(readable)
 
 
 def _first_line(err: Exception) -> str:

@@ -1147,9 +1147,11 @@ class SQLiteStorage:
         count: int = rows[0][0]
         return count
 
-    def save_passkey(self, passkey: Passkey) -> None:
+    def save_passkey(self, passkey: Passkey) -> bool:
+        # A credential id is one user's for good (WebAuthn §7.1 step 22): never replaced.
+        statement = _PASSKEYS.insert.replace("INSERT OR REPLACE", "INSERT OR IGNORE", 1)
         with self._locked() as db:
-            db.execute(_PASSKEYS.insert, _PASSKEYS.encode(passkey))
+            return db.execute(statement, _PASSKEYS.encode(passkey)).rowcount == 1
 
     def get_passkey(self, credential_id: str) -> Passkey | None:
         rows = self._read(_PASSKEYS.select + " WHERE credential_id = ?", [credential_id])
