@@ -1871,7 +1871,7 @@ class MemoryStorage:
 # what it changes); a new signing key signs only once it has been in storage that long,
 # so every node publishes it before any node signs with it (signing_key). Users are not
 # cached: a password changed, a user removed or sessions ended act at once everywhere.
-# Not what a miss finds: a client registered on one node is found on the next at once.
+# A miss is not cached either: a client registered on one node is found on the next at once.
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
 
@@ -11206,7 +11206,10 @@ def grants_revoke(srv: Server, args: argparse.Namespace) -> None:
 
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
     for key in srv.rotate_keys():
-        print(f"new {key.alg} signing key: kid {key.kid}")
+        # It signs once every node's cache has it (see signing_key).
+        signs_from = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                   time.gmtime(key.created_at + srv.cache_seconds))
+        print(f"new {key.alg} signing key: kid {key.kid}, published now, signs from {signs_from}")
 
 
 def keys_list(srv: Server, args: argparse.Namespace) -> None:
