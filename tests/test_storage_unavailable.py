@@ -338,6 +338,37 @@ def test_postgresql_restart_the_first_request_after_succeeds(pg_url: str) -> Non
         assert browser.get("/healthz").status == 200
 
 
+def test_postgresql_one_connection_cut_keeps_the_others(pg_url: str) -> None:
+    """One pooled connection closed by the server while idle (a proxy's idle timeout,
+    ``idle_session_timeout``, an operator's ``pg_terminate_backend``) with the server up:
+    the next request succeeds, and only that connection is replaced - the pool's other
+    connections (their server processes) stay, not the whole pool."""
+    import psycopg
+    from codeflow_storage.postgresql import from_url
+
+    app_name = pg_url.rpartition("application_name=")[2]
+    backends = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    with from_url(with_options(pg_url, pool_min_size="3")) as store:
+        srv = make_server(Clock(), storage=store)
+        browser = WSGIClient(srv.wsgi)
+        tokens = sign_in_for_tokens(browser)
+        with psycopg.connect(server_url(), autocommit=True) as admin:
+            before = {pid for (pid,) in admin.execute(backends, [app_name])}
+            assert len(before) >= 3
+            cut = min(before)
+            admin.execute("SELECT pg_terminate_backend(%s)", [cut])
+            for _ in range(100):
+                if cut not in {pid for (pid,) in admin.execute(backends, [app_name])}:
+                    break
+                time.sleep(0.01)
+            for _ in range(len(before)):  # each pooled connection in turn
+                r = browser.get("/userinfo", headers=bearer(tokens["access_token"]))
+                assert r.status == 200, r.text
+            after = {pid for (pid,) in admin.execute(backends, [app_name])}
+        assert cut not in after
+        assert before - {cut} <= after, "live connections were replaced too"
+
+
 def test_postgresql_down_answers_503_at_once(pg_url: str) -> None:
     """Issue 16 item 4: while PostgreSQL cannot be reached, requests answer 503 with
     Retry-After (RFC 9110 §15.6.4) at once - not after waiting POOL_TIMEOUT for a

@@ -701,8 +701,9 @@ class PostgreSQLStorage:
           server is back: after a restart the first request does not fail.
         - A connection lost while the call was on it is not retried here: a statement
           whose answer was lost may have committed, and only the client, told 503, can
-          tell whether to send its request again. It marks the server down, and the
-          next call probes it at once.
+          tell whether to send its request again. The call probes the server before it
+          answers, so that the next calls find either a checked pool or the server
+          known down.
         - While the server is down, calls answer StorageUnavailable at once, without
           waiting POOL_TIMEOUT for a connection that cannot come; at most every
           PROBE_INTERVAL seconds one probe, in the background, tries the server (a new
@@ -719,7 +720,7 @@ class PostgreSQLStorage:
                     if _hung_up(conn):
                         conn.close()  # the pool drops it when it comes back
                         self._reconnect(pool)
-                        continue  # nothing was sent: run the call on the new pool
+                        continue  # nothing was sent: run the call again, reconnected
                     try:
                         return work(conn)
                     except psycopg.OperationalError:
@@ -731,8 +732,9 @@ class PostgreSQLStorage:
             except psycopg_pool.PoolTimeout as err:
                 raise StorageUnavailable(f"PostgreSQL: no pooled connection: {err}") from err
             except psycopg.OperationalError as err:  # connection-level (SQLSTATE 08, 57P)
-                if lost:
-                    self._went_down(pool, _first_line(err))
+                if lost:  # the server is gone, or only this connection: find out which
+                    with contextlib.suppress(StorageUnavailable):
+                        self._reconnect(pool)
                 raise StorageUnavailable(f"PostgreSQL: {_first_line(err)}") from err
             # Random, growing pauses, so that the losers of one race do not meet again.
             time.sleep(random.uniform(0, RETRY_PAUSE * 2**attempt))  # noqa: S311 -- not a secret
@@ -758,17 +760,6 @@ class PostgreSQLStorage:
         down = time.time() - (self._down_since or time.time())
         return StorageUnavailable(f"PostgreSQL unreachable for {down:.1f} s")
 
-    def _went_down(self, pool: Pool, why: str) -> None:
-        """Mark the server down, if ``pool`` (the pool a call just failed on) is still the
-        current one: a call that failed on a pool replaced since says nothing new. The
-        next call probes at once: one lost connection need not mean a server down."""
-        with self._lock:
-            if pool is not self._pool or self._down_since is not None:
-                return
-            self._down_since = time.time()
-            self._probed_at = 0.0
-        log.warning("codeflow: PostgreSQL unreachable: %s", why)
-
     def _reconnect(self, seen: Pool) -> Pool:
         """Probe the server (a new connection) and, if it answers, make ``seen`` (the pool
         a call found a dead connection in) usable again; return the pool to use.
@@ -781,6 +772,7 @@ class PostgreSQLStorage:
         server is known down answers StorageUnavailable at once; one arriving while it
         is not (right after a restart, when several calls find dead connections
         together) waits for the probe's verdict."""
+        asked = time.monotonic()
         if self._down_since is not None:
             probing = self._probing.acquire(blocking=False)
         else:  # at most a probe's connection and a new pool's, each PROBE_CONNECT_TIMEOUT
@@ -792,10 +784,14 @@ class PostgreSQLStorage:
                 current = self._pool
             if current is not seen and current is not None:
                 return current  # another call reconnected meanwhile
-            if time.monotonic() - self._probed_at < PROBE_INTERVAL:
+            if self._probed_at >= asked:  # a probe ran while this call waited: its verdict
                 if self._down_since is not None:
-                    raise self._unavailable()  # a probe just failed: no second one yet
-                return seen  # a probe just found the server up, and checked the pool
+                    raise self._unavailable()
+                return seen  # the server is up and the pool checked
+            if self._down_since is not None and time.monotonic() - self._probed_at < (
+                PROBE_INTERVAL
+            ):
+                raise self._unavailable()  # a probe just failed: no second one yet
             self._probed_at = time.monotonic()
             down = self._down_since
             try:
@@ -1455,8 +1451,13 @@ def _hung_up(conn: Conn) -> bool:
     if conn.closed:
         return True
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
+        fd = conn.fileno()
+        if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select() (not Windows)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, psycopg.OperationalError):
         return True
     return bool(readable)
 
