@@ -488,7 +488,7 @@ AUDIT_EVENTS = (
     "device.user_code_throttled", "device.redeemed", "request.pushed",
     "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
-    "client.grants_ended",
+    "client.grants_ended", "client.registration_expired",
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
@@ -1088,6 +1088,19 @@ class Storage(Protocol):
     def get_client(self, client_id: str) -> Client | None: ...
     def list_clients(self) -> list[Client]: ...
 
+    def count_clients(self, registration: str) -> int:
+        """How many stored clients have this ``registration`` (Client.registration)."""
+        ...
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        """Remove, in one transaction, the clients with this ``registration`` whose
+        ``registered_metadata["client_id_issued_at"]`` (RFC 7591 §3.2.1) is before
+        ``issued_before`` and that nothing refers to: no consent, and no token, code, device
+        authorization or pushed request unexpired at ``now``. Return their client_ids."""
+        ...
+
     def remove_client(self, client_id: str) -> bool:
         """Remove a client and, in the same transaction, every grant to it: its tokens,
         its unredeemed codes, its device authorization and pushed requests and the consents
@@ -1415,6 +1428,28 @@ class MemoryStorage:
 
     def list_clients(self) -> list[Client]:
         return sorted(self._clients.values(), key=lambda c: c.client_id)
+
+    def count_clients(self, registration: str) -> int:
+        return sum(c.registration == registration for c in list(self._clients.values()))
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        with self._lock:
+            used = {client for _, client in self._consents}
+            used.update(t.client_id for t in self._tokens.values() if t.expires_at > now)
+            used.update(c.client_id for c in self._codes.values() if c.expires_at > now)
+            used.update(d.client_id for d in self._devices.values() if d.expires_at > now)
+            used.update(p.client_id for p in self._pushed.values() if p.expires_at > now)
+            gone = [
+                c.client_id for c in self._clients.values()
+                if c.registration == registration and c.client_id not in used
+                and isinstance(issued := c.registered_metadata.get("client_id_issued_at"),
+                               (int, float)) and issued < issued_before
+            ]  # fmt: skip
+            for client_id in gone:
+                del self._clients[client_id]
+            return sorted(gone)
 
     def remove_client(self, client_id: str) -> bool:
         with self._lock:
@@ -1933,6 +1968,13 @@ class CachedStorage:
             return self.storage.remove_client(client_id)
         finally:
             self._wrote(clients=[client_id])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        gone = self.storage.remove_unused_clients(registration, issued_before, now)
+        self._wrote(clients=gone)
+        return gone
 
     def list_resources(self) -> list[Resource]:
         now = self.clock()
@@ -2569,8 +2611,16 @@ class Server:
         return rotate_signing_keys(self)
 
     def purge(self) -> int:
-        """Delete expired codes, tokens, keys and ended sessions; return how many went."""
-        return self.storage.purge_expired(self.clock())
+        """Delete expired codes, tokens, keys and ended sessions, and self-registered
+        clients never used (UNUSED_REGISTRATION_SECONDS); return how many went."""
+        now = self.clock()
+        gone = self.storage.purge_expired(now)
+        unused = self.storage.remove_unused_clients(
+            REGISTERED_DYNAMICALLY, now - UNUSED_REGISTRATION_SECONDS, now
+        )
+        for client_id in unused:
+            audit("client.registration_expired", client=client_id)
+        return gone + len(unused)
 
     # -- Running ---------------------------------------------------------------
 
@@ -3852,6 +3902,14 @@ MAX_METADATA_STRING = 1000  # characters in a name, URI or other metadata value
 REGISTRATION_BURST = 10
 REGISTRATION_INTERVAL = 360
 REGISTRATION_LIMITER_ENTRIES = 10_000
+# A self-registered client nobody has used (no consent, no token, no code under way) is
+# removed by the purge once it is this old, so that registrations made and dropped do not
+# hold max_registered_clients for ever and close registration. A day: a client registers
+# right before it sends its first user to sign in (the MCP flow), and a user who does not
+# finish today can start again; a client once consented to is kept. Holding the limit
+# full then takes max_registered_clients registrations a day, from max / (REGISTRATION_BURST
+# + 86400 / REGISTRATION_INTERVAL) = 40 address groups (IPv6 /56s) registering all day.
+UNUSED_REGISTRATION_SECONDS = 24 * 3600
 # RFC 7591 §2 / OIDC Registration §2 members this server takes, beside those it maps to
 # Client fields; others are ignored (RFC 7591 §2: "The authorization server MUST ignore
 # any client metadata sent by the client that it does not understand").
@@ -4165,8 +4223,7 @@ def register_client(
     wait = srv.registration_limiter.spend(address)
     if wait:
         raise TooManyAttempts(f"Too many registrations from this address; try in {wait} s.", wait)
-    registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
-    if registered >= srv.max_registered_clients:
+    if srv.storage.count_clients(REGISTERED_DYNAMICALLY) >= srv.max_registered_clients:
         raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
     fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
     client_id = "dcr_" + secrets.token_urlsafe(16)
@@ -10723,7 +10780,7 @@ def purge_forever(
     def loop() -> None:
         while not stopped.wait(interval):
             try:
-                purged = srv.storage.purge_expired(srv.clock())
+                purged = srv.purge()
                 log.debug("codeflow: purged %d expired records", purged)
             except Exception:  # the purge must never take the server down
                 log.exception("codeflow: purge failed")

@@ -345,6 +345,51 @@ class TestStorageContract:
         assert storage.consume_code("code-other") is not None
         assert storage.get_consent("alice", "other") == frozenset({"openid"})
 
+    def test_count_clients_counts_one_registration_kind(self, storage: codeflow.Storage) -> None:
+        """Storage.count_clients: how many clients have a registration (RFC 7591 clients
+        are counted against the server's limit without listing every client)."""
+        assert storage.count_clients("dynamic") == 0
+        storage.add_client(Client(client_id="operators"))
+        for i in range(3):
+            storage.add_client(Client(client_id=f"dcr_{i}", registration="dynamic"))
+        assert storage.count_clients("dynamic") == 3
+        assert storage.count_clients("") == 1
+        storage.remove_client("dcr_0")
+        assert storage.count_clients("dynamic") == 2
+
+    def test_remove_unused_clients_keeps_every_client_in_use(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.remove_unused_clients: self-registered clients issued (RFC 7591 §3.2.1
+        client_id_issued_at) before the cut-off and referred to by nothing go; one with a
+        consent, an unexpired token, code, device authorization or pushed request stays, as
+        do newer ones, other kinds, and those whose only token or code has expired."""
+
+        def registered(client_id: str, issued_at: float, kind: str = "dynamic") -> None:
+            storage.add_client(Client(client_id=client_id, registration=kind,
+                                      registered_metadata={"client_id_issued_at": issued_at}))
+
+        old = NOW - 2 * 86400
+        for name in ("unused", "consented", "token", "code", "device", "pushed", "expired"):
+            registered(name, old)
+        registered("new", NOW - 60)
+        registered("operators", old, kind="")
+        storage.save_consent("alice", "consented", ["openid"], NOW)
+        storage.save_token(a_token("t1", client_id="token"))
+        storage.save_code(a_code("c1", client_id="code"))
+        storage.save_device_authorization(a_device(client_id="device"))
+        storage.save_pushed_request(a_pushed(client_id="pushed"))
+        storage.save_token(a_token("t2", family_id="f2", client_id="expired", expires_at=NOW - 1))
+        storage.save_code(a_code("c2", client_id="expired", expires_at=NOW - 1))
+
+        gone = storage.remove_unused_clients("dynamic", NOW - 86400, NOW)
+
+        assert gone == ["expired", "unused"]
+        assert {c.client_id for c in storage.list_clients()} == {
+            "consented", "token", "code", "device", "pushed", "new", "operators"
+        }
+        assert storage.remove_unused_clients("dynamic", NOW - 86400, NOW) == []
+
     def test_removing_an_absent_principal_still_deletes_grants_left_behind(
         self, storage: codeflow.Storage
     ) -> None:

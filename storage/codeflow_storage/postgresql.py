@@ -866,6 +866,29 @@ class PostgreSQLStorage:
     def list_clients(self) -> list[Client]:
         return [_CLIENTS.decode(row) for row in self._rows(_CLIENTS.select + " ORDER BY client_id")]
 
+    def count_clients(self, registration: str) -> int:
+        rows = self._rows("SELECT count(*) FROM clients WHERE registration = %s", [registration])
+        return int(rows[0][0])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        """One statement: a code or token saved for one of them after it started is for a
+        client already gone, as after remove_client."""
+        unused = "".join(
+            f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.client_id = clients.client_id "  # noqa: S608
+            "AND t.expires_at > %(now)s) "
+            for table in ("tokens", "codes", "device_authorizations", "pushed_requests")
+        )
+        rows = self._rows(
+            "DELETE FROM clients WHERE registration = %(registration)s "  # noqa: S608
+            "AND (registered_metadata->>'client_id_issued_at')::double precision < %(before)s "
+            "AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id) "
+            + unused + "RETURNING client_id",
+            {"registration": registration, "before": issued_before, "now": now},
+        )
+        return sorted(row[0] for row in rows)
+
     def remove_client(self, client_id: str) -> bool:
         """One statement: the client's tokens, codes and consents go with it."""
         return (

@@ -726,6 +726,28 @@ class SQLiteStorage:
         rows = self._read(_CLIENTS.select + " ORDER BY client_id")
         return [_CLIENTS.decode(row) for row in rows]
 
+    def count_clients(self, registration: str) -> int:
+        rows = self._read("SELECT count(*) FROM clients WHERE registration = ?", [registration])
+        return int(rows[0][0])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        unused = "".join(
+            f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.client_id = clients.client_id "  # noqa: S608
+            "AND t.expires_at > :now) "
+            for table in ("tokens", "codes", "device_authorizations", "pushed_requests")
+        )
+        with self._write() as db:
+            rows = db.execute(
+                "DELETE FROM clients WHERE registration = :registration "  # noqa: S608
+                "AND json_extract(registered_metadata, '$.client_id_issued_at') < :before "
+                "AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id) "
+                + unused + "RETURNING client_id",
+                {"registration": registration, "before": issued_before, "now": now},
+            ).fetchall()
+            return sorted(row[0] for row in rows)
+
     def remove_client(self, client_id: str) -> bool:
         with self._write() as db:
             for table in ("tokens", "codes", "consents", "device_authorizations",
