@@ -49,6 +49,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import contextvars
 import functools
 import getpass
 import hashlib
@@ -3463,9 +3464,13 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
-#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
-#   slow host every slot; requests for one document at once share one fetch;
+# - at most FETCHES_AT_ONCE under way in this process, FETCHES_PER_ADDRESS to one
+#   address (an IPv6 /56, address_group: a host has a whole /64 or more to answer from),
+#   and FETCHES_PER_REQUESTER on behalf of one requesting address (the client's, behind
+#   trusted proxies: requesting_address), so a burst of requests naming slow hosts
+#   cannot hold every thread, nor slow hosts on a few addresses every slot, nor one
+#   attacker with many slow hosts every slot; requests for one document at once share
+#   one fetch (only the first one's requester spends a slot);
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3473,6 +3478,8 @@ class SecretChecks:
 FETCH_TIMEOUT = 5.0  # seconds for a whole fetch: DNS, connect, TLS, headers, body
 FETCH_MAX_BYTES = 64 * 1024  # a client's metadata or JWKS is a few KiB
 FETCHES_AT_ONCE = 8
+FETCHES_PER_ADDRESS = 2  # to one address group at once
+FETCHES_PER_REQUESTER = 2  # on behalf of one requesting address group at once
 FETCH_CACHE_DEFAULT = 300  # seconds a document without caching headers is reused
 FETCH_CACHE_MIN = 30  # max-age below this counts as this (a floor against refetch storms)
 FETCH_CACHE_MAX = 24 * 3600
@@ -3648,12 +3655,19 @@ def fetch_json_document(
             raise FetchError(flight.error)
         return flight.value
     try:
-        if not FETCH_SLOTS.acquire(timeout=1):
-            raise FetchError("Too many documents are being fetched at once; try again shortly.")
-        try:
-            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
-        finally:
-            FETCH_SLOTS.release()
+        requester = requesting_address.get()
+        with fetch_slot(f"for {address_group(requester)}" if requester else "",
+                        FETCHES_PER_REQUESTER,
+                        "Too many documents are being fetched for this address; try again "
+                        "shortly."):  # fmt: skip
+            if not FETCH_SLOTS.acquire(timeout=1):
+                raise FetchError(
+                    "Too many documents are being fetched at once; try again shortly."
+                )
+            try:
+                flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+            finally:
+                FETCH_SLOTS.release()
     except FetchError as err:
         flight.error = err.description
         raise
@@ -3697,7 +3711,8 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        with address_slot(host, address):
+        with fetch_slot(fetch_target_key(address), FETCHES_PER_ADDRESS,
+                        f"{host} is being fetched from already; try again shortly."):  # fmt: skip
             found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
         if found is not None:
             return found
@@ -3705,26 +3720,44 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
 
 
-# Fetches under way to each address: a slow host (or many names for one) holds at most
-# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
-FETCHES_PER_ADDRESS = 2
-_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+# The address on whose behalf this thread fetches: the requesting client's, as the WSGI
+# layer resolved it behind trusted proxies (_behind_proxies), for every request it
+# handles; "" outside a request (the command line), where no per-requester cap applies.
+# A context variable rather than a parameter, so that every fetch a request causes
+# (find_client's metadata documents, a client's jwks_uri) counts, whoever calls it.
+requesting_address: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "codeflow_requesting_address", default=""
+)
+# Fetches under way, by "to <address group>" and "for <requesting address group>".
+_FETCHING: collections.Counter[str] = collections.Counter()
 _FETCHING_LOCK = threading.Lock()
 
 
+def fetch_target_key(address: IPAddress) -> str:
+    """The fetch_slot key of the fetches to ``address``: its address_group, an IPv6 /56
+    (a host answers from any address of its /64, a site's /56 or /48 costs it nothing)."""
+    return f"to {address_group(str(address))}"
+
+
 @contextlib.contextmanager
-def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+def fetch_slot(key: str, limit: int, refusal: str) -> Iterator[None]:
+    """Hold one of ``key``'s ``limit`` fetches at once for the block, else FetchError
+    ``refusal`` at once (not queued: a slot is held for up to FETCH_TIMEOUT). No key: no
+    limit."""
+    if not key:
+        yield
+        return
     with _FETCHING_LOCK:
-        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
-            raise FetchError(f"{host} is being fetched from already; try again shortly.")
-        _FETCHING[address] += 1
+        if _FETCHING[key] >= limit:
+            raise FetchError(refusal)
+        _FETCHING[key] += 1
     try:
         yield
     finally:
         with _FETCHING_LOCK:
-            _FETCHING[address] -= 1
-            if not _FETCHING[address]:
-                del _FETCHING[address]
+            _FETCHING[key] -= 1
+            if not _FETCHING[key]:
+                del _FETCHING[key]
 
 
 def _fetch_from(
@@ -9399,7 +9432,12 @@ def _behind_proxies(srv: Server, app: WSGIApp) -> WSGIApp:
             environ.pop("HTTP_X_FORWARDED_PROTO", None)  # bottle would prefer it
         elif any(name in environ for name in FORWARDED_HEADERS):
             environ = {k: v for k, v in environ.items() if k not in FORWARDED_HEADERS}
-        return app(environ, start_response)
+        # The fetches this request causes count against its address (fetch_slot).
+        token = requesting_address.set(environ.get("REMOTE_ADDR", "") or "unknown")
+        try:
+            return app(environ, start_response)
+        finally:
+            requesting_address.reset(token)
 
     return wsgi
 
