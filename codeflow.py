@@ -1244,13 +1244,19 @@ class Storage(Protocol):
         ...
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         """Add ``scopes`` to what the user consented to give the client, and remember
-        ``consented_at`` as when consent was last given."""
+        ``consented_at`` as when consent was last given. ``bound_to`` names what the client
+        was when the user consented (consent_binding); a consent given under another
+        ``bound_to`` is replaced, not added to."""
         ...
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
+        """The scopes the user consented to give the client, if consented under
+        ``bound_to``; else none."""
+        ...
 
     def list_grants(
         self, now: float, username: str | None = None, client_id: str | None = None
@@ -1404,8 +1410,8 @@ class MemoryStorage:
         self._tokens: dict[str, Token] = {}
         self._families: dict[str, set[str]] = {}
         self._revoked_families: set[str] = set()
-        # (username, client_id) -> consented scopes, when consent was last given
-        self._consents: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
+        # (username, client_id) -> consented scopes, when consent was last given, bound_to
+        self._consents: dict[tuple[str, str], tuple[frozenset[str], float, str]] = {}
         self._settings: dict[str, str] = {}
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
@@ -1664,15 +1670,17 @@ class MemoryStorage:
             return True
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         with self._lock:
             key = (username, client_id)
-            granted = self._consents.get(key, (frozenset(), 0.0))[0]
-            self._consents[key] = (granted | frozenset(scopes), consented_at)
+            granted = self.get_consent(username, client_id, bound_to)
+            self._consents[key] = (granted | frozenset(scopes), consented_at, bound_to)
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
-        return self._consents.get((username, client_id), (frozenset(), 0.0))[0]
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
+        scopes, _, bound = self._consents.get((username, client_id), (frozenset(), 0.0, ""))
+        return scopes if bound == bound_to else frozenset()
 
     def list_grants(
         self, now: float, username: str | None = None, client_id: str | None = None
@@ -1683,7 +1691,7 @@ class MemoryStorage:
         with self._lock:
             grants: dict[tuple[str, str], Grant] = {
                 key: Grant(*key, scopes, at, 0, 0)
-                for key, (scopes, at) in self._consents.items()
+                for key, (scopes, at, _) in self._consents.items()
                 if wanted(*key)
             }
             for t in self._tokens.values():
@@ -5288,7 +5296,9 @@ def continue_authorization(
         return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(
         consent_scopes(areq)
-    ) <= srv.storage.get_consent(session.username, areq.client.client_id)
+    ) <= srv.storage.get_consent(
+        session.username, areq.client.client_id, consent_binding(areq.client)
+    )
     if remembered and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time, session.amr, session.sid)
     if "none" in areq.prompt:
@@ -5412,6 +5422,19 @@ def client_identified(client: Client, redirect_uri: str) -> bool:
     PKCE pair of its own: such consent is neither stored nor reused.
     """
     return not client.public or urllib.parse.urlsplit(redirect_uri).scheme == "https"
+
+
+def consent_binding(client: Client) -> str:
+    """What a remembered consent is bound to (Storage.save_consent's ``bound_to``): for a
+    Client ID Metadata Document's client, the redirect URIs its document listed when the
+    user consented. Its host may change the document at any time, and nothing is stored
+    to compare with: a document that now sends codes elsewhere gets a consent page again
+    (RFC 8252 §8.6, RFC 6819 §5.2.3.5), as an RFC 7592 update that adds a redirect URI
+    ends the users' grants (update_registration). "" for every other client."""
+    if client.registration != REGISTERED_BY_DOCUMENT:
+        return ""
+    uris = json.dumps(sorted(client.redirect_uris), separators=(",", ":"))
+    return "redirect_uris " + hashlib.sha256(uris.encode()).hexdigest()
 
 
 ###############################################################################
@@ -5796,7 +5819,8 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
         srv.storage.save_consent(
-            session.username, areq.client.client_id, consent_scopes(areq), srv.clock()
+            session.username, areq.client.client_id, consent_scopes(areq), srv.clock(),
+            consent_binding(areq.client),
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
@@ -7992,7 +8016,7 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
     username = browser.session.username if browser.session else ""
     asked = consent_scopes(areq)
     granted = (
-        srv.storage.get_consent(username, areq.client.client_id)
+        srv.storage.get_consent(username, areq.client.client_id, consent_binding(areq.client))
         if username and client_identified(areq.client, areq.redirect_uri)
         else frozenset()
     )

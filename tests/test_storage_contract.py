@@ -729,6 +729,24 @@ class TestStorageContract:
 
     # -- grants: what a user gave a client, and ending it ----------------------------
 
+    def test_a_consent_is_bound_to_what_the_client_was(self, storage: codeflow.Storage) -> None:
+        """Storage.save_consent / get_consent ``bound_to`` (codeflow.consent_binding: a
+        metadata document's redirect URIs, RFC 8252 §8.6): a consent answers only under
+        the binding it was given under; a consent under another binding replaces it
+        rather than adding to it. Without a binding, as before."""
+        storage.save_consent("alice", "doc", ["openid"], NOW, "uris-1")
+        storage.save_consent("alice", "doc", ["email"], NOW, "uris-1")
+        assert storage.get_consent("alice", "doc", "uris-1") == frozenset({"openid", "email"})
+        assert storage.get_consent("alice", "doc", "uris-2") == frozenset()
+        assert storage.get_consent("alice", "doc") == frozenset()
+        storage.save_consent("alice", "doc", ["profile"], NOW + 1, "uris-2")
+        assert storage.get_consent("alice", "doc", "uris-2") == frozenset({"profile"})
+        assert storage.get_consent("alice", "doc", "uris-1") == frozenset()
+        [grant] = storage.list_grants(NOW, "alice", "doc")
+        assert grant.scopes == frozenset({"profile"}) and grant.consented_at == NOW + 1
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        assert storage.get_consent("alice", "app") == frozenset({"openid"})
+
     def test_list_grants_reports_consent_and_active_tokens_per_user_and_client(
         self, storage: codeflow.Storage
     ) -> None:

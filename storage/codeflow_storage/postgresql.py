@@ -395,10 +395,17 @@ _V11_DPOP_AND_CLIENT_KEYS = [
     "CREATE INDEX used_jtis_by_expiry ON used_jtis (expires_at)",
 ]
 
+_V12_CONSENT_BINDING = [
+    # consents.bound_to: what the client was when the user consented (codeflow's
+    # consent_binding); consents already stored were given under "". As in
+    # codeflow_storage.sqlite's migration 19.
+    "ALTER TABLE consents ADD COLUMN bound_to text NOT NULL DEFAULT ''",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
     _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
-    _V11_DPOP_AND_CLIENT_KEYS,
+    _V11_DPOP_AND_CLIENT_KEYS, _V12_CONSENT_BINDING,
 ]  # fmt: skip
 
 
@@ -1147,22 +1154,26 @@ class PostgreSQLStorage:
     # -- Consent ---------------------------------------------------------------------
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
-        """One upsert that adds to what is stored, so that consents given at two nodes at
-        once both count."""
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
+        """One upsert that adds to what is stored (under the same ``bound_to``; else
+        replaces it), so that consents given at two nodes at once both count."""
         self._count(
-            "INSERT INTO consents (username, client_id, scopes, consented_at) "
-            "VALUES (%s, %s, %s::text[], %s) ON CONFLICT (username, client_id) DO UPDATE SET "
-            "scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || excluded.scopes) "
-            "AS s ORDER BY s), consented_at = excluded.consented_at",
-            [username, client_id, sorted(set(scopes)), consented_at],
+            "INSERT INTO consents (username, client_id, scopes, consented_at, bound_to) "
+            "VALUES (%s, %s, %s::text[], %s, %s) ON CONFLICT (username, client_id) DO UPDATE "
+            "SET scopes = CASE WHEN consents.bound_to = excluded.bound_to THEN ARRAY(SELECT "
+            "DISTINCT s FROM unnest(consents.scopes || excluded.scopes) AS s ORDER BY s) "
+            "ELSE excluded.scopes END, consented_at = excluded.consented_at, "
+            "bound_to = excluded.bound_to",
+            [username, client_id, sorted(set(scopes)), consented_at, bound_to],
         )
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
         rows = self._rows(
-            "SELECT scopes FROM consents WHERE username = %s AND client_id = %s",
-            [username, client_id],
+            "SELECT scopes FROM consents WHERE username = %s AND client_id = %s "
+            "AND bound_to = %s",
+            [username, client_id, bound_to],
         )
         return frozenset(rows[0][0]) if rows else frozenset()
 

@@ -406,6 +406,12 @@ def _v18_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
     db.table("used_jtis").create_index(["expires_at"], index_name="used_jtis_by_expiry")
 
 
+def _v19_consent_binding(db: sqlite_utils.Database) -> None:
+    """``consents.bound_to``: what the client was when the user consented (codeflow's
+    consent_binding; consents already stored were given under "")."""
+    db.table("consents").add_column("bound_to", str, not_null_default="")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -425,6 +431,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v16_passkeys,
     _v17_device_and_pushed_requests,
     _v18_dpop_and_client_keys,
+    _v19_consent_binding,
 ]
 
 
@@ -988,30 +995,33 @@ class SQLiteStorage:
     # -- Consent ---------------------------------------------------------------------
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         with self._write() as db:
             row = db.execute(
-                "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
-                [username, client_id],
+                "SELECT scopes FROM consents WHERE username = ? AND client_id = ? "
+                "AND bound_to = ?",
+                [username, client_id, bound_to],
             ).fetchone()
             granted = set(json.loads(row[0])) if row else set()
             granted.update(scopes)
             db.execute(
-                "INSERT OR REPLACE INTO consents (username, client_id, scopes, consented_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO consents (username, client_id, scopes, consented_at, "
+                "bound_to) VALUES (?, ?, ?, ?, ?)",
                 [
                     username,
                     client_id,
                     json.dumps(sorted(granted), separators=(",", ":")),
                     consented_at,
+                    bound_to,
                 ],
             )
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
         rows = self._read(
-            "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
-            [username, client_id],
+            "SELECT scopes FROM consents WHERE username = ? AND client_id = ? AND bound_to = ?",
+            [username, client_id, bound_to],
         )
         return frozenset(json.loads(rows[0][0])) if rows else frozenset()
 
