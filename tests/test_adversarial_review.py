@@ -24,7 +24,7 @@ from conftest import (
     make_server,
     new_flow,
 )
-from wsgi_client import WSGIClient, basic
+from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
 
@@ -546,3 +546,37 @@ def test_authorize_errors_do_not_bounce_to_a_self_registered_redirect_uri(params
     assert "evil.example" in r.text
     r = WSGIClient(server.wsgi).get("/authorize", params=new_flow(PUBLIC, **params).params)
     assert r.status == 302 and "error=" in r.location
+
+
+# -- RFC 7591: the registration endpoint cannot be filled for good -----------------------
+
+
+def test_registrations_never_used_expire_so_registration_cannot_be_closed_for_good() -> None:
+    """RFC 7591 §3 open registration, RFC 6819 §4.1.1 (resource exhaustion): clients that
+    registered themselves and were never used never went, so registrations from many
+    addresses filled max_registered_clients and closed registration for good (HTTP 429
+    for ever). The purge now removes a self-registered client that nothing uses (no
+    consent, token or code under way) a day (UNUSED_REGISTRATION_SECONDS) after it
+    registered; one a user consented to stays."""
+    clock = Clock()
+    server = make_server(clock, registration="open", max_registered_clients=3)
+    wc = WSGIClient(server.wsgi)
+
+    def register() -> Response:
+        return wc.request("POST", "/register", body=json.dumps({
+            "redirect_uris": ["https://app.example/cb"],
+            "token_endpoint_auth_method": "none"}).encode(),
+            headers={"Content-Type": "application/json"})  # fmt: skip
+
+    ids = [register().json()["client_id"] for _ in range(3)]
+    assert register().status == 429
+    server.storage.save_consent(USERNAME, ids[0], ["openid"], clock())
+    clock.advance(codeflow.UNUSED_REGISTRATION_SECONDS - 60)
+    assert server.purge() == 0 and register().status == 429  # not yet a day old
+    clock.advance(120)
+    assert server.purge() == 2
+    assert server.storage.get_client(ids[0]) is not None  # consented to: kept
+    assert server.storage.get_client(ids[1]) is None
+    r = register()
+    assert r.status == 201, r.text
+    assert r.json()["client_id"] not in ids
