@@ -49,6 +49,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import contextvars
 import functools
 import getpass
 import hashlib
@@ -488,7 +489,7 @@ AUDIT_EVENTS = (
     "device.user_code_throttled", "device.redeemed", "request.pushed",
     "resource.added", "resource.changed", "resource.removed", "token.exchanged",
     "client.registered", "client.registration_changed", "client.registration_deleted",
-    "client.grants_ended",
+    "client.grants_ended", "client.registration_expired",
     "account.password_changed", "account.password_refused", "account.totp_enrolled",
     "account.totp_removed", "account.recovery_codes_created", "account.recovery_code_used",
     "account.app_revoked", "account.session_ended", "account.sessions_ended",
@@ -1088,6 +1089,19 @@ class Storage(Protocol):
     def get_client(self, client_id: str) -> Client | None: ...
     def list_clients(self) -> list[Client]: ...
 
+    def count_clients(self, registration: str) -> int:
+        """How many stored clients have this ``registration`` (Client.registration)."""
+        ...
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        """Remove, in one transaction, the clients with this ``registration`` whose
+        ``registered_metadata["client_id_issued_at"]`` (RFC 7591 §3.2.1) is before
+        ``issued_before`` and that nothing refers to: no consent, and no token, code, device
+        authorization or pushed request unexpired at ``now``. Return their client_ids."""
+        ...
+
     def remove_client(self, client_id: str) -> bool:
         """Remove a client and, in the same transaction, every grant to it: its tokens,
         its unredeemed codes, its device authorization and pushed requests and the consents
@@ -1230,13 +1244,19 @@ class Storage(Protocol):
         ...
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         """Add ``scopes`` to what the user consented to give the client, and remember
-        ``consented_at`` as when consent was last given."""
+        ``consented_at`` as when consent was last given. ``bound_to`` names what the client
+        was when the user consented (consent_binding); a consent given under another
+        ``bound_to`` is replaced, not added to."""
         ...
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]: ...
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
+        """The scopes the user consented to give the client, if consented under
+        ``bound_to``; else none."""
+        ...
 
     def list_grants(
         self, now: float, username: str | None = None, client_id: str | None = None
@@ -1390,8 +1410,8 @@ class MemoryStorage:
         self._tokens: dict[str, Token] = {}
         self._families: dict[str, set[str]] = {}
         self._revoked_families: set[str] = set()
-        # (username, client_id) -> consented scopes, when consent was last given
-        self._consents: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
+        # (username, client_id) -> consented scopes, when consent was last given, bound_to
+        self._consents: dict[tuple[str, str], tuple[frozenset[str], float, str]] = {}
         self._settings: dict[str, str] = {}
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
@@ -1415,6 +1435,28 @@ class MemoryStorage:
 
     def list_clients(self) -> list[Client]:
         return sorted(self._clients.values(), key=lambda c: c.client_id)
+
+    def count_clients(self, registration: str) -> int:
+        return sum(c.registration == registration for c in list(self._clients.values()))
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        with self._lock:
+            used = {client for _, client in self._consents}
+            used.update(t.client_id for t in self._tokens.values() if t.expires_at > now)
+            used.update(c.client_id for c in self._codes.values() if c.expires_at > now)
+            used.update(d.client_id for d in self._devices.values() if d.expires_at > now)
+            used.update(p.client_id for p in self._pushed.values() if p.expires_at > now)
+            gone = [
+                c.client_id for c in self._clients.values()
+                if c.registration == registration and c.client_id not in used
+                and isinstance(issued := c.registered_metadata.get("client_id_issued_at"),
+                               (int, float)) and issued < issued_before
+            ]  # fmt: skip
+            for client_id in gone:
+                del self._clients[client_id]
+            return sorted(gone)
 
     def remove_client(self, client_id: str) -> bool:
         with self._lock:
@@ -1628,15 +1670,17 @@ class MemoryStorage:
             return True
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         with self._lock:
             key = (username, client_id)
-            granted = self._consents.get(key, (frozenset(), 0.0))[0]
-            self._consents[key] = (granted | frozenset(scopes), consented_at)
+            granted = self.get_consent(username, client_id, bound_to)
+            self._consents[key] = (granted | frozenset(scopes), consented_at, bound_to)
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
-        return self._consents.get((username, client_id), (frozenset(), 0.0))[0]
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
+        scopes, _, bound = self._consents.get((username, client_id), (frozenset(), 0.0, ""))
+        return scopes if bound == bound_to else frozenset()
 
     def list_grants(
         self, now: float, username: str | None = None, client_id: str | None = None
@@ -1647,7 +1691,7 @@ class MemoryStorage:
         with self._lock:
             grants: dict[tuple[str, str], Grant] = {
                 key: Grant(*key, scopes, at, 0, 0)
-                for key, (scopes, at) in self._consents.items()
+                for key, (scopes, at, _) in self._consents.items()
                 if wanted(*key)
             }
             for t in self._tokens.values():
@@ -1871,7 +1915,7 @@ class MemoryStorage:
 # what it changes); a new signing key signs only once it has been in storage that long,
 # so every node publishes it before any node signs with it (signing_key). Users are not
 # cached: a password changed, a user removed or sessions ended act at once everywhere.
-# Not what a miss finds: a client registered on one node is found on the next at once.
+# A miss is not cached either: a client registered on one node is found on the next at once.
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
 
@@ -1933,6 +1977,13 @@ class CachedStorage:
             return self.storage.remove_client(client_id)
         finally:
             self._wrote(clients=[client_id])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        gone = self.storage.remove_unused_clients(registration, issued_before, now)
+        self._wrote(clients=gone)
+        return gone
 
     def list_resources(self) -> list[Resource]:
         now = self.clock()
@@ -2569,8 +2620,16 @@ class Server:
         return rotate_signing_keys(self)
 
     def purge(self) -> int:
-        """Delete expired codes, tokens, keys and ended sessions; return how many went."""
-        return self.storage.purge_expired(self.clock())
+        """Delete expired codes, tokens, keys and ended sessions, and self-registered
+        clients never used (UNUSED_REGISTRATION_SECONDS); return how many went."""
+        now = self.clock()
+        gone = self.storage.purge_expired(now)
+        unused = self.storage.remove_unused_clients(
+            REGISTERED_DYNAMICALLY, now - UNUSED_REGISTRATION_SECONDS, now
+        )
+        for client_id in unused:
+            audit("client.registration_expired", client=client_id)
+        return gone + len(unused)
 
     # -- Running ---------------------------------------------------------------
 
@@ -3413,9 +3472,13 @@ class SecretChecks:
 #   off when it runs out, whatever the socket timeouts would allow;
 # - a 200 answer of content type application/json (or application/<x>+json), a JSON
 #   value; nothing else is parsed;
-# - at most FETCHES_AT_ONCE under way in this process, and FETCHES_PER_ADDRESS to one
-#   address, so a burst of requests naming slow hosts cannot hold every thread, nor one
-#   slow host every slot; requests for one document at once share one fetch;
+# - at most FETCHES_AT_ONCE under way in this process, FETCHES_PER_ADDRESS to one
+#   address (an IPv6 /56, address_group: a host has a whole /64 or more to answer from),
+#   and FETCHES_PER_REQUESTER on behalf of one requesting address (the client's, behind
+#   trusted proxies: requesting_address), so a burst of requests naming slow hosts
+#   cannot hold every thread, nor slow hosts on a few addresses every slot, nor one
+#   attacker with many slow hosts every slot; requests for one document at once share
+#   one fetch (only the first one's requester spends a slot);
 # - HTTP caching (RFC 9111 §5.2.2): no-store and no-cache are not cached, max-age is,
 #   within FETCH_CACHE_MIN..FETCH_CACHE_MAX seconds; without either, FETCH_CACHE_DEFAULT.
 #   A process's cache is stale by FETCH_CACHE_MAX at most; FETCH_CACHE_ENTRIES bound it.
@@ -3423,6 +3486,8 @@ class SecretChecks:
 FETCH_TIMEOUT = 5.0  # seconds for a whole fetch: DNS, connect, TLS, headers, body
 FETCH_MAX_BYTES = 64 * 1024  # a client's metadata or JWKS is a few KiB
 FETCHES_AT_ONCE = 8
+FETCHES_PER_ADDRESS = 2  # to one address group at once
+FETCHES_PER_REQUESTER = 2  # on behalf of one requesting address group at once
 FETCH_CACHE_DEFAULT = 300  # seconds a document without caching headers is reused
 FETCH_CACHE_MIN = 30  # max-age below this counts as this (a floor against refetch storms)
 FETCH_CACHE_MAX = 24 * 3600
@@ -3598,12 +3663,19 @@ def fetch_json_document(
             raise FetchError(flight.error)
         return flight.value
     try:
-        if not FETCH_SLOTS.acquire(timeout=1):
-            raise FetchError("Too many documents are being fetched at once; try again shortly.")
-        try:
-            flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
-        finally:
-            FETCH_SLOTS.release()
+        requester = requesting_address.get()
+        with fetch_slot(f"for {address_group(requester)}" if requester else "",
+                        FETCHES_PER_REQUESTER,
+                        "Too many documents are being fetched for this address; try again "
+                        "shortly."):  # fmt: skip
+            if not FETCH_SLOTS.acquire(timeout=1):
+                raise FetchError(
+                    "Too many documents are being fetched at once; try again shortly."
+                )
+            try:
+                flight.value, lifetime = _fetch(srv.fetch_policy, parts, max_bytes)
+            finally:
+                FETCH_SLOTS.release()
     except FetchError as err:
         flight.error = err.description
         raise
@@ -3647,7 +3719,8 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        with address_slot(host, address):
+        with fetch_slot(fetch_target_key(address), FETCHES_PER_ADDRESS,
+                        f"{host} is being fetched from already; try again shortly."):  # fmt: skip
             found = _fetch_from(host, port, address, tls, target, max_bytes, deadline)
         if found is not None:
             return found
@@ -3655,26 +3728,44 @@ def _fetch(policy: FetchPolicy, parts: urllib.parse.SplitResult, max_bytes: int)
     raise FetchError(f"The document at {host} could not be fetched: {last_error}.")
 
 
-# Fetches under way to each address: a slow host (or many names for one) holds at most
-# FETCHES_PER_ADDRESS of the FETCHES_AT_ONCE slots.
-FETCHES_PER_ADDRESS = 2
-_FETCHING: collections.Counter[IPAddress] = collections.Counter()
+# The address on whose behalf this thread fetches: the requesting client's, as the WSGI
+# layer resolved it behind trusted proxies (_behind_proxies), for every request it
+# handles; "" outside a request (the command line), where no per-requester cap applies.
+# A context variable rather than a parameter, so that every fetch a request causes
+# (find_client's metadata documents, a client's jwks_uri) counts, whoever calls it.
+requesting_address: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "codeflow_requesting_address", default=""
+)
+# Fetches under way, by "to <address group>" and "for <requesting address group>".
+_FETCHING: collections.Counter[str] = collections.Counter()
 _FETCHING_LOCK = threading.Lock()
 
 
+def fetch_target_key(address: IPAddress) -> str:
+    """The fetch_slot key of the fetches to ``address``: its address_group, an IPv6 /56
+    (a host answers from any address of its /64, a site's /56 or /48 costs it nothing)."""
+    return f"to {address_group(str(address))}"
+
+
 @contextlib.contextmanager
-def address_slot(host: str, address: IPAddress) -> Iterator[None]:
+def fetch_slot(key: str, limit: int, refusal: str) -> Iterator[None]:
+    """Hold one of ``key``'s ``limit`` fetches at once for the block, else FetchError
+    ``refusal`` at once (not queued: a slot is held for up to FETCH_TIMEOUT). No key: no
+    limit."""
+    if not key:
+        yield
+        return
     with _FETCHING_LOCK:
-        if _FETCHING[address] >= FETCHES_PER_ADDRESS:
-            raise FetchError(f"{host} is being fetched from already; try again shortly.")
-        _FETCHING[address] += 1
+        if _FETCHING[key] >= limit:
+            raise FetchError(refusal)
+        _FETCHING[key] += 1
     try:
         yield
     finally:
         with _FETCHING_LOCK:
-            _FETCHING[address] -= 1
-            if not _FETCHING[address]:
-                del _FETCHING[address]
+            _FETCHING[key] -= 1
+            if not _FETCHING[key]:
+                del _FETCHING[key]
 
 
 def _fetch_from(
@@ -3852,6 +3943,14 @@ MAX_METADATA_STRING = 1000  # characters in a name, URI or other metadata value
 REGISTRATION_BURST = 10
 REGISTRATION_INTERVAL = 360
 REGISTRATION_LIMITER_ENTRIES = 10_000
+# A self-registered client nobody has used (no consent, no token, no code under way) is
+# removed by the purge once it is this old, so that registrations made and dropped do not
+# hold max_registered_clients for ever and close registration. A day: a client registers
+# right before it sends its first user to sign in (the MCP flow), and a user who does not
+# finish today can start again; a client once consented to is kept. Holding the limit
+# full then takes max_registered_clients registrations a day, from max / (REGISTRATION_BURST
+# + 86400 / REGISTRATION_INTERVAL) = 40 address groups (IPv6 /56s) registering all day.
+UNUSED_REGISTRATION_SECONDS = 24 * 3600
 # RFC 7591 §2 / OIDC Registration §2 members this server takes, beside those it maps to
 # Client fields; others are ignored (RFC 7591 §2: "The authorization server MUST ignore
 # any client metadata sent by the client that it does not understand").
@@ -4165,8 +4264,7 @@ def register_client(
     wait = srv.registration_limiter.spend(address)
     if wait:
         raise TooManyAttempts(f"Too many registrations from this address; try in {wait} s.", wait)
-    registered = sum(c.registration == REGISTERED_DYNAMICALLY for c in srv.storage.list_clients())
-    if registered >= srv.max_registered_clients:
+    if srv.storage.count_clients(REGISTERED_DYNAMICALLY) >= srv.max_registered_clients:
         raise TooManyAttempts("This server holds as many registered clients as it may.", 3600)
     fields = client_metadata(metadata, secret=True, vouched=srv.registration == "token")
     client_id = "dcr_" + secrets.token_urlsafe(16)
@@ -4915,6 +5013,12 @@ def authorize(srv: Server, pairs: list[tuple[str, str]], browser: Browser) -> Re
         areq = validate_authorization_request(srv, client, redirect_uri, given, params, pushed)
         return continue_authorization(srv, areq, browser)
     except OAuthError as err:
+        # RFC 9700 §4.11.2: an erroneous or silent (prompt=none) request must not make this
+        # server bounce the browser, unasked, to a redirect URI it does not trust: a client
+        # that registered itself chose its own. The user reads what went wrong and decides.
+        if client.unverified:
+            onward = cast(Redirect, error_redirect(srv, redirect_uri, state, err))
+            return error_page(err, onward=onward.location)
         return error_redirect(srv, redirect_uri, state, err, response_mode_of(pairs))
 
 
@@ -5192,7 +5296,9 @@ def continue_authorization(
         return ask_second_factor(srv, areq, browser, session.username)
     remembered = client_identified(areq.client, areq.redirect_uri) and set(
         consent_scopes(areq)
-    ) <= srv.storage.get_consent(session.username, areq.client.client_id)
+    ) <= srv.storage.get_consent(
+        session.username, areq.client.client_id, consent_binding(areq.client)
+    )
     if remembered and "consent" not in areq.prompt:
         return issue_code(srv, areq, session.username, session.auth_time, session.amr, session.sid)
     if "none" in areq.prompt:
@@ -5316,6 +5422,19 @@ def client_identified(client: Client, redirect_uri: str) -> bool:
     PKCE pair of its own: such consent is neither stored nor reused.
     """
     return not client.public or urllib.parse.urlsplit(redirect_uri).scheme == "https"
+
+
+def consent_binding(client: Client) -> str:
+    """What a remembered consent is bound to (Storage.save_consent's ``bound_to``): for a
+    Client ID Metadata Document's client, the redirect URIs its document listed when the
+    user consented. Its host may change the document at any time, and nothing is stored
+    to compare with: a document that now sends codes elsewhere gets a consent page again
+    (RFC 8252 §8.6, RFC 6819 §5.2.3.5), as an RFC 7592 update that adds a redirect URI
+    ends the users' grants (update_registration). "" for every other client."""
+    if client.registration != REGISTERED_BY_DOCUMENT:
+        return ""
+    uris = json.dumps(sorted(client.redirect_uris), separators=(",", ":"))
+    return "redirect_uris " + hashlib.sha256(uris.encode()).hexdigest()
 
 
 ###############################################################################
@@ -5700,7 +5819,8 @@ def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | P
         raise UntrustedRequest("The form's decision must be approve or deny.")
     if client_identified(areq.client, areq.redirect_uri):
         srv.storage.save_consent(
-            session.username, areq.client.client_id, consent_scopes(areq), srv.clock()
+            session.username, areq.client.client_id, consent_scopes(areq), srv.clock(),
+            consent_binding(areq.client),
         )
     audit("consent.granted", user=session.username, client=areq.client.client_id,
           scope=" ".join(areq.scope))  # fmt: skip
@@ -7276,12 +7396,17 @@ def end_session(
         srv.storage.delete_login_sessions(session.username, session.sid)
         if user is not None:
             frames = tell_clients(srv, session, user, client)
+    # RFC 9700 §4.11.2: the server redirects by itself only to a URI it trusts. A client
+    # that registered itself chose its URIs alone (anyone could make this endpoint bounce
+    # visitors to any site): unless an ID token of the signed-in user vouches for the
+    # request, the page links there, naming the host, and the user follows or not.
+    follow = client is None or not client.unverified or vouched
     if target is not None:
         state = params.get("state")
         target = add_query(target, {"state": state} if state else {})
-        if not frames:
+        if not frames and follow:
             return Redirect(target, signed_out=True)
-    return signed_out_page(frames, target)
+    return signed_out_page(frames, target, follow=follow)
 
 
 # OIDC Back-Channel Logout 1.0 §2.4: the event a Logout Token carries, and its JWT type.
@@ -7891,7 +8016,7 @@ def consent_page(srv: Server, areq: AuthorizationRequest, browser: Browser) -> P
     username = browser.session.username if browser.session else ""
     asked = consent_scopes(areq)
     granted = (
-        srv.storage.get_consent(username, areq.client.client_id)
+        srv.storage.get_consent(username, areq.client.client_id, consent_binding(areq.client))
         if username and client_identified(areq.client, areq.redirect_uri)
         else frozenset()
     )
@@ -7987,7 +8112,10 @@ has checked that it is what its name says. Your answer goes to
 <strong>{esc(back_to)}</strong>. Allow only if you started this from an app you trust.</p>"""
 
 
-def error_page(err: OAuthError) -> Page:
+def error_page(err: OAuthError, onward: str | None = None) -> Page:
+    """The page of an error that is not sent back to the client; with ``onward``, the
+    error response a client that registered itself would have had, as a link the user
+    may follow (RFC 9700 §4.11.2), naming its host."""
     if isinstance(err, FormExpired):
         again = (
             f'<div class="actions"><a class="button" href="{esc(err.restart)}">Start again</a>'
@@ -8006,6 +8134,13 @@ that opened it. {esc(err.description)}</p>{again}"""
 <p>For your safety you were not sent back to the application. Go back to it and try
 again; if this keeps happening, tell its developers this error code:
 <code>{esc(err.error)}</code>.</p>"""
+    if onward is not None:
+        host = urllib.parse.urlsplit(onward).netloc or onward
+        body += f"""
+<p class="muted">The application registered itself; no one has checked where it sends
+you. Go on to it only if you trust <strong>{esc(host)}</strong>.</p>
+<div class="actions"><a class="button secondary" href="{esc(onward)}">Go on to
+{esc(host)}</a></div>"""
     return Page("Error", body, err.status)
 
 
@@ -8044,12 +8179,15 @@ def form_post_page(redirect_uri: str, params: dict[str, str]) -> Page:
 FORWARD_DELAY = 2
 
 
-def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Page:
+def signed_out_page(
+    frames: Iterable[str] = (), target: str | None = None, *, follow: bool = True
+) -> Page:
     """The end of a logout. Front-Channel Logout §2: the relying parties' logout pages
     ``frames``, each in an iframe, which the page's CSP allows by exact origin and nothing
     else; no script: they load as the page does. With ``target``, the link back to the
     relying party (RP-Initiated Logout §3), which the page also follows by itself once the
-    frames have loaded (FORWARD_DELAY): the frames stopped it being a redirect."""
+    frames have loaded (FORWARD_DELAY): the frames stopped it being a redirect. Without
+    ``follow`` (a target the server does not trust), only the link, with its host."""
     frames = tuple(frames)
     iframes = "".join(
         f'<iframe src="{esc(uri)}" title="Signing out of an application" width="0" '
@@ -8061,16 +8199,20 @@ def signed_out_page(frames: Iterable[str] = (), target: str | None = None) -> Pa
         if frames
         else "Applications you used may keep you signed in until you sign out of them too."
     )
+    host = urllib.parse.urlsplit(target).netloc if target is not None else ""
     back = (
-        f'<div class="actions"><a class="button" href="{esc(target)}">Return to the '
-        "application</a></div>"
-        if target is not None
-        else "<p>You can close this page.</p>"
-    )
+        "<p>You can close this page.</p>" if target is None
+        else f'<div class="actions"><a class="button" href="{esc(target)}">Return to the '
+        "application</a></div>" if follow
+        else f'<div class="actions"><a class="button secondary" href="{esc(target)}">Go on '
+        f"to {esc(host or target)}</a></div><p class=\"muted\">An app that registered "
+        "itself asked to send you there; no one has checked it.</p>"
+    )  # fmt: skip
     body = f"""{BRAND}<h1>You are signed out</h1>
 <p role="status">You are no longer signed in here. {told}</p>{back}{iframes}"""
     origins = tuple(dict.fromkeys(o for o in map(web_origin, frames) if o is not None))
-    return Page("Signed out", body, signed_out=True, frames=origins, forward=target)
+    return Page("Signed out", body, signed_out=True, frames=origins,
+                forward=target if follow else None)  # fmt: skip
 
 
 def logout_page(
@@ -9314,7 +9456,12 @@ def _behind_proxies(srv: Server, app: WSGIApp) -> WSGIApp:
             environ.pop("HTTP_X_FORWARDED_PROTO", None)  # bottle would prefer it
         elif any(name in environ for name in FORWARDED_HEADERS):
             environ = {k: v for k, v in environ.items() if k not in FORWARDED_HEADERS}
-        return app(environ, start_response)
+        # The fetches this request causes count against its address (fetch_slot).
+        token = requesting_address.set(environ.get("REMOTE_ADDR", "") or "unknown")
+        try:
+            return app(environ, start_response)
+        finally:
+            requesting_address.reset(token)
 
     return wsgi
 
@@ -10695,7 +10842,7 @@ def purge_forever(
     def loop() -> None:
         while not stopped.wait(interval):
             try:
-                purged = srv.storage.purge_expired(srv.clock())
+                purged = srv.purge()
                 log.debug("codeflow: purged %d expired records", purged)
             except Exception:  # the purge must never take the server down
                 log.exception("codeflow: purge failed")
@@ -11178,7 +11325,10 @@ def grants_revoke(srv: Server, args: argparse.Namespace) -> None:
 
 def keys_rotate(srv: Server, args: argparse.Namespace) -> None:
     for key in srv.rotate_keys():
-        print(f"new {key.alg} signing key: kid {key.kid}")
+        # It signs once every node's cache has it (see signing_key).
+        signs_from = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                   time.gmtime(key.created_at + srv.cache_seconds))
+        print(f"new {key.alg} signing key: kid {key.kid}, published now, signs from {signs_from}")
 
 
 def keys_list(srv: Server, args: argparse.Namespace) -> None:

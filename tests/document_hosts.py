@@ -119,9 +119,10 @@ class DocumentHost:
     routes: dict[str, Handler] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
     host_headers: list[str] = field(default_factory=list)
+    address: str = "127.0.0.1"
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.address}:{self.port}{path}"
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -130,8 +131,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 @contextmanager
-def document_host(tls: ssl.SSLContext | None = None) -> Iterator[DocumentHost]:
-    """Serve on a free port of 127.0.0.1 (over TLS with ``tls``) until the block ends."""
+def document_host(
+    tls: ssl.SSLContext | None = None, address: str = "127.0.0.1"
+) -> Iterator[DocumentHost]:
+    """Serve on a free port of ``address`` (127.0.0.1; any of 127.0.0.0/8 on Linux) (over
+    TLS with ``tls``) until the block ends."""
     state: DocumentHost
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -150,10 +154,10 @@ def document_host(tls: ssl.SSLContext | None = None) -> Iterator[DocumentHost]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = _Server(("127.0.0.1", 0), Handler)
+    httpd = _Server((address, 0), Handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-    state = DocumentHost(httpd.server_address[1], "https" if tls else "http")
+    state = DocumentHost(httpd.server_address[1], "https" if tls else "http", address=address)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

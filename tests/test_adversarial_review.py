@@ -24,7 +24,7 @@ from conftest import (
     make_server,
     new_flow,
 )
-from wsgi_client import WSGIClient, basic
+from wsgi_client import Response, WSGIClient, basic
 
 import codeflow
 
@@ -487,3 +487,96 @@ def test_an_update_that_sends_codes_elsewhere_ends_the_users_grants() -> None:
     update({**web, "redirect_uris": ["https://app.example/cb"],
             "token_endpoint_auth_method": "none"})  # fmt: skip
     assert server.list_grants(USERNAME, client_id) == []
+
+
+# -- RP-Initiated Logout 1.0 ------------------------------------------------------------------
+
+
+def test_logout_is_no_open_redirector_for_self_registered_clients() -> None:
+    """RFC 9700 §4.11.2 (the authorization server as open redirector): the server should
+    "only automatically redirect the user agent if it trusts the redirection URI".
+    RP-Initiated Logout §3 redirects to a registered post_logout_redirect_uri; under
+    open registration anyone registers one, so /logout?client_id=...&
+    post_logout_redirect_uri=https://evil.example/ bounced any visitor from the
+    provider's own URL to any site (phishing). For a self-registered client, unless an
+    ID token of the signed-in user vouches for the request, the signed-out page now only
+    links there, naming the host, and goes on by itself nowhere."""
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none",
+        "post_logout_redirect_uris": ["https://evil.example/phish"]}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    params = {"client_id": r.json()["client_id"],
+              "post_logout_redirect_uri": "https://evil.example/phish", "state": "s"}  # fmt: skip
+    r = WSGIClient(server.wsgi).get("/logout", params=params)
+    assert r.status == 200 and "location" not in r.headers, r.headers
+    assert 'href="https://evil.example/phish?state=s"' in r.text
+    assert "evil.example" in r.text and 'http-equiv="refresh"' not in r.text
+
+
+@pytest.mark.parametrize("params", [
+    {"response_type": "token"},  # RFC 9700 §4.11.2 #1: an erroneous request
+    {"prompt": "none"},  # #3: a silent request, the user not signed in
+])  # fmt: skip
+def test_authorize_errors_do_not_bounce_to_a_self_registered_redirect_uri(params) -> None:
+    """RFC 9700 §4.11.2: an attacker "could ... register a client via dynamic client
+    registration" and "intentionally send an erroneous authorization request" or a
+    silent one (prompt=none), "thus instructing the authorization server to redirect the
+    user agent to its phishing site"; "The authorization server SHOULD only automatically
+    redirect the user agent if it trusts the redirect URI. If the URI is not trusted, the
+    authorization server MAY inform the user and rely on the user". Errors for a client
+    that registered itself were redirected at once; they are now a page that says what
+    went wrong and links to the client, naming its host. The operator's clients still get
+    the RFC 6749 §4.1.2.1 redirect."""
+    from conftest import PUBLIC
+
+    server = make_server(Clock(), registration="open")
+    wc = WSGIClient(server.wsgi)
+    r = wc.request("POST", "/register", body=json.dumps({
+        "redirect_uris": ["https://evil.example/cb"],
+        "token_endpoint_auth_method": "none"}).encode(),
+        headers={"Content-Type": "application/json"})  # fmt: skip
+    flow = new_flow(r.json()["client_id"], redirect_uri="https://evil.example/cb", state="s1",
+                    **params)  # fmt: skip
+    r = WSGIClient(server.wsgi).get("/authorize", params=flow.params)
+    assert r.status == 400 and "location" not in r.headers, r.headers
+    link = re.search(r'href="(https://evil\.example/cb\?[^"]*)"', r.text)
+    assert link and "error=" in link.group(1) and "state=s1" in link.group(1), r.text
+    assert "evil.example" in r.text
+    r = WSGIClient(server.wsgi).get("/authorize", params=new_flow(PUBLIC, **params).params)
+    assert r.status == 302 and "error=" in r.location
+
+
+# -- RFC 7591: the registration endpoint cannot be filled for good -----------------------
+
+
+def test_registrations_never_used_expire_so_registration_cannot_be_closed_for_good() -> None:
+    """RFC 7591 §3 open registration, RFC 6819 §4.1.1 (resource exhaustion): clients that
+    registered themselves and were never used never went, so registrations from many
+    addresses filled max_registered_clients and closed registration for good (HTTP 429
+    for ever). The purge now removes a self-registered client that nothing uses (no
+    consent, token or code under way) a day (UNUSED_REGISTRATION_SECONDS) after it
+    registered; one a user consented to stays."""
+    clock = Clock()
+    server = make_server(clock, registration="open", max_registered_clients=3)
+    wc = WSGIClient(server.wsgi)
+
+    def register() -> Response:
+        return wc.request("POST", "/register", body=json.dumps({
+            "redirect_uris": ["https://app.example/cb"],
+            "token_endpoint_auth_method": "none"}).encode(),
+            headers={"Content-Type": "application/json"})  # fmt: skip
+
+    ids = [register().json()["client_id"] for _ in range(3)]
+    assert register().status == 429
+    server.storage.save_consent(USERNAME, ids[0], ["openid"], clock())
+    clock.advance(codeflow.UNUSED_REGISTRATION_SECONDS - 60)
+    assert server.purge() == 0 and register().status == 429  # not yet a day old
+    clock.advance(120)
+    assert server.purge() == 2
+    assert server.storage.get_client(ids[0]) is not None  # consented to: kept
+    assert server.storage.get_client(ids[1]) is None
+    r = register()
+    assert r.status == 201, r.text
+    assert r.json()["client_id"] not in ids

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import codeflow_storage.sqlite
 import pyotp
 import pytest
 from test_cli import codeflow_command
+
+import codeflow
 
 pytestmark = pytest.mark.http
 
@@ -306,6 +309,28 @@ def test_keys_list_shows_current_and_retiring_keys(db: str) -> None:
     assert {row[1] for row in rows} == {"RS256", "ES256"}
     assert sum("signing" in row[3] for row in rows) == 2  # one current key per alg
     assert "PRIVATE" not in listed.stdout
+
+
+def test_keys_rotate_publishes_new_keys_before_they_sign(db: str) -> None:
+    """OIDC Core §10.1.1: the verifier re-retrieves the keys "when it sees an unfamiliar
+    kid value", so a key must be in every node's JWKS before any token names it. `keys
+    rotate` says so: each new key is published now and signs CACHE_SECONDS after it was
+    stored, when every node's cached keys have it (README "Run several nodes")."""
+    assert cli("keys", "rotate", "--storage", db).returncode == 0
+    rotated = cli("keys", "rotate", "--storage", db)
+    assert rotated.returncode == 0, rotated.stderr
+    stored = {k.kid: k for k in storage_of(db).signing_keys()}
+    lines = rotated.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        head, _, signs_from = line.partition(", published now, signs from ")
+        kid = head.rsplit("kid ", 1)[1]
+        key = stored[kid]
+        assert key.expires_at is None and head.startswith(f"new {key.alg} signing key")
+        when = key.created_at + codeflow.CACHE_SECONDS
+        assert signs_from == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    retired = [k for k in stored.values() if k.expires_at is not None]
+    assert len(retired) == 2  # the keys of the first rotation, published until they expire
 
 
 def test_backup_then_restore_keeps_everything(db: str, tmp_path: Path) -> None:

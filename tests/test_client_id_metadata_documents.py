@@ -369,3 +369,38 @@ def test_browser_client_reads_the_token_answer_cors(host: DocumentHost) -> None:
                                        "client_id": client_id},
                  headers={"Origin": "https://evil.example"})  # fmt: skip
         assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_a_document_that_changes_its_redirect_uris_asks_for_consent_again(
+    live: tuple[codeflow.Server, str], host: DocumentHost
+) -> None:
+    """RFC 8252 §8.6, RFC 6819 §5.2.3.5: a consent answers later requests without a page
+    only while the redirect URI proves which client asks. A document's host may change it
+    at any time (a compromised host too): a consent given while it listed
+    https://app.example/cb was reused once it also listed https://evil.example/cb, and
+    with prompt=none the user's code went there, redeemable with a PKCE pair of the
+    attacker's. Consent is now bound to the redirect URIs the document listed when the
+    user consented (consent_binding): a changed list asks again, an unchanged one does
+    not."""
+    _, url = live
+    app = "https://app.example/cb"
+    no_store = {"Cache-Control": "no-store"}
+    client_id = publish(host, redirect_uris=[app], _headers=no_store)
+    s = requests.Session()
+    r = sign_in(s, url, new_flow(client_id, redirect_uri=app).params)
+    r = s.post(url + "/consent", data={**form_fields(r.text), "decision": "approve"},
+               allow_redirects=False)  # fmt: skip
+    assert r.headers["Location"].startswith(app + "?code=")
+
+    def silent(redirect_uri: str) -> str:
+        flow = new_flow(client_id, redirect_uri=redirect_uri, prompt="none")
+        r = s.get(url + "/authorize", params=flow.params, allow_redirects=False)
+        return r.headers.get("Location", "") or r.text
+
+    assert silent(app).startswith(app + "?code=")  # remembered
+    publish(host, redirect_uris=[app, "https://evil.example/cb"], _headers=no_store)
+    answer = silent("https://evil.example/cb")
+    assert "code=" not in answer and "consent_required" in answer, answer[:300]
+    assert "code=" not in silent(app)
+    publish(host, redirect_uris=[app], _headers=no_store)  # as it was consented to
+    assert silent(app).startswith(app + "?code=")

@@ -253,11 +253,13 @@ def waitress_live() -> Iterator[tuple[codeflow.Server, str]]:
     try:
         yield srv, url
     finally:
-        # Close the sockets in waitress's own thread: closing them from here would pull
-        # them from under its select(). With no socket left, its loop returns.
+        # First let the worker threads finish: one still writing an answer pulls the
+        # trigger to wake the loop, which must not be closed under it (EBADF). Then close
+        # the sockets in waitress's own thread: closing them from here would pull them
+        # from under its select(). With no socket left, its loop returns.
+        httpd.task_dispatcher.shutdown()
         httpd.trigger.pull_trigger(close_everything)
         thread.join(timeout=5)
-        httpd.task_dispatcher.shutdown()
         assert not thread.is_alive(), "waitress did not stop"
 
 

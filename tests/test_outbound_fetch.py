@@ -9,6 +9,7 @@ to refuse internal addresses and bound what a hostile host can make it do; RFC 9
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -361,3 +362,76 @@ def test_one_slow_address_holds_few_of_the_fetch_slots(
     assert sum("is being fetched from already" in d for d in descriptions) == 1, descriptions
     assert sum("did not answer within" in d for d in descriptions) == 2, descriptions
     assert time.monotonic() - started < 3
+
+
+def test_one_requester_cannot_hold_every_fetch_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CIMD §6 (Security Considerations: a metadata fetch is a request the attacker
+    chooses), RFC 6819 §4.4.1.11-style resource exhaustion: with slow document hosts on
+    nine addresses (each under the per-address cap), one attacker behind a trusted proxy
+    held all FETCHES_AT_ONCE slots, and everyone else's Client ID Metadata Document
+    client failed with "too many documents". Fetches are now also capped per requesting
+    address (FETCHES_PER_REQUESTER, the address the proxy forwards, as the login throttle
+    sees it): the attacker's others are refused at once, and another user's client is
+    fetched meanwhile."""
+    from wsgi_client import WSGIClient
+
+    monkeypatch.setattr(codeflow, "FETCH_TIMEOUT", 1.5)
+    srv = server(fetch_allowed_networks=LOOPBACK, client_id_metadata_documents=True,
+                 trusted_proxies=["10.0.0.1"])  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        slow = [stack.enter_context(document_host(address=f"127.0.0.{i}")) for i in range(1, 10)]
+        for host in slow:
+            host.routes["/client.json"] = drip(in_headers=True)
+        good = stack.enter_context(document_host(address="127.0.0.20"))
+        good_id = good.url("/client.json")
+        good.routes["/client.json"] = json_body({
+            "client_id": good_id, "redirect_uris": ["http://127.0.0.1/cb"],
+            "token_endpoint_auth_method": "none"})  # fmt: skip
+        requests = [(h.url("/client.json"), "203.0.113.9", 0.0) for h in slow]
+        requests.append((good_id, "198.51.100.7", 0.4))  # once the attacker's are under way
+        queue = iter(requests)
+        lock = threading.Lock()
+
+        def authorize() -> tuple[str, int, str]:
+            with lock:
+                client_id, forwarded_for, wait = next(queue)
+            time.sleep(wait)
+            r = WSGIClient(srv.wsgi).get("/authorize", params={
+                "response_type": "code", "client_id": client_id,
+                "redirect_uri": "http://127.0.0.1/cb", "state": "s",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256"},
+                REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded_for)  # fmt: skip
+            return client_id, r.status, r.text
+
+        results = in_parallel(len(requests), authorize)
+    answers = {client_id: (status, text) for client_id, status, text in results}  # type: ignore[misc]
+    status, text = answers.pop(good_id)
+    assert status in (200, 302, 303) and "fetched" not in text, (status, text[:500])
+    refused_now = [t for _, t in answers.values() if "fetched for this address" in t]
+    timed_out = [t for _, t in answers.values() if "did not answer within" in t]
+    assert len(refused_now) == 9 - codeflow.FETCHES_PER_REQUESTER, [t[:200] for t in timed_out]
+    assert len(timed_out) == codeflow.FETCHES_PER_REQUESTER
+    assert all(s == 400 for s, _ in answers.values()), [s for s, _ in answers.values()]
+
+
+def test_the_per_address_cap_counts_an_ipv6_56_as_one_address() -> None:
+    """A host with an IPv6 /64 (or the /56 a site is given) answers from as many
+    addresses as it likes: FETCHES_PER_ADDRESS counts per address group (address_group:
+    an IPv6 /56, an IPv4 address), so slow names on fresh addresses of one /56 hold no
+    more slots than one address."""
+    held = [codeflow.fetch_target_key(ipaddress.ip_address(f"2001:db8:0:{i:x}::{i}"))
+            for i in range(0x10, 0x10 + codeflow.FETCHES_PER_ADDRESS)]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for key in held:
+            stack.enter_context(codeflow.fetch_slot(key, codeflow.FETCHES_PER_ADDRESS, "busy"))
+        with pytest.raises(codeflow.FetchError):
+            stack.enter_context(codeflow.fetch_slot(
+                codeflow.fetch_target_key(ipaddress.ip_address("2001:db8:0:ff::7")),
+                codeflow.FETCHES_PER_ADDRESS, "busy"))  # fmt: skip
+        other = codeflow.fetch_target_key(ipaddress.ip_address("2001:db8:0:100::1"))  # next /56
+        with codeflow.fetch_slot(other, codeflow.FETCHES_PER_ADDRESS, "busy"):
+            pass
+    assert codeflow.fetch_target_key(ipaddress.ip_address("192.0.2.1")) != (
+        codeflow.fetch_target_key(ipaddress.ip_address("192.0.2.2"))
+    )

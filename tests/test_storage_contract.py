@@ -345,6 +345,51 @@ class TestStorageContract:
         assert storage.consume_code("code-other") is not None
         assert storage.get_consent("alice", "other") == frozenset({"openid"})
 
+    def test_count_clients_counts_one_registration_kind(self, storage: codeflow.Storage) -> None:
+        """Storage.count_clients: how many clients have a registration (RFC 7591 clients
+        are counted against the server's limit without listing every client)."""
+        assert storage.count_clients("dynamic") == 0
+        storage.add_client(Client(client_id="operators"))
+        for i in range(3):
+            storage.add_client(Client(client_id=f"dcr_{i}", registration="dynamic"))
+        assert storage.count_clients("dynamic") == 3
+        assert storage.count_clients("") == 1
+        storage.remove_client("dcr_0")
+        assert storage.count_clients("dynamic") == 2
+
+    def test_remove_unused_clients_keeps_every_client_in_use(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.remove_unused_clients: self-registered clients issued (RFC 7591 §3.2.1
+        client_id_issued_at) before the cut-off and referred to by nothing go; one with a
+        consent, an unexpired token, code, device authorization or pushed request stays, as
+        do newer ones, other kinds, and those whose only token or code has expired."""
+
+        def registered(client_id: str, issued_at: float, kind: str = "dynamic") -> None:
+            storage.add_client(Client(client_id=client_id, registration=kind,
+                                      registered_metadata={"client_id_issued_at": issued_at}))
+
+        old = NOW - 2 * 86400
+        for name in ("unused", "consented", "token", "code", "device", "pushed", "expired"):
+            registered(name, old)
+        registered("new", NOW - 60)
+        registered("operators", old, kind="")
+        storage.save_consent("alice", "consented", ["openid"], NOW)
+        storage.save_token(a_token("t1", client_id="token"))
+        storage.save_code(a_code("c1", client_id="code"))
+        storage.save_device_authorization(a_device(client_id="device"))
+        storage.save_pushed_request(a_pushed(client_id="pushed"))
+        storage.save_token(a_token("t2", family_id="f2", client_id="expired", expires_at=NOW - 1))
+        storage.save_code(a_code("c2", client_id="expired", expires_at=NOW - 1))
+
+        gone = storage.remove_unused_clients("dynamic", NOW - 86400, NOW)
+
+        assert gone == ["expired", "unused"]
+        assert {c.client_id for c in storage.list_clients()} == {
+            "consented", "token", "code", "device", "pushed", "new", "operators"
+        }
+        assert storage.remove_unused_clients("dynamic", NOW - 86400, NOW) == []
+
     def test_removing_an_absent_principal_still_deletes_grants_left_behind(
         self, storage: codeflow.Storage
     ) -> None:
@@ -683,6 +728,24 @@ class TestStorageContract:
         assert storage.get_consent("bob", "app") == frozenset()
 
     # -- grants: what a user gave a client, and ending it ----------------------------
+
+    def test_a_consent_is_bound_to_what_the_client_was(self, storage: codeflow.Storage) -> None:
+        """Storage.save_consent / get_consent ``bound_to`` (codeflow.consent_binding: a
+        metadata document's redirect URIs, RFC 8252 §8.6): a consent answers only under
+        the binding it was given under; a consent under another binding replaces it
+        rather than adding to it. Without a binding, as before."""
+        storage.save_consent("alice", "doc", ["openid"], NOW, "uris-1")
+        storage.save_consent("alice", "doc", ["email"], NOW, "uris-1")
+        assert storage.get_consent("alice", "doc", "uris-1") == frozenset({"openid", "email"})
+        assert storage.get_consent("alice", "doc", "uris-2") == frozenset()
+        assert storage.get_consent("alice", "doc") == frozenset()
+        storage.save_consent("alice", "doc", ["profile"], NOW + 1, "uris-2")
+        assert storage.get_consent("alice", "doc", "uris-2") == frozenset({"profile"})
+        assert storage.get_consent("alice", "doc", "uris-1") == frozenset()
+        [grant] = storage.list_grants(NOW, "alice", "doc")
+        assert grant.scopes == frozenset({"profile"}) and grant.consented_at == NOW + 1
+        storage.save_consent("alice", "app", ["openid"], NOW)
+        assert storage.get_consent("alice", "app") == frozenset({"openid"})
 
     def test_list_grants_reports_consent_and_active_tokens_per_user_and_client(
         self, storage: codeflow.Storage

@@ -395,10 +395,17 @@ _V11_DPOP_AND_CLIENT_KEYS = [
     "CREATE INDEX used_jtis_by_expiry ON used_jtis (expires_at)",
 ]
 
+_V12_CONSENT_BINDING = [
+    # consents.bound_to: what the client was when the user consented (codeflow's
+    # consent_binding); consents already stored were given under "". As in
+    # codeflow_storage.sqlite's migration 19.
+    "ALTER TABLE consents ADD COLUMN bound_to text NOT NULL DEFAULT ''",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
     _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
-    _V11_DPOP_AND_CLIENT_KEYS,
+    _V11_DPOP_AND_CLIENT_KEYS, _V12_CONSENT_BINDING,
 ]  # fmt: skip
 
 
@@ -862,6 +869,29 @@ class PostgreSQLStorage:
     def list_clients(self) -> list[Client]:
         return [_CLIENTS.decode(row) for row in self._rows(_CLIENTS.select + " ORDER BY client_id")]
 
+    def count_clients(self, registration: str) -> int:
+        rows = self._rows("SELECT count(*) FROM clients WHERE registration = %s", [registration])
+        return int(rows[0][0])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        """One statement: a code or token saved for one of them after it started is for a
+        client already gone, as after remove_client."""
+        unused = "".join(
+            f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.client_id = clients.client_id "  # noqa: S608
+            "AND t.expires_at > %(now)s) "
+            for table in ("tokens", "codes", "device_authorizations", "pushed_requests")
+        )
+        rows = self._rows(
+            "DELETE FROM clients WHERE registration = %(registration)s "  # noqa: S608
+            "AND (registered_metadata->>'client_id_issued_at')::double precision < %(before)s "
+            "AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id) "
+            + unused + "RETURNING client_id",
+            {"registration": registration, "before": issued_before, "now": now},
+        )
+        return sorted(row[0] for row in rows)
+
     def remove_client(self, client_id: str) -> bool:
         """One statement: the client's tokens, codes and consents go with it."""
         return (
@@ -1120,22 +1150,26 @@ class PostgreSQLStorage:
     # -- Consent ---------------------------------------------------------------------
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
-        """One upsert that adds to what is stored, so that consents given at two nodes at
-        once both count."""
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
+        """One upsert that adds to what is stored (under the same ``bound_to``; else
+        replaces it), so that consents given at two nodes at once both count."""
         self._count(
-            "INSERT INTO consents (username, client_id, scopes, consented_at) "
-            "VALUES (%s, %s, %s::text[], %s) ON CONFLICT (username, client_id) DO UPDATE SET "
-            "scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || excluded.scopes) "
-            "AS s ORDER BY s), consented_at = excluded.consented_at",
-            [username, client_id, sorted(set(scopes)), consented_at],
+            "INSERT INTO consents (username, client_id, scopes, consented_at, bound_to) "
+            "VALUES (%s, %s, %s::text[], %s, %s) ON CONFLICT (username, client_id) DO UPDATE "
+            "SET scopes = CASE WHEN consents.bound_to = excluded.bound_to THEN ARRAY(SELECT "
+            "DISTINCT s FROM unnest(consents.scopes || excluded.scopes) AS s ORDER BY s) "
+            "ELSE excluded.scopes END, consented_at = excluded.consented_at, "
+            "bound_to = excluded.bound_to",
+            [username, client_id, sorted(set(scopes)), consented_at, bound_to],
         )
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
         rows = self._rows(
-            "SELECT scopes FROM consents WHERE username = %s AND client_id = %s",
-            [username, client_id],
+            "SELECT scopes FROM consents WHERE username = %s AND client_id = %s "
+            "AND bound_to = %s",
+            [username, client_id, bound_to],
         )
         return frozenset(rows[0][0]) if rows else frozenset()
 

@@ -406,6 +406,12 @@ def _v18_dpop_and_client_keys(db: sqlite_utils.Database) -> None:
     db.table("used_jtis").create_index(["expires_at"], index_name="used_jtis_by_expiry")
 
 
+def _v19_consent_binding(db: sqlite_utils.Database) -> None:
+    """``consents.bound_to``: what the client was when the user consented (codeflow's
+    consent_binding; consents already stored were given under "")."""
+    db.table("consents").add_column("bound_to", str, not_null_default="")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -425,6 +431,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v16_passkeys,
     _v17_device_and_pushed_requests,
     _v18_dpop_and_client_keys,
+    _v19_consent_binding,
 ]
 
 
@@ -726,6 +733,28 @@ class SQLiteStorage:
         rows = self._read(_CLIENTS.select + " ORDER BY client_id")
         return [_CLIENTS.decode(row) for row in rows]
 
+    def count_clients(self, registration: str) -> int:
+        rows = self._read("SELECT count(*) FROM clients WHERE registration = ?", [registration])
+        return int(rows[0][0])
+
+    def remove_unused_clients(
+        self, registration: str, issued_before: float, now: float
+    ) -> list[str]:
+        unused = "".join(
+            f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.client_id = clients.client_id "  # noqa: S608
+            "AND t.expires_at > :now) "
+            for table in ("tokens", "codes", "device_authorizations", "pushed_requests")
+        )
+        with self._write() as db:
+            rows = db.execute(
+                "DELETE FROM clients WHERE registration = :registration "  # noqa: S608
+                "AND json_extract(registered_metadata, '$.client_id_issued_at') < :before "
+                "AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id) "
+                + unused + "RETURNING client_id",
+                {"registration": registration, "before": issued_before, "now": now},
+            ).fetchall()
+            return sorted(row[0] for row in rows)
+
     def remove_client(self, client_id: str) -> bool:
         with self._write() as db:
             for table in ("tokens", "codes", "consents", "device_authorizations",
@@ -966,30 +995,33 @@ class SQLiteStorage:
     # -- Consent ---------------------------------------------------------------------
 
     def save_consent(
-        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float
-    ) -> None:
+        self, username: str, client_id: str, scopes: Iterable[str], consented_at: float,
+        bound_to: str = "",
+    ) -> None:  # fmt: skip
         with self._write() as db:
             row = db.execute(
-                "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
-                [username, client_id],
+                "SELECT scopes FROM consents WHERE username = ? AND client_id = ? "
+                "AND bound_to = ?",
+                [username, client_id, bound_to],
             ).fetchone()
             granted = set(json.loads(row[0])) if row else set()
             granted.update(scopes)
             db.execute(
-                "INSERT OR REPLACE INTO consents (username, client_id, scopes, consented_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO consents (username, client_id, scopes, consented_at, "
+                "bound_to) VALUES (?, ?, ?, ?, ?)",
                 [
                     username,
                     client_id,
                     json.dumps(sorted(granted), separators=(",", ":")),
                     consented_at,
+                    bound_to,
                 ],
             )
 
-    def get_consent(self, username: str, client_id: str) -> frozenset[str]:
+    def get_consent(self, username: str, client_id: str, bound_to: str = "") -> frozenset[str]:
         rows = self._read(
-            "SELECT scopes FROM consents WHERE username = ? AND client_id = ?",
-            [username, client_id],
+            "SELECT scopes FROM consents WHERE username = ? AND client_id = ? AND bound_to = ?",
+            [username, client_id, bound_to],
         )
         return frozenset(json.loads(rows[0][0])) if rows else frozenset()
 
