@@ -688,8 +688,11 @@ class PostgreSQLStorage:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this PostgreSQLStorage is closed")
-            if self._pool is None:
-                self._pool = self._new_pool()  # the first call in a forked child
+            if self._pool is None:  # the first call in a forked child
+                try:
+                    self._pool = self._new_pool()
+                except psycopg_pool.PoolTimeout as err:
+                    raise StorageUnavailable(f"PostgreSQL: cannot connect: {err}") from err
             return self._pool
 
     def _run(self, work: Callable[[Conn], T]) -> T:
@@ -738,6 +741,10 @@ class PostgreSQLStorage:
                     raise
             except psycopg_pool.PoolTimeout as err:
                 raise StorageUnavailable(f"PostgreSQL: no pooled connection: {err}") from err
+            except psycopg_pool.PoolClosed:
+                # Closed while this call waited for one of its connections: replaced after
+                # an outage, or closed as the outage began. Nothing was sent: ask again.
+                continue
             except psycopg.OperationalError as err:  # connection-level (SQLSTATE 08, 57P)
                 if lost:  # the server is gone, or only this connection: find out which
                     with contextlib.suppress(StorageUnavailable):
@@ -745,7 +752,7 @@ class PostgreSQLStorage:
                 raise StorageUnavailable(f"PostgreSQL: {_first_line(err)}") from err
             # Random, growing pauses, so that the losers of one race do not meet again.
             time.sleep(random.uniform(0, RETRY_PAUSE * 2**attempt))  # noqa: S311 -- not a secret
-        raise AssertionError("unreachable")
+        raise StorageUnavailable(f"PostgreSQL: no live connection in {RETRIES} tries")
 
     def _pool_for_call(self) -> Pool:
         """The pool to run a call on; while the server is down, StorageUnavailable at once,
@@ -810,9 +817,16 @@ class PostgreSQLStorage:
                 fresh = self._new_pool(timeout=PROBE_CONNECT_TIMEOUT)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
                 with self._lock:
-                    if self._down_since is None:
+                    went_down = self._down_since is None
+                    if went_down:
                         self._down_since = time.time()
-                        log.warning("codeflow: PostgreSQL unreachable: %s", _first_line(err))
+                if went_down:
+                    log.warning("codeflow: PostgreSQL unreachable: %s", _first_line(err))
+                    # Calls waiting for a connection of ``seen`` would wait POOL_TIMEOUT
+                    # for one its backing-off reconnections cannot bring: closing it sends
+                    # them back to _run, to answer 503 at once. No call takes a connection
+                    # from it again: a probe that reaches the server makes a new pool.
+                    threading.Thread(target=seen.close, daemon=True).start()
                 raise self._unavailable() from err
             with self._lock:
                 if self._closed:
