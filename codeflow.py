@@ -79,7 +79,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeAlias, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -774,6 +774,18 @@ class FormExpired(UntrustedRequest):
 
 
 @dataclass(frozen=True)
+class FailureCount:
+    """A sign-in throttle's count in storage (Storage.count_failure): ``count``
+    consecutive failures, the ``last`` at that time, a gate shut ``until`` then, and
+    ``expires_at``, when purge_expired may forget it."""
+
+    count: int = 0
+    last: float = 0.0
+    until: float = 0.0
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class Client:
     """A registered client (RFC 6749 §2). ``secret_hash`` is None for a public client."""
 
@@ -1289,6 +1301,26 @@ class Storage(Protocol):
         (RFC 6238 §5.2: a code must not be accepted twice)."""
         ...
 
+    def count_failure(self, key: str, now: float, window: float) -> int:
+        """Count a failure of ``key`` at ``now`` (a sign-in throttle's count, see
+        "Throttling failed sign-ins") and return the consecutive failures: this one and
+        those before it, each within ``window`` s of the next (an older count starts
+        again at 1). Atomic: concurrent calls, from any process, return distinct counts."""
+        ...
+
+    def hold_failures(self, key: str, until: float) -> None:
+        """Keep ``key`` shut until ``until`` at least (a later until already kept stays)."""
+        ...
+
+    def failures(self, key: str, now: float, window: float) -> FailureCount:
+        """The failures of ``key`` as they stand at ``now`` (count 0 once the last is
+        ``window`` s old; until stays)."""
+        ...
+
+    def clear_failures(self, keys: Sequence[str]) -> None:
+        """Forget the failures of ``keys`` (a success)."""
+        ...
+
     def end_session(self, sid: str, until: float) -> None:
         """Remember until ``until`` that the login session ``sid`` has ended (logout)."""
         ...
@@ -1415,6 +1447,7 @@ class MemoryStorage:
         self._settings: dict[str, str] = {}
         self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
+        self._failures: dict[str, FailureCount] = {}  # by throttle key
         self._keys: list[SigningKey] = []  # newest first
         self._devices: dict[str, DeviceAuthorization] = {}  # by device_code_hash
         self._user_codes: dict[str, str] = {}  # user_code_hash -> device_code_hash
@@ -1736,6 +1769,30 @@ class MemoryStorage:
             self._totp_steps[username] = step
             return True
 
+    def count_failure(self, key: str, now: float, window: float) -> int:
+        with self._lock:
+            old = self._failures.get(key)
+            count = old.count + 1 if old and old.last > now - window else 1
+            until = old.until if old else 0.0
+            self._failures[key] = FailureCount(count, now, until, max(until, now + window))
+            return count
+
+    def hold_failures(self, key: str, until: float) -> None:
+        with self._lock:
+            old = self._failures.get(key, FailureCount())
+            self._failures[key] = FailureCount(
+                old.count, old.last, max(old.until, until), max(old.expires_at, until)
+            )
+
+    def failures(self, key: str, now: float, window: float) -> FailureCount:
+        entry = self._failures.get(key, FailureCount())
+        return replace(entry, count=0) if entry.last <= now - window else entry
+
+    def clear_failures(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
     def end_session(self, sid: str, until: float) -> None:
         with self._lock:
             self._ended_sessions[sid] = until
@@ -1872,6 +1929,9 @@ class MemoryStorage:
                 del self._jtis[k]
             keys = [k for k in self._keys if k.expires_at is not None and k.expires_at <= now]
             self._keys = [k for k in self._keys if k not in keys]
+            counts = [k for k, f in self._failures.items() if f.expires_at <= now]
+            for k in counts:
+                del self._failures[k]
             sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
             for sid in sessions:
                 del self._ended_sessions[sid]
@@ -2181,7 +2241,7 @@ class Server:
         self.passkeys = passkeys
         # RFC 9126 §5: every client's authorization requests through the PAR endpoint only.
         self.require_pushed_authorization_requests = require_pushed_authorization_requests
-        self.login_limiter = LoginLimiter(clock)
+        self.login_limiter = LoginLimiter(clock, self.storage)
         self.secret_checks = SecretChecks(clock)
         # client_id and secret hash -> SHA-256 of a verified secret (check_client_secret).
         self.verified_secrets: dict[tuple[str, str], bytes] = {}
@@ -3118,11 +3178,17 @@ def start_session(
 # on its keys to fail waits for them first (up to CHECK_WAIT s), so that guesses sent in
 # parallel get no more checks than guesses sent one after another.
 #
-# The state lives in this process (a later change moves it into storage) and is bounded
-# under a spray of names: at most THROTTLE_ENTRIES accounts and as many (account, address)
-# pairs, a count forgotten a day after its last failure. When a table is full, what goes
-# first is what holds no wait (a sprayed name's single failure), then accounts' known
-# addresses, and a wait in force last, so a spray cannot wash out the waits it is under.
+# The counts and the gates' waits live in storage (Storage.count_failure), so that every
+# process and node sharing a store shares one budget (README "Run several nodes"): each
+# failure is one atomic increment there and each attempt reads the counts it is gated by,
+# so a failure counted on one node shuts the next attempt on any node. A burst may
+# overshoot by the checks in flight at once on other nodes: a node waits only for its own
+# (the "running" counts below stay in this process, as do the known addresses). A count is
+# forgotten a day after its last failure, and purge_expired deletes it then.
+# What this process keeps is bounded under a spray of names: at most THROTTLE_ENTRIES
+# accounts and as many (account, address) pairs, each only while a check runs or, for an
+# account, while it has known addresses; when a table is full, what goes first is what
+# holds no wait, then accounts' known addresses.
 # IPv6 addresses are counted per /64: the low 64 bits are the host's own to choose
 # (RFC 4291 §2.5.1), so rotating through them gains nothing.
 
@@ -3214,12 +3280,19 @@ def address_group(address: str) -> str:
     return throttle_key(address)
 
 
+def failure_key(account: str, address: str = "", gate: str = "") -> str:
+    """The storage key of a count: an account's, an (account, address) pair's or an
+    account's gate; JSON, so that no username or address can name another's count."""
+    return json.dumps([account, address, gate], separators=(",", ":"))
+
+
 class LoginLimiter:
-    """Failed sign-ins per account and per (account, address), in this process: the waits
+    """Failed sign-ins per account and per (account, address), counted in storage: the waits
     that slow guessing without locking anyone out (see the section's comment)."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], storage: Storage) -> None:
         self._clock = clock
+        self._storage = storage
         self._changed = threading.Condition()
         self._pairs: dict[tuple[str, str], Failures] = {}
         self._accounts: dict[str, AccountFailures] = {}
@@ -3247,8 +3320,10 @@ class LoginLimiter:
             yield attempt
         finally:
             with self._changed:
-                self._settle(account, address, gate, attempt.ok)
-                self._changed.notify_all()
+                try:
+                    self._settle(account, address, gate, attempt.ok)
+                finally:
+                    self._changed.notify_all()
 
     def remember(self, account: str, address: str) -> None:
         """A sign-in to ``account`` from ``address`` completed, second factor and all: its
@@ -3266,12 +3341,13 @@ class LoginLimiter:
         deadline = time.monotonic() + CHECK_WAIT
         while True:
             now = self._clock()
-            pair = self._current(self._pairs.get((account, address)), now)
-            acct = self._current(self._accounts.get(account), now)
+            pair = self._load(self._pairs.get((account, address)), now, account, address)
+            acct = self._load(self._accounts.get(account), now, account)
             known = trusted or (isinstance(acct, AccountFailures) and address in acct.known)
             gate_name = None if known else ("suspect" if pair.count else "new")
-            gates = acct.gates if isinstance(acct, AccountFailures) else {}
-            gate = gates.get(gate_name) if gate_name else None
+            gate = None
+            if gate_name:
+                gate = self._load(self._gate(acct, gate_name), now, account, gate=gate_name)
             wait = max(pair.until, gate.until if gate else 0.0) - now
             if wait > 0:
                 attempt.wait = math.ceil(wait)
@@ -3305,32 +3381,46 @@ class LoginLimiter:
         gate = acct.gates[gate_name] if gate_name else None
         if gate:
             gate.running -= 1
-        if ok:
-            pair.count, pair.until = 0, 0.0
-            acct.count, acct.last = 0, now
-            for each in acct.gates.values():
-                each.until = 0.0
+        if ok is not None:
+            # The table is in the order of the last outcome, for _entry to drop the oldest.
             self._accounts[account] = self._accounts.pop(account)
-        elif ok is not None:
-            pair.count, pair.last = pair.count + 1, now
-            pair.until = now + address_delay(pair.count)
-            acct.count, acct.last = acct.count + 1, now
-            if gate:
-                gate.until = now + account_delay(acct.count)
-            # The tables are in the order of the last failure, for _entry to drop the oldest.
-            self._pairs[(account, address)] = self._pairs.pop((account, address))
-            self._accounts[account] = self._accounts.pop(account)
-        if not pair.count and not pair.running:
+        # This process keeps an entry only while a check runs or it knows addresses, even
+        # if storage fails below (StorageUnavailable, answered 503).
+        if not pair.running:
             del self._pairs[(account, address)]
-        if not acct.count and not acct.running and not acct.known:
+        if not acct.running and not acct.known:
             del self._accounts[account]
+        # Written while holding the lock, so that a check of this process waiting for this
+        # one (_admit) reads the count with this outcome in it.
+        if ok:
+            gates = [failure_key(account, gate=name) for name in acct.gates]
+            keys = [failure_key(account, address), failure_key(account), *gates]
+            self._storage.clear_failures(keys)
+        elif ok is not None:
+            # The waits follow from the counts, so only the counts and a gate's wait
+            # (which depends on the account's count when it shut) are written.
+            self._storage.count_failure(failure_key(account, address), now, FORGET_FAILURES)
+            count = self._storage.count_failure(failure_key(account), now, FORGET_FAILURES)
+            if gate_name:
+                until = now + account_delay(count)
+                self._storage.hold_failures(failure_key(account, gate=gate_name), until)
 
-    def _current(self, entry: Failures | None, now: float) -> Failures:
-        """``entry`` as it stands now: its failures forgotten a day after the last."""
-        if entry is None:
-            return Failures()
-        if entry.count and entry.last <= now - FORGET_FAILURES and not entry.running:
-            entry.count, entry.until = 0, 0.0
+    def _gate(self, acct: Failures, name: str) -> Failures | None:
+        return acct.gates.get(name) if isinstance(acct, AccountFailures) else None
+
+    def _load(
+        self, entry: Failures | None, now: float, account: str, address: str = "",
+        gate: str = "",
+    ) -> Failures:
+        """``entry`` (this process's checks under way) with its count and wait as they
+        stand in storage now, or a fresh Failures if there is no entry."""
+        entry = entry if entry is not None else Failures()
+        stored = self._storage.failures(failure_key(account, address, gate), now, FORGET_FAILURES)
+        entry.count, entry.last = stored.count, stored.last
+        if gate:
+            entry.until = stored.until
+        elif address:
+            entry.until = stored.last + address_delay(stored.count) if stored.count else 0.0
         return entry
 
     def _entry(self, table: dict[Any, Any], key: Any, new: Callable[[], Any], now: float) -> Any:

@@ -989,6 +989,54 @@ class TestStorageContract:
         storage.save_token(a_token("a2"))
         assert revoked(storage, "a2")
 
+    # -- sign-in throttle counts (NIST SP 800-63B §5.2.2) -----------------------------------
+
+    def test_count_failure_counts_consecutive_failures_within_the_window(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """NIST SP 800-63B §5.2.2 rate limiting: Storage.count_failure returns the consecutive
+        failures of a key, each within ``window`` of the next; an older count starts again;
+        clear_failures forgets it (a success); keys count apart."""
+        assert storage.failures("k", NOW, 100).count == 0
+        assert [storage.count_failure("k", NOW + i, 100) for i in range(3)] == [1, 2, 3]
+        assert storage.count_failure("other", NOW, 100) == 1
+        stored = storage.failures("k", NOW + 50, 100)
+        assert (stored.count, stored.last) == (3, NOW + 2)
+        assert storage.failures("k", NOW + 102, 100).count == 0  # forgotten, not deleted
+        assert storage.count_failure("k", NOW + 102, 100) == 1
+        storage.clear_failures(["k", "absent"])
+        assert storage.failures("k", NOW + 103, 100) == codeflow.FailureCount()
+        assert storage.failures("other", NOW + 1, 100).count == 1
+
+    def test_hold_failures_keeps_the_latest_until(self, storage: codeflow.Storage) -> None:
+        """A gate's wait (NIST SP 800-63B §5.2.2) is kept to the latest until given, and a
+        count on the same key leaves it."""
+        storage.hold_failures("gate", NOW + 60)
+        storage.hold_failures("gate", NOW + 30)
+        assert storage.count_failure("gate", NOW, 100) == 1
+        assert storage.failures("gate", NOW, 100).until == NOW + 60
+
+    def test_purge_expired_forgets_old_failure_counts(self, storage: codeflow.Storage) -> None:
+        """Storage.purge_expired: a count goes ``window`` after its last failure, a held
+        gate not before its until; neither is counted as a record."""
+        storage.count_failure("old", NOW, 100)
+        storage.count_failure("held", NOW, 100)
+        storage.hold_failures("held", NOW + 500)
+        storage.count_failure("recent", NOW + 50, 100)
+        assert storage.purge_expired(NOW + 100) == 0
+        assert storage.failures("old", NOW, 10**6) == codeflow.FailureCount()
+        assert storage.failures("held", NOW, 10**6).until == NOW + 500
+        assert storage.failures("recent", NOW + 60, 100).count == 1
+        storage.purge_expired(NOW + 500)
+        assert storage.failures("held", NOW, 10**6) == codeflow.FailureCount()
+
+    def test_count_failure_race_gives_distinct_counts(self, storage: codeflow.Storage) -> None:
+        """THREADS failures counted at once on one key get THREADS distinct counts: no
+        failure is lost to a concurrent one (so nodes sharing a store share the budget)."""
+        counts = race(lambda i: storage.count_failure("alice", NOW, 100))
+        assert sorted(counts) == list(range(1, THREADS + 1))
+        assert storage.failures("alice", NOW, 100).count == THREADS
+
     def test_record_totp_step_refuses_a_step_used_before(self, storage: codeflow.Storage) -> None:
         """RFC 6238 §5.2: "the verifier MUST NOT accept the second attempt of the OTP after
         the successful validation has been issued for the first OTP"."""

@@ -71,6 +71,7 @@ from codeflow import (
     AuthorizationCode,
     Client,
     DeviceAuthorization,
+    FailureCount,
     Grant,
     LoginSession,
     Passkey,
@@ -402,10 +403,19 @@ _V12_CONSENT_BINDING = [
     "ALTER TABLE consents ADD COLUMN bound_to text NOT NULL DEFAULT ''",
 ]
 
+_V13_FAILURE_COUNTS = [
+    # The sign-in throttle's counts (Storage.count_failure), shared by every node, with
+    # an index for purge_expired. As in codeflow_storage.sqlite's migration 20.
+    "CREATE TABLE failure_counts (key text PRIMARY KEY, count bigint NOT NULL, "
+    "last double precision NOT NULL, until double precision NOT NULL, "
+    "expires_at double precision NOT NULL)",
+    "CREATE INDEX failure_counts_by_expiry ON failure_counts (expires_at)",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
     _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
-    _V11_DPOP_AND_CLIENT_KEYS, _V12_CONSENT_BINDING,
+    _V11_DPOP_AND_CLIENT_KEYS, _V12_CONSENT_BINDING, _V13_FAILURE_COUNTS,
 ]  # fmt: skip
 
 
@@ -540,6 +550,7 @@ _EXPIRING = [
     ("device_authorizations", "expires_at"),
     ("pushed_requests", "expires_at"),
     ("used_jtis", "expires_at"),
+    ("failure_counts", "expires_at"),
 ]
 
 
@@ -1278,6 +1289,52 @@ class PostgreSQLStorage:
 
         return self._run(remember) == 1
 
+    def count_failure(self, key: str, now: float, window: float) -> int:
+        # One statement: insert, or count on from a failure within the window. READ
+        # COMMITTED: a racing upsert of the same key waits for the other's row and counts
+        # on from it, so concurrent calls get distinct counts and no serialization failure.
+        def count(conn: Conn) -> int:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                row = conn.execute(
+                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                    "VALUES (%s, 1, %s, 0, %s) ON CONFLICT (key) DO UPDATE SET "
+                    "count = CASE WHEN failure_counts.last > %s "
+                    "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
+                    "expires_at = GREATEST(failure_counts.until, excluded.expires_at) "
+                    "RETURNING count",
+                    [key, now, now + window, now - window],
+                ).fetchone()
+                return int(row[0]) if row else 0  # an upsert returns its row
+
+        return self._run(count)
+
+    def hold_failures(self, key: str, until: float) -> None:
+        def hold(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                conn.execute(
+                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                    "VALUES (%s, 0, 0, %s, %s) ON CONFLICT (key) DO UPDATE SET "
+                    "until = GREATEST(failure_counts.until, excluded.until), "
+                    "expires_at = GREATEST(failure_counts.expires_at, excluded.until)",
+                    [key, until, until],
+                )
+
+        self._run(hold)
+
+    def failures(self, key: str, now: float, window: float) -> FailureCount:
+        rows = self._rows(
+            "SELECT count, last, until, expires_at FROM failure_counts WHERE key = %s", [key]
+        )
+        if not rows:
+            return FailureCount()
+        count, last, until, expires_at = rows[0]
+        return FailureCount(count if last > now - window else 0, last, until, expires_at)
+
+    def clear_failures(self, keys: Sequence[str]) -> None:
+        self._count("DELETE FROM failure_counts WHERE key = ANY (%s)", [list(keys)])
+
     def end_session(self, sid: str, until: float) -> None:
         self._count(
             "INSERT INTO ended_sessions (sid, until) VALUES (%s, %s) "
@@ -1473,7 +1530,7 @@ class PostgreSQLStorage:
                 f"WHERE {column} <= %s LIMIT %s FOR UPDATE SKIP LOCKED))",
                 [now, PURGE_BATCH],
             )
-            gone += purged if table != "revoked_families" else 0  # a note, not a record
+            gone += purged if table not in ("revoked_families", "failure_counts") else 0
         return gone
 
     def _purge(self, query: str, params: Params) -> int:

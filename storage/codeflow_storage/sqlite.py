@@ -31,7 +31,7 @@ import time
 import typing
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +41,7 @@ from codeflow import (
     AuthorizationCode,
     Client,
     DeviceAuthorization,
+    FailureCount,
     Grant,
     LoginSession,
     Passkey,
@@ -412,6 +413,16 @@ def _v19_consent_binding(db: sqlite_utils.Database) -> None:
     db.table("consents").add_column("bound_to", str, not_null_default="")
 
 
+def _v20_failure_counts(db: sqlite_utils.Database) -> None:
+    """The sign-in throttle's counts (``Storage.count_failure``), shared by every process
+    on the file, with an index for purge_expired."""
+    db.execute(
+        "CREATE TABLE failure_counts (key TEXT PRIMARY KEY, count INTEGER NOT NULL, "
+        "last REAL NOT NULL, until REAL NOT NULL, expires_at REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX failure_counts_by_expiry ON failure_counts (expires_at)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -432,6 +443,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v17_device_and_pushed_requests,
     _v18_dpop_and_client_keys,
     _v19_consent_binding,
+    _v20_failure_counts,
 ]
 
 
@@ -1114,6 +1126,43 @@ class SQLiteStorage:
             )
             return cursor.rowcount == 1
 
+    def count_failure(self, key: str, now: float, window: float) -> int:
+        with self._write() as db:
+            # One statement: insert, or count on from a failure within the window.
+            row = db.execute(
+                "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                "VALUES (?, 1, ?, 0, ?) ON CONFLICT(key) DO UPDATE SET "
+                "count = CASE WHEN failure_counts.last > ? THEN failure_counts.count + 1 "
+                "ELSE 1 END, last = excluded.last, "
+                "expires_at = MAX(failure_counts.until, excluded.expires_at) RETURNING count",
+                [key, now, now + window, now - window],
+            ).fetchone()
+            return int(row[0])
+
+    def hold_failures(self, key: str, until: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                "VALUES (?, 0, 0, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "until = MAX(failure_counts.until, excluded.until), "
+                "expires_at = MAX(failure_counts.expires_at, excluded.until)",
+                [key, until, until],
+            )
+
+    def failures(self, key: str, now: float, window: float) -> FailureCount:
+        rows = self._read(
+            "SELECT count, last, until, expires_at FROM failure_counts WHERE key = ?", [key]
+        )
+        if not rows:
+            return FailureCount()
+        count, last, until, expires_at = rows[0]
+        return FailureCount(count if last > now - window else 0, last, until, expires_at)
+
+    def clear_failures(self, keys: Sequence[str]) -> None:
+        with self._write() as db:
+            marks = ", ".join("?" * len(keys))
+            db.execute(f"DELETE FROM failure_counts WHERE key IN ({marks})", list(keys))  # noqa: S608
+
     def end_session(self, sid: str, until: float) -> None:
         with self._write() as db:
             db.execute(
@@ -1276,6 +1325,7 @@ class SQLiteStorage:
                 "DELETE FROM used_jtis WHERE expires_at <= ?",
             ):
                 gone += db.execute(sql, [now]).rowcount
+            db.execute("DELETE FROM failure_counts WHERE expires_at <= ?", [now])  # a note
             # A revoked family is remembered while it has tokens or a used code.
             db.execute(
                 "DELETE FROM revoked_families WHERE NOT EXISTS "

@@ -1,0 +1,72 @@
+"""The sign-in throttle's budget is one for all the nodes sharing a store.
+
+Issue 16 item 3: "Every piece of state that must be shared across nodes lives in storage
+(throttling counters, ...)". NIST SP 800-63B §5.2.2 bounds the consecutive failed
+attempts on an account; were the counts per process, N nodes (or ``serve --workers N``)
+would allow N times the guesses. Two Servers on one store (a real SQLite file, or one
+PostgreSQL schema) stand for two nodes, one test clock moves them both, and every guess
+goes to the other node than the one before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ISSUER, Clock, make_server
+from test_nist_800_63b_throttling import retry_after, sign_in
+from test_node_caches import postgresql_stores, sqlite_stores
+from wsgi_client import WSGIClient
+
+import codeflow
+
+ATTACKER = "192.0.2.7"
+
+
+@pytest.fixture(params=[sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+def nodes(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> Iterator[tuple[codeflow.Server, codeflow.Server]]:
+    """Nodes A and B on one store, each with its own connection; A registered alice."""
+    stores = request.param(tmp_path)
+    store_a, store_b = next(stores)
+    yield make_server(clock, storage=store_a), codeflow.Server(ISSUER, store_b, clock)
+    next(stores, None)
+
+
+def test_failures_from_one_address_spread_across_nodes_count_as_on_one_node(
+    nodes: tuple[codeflow.Server, codeflow.Server], clock: Clock
+) -> None:
+    """NIST SP 800-63B §5.2.2, per (account, address): FAILURES_BEFORE_DELAY wrong
+    passwords sent to two nodes in turn make the address wait on both, FIRST_DELAY and
+    then twice that after one more failure, wherever it was checked."""
+    browsers = [WSGIClient(node.wsgi, remote_addr=ATTACKER) for node in nodes]
+    for i in range(codeflow.FAILURES_BEFORE_DELAY):
+        assert sign_in(browsers[i % 2], password="guess").status == 200
+    waits = [retry_after(sign_in(browser, password="guess")) for browser in browsers]
+    assert waits == [codeflow.FIRST_DELAY] * 2
+    clock.advance(codeflow.FIRST_DELAY)
+    assert sign_in(browsers[1], password="guess").status == 200
+    assert retry_after(sign_in(browsers[0], password="guess")) == 2 * codeflow.FIRST_DELAY
+
+
+def test_failures_from_many_addresses_across_nodes_shut_the_account_gate_on_both(
+    nodes: tuple[codeflow.Server, codeflow.Server], clock: Clock
+) -> None:
+    """NIST SP 800-63B §5.2.2, per account: ACCOUNT_FAILURES_BEFORE_DELAY failures from as
+    many addresses, spread over two nodes, keep a new address waiting on either node; a
+    success on one node starts the count again on the other."""
+    a, b = nodes
+    for i in range(codeflow.ACCOUNT_FAILURES_BEFORE_DELAY):
+        browser = WSGIClient(nodes[i % 2].wsgi, remote_addr=f"198.51.100.{i + 1}")
+        assert sign_in(browser, password="guess").status == 200
+    for node in nodes:
+        new = WSGIClient(node.wsgi, remote_addr="203.0.113.9")
+        assert retry_after(sign_in(new, password="guess")) == codeflow.FIRST_DELAY
+    clock.advance(codeflow.FIRST_DELAY)
+    assert sign_in(WSGIClient(a.wsgi, remote_addr="203.0.113.9")).status == 303
+    for i in range(codeflow.ACCOUNT_FAILURES_BEFORE_DELAY - 1):
+        browser = WSGIClient(b.wsgi, remote_addr=f"198.51.100.{i + 100}")
+        assert sign_in(browser, password="guess").status == 200
+    assert sign_in(WSGIClient(b.wsgi, remote_addr="203.0.113.10"), password="guess").status == 200
