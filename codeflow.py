@@ -1775,6 +1775,15 @@ class MemoryStorage:
             count = old.count + 1 if old and old.last > now - window else 1
             until = old.until if old else 0.0
             self._failures[key] = FailureCount(count, now, until, max(until, now + window))
+            # Bounded under a spray of names, as a database need not be: past 4 *
+            # THROTTLE_ENTRIES counts, a tenth goes, the fewest failures first (a sprayed
+            # name's one), among equals the oldest, and a gate held shut last, so that a
+            # spray does not wash out the waits it is under.
+            if len(self._failures) > 4 * THROTTLE_ENTRIES:
+                kept = self._failures
+                worth = {k: (f.until > now, f.count, f.last) for k, f in kept.items()}
+                for k in sorted(worth, key=worth.__getitem__)[: len(worth) // 10]:
+                    del kept[k]
             return count
 
     def hold_failures(self, key: str, until: float) -> None:

@@ -367,4 +367,5 @@ def test_a_spray_of_names_keeps_the_throttle_bounded(server, monkeypatch):
     for i in range(200):
         assert sign_in(sprayer, f"nobody{i}", "guess").status == 200
     assert server.login_limiter.size() <= 2 * 50
+    assert len(server.storage._failures) <= 4 * 50  # the counts, in MemoryStorage
     assert sign_in(sprayer).status == 429
