@@ -56,15 +56,23 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pages
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Browser]:
+    """Debian's Chromium, as every browser test launches it (each module its own, for
+    the module's tests)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pages
+    with launched_chromium() as browser:
+        yield browser
 
 
 class Tab:

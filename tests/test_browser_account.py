@@ -16,9 +16,9 @@ import requests
 from conftest import CONFIDENTIAL, PASSWORD, REDIRECT, SECRET, USERNAME, new_flow, query_of
 from test_browser import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     Tab,
     assert_accessible,
+    launched_chromium,
     screenshot,
     submit,
     sync_playwright,
@@ -49,14 +49,10 @@ def provider() -> codeflow.Server:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Debian's Chromium, launched as tests/test_browser.py does (whose fixture would
-    delete the other modules' screenshots)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Debian's Chromium (tests/test_browser.py's fixture would delete the other
+    modules' screenshots)."""
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

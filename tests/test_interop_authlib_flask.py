@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sdk_support import free_port, serving
-from test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, sync_playwright
+from test_browser import CHROMIUM, Tab, launched_chromium, sync_playwright
 
 import codeflow
 
@@ -80,12 +80,8 @@ def make_app(issuer: str) -> Any:
 
 @pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Any]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sdk_support import free_port, serving
-from test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, sync_playwright
+from test_browser import CHROMIUM, Tab, launched_chromium, sync_playwright
 from test_interop_node import INTEROP, NODE, npm_packages
 
 import codeflow
@@ -59,12 +59,8 @@ def spa_app(settings: dict[str, str]) -> Any:
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     npm_packages()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

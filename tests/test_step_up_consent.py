@@ -10,9 +10,7 @@ callback each run on their own socket on 127.0.0.1; the SDK's ``Client`` plays t
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -22,20 +20,15 @@ from codeflow_sdk import BearerValidator, Client, require_bearer
 from conftest import CONFIDENTIAL, make_server, new_flow
 from oidc_helpers import approve, is_consent_page, submit_login
 from sdk_support import free_port, serving
+from test_browser import CHROMIUM, launched_chromium, sync_playwright
 from wsgi_client import WSGIClient
 
 import codeflow
 
 try:
-    from playwright.sync_api import Browser, Page, sync_playwright
+    from playwright.sync_api import Browser, Page
 except ImportError:  # pragma: no cover - the dev extra installs it
-    sync_playwright = None
-
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
-)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+    pass
 
 
 def in_chromium(test: Callable[..., None]) -> Callable[..., None]:
@@ -52,12 +45,8 @@ def in_chromium(test: Callable[..., None]) -> Callable[..., None]:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 def landing(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
