@@ -1321,12 +1321,6 @@ class Storage(Protocol):
         """Forget the failures of ``keys`` (a success)."""
         ...
 
-    def end_session(self, sid: str, until: float) -> None:
-        """Remember until ``until`` that the login session ``sid`` has ended (logout)."""
-        ...
-
-    def session_ended(self, sid: str) -> bool: ...
-
     def save_login_session(self, session: LoginSession) -> None:
         """Store a login session that has just begun (``LoginSession``)."""
         ...
@@ -1445,7 +1439,6 @@ class MemoryStorage:
         # (username, client_id) -> consented scopes, when consent was last given, bound_to
         self._consents: dict[tuple[str, str], tuple[frozenset[str], float, str]] = {}
         self._settings: dict[str, str] = {}
-        self._ended_sessions: dict[str, float] = {}  # sid -> until
         self._totp_steps: dict[str, int] = {}
         self._failures: dict[str, FailureCount] = {}  # by throttle key
         self._keys: list[SigningKey] = []  # newest first
@@ -1802,13 +1795,6 @@ class MemoryStorage:
             for key in keys:
                 self._failures.pop(key, None)
 
-    def end_session(self, sid: str, until: float) -> None:
-        with self._lock:
-            self._ended_sessions[sid] = until
-
-    def session_ended(self, sid: str) -> bool:
-        return sid in self._ended_sessions
-
     def save_login_session(self, session: LoginSession) -> None:
         with self._lock:
             self._login_sessions[session.sid] = session
@@ -1941,9 +1927,6 @@ class MemoryStorage:
             counts = [k for k, f in self._failures.items() if f.expires_at <= now]
             for k in counts:
                 del self._failures[k]
-            sessions = [sid for sid, until in self._ended_sessions.items() if until <= now]
-            for sid in sessions:
-                del self._ended_sessions[sid]
             logins = [sid for sid, ls in self._login_sessions.items() if ls.expires_at <= now]
             for sid in logins:
                 del self._login_sessions[sid]
@@ -7490,8 +7473,8 @@ def end_session(
         return logout_page(srv, params, client, browser)
     frames: list[str] = []
     if session is not None:
-        # The cookie is deleted too, but a copy of it must not outlive the logout.
-        srv.storage.end_session(session.sid, srv.clock() + SESSION_LIFETIME)
+        # The cookie is deleted too, but a copy of it must not outlive the logout: the
+        # login session it names goes from storage (read_session finds none).
         srv.storage.delete_login_sessions(session.username, session.sid)
         if user is not None:
             frames = tell_clients(srv, session, user, client)

@@ -1052,18 +1052,6 @@ class TestStorageContract:
         results = race(lambda i: storage.record_totp_step("alice", 500))
         assert results.count(True) == 1, results
 
-    def test_ended_sessions_are_remembered_until_purged(self, storage: codeflow.Storage) -> None:
-        """OIDC RP-Initiated Logout §2: logout ends the session; Storage.end_session
-        remembers that "until" its time, and purge_expired forgets it after."""
-        assert not storage.session_ended("sid-1")
-        storage.end_session("sid-1", NOW + 60)
-        assert storage.session_ended("sid-1")
-        assert not storage.session_ended("sid-2")
-        assert storage.purge_expired(NOW) == 0
-        assert storage.session_ended("sid-1")
-        assert storage.purge_expired(NOW + 60) == 1
-        assert not storage.session_ended("sid-1")
-
     def test_save_token_stores_several_at_once(self, storage: codeflow.Storage) -> None:
         """Storage.save_token: "Store tokens, in one transaction" (an access token and its
         refresh token are written together)."""

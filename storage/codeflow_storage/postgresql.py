@@ -543,7 +543,7 @@ _EXPIRING = [
     ("codes", "expires_at"),
     ("used_codes", "expires_at"),
     ("tokens", "expires_at"),
-    ("ended_sessions", "until"),
+    ("ended_sessions", "until"),  # no longer written (login_sessions): what is left ages out
     ("login_sessions", "expires_at"),
     ("used_challenges", "until"),
     ("revoked_families", "until"),
@@ -1334,16 +1334,6 @@ class PostgreSQLStorage:
 
     def clear_failures(self, keys: Sequence[str]) -> None:
         self._count("DELETE FROM failure_counts WHERE key = ANY (%s)", [list(keys)])
-
-    def end_session(self, sid: str, until: float) -> None:
-        self._count(
-            "INSERT INTO ended_sessions (sid, until) VALUES (%s, %s) "
-            "ON CONFLICT (sid) DO UPDATE SET until = excluded.until",
-            [sid, until],
-        )
-
-    def session_ended(self, sid: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM ended_sessions WHERE sid = %s", [sid]))
 
     def save_login_session(self, session: LoginSession) -> None:
         self._count(_LOGIN_SESSIONS.upsert, _LOGIN_SESSIONS.encode(session))

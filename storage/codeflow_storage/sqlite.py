@@ -1163,15 +1163,6 @@ class SQLiteStorage:
             marks = ", ".join("?" * len(keys))
             db.execute(f"DELETE FROM failure_counts WHERE key IN ({marks})", list(keys))  # noqa: S608
 
-    def end_session(self, sid: str, until: float) -> None:
-        with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO ended_sessions (sid, until) VALUES (?, ?)", [sid, until]
-            )
-
-    def session_ended(self, sid: str) -> bool:
-        return bool(self._read("SELECT 1 FROM ended_sessions WHERE sid = ?", [sid]))
-
     def save_login_session(self, session: LoginSession) -> None:
         with self._locked() as db:
             db.execute(_LOGIN_SESSIONS.insert, _LOGIN_SESSIONS.encode(session))
@@ -1317,6 +1308,8 @@ class SQLiteStorage:
                 "DELETE FROM codes WHERE expires_at <= ?",
                 "DELETE FROM used_codes WHERE expires_at <= ?",
                 "DELETE FROM tokens WHERE expires_at <= ?",
+                # Written by versions before login sessions (migration 15); what they left
+                # ages out here, and the table stays (migrations only add).
                 "DELETE FROM ended_sessions WHERE until <= ?",
                 "DELETE FROM login_sessions WHERE expires_at <= ?",
                 "DELETE FROM used_challenges WHERE until <= ?",
