@@ -10,11 +10,14 @@ goes to the other node than the one before.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ISSUER, PASSWORD, USERNAME, Clock, make_server
+from postgres_support import fresh_schema, server_url
 from test_nist_800_63b_throttling import retry_after, sign_in
 from test_node_caches import postgresql_stores, sqlite_stores
 from wsgi_client import WSGIClient
@@ -112,3 +115,51 @@ def test_a_user_added_again_under_a_removed_name_inherits_no_known_address(
     shut_the_account_gates(nodes)
     for node in nodes:
         assert retry_after(sign_in(WSGIClient(node.wsgi, remote_addr=HOME))) > 0
+
+
+def test_a_sign_in_does_not_wait_for_another_accounts_storage(clock: Clock) -> None:
+    """NIST SP 800-63B §5.2.2 throttling, without making one node's sign-ins take turns:
+    while the write of a failure on bob's account waits in PostgreSQL (another
+    transaction, as another node's might, holds the row of its count), alice signs in on
+    the same node at once; bob's attempt completes, counted, when the row is free."""
+    with fresh_schema() as (url, schema):
+        import psycopg
+        from codeflow_storage.postgresql import from_url
+        from psycopg import sql
+
+        with from_url(url) as store:
+            node = make_server(clock, storage=store)
+            bob = WSGIClient(node.wsgi, remote_addr=ATTACKER)
+            assert sign_in(bob, "bob", "guess").status == 200  # the row of the count is there
+            key = codeflow.failure_key(codeflow.throttle_key("password:bob"), ATTACKER)
+            answers: dict[str, int] = {}
+
+            def signs_in(name: str, browser: WSGIClient, *credentials: str) -> threading.Thread:
+                def run() -> None:
+                    answers[name] = sign_in(browser, *credentials).status
+
+                thread = threading.Thread(target=run, daemon=True)
+                thread.start()
+                return thread
+
+            with psycopg.connect(server_url()) as other:
+                table = sql.Identifier(schema, "failure_counts")
+                query = sql.SQL("SELECT 1 FROM {} WHERE key = %s FOR UPDATE").format(table)
+                assert other.execute(query, [key]).fetchone()
+                (holder,) = other.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+                bobs = signs_in("bob", bob, "bob", "guess")
+                with psycopg.connect(server_url(), autocommit=True) as watch:
+                    blocked = ("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE %s = ANY (pg_blocking_pids(pid))")  # fmt: skip
+                    deadline = time.monotonic() + 10
+                    while watch.execute(blocked, [holder]).fetchone() == (0,):
+                        assert time.monotonic() < deadline, "bob's failure never reached the row"
+                        time.sleep(0.01)
+                alices = signs_in("alice", WSGIClient(node.wsgi, remote_addr=HOME))
+                alices.join(timeout=10)
+                assert answers.get("alice") == 303, "alice waited for bob's storage"
+                assert "bob" not in answers  # still held
+                other.rollback()
+            bobs.join(timeout=10)
+            assert answers["bob"] == 200
+            assert store.failures(key, clock(), codeflow.FORGET_FAILURES).count == 2
