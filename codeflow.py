@@ -1954,7 +1954,7 @@ class MemoryStorage:
             pushed = [h for h, p in self._pushed.items() if p.expires_at <= now]
             for h in pushed:
                 del self._pushed[h]
-            gone = (len(keys) + len(sessions) + len(logins) + len(challenges) + len(codes)
+            gone = (len(keys) + len(logins) + len(challenges) + len(codes)
                     + len(used) + len(tokens))  # fmt: skip
             return gone + devices - len(self._devices) + len(pushed) + len(jtis)
 
