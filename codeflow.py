@@ -1968,8 +1968,12 @@ class MemoryStorage:
 # so every node publishes it before any node signs with it (signing_key). Users are not
 # cached: a password changed, a user removed or sessions ended act at once everywhere.
 # A miss is not cached either: a client registered on one node is found on the next at once.
+# Nor is a key a JWT names and the cached keys lack: it may be one another node made since
+# (a brand-new store's first keys sign at once; nodes' clocks differ), so the keys are read
+# again, at most once per KEY_MISS_SECONDS, since anyone can send a JWT under a made-up kid.
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
+KEY_MISS_SECONDS = 1.0
 
 
 class CachedStorage:
@@ -1988,6 +1992,7 @@ class CachedStorage:
         self._clients: dict[str, tuple[float, Client]] = {}
         self._resources: tuple[float, list[Resource]] | None = None
         self._keys: tuple[float, list[SigningKey]] | None = None
+        self._keys_reread_at = -math.inf  # when reread_signing_keys last went to storage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.storage, name)
@@ -2075,6 +2080,16 @@ class CachedStorage:
             if writes == self._writes:
                 self._keys = (now + self.seconds, keys)
         return list(keys)
+
+    def reread_signing_keys(self) -> list[SigningKey]:
+        """The keys as storage has them now, for a kid the cached ones lack; but at most
+        once per KEY_MISS_SECONDS, and the cached keys otherwise."""
+        now = self.clock()
+        with self._lock:
+            if now >= self._keys_reread_at + KEY_MISS_SECONDS:
+                self._keys_reread_at = now
+                self._keys = None
+        return self.signing_keys()
 
     def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
         try:
@@ -7190,6 +7205,17 @@ def private_key(key: SigningKey) -> Any:
     return parsed
 
 
+def our_signing_key(srv: Server, kid: Any) -> SigningKey | None:
+    """Our key that a JWT's ``kid`` (RFC 7515 §4.1.4) names, if any. One this process's
+    cached keys lack may be newer than they are (CACHE_SECONDS): then the keys are read
+    from storage again, as OIDC Core §10.1.1 has a verifier do "when it sees an unfamiliar
+    kid value", within CachedStorage's bound on such re-reads."""
+    key = next((k for k in srv.storage.signing_keys() if k.kid == kid), None)
+    if key is None and isinstance(srv.storage, CachedStorage):
+        key = next((k for k in srv.storage.reread_signing_keys() if k.kid == kid), None)
+    return key
+
+
 def rotate_signing_keys(srv: Server) -> list[SigningKey]:
     """Publish new keys, which sign once every node has them (``srv.cache_seconds``
     later, see signing_key; at once without caches). The old keys sign until then and
@@ -7428,7 +7454,9 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(hint)
         if header.get("typ") != "JWT":  # an RFC 9068 access token (at+jwt) is no ID token
             raise jwt.InvalidTokenError("not an ID token")
-        key = next(k for k in srv.storage.signing_keys() if k.kid == header.get("kid"))
+        key = our_signing_key(srv, header.get("kid"))
+        if key is None:
+            raise jwt.InvalidTokenError("not signed with a key of ours")
         # Time does not matter for a hint; PyJWT's iat check would use the wall clock.
         return jwt.decode(
             hint,
@@ -7438,7 +7466,7 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
                      "verify_aud": False, "require": ["aud", "sub"]},
         )  # fmt: skip
-    except (jwt.InvalidTokenError, StopIteration):
+    except jwt.InvalidTokenError:
         raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
 
 
@@ -8962,6 +8990,7 @@ def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> b
     Tokens according to JWS [JWS] using the algorithm specified in the JWT alg Header
     Parameter. The Client MUST use the keys provided by the Issuer." The key is the JWKS
     entry the header's kid names, in the document the JWKS endpoint serves."""
+    our_signing_key(srv, header.get("kid"))  # §10.1.1: a new kid, the JWKS fetched again
     entries = [k for k in jwks(srv)["keys"] if k["kid"] == header.get("kid")]
     if len(entries) != 1 or header.get("alg") not in SIGNING_ALGS:
         return False
