@@ -243,8 +243,6 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
         store.list_grants(NOW, **only)
     store.revoke_grant("alice", "app", NOW)
     store.record_totp_step("alice", 1)
-    store.end_session("sid", NOW)
-    store.session_ended("sid")
     store.get_or_add_setting("secret_key", "k")
     store.get_or_add_setting("secret_key", "k2")
     key = SigningKey("kid-1", "RS256", "pem", NOW)
