@@ -566,6 +566,11 @@ def test_pool_sizes_from_the_url(schema: tuple) -> None:
         ({"schema": "Bad-Name"}, "schema 'Bad-Name'"),
         ({"pool_max_size": "many"}, "pool_max_size must be a whole number"),
         ({"pool_min_size": "4", "pool_max_size": "2"}, "pool_min_size <= pool_max_size"),
+        ({"pool_timeout": "soon"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "0"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "-1"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "nan"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "inf"}, "pool_timeout must be a number of seconds"),
         ({"sslmdoe": "require"}, "sslmdoe"),  # libpq's own check
     ],
 )
