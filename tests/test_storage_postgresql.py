@@ -249,6 +249,8 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     store.get_or_add_signing_key(key)
     store.get_or_add_signing_key(SigningKey("kid-2", "RS256", "pem", NOW))
     store.signing_keys()
+    store.spend_budget("registration:192.0.2.1", NOW, 60, 1)
+    store.spend_budget("registration:192.0.2.1", NOW, 60, 1)  # refused: reads the budget
     store.rotate_signing_key(SigningKey("kid-3", "RS256", "pem", NOW), NOW)
     store.purge_expired(NOW + 10**6)
     store.remove_user("alice")

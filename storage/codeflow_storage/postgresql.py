@@ -1305,6 +1305,35 @@ class PostgreSQLStorage:
 
         return self._run(remember) == 1
 
+    def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
+        # One statement: insert, or spend if the budget, whole again at ``until``, has one
+        # left. READ COMMITTED: a racing upsert of the same key waits for the other's row
+        # and its WHERE sees that row, so no more spend than the budget holds.
+        def spend(conn: Conn) -> float:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                spent = conn.execute(
+                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                    "VALUES (%(key)s, 1, %(now)s, %(now)s + %(interval)s, "
+                    "%(now)s + %(interval)s) ON CONFLICT (key) DO UPDATE SET "
+                    "count = CASE WHEN failure_counts.until > excluded.last "
+                    "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
+                    "until = GREATEST(failure_counts.until, excluded.last) + %(interval)s, "
+                    "expires_at = GREATEST(failure_counts.until, excluded.last) + %(interval)s "
+                    "WHERE GREATEST(failure_counts.until, excluded.last) + %(interval)s "
+                    "<= excluded.last + %(budget)s RETURNING until",
+                    {"key": key, "now": now, "interval": interval, "budget": burst * interval},
+                ).fetchone()
+                if spent is not None:
+                    return 0.0
+                row = conn.execute(
+                    "SELECT until FROM failure_counts WHERE key = %s", [key]
+                ).fetchone()
+                until = row[0] if row else now
+                return float(max(until, now) + interval - now - burst * interval)
+
+        return self._run(spend)
+
     def count_failure(self, key: str, now: float, window: float) -> int:
         # One statement: insert, or count on from a failure within the window. READ
         # COMMITTED: a racing upsert of the same key waits for the other's row and counts
