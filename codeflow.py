@@ -1301,6 +1301,15 @@ class Storage(Protocol):
         (RFC 6238 §5.2: a code must not be accepted twice)."""
         ...
 
+    def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
+        """Spend one of ``key``'s budget (a rate limit: RFC 6585 §4), a token bucket of
+        ``burst`` that gains one back each ``interval`` s: 0 when spent, else the seconds
+        until one is there, nothing spent. Kept as the FailureCount of ``key``: ``until``
+        the time the budget is whole again (and purge_expired may forget it), ``count``
+        the spends since it last was, ``last`` the last. Atomic: of concurrent calls,
+        from any process, no more succeed than the budget holds."""
+        ...
+
     def count_failure(self, key: str, now: float, window: float) -> int:
         """Count a failure of ``key`` at ``now`` (a sign-in throttle's count, see
         "Throttling failed sign-ins") and return the consecutive failures: this one and
@@ -1780,22 +1789,36 @@ class MemoryStorage:
             self._totp_steps[username] = step
             return True
 
+    def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
+        with self._lock:
+            old = self._failures.get(key, FailureCount())
+            whole = max(old.until, now) + interval  # when it would be whole after this spend
+            if whole - now > burst * interval:
+                return whole - now - burst * interval
+            count = old.count + 1 if old.until > now else 1
+            self._failures[key] = FailureCount(count, now, whole, whole)
+            self._bound_failures(now)
+            return 0.0
+
     def count_failure(self, key: str, now: float, window: float) -> int:
         with self._lock:
             old = self._failures.get(key)
             count = old.count + 1 if old and old.last > now - window else 1
             until = old.until if old else 0.0
             self._failures[key] = FailureCount(count, now, until, max(until, now + window))
-            # Bounded under a spray of names, as a database need not be: past 4 *
-            # THROTTLE_ENTRIES counts, a tenth goes, the fewest failures first (a sprayed
-            # name's one), among equals the oldest, and a gate held shut last, so that a
-            # spray does not wash out the waits it is under.
-            if len(self._failures) > 4 * THROTTLE_ENTRIES:
-                kept = self._failures
-                worth = {k: (f.until > now, f.count, f.last) for k, f in kept.items()}
-                for k in sorted(worth, key=worth.__getitem__)[: len(worth) // 10]:
-                    del kept[k]
+            self._bound_failures(now)
             return count
+
+    def _bound_failures(self, now: float) -> None:
+        # Bounded under a spray of names, as a database need not be: past 4 *
+        # THROTTLE_ENTRIES counts, a tenth goes, the fewest failures first (a sprayed
+        # name's one), among equals the oldest, and a gate held shut last, so that a
+        # spray does not wash out the waits it is under.
+        if len(self._failures) > 4 * THROTTLE_ENTRIES:
+            kept = self._failures
+            worth = {k: (f.until > now, f.count, f.last) for k, f in kept.items()}
+            for k in sorted(worth, key=worth.__getitem__)[: len(worth) // 10]:
+                del kept[k]
 
     def hold_failures(self, key: str, until: float) -> None:
         with self._lock:
@@ -2000,8 +2023,12 @@ class MemoryStorage:
 # so every node publishes it before any node signs with it (signing_key). Users are not
 # cached: a password changed, a user removed or sessions ended act at once everywhere.
 # A miss is not cached either: a client registered on one node is found on the next at once.
+# Nor is a key a JWT names and the cached keys lack: it may be one another node made since
+# (a brand-new store's first keys sign at once; nodes' clocks differ), so the keys are read
+# again, at most once per KEY_MISS_SECONDS, since anyone can send a JWT under a made-up kid.
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 4096  # clients cached at once; past that the cache starts over
+KEY_MISS_SECONDS = 1.0
 
 
 class CachedStorage:
@@ -2020,6 +2047,7 @@ class CachedStorage:
         self._clients: dict[str, tuple[float, Client]] = {}
         self._resources: tuple[float, list[Resource]] | None = None
         self._keys: tuple[float, list[SigningKey]] | None = None
+        self._keys_reread_at = -math.inf  # when reread_signing_keys last went to storage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.storage, name)
@@ -2107,6 +2135,16 @@ class CachedStorage:
             if writes == self._writes:
                 self._keys = (now + self.seconds, keys)
         return list(keys)
+
+    def reread_signing_keys(self) -> list[SigningKey]:
+        """The keys as storage has them now, for a kid the cached ones lack; but at most
+        once per KEY_MISS_SECONDS, and the cached keys otherwise."""
+        now = self.clock()
+        with self._lock:
+            if now >= self._keys_reread_at + KEY_MISS_SECONDS:
+                self._keys_reread_at = now
+                self._keys = None
+        return self.signing_keys()
 
     def get_or_add_signing_key(self, candidate: SigningKey) -> SigningKey:
         try:
@@ -2316,7 +2354,6 @@ class Server:
             raise ValueError("registration='token' needs registration_tokens (initial access "
                              "tokens, RFC 7591 §3)")  # fmt: skip
         self.max_registered_clients = max_registered_clients
-        self.registration_limiter = RegistrationLimiter(clock)
         self.auto_approve = auto_approve
         if demo:
             add_demo(self)
@@ -4029,9 +4066,12 @@ MAX_METADATA_STRING = 1000  # characters in a name, URI or other metadata value
 # IPv6 /56, address_group), REGISTRATION_BURST registrations, then one more each
 # REGISTRATION_INTERVAL; and, from everywhere together, no more than the server's
 # max_registered_clients (MAX_REGISTERED_CLIENTS) self-registered clients at a time.
+# An address's budget is in storage (Storage.spend_budget, under REGISTRATION_BUDGET and
+# its address group), so that the nodes and worker processes sharing a store share it:
+# were it per process, N of them would take N times as many.
 REGISTRATION_BURST = 10
 REGISTRATION_INTERVAL = 360
-REGISTRATION_LIMITER_ENTRIES = 10_000
+REGISTRATION_BUDGET = "registration:"
 # A self-registered client nobody has used (no consent, no token, no code under way) is
 # removed by the purge once it is this old, so that registrations made and dropped do not
 # hold max_registered_clients for ever and close registration. A day: a client registers
@@ -4301,33 +4341,6 @@ def check_registered_redirect_uri(uri: str, *, native: bool) -> None:
 # -- RFC 7591: the registration endpoint ----------------------------------------------
 
 
-class RegistrationLimiter:
-    """Registrations per address (address_group): REGISTRATION_BURST, then one each
-    REGISTRATION_INTERVAL seconds; the state of at most REGISTRATION_LIMITER_ENTRIES
-    addresses, those with a full budget forgotten first (they hold no wait)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._budgets: dict[str, tuple[float, float]] = {}  # address -> (tokens, updated)
-
-    def spend(self, address: str) -> int:
-        """Take one registration from ``address``'s budget: 0, or the seconds to wait."""
-        key, now = address_group(address), self._clock()
-        with self._lock:
-            tokens, updated = self._budgets.get(key, (REGISTRATION_BURST, now))
-            tokens = min(tokens + max(now - updated, 0.0) / REGISTRATION_INTERVAL,
-                         REGISTRATION_BURST)  # fmt: skip
-            if tokens < 1:
-                self._budgets[key] = (tokens, now)
-                return math.ceil((1 - tokens) * REGISTRATION_INTERVAL)
-            self._budgets[key] = (tokens - 1, now)
-            if len(self._budgets) > REGISTRATION_LIMITER_ENTRIES:
-                oldest = min(self._budgets, key=lambda k: self._budgets[k][1])
-                del self._budgets[oldest]
-            return 0
-
-
 def registration_access(srv: Server, authorization: str | None) -> None:
     """RFC 7591 §3: with the ``token`` policy, "the client ... MUST present [an initial
     access token] as a Bearer token" (RFC 6750 §2.1), one the operator configured."""
@@ -4350,7 +4363,10 @@ def register_client(
     registration_client_uri, and the metadata as registered."""
     registration_access(srv, authorization)
     metadata = json_object(body)
-    wait = srv.registration_limiter.spend(address)
+    group = REGISTRATION_BUDGET + address_group(address)
+    wait = math.ceil(srv.storage.spend_budget(
+        group, srv.clock(), REGISTRATION_INTERVAL, REGISTRATION_BURST
+    ))  # fmt: skip
     if wait:
         raise TooManyAttempts(f"Too many registrations from this address; try in {wait} s.", wait)
     if srv.storage.count_clients(REGISTERED_DYNAMICALLY) >= srv.max_registered_clients:
@@ -7196,6 +7212,17 @@ def private_key(key: SigningKey) -> Any:
     return parsed
 
 
+def our_signing_key(srv: Server, kid: Any) -> SigningKey | None:
+    """Our key that a JWT's ``kid`` (RFC 7515 §4.1.4) names, if any. One this process's
+    cached keys lack may be newer than they are (CACHE_SECONDS): then the keys are read
+    from storage again, as OIDC Core §10.1.1 has a verifier do "when it sees an unfamiliar
+    kid value", within CachedStorage's bound on such re-reads."""
+    key = next((k for k in srv.storage.signing_keys() if k.kid == kid), None)
+    if key is None and isinstance(srv.storage, CachedStorage):
+        key = next((k for k in srv.storage.reread_signing_keys() if k.kid == kid), None)
+    return key
+
+
 def rotate_signing_keys(srv: Server) -> list[SigningKey]:
     """Publish new keys, which sign once every node has them (``srv.cache_seconds``
     later, see signing_key; at once without caches). The old keys sign until then and
@@ -7434,7 +7461,9 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(hint)
         if header.get("typ") != "JWT":  # an RFC 9068 access token (at+jwt) is no ID token
             raise jwt.InvalidTokenError("not an ID token")
-        key = next(k for k in srv.storage.signing_keys() if k.kid == header.get("kid"))
+        key = our_signing_key(srv, header.get("kid"))
+        if key is None:
+            raise jwt.InvalidTokenError("not signed with a key of ours")
         # Time does not matter for a hint; PyJWT's iat check would use the wall clock.
         return jwt.decode(
             hint,
@@ -7444,7 +7473,7 @@ def verify_id_token_hint(srv: Server, hint: str) -> dict[str, Any]:
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
                      "verify_aud": False, "require": ["aud", "sub"]},
         )  # fmt: skip
-    except (jwt.InvalidTokenError, StopIteration):
+    except jwt.InvalidTokenError:
         raise UntrustedRequest("id_token_hint is not an ID token issued here.") from None
 
 
@@ -8968,6 +8997,7 @@ def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> b
     Tokens according to JWS [JWS] using the algorithm specified in the JWT alg Header
     Parameter. The Client MUST use the keys provided by the Issuer." The key is the JWKS
     entry the header's kid names, in the document the JWKS endpoint serves."""
+    our_signing_key(srv, header.get("kid"))  # §10.1.1: a new kid, the JWKS fetched again
     entries = [k for k in jwks(srv)["keys"] if k["kid"] == header.get("kid")]
     if len(entries) != 1 or header.get("alg") not in SIGNING_ALGS:
         return False

@@ -183,3 +183,84 @@ def test_a_rotated_key_is_in_every_nodes_jwks_before_any_node_signs_with_it(
     a.storage.purge_expired(clock())
     assert old not in jwks_keys(WSGIClient(a.wsgi))
     assert old not in jwks_keys(WSGIClient(b.wsgi))
+
+
+# A brand-new store, and keys no node has cached: OIDC Core §10.1.1 ##########
+
+RP, RP_SECRET = "rp-app", "rp-secret"
+LOGGED_OUT = "https://rp.example/logged-out"
+
+
+@pytest.fixture(params=[sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+def new_nodes(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> Iterator[tuple[codeflow.Server, codeflow.Server]]:
+    """Nodes A and B on one store that has no signing keys yet; A registered RP and alice."""
+    stores = request.param(tmp_path)
+    store_a, store_b = next(stores)
+    a = codeflow.Server(ISSUER, store_a, clock)
+    a.add_client(RP, client_secret=RP_SECRET, redirect_uris=["https://rp.example/cb"],
+                 post_logout_redirect_uris=[LOGGED_OUT])  # fmt: skip
+    a.add_user(USERNAME, "alice-password")
+    yield a, codeflow.Server(ISSUER, store_b, clock)
+    next(stores, None)
+
+
+def logout_with_hint(node: codeflow.Server, hint: str) -> int:
+    """RP-Initiated Logout 1.0 §2 at ``node``, with an id_token_hint; the status."""
+    r = WSGIClient(node.wsgi).get(
+        "/logout", params={"id_token_hint": hint, "post_logout_redirect_uri": LOGGED_OUT}
+    )
+    assert r.status in (302, 400), r.text
+    assert r.status == 400 or r.location == LOGGED_OUT
+    return r.status
+
+
+def made_up_hint(kid: str) -> str:
+    """A JWT under a kid no node ever made (an attacker's, say), signed with a key of its own."""
+    private = codeflow.private_key(codeflow.new_signing_key("RS256", 0.0))
+    claims = {"iss": ISSUER, "sub": "x", "aud": RP, "iat": 0, "exp": 1}
+    return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+
+def test_a_node_verifies_a_token_of_a_key_it_has_not_cached_at_once(
+    new_nodes: tuple[codeflow.Server, codeflow.Server], clock: Clock
+) -> None:
+    """RP-Initiated Logout 1.0 §2: id_token_hint, "ID Token previously issued by the OP".
+    On a brand-new store node B's cached keys are the empty set when node A makes the
+    store's first keys and signs at once (no other key could); B accepts A's ID token as a
+    hint at once, not CACHE_SECONDS later: a kid B has not cached makes it read the keys
+    from storage again (OIDC Core §10.1.1: an "unfamiliar kid value" means new keys), as
+    long as it has not done so for another kid within the last KEY_MISS_SECONDS."""
+    a, b = new_nodes
+    assert logout_with_hint(b, made_up_hint("unknown")) == 400  # B has cached no keys
+    clock.advance(codeflow.KEY_MISS_SECONDS)
+    id_token = a.issue_tokens(USERNAME, RP, "openid")["id_token"]
+    assert logout_with_hint(b, id_token) == 302
+
+
+def test_unknown_kids_make_a_node_read_its_keys_once_a_second_at_most(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """RFC 7515 §4.1.4 kid: chosen by whoever makes the JWT. A stream of hints under made-up
+    kids costs storage one read of the keys per KEY_MISS_SECONDS at most, however many
+    requests it is, so that it cannot turn into one storage read per request."""
+    stores = sqlite_stores(tmp_path)
+    store_a, store_b = next(stores)
+    a = codeflow.Server(ISSUER, store_a, clock)
+    a.add_client(RP, client_secret=RP_SECRET, redirect_uris=["https://rp.example/cb"],
+                 post_logout_redirect_uris=[LOGGED_OUT])  # fmt: skip
+    b = codeflow.Server(ISSUER, store_b, clock)
+    reads: list[str] = []
+    store_b._db.conn.set_trace_callback(  # type: ignore[union-attr]
+        lambda sql: reads.append(sql) if "FROM signing_keys" in sql else None
+    )
+    for n in range(20):
+        assert logout_with_hint(b, made_up_hint(f"made-up-{n}")) == 400
+    assert len(reads) <= 2, reads  # the cache's own read, and one re-read for a miss
+    first = len(reads)
+    clock.advance(codeflow.KEY_MISS_SECONDS)
+    for n in range(20):
+        assert logout_with_hint(b, made_up_hint(f"made-up-again-{n}")) == 400
+    assert len(reads) - first <= 1, reads
+    next(stores, None)

@@ -30,6 +30,7 @@ from conftest import (
     new_flow,
     share_session_keys,
 )
+from test_node_caches import postgresql_stores, sqlite_stores
 from wsgi_client import Response, WSGIClient
 
 import codeflow
@@ -339,6 +340,32 @@ def test_one_address_cannot_fill_storage(srv: codeflow.Server, wc: WSGIClient,
     for i in range(codeflow.REGISTRATION_BURST):
         assert register(wc, NATIVE, address=f"2001:db8:0:1::{i + 1}").status == 201
     assert register(wc, NATIVE, address="2001:db8:0:2::99").status == 429
+
+
+@pytest.mark.parametrize("stores", [sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+def test_one_address_has_one_budget_across_nodes(
+    stores: Any, tmp_path: Path, clock: Clock
+) -> None:
+    """Bounding an open endpoint (RFC 7591 §3), where several nodes or worker processes
+    share a store (README "Run several nodes"): REGISTRATION_BURST registrations from one
+    address spread over two nodes spend one budget, then 429 with Retry-After (RFC 6585 §4)
+    on both, and REGISTRATION_INTERVAL later one more, wherever it lands. Were the budget
+    per process, two nodes would take twice as many."""
+    made = stores(tmp_path)
+    store_a, store_b = next(made)
+    nodes = [WSGIClient(make(clock, storage=store).wsgi) for store in (store_a, store_b)]
+    for i in range(codeflow.REGISTRATION_BURST):
+        assert register(nodes[i % 2], NATIVE).status == 201
+    for node in nodes:
+        r = register(node, NATIVE)
+        assert r.status == 429 and int(r.headers["retry-after"]) == codeflow.REGISTRATION_INTERVAL
+    clock.advance(codeflow.REGISTRATION_INTERVAL - 10)
+    assert int(register(nodes[1], NATIVE).headers["retry-after"]) == 10  # refused: not spent
+    clock.advance(10)
+    assert register(nodes[1], NATIVE).status == 201
+    assert register(nodes[0], NATIVE).status == 429
+    assert register(nodes[0], NATIVE, address="198.51.100.7").status == 201
+    next(made, None)
 
 
 def test_total_of_registered_clients_bounded(clock: Clock) -> None:

@@ -989,6 +989,37 @@ class TestStorageContract:
         storage.save_token(a_token("a2"))
         assert revoked(storage, "a2")
 
+    # -- rate budgets (RFC 6585 §4: 429 Too Many Requests) ----------------------------------
+
+    def test_spend_budget_gives_a_burst_then_one_each_interval(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.spend_budget, a token bucket: ``burst`` spends at once, then one each
+        ``interval`` s; a refusal spends nothing and says how long until the next; keys
+        spend apart; purge_expired forgets a budget once it is whole again."""
+        assert [storage.spend_budget("k", NOW, 60, 3) for _ in range(3)] == [0, 0, 0]
+        assert storage.spend_budget("k", NOW, 60, 3) == 60
+        assert storage.spend_budget("k", NOW + 45, 60, 3) == 15  # refused: nothing spent
+        assert storage.spend_budget("other", NOW, 60, 3) == 0
+        assert storage.spend_budget("k", NOW + 60, 60, 3) == 0
+        assert storage.spend_budget("k", NOW + 60, 60, 3) == 60
+        assert storage.spend_budget("k", NOW + 150, 60, 3) == 0  # 90 s: one back, and half
+        assert storage.spend_budget("k", NOW + 150, 60, 3) == 30
+        storage.purge_expired(NOW + 300 - 1)
+        assert storage.failures("k", NOW, 10**6).until == NOW + 300
+        storage.purge_expired(NOW + 300)  # whole again: forgotten
+        assert storage.failures("k", NOW, 10**6) == codeflow.FailureCount()
+        assert [storage.spend_budget("k", NOW + 400, 60, 3) for _ in range(4)] == [0, 0, 0, 60]
+
+    def test_spend_budget_race_spends_no_more_than_the_budget(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """THREADS spends at once on one key of a budget of THREADS // 2: exactly that many
+        succeed, from any thread or process (so nodes sharing a store share the budget)."""
+        waits = race(lambda i: storage.spend_budget("address", NOW, 60, THREADS // 2))
+        assert waits.count(0) == THREADS // 2, waits
+        assert storage.spend_budget("address", NOW, 60, THREADS // 2) == 60
+
     # -- sign-in throttle counts (NIST SP 800-63B §5.2.2) -----------------------------------
 
     def test_count_failure_counts_consecutive_failures_within_the_window(

@@ -257,6 +257,8 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     store.get_or_add_signing_key(key)
     store.get_or_add_signing_key(SigningKey("kid-2", "RS256", "pem", NOW))
     store.signing_keys()
+    store.spend_budget("registration:192.0.2.1", NOW, 60, 1)
+    store.spend_budget("registration:192.0.2.1", NOW, 60, 1)  # refused: reads the budget
     store.rotate_signing_key(SigningKey("kid-3", "RS256", "pem", NOW), NOW)
     store.purge_expired(NOW + 10**6)
     store.remove_user("alice")
@@ -574,6 +576,11 @@ def test_pool_sizes_from_the_url(schema: tuple) -> None:
         ({"schema": "Bad-Name"}, "schema 'Bad-Name'"),
         ({"pool_max_size": "many"}, "pool_max_size must be a whole number"),
         ({"pool_min_size": "4", "pool_max_size": "2"}, "pool_min_size <= pool_max_size"),
+        ({"pool_timeout": "soon"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "0"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "-1"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "nan"}, "pool_timeout must be a number of seconds"),
+        ({"pool_timeout": "inf"}, "pool_timeout must be a number of seconds"),
         ({"sslmdoe": "require"}, "sslmdoe"),  # libpq's own check
     ],
 )

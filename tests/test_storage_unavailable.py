@@ -207,7 +207,7 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def quick_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wait 0.5 s, not 10, for a pooled connection, so an outage shows in the test at once."""
+    """Wait 0.5 s, not POOL_TIMEOUT, for a pooled connection, so an outage shows at once."""
     from codeflow_storage import postgresql
 
     monkeypatch.setattr(postgresql, "POOL_TIMEOUT", 0.5)
@@ -403,20 +403,79 @@ def test_postgresql_down_answers_503_at_once(pg_url: str) -> None:
         relay.close()
 
 
-def test_postgresql_pool_exhausted_answers_503(pg_url: str, quick_pool: None) -> None:
-    """Issue 16 item 4: the pool exhausted, a request waits POOL_TIMEOUT for a connection
-    and then answers 503 with Retry-After, not 500."""
+@contextlib.contextmanager
+def pool_held(store: Any) -> Iterator[None]:
+    """Every connection of ``store``'s pool held by another thread, as requests in flight
+    would hold them: the pool busy, the server up."""
+    pool = store._current_pool()
+    size = pool.get_stats()["pool_max"]
+    held, release = threading.Barrier(size + 1), threading.Event()
+
+    def hold() -> None:
+        with pool.connection():
+            held.wait(10)
+            release.wait(30)
+
+    threads = [threading.Thread(target=hold) for _ in range(size)]
+    for thread in threads:
+        thread.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+
+def waited_for(request: Callable[[], Response]) -> tuple[Response, float]:
+    started = time.monotonic()
+    r = request()
+    return r, time.monotonic() - started
+
+
+def test_postgresql_pool_busy_answers_503_after_the_urls_pool_timeout(pg_url: str) -> None:
+    """RFC 9110 §15.6.4: the pool's connections all held by other threads (busy, not down),
+    a request waits ``pool_timeout`` (a storage URL option) for one, then answers 503 with
+    Retry-After: JSON temporarily_unavailable from an API, a page for a browser; never
+    500. Once a connection is free again, requests are served."""
     from codeflow_storage.postgresql import from_url
 
-    with from_url(with_options(pg_url, pool_max_size="1")) as store:
+    with from_url(with_options(pg_url, pool_max_size="1", pool_timeout="0.5")) as store:
         srv = make_server(Clock(), storage=store)
         browser = WSGIClient(srv.wsgi)
         tokens = sign_in_for_tokens(browser)
-        with store._current_pool().connection():  # the pool's one connection, held
-            r = browser.get("/userinfo", headers=bearer(tokens["access_token"]))
+        with pool_held(store):
+            r, waited = waited_for(
+                lambda: browser.get("/userinfo", headers=bearer(tokens["access_token"]))
+            )
             assert_unavailable(r, page=False)
+            assert r.headers["retry-after"] == "1"  # busy, not down: soon
+            assert 0.5 <= waited < 0.5 + 2.5, waited  # room for a loaded shared machine
             assert_unavailable(browser.get("/authorize", params=new_flow().params), page=True)
         assert browser.get("/userinfo", headers=bearer(tokens["access_token"])).status == 200
+
+
+def test_postgresql_pool_busy_waits_less_than_a_clients_patience_by_default(
+    pg_url: str,
+) -> None:
+    """RFC 9110 §15.6.4: without ``pool_timeout``, a request on a busy pool answers 503 with
+    Retry-After within POOL_TIMEOUT, which is well inside the few seconds an HTTP client
+    waits for an answer (openid-client 5 gives up after 3.5 s by default), so the client
+    hears "retry" rather than timing out."""
+    from codeflow_storage import postgresql
+
+    assert postgresql.POOL_TIMEOUT < 3.5
+    with postgresql.from_url(with_options(pg_url, pool_max_size="1")) as store:
+        srv = make_server(Clock(), storage=store)
+        client = WSGIClient(srv.wsgi)
+        with pool_held(store):
+            r, waited = waited_for(lambda: client.post(
+                "/token", data={"grant_type": "client_credentials"},
+                headers=basic(CONFIDENTIAL, SECRET),
+            ))  # fmt: skip
+        assert_unavailable(r, page=False)
+        assert postgresql.POOL_TIMEOUT <= waited < 3.5, waited
 
 
 # -- SQLite ----------------------------------------------------------------------------

@@ -26,7 +26,9 @@ every codeflow node (processes on one machine or many) behind one issuer.
   node is deleting (``FOR UPDATE SKIP LOCKED``).
 - Pool: ``pool_min_size`` (default 1) to ``pool_max_size`` (default 10) connections per
   process: one for each of waitress's 8 request threads, one for the purge thread and one
-  spare. A forked child (a pre-forking server) opens a pool of its own.
+  spare. A call waits ``pool_timeout`` seconds (POOL_TIMEOUT) at most for a connection of
+  a busy pool, then answers ``StorageUnavailable`` (503 with Retry-After). A forked child
+  (a pre-forking server) opens a pool of its own.
 - Outages (``PostgreSQLStorage._run``): a call answers ``StorageUnavailable`` (503) when the
   server cannot be reached, at once while it is known down; one probe at a time, in the
   background, at most every PROBE_INTERVAL seconds, reconnects; connections the server
@@ -46,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import random
 import re
@@ -93,7 +96,13 @@ __all__ = ["MIGRATIONS", "PostgreSQLStorage", "from_url"]
 SCHEMES = ("postgresql://", "postgres://")  # libpq's two URI prefixes
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10  # codeflow's 8 waitress threads, the purge thread, one spare
-POOL_TIMEOUT = 10.0  # seconds a call waits for a free pooled connection
+# Seconds a call waits for a connection of a busy pool before it answers 503 with
+# Retry-After: a connection is held for a few milliseconds a call, so a pool busy for
+# longer is overloaded, and a client told to retry is better off than one left waiting
+# until it gives up (openid-client 5 gives up after 3.5 s by default).
+POOL_TIMEOUT = 2.0
+BUSY_RETRY_AFTER = 1  # seconds: a busy pool frees a connection within moments
+OPEN_TIMEOUT = 10.0  # seconds opening the storage waits for the pool's first connections
 CONNECT_TIMEOUT = 10  # seconds libpq waits for a server, unless the URL says otherwise
 PROBE_CONNECT_TIMEOUT = 2  # seconds a reconnection probe waits for a server (libpq's least)
 PROBE_INTERVAL = 0.5  # seconds between reconnection probes of one process while it is down
@@ -593,6 +602,7 @@ class PostgreSQLStorage:
         schema: str | None = None,
         pool_min_size: int = POOL_MIN_SIZE,
         pool_max_size: int = POOL_MAX_SIZE,
+        pool_timeout: float | None = None,
     ) -> None:
         if schema is not None and not SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
@@ -600,11 +610,14 @@ class PostgreSQLStorage:
             )
         if not 1 <= pool_min_size <= pool_max_size:
             raise ValueError("the pool needs 1 <= pool_min_size <= pool_max_size")
+        if pool_timeout is not None and not 0 < pool_timeout < math.inf:
+            raise ValueError("pool_timeout must be a number of seconds > 0")
         params = conninfo_to_dict(conninfo)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "codeflow")
         self._conninfo = make_conninfo("", **params)
         self._pool_sizes = (pool_min_size, pool_max_size)
+        self._pool_timeout = POOL_TIMEOUT if pool_timeout is None else pool_timeout
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
             self.schema = self._migrate(conn, schema)
             self._search_path = sql.Identifier(self.schema).as_string(conn)
@@ -690,7 +703,7 @@ class PostgreSQLStorage:
             [self._search_path],
         )
 
-    def _new_pool(self, timeout: float = POOL_TIMEOUT) -> Pool:
+    def _new_pool(self, timeout: float = OPEN_TIMEOUT) -> Pool:
         """A pool with min_size connections open and ready (PoolTimeout if they are not
         within ``timeout`` seconds)."""
         min_size, max_size = self._pool_sizes
@@ -700,7 +713,7 @@ class PostgreSQLStorage:
             min_size=min_size,
             max_size=max_size,
             configure=self._configure,
-            timeout=POOL_TIMEOUT,
+            timeout=self._pool_timeout,
             name="codeflow",
             open=False,
         )
@@ -742,13 +755,14 @@ class PostgreSQLStorage:
           answers, so that the next calls find either a checked pool or the server
           known down.
         - While the server is down, calls answer StorageUnavailable at once, without
-          waiting POOL_TIMEOUT for a connection that cannot come; at most every
+          waiting pool_timeout for a connection that cannot come; at most every
           PROBE_INTERVAL seconds one probe, in the background, tries the server (a new
           connection, PROBE_CONNECT_TIMEOUT) and, when it answers, replaces the pool
           with a fresh one (the old pool's connections are dead and its own
           reconnection attempts back off to many seconds apart).
-        - No pooled connection free within POOL_TIMEOUT (every one busy) is
-          StorageUnavailable too; the server is not marked down for it."""
+        - No pooled connection free within pool_timeout (every one busy) is
+          StorageUnavailable too, with a shorter Retry-After (BUSY_RETRY_AFTER); the
+          server is not marked down for it."""
         for attempt in range(RETRIES):
             pool = self._pool_for_call()
             lost = False
@@ -767,7 +781,9 @@ class PostgreSQLStorage:
                 if attempt == RETRIES - 1:
                     raise
             except psycopg_pool.PoolTimeout as err:
-                raise StorageUnavailable(f"PostgreSQL: no pooled connection: {err}") from err
+                raise StorageUnavailable(
+                    f"PostgreSQL: no pooled connection: {err}", BUSY_RETRY_AFTER
+                ) from err
             except psycopg_pool.PoolClosed:
                 # Closed while this call waited for one of its connections: replaced after
                 # an outage, or closed as the outage began. Nothing was sent: ask again.
@@ -849,7 +865,7 @@ class PostgreSQLStorage:
                         self._down_since = time.time()
                 if went_down:
                     log.warning("codeflow: PostgreSQL unreachable: %s", _first_line(err))
-                    # Calls waiting for a connection of ``seen`` would wait POOL_TIMEOUT
+                    # Calls waiting for a connection of ``seen`` would wait pool_timeout
                     # for one its backing-off reconnections cannot bring: closing it sends
                     # them back to _run, to answer 503 at once. No call takes a connection
                     # from it again: a probe that reaches the server makes a new pool.
@@ -1307,6 +1323,35 @@ class PostgreSQLStorage:
 
         return self._run(remember) == 1
 
+    def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
+        # One statement: insert, or spend if the budget, whole again at ``until``, has one
+        # left. READ COMMITTED: a racing upsert of the same key waits for the other's row
+        # and its WHERE sees that row, so no more spend than the budget holds.
+        def spend(conn: Conn) -> float:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                spent = conn.execute(
+                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                    "VALUES (%(key)s, 1, %(now)s, %(now)s + %(interval)s, "
+                    "%(now)s + %(interval)s) ON CONFLICT (key) DO UPDATE SET "
+                    "count = CASE WHEN failure_counts.until > excluded.last "
+                    "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
+                    "until = GREATEST(failure_counts.until, excluded.last) + %(interval)s, "
+                    "expires_at = GREATEST(failure_counts.until, excluded.last) + %(interval)s "
+                    "WHERE GREATEST(failure_counts.until, excluded.last) + %(interval)s "
+                    "<= excluded.last + %(budget)s RETURNING until",
+                    {"key": key, "now": now, "interval": interval, "budget": burst * interval},
+                ).fetchone()
+                if spent is not None:
+                    return 0.0
+                row = conn.execute(
+                    "SELECT until FROM failure_counts WHERE key = %s", [key]
+                ).fetchone()
+                until = row[0] if row else now
+                return float(max(until, now) + interval - now - burst * interval)
+
+        return self._run(spend)
+
     def count_failure(self, key: str, now: float, window: float) -> int:
         # One statement: insert, or count on from a failure within the window. READ
         # COMMITTED: a racing upsert of the same key waits for the other's row and counts
@@ -1623,7 +1668,7 @@ def _after_fork(ref: weakref.ReferenceType[PostgreSQLStorage]) -> None:
 # Storage URL ##################################################################
 ###############################################################################
 
-_OPTIONS = ("schema", "pool_min_size", "pool_max_size")  # ours; libpq takes the rest
+_OPTIONS = ("schema", "pool_min_size", "pool_max_size", "pool_timeout")  # ours; libpq's the rest
 
 
 def _redacted(url: str) -> str:
@@ -1639,7 +1684,8 @@ def from_url(url: str) -> PostgreSQLStorage:
     ``postgres://``), as codeflow's ``open_storage`` asks each backend module for one.
 
     Options of ours, taken out of the query: ``schema`` (default: the connection's current
-    schema), ``pool_min_size`` and ``pool_max_size``. Every other option is libpq's
+    schema), ``pool_min_size``, ``pool_max_size`` and ``pool_timeout`` (seconds, default
+    POOL_TIMEOUT). Every other option is libpq's
     (https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS) and is
     checked by libpq. ``ValueError`` names what is wrong: a malformed URL, an unknown or
     repeated option, or a server that cannot be reached or refuses the login (the password
@@ -1664,13 +1710,21 @@ def from_url(url: str) -> PostgreSQLStorage:
             if not ours[name].isdigit():
                 raise ValueError(f"storage URL {shown!r}: {name} must be a whole number")
             sizes[name] = int(ours[name])
+    timeout = None
+    if "pool_timeout" in ours:
+        try:
+            timeout = float(ours["pool_timeout"])
+        except ValueError:
+            raise ValueError(
+                f"storage URL {shown!r}: pool_timeout must be a number of seconds > 0"
+            ) from None
     conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(theirs)))
     try:
         conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as err:  # libpq cannot parse it, or an unknown option
         raise ValueError(f"storage URL {shown!r}: {err}") from None
     try:
-        return PostgreSQLStorage(conninfo, schema=ours.get("schema"), **sizes)
+        return PostgreSQLStorage(conninfo, schema=ours.get("schema"), **sizes, pool_timeout=timeout)
     except ValueError as err:
         raise ValueError(f"storage URL {shown!r}: {err}") from None
     except psycopg.Error as err:  # no server there, the login refused, no privilege, ...

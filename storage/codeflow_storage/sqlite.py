@@ -1148,6 +1148,29 @@ class SQLiteStorage:
             )
             return cursor.rowcount == 1
 
+    def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
+        with self._write() as db:
+            # One statement: insert, or spend if the budget, whole again at ``until``, has
+            # one left; the refusal is read in the same transaction.
+            row = db.execute(
+                "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+                "VALUES (?, 1, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "count = CASE WHEN failure_counts.until > excluded.last "
+                "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
+                "until = MAX(failure_counts.until, excluded.last) + ?, "
+                "expires_at = MAX(failure_counts.until, excluded.last) + ? "
+                "WHERE MAX(failure_counts.until, excluded.last) + ? <= excluded.last + ? "
+                "RETURNING until",
+                [key, now, now + interval, now + interval,
+                 interval, interval, interval, burst * interval],
+            ).fetchone()  # fmt: skip
+            if row is not None:
+                return 0.0
+            (until,) = db.execute(
+                "SELECT until FROM failure_counts WHERE key = ?", [key]
+            ).fetchone()
+            return float(max(until, now) + interval - now - burst * interval)
+
     def count_failure(self, key: str, now: float, window: float) -> int:
         with self._write() as db:
             # One statement: insert, or count on from a failure within the window.
