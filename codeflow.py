@@ -1335,8 +1335,9 @@ class Storage(Protocol):
         at ``now`` (the sign-in throttle's known addresses, see "Throttling failed
         sign-ins"), and forget all but the user's ``keep`` most recent ones: this one and
         the others by when the user last signed in from each (latest first, ties by
-        address). Atomic: concurrent calls, from any process, leave at most ``keep``. A
-        subject no user has (one removed meanwhile) gets nothing."""
+        address; ``keep`` is the same from call to call, KNOWN_ADDRESSES). Atomic:
+        concurrent calls, from any process, leave at most ``keep``. A subject no user has
+        (one removed meanwhile) gets nothing."""
         ...
 
     def known_address(self, username: str, address: str) -> bool:

@@ -1403,21 +1403,24 @@ class PostgreSQLStorage:
         (FOR NO KEY UPDATE: a removal, or another remember of the user, waits for this
         transaction) and notes the address; the second, on a snapshot taken once the lock
         was held, sees what every remember before it committed and trims them, so that
-        concurrent calls on any nodes leave at most ``keep``."""
+        concurrent calls on any nodes leave at most ``keep``. An address already known
+        (the usual sign-in: from home again) adds no row, so it needs no trim."""
         others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
 
         def remember(conn: Conn) -> None:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                noted = conn.execute(
+                # xmax = 0: the row is new (an update marks the new version with its xid).
+                added = conn.execute(
                     "WITH owner AS (SELECT subject FROM users WHERE subject = %s "
                     "FOR NO KEY UPDATE) "
                     "INSERT INTO known_addresses (subject, address, seen_at) "
                     "SELECT subject, %s, %s FROM owner "
-                    "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at",
+                    "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at "
+                    "RETURNING xmax = 0",
                     [subject, address, now],
-                ).rowcount
-                if noted:
+                ).fetchone()
+                if added and added[0]:
                     conn.execute(_FORGET_OLDER_ADDRESSES, others)
 
         self._run(remember)
