@@ -81,7 +81,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, TypeAlias, cast
+from typing import Any, Literal, Protocol, TextIO, TypeAlias, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle
@@ -10656,6 +10656,7 @@ def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
             except BaseException:
                 log.exception("codeflow: worker %d failed", os.getpid())
                 code = 1
+            logging.shutdown()  # os._exit runs no exit handlers: write what is queued
             os._exit(code)
         pids.add(pid)
 
@@ -10933,13 +10934,101 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+LOG_INTERVAL = 0.1  # s between the writes of a LogWriter: lines show at most this late
+LOG_BACKLOG = 10_000  # lines queued at most: the thread that logs one more writes them
+
+
+class LogWriter(logging.Handler):
+    """Log lines to a stream, LOG_INTERVAL s at a time. A request's thread formats its lines
+    and queues them; a writer thread writes what has queued in one go. A line written by
+    the request's own thread (logging.StreamHandler) is a write and a flush per line, under
+    a lock all threads share: each a system call during which another thread takes the GIL
+    and after which this one waits to get it back, which under load was most of what the
+    access and audit lines cost. Lines keep their order; memory stays bounded (past
+    LOG_BACKLOG lines the logging thread writes them itself, and waits as it did for a
+    stream that blocks); what is queued is written when logging shuts down (at exit); and
+    a worker forked by ``serve --workers`` starts a writer of its own at its first line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lines: collections.deque[str] = collections.deque()  # append, popleft: atomic
+        self._writing = threading.Lock()  # one write at a time, so that lines keep order
+        self._pid = 0  # the process whose writer thread runs (none yet)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Handler.handle holds the handler's lock around emit; queueing a line needs none.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self._pid != os.getpid():
+                self._start()
+            self._lines.append(line)
+            if len(self._lines) >= LOG_BACKLOG:
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _start(self) -> None:
+        with self._writing:
+            if self._pid == os.getpid():
+                return
+            self._lines = collections.deque()  # after a fork: the parent's lines are its own
+            writer = threading.Thread(target=self._write, name="codeflow-log", daemon=True)
+            writer.start()
+            self._pid = os.getpid()
+
+    def _write(self) -> None:
+        while True:
+            time.sleep(LOG_INTERVAL)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued (the writer thread; a full queue; logging.shutdown at exit)."""
+        with self._writing:
+            lines = self._lines
+            batch = [lines.popleft() for _ in range(len(lines))]
+            if batch:
+                with contextlib.suppress(OSError, ValueError):  # a closed stream loses them
+                    self.stream.write("".join(batch))
+                    self.stream.flush()
+
+
 def configure_logging(level: str = "INFO", form: str = "text") -> None:
     """Log to stderr (where systemd's journal and container runtimes collect it)."""
+    # What no line of codeflow's shows, no record need look up (the logging HOWTO's
+    # "Optimization"): the caller's file and line (a walk up the stack) and the thread's
+    # and process's names. This is the CLI's own process; an app embedding codeflow keeps
+    # its logging as it set it up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonLogFormatter() if form == "json" else logging.Formatter("%(message)s")
     )
+    handler.name = "codeflow"  # for log_in_background to find
     logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def log_in_background() -> None:
+    """``serve``, once it starts serving: configure_logging's lines are written by a
+    LogWriter from then on (its docstring says why). Until then each line is written at
+    once, in order with what the CLI prints on stderr. A no-op if configure_logging made
+    no handler or it was replaced (an app or a test set up logging its own way)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if handler.name == "codeflow" and isinstance(handler, logging.StreamHandler):
+            writer = LogWriter(handler.stream)
+            writer.setFormatter(handler.formatter)
+            writer.name = handler.name
+            root.addHandler(writer)
+            root.removeHandler(handler)
+            return
 
 
 PURGE_INTERVAL = 10 * 60  # how often `serve` deletes expired records, off the request path
@@ -11646,6 +11735,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(map(str, srv.fetch_policy.allowed_networks))} for anyone who "
               "names them; never an internal network in production.")  # fmt: skip
     print("Press Ctrl-C to stop.", flush=True)
+    log_in_background()
     # Ctrl-C and SIGTERM both stop cleanly, even where a parent shell left SIGINT ignored.
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -11659,6 +11749,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as err:
+        logging.shutdown()  # what was logged first comes first
         print(f"codeflow: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
     print("codeflow: stopped.")

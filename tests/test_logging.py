@@ -9,10 +9,17 @@ record of the "codeflow" loggers captured.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
+import requests
 from conftest import (
     CONFIDENTIAL,
     PASSWORD,
@@ -24,6 +31,7 @@ from conftest import (
     new_flow,
     query_of,
 )
+from test_cli import codeflow_command, free_port
 from wsgi_client import WSGIClient, basic
 
 import codeflow
@@ -116,3 +124,72 @@ def test_json_log_lines_are_json_with_the_event_fields(caplog: pytest.LogCapture
     line = json.loads(codeflow.JsonLogFormatter().format(record))
     assert line["event"] == "user.added" and line["user"] == USERNAME
     assert line["level"] == "INFO" and "time" in line
+
+
+def test_a_log_writer_keeps_every_line_whole_and_in_order() -> None:
+    """`serve`'s LogWriter: lines logged by many threads at once reach the stream whole,
+    each thread's in the order logged, none lost; within LOG_INTERVAL without a flush, and
+    past LOG_BACKLOG queued lines the logging thread writes them itself."""
+    stream = io.StringIO()
+    writer = codeflow.LogWriter(stream)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("codeflow.test-log-writer")
+    logger.addHandler(writer)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        def lines(thread: int) -> None:
+            for n in range(2000):
+                logger.info("thread %d line %d %s", thread, n, "x" * 50)
+
+        threads = [threading.Thread(target=lines, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + 10 * codeflow.LOG_INTERVAL + 5
+        while stream.getvalue().count("\n") < 8 * 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        written = stream.getvalue().splitlines()
+        assert len(written) == 8 * 2000
+        for t in range(8):
+            mine = [line for line in written if line.startswith(f"thread {t} ")]
+            assert mine == [f"thread {t} line {n} {'x' * 50}" for n in range(2000)]
+    finally:
+        logger.removeHandler(writer)
+
+
+def test_serve_logs_in_the_background_only_once_serving(tmp_path: Path) -> None:
+    """`codeflow serve` writes a line logged before it serves at once, in order with what
+    it prints on stderr; once serving, its access lines come within LOG_INTERVAL and the
+    last ones before Ctrl-C are written before it exits."""
+    port = free_port()
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(  # noqa: S603 -- our own command line
+            codeflow_command("serve", "--port", str(port), "--auto-approve", USERNAME),
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + "/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        assert "auto-approve is on" in log.read_text()  # logged before serving
+        for _ in range(5):
+            requests.get(base + "/jwks", timeout=5)
+        time.sleep(codeflow.LOG_INTERVAL * 5)
+        assert log.read_text().count("GET /jwks 200") == 5
+        requests.get(base + "/.well-known/openid-configuration", timeout=5)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "GET /.well-known/openid-configuration 200" in log.read_text()

@@ -42,13 +42,17 @@ def children(pid: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def serving(kind: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``codeflow serve ARGS`` under waitress or the stdlib server, until it answers."""
+def serving(
+    kind: str, *args: str, log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``codeflow serve ARGS`` under waitress or the stdlib server, until it answers;
+    its stderr to ``log`` if given."""
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 -- our own command line
-        [*SERVERS[kind], "serve", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with open(log or os.devnull, "wb") as stderr:
+        process = subprocess.Popen(  # noqa: S603 -- our own command line
+            [*SERVERS[kind], "serve", "--port", str(port), *args],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP
@@ -98,6 +102,33 @@ def test_two_workers_serve_one_flow_and_stop_together(tmp_path: Path, kind: str)
         assert process.wait(timeout=SHUTDOWN + 5) == 0
         assert not {pid for pid in workers if Path(f"/proc/{pid}").exists()
                     and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]}
+
+
+def test_each_worker_writes_its_access_lines_as_it_serves(tmp_path: Path) -> None:
+    """A forked worker has no thread of its parent's, the log writer's included: each
+    worker writes its own access lines within a moment of each request, a worker started
+    after the parent logged (in place of one that died) too, and the lines queued when
+    Ctrl-C comes are written before it exits."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    log = tmp_path / "stderr.log"
+    with serving("waitress", "--workers", "2", "--storage", db, log=log) as (process, base):
+        first = children(process.pid)
+        os.kill(min(first), signal.SIGKILL)  # the parent logs it and starts another
+        deadline = time.monotonic() + 15
+        while len(children(process.pid) - first) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "starting another" in log.read_text()
+        for _ in range(20):  # a connection each: both workers answer some
+            assert requests.get(base + "/jwks", timeout=10).status_code == 200
+        deadline = time.monotonic() + 5
+        while log.read_text().count("GET /jwks 200") < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text().count("GET /jwks 200") == 20, log.read_text()
+        for _ in range(5):
+            requests.get(base + "/.well-known/openid-configuration", timeout=10)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=SHUTDOWN + 5) == 0
+    assert log.read_text().count("GET /.well-known/openid-configuration 200") == 5
 
 
 def test_workers_need_shared_storage() -> None:
