@@ -140,9 +140,9 @@ FIRST_DELAY = 30  # then a wait, doubling: NIST SP 800-63B §5.2.2 "30 seconds u
 MAX_DELAY = 3600
 ACCOUNT_FAILURES_BEFORE_DELAY = 10  # consecutive failures on one account, from anywhere
 MAX_ACCOUNT_DELAY = 15 * 60  # the gentle per-account wait never grows past this
-KNOWN_ADDRESSES = 4  # addresses remembered per account for having signed in there
+KNOWN_ADDRESSES = 4  # addresses remembered per user for having signed in there
 FORGET_FAILURES = 24 * 3600  # a count with no failure for this long starts again
-THROTTLE_ENTRIES = 50_000  # accounts, and (account, address) pairs, kept at most
+THROTTLE_ENTRIES = 50_000  # client secret budgets kept at most (and MemoryStorage's counts)
 CHECK_WAIT = 10  # seconds a request may wait for the checks under way on its account
 SECRET_CHECK_BURST = 10  # scrypt runs for one client from one address, then
 SECRET_CHECK_INTERVAL = 1  # one more each this many seconds
@@ -1330,6 +1330,22 @@ class Storage(Protocol):
         """Forget the failures of ``keys`` (a success)."""
         ...
 
+    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+        """Note that the user whose ``subject`` this is completed a sign-in from ``address``
+        at ``now`` (the sign-in throttle's known addresses, see "Throttling failed
+        sign-ins"), and forget all but the user's ``keep`` most recent ones: this one and
+        the others by when the user last signed in from each (latest first, ties by
+        address). Atomic: concurrent calls, from any process, leave at most ``keep``. A
+        subject no user has (one removed meanwhile) gets nothing."""
+        ...
+
+    def known_address(self, username: str, address: str) -> bool:
+        """Whether ``address`` is among the remembered ones of the user named ``username``
+        now. They belong to its subject: a user added again under a removed name has
+        another (OIDC Core §2: never reassigned) and knows none of the removed one's,
+        which remove_user forgets."""
+        ...
+
     def save_login_session(self, session: LoginSession) -> None:
         """Store a login session that has just begun (``LoginSession``)."""
         ...
@@ -1450,6 +1466,7 @@ class MemoryStorage:
         self._settings: dict[str, str] = {}
         self._totp_steps: dict[str, int] = {}
         self._failures: dict[str, FailureCount] = {}  # by throttle key
+        self._known_addresses: dict[str, dict[str, float]] = {}  # subject: {address: seen_at}
         self._keys: list[SigningKey] = []  # newest first
         self._devices: dict[str, DeviceAuthorization] = {}  # by device_code_hash
         self._user_codes: dict[str, str] = {}  # user_code_hash -> device_code_hash
@@ -1557,6 +1574,7 @@ class MemoryStorage:
             if user is None:
                 return False
             del self._subjects[user.subject]
+            self._known_addresses.pop(user.subject, None)
             when = time.time() if removed_at is None else removed_at
             self._removed_users.append(RemovedUser(user.username, user.subject, when))
             self._retired.update((user.username, user.subject))
@@ -1817,6 +1835,20 @@ class MemoryStorage:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+        with self._lock:
+            if subject not in self._subjects:
+                return
+            seen = self._known_addresses.setdefault(subject, {})
+            seen[address] = now
+            others = sorted(((t, a) for a, t in seen.items() if a != address), reverse=True)
+            for _, gone in others[max(keep - 1, 0) :]:
+                del seen[gone]
+
+    def known_address(self, username: str, address: str) -> bool:
+        user = self._users.get(username)
+        return user is not None and address in self._known_addresses.get(user.subject, {})
 
     def save_login_session(self, session: LoginSession) -> None:
         with self._lock:
@@ -3226,19 +3258,28 @@ def start_session(
 # on its keys to fail waits for them first (up to CHECK_WAIT s), so that guesses sent in
 # parallel get no more checks than guesses sent one after another.
 #
-# The counts and the gates' waits live in storage (Storage.count_failure), so that every
-# process and node sharing a store shares one budget (README "Run several nodes"): each
-# failure is one atomic increment there and each attempt reads the counts it is gated by,
-# so a failure counted on one node shuts the next attempt on any node. A burst may
-# overshoot by the checks in flight at once on other nodes: a node waits only for its own
-# (the "running" counts below stay in this process, as do the known addresses). A count is
-# forgotten a day after its last failure, and purge_expired deletes it then.
-# What this process keeps is bounded under a spray of names: at most THROTTLE_ENTRIES
-# accounts and as many (account, address) pairs, each only while a check runs or, for an
-# account, while it has known addresses; when a table is full, what goes first is what
-# holds no wait, then accounts' known addresses.
-# IPv6 addresses are counted per /64: the low 64 bits are the host's own to choose
-# (RFC 4291 §2.5.1), so rotating through them gains nothing.
+# Everything the throttle decides by lives in storage, shared by every process and node on
+# it (README "Run several nodes"), each read and written at once:
+# - the counts and the gates' waits (Storage.count_failure): each failure is one atomic
+#   increment there and each attempt reads the counts it is gated by, so a failure counted
+#   on one node shuts the next attempt on any node. A count is forgotten a day after its
+#   last failure, and purge_expired deletes it then.
+# - the known addresses (Storage.remember_address), the user's, for both kinds of secret:
+#   one atomic write when a sign-in completes, read (Storage.known_address) only by an
+#   attempt that a gate would hold, so an address a sign-in completed from on one node
+#   passes the gates on every node from then on. They belong to the user's subject:
+#   remove_user takes them along, and a user added again under the name starts with none
+#   (OIDC Core §2: a sub is "never reassigned").
+# What stays in this process is the checks under way (Checks), for the waiting above: a
+# burst may overshoot by the checks in flight at once on other nodes, since a node waits
+# only for its own. An account has an entry only while requests on it are in attempt(),
+# so what the process keeps is bounded by its requests in flight, whatever names are
+# sprayed. Each entry has its own lock, held over its account's storage reads and writes
+# (so that a check waiting for another reads the count with that one's outcome in it):
+# sign-ins to different accounts do not wait for each other's round trips.
+# IPv6 addresses are counted per /56 (address_group): the low 64 bits are the host's own
+# to choose (RFC 4291 §2.5.1), and a site usually has a /56 of /64s, so rotating through
+# them gains nothing.
 
 
 @dataclass
@@ -3251,38 +3292,17 @@ class Attempt:
 
 
 @dataclass
-class Failures:
-    """Consecutive failed checks of one key: no check before ``until``; ``last`` failure;
-    ``running`` checks under way."""
+class Checks:
+    """This process's checks under way on one account: ``running`` in all, and per address
+    and per gate; ``requests`` in LoginLimiter.attempt on the account, waiting or checking
+    (the entry goes with the last of them). ``changed`` is the account's lock and what its
+    waiting requests wait on."""
 
-    count: int = 0
-    until: float = 0.0
-    last: float = 0.0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    requests: int = 0
     running: int = 0
-
-    def worth(self, now: float) -> int:
-        """How much keeping this entry matters, for LoginLimiter._entry: 0 nothing (no
-        failure for a day), 1 little (no wait in force), 3 a wait in force."""
-        if self.until > now:
-            return 3
-        return 0 if self.last <= now - FORGET_FAILURES else 1
-
-
-@dataclass
-class AccountFailures(Failures):
-    """An account's consecutive failures from anywhere, its two gates (see above), and the
-    addresses it signed in from, most recent last."""
-
-    gates: dict[str, Failures] = field(
-        default_factory=lambda: {"new": Failures(), "suspect": Failures()}
-    )
-    known: list[str] = field(default_factory=list)
-
-    def worth(self, now: float) -> int:
-        """As Failures.worth; 2 for the known addresses of an account with no wait."""
-        if any(gate.until > now for gate in self.gates.values()):
-            return 3
-        return 2 if self.known else super().worth(now)
+    addresses: collections.Counter[str] = field(default_factory=collections.Counter)
+    gates: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 def address_delay(failures: int) -> int:
@@ -3338,156 +3358,143 @@ class LoginLimiter:
     """Failed sign-ins per account and per (account, address), counted in storage: the waits
     that slow guessing without locking anyone out (see the section's comment)."""
 
+    GATES = ("new", "suspect")
+
     def __init__(self, clock: Callable[[], float], storage: Storage) -> None:
         self._clock = clock
         self._storage = storage
-        self._changed = threading.Condition()
-        self._pairs: dict[tuple[str, str], Failures] = {}
-        self._accounts: dict[str, AccountFailures] = {}
+        self._lock = threading.Lock()  # over _checks only, never over a storage call
+        self._checks: dict[str, Checks] = {}
 
     def size(self) -> int:
-        """How many counts are kept (bounded by 2 * THROTTLE_ENTRIES)."""
-        with self._changed:
-            return len(self._pairs) + len(self._accounts)
+        """How many accounts this process keeps an entry for: those with requests under way."""
+        with self._lock:
+            return len(self._checks)
 
     @contextlib.contextmanager
-    def attempt(self, account: str, address: str, *, trusted: bool = False) -> Iterator[Attempt]:
+    def attempt(
+        self, account: str, address: str, *, user: str | None = None, trusted: bool = False
+    ) -> Iterator[Attempt]:
         """Admit one check of ``account``'s secret from ``address``, or refuse it
         (``wait``). The check counts as failed only if the caller sets ``ok = False``.
-        ``trusted``: the browser completed a sign-in to this account before (its device
-        cookie says so), so the account-wide gates do not hold it; the back-off of its own
-        address still does."""
+        ``user``: the name of the user the secret is of, if any; an address it completed
+        a sign-in from (Storage.known_address) passes the account-wide gates. ``trusted``:
+        the browser completed a sign-in to this account before (its device cookie says
+        so), so the account-wide gates do not hold it either. The back-off of its own
+        address holds both."""
         account, address = throttle_key(account), address_group(address)
         attempt = Attempt()
-        with self._changed:
-            gate = self._admit(account, address, attempt, trusted)
-        if attempt.wait:
-            yield attempt
-            return
+        with self._entry(account) as checks:
+            with checks.changed:
+                gate = self._admit(account, address, user, trusted, checks, attempt)
+            if attempt.wait:
+                yield attempt
+                return
+            try:
+                yield attempt
+            finally:
+                with checks.changed:
+                    try:
+                        self._settle(account, address, gate, checks, attempt.ok)
+                    finally:
+                        checks.changed.notify_all()
+
+    def remember(self, subject: str, address: str) -> None:
+        """A sign-in of the user whose ``subject`` this is completed from ``address``, second
+        factor and all: its address is one of the user's known ones, on every node. Only
+        then: a password step passed by someone without the second factor must not push
+        the user's own addresses out."""
+        self._storage.remember_address(
+            subject, address_group(address), self._clock(), KNOWN_ADDRESSES
+        )
+
+    @contextlib.contextmanager
+    def _entry(self, account: str) -> Iterator[Checks]:
+        """The Checks of ``account``, made if need be, for as long as the caller needs it."""
+        with self._lock:
+            checks = self._checks.get(account)
+            if checks is None:
+                checks = self._checks[account] = Checks()
+            checks.requests += 1
         try:
-            yield attempt
+            yield checks
         finally:
-            with self._changed:
-                try:
-                    self._settle(account, address, gate, attempt.ok)
-                finally:
-                    self._changed.notify_all()
+            with self._lock:
+                checks.requests -= 1
+                if not checks.requests:
+                    del self._checks[account]
 
-    def remember(self, account: str, address: str) -> None:
-        """A sign-in to ``account`` from ``address`` completed, second factor and all: its
-        address is one of the account's known ones. Only then: a password step passed by
-        someone without the second factor must not push the user's own addresses out."""
-        account, address = throttle_key(account), address_group(address)
-        with self._changed:
-            acct = self._entry(self._accounts, account, AccountFailures, self._clock())
-            acct.known = [*(a for a in acct.known if a != address), address][-KNOWN_ADDRESSES:]
-            self._changed.notify_all()
-
-    def _admit(self, account: str, address: str, attempt: Attempt, trusted: bool) -> str | None:
-        """Wait until the check may run and register it, returning the gate it passes; or
-        set ``attempt.wait``. Called with the lock held."""
+    def _admit(
+        self, account: str, address: str, user: str | None, trusted: bool, checks: Checks,
+        attempt: Attempt,
+    ) -> str | None:
+        """Wait until the check may run and register it in ``checks``, returning the gate
+        it passes; or set ``attempt.wait``. Called holding ``checks.changed``."""
         deadline = time.monotonic() + CHECK_WAIT
+        known = True if trusted else None  # None: not looked up, a round trip, until needed
         while True:
             now = self._clock()
-            pair = self._load(self._pairs.get((account, address)), now, account, address)
-            acct = self._load(self._accounts.get(account), now, account)
-            known = trusted or (isinstance(acct, AccountFailures) and address in acct.known)
-            gate_name = None if known else ("suspect" if pair.count else "new")
-            gate = None
-            if gate_name:
-                gate = self._load(self._gate(acct, gate_name), now, account, gate=gate_name)
-            wait = max(pair.until, gate.until if gate else 0.0) - now
-            if wait > 0:
-                attempt.wait = math.ceil(wait)
+            pair = self._storage.failures(failure_key(account, address), now, FORGET_FAILURES)
+            until = pair.last + address_delay(pair.count) if pair.count else 0.0
+            # Would this attempt be refused if the checks under way failed? Then it waits
+            # for them rather than run now.
+            running = checks.addresses[address]
+            busy = bool(running and address_delay(pair.count + running))
+            gate = None if known else ("suspect" if pair.count else "new")
+            if gate is not None:
+                key = failure_key(account, gate=gate)
+                shut = self._storage.failures(key, now, FORGET_FAILURES).until
+                gate_busy = bool(checks.gates[gate]) and bool(account_delay(
+                    self._storage.failures(failure_key(account), now, FORGET_FAILURES).count
+                    + checks.running
+                ))  # fmt: skip
+                if (shut > now or gate_busy) and known is None:
+                    known = user is not None and self._storage.known_address(user, address)
+                if known:
+                    gate = None
+                else:
+                    until, busy = max(until, shut), busy or gate_busy
+            if until > now:
+                attempt.wait = math.ceil(until - now)
                 return None
-            # Would this attempt be refused if the checks under way failed? Then wait
-            # for them rather than run it now.
-            if not (
-                (pair.running and address_delay(pair.count + pair.running))
-                or (gate and gate.running and account_delay(acct.count + acct.running))
-            ):
+            if not busy:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 attempt.wait = 1
                 return None
-            self._changed.wait(remaining)
-        pair = self._entry(self._pairs, (account, address), Failures, now)
-        acct = self._entry(self._accounts, account, AccountFailures, now)
-        pair.running += 1
-        acct.running += 1
-        if gate_name:
-            acct.gates[gate_name].running += 1
-        return gate_name
+            checks.changed.wait(remaining)
+        checks.running += 1
+        checks.addresses[address] += 1
+        if gate is not None:
+            checks.gates[gate] += 1
+        return gate
 
-    def _settle(self, account: str, address: str, gate_name: str | None, ok: bool | None) -> None:
-        """Count the check's outcome (None: it did not finish, so it counts for nothing)."""
+    def _settle(
+        self, account: str, address: str, gate: str | None, checks: Checks, ok: bool | None
+    ) -> None:
+        """Count the check's outcome (None: it did not finish, so it counts for nothing).
+        Called holding ``checks.changed``: a check waiting for this one (_admit) reads the
+        count with this outcome in it."""
         now = self._clock()
-        pair, acct = self._pairs[(account, address)], self._accounts[account]
-        pair.running -= 1
-        acct.running -= 1
-        gate = acct.gates[gate_name] if gate_name else None
-        if gate:
-            gate.running -= 1
-        if ok is not None:
-            # The table is in the order of the last outcome, for _entry to drop the oldest.
-            self._accounts[account] = self._accounts.pop(account)
-        # This process keeps an entry only while a check runs or it knows addresses, even
-        # if storage fails below (StorageUnavailable, answered 503).
-        if not pair.running:
-            del self._pairs[(account, address)]
-        if not acct.running and not acct.known:
-            del self._accounts[account]
-        # Written while holding the lock, so that a check of this process waiting for this
-        # one (_admit) reads the count with this outcome in it.
+        checks.running -= 1
+        checks.addresses[address] -= 1
+        if not checks.addresses[address]:  # an entry under steady use keeps no dead keys
+            del checks.addresses[address]
+        if gate is not None:
+            checks.gates[gate] -= 1
         if ok:
-            gates = [failure_key(account, gate=name) for name in acct.gates]
-            keys = [failure_key(account, address), failure_key(account), *gates]
-            self._storage.clear_failures(keys)
+            gates = [failure_key(account, gate=name) for name in self.GATES]
+            self._storage.clear_failures([failure_key(account, address), failure_key(account),
+                                          *gates])  # fmt: skip
         elif ok is not None:
             # The waits follow from the counts, so only the counts and a gate's wait
             # (which depends on the account's count when it shut) are written.
             self._storage.count_failure(failure_key(account, address), now, FORGET_FAILURES)
             count = self._storage.count_failure(failure_key(account), now, FORGET_FAILURES)
-            if gate_name:
+            if gate is not None:
                 until = now + account_delay(count)
-                self._storage.hold_failures(failure_key(account, gate=gate_name), until)
-
-    def _gate(self, acct: Failures, name: str) -> Failures | None:
-        return acct.gates.get(name) if isinstance(acct, AccountFailures) else None
-
-    def _load(
-        self, entry: Failures | None, now: float, account: str, address: str = "",
-        gate: str = "",
-    ) -> Failures:
-        """``entry`` (this process's checks under way) with its count and wait as they
-        stand in storage now, or a fresh Failures if there is no entry."""
-        entry = entry if entry is not None else Failures()
-        stored = self._storage.failures(failure_key(account, address, gate), now, FORGET_FAILURES)
-        entry.count, entry.last = stored.count, stored.last
-        if gate:
-            entry.until = stored.until
-        elif address:
-            entry.until = stored.last + address_delay(stored.count) if stored.count else 0.0
-        return entry
-
-    def _entry(self, table: dict[Any, Any], key: Any, new: Callable[[], Any], now: float) -> Any:
-        """The entry of ``key``, made if need be. When the table is full, a tenth of it
-        goes: the least worth keeping first (Failures.worth), among equals the least
-        recently failed; never one with a check under way."""
-        entry = table.get(key)
-        if entry is not None:
-            return entry
-        if len(table) >= THROTTLE_ENTRIES:
-            by_worth: list[list[Any]] = [[], [], [], []]
-            for k, e in table.items():  # in the order of the last failure
-                if not e.running:
-                    by_worth[e.worth(now)].append(k)
-            excess = len(table) - THROTTLE_ENTRIES * 9 // 10
-            for k in [k for keys in by_worth for k in keys][:excess]:
-                del table[k]
-        entry = table[key] = new()
-        return entry
+                self._storage.hold_failures(failure_key(account, gate=gate), until)
 
 
 class SecretChecks:
@@ -5757,7 +5764,7 @@ def check_password(
     who = {"user": username[:64], "client": client, "address": browser.address}
     trusted = username in browser.devices
     with srv.login_limiter.attempt(
-        f"password:{username}", browser.address, trusted=trusted
+        f"password:{username}", browser.address, user=username, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("login.throttled", **who)
@@ -5838,7 +5845,7 @@ def check_second_factor(
     recovery = form.get("recovery_code")
     trusted = user.username in browser.devices
     with srv.login_limiter.attempt(
-        f"otp:{user.username}", browser.address, trusted=trusted
+        f"otp:{user.username}", browser.address, user=user.username, trusted=trusted
     ) as attempt:
         if attempt.wait:
             audit("second_factor.throttled", **who)
@@ -5914,9 +5921,8 @@ def signed_in(
 
 def remember_address(srv: Server, user: User, browser: Browser) -> None:
     """A sign-in completed from the browser's address: one of the user's known ones for
-    throttling (see "Throttling failed sign-ins")."""
-    for step in ("password", "otp"):
-        srv.login_limiter.remember(f"{step}:{user.username}", browser.address)
+    throttling, for both kinds of secret (see "Throttling failed sign-ins")."""
+    srv.login_limiter.remember(user.subject, browser.address)
 
 
 def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:

@@ -206,11 +206,14 @@ def test_a_password_step_without_the_second_factor_evicts_no_known_address(
     """An attacker who has the password but not the TOTP code passes the password step
     from four addresses: the user's own address stays known, so she is not held by the
     account-wide gates the attacker then shuts."""
-    server.set_totp(USERNAME, pyotp.random_base32())
+    secret = pyotp.random_base32()
+    server.set_totp(USERNAME, secret)
     home = "192.0.2.1"
-    first = _sign_in(WSGIClient(server.wsgi), address=home)
+    mine = WSGIClient(server.wsgi)
+    first = _sign_in(mine, address=home)
     assert 'name="otp"' in first.text
-    server.login_limiter.remember(f"password:{USERNAME}", home)  # she completed it there once
+    code = {**form_fields(first.text), "otp": pyotp.TOTP(secret).at(server.clock())}
+    assert mine.post("/login", code, REMOTE_ADDR=home).status == 303  # completed there once
     for i in range(4):
         r = _sign_in(WSGIClient(server.wsgi), address=f"198.51.100.{100 + i}")
         assert 'name="otp"' in r.text  # the password step passed, the code never comes

@@ -1068,6 +1068,55 @@ class TestStorageContract:
         assert sorted(counts) == list(range(1, THREADS + 1))
         assert storage.failures("alice", NOW, 100).count == THREADS
 
+    def test_remember_address_keeps_the_most_recent_addresses_of_a_user(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """NIST SP 800-63B §5.2.2 ("IP addresses from which the subscriber has been
+        successfully authenticated before"): Storage.remember_address keeps the ``keep``
+        most recent addresses of the user (by when it last signed in from each), this one
+        always among them; known_address finds them by the user's name, and no other
+        user's."""
+        alice = storage.add_user(User("alice", "hash"))
+        storage.add_user(User("bob", "hash"))
+        assert not storage.known_address("alice", "192.0.2.1")
+        for i in range(5):
+            storage.remember_address(alice.subject, f"192.0.2.{i}", NOW + i, 4)
+        known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(5)]
+        assert known == [False, True, True, True, True]
+        storage.remember_address(alice.subject, "192.0.2.1", NOW + 10, 4)  # again: the latest
+        storage.remember_address(alice.subject, "2001:db8::/56", NOW + 11, 4)
+        known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(5)]
+        assert known == [False, True, False, True, True]
+        assert storage.known_address("alice", "2001:db8::/56")
+        assert not storage.known_address("bob", "192.0.2.1")
+        assert not storage.known_address("nobody", "192.0.2.1")
+
+    def test_a_removed_users_addresses_pass_to_no_user_of_its_name(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """OIDC Core §2 (a sub is "never reassigned"): the addresses are the subject's, so a
+        user added again under a removed name knows none of them, even one remembered for
+        the removed subject after the removal (a sign-in that completed meanwhile)."""
+        old = storage.add_user(User("alice", "hash"))
+        storage.remember_address(old.subject, "192.0.2.1", NOW, 4)
+        assert storage.remove_user("alice")
+        assert not storage.known_address("alice", "192.0.2.1")
+        storage.remember_address(old.subject, "192.0.2.2", NOW + 1, 4)
+        new = storage.add_user(User("alice", "hash"))
+        assert new.subject != old.subject
+        assert not storage.known_address("alice", "192.0.2.1")
+        assert not storage.known_address("alice", "192.0.2.2")
+        storage.remember_address(new.subject, "192.0.2.3", NOW + 2, 4)
+        assert storage.known_address("alice", "192.0.2.3")
+
+    def test_remember_address_race_keeps_at_most_keep(self, storage: codeflow.Storage) -> None:
+        """Storage.remember_address is atomic: THREADS sign-ins of one user completing at
+        once from as many addresses (on any nodes) leave exactly ``keep`` of them known."""
+        alice = storage.add_user(User("alice", "hash"))
+        race(lambda i: storage.remember_address(alice.subject, f"192.0.2.{i}", NOW + i, 4))
+        known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(THREADS)]
+        assert known.count(True) == 4, known
+
     def test_record_totp_step_refuses_a_step_used_before(self, storage: codeflow.Storage) -> None:
         """RFC 6238 §5.2: "the verifier MUST NOT accept the second attempt of the OTP after
         the successful validation has been issued for the first OTP"."""

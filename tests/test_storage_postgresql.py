@@ -243,6 +243,14 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
         store.list_grants(NOW, **only)
     store.revoke_grant("alice", "app", NOW)
     store.record_totp_step("alice", 1)
+    store.count_failure("password:alice", NOW, 100)
+    store.hold_failures("password:alice", NOW + 30)
+    store.failures("password:alice", NOW, 100)
+    store.clear_failures(["password:alice"])
+    subject = store.get_user("alice").subject
+    store.remember_address(subject, "192.0.2.1", NOW, 4)
+    store.remember_address(subject, "192.0.2.2", NOW + 1, 1)  # forgets 192.0.2.1
+    store.known_address("alice", "192.0.2.2")
     store.get_or_add_setting("secret_key", "k")
     store.get_or_add_setting("secret_key", "k2")
     key = SigningKey("kid-1", "RS256", "pem", NOW)

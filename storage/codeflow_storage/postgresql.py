@@ -421,10 +421,20 @@ _V13_FAILURE_COUNTS = [
     "CREATE INDEX failure_counts_by_expiry ON failure_counts (expires_at)",
 ]
 
+_V14_KNOWN_ADDRESSES = [
+    # The addresses each user completed a sign-in from (Storage.remember_address), by
+    # subject, shared by every node; the key is also the index of the look-up
+    # (known_address) and of trimming a user's to the most recent. As in
+    # codeflow_storage.sqlite's migration 21.
+    "CREATE TABLE known_addresses (subject text NOT NULL, address text NOT NULL, "
+    "seen_at double precision NOT NULL, PRIMARY KEY (subject, address))",
+]
+
 MIGRATIONS: list[list[str]] = [
     _V1_TABLES, _V2_INDEXES, _V3_RELYING_PARTIES, _V4_SUBJECTS, _V5_LOGOUT, _V6_RESOURCES,
     _V7_SELF_REGISTRATION, _V8_ACCOUNT, _V9_PASSKEYS, _V10_DEVICE_AND_PUSHED_REQUESTS,
     _V11_DPOP_AND_CLIENT_KEYS, _V12_CONSENT_BINDING, _V13_FAILURE_COUNTS,
+    _V14_KNOWN_ADDRESSES,
 ]  # fmt: skip
 
 
@@ -512,6 +522,12 @@ _SAVE_USER = (
     f"INSERT INTO users ({_USERS.columns}) VALUES {_USERS.values} "  # noqa: S608
     "ON CONFLICT (username) DO UPDATE SET "
     + ", ".join(f"{n} = excluded.{n}" for n in _USERS.names if n not in ("username", "subject"))
+)
+# Of a user's known addresses, all but %(address)s and the %(others)s most recent others.
+_FORGET_OLDER_ADDRESSES = (
+    "DELETE FROM known_addresses WHERE subject = %(subject)s AND address <> %(address)s "
+    "AND address NOT IN (SELECT address FROM known_addresses WHERE subject = %(subject)s "
+    "AND address <> %(address)s ORDER BY seen_at DESC, address DESC LIMIT %(others)s)"
 )
 # Whether a user, stored or removed, has or had %(name)s as its username or subject.
 _SUBJECT_TAKEN = (
@@ -1028,6 +1044,8 @@ class PostgreSQLStorage:
                     "passkeys_gone AS (DELETE FROM passkeys WHERE username = %(name)s), "
                     "devices_gone AS (DELETE FROM device_authorizations "
                     "WHERE username = %(name)s), "
+                    "addresses_gone AS (DELETE FROM known_addresses WHERE subject IN "
+                    "(SELECT subject FROM users WHERE username = %(name)s)), "
                     "gone AS (DELETE FROM users WHERE username = %(name)s "
                     "RETURNING username, subject) "
                     "INSERT INTO removed_users (username, subject, removed_at) "
@@ -1379,6 +1397,39 @@ class PostgreSQLStorage:
 
     def clear_failures(self, keys: Sequence[str]) -> None:
         self._count("DELETE FROM failure_counts WHERE key = ANY (%s)", [list(keys)])
+
+    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+        """Two statements of one READ COMMITTED transaction. The first locks the user's row
+        (FOR NO KEY UPDATE: a removal, or another remember of the user, waits for this
+        transaction) and notes the address; the second, on a snapshot taken once the lock
+        was held, sees what every remember before it committed and trims them, so that
+        concurrent calls on any nodes leave at most ``keep``."""
+        others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
+
+        def remember(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                noted = conn.execute(
+                    "WITH owner AS (SELECT subject FROM users WHERE subject = %s "
+                    "FOR NO KEY UPDATE) "
+                    "INSERT INTO known_addresses (subject, address, seen_at) "
+                    "SELECT subject, %s, %s FROM owner "
+                    "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at",
+                    [subject, address, now],
+                ).rowcount
+                if noted:
+                    conn.execute(_FORGET_OLDER_ADDRESSES, others)
+
+        self._run(remember)
+
+    def known_address(self, username: str, address: str) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 FROM users JOIN known_addresses USING (subject) "
+                "WHERE users.username = %s AND known_addresses.address = %s",
+                [username, address],
+            )
+        )
 
     def save_login_session(self, session: LoginSession) -> None:
         self._count(_LOGIN_SESSIONS.upsert, _LOGIN_SESSIONS.encode(session))

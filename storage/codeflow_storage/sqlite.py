@@ -423,6 +423,16 @@ def _v20_failure_counts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX failure_counts_by_expiry ON failure_counts (expires_at)")
 
 
+def _v21_known_addresses(db: sqlite_utils.Database) -> None:
+    """The addresses each user completed a sign-in from (``Storage.remember_address``), by
+    subject, shared by every process on the file; the key is also the index of the look-up
+    (``known_address``) and of trimming a user's to the most recent."""
+    db.execute(
+        "CREATE TABLE known_addresses (subject TEXT NOT NULL, address TEXT NOT NULL, "
+        "seen_at REAL NOT NULL, PRIMARY KEY (subject, address))"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_tables,
     _v2_indexes,
@@ -444,6 +454,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v18_dpop_and_client_keys,
     _v19_consent_binding,
     _v20_failure_counts,
+    _v21_known_addresses,
 ]
 
 
@@ -521,6 +532,12 @@ _USER_CHANGES = ", ".join(
 _SAVE_USER = (
     f"INSERT INTO users ({_USERS.columns}) VALUES ({', '.join('?' * len(_USERS.names))}) "  # noqa: S608
     f"ON CONFLICT(username) DO UPDATE SET {_USER_CHANGES}"
+)
+# Of a user's known addresses, all but :address and the :others most recent other ones.
+_FORGET_OLDER_ADDRESSES = (
+    "DELETE FROM known_addresses WHERE subject = :subject AND address <> :address "
+    "AND address NOT IN (SELECT address FROM known_addresses WHERE subject = :subject "
+    "AND address <> :address ORDER BY seen_at DESC, address DESC LIMIT :others)"
 )
 # Whether a user, stored or removed, has or had :name as its username or subject.
 _SUBJECT_TAKEN = (
@@ -825,6 +842,11 @@ class SQLiteStorage:
             for table in ("tokens", "codes", "consents", "totp_steps", "recovery_codes",
                           "login_sessions", "passkeys", "device_authorizations"):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE username = ?", [username])  # noqa: S608
+            db.execute(
+                "DELETE FROM known_addresses WHERE subject IN "
+                "(SELECT subject FROM users WHERE username = ?)",
+                [username],
+            )
             # The tombstone and the removal, in one statement each of one transaction.
             db.execute(
                 "INSERT INTO removed_users (username, subject, removed_at) "
@@ -1185,6 +1207,28 @@ class SQLiteStorage:
         with self._write() as db:
             marks = ", ".join("?" * len(keys))
             db.execute(f"DELETE FROM failure_counts WHERE key IN ({marks})", list(keys))  # noqa: S608
+
+    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+        # One write transaction: every process's remembers of a user take turns.
+        with self._write() as db:
+            noted = db.execute(
+                "INSERT INTO known_addresses (subject, address, seen_at) "
+                "SELECT subject, ?, ? FROM users WHERE subject = ? "
+                "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at",
+                [address, now, subject],
+            ).rowcount
+            if noted:
+                others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
+                db.execute(_FORGET_OLDER_ADDRESSES, others)
+
+    def known_address(self, username: str, address: str) -> bool:
+        return bool(
+            self._read(
+                "SELECT 1 FROM users JOIN known_addresses USING (subject) "
+                "WHERE users.username = ? AND known_addresses.address = ?",
+                [username, address],
+            )
+        )
 
     def save_login_session(self, session: LoginSession) -> None:
         with self._locked() as db:

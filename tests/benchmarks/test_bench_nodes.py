@@ -80,6 +80,7 @@ COUNTED_FLOWS = 20  # flows whose statements and round trips are counted
 STARTUP = 60.0  # seconds a server may take to answer (a PostgreSQL schema to migrate)
 CODEFLOW = Path(sys.executable).with_name("codeflow")  # the console script pip installed
 TICK = os.sysconf("SC_CLK_TCK")
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # The floor of the HTTP rows: a bottle hello-world app served by codeflow.serve, as
 # `codeflow serve` serves (waitress, its threads and limits), loaded with as many
 # requests per "flow" as a flow has (bench_http_client's hello mode).
@@ -562,6 +563,11 @@ def test_node_benchmarks(
         node = nodes[name]
         return node.per_flow(sum(node.server_cpu.values()) + (node.db_cpu if with_db else 0))
 
+    def ceiling(name: str) -> float | None:
+        node = nodes[name]
+        every = node.per_flow(sum(node.server_cpu.values()) + node.db_cpu + node.client_cpu)
+        return ratio(CORES / every if every else None, node.rate)
+
     def in_rate(name: str) -> float | None:
         return 1 / statistics.median(times[name]) if times.get(name) else None
 
@@ -575,6 +581,13 @@ def test_node_benchmarks(
         ("2 / 1 workers flows/s, HTTP, PostgreSQL",
          ratio(rate("postgresql/2"), rate("postgresql/1")),
          f">= {GOALS['two_workers']}", lambda v: v >= GOALS["two_workers"]),
+        # The most two workers could give here: all the machine's cores busy with the CPU
+        # a flow costs at one worker (the server's, the database's and the load client's,
+        # which share the cores), over the flows/s one worker served.
+        ("  at most on this machine, SQLite", ceiling("sqlite/1"),
+         f"none (info): {CORES} cores / CPU per flow", None),
+        ("  at most on this machine, PostgreSQL", ceiling("postgresql/1"),
+         f"none (info): {CORES} cores / CPU per flow", None),
         # What a second worker costs per flow (locks, a second pool): on two cores of
         # its own, two workers could serve at most 2 / this as many flows/s as one.
         ("  server CPU/flow, 2 / 1 workers, SQLite",
