@@ -2416,6 +2416,7 @@ class Server:
         jwks: dict[str, Any] | None = None,
         jwks_uri: str | None = None,
         dpop_bound_access_tokens: bool = False,
+        declared: str = "",
     ) -> Client:
         """Register a client, or replace the one with that client_id; without
         ``client_secret`` it is public (RFC 6749 §2.1). A client_id may not be a username
@@ -2435,7 +2436,8 @@ class Server:
         ``jwks`` (a JWK Set of public keys) or ``jwks_uri``: the client authenticates with
         private_key_jwt (RFC 7523 §2.2) instead of a secret. ``dpop_bound_access_tokens``:
         its token requests must carry a DPoP proof (RFC 9449 §5.2), so that all its tokens
-        are bound to its key."""
+        are bound to its key. ``declared``: the config file's entry that declares it
+        (load_config), hashed; the CLI edits no declared client."""
         refuse_shared_subject(self.storage, client_id)
         client = Client(
             client_id=client_id,
@@ -2460,6 +2462,7 @@ class Server:
             jwks=dict(jwks or {}),
             jwks_uri=jwks_uri,
             dpop_bound_access_tokens=dpop_bound_access_tokens,
+            declared=declared,
         )
         if client_secret is not None and client.keyed:
             raise ValueError("a client authenticates with a secret or with keys, not both")
@@ -2524,6 +2527,7 @@ class Server:
         access_token_lifetime: int | None = None,
         introspection: bool = True,
         client_id: str | None = None,
+        declared: str = "",
     ) -> Resource:
         """Register a protected resource (an API), or replace the one with that URI: its
         resource indicator (RFC 8707 §2: an absolute URI without fragment), the scopes it
@@ -2531,7 +2535,8 @@ class Server:
         9068 JWT unless ``access_token_jwt=False``) and lifetime in seconds (None: the
         server's), and the confidential client its server authenticates as
         (``client_id``), which may introspect its tokens when ``introspection`` and
-        exchange them by the client's ``token_exchange`` policy (RFC 8693)."""
+        exchange them by the client's ``token_exchange`` policy (RFC 8693). ``declared``:
+        as for add_client."""
         resource = Resource(
             uri=uri,
             scopes=tuple(scopes),
@@ -2540,6 +2545,7 @@ class Server:
             access_token_lifetime=access_token_lifetime,
             introspection=introspection,
             client_id=client_id,
+            declared=declared,
         )
         check_resource(resource)
         self.storage.add_resource(resource)
@@ -2584,6 +2590,7 @@ class Server:
         *,
         claims: dict[str, Any] | None = None,
         totp_secret: str | None = None,
+        declared: str = "",
     ) -> User:
         """Register a user, or replace the one with that username; without a password the
         user can only be auto-approved. Returns the user as stored, with its ``subject``:
@@ -2591,7 +2598,21 @@ class Server:
 
         With ``totp_secret`` (base32, as ``pyotp.random_base32()`` makes) the user signs
         in with a TOTP code after the password (RFC 6238). A username may not be a
-        client_id (see ``refuse_shared_subject``)."""
+        client_id (see ``refuse_shared_subject``). ``declared``: as for add_client."""
+        user = self._user_record(username, password, claims, totp_secret, declared)
+        user = self.storage.add_user(user)
+        audit("user.added", user=username, totp=int(totp_secret is not None))
+        return user
+
+    def _user_record(
+        self,
+        username: str,
+        password: str | None,
+        claims: dict[str, Any] | None,
+        totp_secret: str | None,
+        declared: str,
+    ) -> User:
+        """The record add_user stores, checked, its password hashed; not stored."""
         refuse_shared_subject(self.storage, username, user=True)
         refuse_empty_password(password)
         if totp_secret is not None:
@@ -2601,9 +2622,7 @@ class Server:
             hash_password(password, hashing=self.password_hashing)
             if password is not None else NO_PASSWORD
         )  # fmt: skip
-        user = self.storage.add_user(User(username, hashed, claims, totp_secret))
-        audit("user.added", user=username, totp=int(totp_secret is not None))
-        return user
+        return User(username, hashed, claims, totp_secret, declared=declared)
 
     def _user(self, username: str) -> User:
         user = self.storage.get_user(username)
@@ -10789,7 +10808,7 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
         stored_resource = srv.storage.get_resource(uri)
         if _declaration_is_current(srv, entry, stored_resource, "resource", uri):
             continue
-        resource = srv.add_resource(
+        srv.add_resource(
             uri,
             scopes=entry.get("scopes", []),
             name=entry.get("name", ""),
@@ -10797,13 +10816,13 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             access_token_lifetime=entry.get("access_token_lifetime"),
             introspection=entry.get("introspection", True),
             client_id=entry.get("client_id"),
+            declared=_declaration(srv, entry),
         )
-        srv.storage.add_resource(replace(resource, declared=_declaration(srv, entry)))
     for client_id, entry in clients.items():
         stored_client = srv.storage.get_client(client_id)
         if _declaration_is_current(srv, entry, stored_client, "client", client_id):
             continue
-        client = srv.add_client(
+        srv.add_client(
             client_id,
             client_secret=entry.get("client_secret"),
             redirect_uris=entry.get("redirect_uris", []),
@@ -10832,8 +10851,8 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             jwks=entry.get("jwks"),
             jwks_uri=entry.get("jwks_uri"),
             dpop_bound_access_tokens=entry.get("dpop_bound_access_tokens", False),
+            declared=_declaration(srv, entry),
         )
-        srv.storage.add_client(replace(client, declared=_declaration(srv, entry)))
     for username, entry in users.items():
         stored_user = srv.storage.get_user(username)
         if _declaration_is_current(srv, entry, stored_user, "user", username):
@@ -10844,17 +10863,16 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
             # of the file and use `codeflow user totp disable`.
             log.warning("codeflow: user %r keeps the second factor enrolled in storage", username)
             totp_secret = stored_user.totp_secret
-        user = srv.add_user(
-            username, entry.get("password"), claims=entry.get("claims", {}),
-            totp_secret=totp_secret,
-        )  # fmt: skip
-        user = replace(user, declared=_declaration(srv, entry))
+        password, claims = entry.get("password"), entry.get("claims", {})
+        declared = _declaration(srv, entry)
         if stored_user is None:
-            srv.storage.add_user(user)
+            srv.add_user(username, password, claims=claims, totp_secret=totp_secret,
+                         declared=declared)  # fmt: skip
         else:
             # New credentials from the file end what the old ones granted, as
-            # Server.set_password does (RFC 9700 §4.14.2).
-            srv.storage.change_credentials(user)
+            # Server.set_password does (RFC 9700 §4.14.2): one write, the revocation with it.
+            srv._change_credentials(srv._user_record(username, password, claims, totp_secret,
+                                                     declared))  # fmt: skip
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
     for r in srv.storage.list_resources():
         if r.declared and r.uri not in resources:

@@ -9,6 +9,7 @@ import secrets
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -92,6 +93,24 @@ def make_server(clock: Clock | None = None, **options) -> codeflow.Server:
 def server(clock: Clock) -> codeflow.Server:
     """A Server at ISSUER on memory storage, with its clock under the test's control."""
     return make_server(clock)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """The path of a SQLite file for ``srv`` (not made yet)."""
+    return tmp_path / "codeflow.db"
+
+
+@pytest.fixture
+def srv(db: Path, clock: Clock) -> Iterator[codeflow.Server]:
+    """The conftest server (a confidential and a public client, alice), on the SQLite file
+    ``db``, which the ``codeflow`` command can edit from another process while it serves.
+    (Modules that mean another server by ``srv`` define their own.)"""
+    from codeflow_storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(db)
+    yield make_server(clock, storage=storage)
+    storage.close()
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from codeflow_storage.sqlite import SQLiteStorage
 from conftest import (
     CONFIDENTIAL,
     PASSWORD,
@@ -23,7 +21,6 @@ from conftest import (
     USERNAME,
     Clock,
     form_fields,
-    make_server,
     new_flow,
     query_of,
 )
@@ -41,20 +38,6 @@ def clock() -> Clock:
     """Today, to the second: the ``codeflow`` command counts tokens active by the real
     clock, and a consent time printed to the second compares exactly."""
     return Clock(float(int(time.time())))
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "codeflow.db"
-
-
-@pytest.fixture
-def srv(db: Path, clock: Clock) -> Iterator[codeflow.Server]:
-    """The conftest server (a confidential and a public client, alice), on a SQLite file
-    that the ``codeflow`` command edits from another process while it serves."""
-    storage = SQLiteStorage(db)
-    yield make_server(clock, storage=storage)
-    storage.close()
 
 
 def utc(timestamp: float) -> str:

@@ -9,6 +9,8 @@ Real `codeflow serve` processes on a real SQLite file, stopped with Ctrl-C.
 
 from __future__ import annotations
 
+import collections
+import re
 from pathlib import Path
 
 import codeflow_storage.sqlite
@@ -108,3 +110,58 @@ def test_an_entry_taken_out_of_the_config_stays_and_is_the_clis(
     assert codeflow.verify_password("one", stored(db, "alice").password_hash)
     assert "alice" in log and "no longer in the config file" in log
     assert cli("user", "totp", "enable", "alice", "--storage", db).returncode == 0
+
+
+def table_writes(storage: codeflow_storage.sqlite.SQLiteStorage) -> collections.Counter[str]:
+    """The statements that write to each table of ``storage``'s SQLite file from now on, as
+    SQLite runs them (its trace callback): what storage receives."""
+    writes: collections.Counter[str] = collections.Counter()
+
+    def trace(statement: str) -> None:
+        found = re.match(r"\s*(?:INSERT|REPLACE|UPDATE|DELETE)\b.*?\b(?:INTO|UPDATE|FROM)\s+(\w+)",
+                         statement, re.IGNORECASE | re.DOTALL)  # fmt: skip
+        if found:
+            writes[found[1]] += 1
+
+    storage._db.conn.set_trace_callback(trace)  # type: ignore[union-attr]
+    return writes
+
+
+DECLARED = {
+    "resources": [{"uri": "https://api.example/", "scopes": ["api:read"]}],
+    "clients": [{"client_id": "wiki", "client_secret": "wiki-secret",
+                 "redirect_uris": ["https://wiki.example/cb"]}],
+    "users": [{"username": "alice", "password": "one", "claims": {"name": "Alice"}}],
+}  # fmt: skip
+
+
+def test_each_new_or_edited_entry_is_written_once_and_an_unchanged_one_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """Loading the config file (load_config, as `serve --config` does at each start) writes
+    each new or edited [[resources]], [[clients]] and [[users]] entry to storage in one
+    statement, the record with its declaration, and leaves unchanged entries unwritten."""
+    with codeflow_storage.sqlite.SQLiteStorage(tmp_path / "codeflow.db") as storage:
+        srv = codeflow.Server(storage=storage)
+        writes = table_writes(storage)
+        codeflow.load_config(srv, DECLARED)
+        assert {t: writes[t] for t in ("resources", "clients", "users")} == {
+            "resources": 1, "clients": 1, "users": 1,
+        }  # fmt: skip
+        writes.clear()
+        codeflow.load_config(srv, DECLARED)
+        assert not {t: n for t, n in writes.items() if t in ("resources", "clients", "users")}
+        edited = {
+            "resources": [{**DECLARED["resources"][0], "name": "The API"}],
+            "clients": [{**DECLARED["clients"][0], "name": "Wiki"}],
+            "users": [{**DECLARED["users"][0], "password": "two"}],
+        }
+        codeflow.load_config(srv, edited)
+        assert {t: writes[t] for t in ("resources", "clients", "users")} == {
+            "resources": 1, "clients": 1, "users": 1,
+        }  # fmt: skip
+        assert storage.get_resource("https://api.example/").name == "The API"  # type: ignore[union-attr]
+        assert storage.get_client("wiki").name == "Wiki"  # type: ignore[union-attr]
+        user = storage.get_user("alice")
+        assert user is not None and codeflow.verify_password("two", user.password_hash)
+        assert user.declared and user.claims == {"name": "Alice"}

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyotp
 import pytest
-from codeflow_storage.sqlite import SQLiteStorage
 from conftest import (
     CONFIDENTIAL,
     ISSUER,
@@ -27,7 +25,6 @@ from conftest import (
     USERNAME,
     Clock,
     form_fields,
-    make_server,
     new_flow,
     query_of,
 )
@@ -51,20 +48,6 @@ def cli(storage_path: Path, *args: str, stdin: str = "") -> subprocess.Completed
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, result.stderr
     return result
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "codeflow.db"
-
-
-@pytest.fixture
-def srv(db: Path, clock: Clock) -> Iterator[codeflow.Server]:
-    """The conftest server (a confidential and a public client, alice), on a SQLite file
-    that the ``codeflow`` command edits from another process while it serves."""
-    storage = SQLiteStorage(db)
-    yield make_server(clock, storage=storage)
-    storage.close()
 
 
 def bearer(token: str) -> dict[str, str]:
