@@ -1174,8 +1174,9 @@ class Storage(Protocol):
         """Atomically replace the stored user of ``user.username`` with ``user`` (whose
         password or second factor changed), but for its subject, which stays; revoke every
         refresh token the user holds, delete the user's unredeemed codes, device
-        authorizations and login sessions (RFC 9700 §4.14.2: a security event ends the
-        grants made under the old credentials). False, changing nothing, if there is no
+        authorizations, login sessions and known addresses (RFC 9700 §4.14.2: a security
+        event ends the grants made under the old credentials; an address a sign-in with
+        them completed from is trusted no longer). False, changing nothing, if there is no
         such user."""
         ...
 
@@ -1598,6 +1599,7 @@ class MemoryStorage:
             self._codes = {h: c for h, c in self._codes.items() if c.username != user.username}
             self._drop_devices(lambda d: d.username == user.username)
             self._drop_login_sessions(user.username)
+            self._known_addresses.pop(stored.subject, None)
             return True
 
     def _drop_login_sessions(self, username: str, keep: str | None = None) -> int:
@@ -3270,7 +3272,9 @@ def start_session(
 #   attempt that a gate would hold, so an address a sign-in completed from on one node
 #   passes the gates on every node from then on. They belong to the user's subject:
 #   remove_user takes them along, and a user added again under the name starts with none
-#   (OIDC Core §2: a sub is "never reassigned").
+#   (OIDC Core §2: a sub is "never reassigned"); a new password or second factor forgets
+#   them (change_credentials), so that after a compromise the attacker's address is not
+#   trusted, and the user's own sign-ins make hers known again.
 # What stays in this process is the checks under way (Checks), for the waiting above: a
 # burst may overshoot by the checks in flight at once on other nodes, since a node waits
 # only for its own. An account has an entry only while requests on it are in attempt(),

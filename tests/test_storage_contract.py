@@ -1091,6 +1091,23 @@ class TestStorageContract:
         assert not storage.known_address("bob", "192.0.2.1")
         assert not storage.known_address("nobody", "192.0.2.1")
 
+    def test_changed_credentials_forget_the_known_addresses(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.change_credentials ends what the old credentials were trusted for (RFC
+        9700 §4.14.2), the addresses a sign-in with them completed from included (NIST SP
+        800-63B §5.2.2): after a compromise, the attacker's address passes no account gate.
+        The user's own sign-ins afterwards make hers known again."""
+        alice = storage.add_user(User("alice", "hash"))
+        bob = storage.add_user(User("bob", "hash"))
+        storage.remember_address(alice.subject, "192.0.2.1", NOW, 4)
+        storage.remember_address(bob.subject, "192.0.2.1", NOW, 4)
+        assert storage.change_credentials(replace(alice, password_hash="new-hash"))
+        assert not storage.known_address("alice", "192.0.2.1")
+        assert storage.known_address("bob", "192.0.2.1")
+        storage.remember_address(alice.subject, "192.0.2.1", NOW + 1, 4)
+        assert storage.known_address("alice", "192.0.2.1")
+
     def test_a_removed_users_addresses_pass_to_no_user_of_its_name(
         self, storage: codeflow.Storage
     ) -> None:

@@ -563,6 +563,17 @@ def _token_values(tokens: Iterable[Token]) -> list[Any]:
     return [value for token in tokens for value in _TOKENS.encode(token)]
 
 
+@contextlib.contextmanager
+def read_committed(conn: Conn) -> typing.Iterator[None]:
+    """One transaction at READ COMMITTED rather than the store's SERIALIZABLE: for the
+    single-statement upserts and the lock-then-read steps whose comments say why, where a
+    racing writer must be waited for and counted on from, not failed with a
+    serialization error."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        yield
+
+
 # What purge_expired deletes, table by table: (table, expiry column).
 _EXPIRING = [
     ("codes", "expires_at"),
@@ -644,8 +655,7 @@ class PostgreSQLStorage:
         """Create or upgrade the schema (see the module docstring); return its name."""
         # READ COMMITTED: each statement sees what committed before it, so the version is
         # read after the lock is held (a SERIALIZABLE snapshot would predate the wait).
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        with read_committed(conn):
             if schema is None:
                 (schema,) = conn.execute("SELECT current_schema()").fetchone() or (None,)
                 if schema is None:
@@ -1057,12 +1067,15 @@ class PostgreSQLStorage:
 
     def change_credentials(self, user: User) -> bool:
         """One statement: replace the user only if there is one, and then revoke the user's
-        refresh tokens and delete the user's codes."""
+        refresh tokens and delete the user's codes, sessions, devices and known addresses."""
         changed = [i for i, name in enumerate(_USERS.names) if name not in ("username", "subject")]
         columns = ", ".join(f"{_USERS.names[i]} = %s::{_USERS.types[i]}" for i in changed)
         values = _USERS.encode(user)
         rows = self._rows(
-            f"WITH changed AS (UPDATE users SET {columns} WHERE username = %s RETURNING 1), "  # noqa: S608
+            f"WITH changed AS (UPDATE users SET {columns} WHERE username = %s "  # noqa: S608
+            "RETURNING subject), "
+            "addresses_gone AS (DELETE FROM known_addresses "
+            "WHERE subject IN (SELECT subject FROM changed)), "
             "refresh_revoked AS (UPDATE tokens SET revoked = TRUE WHERE username = %s "
             "AND kind = 'refresh' AND NOT revoked AND EXISTS (SELECT 1 FROM changed)), "
             "codes_gone AS (DELETE FROM codes WHERE username = %s "
@@ -1312,8 +1325,7 @@ class PostgreSQLStorage:
         # a racing insert of the same key makes this one wait for it and then see its row,
         # so exactly one of them counts a row, and no caller gets a serialization failure.
         def remember(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 return conn.execute(
                     "INSERT INTO used_jtis (key, expires_at) VALUES (%s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
@@ -1328,8 +1340,7 @@ class PostgreSQLStorage:
         # left. READ COMMITTED: a racing upsert of the same key waits for the other's row
         # and its WHERE sees that row, so no more spend than the budget holds.
         def spend(conn: Conn) -> float:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 spent = conn.execute(
                     "INSERT INTO failure_counts (key, count, last, until, expires_at) "
                     "VALUES (%(key)s, 1, %(now)s, %(now)s + %(interval)s, "
@@ -1357,8 +1368,7 @@ class PostgreSQLStorage:
         # COMMITTED: a racing upsert of the same key waits for the other's row and counts
         # on from it, so concurrent calls get distinct counts and no serialization failure.
         def count(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 row = conn.execute(
                     "INSERT INTO failure_counts (key, count, last, until, expires_at) "
                     "VALUES (%s, 1, %s, 0, %s) ON CONFLICT (key) DO UPDATE SET "
@@ -1374,8 +1384,7 @@ class PostgreSQLStorage:
 
     def hold_failures(self, key: str, until: float) -> None:
         def hold(conn: Conn) -> None:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 conn.execute(
                     "INSERT INTO failure_counts (key, count, last, until, expires_at) "
                     "VALUES (%s, 0, 0, %s, %s) ON CONFLICT (key) DO UPDATE SET "
@@ -1408,8 +1417,7 @@ class PostgreSQLStorage:
         others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
 
         def remember(conn: Conn) -> None:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 # xmax = 0: the row is new (an update marks the new version with its xid).
                 added = conn.execute(
                     "WITH owner AS (SELECT subject FROM users WHERE subject = %s "
@@ -1581,8 +1589,7 @@ class PostgreSQLStorage:
         finds. READ COMMITTED: the INSERT waits for a conflicting row's transaction to end,
         and the SELECT, a statement of its own, sees that row, so no node is turned away
         with a serialization failure to try again."""
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        with read_committed(conn):
             return conn.execute(insert, values).fetchall() or conn.execute(select, key).fetchall()
 
     def rotate_signing_key(self, new: SigningKey, retire_until: float) -> None:
@@ -1624,8 +1631,7 @@ class PostgreSQLStorage:
 
     def _purge(self, query: str, params: Params) -> int:
         def batch(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            with read_committed(conn):
                 return conn.execute(query, params).rowcount
 
         gone = 0

@@ -879,6 +879,7 @@ class SQLiteStorage:
             db.execute("DELETE FROM codes WHERE username = ?", [user.username])
             db.execute("DELETE FROM login_sessions WHERE username = ?", [user.username])
             db.execute("DELETE FROM device_authorizations WHERE username = ?", [user.username])
+            db.execute("DELETE FROM known_addresses WHERE subject = ?", [row[0]])
             return True
 
     # -- Codes -------------------------------------------------------------------
