@@ -10984,6 +10984,15 @@ class LogWriter(logging.Handler):
         self._lines: collections.deque[str] = collections.deque()  # append, popleft: atomic
         self._writing = threading.Lock()  # one write at a time, so that lines keep order
         self._pid = 0  # the process whose writer thread runs (none yet)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        # A fork copies no thread, and may copy _writing held by the parent's writer mid-
+        # write: the child starts afresh, and its first line starts its own writer. The
+        # parent's queued lines are the parent's to write.
+        self._writing = threading.Lock()
+        self._lines = collections.deque()
+        self._pid = 0
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Handler.handle holds the handler's lock around emit; queueing a line needs none.
@@ -11007,7 +11016,6 @@ class LogWriter(logging.Handler):
         with self._writing:
             if self._pid == os.getpid():
                 return
-            self._lines = collections.deque()  # after a fork: the parent's lines are its own
             writer = threading.Thread(target=self._write, name="codeflow-log", daemon=True)
             writer.start()
             self._pid = os.getpid()
