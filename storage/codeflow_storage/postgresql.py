@@ -904,6 +904,18 @@ class PostgreSQLStorage:
         """How many rows one statement, run as its own transaction, changed."""
         return self._run(lambda conn: conn.execute(query, params).rowcount)
 
+    def _read_committed(self, query: str, params: Params) -> tuple[int, list[tuple[Any, ...]]]:
+        """How many rows one statement, run as its own READ COMMITTED transaction (for the
+        upserts whose racers must wait for each other, see read_committed), changed, and
+        the rows it returned."""
+
+        def run(conn: Conn) -> tuple[int, list[tuple[Any, ...]]]:
+            with read_committed(conn):
+                cursor = conn.execute(query, params)
+                return cursor.rowcount, cursor.fetchall() if cursor.description else []
+
+        return self._run(run)
+
     def close(self) -> None:
         """Close the pool's connections; calls after this raise RuntimeError."""
         with self._lock:
@@ -1324,16 +1336,13 @@ class PostgreSQLStorage:
         # One statement: insert, or take over an entry that has expired. READ COMMITTED:
         # a racing insert of the same key makes this one wait for it and then see its row,
         # so exactly one of them counts a row, and no caller gets a serialization failure.
-        def remember(conn: Conn) -> int:
-            with read_committed(conn):
-                return conn.execute(
-                    "INSERT INTO used_jtis (key, expires_at) VALUES (%s, %s) "
-                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                    "WHERE used_jtis.expires_at <= %s",
-                    [key, expires_at, now],
-                ).rowcount
-
-        return self._run(remember) == 1
+        changed, _ = self._read_committed(
+            "INSERT INTO used_jtis (key, expires_at) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+            "WHERE used_jtis.expires_at <= %s",
+            [key, expires_at, now],
+        )
+        return changed == 1
 
     def spend_budget(self, key: str, now: float, interval: float, burst: int) -> float:
         # One statement: insert, or spend if the budget, whole again at ``until``, has one
@@ -1367,33 +1376,25 @@ class PostgreSQLStorage:
         # One statement: insert, or count on from a failure within the window. READ
         # COMMITTED: a racing upsert of the same key waits for the other's row and counts
         # on from it, so concurrent calls get distinct counts and no serialization failure.
-        def count(conn: Conn) -> int:
-            with read_committed(conn):
-                row = conn.execute(
-                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
-                    "VALUES (%s, 1, %s, 0, %s) ON CONFLICT (key) DO UPDATE SET "
-                    "count = CASE WHEN failure_counts.last > %s "
-                    "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
-                    "expires_at = GREATEST(failure_counts.until, excluded.expires_at) "
-                    "RETURNING count",
-                    [key, now, now + window, now - window],
-                ).fetchone()
-                return int(row[0]) if row else 0  # an upsert returns its row
-
-        return self._run(count)
+        _, rows = self._read_committed(
+            "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+            "VALUES (%s, 1, %s, 0, %s) ON CONFLICT (key) DO UPDATE SET "
+            "count = CASE WHEN failure_counts.last > %s "
+            "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
+            "expires_at = GREATEST(failure_counts.until, excluded.expires_at) "
+            "RETURNING count",
+            [key, now, now + window, now - window],
+        )
+        return int(rows[0][0]) if rows else 0  # an upsert returns its row
 
     def hold_failures(self, key: str, until: float) -> None:
-        def hold(conn: Conn) -> None:
-            with read_committed(conn):
-                conn.execute(
-                    "INSERT INTO failure_counts (key, count, last, until, expires_at) "
-                    "VALUES (%s, 0, 0, %s, %s) ON CONFLICT (key) DO UPDATE SET "
-                    "until = GREATEST(failure_counts.until, excluded.until), "
-                    "expires_at = GREATEST(failure_counts.expires_at, excluded.until)",
-                    [key, until, until],
-                )
-
-        self._run(hold)
+        self._read_committed(
+            "INSERT INTO failure_counts (key, count, last, until, expires_at) "
+            "VALUES (%s, 0, 0, %s, %s) ON CONFLICT (key) DO UPDATE SET "
+            "until = GREATEST(failure_counts.until, excluded.until), "
+            "expires_at = GREATEST(failure_counts.expires_at, excluded.until)",
+            [key, until, until],
+        )
 
     def failures(self, key: str, now: float, window: float) -> FailureCount:
         rows = self._rows(
