@@ -3345,12 +3345,12 @@ def address_group(address: str) -> str:
     """The address failures are counted against: an IPv6 client's /56 (a site usually has
     a /56 or /48, so fresh /64s cost an attacker nothing), an IPv4-mapped address's IPv4,
     else the address."""
-    ip = ip_address(address)
+    ip = ip_address(address)  # an IPv4-mapped address is its IPv4 already
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 56), strict=False))
-    return throttle_key(address)
+    # The IPv4 address as written for every socket kind (a dual-stack one's ::ffff:a.b.c.d,
+    # RFC 4291 §2.5.5.2, is a.b.c.d), so that one client has one count on every node.
+    return str(ip) if ip is not None else throttle_key(address)
 
 
 def failure_key(account: str, address: str = "", gate: str = "") -> str:
