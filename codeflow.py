@@ -1816,10 +1816,13 @@ class MemoryStorage:
         # Bounded under a spray of names, as a database need not be: past 4 *
         # THROTTLE_ENTRIES counts, a tenth goes, the fewest failures first (a sprayed
         # name's one), among equals the oldest, and a gate held shut last, so that a
-        # spray does not wash out the waits it is under.
+        # spray does not wash out the waits it is under. A gate is a wait with no count
+        # of its own (hold_failures); a spent budget's ``until`` (spend_budget) holds
+        # nothing until its count is the burst, so it goes by its count as a failure
+        # count does: one spend from each of many addresses is a spray too.
         if len(self._failures) > 4 * THROTTLE_ENTRIES:
             kept = self._failures
-            worth = {k: (f.until > now, f.count, f.last) for k, f in kept.items()}
+            worth = {k: (f.until > now and not f.count, f.count, f.last) for k, f in kept.items()}
             for k in sorted(worth, key=worth.__getitem__)[: len(worth) // 10]:
                 del kept[k]
 
