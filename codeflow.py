@@ -10875,11 +10875,22 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
         if stored_user is None:
             srv.add_user(username, password, claims=claims, totp_secret=totp_secret,
                          declared=declared)  # fmt: skip
+            continue
+        user = srv._user_record(username, password, claims, totp_secret, declared)
+        if totp_secret == stored_user.totp_secret and (
+            verify_password(password, stored_user.password_hash, hashing=srv.password_hashing)
+            if password is not None else stored_user.password_hash == NO_PASSWORD
+        ):  # fmt: skip
+            # The same credentials (the entry's claims, say, were edited): nothing ends
+            # that new ones would end, and the record keeps its record_id (the sessions'
+            # credentials_fingerprint) and password hash.
+            srv.storage.add_user(replace(stored_user, claims=user.claims, declared=declared))
+            if user.claims != stored_user.claims:
+                audit("user.changed", user=username, changed="claims")
         else:
             # New credentials from the file end what the old ones granted, as
             # Server.set_password does (RFC 9700 §4.14.2): one write, the revocation with it.
-            srv._change_credentials(srv._user_record(username, password, claims, totp_secret,
-                                                     declared))  # fmt: skip
+            srv._change_credentials(user)
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
     for r in srv.storage.list_resources():
         if r.declared and r.uri not in resources:
