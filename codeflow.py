@@ -1816,10 +1816,13 @@ class MemoryStorage:
         # Bounded under a spray of names, as a database need not be: past 4 *
         # THROTTLE_ENTRIES counts, a tenth goes, the fewest failures first (a sprayed
         # name's one), among equals the oldest, and a gate held shut last, so that a
-        # spray does not wash out the waits it is under.
+        # spray does not wash out the waits it is under. A gate is a wait with no count
+        # of its own (hold_failures); a spent budget's ``until`` (spend_budget) holds
+        # nothing until its count is the burst, so it goes by its count as a failure
+        # count does: one spend from each of many addresses is a spray too.
         if len(self._failures) > 4 * THROTTLE_ENTRIES:
             kept = self._failures
-            worth = {k: (f.until > now, f.count, f.last) for k, f in kept.items()}
+            worth = {k: (f.until > now and not f.count, f.count, f.last) for k, f in kept.items()}
             for k in sorted(worth, key=worth.__getitem__)[: len(worth) // 10]:
                 del kept[k]
 
@@ -3345,12 +3348,12 @@ def address_group(address: str) -> str:
     """The address failures are counted against: an IPv6 client's /56 (a site usually has
     a /56 or /48, so fresh /64s cost an attacker nothing), an IPv4-mapped address's IPv4,
     else the address."""
-    ip = ip_address(address)
+    ip = ip_address(address)  # an IPv4-mapped address is its IPv4 already
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 56), strict=False))
-    return throttle_key(address)
+    # The IPv4 address as written for every socket kind (a dual-stack one's ::ffff:a.b.c.d,
+    # RFC 4291 §2.5.5.2, is a.b.c.d), so that one client has one count on every node.
+    return str(ip) if ip is not None else throttle_key(address)
 
 
 def failure_key(account: str, address: str = "", gate: str = "") -> str:
@@ -10872,11 +10875,22 @@ def load_config(srv: Server, config: dict[str, Any]) -> None:
         if stored_user is None:
             srv.add_user(username, password, claims=claims, totp_secret=totp_secret,
                          declared=declared)  # fmt: skip
+            continue
+        user = srv._user_record(username, password, claims, totp_secret, declared)
+        if totp_secret == stored_user.totp_secret and (
+            verify_password(password, stored_user.password_hash, hashing=srv.password_hashing)
+            if password is not None else stored_user.password_hash == NO_PASSWORD
+        ):  # fmt: skip
+            # The same credentials (the entry's claims, say, were edited): nothing ends
+            # that new ones would end, and the record keeps its record_id (the sessions'
+            # credentials_fingerprint) and password hash.
+            srv.storage.add_user(replace(stored_user, claims=user.claims, declared=declared))
+            if user.claims != stored_user.claims:
+                audit("user.changed", user=username, changed="claims")
         else:
             # New credentials from the file end what the old ones granted, as
             # Server.set_password does (RFC 9700 §4.14.2): one write, the revocation with it.
-            srv._change_credentials(srv._user_record(username, password, claims, totp_secret,
-                                                     declared))  # fmt: skip
+            srv._change_credentials(user)
     # Declared before, and no longer: kept (an edit of a file deletes nobody), now the CLI's.
     for r in srv.storage.list_resources():
         if r.declared and r.uri not in resources:

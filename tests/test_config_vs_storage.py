@@ -10,6 +10,7 @@ Real `codeflow serve` processes on a real SQLite file, stopped with Ctrl-C.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 from pathlib import Path
 
@@ -165,3 +166,38 @@ def test_each_new_or_edited_entry_is_written_once_and_an_unchanged_one_not_at_al
         user = storage.get_user("alice")
         assert user is not None and codeflow.verify_password("two", user.password_hash)
         assert user.declared and user.claims == {"name": "Alice"}
+
+
+def test_an_edit_of_a_declared_users_claims_alone_ends_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README "Config file and storage": a restart "never ends sessions for nothing". An
+    entry whose claims alone were edited (a new display name) changes no credential, so
+    nothing ends that a change of credentials ends (RFC 9700 §4.14.2: a security event
+    such as a password change): the user's sessions (credentials_fingerprint) and refresh
+    tokens stay, the TOTP she enrolled stays, and the audit event says claims, not
+    credentials. A password edited in the file still ends them."""
+    with codeflow_storage.sqlite.SQLiteStorage(tmp_path / "codeflow.db") as storage:
+        srv = codeflow.Server(storage=storage)
+        srv.add_client("wiki", client_secret="wiki-secret", redirect_uris=["https://wiki.example/cb"],
+                       scopes=["openid", "offline_access"],
+                       grant_types=["authorization_code", "refresh_token"])  # fmt: skip
+        codeflow.load_config(srv, {"users": DECLARED["users"]})
+        srv.set_totp("alice", pyotp.random_base32())
+        before = storage.get_user("alice")
+        assert before is not None
+        refresh = srv.issue_tokens("alice", "wiki", "openid offline_access")["refresh_token"]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="codeflow.audit"):
+            codeflow.load_config(srv, {"users": [{**DECLARED["users"][0],
+                                                  "claims": {"name": "Alice B."}}]})  # fmt: skip
+        after = storage.get_user("alice")
+        assert after is not None and after.claims == {"name": "Alice B."}
+        assert after.totp_secret == before.totp_secret
+        assert codeflow.credentials_fingerprint(after) == codeflow.credentials_fingerprint(before)
+        assert not storage.get_token(codeflow.token_hash(refresh)).revoked  # type: ignore[union-attr]
+        events = [(r.event, r.fields) for r in caplog.records if hasattr(r, "event")]
+        assert events == [("user.changed", {"user": "alice", "changed": "claims"})]
+        codeflow.load_config(srv, {"users": [{**DECLARED["users"][0], "password": "two"}]})
+        assert storage.get_token(codeflow.token_hash(refresh)).revoked  # type: ignore[union-attr]
+        assert storage.get_user("alice").totp_secret == before.totp_secret  # type: ignore[union-attr]

@@ -371,3 +371,23 @@ def test_a_spray_of_names_keeps_the_throttle_bounded(server, monkeypatch):
     assert server.login_limiter.size() == 0
     assert len(server.storage._failures) <= 4 * 50  # the counts, in MemoryStorage
     assert sign_in(sprayer).status == 429
+
+
+def test_a_spray_of_registrations_does_not_wash_out_a_sign_in_wait(clock, monkeypatch):
+    """NIST SP 800-63B §5.2.2 throttling, with RFC 7591 §3 open registration beside it: each
+    address's registration budget is a count in storage too (Storage.spend_budget), and
+    one spend from each of many addresses is a spray as a made-up name's one failure is.
+    MemoryStorage, bounded, drops such counts before the counts a wait follows from, so a
+    sprayer registering from a fresh IPv6 /56 each time (a /40 has 65,536 of them) does
+    not wash out the wait its guesses are under."""
+    monkeypatch.setattr(codeflow, "THROTTLE_ENTRIES", 50)
+    srv = make_server(clock, registration="open")
+    sprayer = WSGIClient(srv.wsgi, remote_addr="192.0.2.66")
+    for _ in range(codeflow.FAILURES_BEFORE_DELAY):
+        assert sign_in(sprayer, password="guess").status == 200
+    for i in range(250):  # each spends its address's budget, then fails validation
+        r = sprayer.request("POST", "/register", body=b"{}", REMOTE_ADDR=f"2001:db8:{i:x}::1",
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+        assert r.status == 400, r.text
+    assert len(srv.storage._failures) <= 4 * 50  # the counts, in MemoryStorage
+    assert sign_in(sprayer).status == 429

@@ -342,6 +342,20 @@ def test_one_address_cannot_fill_storage(srv: codeflow.Server, wc: WSGIClient,
     assert register(wc, NATIVE, address="2001:db8:0:2::99").status == 429
 
 
+def test_an_ipv4_client_has_one_budget_on_ipv4_and_dual_stack_sockets(
+    srv: codeflow.Server, wc: WSGIClient
+) -> None:
+    """Bounding an open endpoint (RFC 7591 §3) per address: a node listening on a dual-stack
+    socket sees an IPv4 client as ::ffff:a.b.c.d (RFC 4291 §2.5.5.2), one on an IPv4
+    socket (or a proxy) as a.b.c.d; both are the one address, with one budget, so that a
+    client reaching nodes of both kinds does not get REGISTRATION_BURST from each."""
+    for i in range(codeflow.REGISTRATION_BURST):
+        address = "198.51.100.9" if i % 2 else "::ffff:198.51.100.9"
+        assert register(wc, NATIVE, address=address).status == 201
+    for address in ("198.51.100.9", "::ffff:198.51.100.9", "::FFFF:c633:6409"):
+        assert register(wc, NATIVE, address=address).status == 429, address
+
+
 @pytest.mark.parametrize("stores", [sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
 def test_one_address_has_one_budget_across_nodes(
     stores: Any, tmp_path: Path, clock: Clock

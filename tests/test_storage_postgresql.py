@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
+import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -423,6 +425,54 @@ def test_revoke_grant_across_processes_finds_the_grant_once(storage: PostgreSQLS
     outcome = race_processes(schema[0], "revoke")
     assert sorted(outcome.values()) == [False] * (PROCESSES - 1) + [True]
     assert storage.list_grants(NOW) == []
+
+
+def _blocked_by(schema: str, pid: int) -> int:
+    """The backend that waits for a lock ``pid`` holds, once there is one (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = sql(schema, "SELECT pid FROM pg_stat_activity WHERE %s = ANY "
+                           "(pg_blocking_pids(pid))", [pid])  # fmt: skip
+        if rows:
+            return int(rows[0][0])
+        time.sleep(0.01)
+    raise AssertionError(f"nothing waits for backend {pid}")
+
+
+@pytest.mark.parametrize("change", ["change_credentials", "remove_user"])
+def test_a_sign_in_remembered_while_the_credentials_change_is_forgotten(
+    storage: PostgreSQLStorage, schema: tuple, change: str
+) -> None:
+    """NIST SP 800-63B §5.2.2 known addresses, RFC 9700 §4.14.2: a remember_address that
+    commits while change_credentials (or remove_user) waits for it is forgotten with the
+    others, as if it had come first, which it did. Ordered by a third transaction
+    holding the address's row until both wait: the remember holds the user's row, the
+    change waits for it; on PostgreSQL a statement's snapshot predates that wait, so a
+    change that did not see the remembered row would leave the address known (an
+    attacker's, after the password was changed because of it)."""
+    alice = storage.add_user(User("alice", "old-hash"))
+    name = schema[1]
+    with psycopg.connect(server_url()) as holder:
+        holder.execute("SELECT set_config('search_path', %s, false)", [name])
+        holder.execute("INSERT INTO known_addresses VALUES (%s, '192.0.2.7', %s)",
+                       [alice.subject, NOW])  # fmt: skip
+        remembering = threading.Thread(
+            target=storage.remember_address, args=(alice.subject, "192.0.2.7", NOW + 1, 4)
+        )
+        remembering.start()
+        remembers = _blocked_by(name, holder.info.backend_pid)
+        if change == "change_credentials":
+            call = lambda: storage.change_credentials(replace(alice, password_hash="new"))  # noqa: E731
+        else:
+            call = lambda: storage.remove_user("alice", NOW + 2)  # noqa: E731
+        changing = threading.Thread(target=call)
+        changing.start()
+        _blocked_by(name, remembers)
+        holder.rollback()
+    remembering.join(10)
+    changing.join(10)
+    assert not storage.known_address("alice", "192.0.2.7")
+    assert sql(name, "SELECT * FROM known_addresses") == []
 
 
 def _consume_in_child(store: PostgreSQLStorage, results: Any) -> None:

@@ -1049,13 +1049,18 @@ class PostgreSQLStorage:
         return [_USERS.decode(row) for row in self._rows(_USERS.select + " ORDER BY username")]
 
     def remove_user(self, username: str, removed_at: float | None = None) -> bool:
-        """One statement: the user's tokens, codes, consents and TOTP step go with it, and
-        the tombstone of its name and subject is written."""
+        """One statement, once the user's row is locked: the user's tokens, codes,
+        consents, TOTP step and known addresses go with it, and the tombstone of its name
+        and subject is written."""
         when = time.time() if removed_at is None else removed_at
 
         def work(conn: Conn) -> int:
             with conn.transaction():
                 self._users_locked(conn)
+                # The user's row first, in a statement of its own: a remember_address
+                # holding it commits before the statement below takes its snapshot, which
+                # then has that address to delete.
+                conn.execute("SELECT 1 FROM users WHERE username = %s FOR UPDATE", [username])
                 return conn.execute(
                     "WITH tokens_gone AS (DELETE FROM tokens WHERE username = %(name)s), "
                     "codes_gone AS (DELETE FROM codes WHERE username = %(name)s), "
@@ -1410,19 +1415,26 @@ class PostgreSQLStorage:
 
     def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
         """Two statements of one READ COMMITTED transaction. The first locks the user's row
-        (FOR NO KEY UPDATE: a removal, or another remember of the user, waits for this
-        transaction) and notes the address; the second, on a snapshot taken once the lock
-        was held, sees what every remember before it committed and trims them, so that
-        concurrent calls on any nodes leave at most ``keep``. An address already known
-        (the usual sign-in: from home again) adds no row, so it needs no trim."""
+        (a removal, a change of credentials, or another remember of the user, waits for
+        this transaction) and notes the address; the second, on a snapshot taken once the
+        lock was held, sees what every remember before it committed and trims them, so
+        that concurrent calls on any nodes leave at most ``keep``. An address already known
+        (the usual sign-in: from home again) adds no row, so it needs no trim.
+
+        The lock is a write of the row (its subject, unchanged), not a row lock only: a
+        change_credentials waiting for it, SERIALIZABLE, has a snapshot from before this
+        commits, which a lock alone leaves it to go on from, deleting the known addresses
+        it sees, not this one (RFC 9700 §4.14.2: an address a sign-in under the old
+        credentials completed from is trusted no longer); a concurrent write of the row
+        makes it fail to serialize and run again, on a snapshot with this address in it."""
         others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
 
         def remember(conn: Conn) -> None:
             with read_committed(conn):
                 # xmax = 0: the row is new (an update marks the new version with its xid).
                 added = conn.execute(
-                    "WITH owner AS (SELECT subject FROM users WHERE subject = %s "
-                    "FOR NO KEY UPDATE) "
+                    "WITH owner AS (UPDATE users SET subject = subject WHERE subject = %s "
+                    "RETURNING subject) "
                     "INSERT INTO known_addresses (subject, address, seen_at) "
                     "SELECT subject, %s, %s FROM owner "
                     "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at "
