@@ -1331,14 +1331,16 @@ class Storage(Protocol):
         """Forget the failures of ``keys`` (a success)."""
         ...
 
-    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
-        """Note that the user whose ``subject`` this is completed a sign-in from ``address``
-        at ``now`` (the sign-in throttle's known addresses, see "Throttling failed
-        sign-ins"), and forget all but the user's ``keep`` most recent ones: this one and
-        the others by when the user last signed in from each (latest first, ties by
-        address; ``keep`` is the same from call to call, KNOWN_ADDRESSES). Atomic:
-        concurrent calls, from any process, leave at most ``keep``. A subject no user has
-        (one removed meanwhile) gets nothing."""
+    def remember_address(self, user: User, address: str, now: float, keep: int) -> None:
+        """Note that ``user`` (the record whose credentials a sign-in checked) completed a
+        sign-in from ``address`` at ``now`` (the sign-in throttle's known addresses, see
+        "Throttling failed sign-ins"), and forget all but the user's ``keep`` most recent
+        ones: this one and the others by when the user last signed in from each (latest
+        first, ties by address; ``keep`` is the same from call to call, KNOWN_ADDRESSES).
+        Atomic: concurrent calls, from any process, leave at most ``keep``. Nothing is
+        noted unless a stored user has ``user``'s subject, password hash and TOTP secret
+        still: not for one removed meanwhile, nor after change_credentials gave it others
+        (RFC 9700 §4.14.2: an address the old credentials signed in from is not trusted)."""
         ...
 
     def known_address(self, username: str, address: str) -> bool:
@@ -1842,11 +1844,14 @@ class MemoryStorage:
             for key in keys:
                 self._failures.pop(key, None)
 
-    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+    def remember_address(self, user: User, address: str, now: float, keep: int) -> None:
         with self._lock:
-            if subject not in self._subjects:
+            stored = self._users.get(user.username)
+            if stored is None or (stored.subject, stored.password_hash, stored.totp_secret) != (
+                user.subject, user.password_hash, user.totp_secret
+            ):
                 return
-            seen = self._known_addresses.setdefault(subject, {})
+            seen = self._known_addresses.setdefault(user.subject, {})
             seen[address] = now
             others = sorted(((t, a) for a, t in seen.items() if a != address), reverse=True)
             for _, gone in others[max(keep - 1, 0) :]:
@@ -3277,7 +3282,9 @@ def start_session(
 #   remove_user takes them along, and a user added again under the name starts with none
 #   (OIDC Core §2: a sub is "never reassigned"); a new password or second factor forgets
 #   them (change_credentials), so that after a compromise the attacker's address is not
-#   trusted, and the user's own sign-ins make hers known again.
+#   trusted, and the user's own sign-ins make hers known again. A sign-in is remembered
+#   only under the credentials it checked, so one that completes while they change is
+#   forgotten whichever commits first.
 # What stays in this process is the checks under way (Checks), for the waiting above: a
 # burst may overshoot by the checks in flight at once on other nodes, since a node waits
 # only for its own. An account has an entry only while requests on it are in attempt(),
@@ -3407,13 +3414,13 @@ class LoginLimiter:
                     finally:
                         checks.changed.notify_all()
 
-    def remember(self, subject: str, address: str) -> None:
-        """A sign-in of the user whose ``subject`` this is completed from ``address``, second
-        factor and all: its address is one of the user's known ones, on every node. Only
-        then: a password step passed by someone without the second factor must not push
-        the user's own addresses out."""
+    def remember(self, user: User, address: str) -> None:
+        """A sign-in of ``user`` (as its credentials were checked) completed from
+        ``address``, second factor and all: its address is one of the user's known ones, on
+        every node. Only then: a password step passed by someone without the second factor
+        must not push the user's own addresses out."""
         self._storage.remember_address(
-            subject, address_group(address), self._clock(), KNOWN_ADDRESSES
+            user, address_group(address), self._clock(), KNOWN_ADDRESSES
         )
 
     @contextlib.contextmanager
@@ -5930,7 +5937,7 @@ def signed_in(
 def remember_address(srv: Server, user: User, browser: Browser) -> None:
     """A sign-in completed from the browser's address: one of the user's known ones for
     throttling, for both kinds of secret (see "Throttling failed sign-ins")."""
-    srv.login_limiter.remember(user.subject, browser.address)
+    srv.login_limiter.remember(user, browser.address)
 
 
 def consent(srv: Server, form: dict[str, str], browser: Browser) -> Redirect | Page:

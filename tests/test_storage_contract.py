@@ -1080,11 +1080,11 @@ class TestStorageContract:
         storage.add_user(User("bob", "hash"))
         assert not storage.known_address("alice", "192.0.2.1")
         for i in range(5):
-            storage.remember_address(alice.subject, f"192.0.2.{i}", NOW + i, 4)
+            storage.remember_address(alice, f"192.0.2.{i}", NOW + i, 4)
         known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(5)]
         assert known == [False, True, True, True, True]
-        storage.remember_address(alice.subject, "192.0.2.1", NOW + 10, 4)  # again: the latest
-        storage.remember_address(alice.subject, "2001:db8::/56", NOW + 11, 4)
+        storage.remember_address(alice, "192.0.2.1", NOW + 10, 4)  # again: the latest
+        storage.remember_address(alice, "2001:db8::/56", NOW + 11, 4)
         known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(5)]
         assert known == [False, True, False, True, True]
         assert storage.known_address("alice", "2001:db8::/56")
@@ -1100,13 +1100,32 @@ class TestStorageContract:
         The user's own sign-ins afterwards make hers known again."""
         alice = storage.add_user(User("alice", "hash"))
         bob = storage.add_user(User("bob", "hash"))
-        storage.remember_address(alice.subject, "192.0.2.1", NOW, 4)
-        storage.remember_address(bob.subject, "192.0.2.1", NOW, 4)
-        assert storage.change_credentials(replace(alice, password_hash="new-hash"))
+        storage.remember_address(alice, "192.0.2.1", NOW, 4)
+        storage.remember_address(bob, "192.0.2.1", NOW, 4)
+        changed = replace(alice, password_hash="new-hash")
+        assert storage.change_credentials(changed)
         assert not storage.known_address("alice", "192.0.2.1")
         assert storage.known_address("bob", "192.0.2.1")
-        storage.remember_address(alice.subject, "192.0.2.1", NOW + 1, 4)
+        storage.remember_address(changed, "192.0.2.1", NOW + 1, 4)
         assert storage.known_address("alice", "192.0.2.1")
+
+    def test_an_address_is_remembered_only_under_the_credentials_checked(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.remember_address remembers the address only while the user still has
+        the credentials the sign-in checked: a password or second factor changed between
+        the check and the remember (RFC 9700 §4.14.2) leaves it unknown (NIST SP 800-63B
+        §5.2.2), whichever commits first (change_credentials forgets it otherwise)."""
+        checked = storage.add_user(User("alice", "old-hash"))
+        assert storage.change_credentials(replace(checked, password_hash="new-hash"))
+        storage.remember_address(checked, "192.0.2.1", NOW, 4)
+        assert not storage.known_address("alice", "192.0.2.1")
+        enrolled = replace(checked, password_hash="new-hash", totp_secret="JBSWY3DP")
+        assert storage.change_credentials(enrolled)
+        storage.remember_address(replace(checked, password_hash="new-hash"), "192.0.2.2", NOW, 4)
+        assert not storage.known_address("alice", "192.0.2.2")
+        storage.remember_address(enrolled, "192.0.2.3", NOW, 4)
+        assert storage.known_address("alice", "192.0.2.3")
 
     def test_a_removed_users_addresses_pass_to_no_user_of_its_name(
         self, storage: codeflow.Storage
@@ -1115,22 +1134,22 @@ class TestStorageContract:
         user added again under a removed name knows none of them, even one remembered for
         the removed subject after the removal (a sign-in that completed meanwhile)."""
         old = storage.add_user(User("alice", "hash"))
-        storage.remember_address(old.subject, "192.0.2.1", NOW, 4)
+        storage.remember_address(old, "192.0.2.1", NOW, 4)
         assert storage.remove_user("alice")
         assert not storage.known_address("alice", "192.0.2.1")
-        storage.remember_address(old.subject, "192.0.2.2", NOW + 1, 4)
+        storage.remember_address(old, "192.0.2.2", NOW + 1, 4)
         new = storage.add_user(User("alice", "hash"))
         assert new.subject != old.subject
         assert not storage.known_address("alice", "192.0.2.1")
         assert not storage.known_address("alice", "192.0.2.2")
-        storage.remember_address(new.subject, "192.0.2.3", NOW + 2, 4)
+        storage.remember_address(new, "192.0.2.3", NOW + 2, 4)
         assert storage.known_address("alice", "192.0.2.3")
 
     def test_remember_address_race_keeps_at_most_keep(self, storage: codeflow.Storage) -> None:
         """Storage.remember_address is atomic: THREADS sign-ins of one user completing at
         once from as many addresses (on any nodes) leave exactly ``keep`` of them known."""
         alice = storage.add_user(User("alice", "hash"))
-        race(lambda i: storage.remember_address(alice.subject, f"192.0.2.{i}", NOW + i, 4))
+        race(lambda i: storage.remember_address(alice, f"192.0.2.{i}", NOW + i, 4))
         known = [storage.known_address("alice", f"192.0.2.{i}") for i in range(THREADS)]
         assert known.count(True) == 4, known
 

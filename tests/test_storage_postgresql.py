@@ -249,9 +249,9 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     store.hold_failures("password:alice", NOW + 30)
     store.failures("password:alice", NOW, 100)
     store.clear_failures(["password:alice"])
-    subject = store.get_user("alice").subject
-    store.remember_address(subject, "192.0.2.1", NOW, 4)
-    store.remember_address(subject, "192.0.2.2", NOW + 1, 1)  # forgets 192.0.2.1
+    alice = store.get_user("alice")
+    store.remember_address(alice, "192.0.2.1", NOW, 4)
+    store.remember_address(alice, "192.0.2.2", NOW + 1, 1)  # forgets 192.0.2.1
     store.known_address("alice", "192.0.2.2")
     store.get_or_add_setting("secret_key", "k")
     store.get_or_add_setting("secret_key", "k2")
@@ -457,7 +457,7 @@ def test_a_sign_in_remembered_while_the_credentials_change_is_forgotten(
         holder.execute("INSERT INTO known_addresses VALUES (%s, '192.0.2.7', %s)",
                        [alice.subject, NOW])  # fmt: skip
         remembering = threading.Thread(
-            target=storage.remember_address, args=(alice.subject, "192.0.2.7", NOW + 1, 4)
+            target=storage.remember_address, args=(alice, "192.0.2.7", NOW + 1, 4)
         )
         remembering.start()
         remembers = _blocked_by(name, holder.info.backend_pid)

@@ -1413,7 +1413,7 @@ class PostgreSQLStorage:
     def clear_failures(self, keys: Sequence[str]) -> None:
         self._count("DELETE FROM failure_counts WHERE key = ANY (%s)", [list(keys)])
 
-    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
+    def remember_address(self, user: User, address: str, now: float, keep: int) -> None:
         """Two statements of one READ COMMITTED transaction. The first locks the user's row
         (a removal, a change of credentials, or another remember of the user, waits for
         this transaction) and notes the address; the second, on a snapshot taken once the
@@ -1427,19 +1427,22 @@ class PostgreSQLStorage:
         it sees, not this one (RFC 9700 §4.14.2: an address a sign-in under the old
         credentials completed from is trusted no longer); a concurrent write of the row
         makes it fail to serialize and run again, on a snapshot with this address in it."""
-        others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
+        others = {"subject": user.subject, "address": address, "others": max(keep - 1, 0)}
 
         def remember(conn: Conn) -> None:
             with read_committed(conn):
                 # xmax = 0: the row is new (an update marks the new version with its xid).
+                # The credentials are checked on the row as it stands once locked: READ
+                # COMMITTED re-reads it after a change_credentials that committed first.
                 added = conn.execute(
                     "WITH owner AS (UPDATE users SET subject = subject WHERE subject = %s "
-                    "RETURNING subject) "
+                    "AND password_hash IS NOT DISTINCT FROM %s "
+                    "AND totp_secret IS NOT DISTINCT FROM %s RETURNING subject) "
                     "INSERT INTO known_addresses (subject, address, seen_at) "
                     "SELECT subject, %s, %s FROM owner "
                     "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at "
                     "RETURNING xmax = 0",
-                    [subject, address, now],
+                    [user.subject, user.password_hash, user.totp_secret, address, now],
                 ).fetchone()
                 if added and added[0]:
                     conn.execute(_FORGET_OLDER_ADDRESSES, others)

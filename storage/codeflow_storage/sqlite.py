@@ -1209,17 +1209,20 @@ class SQLiteStorage:
             marks = ", ".join("?" * len(keys))
             db.execute(f"DELETE FROM failure_counts WHERE key IN ({marks})", list(keys))  # noqa: S608
 
-    def remember_address(self, subject: str, address: str, now: float, keep: int) -> None:
-        # One write transaction: every process's remembers of a user take turns.
+    def remember_address(self, user: User, address: str, now: float, keep: int) -> None:
+        # One write transaction: every process's remembers and credential changes of a user
+        # take turns, and a user whose credentials changed since the sign-in gets nothing.
         with self._write() as db:
             noted = db.execute(
                 "INSERT INTO known_addresses (subject, address, seen_at) "
                 "SELECT subject, ?, ? FROM users WHERE subject = ? "
+                "AND password_hash IS ? AND totp_secret IS ? "
                 "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at",
-                [address, now, subject],
+                [address, now, user.subject, user.password_hash, user.totp_secret],
             ).rowcount
             if noted:
-                others = {"subject": subject, "address": address, "others": max(keep - 1, 0)}
+                others = {"subject": user.subject, "address": address,
+                          "others": max(keep - 1, 0)}  # fmt: skip
                 db.execute(_FORGET_OLDER_ADDRESSES, others)
 
     def known_address(self, username: str, address: str) -> bool:
