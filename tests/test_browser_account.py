@@ -184,9 +184,14 @@ def test_revoking_an_app_in_the_browser_makes_its_refresh_token_fail(
     page.get_by_label("Username").fill(USERNAME)
     page.get_by_label("Password").fill(PASSWORD)
     submit(page, "Sign in")
-    with page.expect_request(re.compile(re.escape(REDIRECT) + r"\?")) as request:
-        page.get_by_role("button", name="Allow").click()
-    code = query_of(request.value.url)["code"]
+    # The app's redirect URI answers (nothing listens there), so that the navigation ends
+    # on a page rather than on Chromium's error page, which could land in the middle of
+    # the next navigation.
+    callback = re.compile(re.escape(REDIRECT) + r"\?")
+    page.route(callback, lambda route: route.fulfill(body="The app got its code."))
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(callback)
+    code = query_of(page.url)["code"]
     tokens = requests.post(provider.issuer + "/token", auth=(CONFIDENTIAL, SECRET), data={
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
         "code_verifier": flow.verifier}, timeout=10).json()  # fmt: skip
