@@ -9031,7 +9031,8 @@ def _signature_verifies(srv: Server, id_token: str, header: dict[str, Any]) -> b
     Tokens according to JWS [JWS] using the algorithm specified in the JWT alg Header
     Parameter. The Client MUST use the keys provided by the Issuer." The key is the JWKS
     entry the header's kid names, in the document the JWKS endpoint serves."""
-    our_signing_key(srv, header.get("kid"))  # §10.1.1: a new kid, the JWKS fetched again
+    if our_signing_key(srv, header.get("kid")) is None:  # §10.1.1: a new kid, read again
+        return False
     entries = [k for k in jwks(srv)["keys"] if k["kid"] == header.get("kid")]
     if len(entries) != 1 or header.get("alg") not in SIGNING_ALGS:
         return False

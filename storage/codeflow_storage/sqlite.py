@@ -1155,16 +1155,16 @@ class SQLiteStorage:
             # one left; the refusal is read in the same transaction.
             row = db.execute(
                 "INSERT INTO failure_counts (key, count, last, until, expires_at) "
-                "VALUES (?, 1, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "VALUES (:key, 1, :now, :now + :interval, :now + :interval) "
+                "ON CONFLICT(key) DO UPDATE SET "
                 "count = CASE WHEN failure_counts.until > excluded.last "
                 "THEN failure_counts.count + 1 ELSE 1 END, last = excluded.last, "
-                "until = MAX(failure_counts.until, excluded.last) + ?, "
-                "expires_at = MAX(failure_counts.until, excluded.last) + ? "
-                "WHERE MAX(failure_counts.until, excluded.last) + ? <= excluded.last + ? "
-                "RETURNING until",
-                [key, now, now + interval, now + interval,
-                 interval, interval, interval, burst * interval],
-            ).fetchone()  # fmt: skip
+                "until = MAX(failure_counts.until, excluded.last) + :interval, "
+                "expires_at = MAX(failure_counts.until, excluded.last) + :interval "
+                "WHERE MAX(failure_counts.until, excluded.last) + :interval "
+                "<= excluded.last + :budget RETURNING until",
+                {"key": key, "now": now, "interval": interval, "budget": burst * interval},
+            ).fetchone()
             if row is not None:
                 return 0.0
             (until,) = db.execute(
