@@ -172,10 +172,11 @@ def alert_text(page: Page) -> str:
     return page.locator('[role="alert"]').inner_text()
 
 
-def submit(page: Page, button: str) -> Any:
-    """Click a button and wait for the page it leads to; return that response."""
+def submit(page: Page, button: str, *, exact: bool = False) -> Any:
+    """Click a button (named ``button``, exactly if ``exact``) and wait for the page it
+    leads to; return that response."""
     with page.expect_navigation() as navigation:
-        page.get_by_role("button", name=button).click()
+        page.get_by_role("button", name=button, exact=exact).click()
     return navigation.value
 
 

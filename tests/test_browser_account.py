@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pyotp
 import pytest
 import requests
+import test_browser
 from conftest import CONFIDENTIAL, PASSWORD, REDIRECT, SECRET, USERNAME, new_flow, query_of
 from test_browser import (
     CHROMIUM,
@@ -25,6 +26,8 @@ from test_browser import (
 )
 
 import codeflow
+
+tab = test_browser.tab  # tests/test_browser.py's fixture: a tab of this module's chromium
 
 if sync_playwright is not None:
     from playwright.sync_api import Browser
@@ -53,13 +56,6 @@ def chromium() -> Iterator[Browser]:
     modules' screenshots)."""
     with launched_chromium() as browser:
         yield browser
-
-
-@pytest.fixture
-def tab(chromium: Browser) -> Iterator[Tab]:
-    t = Tab(chromium)
-    yield t
-    t.close()
 
 
 def focused(tab: Tab) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+import test_browser
 from conftest import CONFIDENTIAL, PASSWORD, REDIRECT, SECRET, USERNAME, new_flow, query_of
 from sdk_support import free_port
 from test_browser import (
@@ -21,13 +22,16 @@ from test_browser import (
     assert_accessible,
     launched_chromium,
     screenshot,
+    submit,
     sync_playwright,
 )
 
 import codeflow
 
+tab = test_browser.tab  # tests/test_browser.py's fixture: a tab of this module's chromium
+
 if sync_playwright is not None:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser
 
 pytest.importorskip("webauthn")
 pytestmark = [
@@ -58,19 +62,6 @@ def chromium() -> Iterator[Browser]:
         yield browser
 
 
-@pytest.fixture
-def tab(chromium: Browser) -> Iterator[Tab]:
-    t = Tab(chromium)
-    yield t
-    t.close()
-
-
-def submit(page: Page, button: str) -> None:
-    """Click the button named exactly ``button`` and wait for the page it leads to."""
-    with page.expect_navigation():
-        page.get_by_role("button", name=button, exact=True).click()
-
-
 def virtual_authenticator(tab: Tab) -> tuple[object, str]:
     """A platform authenticator that holds discoverable credentials and verifies the user
     (a screen lock), answering at once."""
@@ -88,7 +79,7 @@ def sign_in_with_password(tab: Tab, provider: codeflow.Server) -> None:
     page.goto(provider.issuer + "/account")
     page.get_by_label("Username").fill(USERNAME)
     page.get_by_label("Password").fill(PASSWORD)
-    submit(page, "Sign in")
+    submit(page, "Sign in", exact=True)
 
 
 def register(tab: Tab, provider: codeflow.Server, *, passwordless: bool) -> None:
@@ -97,7 +88,7 @@ def register(tab: Tab, provider: codeflow.Server, *, passwordless: bool) -> None
     page.get_by_label("Name of the new passkey").fill("Laptop")
     if passwordless:
         page.get_by_label("Also sign in with it alone").check()
-    submit(page, "Add a passkey")
+    submit(page, "Add a passkey", exact=True)
     assert "The passkey was added" in page.locator('[role="status"]').inner_text()
     assert "Laptop" in page.locator("#passkeys-heading").locator("..").inner_text()
     assert_accessible(tab, "Your account", scripts=1)
@@ -112,7 +103,7 @@ def id_token_amr(tab: Tab, provider: codeflow.Server, sign_in: str) -> list[str]
     if sign_in == "password":
         page.get_by_label("Username").fill(USERNAME)
         page.get_by_label("Password").fill(PASSWORD)
-        submit(page, "Sign in")
+        submit(page, "Sign in", exact=True)
         assert_accessible(tab, "Confirm it is you", scripts=1)
         sign_in = "Use your passkey"
     with page.expect_request(lambda r: r.url.startswith(REDIRECT + "?")) as callback:
@@ -141,16 +132,16 @@ def test_a_passkey_registered_on_the_account_page_signs_in_without_a_password(
 
     page = tab.page
     page.goto(provider.issuer + "/logout")
-    submit(page, "Sign out")
+    submit(page, "Sign out", exact=True)
     page.goto(provider.issuer + "/account/login")
     assert_accessible(tab, "Sign in", scripts=1)
     screenshot(tab, "passkeys-2-sign-in")
-    submit(page, "Sign in with a passkey")
+    submit(page, "Sign in with a passkey", exact=True)
     assert page.url == provider.issuer + "/account"
     assert "Signed in as alice" in page.locator("main").inner_text()
 
     page.goto(provider.issuer + "/logout")
-    submit(page, "Sign out")
+    submit(page, "Sign out", exact=True)
     assert id_token_amr(tab, provider, "Sign in with a passkey") == ["hwk", "user", "mfa"]
     assert provider.storage.get_passkey(passkey.credential_id).last_used_at is not None
 
@@ -165,9 +156,9 @@ def test_a_passkey_is_the_second_factor_after_the_password(
     register(tab, provider, passwordless=False)
     page = tab.page
     page.goto(provider.issuer + "/logout")
-    submit(page, "Sign out")
+    submit(page, "Sign out", exact=True)
     page.goto(provider.issuer + "/account/login")
-    submit(page, "Sign in with a passkey")
+    submit(page, "Sign in with a passkey", exact=True)
     assert "That passkey cannot sign you in" in page.locator('[role="alert"]').first.inner_text()
     assert id_token_amr(tab, provider, "password") == ["pwd", "hwk", "mfa"]
 
@@ -180,11 +171,11 @@ def test_a_ceremony_challenge_works_once(tab: Tab, provider: codeflow.Server) ->
     register(tab, provider, passwordless=True)
     page = tab.page
     page.goto(provider.issuer + "/logout")
-    submit(page, "Sign out")
+    submit(page, "Sign out", exact=True)
     page.goto(provider.issuer + "/account/login")
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
     with page.expect_request(lambda r: r.method == "POST") as posted:
-        submit(page, "Sign in with a passkey")
+        submit(page, "Sign in with a passkey", exact=True)
     assert page.url == provider.issuer + "/account"
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     replay = requests.post(provider.issuer + "/account/login", data=posted.value.post_data,
@@ -204,7 +195,7 @@ def test_without_javascript_the_password_form_works(
         assert not page.get_by_role("button", name="Sign in with a passkey").is_visible()
         page.get_by_label("Username").fill(USERNAME)
         page.get_by_label("Password").fill(PASSWORD)
-        submit(page, "Sign in")
+        submit(page, "Sign in", exact=True)
         assert page.url == provider.issuer + "/account"
         assert "Adding a passkey needs JavaScript" in page.locator("main").inner_text()
     finally:
