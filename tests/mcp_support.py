@@ -237,3 +237,20 @@ def check_step_up_consent(site: Site) -> None:
 
 def authorize_params(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+def check_authorizations(site: Site, urls: list[str]) -> str:
+    """The two authorization requests an MCP client sent, the first for mcp:read, the
+    step-up for mcp:write as well, and their consent pages; returns the client_id."""
+    assert len(urls) == 2, urls
+    first, step_up = (authorize_params(u) for u in urls)
+    client_id = first["client_id"]
+    for params in (first, step_up):
+        # RFC 7636 §4.3, RFC 8707 §2.1: PKCE S256 and the MCP server as the resource.
+        assert params["code_challenge_method"] == "S256" and params["code_challenge"]
+        assert params["resource"] == site.url
+        assert params["client_id"] == client_id
+    assert READ in first["scope"].split() and WRITE not in first["scope"].split()
+    assert {READ, WRITE} <= set(step_up["scope"].split())
+    check_step_up_consent(site)
+    return client_id

@@ -20,7 +20,7 @@ import json
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,22 @@ PACKAGES = ("openid-client", "oauth4webapi", "oidc-client-ts", "express", "expre
 
 
 def npm_packages() -> None:
-    """Install the pinned npm packages on first use, so that a bare `tox` runs these tests.
+    """Install the pinned npm packages on first use, so that a bare `tox` runs these tests."""
+    npm_ci(INTEROP, PACKAGES)
 
-    `npm ci` installs exactly the lock file's versions; it needs the npm registry."""
+
+def npm_ci(directory: Path, packages: Iterable[str]) -> None:
+    """``npm ci`` in ``directory`` unless its ``packages`` are installed: exactly the lock
+    file's versions (it needs the npm registry), one install at a time."""
     with _npm_lock:
-        modules = INTEROP / "node_modules"
-        if all((modules / name).is_dir() for name in PACKAGES):
+        modules = directory / "node_modules"
+        if all((modules / name).is_dir() for name in packages):
             return
         npm = shutil.which("npm")
         if npm is None:
             pytest.fail("node is installed but npm is not: apt-get install npm")
         subprocess.run(  # noqa: S603 -- npm from PATH, fixed arguments
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300,
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, check=True, timeout=300,
             capture_output=True,
         )  # fmt: skip
 

@@ -33,7 +33,7 @@ from mcp_support import (
     PythonClient,
     Site,
     authorize_params,
-    check_step_up_consent,
+    check_authorizations,
     mcp_example,
     mcp_site,
     registration_path,
@@ -87,18 +87,7 @@ def check_every_step(site: Site, client: PythonClient, result: dict[str, Any]) -
     # server's metadata and from there to codeflow's RFC 8414 metadata.
     assert site.exchanges("/.well-known/oauth-authorization-server", "GET")
 
-    # Two authorizations: the first for mcp:read, the step-up for mcp:write as well.
-    assert len(client.authorize_urls) == 2, client.authorize_urls
-    first, step_up = (authorize_params(u) for u in client.authorize_urls)
-    client_id = first["client_id"]
-    for params in (first, step_up):
-        # RFC 7636 §4.3, RFC 8707 §2.1: PKCE S256 and the MCP server as the resource.
-        assert params["code_challenge_method"] == "S256" and params["code_challenge"]
-        assert params["resource"] == site.url
-        assert params["client_id"] == client_id
-    assert READ in first["scope"].split() and WRITE not in first["scope"].split()
-    assert {READ, WRITE} <= set(step_up["scope"].split())
-    check_step_up_consent(site)
+    client_id = check_authorizations(site, client.authorize_urls)
 
     # RFC 9207 §2: each authorization response named codeflow; the SDK checked it.
     for callback in client.callbacks:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,12 @@ from mcp_support import (
     USERNAME,
     WRITE,
     Site,
-    authorize_params,
-    check_step_up_consent,
+    check_authorizations,
     mcp_site,
     registration_path,
     serve_mcp,
 )
+from test_interop_node import npm_ci
 
 import codeflow
 
@@ -54,23 +53,9 @@ pytestmark = [
     ),
 ]
 
-_npm_lock = threading.Lock()
-
-
 def npm_packages() -> None:
-    """``npm ci`` in tests/interop/mcp on first use: exactly the lock file's versions."""
-    with _npm_lock:
-        if (INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-            return
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("node is installed but npm is not: apt-get install npm")
-        subprocess.run(  # noqa: S603 -- npm from PATH, fixed arguments
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300,
-            capture_output=True,
-        )  # fmt: skip
-
-
+    """The MCP TypeScript SDK of tests/interop/mcp's lock file, on first use."""
+    npm_ci(INTEROP, ["@modelcontextprotocol/sdk"])
 
 
 @pytest.fixture
@@ -132,17 +117,7 @@ def check_every_step(site: Site, result: dict[str, Any]) -> str:
     # RFC 9728 §5.1 -> §3 -> RFC 8414 §3: from the 401 to codeflow's metadata.
     assert site.exchanges("/.well-known/oauth-authorization-server", "GET")
 
-    assert len(result["authorizations"]) == 2, result["authorizations"]
-    first, step_up = (authorize_params(u) for u in result["authorizations"])
-    client_id = first["client_id"]
-    for params in (first, step_up):
-        # RFC 7636 §4.3, RFC 8707 §2.1.
-        assert params["code_challenge_method"] == "S256" and params["code_challenge"]
-        assert params["resource"] == site.url
-        assert params["client_id"] == client_id
-    assert READ in first["scope"].split() and WRITE not in first["scope"].split()
-    assert {READ, WRITE} <= set(step_up["scope"].split())
-    check_step_up_consent(site)
+    client_id = check_authorizations(site, result["authorizations"])
     # RFC 9207 §2: the authorization responses named codeflow (the app checked state too).
     assert result["callbacks"] == [{"state_ok": True, "iss": site.issuer}] * 2
 
