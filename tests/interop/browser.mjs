@@ -137,30 +137,34 @@ function expectRedirect(response, url) {
 }
 
 /**
+ * Open ``url``, which shows the login page, sign in there, and return where the login's
+ * 303 leads (back to the page that asked for it).
+ */
+async function signIn(browser, url, { username, password }) {
+  const page = await expectPage(await browser.request(url), url, 'name="password"')
+  const loginUrl = formAction(page, url)
+  const response = await browser.postForm(loginUrl, { ...hiddenFields(page), username, password })
+  if (response.status !== 303) {
+    throw new Error(`login answered ${response.status}: ${(await response.text()).slice(0, 500)}`)
+  }
+  return expectRedirect(response, loginUrl)
+}
+
+/**
  * Sign in and approve, as a user would in a browser: authorization URL -> login page ->
  * POST login -> 303 back to authorize -> consent page -> POST consent (approve) -> 303
  * to the redirect_uri (or, with consent already on record, authorize redirects there at
  * once). Returns that callback URL.
  */
-export async function signInAndApprove(authorizationUrl, { username, password }) {
+export async function signInAndApprove(authorizationUrl, credentials) {
   const browser = new Browser()
-  let url = new URL(authorizationUrl)
+  const url = await signIn(browser, new URL(authorizationUrl), credentials)
   let response = await browser.request(url)
-  let page = await expectPage(response, url, 'name="password"')
-
-  const loginUrl = formAction(page, url)
-  response = await browser.postForm(loginUrl, { ...hiddenFields(page), username, password })
-  if (response.status !== 303) {
-    throw new Error(`login answered ${response.status}: ${(await response.text()).slice(0, 500)}`)
-  }
-  url = expectRedirect(response, loginUrl)
-
-  response = await browser.request(url)
   if (response.status !== 200) {
     // Consent given earlier for these scopes: the server answers at once.
     return expectRedirect(response, url)
   }
-  page = await expectPage(response, url, 'name="decision"')
+  const page = await expectPage(response, url, 'name="decision"')
   const consentUrl = formAction(page, url)
   response = await browser.postForm(consentUrl, { ...hiddenFields(page), decision: 'approve' })
   if (response.status !== 303) {
@@ -179,19 +183,11 @@ export function jwtHeader(token) {
  * verification_uri_complete (the user code prefilled), sign in, and allow the device on
  * the confirmation page, which must name the user code the device was given.
  */
-export async function approveDevice(verificationUriComplete, userCode, { username, password }) {
+export async function approveDevice(verificationUriComplete, userCode, credentials) {
   const browser = new Browser()
-  let url = new URL(verificationUriComplete)
+  const url = await signIn(browser, new URL(verificationUriComplete), credentials)
   let response = await browser.request(url)
-  let page = await expectPage(response, url, 'name="password"')
-  const loginUrl = formAction(page, url)
-  response = await browser.postForm(loginUrl, { ...hiddenFields(page), username, password })
-  if (response.status !== 303) {
-    throw new Error(`login answered ${response.status}: ${(await response.text()).slice(0, 500)}`)
-  }
-  url = expectRedirect(response, loginUrl)
-  response = await browser.request(url)
-  page = await expectPage(response, url, 'name="decision"')
+  const page = await expectPage(response, url, 'name="decision"')
   if (!page.includes(userCode)) throw new Error(`the confirmation page does not show ${userCode}`)
   const decideUrl = formAction(page, url)
   response = await browser.postForm(decideUrl, { ...hiddenFields(page), decision: 'approve' })
