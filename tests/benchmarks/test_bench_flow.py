@@ -100,6 +100,11 @@ def verify_id_token(token: str, key: Any, issuer: str) -> dict:
     return jwt.decode(token, key, algorithms=["RS256"], audience=CLIENT_ID, issuer=issuer)
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where either is missing (or b is 0)."""
+    return a / b if a and b else None
+
+
 def ms(seconds: float) -> float:
     return seconds * 1000
 
@@ -455,9 +460,6 @@ def test_flow_benchmarks(
     table.row("hash_password (scrypt N=2^14), per secret", start["scrypt"],
               "each add_user / confidential add_client")  # fmt: skip
     table.row("add_user('bob') without a password", start["bare_user"], "no hash: it cannot log in")
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a and b else None
 
     table.section("goals (issue 8), ratios in this run")
     goal_rows = [

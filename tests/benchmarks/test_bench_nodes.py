@@ -65,7 +65,7 @@ from bench_flow import (
 )
 from joserfc.jwk import RSAKey
 from postgres_support import fresh_schema, server_url, with_options
-from test_bench_flow import ISSUER, Table, codeflow_server, verify_id_token
+from test_bench_flow import ISSUER, Table, codeflow_server, ratio, verify_id_token
 from test_cli import free_port
 
 import codeflow
@@ -473,10 +473,6 @@ def count_row(table: Table, name: str, value: float | None, note: str = "") -> N
     """A count per flow, in the p50 column."""
     shown = "-" if value is None else f"{value:.1f}"
     table.lines.append(f"  {name:<44} {shown:>8} {'':>8} {'':>8} {'':>6}  {note}")
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
 
 
 def test_node_benchmarks(
