@@ -47,16 +47,20 @@ def postgresql_stores(tmp_path: Path) -> Iterator[tuple[codeflow.Storage, codefl
 
 
 @pytest.fixture(params=[sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[codeflow.Storage, codeflow.Storage]]:
+    """One store, through two connections of its own: nodes A's and B's."""
+    yield from request.param(tmp_path)
+
+
+@pytest.fixture
 def nodes(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> Iterator[tuple[codeflow.Server, codeflow.Server]]:
+    two_stores: tuple[codeflow.Storage, codeflow.Storage], clock: Clock
+) -> tuple[codeflow.Server, codeflow.Server]:
     """Nodes A and B on one store; A registered the clients and alice."""
-    stores = request.param(tmp_path)
-    store_a, store_b = next(stores)
-    a = make_server(clock, storage=store_a)
-    b = codeflow.Server(ISSUER, store_b, clock)
-    yield a, b
-    next(stores, None)
+    store_a, store_b = two_stores
+    return make_server(clock, storage=store_a), codeflow.Server(ISSUER, store_b, clock)
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -191,19 +195,17 @@ RP, RP_SECRET = "rp-app", "rp-secret"
 LOGGED_OUT = "https://rp.example/logged-out"
 
 
-@pytest.fixture(params=[sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+@pytest.fixture
 def new_nodes(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> Iterator[tuple[codeflow.Server, codeflow.Server]]:
+    two_stores: tuple[codeflow.Storage, codeflow.Storage], clock: Clock
+) -> tuple[codeflow.Server, codeflow.Server]:
     """Nodes A and B on one store that has no signing keys yet; A registered RP and alice."""
-    stores = request.param(tmp_path)
-    store_a, store_b = next(stores)
+    store_a, store_b = two_stores
     a = codeflow.Server(ISSUER, store_a, clock)
     a.add_client(RP, client_secret=RP_SECRET, redirect_uris=["https://rp.example/cb"],
                  post_logout_redirect_uris=[LOGGED_OUT])  # fmt: skip
     a.add_user(USERNAME, "alice-password")
-    yield a, codeflow.Server(ISSUER, store_b, clock)
-    next(stores, None)
+    return a, codeflow.Server(ISSUER, store_b, clock)
 
 
 def logout_with_hint(node: codeflow.Server, hint: str) -> int:

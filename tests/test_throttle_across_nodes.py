@@ -12,30 +12,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import test_node_caches
 from conftest import ISSUER, PASSWORD, USERNAME, Clock, make_server
 from postgres_support import fresh_schema, server_url
 from test_nist_800_63b_throttling import retry_after, sign_in
-from test_node_caches import postgresql_stores, sqlite_stores
 from wsgi_client import WSGIClient
 
 import codeflow
 
+two_stores = test_node_caches.two_stores  # a fixture: one store, two connections
+
 ATTACKER = "192.0.2.7"
 
 
-@pytest.fixture(params=[sqlite_stores, postgresql_stores], ids=["sqlite", "postgresql"])
+@pytest.fixture
 def nodes(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> Iterator[tuple[codeflow.Server, codeflow.Server]]:
+    two_stores: tuple[codeflow.Storage, codeflow.Storage], clock: Clock
+) -> tuple[codeflow.Server, codeflow.Server]:
     """Nodes A and B on one store, each with its own connection; A registered alice."""
-    stores = request.param(tmp_path)
-    store_a, store_b = next(stores)
-    yield make_server(clock, storage=store_a), codeflow.Server(ISSUER, store_b, clock)
-    next(stores, None)
+    store_a, store_b = two_stores
+    return make_server(clock, storage=store_a), codeflow.Server(ISSUER, store_b, clock)
 
 
 def test_failures_from_one_address_spread_across_nodes_count_as_on_one_node(
