@@ -171,6 +171,14 @@ def form_fields(page: str) -> dict[str, str]:
     }
 
 
+def form_of(page: str, action: str) -> dict[str, str]:
+    """The hidden fields of the form that posts to ``action``."""
+    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
+                      page, re.S)  # fmt: skip
+    assert match, f"no form for {action}"
+    return form_fields(match.group(1))
+
+
 def query_of(location: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
 

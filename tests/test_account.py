@@ -24,6 +24,7 @@ from conftest import (
     Clock,
     browser_authorize,
     form_fields,
+    form_of,
     make_server,
     new_flow,
     redeem_over_http,
@@ -58,14 +59,6 @@ def account(browser: WSGIClient) -> Response:
     r = browser.get("/account")
     assert r.status == 200, r.text
     return r
-
-
-def form_of(page: str, action: str) -> dict[str, str]:
-    """The hidden fields of the form that posts to ``action``."""
-    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
-                      page, re.S)  # fmt: skip
-    assert match, f"no form for {action}"
-    return form_fields(match.group(1))
 
 
 def post(browser: WSGIClient, action: str, page: str | None = None, **fields: str) -> Response:

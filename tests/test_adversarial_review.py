@@ -21,6 +21,7 @@ from conftest import (
     USERNAME,
     Clock,
     form_fields,
+    form_of,
     make_server,
     new_flow,
 )
@@ -42,14 +43,6 @@ def signed_in(server: codeflow.Server, username: str = USERNAME,
     r = browser.post("/account/login", data=fields)
     assert r.status == 303 and r.location.endswith("/account"), r.text
     return browser
-
-
-def form_of(page: str, action: str) -> dict[str, str]:
-    """The hidden fields of the form that posts to ``action``."""
-    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
-                      page, re.S)  # fmt: skip
-    assert match, f"no form for {action}"
-    return form_fields(match.group(1))
 
 
 # -- Passkeys: WebAuthn Level 2 --------------------------------------------------------
