@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dpop_helpers import thumbprint
-from test_interop_node import INTEROP, NODE, PASSWORD, REDIRECT, USERNAME, explain, npm_packages
+from test_interop_node import NODE, PASSWORD, REDIRECT, USERNAME, explain, npm_packages, run_node
 
 import codeflow
 
@@ -67,14 +66,7 @@ def run_driver(library: str, issuer: str, client_id: str) -> dict[str, Any]:
     config = {"issuer": issuer, "client_id": client_id, "redirect_uri": REDIRECT,
               "username": USERNAME, "password": PASSWORD,
               "private_jwk": PRIVATE_JWK if "jwks" in CLIENTS[client_id] else None}  # fmt: skip
-    assert NODE is not None
-    proc = subprocess.run(  # noqa: S603 -- our own script, with node from PATH
-        [NODE, DRIVERS[library]], input=json.dumps(config), capture_output=True, text=True,
-        cwd=INTEROP, timeout=60, check=False,
-    )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"{library} printed nothing (exit {proc.returncode}); stderr:\n{proc.stderr}"
-    return json.loads(lines[-1])
+    return run_node(DRIVERS[library], config)[0]
 
 
 @pytest.mark.parametrize("nonces", [False, True], ids=["no-nonces", "nonces"])

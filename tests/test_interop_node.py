@@ -124,21 +124,22 @@ def run_driver(library: str, issuer: str, client_id: str) -> dict[str, Any]:
         "password": PASSWORD,
         "id_token_signed_response_alg": CLIENTS[client_id].get("id_token_signed_response_alg"),
     }
+    result, returncode = run_node(DRIVERS[library], config)
+    assert (returncode == 0) == (result.get("ok") is True), (returncode, result)
+    return result
+
+
+def run_node(script: str, config: dict[str, Any], timeout: float = 60) -> tuple[Any, int]:
+    """Run ``script`` (in tests/interop) with node, ``config`` on its stdin as JSON: the
+    JSON line it printed last, and its exit status."""
     assert NODE is not None
     proc = subprocess.run(  # noqa: S603 -- our own script, with node from PATH
-        [NODE, DRIVERS[library]],
-        input=json.dumps(config),
-        capture_output=True,
-        text=True,
-        cwd=INTEROP,
-        timeout=60,
-        check=False,
-    )
+        [NODE, script], input=json.dumps(config), capture_output=True, text=True,
+        cwd=INTEROP, timeout=timeout, check=False,
+    )  # fmt: skip
     lines = proc.stdout.strip().splitlines()
-    assert lines, f"{library} printed nothing (exit {proc.returncode}); stderr:\n{proc.stderr}"
-    result = json.loads(lines[-1])
-    assert (proc.returncode == 0) == (result.get("ok") is True), (proc.returncode, result)
-    return result
+    assert lines, f"{script} printed nothing (exit {proc.returncode}); stderr:\n{proc.stderr}"
+    return json.loads(lines[-1]), proc.returncode
 
 
 def explain(result: dict[str, Any]) -> str:

@@ -12,13 +12,11 @@ with what the library accepted; these tests check it. Without ``node`` on PATH t
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_interop_node import INTEROP, NODE, explain, npm_packages
+from test_interop_node import NODE, explain, npm_packages, run_node
 
 import codeflow
 
@@ -59,16 +57,10 @@ def run_driver(library: str, mode: str, issuer: str, client_id: str) -> dict[str
     config = {"mode": mode, "issuer": issuer, "client_id": client_id,
               "client_secret": CLIENTS[client_id], "redirect_uri": REDIRECT,
               "username": USERNAME, "password": PASSWORD}  # fmt: skip
-    assert NODE is not None
-    proc = subprocess.run(  # noqa: S603 -- our own script, with node from PATH
-        [NODE, DRIVERS[library]], input=json.dumps(config), capture_output=True, text=True,
-        cwd=INTEROP, timeout=90, check=False,
-    )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"{library} printed nothing (exit {proc.returncode}); stderr:\n{proc.stderr}"
-    result: dict[str, Any] = json.loads(lines[-1])
+    result: dict[str, Any]
+    result, returncode = run_node(DRIVERS[library], config, timeout=90)
     assert result.get("ok") is True, explain(result)
-    assert proc.returncode == 0
+    assert returncode == 0
     return result
 
 
