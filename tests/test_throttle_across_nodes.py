@@ -13,27 +13,18 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import test_node_caches
-from conftest import ISSUER, PASSWORD, USERNAME, Clock, make_server
+from conftest import PASSWORD, USERNAME, Clock, make_server
 from postgres_support import fresh_schema, server_url
 from test_nist_800_63b_throttling import retry_after, sign_in
 from wsgi_client import WSGIClient
 
 import codeflow
 
-two_stores = test_node_caches.two_stores  # a fixture: one store, two connections
+# Fixtures: one store through two connections, and nodes A and B on it (A registered alice).
+two_stores, nodes = test_node_caches.two_stores, test_node_caches.nodes
 
 ATTACKER = "192.0.2.7"
-
-
-@pytest.fixture
-def nodes(
-    two_stores: tuple[codeflow.Storage, codeflow.Storage], clock: Clock
-) -> tuple[codeflow.Server, codeflow.Server]:
-    """Nodes A and B on one store, each with its own connection; A registered alice."""
-    store_a, store_b = two_stores
-    return make_server(clock, storage=store_a), codeflow.Server(ISSUER, store_b, clock)
 
 
 def test_failures_from_one_address_spread_across_nodes_count_as_on_one_node(
