@@ -11005,7 +11005,7 @@ class LogWriter(logging.Handler):
         self.stream = stream
         self._lines: collections.deque[str] = collections.deque()  # append, popleft: atomic
         self._writing = threading.Lock()  # one write at a time, so that lines keep order
-        self._pid = 0  # the process whose writer thread runs (none yet)
+        self._started = False  # the writer thread (of this process: see _forked)
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
@@ -11014,7 +11014,7 @@ class LogWriter(logging.Handler):
         # parent's queued lines are the parent's to write.
         self._writing = threading.Lock()
         self._lines = collections.deque()
-        self._pid = 0
+        self._started = False
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Handler.handle holds the handler's lock around emit; queueing a line needs none.
@@ -11026,7 +11026,7 @@ class LogWriter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
-            if self._pid != os.getpid():
+            if not self._started:
                 self._start()
             self._lines.append(line)
             if len(self._lines) >= LOG_BACKLOG:
@@ -11036,11 +11036,11 @@ class LogWriter(logging.Handler):
 
     def _start(self) -> None:
         with self._writing:
-            if self._pid == os.getpid():
+            if self._started:
                 return
             writer = threading.Thread(target=self._write, name="codeflow-log", daemon=True)
             writer.start()
-            self._pid = os.getpid()
+            self._started = True
 
     def _write(self) -> None:
         while True:
