@@ -63,6 +63,7 @@ import ipaddress
 import json
 import logging
 import math
+import mmap
 import os
 import queue
 import re
@@ -81,8 +82,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, TextIO, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, TypeAlias, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from waitress.server import BaseWSGIServer
 
 import bottle
 import itsdangerous
@@ -10619,12 +10623,15 @@ def serve(
     host: str,
     port: int,
     sock: socket.socket | None = None,
+    join: Callable[[BaseWSGIServer, dict[int, Any]], None] | None = None,
 ) -> None:
     """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server;
     either way within the limits above. ``sock``: a socket already listening (a worker's,
-    see serve_workers) instead of ``host`` and ``port``."""
+    see serve_workers) instead of ``host`` and ``port``; ``join``: called with waitress's
+    server and its socket map before it runs (a worker's WorkerTurns.join). The stdlib
+    server has no such hook: its workers accept as they race to."""
     try:
-        import waitress
+        from waitress.server import create_server
     except ImportError:
         if sock is None:
             httpd = make_server(host, port, app, ThreadingWSGIServer, QuietHandler)
@@ -10641,8 +10648,9 @@ def serve(
             httpd.server_close()
     else:
         where: dict[str, Any] = {"sockets": [sock]} if sock else {"host": host, "port": port}
-        waitress.serve(
-            app, **where, threads=SERVER_THREADS, ident="codeflow", _quiet=True,
+        socket_map: dict[int, Any] = {}
+        server = create_server(
+            app, socket_map, **where, threads=SERVER_THREADS, ident="codeflow",
             # waitress allows a 1 GiB body, read (and spooled to disk) before the app sees
             # it; at MAX_BODY it answers 413 as soon as Content-Length says more.
             max_request_body_size=MAX_BODY,
@@ -10657,6 +10665,9 @@ def serve(
             # waitress must pass them on for it to read (its own clearing knows no CIDRs).
             clear_untrusted_proxy_headers=False,
         )  # fmt: skip
+        if join is not None:  # one socket, so one BaseWSGIServer (no MultiSocketServer)
+            join(cast("BaseWSGIServer", server), socket_map)
+        server.run()
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -10675,6 +10686,101 @@ def _stop_with_parent(parent: int) -> None:
         raise KeyboardInterrupt
 
 
+class WorkerTurns:
+    """Which pre-forked worker accepts the next connection: one holding the fewest.
+
+    Workers that race to accept on one listening socket split a few long-lived keep-alive
+    connections (RFC 9112 §9.3; a benchmark's load threads, a reverse proxy's upstream
+    pool) by luck, 74/26 or 88/12, and each stays with its worker for its life. So each
+    worker publishes how many connections it holds (waitress's ``active_channels``) in a
+    table that all share, and listens (its server's ``readable()`` for the listening
+    socket) only while it holds no more than any live worker: ties listen, so a worker
+    holding the fewest always does, and no connection waits on a busy worker while
+    another has room. waitress's connection_limit still stops a worker at its limit.
+
+    A worker re-reads the table only at its loop's next turn (any event on its sockets,
+    else waitress's one-second loop timeout). So one that stopped listening would miss
+    its turn while idle: a worker whose accept leaves it no longer among the fewest wakes
+    those that are (a byte on their wakeup socket). The byte is sent after the count is
+    written, and read before the table is re-read, so a woken worker sees the new count.
+    A count that falls needs no wake: its own worker re-reads at once, and another that
+    should stop listening may take one connection more before it notices.
+
+    Made in the parent before forking, so every worker and every replacement shares it:
+    an anonymous shared mapping (one int a worker, by index) and a socket pair a worker.
+    """
+
+    EMPTY = -1  # a slot with no worker in it: not started yet, or dead
+
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, workers * 4)  # MAP_SHARED: forked workers see writes
+        self.counts = memoryview(self._memory).cast("i")
+        for index in range(workers):
+            self.counts[index] = self.EMPTY
+        self._wakeups = [socket.socketpair() for _ in range(workers)]
+        for _, end in self._wakeups:
+            end.setblocking(False)  # a full buffer means a wake is pending already
+
+    def wake(self, index: int) -> None:
+        with contextlib.suppress(OSError):
+            self._wakeups[index][1].send(b"\0")
+
+    def vacate(self, index: int) -> None:
+        """In the parent, when worker ``index`` has died: its last count must not keep
+        the others from listening until its replacement runs."""
+        self.counts[index] = self.EMPTY
+        for other in range(len(self.counts)):
+            self.wake(other)
+
+    def fewest(self) -> int:
+        return min(count for count in self.counts if count != self.EMPTY)
+
+    def join(self, index: int, server: BaseWSGIServer, socket_map: dict[int, Any]) -> None:
+        """In worker ``index``, before waitress runs ``server``: take turns at accepting."""
+        from waitress import wasyncore
+
+        counts = self.counts
+        # types-waitress types active_channels as one channel; it is waitress's dict of
+        # the open connections, by file descriptor.
+        channels = cast("dict[int, Any]", server.active_channels)
+        listening, accept = server.readable, server.handle_accept
+
+        def readable() -> bool:  # at each turn of waitress's loop
+            counts[index] = held = len(channels)
+            # listening() first: it also sweeps idle connections, and stops at the limit.
+            return listening() and held <= self.fewest()
+
+        def handle_accept() -> None:
+            before = len(channels)
+            accept()
+            counts[index] = held = len(channels)
+            fewest = self.fewest()
+            if before < held and fewest < held:
+                for other, count in enumerate(counts):
+                    if count == fewest:
+                        self.wake(other)
+
+        class Wakeup(wasyncore.dispatcher):
+            """Ends the worker's wait for events, so that it re-reads the table."""
+
+            def writable(self) -> bool:
+                return False
+
+            def handle_read(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.recv(4096)
+
+        # Instance attributes rather than a subclass: waitress's create_server builds
+        # the server, and wasyncore calls these two through the instance.
+        server.readable = readable  # type: ignore[method-assign]
+        server.handle_accept = handle_accept  # type: ignore[method-assign]
+        Wakeup(self._wakeups[index][0], socket_map)
+        counts[index] = 0  # a replacement starts afresh in its predecessor's slot
+        for other in range(len(counts)):
+            if other != index:
+                self.wake(other)  # those listening with more stop: this one holds none
+
+
 def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
     """Serve with ``workers`` pre-forked processes on one listening socket, so that every
     core answers requests (one process's GIL would leave the others idle). Each worker
@@ -10682,16 +10788,17 @@ def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
     SIGINT or SIGTERM stops them all. Workers share only storage: it must be one all
     processes open (SQLite, PostgreSQL), which main checks."""
     sock = socket.create_server((host, port), backlog=128)
-    pids: set[int] = set()
+    turns = WorkerTurns(workers)
+    pids: dict[int, int] = {}  # each worker's index in turns
 
-    def start_worker() -> None:
+    def start_worker(index: int) -> None:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: serve until told to stop, then leave at once
             code = 0
             try:
                 _stop_with_parent(parent)
-                serve(srv.wsgi, host, port, sock)
+                serve(srv.wsgi, host, port, sock, functools.partial(turns.join, index))
             except KeyboardInterrupt:
                 pass
             except BaseException:
@@ -10699,18 +10806,19 @@ def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
                 code = 1
             logging.shutdown()  # os._exit runs no exit handlers: write what is queued
             os._exit(code)
-        pids.add(pid)
+        pids[pid] = index
 
     try:
-        for _ in range(workers):
-            start_worker()
+        for index in range(workers):
+            start_worker(index)
         purge_forever(srv)  # after forking: a fork copies no thread
         while pids:
             pid, status = os.wait()
-            pids.discard(pid)
+            index = pids.pop(pid)
+            turns.vacate(index)
             log.error("codeflow: worker %d exited (%d); starting another", pid, status)
             time.sleep(1)  # a worker that cannot start must not spin the machine
-            start_worker()
+            start_worker(index)
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

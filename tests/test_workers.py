@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,169 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
                      and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]}
             time.sleep(0.05)
         assert not alive, alive
+
+
+# Which worker holds a connection. A keep-alive connection (RFC 9112 §9.3: persistent by
+# default in HTTP/1.1) stays with the worker that accepted it for its whole life, so how
+# the workers share a few long-lived connections (a benchmark's load threads, a reverse
+# proxy's upstream pool) decides how they share the work.
+
+
+def socket_inodes(server_port: int, client_ports: set[int]) -> dict[str, int]:
+    """The inodes of the server-side sockets of the given client connections, each with
+    its client's port: the lines of /proc/net/tcp{,6} whose local port is the server's
+    and whose remote port is a client's."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+                if local == server_port and remote in client_ports:
+                    found[fields[9]] = remote
+    return found
+
+
+def held_by(workers: set[int], base: str, conns: list[HTTPConnection]) -> list[int]:
+    """The worker holding each of ``conns``, by the ``socket:[inode]`` links among its
+    file descriptors (/proc/PID/fd); each must be held by exactly one of ``workers``."""
+    port = int(base.rsplit(":", 1)[1])
+    ports = [conn.sock.getsockname()[1] for conn in conns]
+    inodes = socket_inodes(port, set(ports))
+    holder: dict[int, list[int]] = {port: [] for port in ports}
+    for pid in workers:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    holder[inodes[link[8:-1]]].append(pid)
+    assert all(len(pids) == 1 for pids in holder.values()), holder
+    return [holder[port][0] for port in ports]
+
+
+def shares(workers: set[int], base: str, conns: list[HTTPConnection]) -> list[int]:
+    """How many of ``conns`` each worker holds, fewest first."""
+    held = held_by(workers, base, conns)
+    return sorted(held.count(pid) for pid in workers)
+
+
+def keep_alive(base: str, path: str = "/healthz") -> HTTPConnection:
+    """A new connection with one request answered on it, left open (RFC 9112 §9.3)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    conn = HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    assert not response.will_close  # the server keeps it open
+    return conn
+
+
+def in_their_loops(workers: set[int]) -> set[int]:
+    """Wait until each of ``workers`` runs waitress's loop: its request threads started
+    and its main thread waiting in poll() (/proc/PID/wchan; where the kernel hides it,
+    a moment instead). A worker takes its turns once it runs; before, the others take
+    every connection."""
+    deadline = time.monotonic() + STARTUP
+
+    def waiting(pid: int) -> bool:
+        if len(os.listdir(f"/proc/{pid}/task")) <= 8:  # SERVER_THREADS, then the main one
+            return False
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        if wchan in ("", "0"):
+            time.sleep(0.5)
+            return True
+        return "poll" in wchan
+
+    for pid in workers:
+        while not waiting(pid):
+            assert time.monotonic() < deadline, f"worker {pid} did not start serving"
+            time.sleep(0.02)
+    return workers
+
+
+def living(workers: set[int]) -> set[int]:
+    """Those of ``workers`` that run (not gone, not a zombie)."""
+    return {pid for pid in workers if Path(f"/proc/{pid}").exists()
+            and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]}  # fmt: skip
+
+
+def test_workers_take_keep_alive_connections_in_turn(tmp_path: Path) -> None:
+    """Keep-alive connections opened one after another (RFC 9112 §9.3) are shared evenly:
+    a worker accepts only while it holds no more open connections than any other, so
+    after each of 10 connections the two workers' shares differ by at most one, whichever
+    wins each race to accept (by chance, all 5 pairs would split evenly 1 time in 32).
+    Each connection then serves further requests from the worker that holds it."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    with serving("waitress", "--workers", "2", "--storage", db) as (process, base):
+        workers = in_their_loops(children(process.pid))
+        assert len(workers) == 2
+        conns: list[HTTPConnection] = []
+        try:
+            for opened in range(1, 11):
+                conns.append(keep_alive(base))
+                assert shares(workers, base, conns) == [opened // 2, (opened + 1) // 2]
+            for conn in conns:  # still open, still answered
+                conn.request("GET", "/jwks")
+                response = conn.getresponse()
+                assert response.status == 200 and b'"keys"' in response.read()
+            assert shares(workers, base, conns) == [5, 5]
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+def test_new_connections_are_answered_at_once_beside_idle_ones(tmp_path: Path) -> None:
+    """Connections held idle between requests (RFC 9112 §9.3) never keep a new one
+    waiting: the least-loaded worker always listens, so each of 20 short connections
+    opened beside 10 idle keep-alive ones is answered well within a second, where a
+    worker that stopped listening and missed its turn would only notice at its next
+    loop (one second)."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    with serving("waitress", "--workers", "2", "--storage", db) as (process, base):
+        workers = in_their_loops(children(process.pid))
+        idle = [keep_alive(base) for _ in range(10)]
+        try:
+            slowest = 0.0
+            for _ in range(20):
+                started = time.monotonic()
+                keep_alive(base).close()
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)  # the closed connection leaves its worker's count
+            assert slowest < 0.5, slowest
+            assert shares(workers, base, idle) == [5, 5]
+        finally:
+            for conn in idle:
+                conn.close()
+
+
+def test_a_restarted_worker_takes_its_share_of_connections(tmp_path: Path) -> None:
+    """A worker killed while holding keep-alive connections (RFC 9112 §9.3) is replaced:
+    while it is down the survivor answers (the dead worker's count in the shared table
+    holds no one up), and once the replacement runs it takes every new connection until
+    it holds as many as the survivor."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    with serving("waitress", "--workers", "2", "--storage", db) as (process, base):
+        first = in_their_loops(children(process.pid))
+        conns = [keep_alive(base) for _ in range(6)]
+        where = held_by(first, base, conns)
+        killed = min(first)
+        (survivor,) = first - {killed}
+        os.kill(killed, signal.SIGKILL)
+        kept = [conn for conn, pid in zip(conns, where, strict=True) if pid == survivor]
+        for conn in conns:
+            if conn not in kept:
+                conn.close()
+        kept.append(keep_alive(base))  # the parent waits a second before restarting
+        deadline = time.monotonic() + 15
+        while len(living(children(process.pid))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (replacement,) = in_their_loops(living(children(process.pid)) - first)
+        new = [keep_alive(base) for _ in kept]
+        try:
+            workers = {survivor, replacement}
+            assert held_by(workers, base, new) == [replacement] * len(new)
+            assert shares(workers, base, kept + new) == [len(kept), len(kept)]
+        finally:
+            for conn in kept + new:
+                conn.close()
