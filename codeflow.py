@@ -10704,17 +10704,24 @@ class WorkerTurns:
     those that are (a byte on their wakeup socket). The byte is sent after the count is
     written, and read before the table is re-read, so a woken worker sees the new count.
     A count that falls needs no wake: its own worker re-reads at once, and another that
-    should stop listening may take one connection more before it notices.
+    should stop listening may take one connection more before it notices. A worker also
+    notes when its loop last turned (at least once a second); a count older than STALE
+    seconds is ignored, so a worker that hangs (or is stopped) with the fewest does not
+    keep the others from accepting.
 
     Made in the parent before forking, so every worker and every replacement shares it:
-    an anonymous shared mapping (one int a worker, by index) and a socket pair a worker.
+    an anonymous shared mapping (two ints a worker, by index) and a socket pair a worker.
     """
 
     EMPTY = -1  # a slot with no worker in it: not started yet, or dead
+    STALE = 3  # seconds: a worker's loop turns at least once a second (waitress's timeout)
 
     def __init__(self, workers: int) -> None:
-        self._memory = mmap.mmap(-1, workers * 4)  # MAP_SHARED: forked workers see writes
-        self.counts = memoryview(self._memory).cast("i")
+        self._memory = mmap.mmap(-1, workers * 8)  # MAP_SHARED: forked workers see writes
+        table = memoryview(self._memory).cast("i")
+        # By worker index: how many connections it holds, and when its loop last turned
+        # (whole seconds of CLOCK_MONOTONIC, one clock for all processes).
+        self.counts, self.turned = table[:workers], table[workers:]
         for index in range(workers):
             self.counts[index] = self.EMPTY
         self._wakeups = [socket.socketpair() for _ in range(workers)]
@@ -10733,20 +10740,25 @@ class WorkerTurns:
             self.wake(other)
 
     def fewest(self) -> int:
-        return min(count for count in self.counts if count != self.EMPTY)
+        """The fewest connections a live worker holds (in a worker: its own count is
+        never stale, so there is one)."""
+        now = int(time.monotonic())
+        return min(count for count, turned in zip(self.counts, self.turned, strict=True)
+                   if count != self.EMPTY and now - turned <= self.STALE)  # fmt: skip
 
     def join(self, index: int, server: BaseWSGIServer, socket_map: dict[int, Any]) -> None:
         """In worker ``index``, before waitress runs ``server``: take turns at accepting."""
         from waitress import wasyncore
 
-        counts = self.counts
+        counts, turned = self.counts, self.turned
         # types-waitress types active_channels as one channel; it is waitress's dict of
         # the open connections, by file descriptor.
         channels = cast("dict[int, Any]", server.active_channels)
         listening, accept = server.readable, server.handle_accept
 
         def readable() -> bool:  # at each turn of waitress's loop
-            counts[index] = held = len(channels)
+            held = len(channels)
+            counts[index], turned[index] = held, int(time.monotonic())
             # listening() first: it also sweeps idle connections, and stops at the limit.
             return listening() and held <= self.fewest()
 
@@ -10775,7 +10787,7 @@ class WorkerTurns:
         server.readable = readable  # type: ignore[method-assign]
         server.handle_accept = handle_accept  # type: ignore[method-assign]
         Wakeup(self._wakeups[index][0], socket_map)
-        counts[index] = 0  # a replacement starts afresh in its predecessor's slot
+        counts[index], turned[index] = 0, int(time.monotonic())  # a replacement: afresh
         for other in range(len(counts)):
             if other != index:
                 self.wake(other)  # those listening with more stop: this one holds none

@@ -319,3 +319,27 @@ def test_a_restarted_worker_takes_its_share_of_connections(tmp_path: Path) -> No
         finally:
             for conn in kept + new:
                 conn.close()
+
+
+def test_a_hung_worker_holding_the_fewest_does_not_stall_the_others(tmp_path: Path) -> None:
+    """A worker that stops turning its loop (here SIGSTOP) while it holds the fewest
+    connections would otherwise keep every other worker from accepting: its count is
+    ignored once it is a few seconds old, so a new connection waits seconds, not until
+    the others' idle keep-alive connections (RFC 9112 §9.3) time out."""
+    db = f"sqlite:///{tmp_path / 'codeflow.db'}"
+    with serving("waitress", "--workers", "2", "--storage", db) as (process, base):
+        workers = in_their_loops(children(process.pid))
+        conns = [keep_alive(base) for _ in range(3)]  # two on one worker, one on the other
+        where = held_by(workers, base, conns)
+        hung = min(workers, key=where.count)
+        (other,) = workers - {hung}
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            conns.append(keep_alive(base))
+            assert time.monotonic() - started < 6
+            assert held_by(workers, base, conns[-1:]) == [other]
+        finally:
+            os.kill(hung, signal.SIGCONT)
+            for conn in conns:
+                conn.close()
