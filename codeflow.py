@@ -10811,8 +10811,9 @@ class WorkerTurns:
 def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
     """Serve with ``workers`` pre-forked processes on one listening socket, so that every
     core answers requests (one process's GIL would leave the others idle). Each worker
-    runs serve(); the parent purges expired records, restarts a worker that dies, and on
-    SIGINT or SIGTERM stops them all. Workers share only storage: it must be one all
+    runs serve() and takes connections in turn with the others (WorkerTurns); the parent
+    purges expired records, restarts a worker that dies, and on SIGINT or SIGTERM stops
+    them all. Workers share only storage: it must be one all
     processes open (SQLite, PostgreSQL), which main checks."""
     sock = socket.create_server((host, port), backlog=128)
     turns = WorkerTurns(workers)
