@@ -1182,8 +1182,11 @@ class Storage(Protocol):
 
     def save_code(self, code: AuthorizationCode) -> None: ...
 
-    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
-        """Atomically take a code: of N concurrent callers, at most one gets it.
+    def consume_code(self, code_hash: str) -> tuple[AuthorizationCode, User | None] | None:
+        """Atomically take a code: of N concurrent callers, at most one gets it. It comes
+        with the stored user it was issued for (None if there is none now), read at the
+        same moment: the token request needs both, and a database server is then asked
+        once.
 
         The store remembers that the code was used, so that a replay can revoke
         the tokens it issued (``revoke_family(code_hash)``).
@@ -1238,6 +1241,11 @@ class Storage(Protocol):
         ...
 
     def get_token(self, token_hash: str) -> Token | None: ...
+
+    def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
+        """A token and its stored user (None for a client's own token, or a user stored no
+        longer), read together: what a refresh and userinfo need, in one ask."""
+        ...
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         """Atomically revoke the active refresh token ``old_hash`` and save the ``new``
@@ -1623,12 +1631,13 @@ class MemoryStorage:
         with self._lock:
             self._codes[code.code_hash] = code
 
-    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+    def consume_code(self, code_hash: str) -> tuple[AuthorizationCode, User | None] | None:
         with self._lock:
             code = self._codes.pop(code_hash, None)
-            if code is not None:
-                self._used_codes[code_hash] = code.expires_at
-            return code
+            if code is None:
+                return None
+            self._used_codes[code_hash] = code.expires_at
+            return code, self._users.get(code.username)
 
     def _drop_devices(self, which: Callable[[DeviceAuthorization], bool]) -> None:
         for device in [d for d in self._devices.values() if which(d)]:
@@ -1700,6 +1709,12 @@ class MemoryStorage:
 
     def get_token(self, token_hash: str) -> Token | None:
         return self._tokens.get(token_hash)
+
+    def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
+        token = self._tokens.get(token_hash)
+        if token is None:
+            return None
+        return token, None if token.username is None else self._users.get(token.username)
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         with self._lock:
@@ -6855,14 +6870,15 @@ def authorization_code_grant(
         raise InvalidRequest("code is required.")
     # The code is consumed first and checked after: a code that fails a check stays burned.
     code_hash = token_hash(code_value)
-    code = srv.storage.consume_code(code_hash)
-    if code is None:
+    taken = srv.storage.consume_code(code_hash)
+    if taken is None:
         # RFC 6749 §4.1.2: "If an authorization code is used more than once, the
         # authorization server MUST deny the request and SHOULD revoke (when possible)
         # all tokens previously issued based on that authorization code."
         if srv.storage.revoke_family(code_hash):
             audit("code.replayed", client=client.client_id)
         raise InvalidGrant("The code is invalid, expired or already used.")
+    code, user = taken
     if code.expires_at <= srv.clock():
         raise InvalidGrant("The code has expired.")
     # RFC 6749 §4.1.3: "ensure that the authorization code was issued to the
@@ -6886,7 +6902,6 @@ def authorization_code_grant(
         srv.transcript.note_relaxation(
             client.client_id, "require_pkce=False: a code redeemed without code_verifier"
         )
-    user = srv.storage.get_user(code.username)
     if user is None:
         raise InvalidGrant("The user of this code no longer exists.")
     granted, audience = token_resources(srv, client, params, code.resources)
@@ -6931,7 +6946,7 @@ def refresh_token_grant(
     value = params.get("refresh_token")
     if value is None:
         raise InvalidRequest("refresh_token is required.")
-    old = srv.storage.get_token(token_hash(value))
+    old, user = srv.storage.get_token_and_user(token_hash(value)) or (None, None)
     if old is None or old.kind != "refresh" or old.client_id != client.client_id:
         raise InvalidGrant("The refresh token is invalid.")
     if old.revoked:
@@ -6946,7 +6961,6 @@ def refresh_token_grant(
     # MUST ... ensure that the DPoP proof ... uses the same key".
     if old.jkt is not None and (jkt is None or not hmac.compare_digest(jkt, old.jkt)):
         raise InvalidDPoPProof("The refresh token is bound to another DPoP key.")
-    user = srv.storage.get_user(old.username) if old.username is not None else None
     if old.username is not None and user is None:
         srv.storage.revoke_family(old.family_id)
         raise InvalidGrant("The user of this grant no longer exists.")
@@ -7016,8 +7030,7 @@ def token_exchange_grant(
         raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}.")
     if "actor_token" in params or "actor_token_type" in params:
         raise InvalidRequest("actor_token is not supported: the authenticated client acts.")
-    subject = srv.storage.get_token(token_hash(value))
-    user = srv.storage.get_user(subject.username) if subject and subject.username else None
+    subject, user = srv.storage.get_token_and_user(token_hash(value)) or (None, None)
     if subject is None or subject.kind != "access" or not subject.active(srv.clock()):
         raise InvalidRequest("The subject_token is not an active access token.")
     if user is None:
@@ -7436,7 +7449,7 @@ def userinfo(
     A DPoP-bound token comes with the DPoP scheme and a proof of its key (RFC 9449 §7),
     checked against ``dpop``, the request's."""
     value, with_dpop = presented_token(authorization, form)
-    token = srv.storage.get_token(token_hash(value))
+    token, user = srv.storage.get_token_and_user(token_hash(value)) or (None, None)
     if token is None or token.kind != "access" or not token.active(srv.clock()):
         raise InvalidToken("The access token is invalid, expired or revoked.")
     if token.jkt is not None:
@@ -7463,7 +7476,6 @@ def userinfo(
         raise InvalidToken("The access token is for another resource (RFC 8707).")
     if token.username is None or "openid" not in token.scope:
         raise InsufficientScope("The access token was not issued with the openid scope.")
-    user = srv.storage.get_user(token.username)
     if user is None:
         raise InvalidToken("The token's user no longer exists.")
     requested = individual_claims(user, client, token.claims_request.get("userinfo", {}))

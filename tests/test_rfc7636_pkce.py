@@ -273,8 +273,9 @@ def test_the_challenge_is_bound_to_the_code_in_storage(auto, browser):
     """
     flow = new_flow(PUBLIC)
     code = authorize(browser, flow.params)["code"]
-    stored = auto.storage.consume_code(codeflow.token_hash(code))
-    assert stored is not None
+    taken = auto.storage.consume_code(codeflow.token_hash(code))
+    assert taken is not None
+    stored = taken[0]
     assert stored.code_challenge == flow.params["code_challenge"]
     assert stored.code_hash != code
     assert auto.storage.consume_code(code) is None

@@ -548,8 +548,41 @@ class TestStorageContract:
         Storage.consume_code: "Atomically take a code"."""
         code = a_code()
         storage.save_code(code)
-        assert storage.consume_code("code-1") == code
+        assert storage.consume_code("code-1") == (code, None)
         assert storage.consume_code("code-1") is None
+
+    def test_consume_code_reads_its_user_with_it(self, storage: codeflow.Storage) -> None:
+        """Storage.consume_code: the code comes with the stored user it was issued for, every
+        field of it (OIDC Core §3.1.3.3: the ID token carries the user's claims as stored),
+        or None for a user no longer stored; the code is taken either way."""
+        alice = storage.add_user(
+            User("alice", "hash-a", {"name": "Alice", "email": "a@x"}, totp_secret="JBSW",
+                 declared="entry-hash", subject="s-alice")
+        )  # fmt: skip
+        storage.add_user(User("bob", "hash-b"))
+        storage.save_code(a_code("code-1"))
+        storage.save_code(a_code("code-2", username="gone"))
+        assert storage.consume_code("code-1") == (a_code("code-1"), alice)
+        assert storage.consume_code("code-2") == (a_code("code-2", username="gone"), None)
+        assert storage.consume_code("code-2") is None
+
+    def test_get_token_and_user(self, storage: codeflow.Storage) -> None:
+        """Storage.get_token_and_user: a token with its stored user, every field of it, read
+        together (what a refresh, OIDC Core §12.2, and userinfo, §5.3, need); None as the
+        user for a client's own token (RFC 6749 §4.4) or a user no longer stored; None for
+        no token."""
+        alice = storage.add_user(
+            User("alice", "hash-a", {"name": "Alice"}, totp_secret="JBSW", subject="s-alice")
+        )
+        storage.add_user(User("bob", "hash-b"))
+        machine = a_token("m1", family_id="family-2", username=None, scope=("api:read",))
+        gone = a_token("g1", family_id="family-3", username="gone")
+        for token in (a_token("a1"), machine, gone):
+            storage.save_token(token)
+        assert storage.get_token_and_user("a1") == (a_token("a1"), alice)
+        assert storage.get_token_and_user("m1") == (machine, None)
+        assert storage.get_token_and_user("g1") == (gone, None)
+        assert storage.get_token_and_user("nothing") is None
 
     def test_consume_unknown_code_is_none(self, storage: codeflow.Storage) -> None:
         """Storage.consume_code: a code that was never saved is not there to take."""
@@ -563,7 +596,7 @@ class TestStorageContract:
         code = a_code()
         storage.save_code(code)
         results = race(lambda i: storage.consume_code("code-1"))
-        assert [r for r in results if r is not None] == [code]
+        assert [r for r in results if r is not None] == [(code, None)]
 
     # -- resources (RFC 8707) ----------------------------------------------------
 
@@ -611,7 +644,7 @@ class TestStorageContract:
         assert storage.get_client("svc") == client
         code = a_code(resources=("https://api.example/v1", "https://mcp.example/mcp"))
         storage.save_code(code)
-        assert storage.consume_code("code-1") == code
+        assert storage.consume_code("code-1") == (code, None)
         token = a_token("x1", audience=("https://db.example/",), actor={"sub": "svc"})
         storage.save_token(token)
         assert storage.get_token("x1") == token
@@ -1551,7 +1584,7 @@ class TestPasskeyStorageContract:
         assert not keyed.public and not fetched.public  # keys authenticate the client
         code = a_code(dpop_jkt="0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
         storage.save_code(code)
-        assert storage.consume_code("code-1") == code
+        assert storage.consume_code("code-1") == (code, None)
         bound = a_token("a1", jkt="0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
         storage.save_token(bound)
         assert storage.get_token("a1") == bound

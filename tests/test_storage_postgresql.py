@@ -23,7 +23,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from conftest import CONFIDENTIAL, REDIRECT, SECRET, USERNAME, make_server, new_flow, query_of
 from postgres_support import fresh_schema, server_url, with_options
+from wsgi_client import WSGIClient, basic
 
 import codeflow
 from codeflow import AuthorizationCode, Client, SigningKey, Token, User
@@ -212,9 +214,8 @@ WHOLE_TABLE_READS = {
 }
 
 
-def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Call every Storage method, both ways where there are two, and return each
-    (statement, parameters) the storage sent."""
+def statements_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """A list that gets each (statement, parameters) psycopg sends from now on."""
     sent: list[tuple[str, Any]] = []
     execute = psycopg.Cursor.execute
 
@@ -223,6 +224,13 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
         return execute(self, query, params, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    return sent
+
+
+def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Call every Storage method, both ways where there are two, and return each
+    (statement, parameters) the storage sent."""
+    sent = statements_sent(monkeypatch)
     store.add_client(Client("app"))
     store.get_client("app")
     store.list_clients()
@@ -235,6 +243,7 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     store.consume_code("code-1")
     store.save_token(a_token("a1"), a_token("r1", kind="refresh"))
     store.get_token("a1")
+    store.get_token_and_user("a1")
     store.rotate_refresh_token("r1", a_token("r2", kind="refresh"), a_token("a2"))
     store.revoke_token("a2")
     store.revoke_family("family-1")
@@ -268,6 +277,53 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.undo()
     return [(str(q), p) for q, p in sent if str(q).lstrip().split()[0].upper()
             in ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")]  # fmt: skip
+
+
+def test_a_flow_asks_postgresql_once_for_each_read(
+    storage: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 item 2 (round trips per flow): a code comes with its user
+    (``consume_code``) and a token with its user (``get_token_and_user``), so redeeming a
+    code (RFC 6749 §4.1.3), a refresh (§6) and userinfo (OIDC Core §5.3) each read once
+    and write once at most: one statement each, as a node across a network pays a round
+    trip for each."""
+    srv = make_server(storage=storage, auto_approve=USERNAME)
+    browser = WSGIClient(srv.wsgi)
+    auth = basic(CONFIDENTIAL, SECRET)
+
+    def flow() -> dict[str, list[str]]:
+        sent = statements_sent(monkeypatch)
+        steps: dict[str, list[str]] = {}
+
+        def step(name: str) -> None:
+            steps[name] = [str(query).split()[0] for query, _ in sent]
+            sent.clear()
+
+        grant = new_flow()
+        code = query_of(browser.get("/authorize", params=grant.params).location)["code"]
+        sent.clear()
+        r = browser.post("/token", {"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": REDIRECT, "code_verifier": grant.verifier},
+                         headers=auth)  # fmt: skip
+        assert r.status == 200, r.text
+        step("code")
+        tokens = browser.post("/token", {"grant_type": "refresh_token",
+                                         "refresh_token": r.json()["refresh_token"]},
+                              headers=auth).json()  # fmt: skip
+        assert "access_token" in tokens, tokens
+        step("refresh")
+        r = browser.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]})
+        assert r.json()["sub"] == USERNAME
+        step("userinfo")
+        return steps
+
+    flow()  # the first flow reads the client and the keys, which the process then caches
+    steps = flow()
+    # WITH ... DELETE the code ... LEFT JOIN users; INSERT the tokens
+    assert steps["code"] == ["WITH", "INSERT"], steps
+    # SELECT the token LEFT JOIN users; WITH ... UPDATE the old one, INSERT the new ones
+    assert steps["refresh"] == ["SELECT", "WITH"], steps
+    assert steps["userinfo"] == ["SELECT"], steps
 
 
 def table_scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -552,7 +608,7 @@ def test_records_survive_reopening(schema: tuple) -> None:
         assert second.get_token("m1") == machine
         assert second.get_consent("alice", "app") == frozenset({"openid", "profile"})
         assert second.signing_keys() == [key]
-        assert second.consume_code("code-1") == a_code()
+        assert second.consume_code("code-1") == (a_code(), user)
 
 
 def test_no_raw_secret_reaches_the_database(storage: PostgreSQLStorage, schema: tuple) -> None:

@@ -208,7 +208,7 @@ def test_codes_and_tokens_of_a_version_8_database_have_no_authentication_context
         store.save_token(replace(a_token("new"), amr=mfa, acr="urn:example:mfa"))
         assert store.get_token("new").amr == mfa
         store.save_code(replace(a_code(), amr=("pwd",), acr="urn:example:pwd"))
-        code = store.consume_code("code-1")
+        code, _ = store.consume_code("code-1") or (None, None)
         assert code is not None and (code.amr, code.acr) == (("pwd",), "urn:example:pwd")
 
 
@@ -230,7 +230,7 @@ def test_codes_and_tokens_of_a_version_9_database_have_no_claims_request(path: P
         store.save_token(replace(a_token("new"), claims_request=request))
         assert store.get_token("new").claims_request == request
         store.save_code(replace(a_code(), claims_request=request))
-        code = store.consume_code("code-1")
+        code, _ = store.consume_code("code-1") or (None, None)
         assert code is not None and code.claims_request == request
 
 
@@ -394,7 +394,7 @@ def test_records_survive_reopening(path: Path) -> None:
         assert second.get_consent("alice", "app") == frozenset({"openid"})
         assert second.get_or_add_setting("secret_key", "second") == secret_key == "first"
         assert second.signing_keys() == [key]
-        assert second.consume_code("code-1") == a_code()
+        assert second.consume_code("code-1") == (a_code(), user)
 
 
 def test_no_raw_secret_reaches_the_file(path: Path) -> None:

@@ -487,6 +487,11 @@ class _Rows(Generic[R]):
         self._tuples = [i for i, t in enumerate(self.types) if t == "text[]"]
         self._json = [i for i, t in enumerate(self.types) if t == "jsonb"]
 
+    def columns_of(self, alias: str) -> str:
+        """The columns, each named through ``alias``: for a join, where both tables have
+        a ``username``."""
+        return ", ".join(f"{alias}.{name}" for name in self.names)
+
     def missing_columns(self, present: set[tuple[str, str]]) -> list[str]:
         return [name for name in self.names if (self.table, name) not in present]
 
@@ -516,6 +521,15 @@ _LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions", "sid")
 _PASSKEYS = _Rows(Passkey, "passkeys", "credential_id")
 _DEVICES = _Rows(DeviceAuthorization, "device_authorizations", "device_code_hash")
 _PUSHED = _Rows(PushedRequest, "pushed_requests", "request_uri_hash")
+
+
+def _with_user(rows: Sequence[Sequence[Any]], records: _Rows[R]) -> tuple[R, User | None] | None:
+    """The record and the user of a row of ``records``' columns followed by the users'
+    (a LEFT JOIN: NULLs, hence None, where no user matched), or None for no row."""
+    if not rows:
+        return None
+    row, n = rows[0], len(records.names)
+    return records.decode(row[:n]), None if row[n] is None else _USERS.decode(row[n:])
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
@@ -1111,20 +1125,21 @@ class PostgreSQLStorage:
     def save_code(self, code: AuthorizationCode) -> None:
         self._count(_CODES.upsert, _CODES.encode(code))
 
-    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
-        """Take a code in one statement that also writes its tombstone: of N concurrent
-        callers in any nodes, the one whose DELETE finds the row gets it, and a replay is
-        recognised from the moment the code is gone."""
+    def consume_code(self, code_hash: str) -> tuple[AuthorizationCode, User | None] | None:
+        """Take a code in one statement that also writes its tombstone and reads its user:
+        of N concurrent callers in any nodes, the one whose DELETE finds the row gets it,
+        and a replay is recognised from the moment the code is gone."""
         rows = self._rows(
             f"WITH taken AS (DELETE FROM codes WHERE code_hash = %s "  # noqa: S608
             f"RETURNING {_CODES.columns}), "
             "tombstone AS (INSERT INTO used_codes (code_hash, expires_at) "
             "SELECT code_hash, expires_at FROM taken "
             "ON CONFLICT (code_hash) DO UPDATE SET expires_at = excluded.expires_at) "
-            f"SELECT {_CODES.columns} FROM taken",
+            f"SELECT {_CODES.columns_of('c')}, {_USERS.columns_of('u')} FROM taken c "
+            "LEFT JOIN users u ON u.username = c.username",
             [code_hash],
         )
-        return _CODES.decode(rows[0]) if rows else None
+        return _with_user(rows, _CODES)
 
     # -- Device authorization (RFC 8628) and pushed requests (RFC 9126) --------------
 
@@ -1198,6 +1213,14 @@ class PostgreSQLStorage:
     def get_token(self, token_hash: str) -> Token | None:
         rows = self._rows(_TOKENS.select + " WHERE token_hash = %s", [token_hash])
         return _TOKENS.decode(rows[0]) if rows else None
+
+    def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
+        rows = self._rows(
+            f"SELECT {_TOKENS.columns_of('t')}, {_USERS.columns_of('u')} FROM tokens t "  # noqa: S608
+            "LEFT JOIN users u ON u.username = t.username WHERE t.token_hash = %s",
+            [token_hash],
+        )
+        return _with_user(rows, _TOKENS)
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         """One statement: revoke ``old_hash`` only if it is an active refresh token, and

@@ -490,6 +490,11 @@ class _Rows(Generic[R]):
         self._json = [i for i, kind in enumerate(kinds) if kind in (tuple, list, dict)]
         self._bool = [i for i, kind in enumerate(kinds) if kind is bool]
 
+    def columns_of(self, alias: str) -> str:
+        """The columns, each named through ``alias``: for a join, where both tables have
+        a ``username``."""
+        return ", ".join(f"{alias}.{name}" for name in self.names)
+
     def missing_columns(self, db: sqlite_utils.Database) -> list[str]:
         columns = {column.name for column in db[self.table].columns}
         return [name for name in self.names if name not in columns]
@@ -523,6 +528,15 @@ _LOGIN_SESSIONS = _Rows(LoginSession, "login_sessions")
 _PASSKEYS = _Rows(Passkey, "passkeys")
 _DEVICES = _Rows(DeviceAuthorization, "device_authorizations")
 _PUSHED = _Rows(PushedRequest, "pushed_requests")
+
+
+def _with_user(rows: Sequence[Sequence[Any]], records: _Rows[R]) -> tuple[R, User | None] | None:
+    """The record and the user of a row of ``records``' columns followed by the users'
+    (a LEFT JOIN: NULLs, hence None, where no user matched), or None for no row."""
+    if not rows:
+        return None
+    row, n = rows[0], len(records.names)
+    return records.decode(row[:n]), None if row[n] is None else _USERS.decode(row[n:])
 
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
@@ -888,10 +902,11 @@ class SQLiteStorage:
         with self._locked() as db:
             db.execute(_CODES.insert, _CODES.encode(code))
 
-    def consume_code(self, code_hash: str) -> AuthorizationCode | None:
+    def consume_code(self, code_hash: str) -> tuple[AuthorizationCode, User | None] | None:
         """Take a code in one statement; of N concurrent callers in any processes, the
-        one whose DELETE finds the row gets it. The tombstone is written in the same
-        transaction, so a replay is recognised from the moment the code is gone."""
+        one whose DELETE finds the row gets it. The tombstone is written, and the user
+        read, in the same transaction, so a replay is recognised from the moment the code
+        is gone."""
         with self._write() as db:
             rows = db.execute(
                 "DELETE FROM codes WHERE code_hash = ? RETURNING " + _CODES.columns,  # noqa: S608
@@ -904,7 +919,8 @@ class SQLiteStorage:
                 "INSERT OR REPLACE INTO used_codes (code_hash, expires_at) VALUES (?, ?)",
                 [code_hash, code.expires_at],
             )
-            return code
+            users = db.execute(_USERS.select + " WHERE username = ?", [code.username])
+            return code, next((_USERS.decode(row) for row in users), None)
 
     # -- Device authorization (RFC 8628) and pushed requests (RFC 9126) --------------
 
@@ -989,6 +1005,14 @@ class SQLiteStorage:
     def get_token(self, token_hash: str) -> Token | None:
         rows = self._read(_TOKENS.select + " WHERE token_hash = ?", [token_hash])
         return _TOKENS.decode(rows[0]) if rows else None
+
+    def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
+        rows = self._read(
+            f"SELECT {_TOKENS.columns_of('t')}, {_USERS.columns_of('u')} FROM tokens t "  # noqa: S608
+            "LEFT JOIN users u ON u.username = t.username WHERE t.token_hash = ?",
+            [token_hash],
+        )
+        return _with_user(rows, _TOKENS)
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         """Revoke ``old_hash`` only if it is an active refresh token, and save ``new`` in
