@@ -20,7 +20,10 @@ measured in one run.
   from /proc before and after each load, over the flows served (each client thread's
   warm-up flow included). On PostgreSQL, also the CPU of the database backends serving
   that server (found by the ``application_name`` its connections carry), and for every
-  row the load client's own CPU, since all of them share the machine's cores.
+  row the load client's own CPU, since all of them share the machine's cores; and
+  "others": the cores the machine's other processes kept busy meanwhile (/proc/stat
+  less all of the above; other tenants of a shared machine, and PostgreSQL's background
+  writers), which the row could not use: the "less others' CPU" ceilings leave them out.
 - In-process rows: codeflow on PostgreSQL and the peer on the same PostgreSQL (each in a
   schema of its own), and codeflow on memory and the peer on dicts, interleaved.
 - Statements and round trips per flow on PostgreSQL, counted on the wire: libpq's trace
@@ -39,6 +42,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import secrets
 import signal
 import statistics
@@ -178,6 +182,8 @@ class Node:
     server_cpu: Counter[int] = field(default_factory=Counter)  # by process
     db_cpu: float = 0.0
     client_cpu: float = 0.0
+    others_cpu: float = 0.0  # the machine's CPU outside this row's processes, seconds
+    window: float = 0.0  # seconds over which others_cpu was taken
 
     @property
     def rate(self) -> float | None:
@@ -252,19 +258,38 @@ def refused_note() -> str:
     return f"none: the CLI refuses it (exit {out.returncode}): memory is per process"
 
 
+def machine_cpu() -> float:
+    """CPU seconds all processes have spent, from /proc/stat's first line (user, nice,
+    system, irq, softirq and steal; not idle nor iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children: the load clients, start-up
+    included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(node: Node, seconds: float, max_flows: int, pg_url: str | None) -> None:
     """One turn of load on ``node`` from bench_http_client in a process of its own; adds
-    its flows, times and CPU to the node's."""
+    its flows, times and CPU to the node's, and what other processes of the machine
+    (other tenants) spent meanwhile: the cores they took were not the row's to use."""
     assert node.process is not None
     pids = process_tree(node.process.pid)
     before = cpu_seconds(pids)
     db_before = cpu_seconds(backends(pg_url, node.application_name))
+    all_before, client_before = machine_cpu(), children_cpu()
+    started = time.monotonic()
     out = subprocess.run(  # noqa: S603 -- this interpreter, our script
         [sys.executable, bench_http_client.__file__, node.url, str(THREADS), str(seconds),
          str(max_flows), *(["hello"] if node.hello else []),
          *([] if node.hello or node.refresh_id_token else ["no-refresh-id-token"])],
         capture_output=True, text=True, timeout=seconds + 120, check=False,
     )  # fmt: skip
+    window = time.monotonic() - started
+    all_after, client_after = machine_cpu(), children_cpu()
     after = cpu_seconds(pids)
     db_after = cpu_seconds(backends(pg_url, node.application_name))
     assert out.returncode == 0, out.stderr[-3000:]  # a failed check in the client, say
@@ -275,7 +300,11 @@ def load(node: Node, seconds: float, max_flows: int, pg_url: str | None) -> None
     node.client_cpu += result["cpu"]
     for pid, cpu in after.items():
         node.server_cpu[pid] += cpu - before.get(pid, 0.0)
-    node.db_cpu += sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
+    db = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
+    node.db_cpu += db
+    ours = sum(after.values()) - sum(before.values()) + db + client_after - client_before
+    node.others_cpu += max(0.0, all_after - all_before - ours)
+    node.window += window
 
 
 def check_signatures(node: Node) -> None:
@@ -527,7 +556,10 @@ def test_node_benchmarks(
     for node in nodes.values():
         table.row(node.label, node.times or None, node.note or "per s: all threads together",
                   rate=node.rate)  # fmt: skip
-    table.section("server CPU per flow over HTTP, ms (and the database's, the client's)")
+    table.section(
+        "server CPU per flow over HTTP, ms (and the database's, the client's; others: "
+        "cores busy outside the row)"
+    )
     for node in nodes.values():
         server = node.per_flow(sum(node.server_cpu.values()))
         if server is None:
@@ -546,6 +578,7 @@ def test_node_benchmarks(
             parts.append("workers " + "/".join(f"{100 * w / total:.0f}%" for w in workers))
         cores = (node.rate or 0) * server
         parts.append(f"server busy {cores:.2f} cores")
+        parts.append(f"others {node.others_cpu / (node.window or 1):.2f}")
         table.value(node.label, server, ", ".join(parts))
 
     floor = nodes["floor"].per_flow(sum(nodes["floor"].server_cpu.values()))
@@ -595,10 +628,13 @@ def test_node_benchmarks(
         node = nodes[name]
         return node.per_flow(sum(node.server_cpu.values()) + (node.db_cpu if with_db else 0))
 
-    def ceiling(name: str) -> float | None:
-        node = nodes[name]
+    def ceiling(name: str, others_of: str = "") -> float | None:
+        """At most: the cores (less what other processes took during row ``others_of``)
+        over the CPU a flow costs at row ``name``, over that row's flows/s."""
+        node, other = nodes[name], nodes[others_of] if others_of else None
         every = node.per_flow(sum(node.server_cpu.values()) + node.db_cpu + node.client_cpu)
-        return ratio(CORES / every if every else None, node.rate)
+        taken = other.others_cpu / other.window if other and other.window else 0.0
+        return ratio((CORES - taken) / every if every else None, node.rate)
 
     def in_rate(name: str) -> float | None:
         return 1 / statistics.median(times[name]) if times.get(name) else None
@@ -620,6 +656,12 @@ def test_node_benchmarks(
          f"none (info): {CORES} cores / CPU per flow", None),
         ("  at most on this machine, PostgreSQL", ceiling("postgresql/1"),
          f"none (info): {CORES} cores / CPU per flow", None),
+        # The same less the cores other processes of the machine (other tenants) took
+        # during the two-worker row, the "others" of the CPU section.
+        ("  at most, less others' CPU, SQLite", ceiling("sqlite/1", "sqlite/2"),
+         "none (info): cores left / CPU per flow", None),
+        ("  at most, less others' CPU, PostgreSQL", ceiling("postgresql/1", "postgresql/2"),
+         "none (info): cores left / CPU per flow", None),
         # What a second worker costs per flow (locks, a second pool): on two cores of
         # its own, two workers could serve at most 2 / this as many flows/s as one.
         ("  server CPU/flow, 2 / 1 workers, SQLite",
