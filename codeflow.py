@@ -1362,7 +1362,10 @@ class Storage(Protocol):
         """Store a login session that has just begun (``LoginSession``)."""
         ...
 
-    def get_login_session(self, sid: str) -> LoginSession | None: ...
+    def get_login_session(self, sid: str) -> tuple[LoginSession, User | None] | None:
+        """A login session and the stored user of its username (None if there is none
+        now), read together: every request of a signed-in browser needs both."""
+        ...
 
     def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
         """Remember when, and from which address, the session ``sid`` was last used; nothing
@@ -1880,8 +1883,9 @@ class MemoryStorage:
         with self._lock:
             self._login_sessions[session.sid] = session
 
-    def get_login_session(self, sid: str) -> LoginSession | None:
-        return self._login_sessions.get(sid)
+    def get_login_session(self, sid: str) -> tuple[LoginSession, User | None] | None:
+        session = self._login_sessions.get(sid)
+        return None if session is None else (session, self._users.get(session.username))
 
     def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
         with self._lock:
@@ -3203,10 +3207,9 @@ def read_session(srv: Server, cookie: str | None, address: str = "") -> Session 
     if not payload or "s" not in payload:
         return None
     now = srv.clock()
-    record = srv.storage.get_login_session(str(payload["s"]))
+    record, user = srv.storage.get_login_session(str(payload["s"])) or (None, None)
     if record is None or record.username != payload["u"] or record.expires_at <= now:
         return None
-    user = srv.storage.get_user(payload["u"])
     if user is None or payload.get("f") != credentials_fingerprint(user):
         return None
     if now - record.last_used_at >= LAST_USED_INTERVAL:

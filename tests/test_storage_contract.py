@@ -1398,10 +1398,24 @@ class TestAccountStorageContract:
         storage.save_login_session(a_login_session("s2", created_at=NOW + 10))
         storage.save_login_session(a_login_session("s3", expires_at=NOW - 1))
         storage.save_login_session(a_login_session("b1", username="bob"))
-        assert storage.get_login_session("s1") == a_login_session("s1")
+        assert storage.get_login_session("s1") == (a_login_session("s1"), None)
         assert storage.get_login_session("nope") is None
         assert [s.sid for s in storage.list_login_sessions("alice", NOW)] == ["s2", "s1"]
         assert [s.sid for s in storage.list_login_sessions("bob", NOW)] == ["b1"]
+
+    def test_a_login_session_comes_with_its_user(self, storage: codeflow.Storage) -> None:
+        """Storage.get_login_session: the session with its stored user, every field of it,
+        read together (each request of a signed-in browser needs both: the user's
+        credentials decide whether the session still holds); None as the user once the
+        name has no user."""
+        alice = storage.add_user(
+            User("alice", "hash-a", {"name": "Alice"}, totp_secret="JBSW", subject="s-alice")
+        )
+        storage.add_user(User("bob", "hash-b"))
+        storage.save_login_session(a_login_session("s1"))
+        storage.save_login_session(a_login_session("g1", username="gone"))
+        assert storage.get_login_session("s1") == (a_login_session("s1"), alice)
+        assert storage.get_login_session("g1") == (a_login_session("g1", username="gone"), None)
 
     def test_touch_login_session_updates_last_use_and_address_only(
         self, storage: codeflow.Storage
@@ -1409,8 +1423,8 @@ class TestAccountStorageContract:
         storage.save_login_session(a_login_session("s1"))
         storage.touch_login_session("s1", NOW + 120, "198.51.100.7")
         storage.touch_login_session("gone", NOW + 120, "198.51.100.7")  # no error, no row
-        assert storage.get_login_session("s1") == a_login_session(
-            "s1", last_used_at=NOW + 120, address="198.51.100.7"
+        assert storage.get_login_session("s1") == (
+            a_login_session("s1", last_used_at=NOW + 120, address="198.51.100.7"), None
         )
         assert storage.get_login_session("gone") is None
 

@@ -23,12 +23,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from conftest import CONFIDENTIAL, REDIRECT, SECRET, USERNAME, make_server, new_flow, query_of
+from conftest import CONFIDENTIAL, REDIRECT, SECRET, USERNAME, make_server, new_flow
+from oidc_helpers import authorize
 from postgres_support import fresh_schema, server_url, with_options
 from wsgi_client import WSGIClient, basic
 
 import codeflow
-from codeflow import AuthorizationCode, Client, SigningKey, Token, User
+from codeflow import AuthorizationCode, Client, LoginSession, SigningKey, Token, User
 
 psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (the dev extra)")
 from codeflow_storage import postgresql  # noqa: E402
@@ -271,6 +272,8 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
     store.spend_budget("registration:192.0.2.1", NOW, 60, 1)
     store.spend_budget("registration:192.0.2.1", NOW, 60, 1)  # refused: reads the budget
     store.rotate_signing_key(SigningKey("kid-3", "RS256", "pem", NOW), NOW)
+    store.save_login_session(LoginSession("sid-1", "alice", NOW, NOW, NOW + 3600))
+    store.get_login_session("sid-1")
     store.purge_expired(NOW + 10**6)
     store.remove_user("alice")
     store.remove_client("app")
@@ -282,12 +285,13 @@ def every_statement(store: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch) -
 def test_a_flow_asks_postgresql_once_for_each_read(
     storage: PostgreSQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 16 item 2 (round trips per flow): a code comes with its user
-    (``consume_code``) and a token with its user (``get_token_and_user``), so redeeming a
-    code (RFC 6749 §4.1.3), a refresh (§6) and userinfo (OIDC Core §5.3) each read once
-    and write once at most: one statement each, as a node across a network pays a round
-    trip for each."""
-    srv = make_server(storage=storage, auto_approve=USERNAME)
+    """Issue 16 item 2 (round trips per flow): a login session comes with its user
+    (``get_login_session``), a code with its user (``consume_code``) and a token with its
+    user (``get_token_and_user``). So a signed-in browser's authorization request (RFC
+    6749 §4.1.1) reads its session and the consent once each, and redeeming a code
+    (§4.1.3), a refresh (§6) and userinfo (OIDC Core §5.3) each read once and write once
+    at most: one statement each, as a node across a network pays a round trip for each."""
+    srv = make_server(storage=storage)
     browser = WSGIClient(srv.wsgi)
     auth = basic(CONFIDENTIAL, SECRET)
 
@@ -300,8 +304,8 @@ def test_a_flow_asks_postgresql_once_for_each_read(
             sent.clear()
 
         grant = new_flow()
-        code = query_of(browser.get("/authorize", params=grant.params).location)["code"]
-        sent.clear()
+        code = authorize(browser, grant)["code"]
+        step("authorize")
         r = browser.post("/token", {"grant_type": "authorization_code", "code": code,
                                     "redirect_uri": REDIRECT, "code_verifier": grant.verifier},
                          headers=auth)  # fmt: skip
@@ -317,8 +321,10 @@ def test_a_flow_asks_postgresql_once_for_each_read(
         step("userinfo")
         return steps
 
-    flow()  # the first flow reads the client and the keys, which the process then caches
+    flow()  # signs in and consents; the process caches the client and the keys it read
     steps = flow()
+    # SELECT the session LEFT JOIN users; SELECT the consent; INSERT the code
+    assert steps["authorize"] == ["SELECT", "SELECT", "INSERT"], steps
     # WITH ... DELETE the code ... LEFT JOIN users; INSERT the tokens
     assert steps["code"] == ["WITH", "INSERT"], steps
     # SELECT the token LEFT JOIN users; WITH ... UPDATE the old one, INSERT the new ones

@@ -1262,9 +1262,14 @@ class SQLiteStorage:
         with self._locked() as db:
             db.execute(_LOGIN_SESSIONS.insert, _LOGIN_SESSIONS.encode(session))
 
-    def get_login_session(self, sid: str) -> LoginSession | None:
-        rows = self._read(_LOGIN_SESSIONS.select + " WHERE sid = ?", [sid])
-        return _LOGIN_SESSIONS.decode(rows[0]) if rows else None
+    def get_login_session(self, sid: str) -> tuple[LoginSession, User | None] | None:
+        rows = self._read(
+            f"SELECT {_LOGIN_SESSIONS.columns_of('s')}, {_USERS.columns_of('u')} "  # noqa: S608
+            "FROM login_sessions s LEFT JOIN users u ON u.username = s.username "
+            "WHERE s.sid = ?",
+            [sid],
+        )
+        return _with_user(rows, _LOGIN_SESSIONS)
 
     def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
         with self._locked() as db:
