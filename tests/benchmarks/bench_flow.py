@@ -1,6 +1,7 @@
 """What the flow benchmarks share: two callers (a bare in-process WSGI caller and a
-keep-alive HTTP caller), the authorization code flow as a client runs it with every
-answer checked, and a timer bounded by count and time.
+keep-alive HTTP/1.1 caller on a plain socket), the authorization code flow as a client
+runs it with every answer checked (an ID token at the refresh too where the target
+sends one, OIDC Core §12.2), and a timer bounded by count and time.
 
 The in-process caller builds a PEP 3333 environ and nothing else: no ``wsgiref.validate``
 (tests/wsgi_client.py checks the protocol; here it would add its own cost to every
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import io
 import json
 import secrets
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -103,24 +104,60 @@ class WSGICaller:
 
 
 class HTTPCaller:
-    """One keep-alive HTTP/1.1 connection (http.client: the lightest client in stdlib)."""
+    """One keep-alive HTTP/1.1 connection on a plain socket, with the least work per
+    request: the load client shares the machine's cores with the server it measures, so
+    its CPU caps the HTTP rows (with http.client, whose header parsing goes through
+    email.parser, the client spent about twice the CPU per flow). Enough HTTP for
+    these servers and no more: the request in one sendall; the status line and headers
+    split on CRLF, names lower-cased; a Content-Length body. Anything else (a closed
+    connection, no Content-Length, bytes beyond the response, ``Connection: close``)
+    fails loudly: a load run never reconnects, so a server cannot hide an error in one."""
 
     def __init__(self, base_url: str) -> None:
         parts = urllib.parse.urlsplit(base_url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        assert parts.scheme == "http" and parts.hostname and parts.port, base_url
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        # Each request is one write and the client waits for its answer: no Nagle delay.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host = f"Host: {parts.netloc}\r\n"
 
     def __call__(
         self, method: str, path: str, query: str = "", body: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> Reply:  # fmt: skip
-        target = path + ("?" + query if query else "")
-        self.conn.request(method, target, body=body or None, headers=headers or {})
-        response = self.conn.getresponse()
-        data = response.read()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        head = f"{method} {path}{'?' + query if query else ''} HTTP/1.1\r\n{self.host}"
+        if body or method != "GET":
+            head += f"Content-Length: {len(body)}\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
+        self.sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        buffer = self._recv(b"")
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer = self._recv(buffer)
+        status_line, *lines = buffer[:end].decode("latin-1").split("\r\n")
+        assert status_line.startswith("HTTP/1.1 "), status_line
+        found = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            found[name.lower()] = value.strip()
+        assert found.get("connection", "").lower() != "close", (status_line, found)
+        # Both servers (waitress under bottle or Flask) send every body with its length;
+        # a chunked one would be new: say so rather than parse it.
+        assert "content-length" in found, ("no Content-Length (chunked?)", status_line, found)
+        size, data = int(found["content-length"]), buffer[end + 4 :]
+        while len(data) < size:
+            data = self._recv(data)
+        assert len(data) == size, ("bytes beyond the response", data[size:][:200])
+        return Reply(int(status_line[9:12]), found, data)
+
+    def _recv(self, buffer: bytes) -> bytes:
+        more = self.sock.recv(65536)
+        if not more:
+            raise ConnectionError("the server closed the connection")  # never reconnect
+        return buffer + more
 
     def close(self) -> None:
-        self.conn.close()
+        self.sock.close()
 
 
 def b64url(data: bytes) -> str:
@@ -143,6 +180,9 @@ class Target:
     """A server under test, as a client configured for it knows it."""
 
     issuer: str
+    # OIDC Core §12.2: whether it answers a refresh with an ID token (codeflow does; the
+    # peer does with bench_peer's refresh_id_token); run_flow requires exactly this.
+    refresh_id_token: bool = True
     authorize: str = "/authorize"
     token: str = "/token"
     introspect: str = "/introspect"
@@ -153,6 +193,7 @@ class FlowResult:
     """The last flow's tokens, for the checks that are done once, untimed."""
 
     id_token: str = ""
+    refresh_id_token: str = ""  # the refresh's, if the target sends one
     access_token: str = ""
     refresh_token: str = ""
     steps: list[tuple[float, ...]] = field(default_factory=list)  # per flow, in STEPS order
@@ -206,9 +247,17 @@ def run_flow(call: Caller, target: Target, result: FlowResult | None = None) -> 
     renewed = r.json()
     assert renewed["access_token"] != access and renewed["refresh_token"] != refresh, renewed
     # OIDC Core §12.2: a refresh "might not contain an id_token": codeflow's does (a
-    # second signature per flow, counted in SIGNATURES_PER_FLOW), the peer's does not.
-    if "id_token" in renewed:
-        assert unverified_jwt(renewed["id_token"])[1]["sub"] == claims["sub"], renewed
+    # second signature per flow), the peer's only when told to (target.refresh_id_token).
+    assert ("id_token" in renewed) == target.refresh_id_token, renewed
+    if target.refresh_id_token:
+        header, again = unverified_jwt(renewed["id_token"])
+        assert header["alg"] == "RS256" and header["kid"], header
+        # §12.2: the same iss, sub and aud as the first; at_hash of the new access token.
+        assert (again["iss"], again["sub"], again["aud"]) == (
+            claims["iss"], claims["sub"], claims["aud"]), again  # fmt: skip
+        assert again["exp"] > time.time(), again
+        half = hashlib.sha256(renewed["access_token"].encode()).digest()[:16]
+        assert again["at_hash"] == b64url(half), again
 
     t6 = clock()
     r = call(
@@ -223,6 +272,7 @@ def run_flow(call: Caller, target: Target, result: FlowResult | None = None) -> 
 
     if result is not None:
         result.id_token, result.access_token = tokens["id_token"], renewed["access_token"]
+        result.refresh_id_token = renewed.get("id_token", "")
         result.refresh_token = renewed["refresh_token"]
         result.steps.append((t1 - t0, t3 - t2, t5 - t4, t7 - t6))
 

@@ -5,7 +5,10 @@ Authlib's public API only, as its documentation and example OIDC server build on
   Connect (``OpenIDCode``): an RS256 ID token with nonce and at_hash, signed with a
   2048-bit key imported once (as codeflow parses its key once);
 - refresh token grant, rotating the refresh token (``INCLUDE_NEW_REFRESH_TOKEN``) as
-  codeflow does; no ID token on refresh, as in codeflow: one signature per flow each;
+  codeflow does; without an ID token on refresh (one signature per flow against
+  codeflow's two: codeflow answers a refresh with an ID token, OIDC Core §12.2), or with
+  ``refresh_id_token=True`` with one as codeflow (Authlib's ``OpenIDToken`` extension on
+  the refresh grant, the same key and claims): the like-for-like rows;
 - RFC 7662 introspection (``IntrospectionEndpoint``), RFC 9207 ``iss``
   (``IssuerParameter``); client_secret_basic everywhere;
 - the user is approved at once, as codeflow's ``auto_approve``.
@@ -21,9 +24,12 @@ comparison is with Authlib at its best.
 
 Run as a script, it serves the peer under waitress (test_bench_nodes.py's HTTP rows):
 
-    python bench_peer.py PORT [POSTGRESQL_URL SCHEMA]
+    python bench_peer.py PORT [--refresh-id-token] [POSTGRESQL_URL SCHEMA]
 
-on dicts, or on SQLAlchemy in SCHEMA of the PostgreSQL database at POSTGRESQL_URL.
+on dicts, or on SQLAlchemy in SCHEMA of the PostgreSQL database at POSTGRESQL_URL;
+``--refresh-id-token`` answers a refresh with an ID token too. It also serves its public
+key at ``/jwks`` (outside Authlib, untimed), so the benchmark can check the signatures of
+its ID tokens over HTTP once, as it checks codeflow's.
 
 Differences that remain, by design of each: Authlib keeps tokens and the client secret
 in clear (codeflow keeps SHA-256 hashes, and a scrypt hash of the secret whose check is
@@ -54,7 +60,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import UserInfo
-from authlib.oidc.core.grants import OpenIDCode
+from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.models import AuthorizationCodeMixin
 from bench_flow import CLIENT_ID, CLIENT_SECRET, REDIRECT, USERNAME
 from joserfc.jwk import RSAKey
@@ -335,10 +341,11 @@ class SQLStore:
 
 
 def create_app(
-    store: DictStore | SQLStore, key: RSAKey, kid: str, issuer: str = ISSUER
-) -> flask.Flask:
+    store: DictStore | SQLStore, key: RSAKey, kid: str, issuer: str = ISSUER,
+    refresh_id_token: bool = False,
+) -> flask.Flask:  # fmt: skip
     """The Flask app of the peer over ``store``, signing ID tokens with ``key``, as
-    ``issuer``."""
+    ``issuer``; with ``refresh_id_token``, a refresh is answered with an ID token too."""
 
     class CodeGrant(grants.AuthorizationCodeGrant):
         TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic"]
@@ -362,9 +369,9 @@ def create_app(
         def authenticate_user(self, authorization_code: Any) -> Any:
             return store.user(authorization_code.user_id)
 
-    class OpenID(OpenIDCode):
-        def exists_nonce(self, nonce: str, request: Any) -> bool:
-            return False  # the nonce is the client's replay check; codeflow keeps no list
+    class IDToken(OpenIDToken):
+        """How the ID token is signed and what it claims, at the code exchange and (on
+        the refresh grant) at a refresh."""
 
         def resolve_client_private_key(self, client: Any) -> RSAKey:
             return key
@@ -380,6 +387,10 @@ def create_app(
 
         def generate_user_info(self, user: Any, scope: str) -> UserInfo:
             return UserInfo(sub=user.username)  # codeflow's ID token has no profile claims
+
+    class OpenID(IDToken, OpenIDCode):
+        def exists_nonce(self, nonce: str, request: Any) -> bool:
+            return False  # the nonce is the client's replay check; codeflow keeps no list
 
     class RefreshGrant(grants.RefreshTokenGrant):
         TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic"]
@@ -428,7 +439,8 @@ def create_app(
     app.config["OAUTH2_REFRESH_TOKEN_GENERATOR"] = True
     server = AuthorizationServer(app, query_client=store.query_client, save_token=store.save_token)
     server.register_grant(CodeGrant, [CodeChallenge(required=True), OpenID(require_nonce=False)])
-    server.register_grant(RefreshGrant)
+    # OIDC Core §12.2: Authlib's extension for an ID token at a refresh, as codeflow's.
+    server.register_grant(RefreshGrant, [IDToken()] if refresh_id_token else [])
     server.register_endpoint(Introspection)
     server.register_extension(Issuer())
 
@@ -448,6 +460,10 @@ def create_app(
     def introspect() -> Any:
         return server.create_endpoint_response(Introspection.ENDPOINT_NAME)
 
+    @app.get("/jwks")
+    def jwks() -> Any:  # for the benchmark's untimed signature check, not Authlib's
+        return {"keys": [{**key.as_dict(private=False), "kid": kid, "alg": "RS256"}]}
+
     if isinstance(store, SQLStore):
         app.teardown_appcontext(lambda exc: store.session.remove())
     return app
@@ -458,13 +474,15 @@ def main(argv: list[str]) -> None:
     codeflow serve has, until killed (see the module docstring)."""
     import waitress
 
-    port = int(argv[0])
-    store = SQLStore(url=argv[1], schema=argv[2]) if len(argv) > 1 else DictStore()
+    refresh_id_token = "--refresh-id-token" in argv
+    port_arg, *where = [arg for arg in argv if arg != "--refresh-id-token"]
+    port = int(port_arg)
+    store = SQLStore(url=where[0], schema=where[1]) if where else DictStore()
     key = RSAKey.generate_key(2048, private=True)
     # The issuer is the http URL the load client knows; waitress tells the app the scheme
     # is https (url_scheme), as behind a TLS-terminating proxy, because Authlib refuses
     # plain http (its insecure-transport check) and the benchmark has no certificate.
-    app = create_app(store, key, "peer-key", issuer=f"http://127.0.0.1:{port}")
+    app = create_app(store, key, "peer-key", f"http://127.0.0.1:{port}", refresh_id_token)
     print("serving", flush=True)
     waitress.serve(app, host="127.0.0.1", port=port, threads=8, url_scheme="https", _quiet=True)
 

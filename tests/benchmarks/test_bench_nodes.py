@@ -6,16 +6,24 @@ measured in one run.
   config file declaring the client and the user, ``--auto-approve``, the default log
   level, its log to a file) with ``--workers 1`` and ``--workers 2``; and the peer
   (bench_peer.py run as a script) under waitress with the same 8 threads, on dicts and on
-  PostgreSQL. The load comes from bench_http_client in a process of its own: THREADS
-  threads, each on its own keep-alive connection, running the checked flow
-  (bench_flow.run_flow: authorize -> token with an RS256 ID token -> refresh ->
-  introspect), bounded by count and by time, in ROUNDS turns over all servers so that a
-  busy spell of the machine falls on all of them.
+  PostgreSQL, and on dicts answering a refresh with an ID token as codeflow does (OIDC
+  Core §12.2; the original peer does not, so codeflow signs twice per flow and it
+  once): the like-for-like row. The load comes from bench_http_client in a process of
+  its own: THREADS threads, each on its own keep-alive connection (a plain socket with
+  the least parsing, bench_flow.HTTPCaller: the client's CPU shares the cores and caps
+  what the server can show), running the checked flow (bench_flow.run_flow: authorize
+  -> token with an RS256 ID token -> refresh -> introspect), bounded by count and by
+  time, in ROUNDS turns over all servers so that a busy spell of the machine falls on
+  all of them. Before the load, one flow from this process has the signature of each
+  of its ID tokens checked against the server's /jwks, untimed.
 - Server CPU per flow: utime + stime of the server process and its worker children, read
   from /proc before and after each load, over the flows served (each client thread's
   warm-up flow included). On PostgreSQL, also the CPU of the database backends serving
   that server (found by the ``application_name`` its connections carry), and for every
-  row the load client's own CPU, since all of them share the machine's cores.
+  row the load client's own CPU, since all of them share the machine's cores; and
+  "others": the cores the machine's other processes kept busy meanwhile (/proc/stat
+  less all of the above; other tenants of a shared machine, and PostgreSQL's background
+  writers), which the row could not use: the "less others' CPU" ceilings leave them out.
 - In-process rows: codeflow on PostgreSQL and the peer on the same PostgreSQL (each in a
   schema of its own), and codeflow on memory and the peer on dicts, interleaved.
 - Statements and round trips per flow on PostgreSQL, counted on the wire: libpq's trace
@@ -34,6 +42,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import secrets
 import signal
 import statistics
@@ -58,6 +67,7 @@ from bench_flow import (
     REDIRECT,
     USERNAME,
     FlowResult,
+    HTTPCaller,
     Target,
     WSGICaller,
     interleaved,
@@ -164,6 +174,7 @@ class Node:
     url: str = ""
     application_name: str = ""  # its PostgreSQL connections', if any
     hello: bool = False  # the floor: hello-world requests instead of flows
+    refresh_id_token: bool = True  # answers a refresh with an ID token (OIDC Core §12.2)
     note: str = ""  # why it has no numbers
     times: list[float] = field(default_factory=list)
     wall: float = 0.0
@@ -171,6 +182,8 @@ class Node:
     server_cpu: Counter[int] = field(default_factory=Counter)  # by process
     db_cpu: float = 0.0
     client_cpu: float = 0.0
+    others_cpu: float = 0.0  # the machine's CPU outside this row's processes, seconds
+    window: float = 0.0  # seconds over which others_cpu was taken
 
     @property
     def rate(self) -> float | None:
@@ -245,18 +258,38 @@ def refused_note() -> str:
     return f"none: the CLI refuses it (exit {out.returncode}): memory is per process"
 
 
+def machine_cpu() -> float:
+    """CPU seconds all processes have spent, from /proc/stat's first line (user, nice,
+    system, irq, softirq and steal; not idle nor iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children: the load clients, start-up
+    included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(node: Node, seconds: float, max_flows: int, pg_url: str | None) -> None:
     """One turn of load on ``node`` from bench_http_client in a process of its own; adds
-    its flows, times and CPU to the node's."""
+    its flows, times and CPU to the node's, and what other processes of the machine
+    (other tenants) spent meanwhile: the cores they took were not the row's to use."""
     assert node.process is not None
     pids = process_tree(node.process.pid)
     before = cpu_seconds(pids)
     db_before = cpu_seconds(backends(pg_url, node.application_name))
+    all_before, client_before = machine_cpu(), children_cpu()
+    started = time.monotonic()
     out = subprocess.run(  # noqa: S603 -- this interpreter, our script
         [sys.executable, bench_http_client.__file__, node.url, str(THREADS), str(seconds),
-         str(max_flows), *(["hello"] if node.hello else [])],
+         str(max_flows), *(["hello"] if node.hello else []),
+         *([] if node.hello or node.refresh_id_token else ["no-refresh-id-token"])],
         capture_output=True, text=True, timeout=seconds + 120, check=False,
     )  # fmt: skip
+    window = time.monotonic() - started
+    all_after, client_after = machine_cpu(), children_cpu()
     after = cpu_seconds(pids)
     db_after = cpu_seconds(backends(pg_url, node.application_name))
     assert out.returncode == 0, out.stderr[-3000:]  # a failed check in the client, say
@@ -267,7 +300,27 @@ def load(node: Node, seconds: float, max_flows: int, pg_url: str | None) -> None
     node.client_cpu += result["cpu"]
     for pid, cpu in after.items():
         node.server_cpu[pid] += cpu - before.get(pid, 0.0)
-    node.db_cpu += sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
+    db = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
+    node.db_cpu += db
+    ours = sum(after.values()) - sum(before.values()) + db + client_after - client_before
+    node.others_cpu += max(0.0, all_after - all_before - ours)
+    node.window += window
+
+
+def check_signatures(node: Node) -> None:
+    """One flow from this process, untimed, and the signature of each of its ID tokens
+    (the code exchange's, and the refresh's where the node sends one) checked against
+    the node's /jwks; the timed flows check every claim but no signature."""
+    call = HTTPCaller(node.url)
+    try:
+        result = FlowResult()
+        run_flow(call, Target(node.url, node.refresh_id_token), result)
+        keys = call("GET", "/jwks").json()["keys"]
+    finally:
+        call.close()
+    for token in filter(None, (result.id_token, result.refresh_id_token)):
+        kid = jwt.get_unverified_header(token)["kid"]
+        verify_id_token(token, jwt.PyJWK(next(k for k in keys if k["kid"] == kid)).key, node.url)
 
 
 def measure_http(tmp_path: Path, pg_url: str | None, pg_note: str) -> dict[str, Node]:
@@ -290,11 +343,13 @@ def measure_http(tmp_path: Path, pg_url: str | None, pg_note: str) -> dict[str, 
                        "--workers", str(workers), "--storage", storage, *extra]  # fmt: skip
             start(node, command, tmp_path / f"{name.replace('/', '-')}.log", stack)
 
-        def serve_peer(name: str, label: str, on_postgres: bool) -> None:
-            node = nodes[name] = Node(label)
+        def serve_peer(name: str, label: str, on_postgres: bool, at_refresh: bool = False) -> None:
+            node = nodes[name] = Node(label, refresh_id_token=at_refresh)
             port = free_port()
             node.url = f"http://127.0.0.1:{port}"
             command = [sys.executable, bench_peer.__file__, str(port)]
+            if at_refresh:
+                command.append("--refresh-id-token")
             if on_postgres:
                 if pg_url is None:
                     node.note = pg_note
@@ -316,6 +371,7 @@ def measure_http(tmp_path: Path, pg_url: str | None, pg_note: str) -> dict[str, 
               pg_url and "postgresql", 2)  # fmt: skip
         serve_peer("peer/memory", "Authlib + Flask peer, dicts", False)
         serve_peer("peer/postgresql", "Authlib + SQLAlchemy peer, PostgreSQL", True)
+        serve_peer("peer/memory-refresh", "Authlib peer, dicts, ID token at refresh", False, True)
         floor = nodes["floor"] = Node("floor: 4 x bottle hello, codeflow's waitress",
                                       url=f"http://127.0.0.1:{free_port()}", hello=True)
         start(floor, [sys.executable, "-c", FLOOR_SERVER, floor.url.rsplit(":", 1)[1]],
@@ -323,8 +379,12 @@ def measure_http(tmp_path: Path, pg_url: str | None, pg_note: str) -> dict[str, 
         serve("what-if/quiet", "what if: memory, --log-level warning", "memory", 1,
               "--log-level", "warning")  # fmt: skip
         running = [node for node in nodes.values() if node.process is not None]
+        for node in running:
+            if not node.hello:
+                check_signatures(node)
         for node in running:  # warm-up: first connections, each worker's secret check
-            warm = Node(node.label, node.process, node.url, hello=node.hello)
+            warm = Node(node.label, node.process, node.url, hello=node.hello,
+                        refresh_id_token=node.refresh_id_token)  # fmt: skip
             load(warm, min(0.5, SECONDS), 200, None)
         for _ in range(ROUNDS):
             for node in running:
@@ -422,15 +482,16 @@ def measure_in_process(
     counts: dict[str, Counter[str]] = {}
     peer_key = RSAKey.import_key(key.private_pem)
     public = jwt.PyJWK(peer_key.as_dict(private=False)).key
-    peer_target = Target(bench_peer.ISSUER)
+    peer_target = Target(bench_peer.ISSUER, refresh_id_token=False)
     peer_host = bench_peer.ISSUER.split("://")[1]
     wire = WireCount(tmp_path)
     with contextlib.ExitStack() as stack:
 
         def add(name: str, call: WSGICaller, target: Target, public_key: Any) -> None:
             result = FlowResult()
-            run_flow(call, target, result)  # warm-up, then the full ID token check, untimed
-            verify_id_token(result.id_token, public_key, target.issuer)
+            run_flow(call, target, result)  # warm-up, then the full ID token checks, untimed
+            for token in filter(None, (result.id_token, result.refresh_id_token)):
+                verify_id_token(token, public_key, target.issuer)
             subjects[name] = lambda: run_flow(call, target)
 
         def codeflow_on(name: str, storage: Any) -> None:
@@ -495,7 +556,10 @@ def test_node_benchmarks(
     for node in nodes.values():
         table.row(node.label, node.times or None, node.note or "per s: all threads together",
                   rate=node.rate)  # fmt: skip
-    table.section("server CPU per flow over HTTP, ms (and the database's, the client's)")
+    table.section(
+        "server CPU per flow over HTTP, ms (and the database's, the client's; others: "
+        "cores busy outside the row)"
+    )
     for node in nodes.values():
         server = node.per_flow(sum(node.server_cpu.values()))
         if server is None:
@@ -514,10 +578,15 @@ def test_node_benchmarks(
             parts.append("workers " + "/".join(f"{100 * w / total:.0f}%" for w in workers))
         cores = (node.rate or 0) * server
         parts.append(f"server busy {cores:.2f} cores")
+        parts.append(f"others {node.others_cpu / (node.window or 1):.2f}")
         table.value(node.label, server, ", ".join(parts))
 
     floor = nodes["floor"].per_flow(sum(nodes["floor"].server_cpu.values()))
-    for name, label in (("memory/1", "codeflow, memory"), ("peer/memory", "Authlib peer, dicts")):
+    for name, label in (
+        ("memory/1", "codeflow, memory"),
+        ("peer/memory", "Authlib peer, dicts"),
+        ("peer/memory-refresh", "peer, refresh ID token"),
+    ):
         node = nodes[name]
         server = node.per_flow(sum(node.server_cpu.values()))
         table.value(f"above the floor: {label}", server - floor if server and floor else None,
@@ -559,10 +628,13 @@ def test_node_benchmarks(
         node = nodes[name]
         return node.per_flow(sum(node.server_cpu.values()) + (node.db_cpu if with_db else 0))
 
-    def ceiling(name: str) -> float | None:
-        node = nodes[name]
+    def ceiling(name: str, others_of: str = "") -> float | None:
+        """At most: the cores (less what other processes took during row ``others_of``)
+        over the CPU a flow costs at row ``name``, over that row's flows/s."""
+        node, other = nodes[name], nodes[others_of] if others_of else None
         every = node.per_flow(sum(node.server_cpu.values()) + node.db_cpu + node.client_cpu)
-        return ratio(CORES / every if every else None, node.rate)
+        taken = other.others_cpu / other.window if other and other.window else 0.0
+        return ratio((CORES - taken) / every if every else None, node.rate)
 
     def in_rate(name: str) -> float | None:
         return 1 / statistics.median(times[name]) if times.get(name) else None
@@ -584,6 +656,12 @@ def test_node_benchmarks(
          f"none (info): {CORES} cores / CPU per flow", None),
         ("  at most on this machine, PostgreSQL", ceiling("postgresql/1"),
          f"none (info): {CORES} cores / CPU per flow", None),
+        # The same less the cores other processes of the machine (other tenants) took
+        # during the two-worker row, the "others" of the CPU section.
+        ("  at most, less others' CPU, SQLite", ceiling("sqlite/1", "sqlite/2"),
+         "none (info): cores left / CPU per flow", None),
+        ("  at most, less others' CPU, PostgreSQL", ceiling("postgresql/1", "postgresql/2"),
+         "none (info): cores left / CPU per flow", None),
         # What a second worker costs per flow (locks, a second pool): on two cores of
         # its own, two workers could serve at most 2 / this as many flows/s as one.
         ("  server CPU/flow, 2 / 1 workers, SQLite",
@@ -596,6 +674,14 @@ def test_node_benchmarks(
          ratio(cpu("memory/1") - floor if cpu("memory/1") and floor else None,
                cpu("peer/memory") - floor if cpu("peer/memory") and floor else None),
          "none (info)", None),
+        # Like for like (OIDC Core §12.2): the peer signing an ID token at the refresh too,
+        # two RS256 signatures per flow each; the goal row above weighs two against one.
+        ("  the same, peer signing at refresh too",
+         ratio(cpu("memory/1"), cpu("peer/memory-refresh")), "none (info)", None),
+        ("    and above the floor",
+         ratio(cpu("memory/1") - floor if cpu("memory/1") and floor else None,
+               cpu("peer/memory-refresh") - floor if cpu("peer/memory-refresh") and floor
+               else None), "none (info)", None),
         ("server CPU/flow, codeflow/peer, PostgreSQL",
          ratio(cpu("postgresql/1"), cpu("peer/postgresql")), "none (info)", None),
         ("  the same, database CPU included",
