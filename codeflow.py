@@ -10755,8 +10755,11 @@ class WorkerTurns:
             self.wake(other)
 
     def fewest(self) -> int:
-        """The fewest connections a live worker holds (in a worker: its own count is
-        never stale, so there is one)."""
+        """The fewest connections a live worker holds. In a worker there is one, its own,
+        if it wrote its count and turn just before asking (readable, handle_accept): a
+        count written at the loop's previous turn is stale after a pause longer than
+        STALE (every worker frozen together), and min() of nothing would fail the
+        accept, on which waitress closes the listening socket for good."""
         now = int(time.monotonic())
         return min(count for count, turned in zip(self.counts, self.turned, strict=True)
                    if count != self.EMPTY and now - turned <= self.STALE)  # fmt: skip
@@ -10780,7 +10783,8 @@ class WorkerTurns:
         def handle_accept() -> None:
             before = len(channels)
             accept()
-            counts[index] = held = len(channels)
+            held = len(channels)
+            counts[index], turned[index] = held, int(time.monotonic())  # see fewest()
             fewest = self.fewest()
             if before < held and fewest < held:
                 for other, count in enumerate(counts):

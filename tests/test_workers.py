@@ -22,6 +22,8 @@ from test_cli import SHUTDOWN, STARTUP, free_port
 from test_cli_manage import cli, one_line_error
 from test_server_limits import SERVERS
 
+import codeflow
+
 pytestmark = [
     pytest.mark.http,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
@@ -343,3 +345,38 @@ def test_a_hung_worker_holding_the_fewest_does_not_stall_the_others(tmp_path: Pa
             os.kill(hung, signal.SIGCONT)
             for conn in conns:
                 conn.close()
+
+
+def test_workers_frozen_together_keep_accepting_when_they_resume(tmp_path: Path) -> None:
+    """Every worker stopped for longer than WorkerTurns.STALE at once (a frozen container,
+    a paused VM, a machine swapping hard) with a connection waiting: on resuming, each
+    worker's own count is older than STALE when it next accepts, and must still count.
+    The waiting connection and the next ones are answered (RFC 9112 §9.3 keep-alive
+    ones too), rather than a worker's accept failing and waitress closing its listening
+    socket for good, which would leave the port open with no one accepting."""
+    db, log = f"sqlite:///{tmp_path / 'codeflow.db'}", tmp_path / "stderr.log"
+    with serving("waitress", "--workers", "2", "--storage", db, log=log) as (process, base):
+        workers = in_their_loops(children(process.pid))
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            waiting = HTTPConnection(host, int(port), timeout=10)
+            waiting.request("GET", "/healthz")  # in the backlog: no worker runs
+            time.sleep(codeflow.WorkerTurns.STALE + 2)
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        response = waiting.getresponse()
+        assert response.status == 200
+        response.read()
+        waiting.close()
+        time.sleep(1.5)  # a loop turn or two in every worker
+        conns = [keep_alive(base) for _ in range(4)]
+        try:
+            assert shares(workers, base, conns) == [2, 2]
+        finally:
+            for conn in conns:
+                conn.close()
+        assert living(workers) == workers
+    assert "exception" not in log.read_text().lower(), log.read_text()
