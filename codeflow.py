@@ -10725,17 +10725,18 @@ class WorkerTurns:
     keep the others from accepting.
 
     Made in the parent before forking, so every worker and every replacement shares it:
-    an anonymous shared mapping (two ints a worker, by index) and a socket pair a worker.
+    an anonymous shared mapping (two 64-bit ints a worker, by index) and a socket pair a worker.
     """
 
     EMPTY = -1  # a slot with no worker in it: not started yet, or dead
     STALE = 3  # seconds: a worker's loop turns at least once a second (waitress's timeout)
 
     def __init__(self, workers: int) -> None:
-        self._memory = mmap.mmap(-1, workers * 8)  # MAP_SHARED: forked workers see writes
-        table = memoryview(self._memory).cast("i")
+        self._memory = mmap.mmap(-1, workers * 16)  # MAP_SHARED: forked workers see writes
+        table = memoryview(self._memory).cast("q")
         # By worker index: how many connections it holds, and when its loop last turned
-        # (whole seconds of CLOCK_MONOTONIC, one clock for all processes).
+        # (whole seconds of CLOCK_MONOTONIC, one clock for all processes). 64 bits: the
+        # clock may be past 2**31 s (a time namespace's offset, a restored checkpoint).
         self.counts, self.turned = table[:workers], table[workers:]
         for index in range(workers):
             self.counts[index] = self.EMPTY

@@ -380,3 +380,53 @@ def test_workers_frozen_together_keep_accepting_when_they_resume(tmp_path: Path)
                 conn.close()
         assert living(workers) == workers
     assert "exception" not in log.read_text().lower(), log.read_text()
+
+
+# Where CLOCK_MONOTONIC is far from zero: a time namespace's offset (Linux 5.6+; CRIU
+# gives a restored container the clock it was checkpointed with), here 2**31 + 10**8 s.
+MONOTONIC_OFFSET = 2**31 + 10**8
+TIME_NAMESPACE = ["unshare", "--user", "--map-root-user", "--time",
+                  "--monotonic", str(MONOTONIC_OFFSET)]  # fmt: skip
+
+
+def in_a_time_namespace() -> bool:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        probe = subprocess.run(  # noqa: S603 -- fixed arguments
+            [*TIME_NAMESPACE, sys.executable, "-c", "import time; print(time.monotonic())"],
+            capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+        return probe.returncode == 0 and float(probe.stdout) > 2**31
+    return False
+
+
+def test_workers_serve_where_monotonic_seconds_pass_2_to_the_31(tmp_path: Path) -> None:
+    """WorkerTurns notes each worker's turn in whole seconds of CLOCK_MONOTONIC: past
+    2**31 of them (a time namespace's offset) the shared table must still hold them, or
+    every worker fails as it starts and is started again, and no request is answered."""
+    if not in_a_time_namespace():
+        pytest.skip("cannot make a time namespace here (unshare --user --time)")
+    db, log = f"sqlite:///{tmp_path / 'codeflow.db'}", tmp_path / "stderr.log"
+    port = free_port()
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(  # noqa: S603 -- our own command line
+            [*TIME_NAMESPACE, *SERVERS["waitress"], "serve", "--port", str(port),
+             "--workers", "2", "--storage", db],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        deadline, answered = time.monotonic() + STARTUP, 0
+        while answered < 10 and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+                r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                answered += r.status_code == 200
+                continue
+            time.sleep(0.05)
+        assert answered == 10, log.read_text()
+        assert "failed" not in log.read_text(), log.read_text()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=SHUTDOWN + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
