@@ -10613,16 +10613,18 @@ class QuietHandler(WSGIRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def connection_limit() -> int:
+def connection_limit(held: int = 0) -> int:
     """MAX_CONNECTIONS, or fewer where the process may not open that many files (raising
     its soft limit first): waitress stops accepting at its limit, but at the file limit
-    it would fail every accept instead."""
+    it would fail every accept instead, in a busy loop. ``held``: file descriptors the
+    process keeps open beyond FILE_RESERVE's (a worker's WorkerTurns sockets)."""
     try:
         import resource
     except ImportError:  # not on Unix
         return MAX_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_CONNECTIONS + FILE_RESERVE
+    reserve = FILE_RESERVE + held
+    wanted = MAX_CONNECTIONS + reserve
     if soft != resource.RLIM_INFINITY and soft < wanted:
         raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
@@ -10630,7 +10632,7 @@ def connection_limit() -> int:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft - FILE_RESERVE))
+    return max(1, min(MAX_CONNECTIONS, soft - reserve))
 
 
 def serve(
@@ -10639,12 +10641,14 @@ def serve(
     port: int,
     sock: socket.socket | None = None,
     join: Callable[[BaseWSGIServer, dict[int, Any]], None] | None = None,
+    held: int = 0,
 ) -> None:
     """Serve until Ctrl-C: with waitress when installed, else a threaded stdlib server;
     either way within the limits above. ``sock``: a socket already listening (a worker's,
     see serve_workers) instead of ``host`` and ``port``; ``join``: called with waitress's
-    server and its socket map before it runs (a worker's WorkerTurns.join). The stdlib
-    server has no such hook: its workers accept as they race to."""
+    server and its socket map before it runs (a worker's WorkerTurns.join); ``held``: the
+    file descriptors that come with it (WorkerTurns.files), kept out of the connection
+    limit. The stdlib server has no such hook: its workers accept as they race to."""
     try:
         from waitress.server import create_server
     except ImportError:
@@ -10672,7 +10676,7 @@ def serve(
             max_request_header_size=MAX_HEADER,
             # Its defaults (100 connections, closed after 120 s idle) let 100 half-sent
             # requests keep every other client out for minutes.
-            connection_limit=connection_limit(),
+            connection_limit=connection_limit(held),
             channel_timeout=IDLE_TIMEOUT,
             cleanup_interval=CLEANUP_INTERVAL,
             asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
@@ -10741,6 +10745,7 @@ class WorkerTurns:
         for index in range(workers):
             self.counts[index] = self.EMPTY
         self._wakeups = [socket.socketpair() for _ in range(workers)]
+        self.files = 2 * workers  # every process inherits both ends of every pair
         for _, end in self._wakeups:
             end.setblocking(False)  # a full buffer means a wake is pending already
 
@@ -10831,7 +10836,8 @@ def serve_workers(srv: Server, host: str, port: int, workers: int) -> None:
             code = 0
             try:
                 _stop_with_parent(parent)
-                serve(srv.wsgi, host, port, sock, functools.partial(turns.join, index))
+                serve(srv.wsgi, host, port, sock, functools.partial(turns.join, index),
+                      turns.files)  # fmt: skip
             except KeyboardInterrupt:
                 pass
             except BaseException:

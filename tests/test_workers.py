@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -430,3 +431,72 @@ def test_workers_serve_where_monotonic_seconds_pass_2_to_the_31(tmp_path: Path) 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_many_workers_stop_at_their_connection_limit_before_the_file_limit(
+    tmp_path: Path,
+) -> None:
+    """Each worker holds two sockets a worker for WorkerTurns besides its connections: its
+    connection limit must leave room for them under the file limit (RLIMIT_NOFILE), or
+    a worker flooded with connections runs out of file descriptors first, and then
+    fails every accept of the waiting ones in a busy loop (a core's worth of CPU and a
+    warning a turn) instead of no longer listening until one closes. Here 40 workers
+    under a file limit of 200, 39 of them stopped so that the flood meets one."""
+    db, log = f"sqlite:///{tmp_path / 'codeflow.db'}", tmp_path / "stderr.log"
+    port = free_port()
+
+    def low_file_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(  # noqa: S603 -- our own command line
+            [*SERVERS["waitress"], "serve", "--port", str(port), "--workers", "40",
+             "--storage", db],
+            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=low_file_limit,
+        )  # fmt: skip
+    flood: list[socket.socket] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP * 3
+        while len(children(process.pid)) < 40 or not answers(base):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        workers = in_their_loops(children(process.pid))
+        flooded, *stopped = sorted(workers)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(codeflow.WorkerTurns.STALE + 2)  # their counts go stale
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
+        time.sleep(1)
+        before = cpu_seconds(flooded)
+        time.sleep(2)
+        assert cpu_seconds(flooded) - before < 0.5
+        assert "accept() threw an exception" not in log.read_text()
+    finally:
+        for sock in flood:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            for pid in children(process.pid):
+                os.kill(pid, signal.SIGCONT)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=SHUTDOWN + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def answers(base: str) -> bool:
+    with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+        return requests.get(base + "/healthz", timeout=1).status_code == 200
+    return False
