@@ -7722,7 +7722,7 @@ def introspect(
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required.")
-    token = srv.storage.get_token(token_hash(value))
+    token, user = srv.storage.get_token_and_user(token_hash(value)) or (None, None)
     if token is not None and token.client_id != client.client_id:
         # RFC 7662 §2.2: a token the caller "is not allowed to introspect" is inactive to it.
         # §4: only "protected resources ... specifically authorized": one the operator
@@ -7731,8 +7731,6 @@ def introspect(
         if client.unverified or (served and (token.kind != "access"
                                              or not mine & set(token.audience))):  # fmt: skip
             return {"active": False}
-    username = token.username if token is not None else None
-    user = srv.storage.get_user(username) if username is not None else None
     # RFC 7662 §2.2: an unknown, expired or revoked token is just {"active": false}, and
     # so is one the caller "is not allowed to introspect": another client's refresh
     # token (only resource servers need access tokens), or a token whose user or client

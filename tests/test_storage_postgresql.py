@@ -289,8 +289,9 @@ def test_a_flow_asks_postgresql_once_for_each_read(
     (``get_login_session``), a code with its user (``consume_code``) and a token with its
     user (``get_token_and_user``). So a signed-in browser's authorization request (RFC
     6749 §4.1.1) reads its session and the consent once each, and redeeming a code
-    (§4.1.3), a refresh (§6) and userinfo (OIDC Core §5.3) each read once and write once
-    at most: one statement each, as a node across a network pays a round trip for each."""
+    (§4.1.3), a refresh (§6), userinfo (OIDC Core §5.3) and introspection (RFC 7662 §2)
+    each read once and write once at most: one statement each, as a node across a network
+    pays a round trip for each."""
     srv = make_server(storage=storage)
     browser = WSGIClient(srv.wsgi)
     auth = basic(CONFIDENTIAL, SECRET)
@@ -319,6 +320,9 @@ def test_a_flow_asks_postgresql_once_for_each_read(
         r = browser.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]})
         assert r.json()["sub"] == USERNAME
         step("userinfo")
+        r = browser.post("/introspect", {"token": tokens["access_token"]}, headers=auth)
+        assert r.json()["active"] is True and r.json()["sub"] == USERNAME, r.text
+        step("introspect")
         return steps
 
     flow()  # signs in and consents; the process caches the client and the keys it read
@@ -330,6 +334,7 @@ def test_a_flow_asks_postgresql_once_for_each_read(
     # SELECT the token LEFT JOIN users; WITH ... UPDATE the old one, INSERT the new ones
     assert steps["refresh"] == ["SELECT", "WITH"], steps
     assert steps["userinfo"] == ["SELECT"], steps
+    assert steps["introspect"] == ["SELECT"], steps  # RFC 7662 §2.2: the token with its user
 
 
 def table_scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
