@@ -1239,9 +1239,13 @@ class Storage(Protocol):
         (RFC 9126 §4: a request_uri is used once)."""
         ...
 
-    def save_token(self, *tokens: Token) -> None:
+    def save_token(self, *tokens: Token, holder: User | None = None) -> bool:
         """Store tokens, in one transaction; a token of a revoked family is stored as
-        revoked."""
+        revoked. With ``holder``, the user record the grant was checked against (the
+        tokens' user), store them only while the stored user of that name has its
+        subject, password hash and TOTP secret: a removal or a change of credentials
+        that committed since the check leaves nothing stored (RFC 9700 §4.14.2; OIDC
+        Core §2). True if stored."""
         ...
 
     def get_token(self, token_hash: str) -> Token | None: ...
@@ -1703,10 +1707,20 @@ class MemoryStorage:
         with self._lock:
             return self._pushed.pop(request_uri_hash, None)
 
-    def save_token(self, *tokens: Token) -> None:
+    def save_token(self, *tokens: Token, holder: User | None = None) -> bool:
         with self._lock:
+            if holder is not None and not self._is_stored(holder):
+                return False
             for token in tokens:
                 self._save_token(token)
+            return True
+
+    def _is_stored(self, user: User) -> bool:
+        """Whether the stored user of ``user``'s name is that record, credentials and all."""
+        stored = self._users.get(user.username)
+        return stored is not None and (stored.subject, stored.password_hash,
+                                       stored.totp_secret) == (user.subject, user.password_hash,
+                                                               user.totp_secret)  # fmt: skip
 
     def _save_token(self, token: Token) -> None:
         if token.family_id in self._revoked_families:
@@ -1868,10 +1882,7 @@ class MemoryStorage:
 
     def remember_address(self, user: User, address: str, now: float, keep: int) -> None:
         with self._lock:
-            stored = self._users.get(user.username)
-            if stored is None or (stored.subject, stored.password_hash, stored.totp_secret) != (
-                user.subject, user.password_hash, user.totp_secret
-            ):
+            if not self._is_stored(user):
                 return
             seen = self._known_addresses.setdefault(user.subject, {})
             seen[address] = now
@@ -7188,7 +7199,11 @@ def issue_tokens(
         )  # fmt: skip
         body["refresh_token"] = value
     if rotating is None:
-        srv.storage.save_token(*tokens)
+        # RFC 9700 §4.14.2, OIDC Core §2: a user removed, or whose credentials changed,
+        # since the grant was checked gets no tokens from it (the refresh's rotation fails
+        # then by itself: both revoke or delete the refresh token).
+        if not srv.storage.save_token(*tokens, holder=user):
+            raise InvalidGrant("The user of this grant was removed or changed credentials.")
     elif not srv.storage.rotate_refresh_token(rotating.token_hash, *tokens):
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
         audit("refresh.reuse_detected", user=username, client=client.client_id)

@@ -661,6 +661,56 @@ class TestStorageContract:
         assert storage.get_token("m1") == machine
         assert storage.get_token("nothing") is None
 
+    def test_tokens_for_a_holder_are_saved_only_while_it_is_the_stored_user(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """Storage.save_token(holder=...): the tokens of a grant checked against a user
+        record are stored only while the stored user of that name is that record (same
+        subject, password hash, TOTP secret). A removal or a change of credentials that
+        commits between the check and the save leaves no token (RFC 9700 §4.14.2: it ends
+        the grants made under the old credentials; OIDC Core §2: a new user under the
+        name is another person); a client's own tokens have no holder."""
+        alice = storage.add_user(User("alice", "hash-a", {"name": "Alice"}))
+        assert storage.save_token(a_token("a1"), holder=alice) is True
+        assert storage.get_token("a1") == a_token("a1")
+        storage.add_user(replace(alice, claims={"name": "Alice L."}))  # claims only: same
+        assert storage.save_token(a_token("a2"), holder=alice) is True
+        storage.change_credentials(User("alice", "hash-b"))
+        assert storage.save_token(a_token("a3"), holder=alice) is False
+        assert storage.get_token("a3") is None
+        changed = storage.get_user("alice")
+        assert changed is not None
+        storage.remove_user("alice")
+        assert storage.save_token(a_token("a4"), holder=changed) is False
+        storage.add_user(User("alice", "hash-b"))  # another person, with another subject
+        assert storage.save_token(a_token("a5"), holder=changed) is False
+        assert storage.get_token("a5") is None
+        machine = a_token("m1", family_id="family-2", username=None, scope=("api:read",))
+        assert storage.save_token(machine) is True
+        assert storage.get_token("m1") == machine
+
+    def test_tokens_saved_racing_a_change_of_credentials_do_not_outlive_it(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9700 §4.14.2 (Storage.save_token with a holder, change_credentials): token
+        requests checked under the old password that race its change, in any order,
+        leave no refresh token active: each is refused, or stored and then revoked."""
+        for attempt in range(5):
+            alice = storage.add_user(User("alice", f"hash-{attempt}"))
+
+            def call(i: int, attempt: int = attempt, alice: User = alice) -> bool:
+                if i == 0:
+                    return storage.change_credentials(User("alice", f"new-{attempt}"))
+                refresh = a_token(f"r{attempt}-{i}", family_id=f"f{attempt}-{i}", kind="refresh")
+                return storage.save_token(refresh, holder=alice)
+
+            saved = race(call)
+            assert saved[0] is True
+            for i in range(1, THREADS):
+                token = storage.get_token(f"r{attempt}-{i}")
+                assert (token is None) is (saved[i] is False), (i, saved, token)
+                assert token is None or token.revoked, (i, token)
+
     def test_rotate_refresh_token_once(self, storage: codeflow.Storage) -> None:
         """RFC 9700 §4.14.2: a rotated refresh token is invalidated; Storage.rotate_refresh_token
         "Atomically revoke the active refresh token old_hash and save new"."""

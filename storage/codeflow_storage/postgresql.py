@@ -1206,9 +1206,22 @@ class PostgreSQLStorage:
 
     # -- Tokens --------------------------------------------------------------------
 
-    def save_token(self, *tokens: Token) -> None:
-        if tokens:
-            self._count(_insert_tokens(len(tokens)), _token_values(tokens))
+    def save_token(self, *tokens: Token, holder: User | None = None) -> bool:
+        """One statement, SERIALIZABLE: a removal or change of the holder's credentials
+        that commits first leaves its check false; one that commits after it revokes or
+        deletes what it saved (both read and write the user's row and tokens, so
+        PostgreSQL rolls back one of two that overlap, and it runs again)."""
+        if holder is None:
+            only_if, params = "TRUE", []
+        else:
+            only_if = ("EXISTS (SELECT 1 FROM users WHERE username = %s AND subject = %s "
+                       "AND password_hash IS NOT DISTINCT FROM %s "
+                       "AND totp_secret IS NOT DISTINCT FROM %s)")  # fmt: skip
+            params = [holder.username, holder.subject, holder.password_hash, holder.totp_secret]
+        if not tokens:
+            return holder is None or bool(self._rows(f"SELECT {only_if}", params)[0][0])
+        saved = self._count(_insert_tokens(len(tokens), only_if), [*_token_values(tokens), *params])
+        return saved == len(tokens)
 
     def get_token(self, token_hash: str) -> Token | None:
         rows = self._rows(_TOKENS.select + " WHERE token_hash = %s", [token_hash])

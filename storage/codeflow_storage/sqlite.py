@@ -997,10 +997,19 @@ class SQLiteStorage:
 
     # -- Tokens --------------------------------------------------------------------
 
-    def save_token(self, *tokens: Token) -> None:
+    def save_token(self, *tokens: Token, holder: User | None = None) -> bool:
+        # One write transaction: a removal or change of the holder's credentials in any
+        # process commits wholly before the check or after the tokens (and then ends them).
         with self._write() as db:
+            if holder is not None and not db.execute(
+                "SELECT 1 FROM users WHERE username = ? AND subject = ? "
+                "AND password_hash IS ? AND totp_secret IS ?",
+                [holder.username, holder.subject, holder.password_hash, holder.totp_secret],
+            ).fetchall():
+                return False
             for token in tokens:
                 db.execute(_SAVE_TOKEN, _token_params(token))
+            return True
 
     def get_token(self, token_hash: str) -> Token | None:
         rows = self._read(_TOKENS.select + " WHERE token_hash = ?", [token_hash])
