@@ -2771,12 +2771,12 @@ class Server:
                 raise ValueError(f"unknown client {client!r}")
             client = found
         username = user.username if isinstance(user, User) else user
-        holder = None
+        holder = stored = None
         if username is not None:
-            holder = self.storage.get_user(username)
-            if holder is None and self.storage.removed_users(username):
+            stored = self.storage.get_user(username)
+            if stored is None and self.storage.removed_users(username):
                 raise ValueError(f"no user {username!r}: a removed user had that name or sub")
-            holder = holder or User(username, NO_PASSWORD)
+            holder = stored or User(username, NO_PASSWORD)
         claims = check_claims(claims, "issue_tokens") if claims is not None else None
         uris = split_scope(resource) if isinstance(resource, str) else tuple(resource)
         try:
@@ -2792,6 +2792,7 @@ class Server:
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
             auth_time=int(self.clock()), claims=claims, audience=audience, jkt=dpop_jkt,
+            stored_user=stored is not None or holder is None,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
@@ -7133,6 +7134,7 @@ def issue_tokens(
     actor: dict[str, Any] | None = None,
     not_after: float | None = None,
     jkt: str | None = None,
+    stored_user: bool = True,
 ) -> dict[str, Any]:
     """Mint the tokens of a grant and build the RFC 6749 §5.1 response.
 
@@ -7151,7 +7153,9 @@ def issue_tokens(
     new access token are saved in the same atomic step that revokes it. An ID token is
     added for a user when the scope has ``openid``: after the user authenticated at
     ``auth_time`` (OIDC Core §3.1.3.3), or on a refresh (§12.2, without a nonce).
-    ``user`` is None for client_credentials.
+    ``user`` is None for client_credentials. The tokens are stored only while ``user`` is
+    the stored user (``Storage.save_token``'s holder), unless ``stored_user`` is False: a
+    record made up for a name no user has (``Server.issue_tokens``, a test's convenience).
     """
     now = srv.clock()
     username = user.username if user is not None else None
@@ -7202,7 +7206,7 @@ def issue_tokens(
         # RFC 9700 §4.14.2, OIDC Core §2: a user removed, or whose credentials changed,
         # since the grant was checked gets no tokens from it (the refresh's rotation fails
         # then by itself: both revoke or delete the refresh token).
-        if not srv.storage.save_token(*tokens, holder=user):
+        if not srv.storage.save_token(*tokens, holder=user if stored_user else None):
             raise InvalidGrant("The user of this grant was removed or changed credentials.")
     elif not srv.storage.rotate_refresh_token(rotating.token_hash, *tokens):
         srv.storage.revoke_family(family_id)  # lost a race with another use: that is reuse
