@@ -711,6 +711,34 @@ class TestStorageContract:
                 assert (token is None) is (saved[i] is False), (i, saved, token)
                 assert token is None or token.revoked, (i, token)
 
+    def test_tokens_saved_racing_a_removal_of_their_user_do_not_outlive_it(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """OIDC Core §2, RFC 9700 §4.14.2 (Storage.save_token with a holder, remove_user):
+        token requests checked against a user that race its removal, in any order, leave
+        no token of the user: each is refused, or stored and then deleted with the user.
+        A token left behind would belong to the next user given the name, as tokens join
+        their user by username (get_token_and_user)."""
+        for attempt in range(10):
+            alice = storage.add_user(User("alice", f"hash-{attempt}"))
+
+            def call(i: int, attempt: int = attempt, alice: User = alice) -> bool:
+                if i == THREADS // 2:  # among the savers, so some start before it, some after
+                    return storage.remove_user("alice")
+                refresh = a_token(f"r{attempt}-{i}", family_id=f"f{attempt}-{i}", kind="refresh")
+                access = a_token(f"a{attempt}-{i}", family_id=f"f{attempt}-{i}")
+                return storage.save_token(access, refresh, holder=alice)
+
+            saved = race(call)
+            assert saved[THREADS // 2] is True
+            left = [
+                name
+                for i in range(THREADS)
+                for name in (f"r{attempt}-{i}", f"a{attempt}-{i}")
+                if storage.get_token(name) is not None
+            ]
+            assert left == [], (attempt, saved, left)
+
     def test_rotate_refresh_token_once(self, storage: codeflow.Storage) -> None:
         """RFC 9700 §4.14.2: a rotated refresh token is invalidated; Storage.rotate_refresh_token
         "Atomically revoke the active refresh token old_hash and save new"."""

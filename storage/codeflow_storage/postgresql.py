@@ -1209,14 +1209,23 @@ class PostgreSQLStorage:
     def save_token(self, *tokens: Token, holder: User | None = None) -> bool:
         """One statement, SERIALIZABLE: a removal or change of the holder's credentials
         that commits first leaves its check false; one that commits after it revokes or
-        deletes what it saved (both read and write the user's row and tokens, so
-        PostgreSQL rolls back one of two that overlap, and it runs again)."""
+        deletes what it saved.
+
+        The check locks the holder's row (FOR SHARE) until the tokens are committed.
+        change_credentials is SERIALIZABLE too, and PostgreSQL rolls back one of the two
+        if they overlap (each reads what the other writes). remove_user is not: it runs
+        READ COMMITTED under the users lock (``_users_locked``), out of the reach of
+        serialization checks, and would delete the tokens its statement's snapshot has,
+        not these, if they were committing meanwhile (OIDC Core §2: the next user of the
+        name would get them). Its ``FOR UPDATE`` waits for this lock, and its delete then
+        sees these tokens; a removal that holds the row first makes this wait and then
+        fail to serialize, and run again, finding no user."""
         if holder is None:
             only_if, params = "TRUE", []
         else:
             only_if = ("EXISTS (SELECT 1 FROM users WHERE username = %s AND subject = %s "
                        "AND password_hash IS NOT DISTINCT FROM %s "
-                       "AND totp_secret IS NOT DISTINCT FROM %s)")  # fmt: skip
+                       "AND totp_secret IS NOT DISTINCT FROM %s FOR SHARE)")  # fmt: skip
             params = [holder.username, holder.subject, holder.password_hash, holder.totp_secret]
         if not tokens:
             return holder is None or bool(self._rows(f"SELECT {only_if}", params)[0][0])
