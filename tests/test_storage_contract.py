@@ -739,6 +739,34 @@ class TestStorageContract:
             ]
             assert left == [], (attempt, saved, left)
 
+    def test_refresh_rotations_racing_a_removal_of_their_user_leave_no_token(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """OIDC Core §2, RFC 9700 §4.14.2 (Storage.rotate_refresh_token, remove_user):
+        refresh rotations that race the removal of their user, in any order, leave no
+        token of the user: a rotation that commits first has its new tokens deleted with
+        the user, one after finds its refresh token gone. (issue_tokens relies on this to
+        need no holder check on a refresh.)"""
+        for attempt in range(10):
+            storage.add_user(User("alice", f"hash-{attempt}"))
+            names = [f"{kind}{attempt}-{i}" for i in range(THREADS) for kind in "oar"]
+            for i in range(THREADS):
+                storage.save_token(a_token(f"o{attempt}-{i}", f"f{attempt}-{i}", "refresh"))
+
+            def call(i: int, attempt: int = attempt) -> bool:
+                if i == THREADS // 2:
+                    return storage.remove_user("alice")
+                family = f"f{attempt}-{i}"
+                return storage.rotate_refresh_token(
+                    f"o{attempt}-{i}",
+                    a_token(f"a{attempt}-{i}", family),
+                    a_token(f"r{attempt}-{i}", family, "refresh"),
+                )
+
+            rotated = race(call)
+            left = [name for name in names if storage.get_token(name) is not None]
+            assert left == [], (attempt, rotated, left)
+
     def test_rotate_refresh_token_once(self, storage: codeflow.Storage) -> None:
         """RFC 9700 §4.14.2: a rotated refresh token is invalidated; Storage.rotate_refresh_token
         "Atomically revoke the active refresh token old_hash and save new"."""

@@ -1247,16 +1247,27 @@ class PostgreSQLStorage:
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
         """One statement: revoke ``old_hash`` only if it is an active refresh token, and
         save ``new`` only if it was. Of N concurrent rotations one UPDATE changes the row;
-        the others are rolled back by PostgreSQL, run again, and find it revoked."""
+        the others are rolled back by PostgreSQL, run again, and find it revoked.
+
+        First, before the token's row, it locks its user's row (FOR SHARE, as save_token
+        does, and why): remove_user, READ COMMITTED, would otherwise delete the old token
+        once this committed and miss the new ones, left to the next user of the name (OIDC
+        Core §2). Its FOR UPDATE waits for this instead; a removal holding the row first
+        makes this fail to serialize and run again, finding the old token gone."""
         query = (
-            "WITH rotated AS (UPDATE tokens SET revoked = TRUE WHERE token_hash = %s "
-            "AND NOT revoked AND kind = 'refresh' RETURNING 1)"
+            "WITH holder AS (SELECT 1 FROM users WHERE username = "
+            "(SELECT username FROM tokens WHERE token_hash = %s) FOR SHARE), "
+            # Evaluated once, before the scan: the lock is taken whether or not a user has
+            # the name (a made-up user's token, Server.issue_tokens, rotates as before).
+            "rotated AS (UPDATE tokens SET revoked = TRUE WHERE token_hash = %s "
+            "AND NOT revoked AND kind = 'refresh' AND (SELECT count(*) FROM holder) >= 0 "
+            "RETURNING 1)"
         )
         if new:
             saved = _insert_tokens(len(new), only_if="EXISTS (SELECT 1 FROM rotated)")
             query += f", saved AS ({saved})"
         query += " SELECT count(*) FROM rotated"
-        rows = self._rows(query, [old_hash, *_token_values(new)])
+        rows = self._rows(query, [old_hash, old_hash, *_token_values(new)])
         return bool(rows[0][0])
 
     def revoke_token(self, token_hash: str) -> None:
