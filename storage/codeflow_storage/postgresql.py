@@ -1211,21 +1211,23 @@ class PostgreSQLStorage:
         that commits first leaves its check false; one that commits after it revokes or
         deletes what it saved.
 
-        The check locks the holder's row (FOR SHARE) until the tokens are committed.
-        change_credentials is SERIALIZABLE too, and PostgreSQL rolls back one of the two
-        if they overlap (each reads what the other writes). remove_user is not: it runs
-        READ COMMITTED under the users lock (``_users_locked``), out of the reach of
-        serialization checks, and would delete the tokens its statement's snapshot has,
-        not these, if they were committing meanwhile (OIDC Core §2: the next user of the
-        name would get them). Its ``FOR UPDATE`` waits for this lock, and its delete then
-        sees these tokens; a removal that holds the row first makes this wait and then
-        fail to serialize, and run again, finding no user."""
+        The check locks the holder's row against deletion (FOR KEY SHARE, the lock a
+        foreign key takes: changes of other columns, such as remember_address's, go on)
+        until the tokens are committed. change_credentials is SERIALIZABLE too, and
+        PostgreSQL rolls back one of the two if they overlap (each reads what the other
+        writes). remove_user is not: it runs READ COMMITTED under the users lock
+        (``_users_locked``), out of the reach of serialization checks, and would delete
+        the tokens its statement's snapshot has, not these, if they were committing
+        meanwhile (OIDC Core §2: the next user of the name would get them). Its ``FOR
+        UPDATE`` waits for this lock, and its delete then sees these tokens; a removal
+        that holds the row first makes this wait and then fail to serialize, and run
+        again, finding no user."""
         if holder is None:
             only_if, params = "TRUE", []
         else:
             only_if = ("EXISTS (SELECT 1 FROM users WHERE username = %s AND subject = %s "
                        "AND password_hash IS NOT DISTINCT FROM %s "
-                       "AND totp_secret IS NOT DISTINCT FROM %s FOR SHARE)")  # fmt: skip
+                       "AND totp_secret IS NOT DISTINCT FROM %s FOR KEY SHARE)")  # fmt: skip
             params = [holder.username, holder.subject, holder.password_hash, holder.totp_secret]
         if not tokens:
             return holder is None or bool(self._rows(f"SELECT {only_if}", params)[0][0])
@@ -1249,14 +1251,14 @@ class PostgreSQLStorage:
         save ``new`` only if it was. Of N concurrent rotations one UPDATE changes the row;
         the others are rolled back by PostgreSQL, run again, and find it revoked.
 
-        First, before the token's row, it locks its user's row (FOR SHARE, as save_token
-        does, and why): remove_user, READ COMMITTED, would otherwise delete the old token
+        First, before the token's row, it locks its user's row (FOR KEY SHARE, as
+        save_token does, and why): remove_user, READ COMMITTED, would otherwise delete the old token
         once this committed and miss the new ones, left to the next user of the name (OIDC
         Core §2). Its FOR UPDATE waits for this instead; a removal holding the row first
         makes this fail to serialize and run again, finding the old token gone."""
         query = (
             "WITH holder AS (SELECT 1 FROM users WHERE username = "
-            "(SELECT username FROM tokens WHERE token_hash = %s) FOR SHARE), "
+            "(SELECT username FROM tokens WHERE token_hash = %s) FOR KEY SHARE), "
             # Evaluated once, before the scan: the lock is taken whether or not a user has
             # the name (a made-up user's token, Server.issue_tokens, rotates as before).
             "rotated AS (UPDATE tokens SET revoked = TRUE WHERE token_hash = %s "
