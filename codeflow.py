@@ -1260,7 +1260,11 @@ class Storage(Protocol):
         tokens (its successor and the access token that comes with it).
 
         Returns False, saving nothing, when ``old_hash`` is unknown or already revoked:
-        of N concurrent rotations of one token, at most one succeeds.
+        of N concurrent rotations of one token, at most one succeeds. Atomic too with
+        ``remove_user`` and ``change_credentials``: one that commits after the rotation
+        deletes or revokes what it saved, and one before leaves ``old_hash`` gone or
+        revoked (so issue_tokens needs no holder check on a refresh; OIDC Core §2, RFC
+        9700 §4.14.2).
         """
         ...
 
