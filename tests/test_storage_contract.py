@@ -767,6 +767,36 @@ class TestStorageContract:
             left = [name for name in names if storage.get_token(name) is not None]
             assert left == [], (attempt, rotated, left)
 
+    def test_refresh_rotations_racing_a_change_of_credentials_leave_none_active(
+        self, storage: codeflow.Storage
+    ) -> None:
+        """RFC 9700 §4.14.2 (Storage.rotate_refresh_token, change_credentials): refresh
+        rotations that race a change of their user's password, in any order, leave no
+        refresh token of the user active: the change revokes the new ones, or the
+        rotation finds the old one revoked."""
+        for attempt in range(10):
+            storage.add_user(User("alice", f"hash-{attempt}"))
+            for i in range(THREADS):
+                storage.save_token(a_token(f"o{attempt}-{i}", f"f{attempt}-{i}", "refresh"))
+
+            def call(i: int, attempt: int = attempt) -> bool:
+                if i == THREADS // 2:
+                    return storage.change_credentials(User("alice", f"new-{attempt}"))
+                family = f"f{attempt}-{i}"
+                return storage.rotate_refresh_token(
+                    f"o{attempt}-{i}", a_token(f"r{attempt}-{i}", family, "refresh")
+                )
+
+            rotated = race(call)
+            active = [
+                name
+                for i in range(THREADS)
+                for name in (f"o{attempt}-{i}", f"r{attempt}-{i}")
+                if (token := storage.get_token(name)) is not None and not token.revoked
+            ]
+            assert active == [], (attempt, rotated, active)
+            storage.remove_user("alice")
+
     def test_rotate_refresh_token_once(self, storage: codeflow.Storage) -> None:
         """RFC 9700 §4.14.2: a rotated refresh token is invalidated; Storage.rotate_refresh_token
         "Atomically revoke the active refresh token old_hash and save new"."""
