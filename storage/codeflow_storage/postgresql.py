@@ -531,6 +531,37 @@ def _with_user(rows: Sequence[Sequence[Any]], records: _Rows[R]) -> tuple[R, Use
     row, n = rows[0], len(records.names)
     return records.decode(row[:n]), None if row[n] is None else _USERS.decode(row[n:])
 
+
+def _select_with_user(records: _Rows[R], key: str) -> str:
+    """A SELECT of the record whose ``key`` is the one parameter, with the stored user its
+    ``username`` names: a LEFT JOIN, whose row _with_user reads."""
+    return (
+        f"SELECT {records.columns_of('r')}, {_USERS.columns_of('u')} "  # noqa: S608
+        f"FROM {records.table} r LEFT JOIN users u ON u.username = r.username "
+        f"WHERE r.{key} = %s"
+    )
+
+
+# The stored user whose credentials are those a sign-in or a grant checked: its subject,
+# password hash and TOTP secret, bound in that order (_credentials).
+_SAME_CREDENTIALS = (
+    "subject = %s AND password_hash IS NOT DISTINCT FROM %s "
+    "AND totp_secret IS NOT DISTINCT FROM %s"
+)
+
+
+# The holder of a grant's tokens, still stored as the grant checked it, its row locked
+# against removal until they are committed (save_token says why), bound as
+# [username, *_credentials(holder)].
+_HOLDER_LOCKED = (
+    f"EXISTS (SELECT 1 FROM users WHERE username = %s AND {_SAME_CREDENTIALS} "  # noqa: S608
+    "FOR KEY SHARE)"
+)
+
+
+def _credentials(user: User) -> list[Any]:
+    return [user.subject, user.password_hash, user.totp_secret]
+
 # Add or replace a user; a user replaced keeps its subject (the column is not updated).
 _SAVE_USER = (
     f"INSERT INTO users ({_USERS.columns}) VALUES {_USERS.values} "  # noqa: S608
@@ -1225,10 +1256,8 @@ class PostgreSQLStorage:
         if holder is None:
             only_if, params = "TRUE", []
         else:
-            only_if = ("EXISTS (SELECT 1 FROM users WHERE username = %s AND subject = %s "
-                       "AND password_hash IS NOT DISTINCT FROM %s "
-                       "AND totp_secret IS NOT DISTINCT FROM %s FOR KEY SHARE)")  # fmt: skip
-            params = [holder.username, holder.subject, holder.password_hash, holder.totp_secret]
+            only_if = _HOLDER_LOCKED
+            params = [holder.username, *_credentials(holder)]
         if not tokens:
             return holder is None or bool(self._rows(f"SELECT {only_if}", params)[0][0])
         saved = self._count(_insert_tokens(len(tokens), only_if), [*_token_values(tokens), *params])
@@ -1239,11 +1268,7 @@ class PostgreSQLStorage:
         return _TOKENS.decode(rows[0]) if rows else None
 
     def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
-        rows = self._rows(
-            f"SELECT {_TOKENS.columns_of('t')}, {_USERS.columns_of('u')} FROM tokens t "  # noqa: S608
-            "LEFT JOIN users u ON u.username = t.username WHERE t.token_hash = %s",
-            [token_hash],
-        )
+        rows = self._rows(_select_with_user(_TOKENS, "token_hash"), [token_hash])
         return _with_user(rows, _TOKENS)
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
@@ -1493,14 +1518,13 @@ class PostgreSQLStorage:
                 # The credentials are checked on the row as it stands once locked: READ
                 # COMMITTED re-reads it after a change_credentials that committed first.
                 added = conn.execute(
-                    "WITH owner AS (UPDATE users SET subject = subject WHERE subject = %s "
-                    "AND password_hash IS NOT DISTINCT FROM %s "
-                    "AND totp_secret IS NOT DISTINCT FROM %s RETURNING subject) "
+                    "WITH owner AS (UPDATE users SET subject = subject "  # noqa: S608
+                    f"WHERE {_SAME_CREDENTIALS} RETURNING subject) "
                     "INSERT INTO known_addresses (subject, address, seen_at) "
                     "SELECT subject, %s, %s FROM owner "
                     "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at "
                     "RETURNING xmax = 0",
-                    [user.subject, user.password_hash, user.totp_secret, address, now],
+                    [*_credentials(user), address, now],
                 ).fetchone()
                 if added and added[0]:
                     conn.execute(_FORGET_OLDER_ADDRESSES, others)
@@ -1520,12 +1544,7 @@ class PostgreSQLStorage:
         self._count(_LOGIN_SESSIONS.upsert, _LOGIN_SESSIONS.encode(session))
 
     def get_login_session(self, sid: str) -> tuple[LoginSession, User | None] | None:
-        rows = self._rows(
-            f"SELECT {_LOGIN_SESSIONS.columns_of('s')}, {_USERS.columns_of('u')} "  # noqa: S608
-            "FROM login_sessions s LEFT JOIN users u ON u.username = s.username "
-            "WHERE s.sid = %s",
-            [sid],
-        )
+        rows = self._rows(_select_with_user(_LOGIN_SESSIONS, "sid"), [sid])
         return _with_user(rows, _LOGIN_SESSIONS)
 
     def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:

@@ -538,6 +538,25 @@ def _with_user(rows: Sequence[Sequence[Any]], records: _Rows[R]) -> tuple[R, Use
     row, n = rows[0], len(records.names)
     return records.decode(row[:n]), None if row[n] is None else _USERS.decode(row[n:])
 
+
+def _select_with_user(records: _Rows[R], key: str) -> str:
+    """A SELECT of the record whose ``key`` is the one parameter, with the stored user its
+    ``username`` names: a LEFT JOIN, whose row _with_user reads."""
+    return (
+        f"SELECT {records.columns_of('r')}, {_USERS.columns_of('u')} "  # noqa: S608
+        f"FROM {records.table} r LEFT JOIN users u ON u.username = r.username "
+        f"WHERE r.{key} = ?"
+    )
+
+
+# The stored user whose credentials are those a sign-in or a grant checked: its subject,
+# password hash and TOTP secret, bound in that order (_credentials).
+_SAME_CREDENTIALS = "subject = ? AND password_hash IS ? AND totp_secret IS ?"
+
+
+def _credentials(user: User) -> list[Any]:
+    return [user.subject, user.password_hash, user.totp_secret]
+
 # Add or replace a user; a user replaced keeps its subject (the column is not updated), and
 # a clash on the unique subject fails instead of deleting the other row as REPLACE would.
 _USER_CHANGES = ", ".join(
@@ -1002,9 +1021,8 @@ class SQLiteStorage:
         # process commits wholly before the check or after the tokens (and then ends them).
         with self._write() as db:
             if holder is not None and not db.execute(
-                "SELECT 1 FROM users WHERE username = ? AND subject = ? "
-                "AND password_hash IS ? AND totp_secret IS ?",
-                [holder.username, holder.subject, holder.password_hash, holder.totp_secret],
+                f"SELECT 1 FROM users WHERE username = ? AND {_SAME_CREDENTIALS}",  # noqa: S608
+                [holder.username, *_credentials(holder)],
             ).fetchall():
                 return False
             for token in tokens:
@@ -1016,11 +1034,7 @@ class SQLiteStorage:
         return _TOKENS.decode(rows[0]) if rows else None
 
     def get_token_and_user(self, token_hash: str) -> tuple[Token, User | None] | None:
-        rows = self._read(
-            f"SELECT {_TOKENS.columns_of('t')}, {_USERS.columns_of('u')} FROM tokens t "  # noqa: S608
-            "LEFT JOIN users u ON u.username = t.username WHERE t.token_hash = ?",
-            [token_hash],
-        )
+        rows = self._read(_select_with_user(_TOKENS, "token_hash"), [token_hash])
         return _with_user(rows, _TOKENS)
 
     def rotate_refresh_token(self, old_hash: str, *new: Token) -> bool:
@@ -1247,11 +1261,10 @@ class SQLiteStorage:
         # take turns, and a user whose credentials changed since the sign-in gets nothing.
         with self._write() as db:
             noted = db.execute(
-                "INSERT INTO known_addresses (subject, address, seen_at) "
-                "SELECT subject, ?, ? FROM users WHERE subject = ? "
-                "AND password_hash IS ? AND totp_secret IS ? "
+                "INSERT INTO known_addresses (subject, address, seen_at) "  # noqa: S608
+                f"SELECT subject, ?, ? FROM users WHERE {_SAME_CREDENTIALS} "
                 "ON CONFLICT (subject, address) DO UPDATE SET seen_at = excluded.seen_at",
-                [address, now, user.subject, user.password_hash, user.totp_secret],
+                [address, now, *_credentials(user)],
             ).rowcount
             if noted:
                 others = {"subject": user.subject, "address": address,
@@ -1272,12 +1285,7 @@ class SQLiteStorage:
             db.execute(_LOGIN_SESSIONS.insert, _LOGIN_SESSIONS.encode(session))
 
     def get_login_session(self, sid: str) -> tuple[LoginSession, User | None] | None:
-        rows = self._read(
-            f"SELECT {_LOGIN_SESSIONS.columns_of('s')}, {_USERS.columns_of('u')} "  # noqa: S608
-            "FROM login_sessions s LEFT JOIN users u ON u.username = s.username "
-            "WHERE s.sid = ?",
-            [sid],
-        )
+        rows = self._read(_select_with_user(_LOGIN_SESSIONS, "sid"), [sid])
         return _with_user(rows, _LOGIN_SESSIONS)
 
     def touch_login_session(self, sid: str, last_used_at: float, address: str) -> None:
