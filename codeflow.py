@@ -1722,9 +1722,10 @@ class MemoryStorage:
     def _is_stored(self, user: User) -> bool:
         """Whether the stored user of ``user``'s name is that record, credentials and all."""
         stored = self._users.get(user.username)
-        return stored is not None and (stored.subject, stored.password_hash,
-                                       stored.totp_secret) == (user.subject, user.password_hash,
-                                                               user.totp_secret)  # fmt: skip
+        checked = (user.subject, user.password_hash, user.totp_secret)
+        return stored is not None and (
+            stored.subject, stored.password_hash, stored.totp_secret
+        ) == checked
 
     def _save_token(self, token: Token) -> None:
         if token.family_id in self._revoked_families:
@@ -2796,7 +2797,7 @@ class Server:
             self, client, holder, scopes,
             family_id=new_secret(), refresh=holder is not None and offline,
             auth_time=int(self.clock()), claims=claims, audience=audience, jkt=dpop_jkt,
-            stored_user=stored is not None or holder is None,
+            stored_user=stored is not None,
         )  # fmt: skip
 
     def next_claims(self, claims: dict[str, Any], *, username: str | None = None) -> None:
@@ -10801,17 +10802,21 @@ class WorkerTurns:
         channels = cast("dict[int, Any]", server.active_channels)
         listening, accept = server.readable, server.handle_accept
 
-        def readable() -> bool:  # at each turn of waitress's loop
+        def note() -> int:
+            """Publish this worker's count and turn (fewest() needs both fresh); the count."""
             held = len(channels)
             counts[index], turned[index] = held, int(time.monotonic())
+            return held
+
+        def readable() -> bool:  # at each turn of waitress's loop
+            held = note()
             # listening() first: it also sweeps idle connections, and stops at the limit.
             return listening() and held <= self.fewest()
 
         def handle_accept() -> None:
             before = len(channels)
             accept()
-            held = len(channels)
-            counts[index], turned[index] = held, int(time.monotonic())  # see fewest()
+            held = note()
             fewest = self.fewest()
             if before < held and fewest < held:
                 for other, count in enumerate(counts):
@@ -10833,7 +10838,7 @@ class WorkerTurns:
         server.readable = readable  # type: ignore[method-assign]
         server.handle_accept = handle_accept  # type: ignore[method-assign]
         Wakeup(self._wakeups[index][0], socket_map)
-        counts[index], turned[index] = 0, int(time.monotonic())  # a replacement: afresh
+        note()  # none held yet: a replacement starts afresh
         for other in range(len(counts)):
             if other != index:
                 self.wake(other)  # those listening with more stop: this one holds none
