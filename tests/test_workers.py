@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -47,15 +47,20 @@ def children(pid: int) -> set[int]:
 
 @contextlib.contextmanager
 def serving(
-    kind: str, *args: str, log: Path | None = None
+    kind: str,
+    *args: str,
+    log: Path | None = None,
+    prefix: Sequence[str] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``codeflow serve ARGS`` under waitress or the stdlib server, until it answers;
-    its stderr to ``log`` if given."""
+    its stderr to ``log`` if given; run through the command ``prefix`` (unshare), and
+    ``preexec_fn`` in the child before it starts, if given."""
     port = free_port()
     with open(log or os.devnull, "wb") as stderr:
         process = subprocess.Popen(  # noqa: S603 -- our own command line
-            [*SERVERS[kind], "serve", "--port", str(port), *args],
-            stdout=subprocess.DEVNULL, stderr=stderr,
+            [*prefix, *SERVERS[kind], "serve", "--port", str(port), *args],
+            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=preexec_fn,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -407,30 +412,16 @@ def test_workers_serve_where_monotonic_seconds_pass_2_to_the_31(tmp_path: Path) 
     if not in_a_time_namespace():
         pytest.skip("cannot make a time namespace here (unshare --user --time)")
     db, log = f"sqlite:///{tmp_path / 'codeflow.db'}", tmp_path / "stderr.log"
-    port = free_port()
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(  # noqa: S603 -- our own command line
-            [*TIME_NAMESPACE, *SERVERS["waitress"], "serve", "--port", str(port),
-             "--workers", "2", "--storage", db],
-            stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
-    try:
+    with serving("waitress", "--workers", "2", "--storage", db, log=log,
+                 prefix=TIME_NAMESPACE) as (_, base):  # fmt: skip
         deadline, answered = time.monotonic() + STARTUP, 0
         while answered < 10 and time.monotonic() < deadline:
             with contextlib.suppress(requests.ConnectionError, requests.Timeout):
-                r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                answered += r.status_code == 200
+                answered += requests.get(base + "/healthz", timeout=1).status_code == 200
                 continue
             time.sleep(0.05)
         assert answered == 10, log.read_text()
         assert "failed" not in log.read_text(), log.read_text()
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=SHUTDOWN + 5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -449,54 +440,37 @@ def test_many_workers_stop_at_their_connection_limit_before_the_file_limit(
     warning a turn) instead of no longer listening until one closes. Here 40 workers
     under a file limit of 200, 39 of them stopped so that the flood meets one."""
     db, log = f"sqlite:///{tmp_path / 'codeflow.db'}", tmp_path / "stderr.log"
-    port = free_port()
 
     def low_file_limit() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
 
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(  # noqa: S603 -- our own command line
-            [*SERVERS["waitress"], "serve", "--port", str(port), "--workers", "40",
-             "--storage", db],
-            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=low_file_limit,
-        )  # fmt: skip
     flood: list[socket.socket] = []
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP * 3
-        while len(children(process.pid)) < 40 or not answers(base):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        workers = in_their_loops(children(process.pid))
-        flooded, *stopped = sorted(workers)
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(codeflow.WorkerTurns.STALE + 2)  # their counts go stale
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                flood.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
-        time.sleep(1)
-        before = cpu_seconds(flooded)
-        time.sleep(2)
-        assert cpu_seconds(flooded) - before < 0.5
-        assert "accept() threw an exception" not in log.read_text()
-    finally:
-        for sock in flood:
-            sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            for pid in children(process.pid):
-                os.kill(pid, signal.SIGCONT)
-        process.send_signal(signal.SIGINT)
+    with serving("waitress", "--workers", "40", "--storage", db, log=log,
+                 preexec_fn=low_file_limit) as (process, base):  # fmt: skip
         try:
-            process.wait(timeout=SHUTDOWN + 10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def answers(base: str) -> bool:
-    with contextlib.suppress(requests.ConnectionError, requests.Timeout):
-        return requests.get(base + "/healthz", timeout=1).status_code == 200
-    return False
+            deadline = time.monotonic() + STARTUP * 3
+            while len(children(process.pid)) < 40:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            workers = in_their_loops(children(process.pid))
+            flooded, *stopped = sorted(workers)
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(codeflow.WorkerTurns.STALE + 2)  # their counts go stale
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            for _ in range(200):
+                with contextlib.suppress(OSError):
+                    flood.append(socket.create_connection((host, int(port)), timeout=0.2))
+            time.sleep(1)
+            before = cpu_seconds(flooded)
+            time.sleep(2)
+            assert cpu_seconds(flooded) - before < 0.5
+            assert "accept() threw an exception" not in log.read_text()
+        finally:
+            for sock in flood:
+                sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                for pid in children(process.pid):
+                    os.kill(pid, signal.SIGCONT)
